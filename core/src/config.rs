@@ -1,0 +1,405 @@
+//! The config snapshot: the one value that crosses from the control plane into the engine.
+//!
+//! Python (`pyproxy.config`) validates an Envoy v3 bootstrap and lowers it into this shape,
+//! serialised as JSON, once per change. Everything here is already validated and has Envoy's
+//! defaults filled in, so the engine never re-checks user input beyond what compiling needs
+//! (e.g. regex syntax). Durations are milliseconds; `0` means "disabled" where Envoy allows it.
+//!
+//! Field names are the Envoy field names wherever one exists, so a reader can map each field to
+//! Envoy's docs. Unknown fields are rejected: a mismatch between the Python lowering and this
+//! schema is a bug we want to see at once.
+
+use serde::Deserialize;
+
+/// A whole validated configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Listeners, each served by every worker through its own SO_REUSEPORT socket.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Upstream clusters, referenced by name from routes.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+/// One listener with its single HTTP connection manager.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Envoy `name`; unique. A listener is identified across snapshots by name.
+    pub name: String,
+    /// IP literal to bind (`0.0.0.0`, `127.0.0.1`, `::`).
+    pub address: String,
+    /// Port; `0` asks the kernel for one (shared by all workers of this listener).
+    pub port: u16,
+    /// Envoy `per_connection_buffer_limit_bytes` (default 1 MiB): bounds how much of a body
+    /// is held per connection before reading from the other side pauses.
+    #[serde(default = "default_buffer_limit")]
+    pub per_connection_buffer_limit_bytes: u32,
+    /// The `envoy.filters.network.http_connection_manager` settings.
+    pub hcm: HttpConnectionManager,
+}
+
+fn default_buffer_limit() -> u32 {
+    1024 * 1024
+}
+
+/// HTTP connection manager settings (Envoy `HttpConnectionManager`), defaults as Envoy's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnectionManager {
+    /// Stats prefix: stats are `http.<stat_prefix>.*`.
+    pub stat_prefix: String,
+    /// Value of the `server` response header (Envoy default `envoy`).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// `OVERWRITE` (default), `APPEND_IF_ABSENT` or `PASS_THROUGH`.
+    #[serde(default = "default_server_header_transformation")]
+    pub server_header_transformation: String,
+    /// Envoy `use_remote_address` (default false).
+    #[serde(default)]
+    pub use_remote_address: bool,
+    /// Envoy `xff_num_trusted_hops` (default 0).
+    #[serde(default)]
+    pub xff_num_trusted_hops: u32,
+    /// Envoy `skip_xff_append` (default false).
+    #[serde(default)]
+    pub skip_xff_append: bool,
+    /// Envoy `generate_request_id` (default true).
+    #[serde(default = "default_true")]
+    pub generate_request_id: bool,
+    /// Envoy `preserve_external_request_id` (default false).
+    #[serde(default)]
+    pub preserve_external_request_id: bool,
+    /// Envoy `max_request_headers_kb` (default 60).
+    #[serde(default = "default_max_headers_kb")]
+    pub max_request_headers_kb: u32,
+    /// Envoy `stream_idle_timeout` in ms (default 300000; 0 disables).
+    #[serde(default = "default_stream_idle_ms")]
+    pub stream_idle_timeout_ms: u64,
+    /// Envoy `request_headers_timeout` in ms (default 0: disabled).
+    #[serde(default)]
+    pub request_headers_timeout_ms: u64,
+    /// Envoy `request_timeout` in ms (default 0: disabled).
+    #[serde(default)]
+    pub request_timeout_ms: u64,
+    /// Envoy `common_http_protocol_options.idle_timeout` in ms (default 3600000; 0 disables).
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// Envoy `proxy_100_continue` (default false: answer `100 Continue` locally).
+    #[serde(default)]
+    pub proxy_100_continue: bool,
+    /// Router filter `suppress_envoy_headers` (default false).
+    #[serde(default)]
+    pub suppress_envoy_headers: bool,
+    /// The inline `route_config`.
+    pub route_config: RouteConfiguration,
+}
+
+fn default_server_name() -> String {
+    "envoy".to_string()
+}
+fn default_server_header_transformation() -> String {
+    "OVERWRITE".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_headers_kb() -> u32 {
+    60
+}
+fn default_stream_idle_ms() -> u64 {
+    300_000
+}
+fn default_idle_ms() -> u64 {
+    3_600_000
+}
+
+/// A header to add (Envoy `HeaderValueOption`, lowered).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOption {
+    /// Lower-case header name.
+    pub key: String,
+    /// Value, sent as is (no `%...%` substitution yet).
+    pub value: String,
+    /// `true`: append another value (`APPEND_IF_EXISTS_OR_ADD`, Envoy's default);
+    /// `false`: replace existing values (`OVERWRITE_IF_EXISTS_OR_ADD`).
+    #[serde(default = "default_true")]
+    pub append: bool,
+}
+
+/// The four header-manipulation lists shared by route config, virtual host and route.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMutations {
+    #[serde(default)]
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    /// Lower-case header names.
+    #[serde(default)]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default)]
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    /// Lower-case header names.
+    #[serde(default)]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+/// Envoy `RouteConfiguration`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfiguration {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+    #[serde(flatten)]
+    pub headers: HeaderMutations,
+}
+
+/// Envoy `VirtualHost`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Lower-case domains: exact (`example.com`, `example.com:8080`), suffix wildcard
+    /// (`*.example.com`), prefix wildcard (`example.*`) or `*`.
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(flatten)]
+    pub headers: HeaderMutations,
+}
+
+/// Envoy `Route`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "match")]
+    pub route_match: RouteMatch,
+    pub action: RouteAction,
+    #[serde(flatten)]
+    pub headers: HeaderMutations,
+}
+
+/// Envoy `RouteMatch`: exactly one path specifier plus optional header/query matchers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// Envoy `case_sensitive` (default true); applies to `prefix` and `path`.
+    #[serde(default = "default_true")]
+    pub case_sensitive: bool,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatcher>,
+    #[serde(default)]
+    pub query_parameters: Vec<QueryParameterMatcher>,
+}
+
+/// The path specifier, externally tagged: `{"prefix": "/"}`, `{"path": "/x"}`,
+/// `{"safe_regex": "^/v[0-9]+/.*"}` (the regex must match the whole path, as Envoy's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PathMatch {
+    Prefix(String),
+    Path(String),
+    SafeRegex(String),
+}
+
+/// A string test, externally tagged, shared by header and query matchers.
+/// `{"exact": "v"}`, `{"prefix": "v"}`, `{"suffix": "v"}`, `{"contains": "v"}`,
+/// `{"safe_regex": "re"}` (whole-value match), `{"present": true}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValueMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    SafeRegex(String),
+    Present(bool),
+}
+
+/// Envoy `HeaderMatcher` (name lower-case).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatcher {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub value_match: ValueMatch,
+    #[serde(default)]
+    pub invert_match: bool,
+    /// Envoy `string_match.ignore_case` (default false).
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// Envoy `QueryParameterMatcher`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub value_match: ValueMatch,
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// What a matched route does, externally tagged: `{"route": {...}}`, `{"redirect": {...}}`,
+/// `{"direct_response": {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RouteAction {
+    Route(ForwardAction),
+    Redirect(RedirectAction),
+    DirectResponse(DirectResponseAction),
+}
+
+/// Envoy `RouteAction` (forward to a cluster).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAction {
+    /// Exactly one of `cluster` and `weighted_clusters` is set.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weighted_clusters: Option<Vec<WeightedCluster>>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default)]
+    pub host_rewrite_literal: Option<String>,
+    #[serde(default)]
+    pub auto_host_rewrite: bool,
+    /// Envoy route `timeout` in ms (default 15000; 0 disables).
+    #[serde(default = "default_route_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_route_timeout_ms() -> u64 {
+    15_000
+}
+
+/// One entry of Envoy `weighted_clusters.clusters`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+    #[serde(flatten)]
+    pub headers: HeaderMutations,
+}
+
+/// Envoy `RedirectAction`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectAction {
+    #[serde(default)]
+    pub scheme_redirect: Option<String>,
+    #[serde(default)]
+    pub host_redirect: Option<String>,
+    #[serde(default)]
+    pub port_redirect: Option<u16>,
+    #[serde(default)]
+    pub path_redirect: Option<String>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_code")]
+    pub response_code: u16,
+    #[serde(default)]
+    pub strip_query: bool,
+}
+
+fn default_redirect_code() -> u16 {
+    301
+}
+
+/// Envoy `DirectResponseAction`; `body` is the inline body (`inline_string`), if any.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseAction {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+/// Envoy `Cluster`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// `STATIC` or `STRICT_DNS`.
+    #[serde(rename = "type")]
+    pub discovery: String,
+    /// Envoy `connect_timeout` in ms (default 5000).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// `ROUND_ROBIN` (default), `LEAST_REQUEST` or `RANDOM`.
+    #[serde(default = "default_lb_policy")]
+    pub lb_policy: String,
+    /// Envoy `least_request_lb_config.choice_count` (default 2).
+    #[serde(default = "default_choice_count")]
+    pub choice_count: u32,
+    /// Envoy `per_connection_buffer_limit_bytes` (default 1 MiB).
+    #[serde(default = "default_buffer_limit")]
+    pub per_connection_buffer_limit_bytes: u32,
+    /// Envoy `max_requests_per_connection` (0: unlimited).
+    #[serde(default)]
+    pub max_requests_per_connection: u32,
+    /// Envoy `common_http_protocol_options.idle_timeout` for upstream connections in ms
+    /// (default 3600000; 0 disables).
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// Envoy `dns_refresh_rate` in ms (default 5000), for `STRICT_DNS`.
+    #[serde(default = "default_dns_refresh_ms")]
+    pub dns_refresh_rate_ms: u64,
+    /// Envoy `dns_lookup_family`: `AUTO` (default; Envoy's V4_PREFERRED), `V4_ONLY`,
+    /// `V6_ONLY`, `V4_PREFERRED`, `ALL`.
+    #[serde(default = "default_lookup_family")]
+    pub dns_lookup_family: String,
+    /// Flattened `load_assignment.endpoints[*].lb_endpoints[*]`.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_lb_policy() -> String {
+    "ROUND_ROBIN".to_string()
+}
+fn default_choice_count() -> u32 {
+    2
+}
+fn default_dns_refresh_ms() -> u64 {
+    5_000
+}
+fn default_lookup_family() -> String {
+    "AUTO".to_string()
+}
+
+/// One `lb_endpoint`: an IP literal for `STATIC`, a host name (or IP) for `STRICT_DNS`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+    /// Envoy `load_balancing_weight` (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl Snapshot {
+    /// Parses a snapshot from its JSON form.
+    pub fn from_json(bytes: &[u8]) -> Result<Snapshot, crate::Error> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| crate::Error::config(format!("invalid config snapshot: {e}")))
+    }
+}

@@ -1,0 +1,372 @@
+//! The engine: owns the workers, binds listener sockets, publishes snapshots, runs DNS
+//! refresh, and answers the admin's reads. Every method is called from a control thread
+//! (Python with the GIL released, or a test), never from a worker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Snapshot;
+use crate::snapshot::{compile, resolve_cluster, Compiled, Discovery};
+use crate::stats::render::{render, Format, RenderOptions};
+use crate::stats::{StatKind, StatsSnapshot};
+use crate::worker::{Cmd, Stores, Worker};
+use crate::Error;
+
+/// A listener's bound sockets: one per worker, all on the same port.
+struct Bound {
+    name: Arc<str>,
+    requested: SocketAddr,
+    bound: SocketAddr,
+}
+
+struct Dns {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Running {
+    workers: Vec<Worker>,
+    compiled: Arc<Mutex<Arc<Compiled>>>,
+    bound: Vec<Bound>,
+    dns: Dns,
+    draining: bool,
+}
+
+/// Per-host figures for `/clusters`.
+#[derive(Debug, Clone, Default)]
+pub struct HostInfo {
+    /// Host address.
+    pub addr: String,
+    /// Envoy `load_balancing_weight`.
+    pub weight: u32,
+    /// Stat name (`cx_active`, `rq_total`, ...) to value, summed over workers.
+    pub stats: Vec<(String, u64)>,
+}
+
+/// One cluster for `/clusters`.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    /// Cluster name.
+    pub name: String,
+    /// Its hosts, in config order.
+    pub hosts: Vec<HostInfo>,
+}
+
+/// The data plane.
+pub struct Engine {
+    concurrency: usize,
+    stores: Arc<Stores>,
+    started: Instant,
+    state: Mutex<Option<Running>>,
+}
+
+/// Creates the `count` SO_REUSEPORT sockets of one listener on one port (the first bind picks
+/// the port when `addr` asks for port 0).
+fn bind_listener(name: &str, addr: SocketAddr, count: usize) -> Result<(SocketAddr, Vec<std::net::TcpListener>), Error> {
+    let err = |e: std::io::Error| Error::bind(format!("listener {name:?}: cannot bind {addr}: {e}"));
+    let mut out = Vec::with_capacity(count);
+    let mut at = addr;
+    for _ in 0..count {
+        let s = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        s.set_reuse_address(true).map_err(err)?;
+        s.set_reuse_port(true).map_err(err)?;
+        s.set_nonblocking(true).map_err(err)?;
+        if at.is_ipv6() {
+            s.set_only_v6(true).map_err(err)?;
+        }
+        s.bind(&at.into()).map_err(err)?;
+        s.listen(1024).map_err(err)?;
+        if at.port() == 0 {
+            at = s.local_addr().map_err(err)?.as_socket().ok_or_else(|| Error::bind("no socket address"))?;
+        }
+        out.push(s.into());
+    }
+    Ok((at, out))
+}
+
+/// Envoy's listener stat name part: `0.0.0.0_10000`, `[__]_10000` for `[::]:10000`.
+fn stat_address(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => format!("{}_{}", v.ip(), v.port()),
+        SocketAddr::V6(v) => format!("[{}]_{}", v.ip().to_string().replace(':', "_"), v.port()),
+    }
+}
+
+impl Engine {
+    /// An engine with `concurrency` workers; nothing runs until [`Engine::start`].
+    pub fn new(concurrency: usize) -> Engine {
+        Engine { concurrency: concurrency.max(1), stores: Arc::new(Stores::default()), started: Instant::now(), state: Mutex::new(None) }
+    }
+
+    /// Number of workers.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compiles `snapshot`, binds every listener on every worker and starts the workers.
+    pub fn start(&self, snapshot: &Snapshot) -> Result<(), Error> {
+        let mut state = self.lock();
+        if state.is_some() {
+            return Err(Error::engine("the engine is already started"));
+        }
+        let compiled = Arc::new(compile(snapshot)?);
+        let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> = (0..self.concurrency).map(|_| Vec::new()).collect();
+        let mut bound = Vec::new();
+        for l in &compiled.listeners {
+            let (at, socks) = bind_listener(&l.name, l.addr, self.concurrency)?;
+            for (w, s) in socks.into_iter().enumerate() {
+                per_worker[w].push((l.name.clone(), s, stat_address(at)));
+            }
+            bound.push(Bound { name: l.name.clone(), requested: l.addr, bound: at });
+        }
+        let mut workers = Vec::with_capacity(self.concurrency);
+        for (id, ls) in per_worker.into_iter().enumerate() {
+            let w = Worker::spawn(id, self.stores.clone(), compiled.clone(), ls)
+                .map_err(|e| Error::engine(format!("cannot start worker {id}: {e}")))?;
+            workers.push(w);
+        }
+        let compiled = Arc::new(Mutex::new(compiled));
+        let dns = spawn_dns(compiled.clone(), workers.iter().map(|w| w.sender()).collect());
+        *state = Some(Running { workers, compiled, bound, dns, draining: false });
+        Ok(())
+    }
+
+    /// Compiles and publishes a new snapshot. Listeners whose name and address are unchanged
+    /// keep their sockets; new ones are bound first, so a bind failure changes nothing.
+    pub fn apply(&self, snapshot: &Snapshot) -> Result<(), Error> {
+        let mut guard = self.lock();
+        let Some(run) = guard.as_mut() else {
+            return Err(Error::engine("apply() before start()"));
+        };
+        let compiled = Arc::new(compile(snapshot)?);
+        let mut add: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> = (0..run.workers.len()).map(|_| Vec::new()).collect();
+        let mut new_bound = Vec::new();
+        let mut remove = Vec::new();
+        for l in &compiled.listeners {
+            if let Some(b) = run.bound.iter().find(|b| b.name == l.name && b.requested == l.addr) {
+                new_bound.push(Bound { name: b.name.clone(), requested: b.requested, bound: b.bound });
+                continue;
+            }
+            if let Some(b) = run.bound.iter().find(|b| b.name == l.name) {
+                remove.push(b.name.clone());
+            }
+            if run.draining {
+                continue;
+            }
+            let (at, socks) = bind_listener(&l.name, l.addr, run.workers.len())?;
+            for (w, s) in socks.into_iter().enumerate() {
+                add[w].push((l.name.clone(), s, stat_address(at)));
+            }
+            new_bound.push(Bound { name: l.name.clone(), requested: l.addr, bound: at });
+        }
+        for b in &run.bound {
+            if compiled.listener(&b.name).is_none() {
+                remove.push(b.name.clone());
+            }
+        }
+        for (w, a) in run.workers.iter().zip(add) {
+            w.send(Cmd::Apply { compiled: compiled.clone(), add: a, remove: remove.clone() });
+        }
+        *run.compiled.lock().unwrap_or_else(|e| e.into_inner()) = compiled;
+        run.bound = new_bound;
+        Ok(())
+    }
+
+    /// (name, bound address) of every listener.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.lock().as_ref().map(|r| r.bound.iter().map(|b| (b.name.to_string(), b.bound)).collect()).unwrap_or_default()
+    }
+
+    /// Stops accepting everywhere; connections close after their current request.
+    pub fn drain_listeners(&self) {
+        if let Some(run) = self.lock().as_mut() {
+            run.draining = true;
+            for w in &run.workers {
+                w.send(Cmd::Drain);
+            }
+        }
+    }
+
+    /// Open downstream connections, all workers.
+    pub fn active_connections(&self) -> u64 {
+        self.lock().as_ref().map(|r| r.workers.iter().map(|w| w.shared.active()).sum()).unwrap_or(0)
+    }
+
+    /// Drains, waits up to `timeout` for connections to finish, stops the workers. Idempotent.
+    pub fn shutdown(&self, timeout: Duration) {
+        let Some(mut run) = self.lock().take() else {
+            return;
+        };
+        {
+            let (lock, cv) = &*run.dns.stop;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = run.dns.thread.take() {
+            let _ = t.join();
+        }
+        let deadline = Instant::now() + timeout;
+        for w in &run.workers {
+            w.send(Cmd::Shutdown { deadline });
+        }
+        for w in &mut run.workers {
+            w.join();
+        }
+    }
+
+    /// Every stat, merged across workers, with the `server.*` stats computed now.
+    pub fn stats_snapshot(&self) -> StatsSnapshot {
+        let (draining, total) = {
+            let g = self.lock();
+            (g.as_ref().is_some_and(|r| r.draining), g.as_ref().map(|r| r.workers.iter().map(|w| w.shared.active()).sum()).unwrap_or(0))
+        };
+        let (allocated, heap) = memory();
+        let extra = vec![
+            ("server.concurrency".to_string(), StatKind::Gauge, self.concurrency as u64),
+            ("server.live".to_string(), StatKind::Gauge, u64::from(!draining)),
+            ("server.memory_allocated".to_string(), StatKind::Gauge, allocated),
+            ("server.memory_heap_size".to_string(), StatKind::Gauge, heap),
+            ("server.state".to_string(), StatKind::Gauge, if draining { 1 } else { 0 }),
+            ("server.total_connections".to_string(), StatKind::Gauge, total),
+            ("server.uptime".to_string(), StatKind::Gauge, self.started.elapsed().as_secs()),
+        ];
+        self.stores.stats.snapshot(&extra)
+    }
+
+    /// Renders every stat in an Envoy admin format; `filter` is a regex on the name.
+    pub fn render_stats(&self, format: &str, filter: Option<&str>, used_only: bool) -> Result<String, Error> {
+        let format = match format {
+            "text" => Format::Text,
+            "json" => Format::Json,
+            "prometheus" => Format::Prometheus,
+            other => return Err(Error::config(format!("stats format {other:?} is not one of text, json, prometheus"))),
+        };
+        let filter = match filter {
+            Some(f) => Some(regex::Regex::new(f).map_err(|e| Error::config(format!("invalid filter regex {f:?}: {e}")))?),
+            None => None,
+        };
+        let snap = self.stats_snapshot();
+        Ok(render(&snap, &RenderOptions { format, filter: filter.as_ref(), used_only }))
+    }
+
+    /// Counters and gauges by name.
+    pub fn stat_values(&self) -> HashMap<String, u64> {
+        self.stats_snapshot().stats.into_iter().map(|s| (s.name, s.value)).collect()
+    }
+
+    /// Envoy's `/reset_counters`.
+    pub fn reset_counters(&self) {
+        self.stores.stats.reset_counters();
+    }
+
+    /// Clusters and their hosts' stats, for `/clusters`.
+    pub fn clusters(&self) -> Vec<ClusterInfo> {
+        let compiled = match self.lock().as_ref() {
+            Some(r) => r.compiled.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => return Vec::new(),
+        };
+        let snap = self.stores.hosts.snapshot(&[]);
+        let mut by_host: HashMap<(String, String, u32), Vec<(String, u64)>> = HashMap::new();
+        for s in snap.stats {
+            let mut parts = s.name.splitn(4, '\0');
+            let (Some(c), Some(a), Some(w), Some(stat)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            by_host.entry((c.to_string(), a.to_string(), w.parse().unwrap_or(1))).or_default().push((stat.to_string(), s.value));
+        }
+        compiled
+            .clusters
+            .iter()
+            .map(|c| {
+                let mut hosts: Vec<HostInfo> = by_host
+                    .iter()
+                    .filter(|((cn, _, _), _)| *cn == c.cfg.name)
+                    .map(|((_, a, w), stats)| HostInfo { addr: a.clone(), weight: *w, stats: stats.clone() })
+                    .collect();
+                let order = |h: &HostInfo| c.hosts.iter().position(|(a, _)| a.to_string() == h.addr).unwrap_or(usize::MAX);
+                hosts.sort_by_key(order);
+                if c.discovery == Discovery::Static {
+                    hosts.retain(|h| order(h) != usize::MAX);
+                }
+                ClusterInfo { name: c.cfg.name.clone(), hosts }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_millis(0));
+    }
+}
+
+/// Bytes allocated and heap size, from glibc's allocator (Envoy reports tcmalloc's figures).
+fn memory() -> (u64, u64) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 has no preconditions and returns a plain struct.
+        let mi = unsafe { libc::mallinfo2() };
+        ((mi.uordblks + mi.hblkhd) as u64, (mi.arena + mi.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        (0, 0)
+    }
+}
+
+fn spawn_dns(compiled: Arc<Mutex<Arc<Compiled>>>, senders: Vec<tokio::sync::mpsc::UnboundedSender<Cmd>>) -> Dns {
+    let stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let st = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("pyproxy-dns".into())
+        .spawn(move || {
+            let mut last: HashMap<String, (usize, Vec<(SocketAddr, u32)>)> = HashMap::new();
+            let mut next_due: HashMap<String, Instant> = HashMap::new();
+            loop {
+                let c = compiled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let now = Instant::now();
+                let mut wait = Duration::from_secs(5);
+                for cl in c.clusters.iter().filter(|c| c.discovery == Discovery::StrictDns) {
+                    let rate = Duration::from_millis(cl.cfg.dns_refresh_rate_ms.max(1));
+                    let key = cl.cfg.name.clone();
+                    let id = Arc::as_ptr(cl) as usize;
+                    let due = *next_due.entry(key.clone()).or_insert(now + rate);
+                    if now >= due {
+                        let hosts = resolve_cluster(&cl.cfg);
+                        let prev = last.get(&key).filter(|(pid, _)| *pid == id).map(|(_, h)| h).unwrap_or(&cl.hosts);
+                        if *prev != hosts {
+                            let shared = Arc::new(hosts.clone());
+                            for s in &senders {
+                                let _ = s.send(Cmd::Hosts { cluster: key.clone(), hosts: shared.clone() });
+                            }
+                        }
+                        last.insert(key.clone(), (id, hosts));
+                        next_due.insert(key.clone(), now + rate);
+                        wait = wait.min(rate);
+                    } else {
+                        wait = wait.min(due - now);
+                    }
+                }
+                let (lock, cv) = &*st;
+                let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+                let (stopped, _) = cv.wait_timeout(stopped, wait).unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+            }
+        })
+        .ok();
+    Dns { stop, thread }
+}

@@ -1,0 +1,257 @@
+//! Message body framing: decoding what a peer sends and encoding what we send.
+//!
+//! Bodies are streamed: the decoder hands out whatever body bytes the read buffer holds (never
+//! more than the buffer), so a 100 MB upload passes through a bounded buffer. Chunked bodies are
+//! decoded and re-encoded with our own chunk boundaries, as Envoy does; HTTP/1 trailers are read
+//! and dropped (Envoy's default without `enable_trailers`).
+
+use bytes::{Bytes, BytesMut};
+
+/// How a message's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `content-length: n`.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+    /// Until the peer closes (responses only).
+    Close,
+}
+
+/// A body framing violation (bad chunk size line, missing CRLF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    Close,
+    Done,
+}
+
+/// What [`Decoder::decode`] found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes (never empty).
+    Data(Bytes),
+    /// More bytes are needed.
+    NeedMore,
+    /// The body is complete.
+    End,
+}
+
+/// Incremental body decoder.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    state: State,
+}
+
+/// Longest chunk-size line (with extensions) we accept.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl Decoder {
+    /// A decoder for `framing`.
+    pub fn new(framing: Framing) -> Decoder {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+        };
+        Decoder { state }
+    }
+
+    /// Whether the whole body has been decoded.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Whether the body ends only when the peer closes.
+    pub fn is_close_delimited(&self) -> bool {
+        self.state == State::Close
+    }
+
+    /// Called when the peer closed: completes a close-delimited body, else the body is truncated.
+    pub fn on_eof(&mut self) -> Result<(), BodyError> {
+        match self.state {
+            State::Close | State::Done => {
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(BodyError),
+        }
+    }
+
+    /// Takes the next piece of body out of `buf`, at most `max` bytes of data.
+    pub fn decode(&mut self, buf: &mut BytesMut, max: usize) -> Result<Decoded, BodyError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::End),
+                State::Length(rem) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = (rem.min(buf.len() as u64) as usize).min(max);
+                    let rem = rem - n as u64;
+                    self.state = if rem == 0 { State::Done } else { State::Length(rem) };
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                State::Close => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = buf.len().min(max);
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                State::ChunkSize => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        let _ = buf.split_to(used);
+                        self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(BodyError);
+                        }
+                        return Ok(Decoded::NeedMore);
+                    }
+                    Err(_) => return Err(BodyError),
+                },
+                State::ChunkData(rem) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = (rem.min(buf.len() as u64) as usize).min(max);
+                    let rem = rem - n as u64;
+                    self.state = if rem == 0 { State::ChunkDataEnd } else { State::ChunkData(rem) };
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                State::ChunkDataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(BodyError);
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    // Trailer lines until an empty line; dropped.
+                    match memchr::memmem::find(buf, b"\r\n") {
+                        Some(0) => {
+                            let _ = buf.split_to(2);
+                            self.state = State::Done;
+                        }
+                        Some(i) => {
+                            let _ = buf.split_to(i + 2);
+                        }
+                        None => {
+                            if buf.len() > MAX_CHUNK_LINE {
+                                return Err(BodyError);
+                            }
+                            return Ok(Decoded::NeedMore);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends `data` as one chunk of a chunked body.
+pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut hex = [0u8; 16];
+    let mut n = data.len();
+    let mut i = hex.len();
+    while n > 0 {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(d: &mut Decoder, buf: &mut BytesMut) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        loop {
+            match d.decode(buf, 3).unwrap() {
+                Decoded::Data(b) => out.extend_from_slice(&b),
+                Decoded::NeedMore => return (out, false),
+                Decoded::End => return (out, true),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_with_extensions_and_trailers() {
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut b = BytesMut::from(&b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\nNEXT"[..]);
+        assert_eq!(drain(&mut d, &mut b), (b"hello world".to_vec(), true));
+        assert_eq!(&b[..], b"NEXT");
+    }
+
+    #[test]
+    fn chunked_split_anywhere() {
+        let wire = b"5\r\nhello\r\n0\r\n\r\n";
+        for cut in 0..wire.len() {
+            let mut d = Decoder::new(Framing::Chunked);
+            let mut b = BytesMut::from(&wire[..cut]);
+            let (mut got, done) = drain(&mut d, &mut b);
+            assert!(!done);
+            b.extend_from_slice(&wire[cut..]);
+            let (rest, done) = drain(&mut d, &mut b);
+            got.extend(rest);
+            assert!(done, "cut at {cut}");
+            assert_eq!(got, b"hello");
+        }
+    }
+
+    #[test]
+    fn bad_chunk_size_is_an_error() {
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut b = BytesMut::from(&b"zz\r\n"[..]);
+        assert_eq!(d.decode(&mut b, 10), Err(BodyError));
+    }
+
+    #[test]
+    fn length_stops_at_boundary() {
+        let mut d = Decoder::new(Framing::Length(4));
+        let mut b = BytesMut::from(&b"abcdGET"[..]);
+        assert_eq!(drain(&mut d, &mut b), (b"abcd".to_vec(), true));
+        assert_eq!(&b[..], b"GET");
+    }
+
+    #[test]
+    fn close_delimited_ends_on_eof_only() {
+        let mut d = Decoder::new(Framing::Close);
+        assert!(d.on_eof().is_ok());
+        let mut d = Decoder::new(Framing::Length(3));
+        assert!(d.on_eof().is_err());
+    }
+
+    #[test]
+    fn encodes_chunks() {
+        let mut out = Vec::new();
+        encode_chunk(&mut out, &[b'x'; 26]);
+        assert!(out.starts_with(b"1a\r\n"));
+    }
+}

@@ -1,0 +1,255 @@
+//! Proxy rules for HTTP/1.1 messages: how a message's body is framed (with the request
+//! smuggling checks), which headers are hop-by-hop, and how heads are written.
+
+use super::body::Framing;
+use super::head::{HeaderMap, RequestHead};
+
+/// Why a request's framing is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingError {
+    /// Conflicting or invalid `content-length`, or `transfer-encoding` with `content-length`: 400.
+    BadRequest,
+    /// A transfer coding other than `chunked`: 501, as Envoy answers.
+    NotImplemented,
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// The request body framing, refusing every ambiguous form (RFC 9112 section 6.3): both
+/// `transfer-encoding` and `content-length`, several differing lengths, a non-numeric length,
+/// or a transfer coding other than exactly `chunked`.
+pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
+    let mut te = h.headers.get_all(b"transfer-encoding").peekable();
+    let has_te = te.peek().is_some();
+    let mut length: Option<u64> = None;
+    for v in h.headers.get_all(b"content-length") {
+        for part in v.split(|b| *b == b',') {
+            let n = parse_length(part.trim_ascii()).ok_or(FramingError::BadRequest)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(FramingError::BadRequest);
+            }
+            length = Some(n);
+        }
+    }
+    if has_te {
+        if length.is_some() {
+            return Err(FramingError::BadRequest);
+        }
+        let mut codings = 0;
+        let mut chunked = false;
+        for v in te {
+            for c in v.split(|b| *b == b',') {
+                let c = c.trim_ascii();
+                if c.is_empty() {
+                    continue;
+                }
+                codings += 1;
+                chunked = c.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+        if codings == 1 && chunked {
+            return Ok(Framing::Chunked);
+        }
+        return Err(FramingError::NotImplemented);
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::Empty,
+    })
+}
+
+/// The response body framing (RFC 9112 section 6.3), given the request method and status.
+pub fn response_framing(head_request: bool, status: u16, h: &HeaderMap) -> Framing {
+    if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Framing::Empty;
+    }
+    if let Some(te) = h.get(b"transfer-encoding") {
+        let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
+        return if last.eq_ignore_ascii_case(b"chunked") { Framing::Chunked } else { Framing::Close };
+    }
+    match h.get(b"content-length").and_then(|v| parse_length(v.trim_ascii())) {
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    }
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1), plus
+/// `proxy-connection`, which Envoy also strips. `te` is handled separately. `content-length`
+/// stays: it is end-to-end, and the writer keeps it in place when the framing is unchanged.
+const HOP_BY_HOP: [&[u8]; 5] = [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+
+/// Removes hop-by-hop headers and the headers the `connection` header names; the writer adds
+/// `transfer-encoding` for the next hop. `te` is kept only as `te: trailers`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<Vec<u8>> = h
+        .get_all(b"connection")
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t.as_slice() != b"close" && t.as_slice() != b"keep-alive")
+        .collect();
+    h.remove_if(|n, v| {
+        HOP_BY_HOP.contains(&n)
+            || (n == b"te" && !v.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            || named.iter().any(|t| t.as_slice() == n)
+    });
+}
+
+/// Whether the connection persists after this message, from its version and `connection`.
+pub fn keep_alive(minor: u8, h: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for v in h.get_all(b"connection") {
+        for t in v.split(|b| *b == b',') {
+            let t = t.trim_ascii();
+            close |= t.eq_ignore_ascii_case(b"close");
+            keep |= t.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    if minor == 0 {
+        keep && !close
+    } else {
+        !close
+    }
+}
+
+/// Writes a content-length or transfer-encoding header for `framing`.
+pub fn write_framing(out: &mut Vec<u8>, framing: Framing) {
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {}
+    }
+}
+
+/// Writes `HTTP/1.1 <code> <reason>\r\n` with Envoy's reason phrase for the code.
+pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reason phrase Envoy's HTTP/1 codec writes for a status code (it does not pass the
+/// upstream's phrase through).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        102 => "Processing",
+        103 => "Early Hints",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Entity",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::head::parse_request;
+    use bytes::BytesMut;
+
+    fn req(wire: &str) -> RequestHead {
+        parse_request(&mut BytesMut::from(wire.as_bytes()), 65536).unwrap().unwrap()
+    }
+
+    #[test]
+    fn request_framing_table() {
+        let cases: &[(&str, Result<Framing, FramingError>)] = &[
+            ("GET / HTTP/1.1\r\n\r\n", Ok(Framing::Empty)),
+            ("POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n", Ok(Framing::Length(5))),
+            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n", Ok(Framing::Length(5))),
+            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", Err(FramingError::BadRequest)),
+            ("POST / HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\n", Err(FramingError::BadRequest)),
+            ("POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n", Err(FramingError::BadRequest)),
+            ("POST / HTTP/1.1\r\ncontent-length: 0x10\r\n\r\n", Err(FramingError::BadRequest)),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n", Ok(Framing::Chunked)),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n", Err(FramingError::BadRequest)),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n", Err(FramingError::NotImplemented)),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n", Err(FramingError::NotImplemented)),
+        ];
+        for (wire, want) in cases {
+            assert_eq!(request_framing(&req(wire)), *want, "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = req("GET / HTTP/1.1\r\nconnection: keep-alive, x-foo\r\nkeep-alive: 5\r\nx-foo: 1\r\nte: trailers\r\nupgrade: h2c\r\nx-bar: 2\r\n\r\n").headers;
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+        assert_eq!(names, vec!["te", "x-bar"]);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(keep_alive(1, &req("GET / HTTP/1.1\r\n\r\n").headers));
+        assert!(!keep_alive(1, &req("GET / HTTP/1.1\r\nconnection: close\r\n\r\n").headers));
+        assert!(!keep_alive(0, &req("GET / HTTP/1.0\r\n\r\n").headers));
+        assert!(keep_alive(0, &req("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").headers));
+    }
+}

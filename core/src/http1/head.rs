@@ -1,0 +1,287 @@
+//! Request and response heads: parsed once from the connection's read buffer, edited in place
+//! (headers removed, added, rewritten) and serialised once toward the other side.
+//!
+//! The raw head bytes are split off the read buffer without copying; every original name and
+//! value is a span into them, so parsing allocates one `Vec` of entries per head. Header names
+//! are lower-cased in place during the parse, as Envoy's HTTP/1 codec presents them.
+
+use bytes::{Bytes, BytesMut};
+
+/// Envoy's default `max_headers_count`.
+pub const MAX_HEADERS: usize = 100;
+
+#[derive(Debug, Clone)]
+enum Val {
+    Span(u32, u32),
+    Owned(Box<[u8]>),
+}
+
+#[inline]
+fn val<'a>(raw: &'a [u8], v: &'a Val) -> &'a [u8] {
+    match v {
+        Val::Span(s, e) => &raw[*s as usize..*e as usize],
+        Val::Owned(b) => b,
+    }
+}
+
+/// An ordered multimap of lower-case header names to values.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMap {
+    raw: Bytes,
+    entries: Vec<(Val, Val)>,
+}
+
+impl HeaderMap {
+    #[inline]
+    fn bytes<'a>(&'a self, v: &'a Val) -> &'a [u8] {
+        val(&self.raw, v)
+    }
+
+    /// Every (name, value) in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries.iter().map(move |(n, v)| (self.bytes(n), self.bytes(v)))
+    }
+
+    /// The first value of `name` (lower-case).
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Every value of `name` (lower-case).
+    pub fn get_all<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove(&mut self, name: &[u8]) {
+        self.remove_if(|n, _| n == name);
+    }
+
+    /// Removes every header for which `drop` returns true.
+    pub fn remove_if(&mut self, mut drop: impl FnMut(&[u8], &[u8]) -> bool) {
+        let raw = &self.raw;
+        self.entries.retain(|(n, v)| !drop(val(raw, n), val(raw, v)));
+    }
+
+    /// Appends a header (name must be lower-case).
+    pub fn append(&mut self, name: &[u8], value: &[u8]) {
+        self.entries.push((Val::Owned(name.into()), Val::Owned(value.into())));
+    }
+
+    /// Replaces every value of `name` with one `value`, keeping the first one's position.
+    pub fn set(&mut self, name: &[u8], value: &[u8]) {
+        let raw = &self.raw;
+        match self.entries.iter().position(|(n, _)| val(raw, n) == name) {
+            Some(i) => {
+                let mut idx = 0;
+                self.entries.retain(|(n, _)| {
+                    idx += 1;
+                    idx - 1 <= i || val(raw, n) != name
+                });
+                self.entries[i].1 = Val::Owned(value.into());
+            }
+            None => self.append(name, value),
+        }
+    }
+
+    /// Number of header lines.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes every header as `name: value\r\n`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        for (n, v) in self.iter() {
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    raw: Bytes,
+    method: (u32, u32),
+    target: (u32, u32),
+    /// `0` for HTTP/1.0, `1` for HTTP/1.1.
+    pub minor: u8,
+    /// The headers, names lower-case.
+    pub headers: HeaderMap,
+    /// Size of the head on the wire, for `max_request_headers_kb`-style accounting.
+    pub wire_len: usize,
+}
+
+impl RequestHead {
+    /// The method, as sent.
+    pub fn method(&self) -> &[u8] {
+        &self.raw[self.method.0 as usize..self.method.1 as usize]
+    }
+
+    /// The request target (path and query, or an absolute URI), as sent.
+    pub fn target(&self) -> &[u8] {
+        &self.raw[self.target.0 as usize..self.target.1 as usize]
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    raw: Bytes,
+    reason: (u32, u32),
+    /// `0` for HTTP/1.0, `1` for HTTP/1.1.
+    pub minor: u8,
+    /// The headers, names lower-case.
+    pub headers: HeaderMap,
+}
+
+impl ResponseHead {
+    /// The reason phrase, as sent.
+    pub fn reason(&self) -> &[u8] {
+        &self.raw[self.reason.0 as usize..self.reason.1 as usize]
+    }
+}
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not valid HTTP/1.x (bad token, bad character, bad version): 400.
+    Malformed,
+    /// More than [`MAX_HEADERS`] headers or more bytes than the configured limit: 431.
+    TooLarge,
+}
+
+fn span(base: *const u8, s: &[u8]) -> (u32, u32) {
+    let start = s.as_ptr() as usize - base as usize;
+    (start as u32, (start + s.len()) as u32)
+}
+
+fn lowercase_names(raw: &mut BytesMut, spans: &[((u32, u32), (u32, u32))]) {
+    for ((s, e), _) in spans {
+        raw[*s as usize..*e as usize].make_ascii_lowercase();
+    }
+}
+
+fn build_map(raw: Bytes, spans: Vec<((u32, u32), (u32, u32))>) -> HeaderMap {
+    let entries = spans
+        .into_iter()
+        .map(|((ns, ne), (vs, ve))| (Val::Span(ns, ne), Val::Span(vs, ve)))
+        .collect();
+    HeaderMap { raw, entries }
+}
+
+/// Parses a request head from the front of `buf`. Returns `Ok(None)` when more bytes are
+/// needed (and `buf` is still within `max_len`); on success the head's bytes are split off `buf`.
+pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<RequestHead>, HeadError> {
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hdrs);
+    let base = buf.as_ptr();
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > max_len { Err(HeadError::TooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    if n > max_len {
+        return Err(HeadError::TooLarge);
+    }
+    let method = span(base, req.method.unwrap_or("").as_bytes());
+    let target = span(base, req.path.unwrap_or("").as_bytes());
+    let minor = req.version.unwrap_or(1);
+    let spans: Vec<_> =
+        req.headers.iter().map(|h| (span(base, h.name.as_bytes()), span(base, h.value))).collect();
+    let mut raw = buf.split_to(n);
+    lowercase_names(&mut raw, &spans);
+    let raw = raw.freeze();
+    Ok(Some(RequestHead {
+        method,
+        target,
+        minor,
+        headers: build_map(raw.clone(), spans),
+        raw,
+        wire_len: n,
+    }))
+}
+
+/// Parses a response head from the front of `buf`, like [`parse_request`].
+pub fn parse_response(buf: &mut BytesMut, max_len: usize) -> Result<Option<ResponseHead>, HeadError> {
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut hdrs);
+    let base = buf.as_ptr();
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > max_len { Err(HeadError::TooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    let status = resp.code.unwrap_or(0);
+    let reason = span(base, resp.reason.unwrap_or("").as_bytes());
+    let minor = resp.version.unwrap_or(1);
+    let spans: Vec<_> =
+        resp.headers.iter().map(|h| (span(base, h.name.as_bytes()), span(base, h.value))).collect();
+    let mut raw = buf.split_to(n);
+    lowercase_names(&mut raw, &spans);
+    let raw = raw.freeze();
+    Ok(Some(ResponseHead { status, reason, minor, headers: build_map(raw.clone(), spans), raw }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_request_and_lowercases_names() {
+        let mut b = BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Foo: Bar\r\n\r\nrest"[..]);
+        let h = parse_request(&mut b, 1024).unwrap().unwrap();
+        assert_eq!(h.method(), b"GET");
+        assert_eq!(h.target(), b"/a?b=1");
+        assert_eq!(h.minor, 1);
+        assert_eq!(h.headers.get(b"x-foo"), Some(&b"Bar"[..]));
+        assert_eq!(&b[..], b"rest");
+    }
+
+    #[test]
+    fn partial_then_too_large() {
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n"[..]);
+        assert!(parse_request(&mut b, 1024).unwrap().is_none());
+        assert_eq!(parse_request(&mut b, 10).unwrap_err(), HeadError::TooLarge);
+    }
+
+    #[test]
+    fn malformed_header_name_is_rejected() {
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"[..]);
+        assert_eq!(parse_request(&mut b, 1024).unwrap_err(), HeadError::Malformed);
+    }
+
+    #[test]
+    fn set_replaces_all_and_keeps_position() {
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\na: 3\r\n\r\n"[..]);
+        let mut h = parse_request(&mut b, 1024).unwrap().unwrap();
+        h.headers.set(b"a", b"9");
+        let all: Vec<_> = h.headers.iter().collect();
+        assert_eq!(all, vec![(&b"a"[..], &b"9"[..]), (&b"b"[..], &b"2"[..])]);
+        h.headers.remove(b"b");
+        h.headers.append(b"c", b"4");
+        let mut out = Vec::new();
+        h.headers.write_to(&mut out);
+        assert_eq!(out, b"a: 9\r\nc: 4\r\n");
+    }
+}

@@ -1,0 +1,6 @@
+//! HTTP/1.1 wire format: heads ([`head`]), body framing ([`body`]) and the proxy-specific rules
+//! for reading a message's framing and writing heads ([`codec`]).
+
+pub mod body;
+pub mod codec;
+pub mod head;

@@ -1,0 +1,170 @@
+//! Compiling a [`Snapshot`] into the engine-wide, immutable [`Compiled`] form that workers share
+//! (`Arc`). Everything that can fail fails here, before anything is swapped.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Cluster, Listener, Snapshot};
+use crate::lb::Policy;
+use crate::router::RouteTable;
+use crate::Error;
+
+/// A listener with its compiled route table.
+#[derive(Debug)]
+pub struct CompiledListener {
+    /// The listener's config.
+    pub cfg: Listener,
+    /// Its name, shared with worker tasks.
+    pub name: Arc<str>,
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// The compiled routes.
+    pub routes: RouteTable,
+    /// `server` header value, pre-rendered.
+    pub server_name: Vec<u8>,
+}
+
+/// How a cluster finds its hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Fixed IP endpoints.
+    Static,
+    /// Names resolved at start and every `dns_refresh_rate`.
+    StrictDns,
+}
+
+/// A cluster, compiled.
+#[derive(Debug)]
+pub struct CompiledCluster {
+    /// The cluster's config.
+    pub cfg: Cluster,
+    /// Balancing policy.
+    pub policy: Policy,
+    /// STATIC or STRICT_DNS.
+    pub discovery: Discovery,
+    /// Hosts at compile time (resolved once for STRICT_DNS).
+    pub hosts: Vec<(SocketAddr, u32)>,
+    /// `connect_timeout`.
+    pub connect_timeout: Duration,
+}
+
+/// A whole compiled snapshot.
+#[derive(Debug)]
+pub struct Compiled {
+    /// Listeners in config order.
+    pub listeners: Vec<Arc<CompiledListener>>,
+    /// Clusters in config order; routes refer to them by index.
+    pub clusters: Vec<Arc<CompiledCluster>>,
+}
+
+impl Compiled {
+    /// The listener named `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<CompiledListener>> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+/// Resolves a STRICT_DNS endpoint following `dns_lookup_family`. Failures give no addresses,
+/// as Envoy leaves a cluster with no hosts when resolution fails.
+pub fn resolve(host: &str, port: u16, family: &str) -> Vec<SocketAddr> {
+    let Ok(addrs) = (host, port).to_socket_addrs() else {
+        return Vec::new();
+    };
+    let addrs: Vec<SocketAddr> = addrs.collect();
+    let v4: Vec<_> = addrs.iter().copied().filter(SocketAddr::is_ipv4).collect();
+    let v6: Vec<_> = addrs.iter().copied().filter(SocketAddr::is_ipv6).collect();
+    match family {
+        "V4_ONLY" => v4,
+        "V6_ONLY" => v6,
+        "V6_PREFERRED" => if v6.is_empty() { v4 } else { v6 },
+        "ALL" => addrs,
+        _ => if v4.is_empty() { v6 } else { v4 },
+    }
+}
+
+/// Resolves every endpoint of a STRICT_DNS cluster (each address found becomes a host).
+pub fn resolve_cluster(c: &Cluster) -> Vec<(SocketAddr, u32)> {
+    let mut out = Vec::new();
+    for e in &c.endpoints {
+        for a in resolve(&e.address, e.port, &c.dns_lookup_family) {
+            out.push((a, e.weight));
+        }
+    }
+    out
+}
+
+fn compile_cluster(c: &Cluster, path: &str) -> Result<CompiledCluster, Error> {
+    let policy = Policy::parse(&c.lb_policy, c.choice_count).ok_or_else(|| {
+        Error::config(format!(
+            "{path}.lb_policy: {:?} is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM",
+            c.lb_policy
+        ))
+    })?;
+    let discovery = match c.discovery.as_str() {
+        "STATIC" => Discovery::Static,
+        "STRICT_DNS" => Discovery::StrictDns,
+        other => {
+            return Err(Error::config(format!("{path}.type: {other:?} is not one of STATIC, STRICT_DNS")))
+        }
+    };
+    let hosts = match discovery {
+        Discovery::Static => {
+            let mut hosts = Vec::new();
+            for (i, e) in c.endpoints.iter().enumerate() {
+                let ip: IpAddr = e.address.parse().map_err(|_| {
+                    Error::config(format!(
+                        "{path}.endpoints[{i}].address: {:?} is not an IP address (a STATIC cluster needs IP literals; use STRICT_DNS for names)",
+                        e.address
+                    ))
+                })?;
+                hosts.push((SocketAddr::new(ip, e.port), e.weight));
+            }
+            hosts
+        }
+        Discovery::StrictDns => resolve_cluster(c),
+    };
+    Ok(CompiledCluster {
+        cfg: c.clone(),
+        policy,
+        discovery,
+        hosts,
+        connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
+    })
+}
+
+/// Compiles a snapshot. Errors name the snapshot path (`clusters[1].lb_policy`).
+pub fn compile(s: &Snapshot) -> Result<Compiled, Error> {
+    let mut names = HashSet::new();
+    let mut clusters = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in s.clusters.iter().enumerate() {
+        let path = format!("clusters[{i}]");
+        if !names.insert(c.name.as_str()) {
+            return Err(Error::config(format!("{path}.name: duplicate cluster name {:?}", c.name)));
+        }
+        index.insert(c.name.as_str(), i);
+        clusters.push(Arc::new(compile_cluster(c, &path)?));
+    }
+    let mut lnames = HashSet::new();
+    let mut listeners = Vec::new();
+    for (i, l) in s.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if !lnames.insert(l.name.as_str()) {
+            return Err(Error::config(format!("{path}.name: duplicate listener name {:?}", l.name)));
+        }
+        let ip: IpAddr = l.address.parse().map_err(|_| {
+            Error::config(format!("{path}.address: {:?} is not an IP address", l.address))
+        })?;
+        let routes = RouteTable::compile(&l.hcm.route_config, &index, &format!("{path}.hcm.route_config"))?;
+        listeners.push(Arc::new(CompiledListener {
+            name: Arc::from(l.name.as_str()),
+            addr: SocketAddr::new(ip, l.port),
+            routes,
+            server_name: l.hcm.server_name.clone().into_bytes(),
+            cfg: l.clone(),
+        }));
+    }
+    Ok(Compiled { listeners, clusters })
+}

@@ -1,0 +1,111 @@
+//! Stats with Envoy's names: per-worker storage ([`store`]), the merged view ([`model`]) and
+//! Envoy's admin formats ([`render`]). The scope structs of each area live here so every stat
+//! name is declared in one place.
+
+pub mod model;
+pub mod render;
+pub mod store;
+
+pub use model::{HistValue, StatKind, StatValue, StatsSnapshot};
+pub use store::{CodeCounters, Counter, Gauge, Histogram, Scope, Store, Visitor};
+
+crate::stat_scope! {
+    /// `http.<stat_prefix>.*`: one per listener's connection manager per worker.
+    pub struct HttpStats {
+        counters {
+            downstream_cx_total, downstream_cx_destroy, downstream_cx_protocol_error,
+            downstream_cx_idle_timeout, downstream_cx_http1_total,
+            downstream_rq_total, downstream_rq_http1_total,
+            downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,
+            downstream_rq_5xx, downstream_rq_completed, downstream_rq_timeout,
+            downstream_rq_idle_timeout, downstream_rq_header_timeout,
+            no_route, rq_direct_response, rq_redirect,
+        }
+        gauges { downstream_cx_active, downstream_cx_http1_active, downstream_rq_active }
+        histograms { downstream_rq_time, downstream_cx_length_ms }
+    }
+}
+
+impl HttpStats {
+    /// Counts a response by class (`downstream_rq_2xx`).
+    #[inline]
+    pub fn count_response(&self, code: u16) {
+        match code / 100 {
+            1 => self.downstream_rq_1xx.inc(),
+            2 => self.downstream_rq_2xx.inc(),
+            3 => self.downstream_rq_3xx.inc(),
+            4 => self.downstream_rq_4xx.inc(),
+            _ => self.downstream_rq_5xx.inc(),
+        }
+    }
+}
+
+impl Scope for HttpStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        self.visit_declared(v);
+    }
+}
+
+crate::stat_scope! {
+    /// `listener.<address>.*`: one per listener per worker.
+    pub struct ListenerStats {
+        counters { downstream_cx_total, downstream_cx_destroy }
+        gauges { downstream_cx_active }
+        histograms { downstream_cx_length_ms }
+    }
+}
+
+impl Scope for ListenerStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        self.visit_declared(v);
+    }
+}
+
+crate::stat_scope! {
+    /// `cluster.<name>.*`: one per cluster per worker.
+    pub struct ClusterStats {
+        counters {
+            upstream_cx_total, upstream_cx_http1_total, upstream_cx_connect_fail,
+            upstream_cx_connect_timeout, upstream_cx_destroy, upstream_cx_idle_timeout,
+            upstream_cx_max_requests, upstream_cx_protocol_error,
+            upstream_rq_total, upstream_rq_completed, upstream_rq_timeout,
+            upstream_rq_rx_reset, upstream_rq_tx_reset, upstream_rq_pending_total,
+            upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx,
+            upstream_cx_none_healthy,
+        }
+        gauges { upstream_cx_active, upstream_rq_active, membership_total, membership_healthy }
+        histograms { upstream_rq_time, upstream_cx_connect_ms }
+    }
+}
+
+/// A cluster's declared stats plus its per-code counters.
+#[derive(Debug, Default)]
+pub struct ClusterScope {
+    /// The fixed stats.
+    pub s: ClusterStats,
+    /// `upstream_rq_<code>`.
+    pub codes: CodeCounters,
+}
+
+impl ClusterScope {
+    /// Counts a completed upstream response by code and class.
+    #[inline]
+    pub fn count_response(&self, code: u16) {
+        self.codes.inc(code);
+        let s = &self.s;
+        match code / 100 {
+            1 => s.upstream_rq_1xx.inc(),
+            2 => s.upstream_rq_2xx.inc(),
+            3 => s.upstream_rq_3xx.inc(),
+            4 => s.upstream_rq_4xx.inc(),
+            _ => s.upstream_rq_5xx.inc(),
+        }
+    }
+}
+
+impl Scope for ClusterScope {
+    fn visit(&self, v: &mut dyn Visitor) {
+        self.s.visit_declared(v);
+        self.codes.visit("upstream_rq_", v);
+    }
+}

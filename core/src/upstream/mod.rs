@@ -1,0 +1,148 @@
+//! Upstream clusters as a worker sees them: hosts with their connection pools and balancer.
+//!
+//! Everything here is per worker (`Rc`, `Cell`): a worker's pool holds connections only it
+//! uses, so checkout and return are a `Vec` pop and push with no lock.
+
+pub mod pool;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::lb::{Balancer, LbHost, Policy};
+use crate::snapshot::CompiledCluster;
+use crate::stats::ClusterScope;
+use pool::Pool;
+
+crate::stat_scope! {
+    /// Per-host stats for `/clusters` (not in `/stats`, as Envoy).
+    pub struct HostStats {
+        counters { cx_total, cx_connect_fail, rq_total, rq_error, rq_success, rq_timeout }
+        gauges { cx_active, rq_active }
+        histograms {}
+    }
+}
+
+impl crate::stats::Scope for HostStats {
+    fn visit(&self, v: &mut dyn crate::stats::Visitor) {
+        self.visit_declared(v);
+    }
+}
+
+/// Counts an upstream connection open for as long as it lives.
+pub struct CxGuard {
+    cluster: Arc<ClusterScope>,
+    host: Arc<HostStats>,
+}
+
+impl CxGuard {
+    /// Counts a new connection (`upstream_cx_total`, `upstream_cx_active`).
+    pub fn new(cluster: Arc<ClusterScope>, host: Arc<HostStats>) -> CxGuard {
+        cluster.s.upstream_cx_total.inc();
+        cluster.s.upstream_cx_http1_total.inc();
+        cluster.s.upstream_cx_active.inc();
+        host.cx_total.inc();
+        host.cx_active.inc();
+        CxGuard { cluster, host }
+    }
+}
+
+impl Drop for CxGuard {
+    fn drop(&mut self) {
+        self.cluster.s.upstream_cx_active.dec();
+        self.cluster.s.upstream_cx_destroy.inc();
+        self.host.cx_active.dec();
+    }
+}
+
+/// One upstream host on one worker.
+pub struct HostRt {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Envoy `load_balancing_weight`.
+    pub weight: u32,
+    /// Idle keep-alive connections to this host.
+    pub pool: Pool,
+    /// Per-host stats.
+    pub stats: Arc<HostStats>,
+    active: Cell<u32>,
+}
+
+impl HostRt {
+    /// A host with an empty pool.
+    pub fn new(addr: SocketAddr, weight: u32, stats: Arc<HostStats>) -> HostRt {
+        HostRt { addr, weight, pool: Pool::default(), stats, active: Cell::new(0) }
+    }
+
+    /// Marks a request started (least-request input, `rq_active`).
+    pub fn rq_start(&self) {
+        self.active.set(self.active.get() + 1);
+        self.stats.rq_active.inc();
+        self.stats.rq_total.inc();
+    }
+
+    /// Marks a request finished.
+    pub fn rq_end(&self) {
+        self.active.set(self.active.get().saturating_sub(1));
+        self.stats.rq_active.dec();
+    }
+}
+
+impl LbHost for Rc<HostRt> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn active_requests(&self) -> u32 {
+        self.active.get()
+    }
+}
+
+/// A host set and its balancer, replaced together when DNS changes the hosts.
+pub struct HostSet {
+    /// The hosts.
+    pub hosts: Vec<Rc<HostRt>>,
+    /// The balancer over `hosts`.
+    pub lb: Balancer,
+}
+
+/// One cluster on one worker.
+pub struct ClusterRt {
+    /// The compiled, engine-wide cluster.
+    pub cfg: Arc<CompiledCluster>,
+    /// `cluster.<name>.*`.
+    pub stats: Arc<ClusterScope>,
+    /// Current hosts; swapped whole on a DNS update.
+    pub hosts: RefCell<Rc<HostSet>>,
+    policy: Policy,
+    /// Whether this worker publishes the cluster-wide gauges (`membership_*`): exactly one
+    /// worker does, so the merge (a sum) reports the cluster's value, not N times it.
+    publishes_membership: bool,
+}
+
+impl ClusterRt {
+    /// A cluster runtime with `hosts`.
+    pub fn new(cfg: Arc<CompiledCluster>, stats: Arc<ClusterScope>, hosts: Vec<Rc<HostRt>>, publishes_membership: bool) -> ClusterRt {
+        let policy = cfg.policy;
+        let c = ClusterRt { cfg, stats, hosts: RefCell::new(Rc::new(HostSet { lb: Balancer::new(policy, &[] as &[Rc<HostRt>]), hosts: Vec::new() })), policy, publishes_membership };
+        c.set_hosts(hosts);
+        c
+    }
+
+    /// Replaces the host set (DNS refresh).
+    pub fn set_hosts(&self, hosts: Vec<Rc<HostRt>>) {
+        let set = Rc::new(HostSet { lb: Balancer::new(self.policy, &hosts), hosts });
+        if self.publishes_membership {
+            self.stats.s.membership_total.set(set.hosts.len() as u64);
+            self.stats.s.membership_healthy.set(set.hosts.len() as u64);
+        }
+        *self.hosts.borrow_mut() = set;
+    }
+
+    /// Picks a host for a request.
+    #[inline]
+    pub fn pick(&self) -> Option<Rc<HostRt>> {
+        let set = self.hosts.borrow();
+        set.lb.pick(&set.hosts).map(|i| set.hosts[i].clone())
+    }
+}

@@ -1,0 +1,809 @@
+//! One downstream HTTP/1.1 connection: read a request head, route it, exchange it with an
+//! upstream (request body and response streamed concurrently through bounded buffers), write
+//! the response, repeat while keep-alive holds.
+//!
+//! Between requests a connection holds no read buffer: it waits for readability first and
+//! allocates only when bytes arrive. The per-request state lives in a boxed future
+//! (`Box::pin(request(..))`) so the long-lived connection future stays small.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::ctx::{Ctx, ListenerRt, WorkerSnap};
+use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
+use crate::http1::codec::{
+    keep_alive, request_framing, response_framing, strip_hop_by_hop, write_framing, write_status_line, FramingError,
+};
+use crate::http1::head::{parse_request, parse_response, HeadError, HeaderMap, RequestHead};
+use crate::router::{Action, Forward, Mutations, Redirect};
+use crate::upstream::pool::UpConn;
+use crate::upstream::{ClusterRt, CxGuard, HostRt};
+
+/// Read size for heads and bodies. Bodies move in pieces of at most this size, so a
+/// connection's buffering is bounded whatever the body length.
+const READ_CHUNK: usize = 16 * 1024;
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 96 * 1024;
+
+/// What to do with the downstream connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+struct Down {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    peer: SocketAddr,
+}
+
+/// Counts a downstream connection open for as long as it lives.
+struct DownGuard {
+    l: Rc<ListenerRt>,
+    ctx: Rc<Ctx>,
+    start: Instant,
+}
+
+impl DownGuard {
+    fn new(ctx: Rc<Ctx>, l: Rc<ListenerRt>) -> DownGuard {
+        l.stats.downstream_cx_total.inc();
+        l.stats.downstream_cx_active.inc();
+        l.http.downstream_cx_total.inc();
+        l.http.downstream_cx_http1_total.inc();
+        l.http.downstream_cx_active.inc();
+        l.http.downstream_cx_http1_active.inc();
+        let a = &ctx.shared.active_connections;
+        a.store(a.load(std::sync::atomic::Ordering::Relaxed) + 1, std::sync::atomic::Ordering::Relaxed);
+        DownGuard { l, ctx, start: Instant::now() }
+    }
+}
+
+impl Drop for DownGuard {
+    fn drop(&mut self) {
+        let l = &self.l;
+        l.stats.downstream_cx_active.dec();
+        l.stats.downstream_cx_destroy.inc();
+        l.stats.downstream_cx_length_ms.record_ms(self.start);
+        l.http.downstream_cx_active.dec();
+        l.http.downstream_cx_http1_active.dec();
+        l.http.downstream_cx_destroy.inc();
+        l.http.downstream_cx_length_ms.record_ms(self.start);
+        let a = &self.ctx.shared.active_connections;
+        a.store(a.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn sleep_ms(ms: u64) {
+    if ms == 0 {
+        std::future::pending::<()>().await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let Some(l) = ctx.current().listeners.get(&lname).cloned() else {
+        return;
+    };
+    let _guard = DownGuard::new(ctx.clone(), l);
+    let mut d = Down { stream, rbuf: BytesMut::new(), peer };
+    loop {
+        let snap = ctx.current();
+        let Some(l) = snap.listeners.get(&lname).cloned() else {
+            // The listener was removed by a new snapshot: finish here.
+            break;
+        };
+        if d.rbuf.is_empty() {
+            // Idle between requests: no buffer held, woken by data, drain or idle timeout.
+            d.rbuf = BytesMut::new();
+            let ready = tokio::select! {
+                r = d.stream.readable() => r.is_ok(),
+                _ = ctx.drain_notify.notified() => false,
+                _ = sleep_ms(l.c.cfg.hcm.idle_timeout_ms) => {
+                    l.http.downstream_cx_idle_timeout.inc();
+                    false
+                }
+            };
+            if !ready || ctx.draining() {
+                break;
+            }
+        }
+        let next = Box::pin(request(&ctx, &snap, &l, &mut d)).await;
+        if next == Next::Close || ctx.draining() {
+            break;
+        }
+    }
+    let _ = d.stream.shutdown().await;
+}
+
+enum ReadErr {
+    Closed,
+    Timeout,
+}
+
+async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, idle_ms: u64) -> Result<usize, ReadErr> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    let fut = r.read_buf(buf);
+    let res = if idle_ms == 0 {
+        fut.await
+    } else {
+        match timeout(Duration::from_millis(idle_ms), fut).await {
+            Ok(r) => r,
+            Err(_) => return Err(ReadErr::Timeout),
+        }
+    };
+    match res {
+        Ok(0) | Err(_) => Err(ReadErr::Closed),
+        Ok(n) => Ok(n),
+    }
+}
+
+/// Reads, routes and answers one request.
+async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mut Down) -> Next {
+    let hcm = &l.c.cfg.hcm;
+    let max_head = hcm.max_request_headers_kb as usize * 1024;
+    let header_deadline =
+        (hcm.request_headers_timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(hcm.request_headers_timeout_ms));
+    let head = loop {
+        match parse_request(&mut d.rbuf, max_head) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {}
+            Err(e) => {
+                l.http.downstream_cx_protocol_error.inc();
+                l.http.downstream_rq_total.inc();
+                let (status, body): (u16, &[u8]) = match e {
+                    HeadError::Malformed => (400, b"Bad Request"),
+                    HeadError::TooLarge => (431, b"Request Header Fields Too Large"),
+                };
+                l.http.count_response(status);
+                let out = local_reply(ctx, l, status, body, true, None);
+                let _ = d.stream.write_all(&out).await;
+                return Next::Close;
+            }
+        }
+        let wait = match header_deadline {
+            Some(dl) => dl.saturating_duration_since(Instant::now()).as_millis().max(1) as u64,
+            None => hcm.stream_idle_timeout_ms,
+        };
+        match read_more(&mut d.stream, &mut d.rbuf, wait).await {
+            Ok(_) => {}
+            Err(ReadErr::Closed) => return Next::Close,
+            Err(ReadErr::Timeout) => {
+                if header_deadline.is_some() {
+                    l.http.downstream_rq_header_timeout.inc();
+                } else {
+                    l.http.downstream_rq_idle_timeout.inc();
+                }
+                return Next::Close;
+            }
+        }
+    };
+    let start = Instant::now();
+    l.http.downstream_rq_total.inc();
+    l.http.downstream_rq_http1_total.inc();
+    l.http.downstream_rq_active.inc();
+    let (status, next) = handle(ctx, snap, l, d, head).await;
+    l.http.downstream_rq_active.dec();
+    if status != 0 {
+        l.http.count_response(status);
+        l.http.downstream_rq_completed.inc();
+        l.http.downstream_rq_time.record_ms(start);
+    }
+    next
+}
+
+/// Builds a complete local reply (Envoy's shape: status line, `content-length`,
+/// `content-type: text/plain` when there is a body, `date`, `server`).
+fn local_reply(ctx: &Ctx, l: &ListenerRt, status: u16, body: &[u8], close: bool, extra: Option<&HeaderMap>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    write_status_line(&mut out, status);
+    if let Some(h) = extra {
+        h.write_to(&mut out);
+    }
+    write_framing(&mut out, Framing::Length(body.len() as u64));
+    if !body.is_empty() && !extra.is_some_and(|h| h.contains(b"content-type")) {
+        out.extend_from_slice(b"content-type: text/plain\r\n");
+    }
+    push_header(&mut out, b"date", &ctx.date());
+    push_header(&mut out, b"server", &l.c.server_name);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a local reply and decides whether the connection can continue: only if the request
+/// had no body left unread.
+async fn reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body: &[u8], keep: bool, extra: Option<&HeaderMap>) -> (u16, Next) {
+    let out = local_reply(ctx, l, status, body, !keep, extra);
+    if d.stream.write_all(&out).await.is_err() {
+        return (status, Next::Close);
+    }
+    (status, if keep { Next::KeepAlive } else { Next::Close })
+}
+
+fn uuid4() -> [u8; 36] {
+    let r = fastrand::u128(..).to_be_bytes();
+    let mut b = r;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = hex[(x >> 4) as usize];
+        out[j + 1] = hex[(x & 0xf) as usize];
+        j += 2;
+    }
+    out
+}
+
+fn lower_host(h: &RequestHead) -> Vec<u8> {
+    h.headers.get(b"host").map(|v| v.to_ascii_lowercase()).unwrap_or_default()
+}
+
+async fn handle(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mut Down, mut head: RequestHead) -> (u16, Next) {
+    let hcm = &l.c.cfg.hcm;
+    let keep = keep_alive(head.minor, &head.headers) && !ctx.draining();
+    let framing = match request_framing(&head) {
+        Ok(f) => f,
+        Err(FramingError::BadRequest) => {
+            l.http.downstream_cx_protocol_error.inc();
+            return reply(ctx, l, d, 400, b"Bad Request", false, None).await;
+        }
+        Err(FramingError::NotImplemented) => {
+            l.http.downstream_cx_protocol_error.inc();
+            return reply(ctx, l, d, 501, b"Not Implemented", false, None).await;
+        }
+    };
+    let body_pending = framing != Framing::Empty;
+    let host = lower_host(&head);
+    let table = &l.c.routes;
+    let Some((vh, route)) = table.route(&host, head.target(), &head.headers) else {
+        l.http.no_route.inc();
+        return reply(ctx, l, d, 404, b"", keep && !body_pending, None).await;
+    };
+    let response_mutations = |h: &mut HeaderMap| {
+        route.mutations.apply_response(h);
+        vh.mutations.apply_response(h);
+        table.mutations.apply_response(h);
+    };
+    match &route.action {
+        Action::Direct { status, body } => {
+            l.http.rq_direct_response.inc();
+            let mut h = HeaderMap::default();
+            response_mutations(&mut h);
+            let body = if head.method() == b"HEAD" { &b""[..] } else { &body[..] };
+            reply(ctx, l, d, *status, body, keep && !body_pending, Some(&h)).await
+        }
+        Action::Redirect(r) => {
+            l.http.rq_redirect.inc();
+            let mut h = HeaderMap::default();
+            h.append(b"location", &redirect_location(r, &host, head.target()));
+            response_mutations(&mut h);
+            reply(ctx, l, d, r.cfg.response_code, b"", keep && !body_pending, Some(&h)).await
+        }
+        Action::Forward(fwd) => {
+            let (ci, _, wc_mut) = fwd.pick();
+            let cluster = snap.clusters[*ci].clone();
+            // Request edits, most specific first (weighted cluster, route, virtual host, route
+            // config), as Envoy applies them.
+            wc_mut.apply_request(&mut head.headers);
+            route.mutations.apply_request(&mut head.headers);
+            vh.mutations.apply_request(&mut head.headers);
+            table.mutations.apply_request(&mut head.headers);
+            let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
+            forward(ctx, l, d, head, framing, keep, fwd, route.prefix_len(), &cluster, &chain, hcm.proxy_100_continue).await
+        }
+    }
+}
+
+fn redirect_location(r: &Redirect, host: &[u8], target: &[u8]) -> Vec<u8> {
+    let c = &r.cfg;
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(i) => (&target[..i], &target[i..]),
+        None => (target, &b""[..]),
+    };
+    let mut out = Vec::new();
+    out.extend_from_slice(c.scheme_redirect.as_deref().unwrap_or("http").as_bytes());
+    out.extend_from_slice(b"://");
+    let (req_host, req_port) = match memchr::memrchr(b':', host) {
+        Some(i) if !host.ends_with(b"]") => (&host[..i], Some(&host[i..])),
+        _ => (host, None),
+    };
+    match &c.host_redirect {
+        Some(h) => out.extend_from_slice(h.as_bytes()),
+        None => out.extend_from_slice(req_host),
+    }
+    match c.port_redirect {
+        Some(p) => {
+            out.push(b':');
+            out.extend_from_slice(p.to_string().as_bytes());
+        }
+        None if c.host_redirect.is_none() && c.scheme_redirect.is_none() => {
+            if let Some(p) = req_port {
+                out.extend_from_slice(p);
+            }
+        }
+        None => {}
+    }
+    let has_query_in_redirect;
+    if let Some(p) = &c.path_redirect {
+        has_query_in_redirect = p.contains('?');
+        out.extend_from_slice(p.as_bytes());
+    } else if let Some(p) = &c.prefix_rewrite {
+        has_query_in_redirect = false;
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(&path[r.prefix_len.min(path.len())..]);
+    } else {
+        has_query_in_redirect = false;
+        out.extend_from_slice(path);
+    }
+    if !c.strip_query && !has_query_in_redirect {
+        out.extend_from_slice(query);
+    }
+    out
+}
+
+/// Appends the proxy's own request headers as Envoy's connection manager and router do.
+fn mutate_request(ctx: &Ctx, l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward, cluster: &ClusterRt, host: &HostRt) {
+    let hcm = &l.c.cfg.hcm;
+    strip_hop_by_hop(h);
+    if hcm.use_remote_address && !hcm.skip_xff_append {
+        let ip = d.peer.ip().to_string();
+        match h.get(b"x-forwarded-for") {
+            Some(v) => {
+                let mut nv = v.to_vec();
+                nv.extend_from_slice(b",");
+                nv.extend_from_slice(ip.as_bytes());
+                h.set(b"x-forwarded-for", &nv);
+            }
+            None => h.append(b"x-forwarded-for", ip.as_bytes()),
+        }
+    }
+    if !h.contains(b"x-forwarded-proto") {
+        h.append(b"x-forwarded-proto", b"http");
+    }
+    if hcm.generate_request_id && !h.contains(b"x-request-id") {
+        h.append(b"x-request-id", &uuid4());
+    }
+    if let Some(hr) = &fwd.host_rewrite {
+        h.set(b"host", hr);
+    } else if fwd.auto_host_rewrite && cluster.cfg.discovery == crate::snapshot::Discovery::StrictDns {
+        if let Some(e) = cluster.cfg.cfg.endpoints.iter().find(|e| e.port == host.addr.port()) {
+            h.set(b"host", e.address.as_bytes());
+        }
+    }
+    if !hcm.suppress_envoy_headers && fwd.timeout_ms > 0 {
+        h.set(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header);
+    }
+    let _ = ctx;
+}
+
+fn rewrite_target(fwd: &Forward, route_prefix_len: Option<usize>, target: &[u8], out: &mut Vec<u8>) {
+    match (&fwd.prefix_rewrite, route_prefix_len) {
+        (Some(p), Some(n)) if target.len() >= n => {
+            out.extend_from_slice(p);
+            out.extend_from_slice(&target[n..]);
+        }
+        _ => out.extend_from_slice(target),
+    }
+}
+
+/// How an exchange with an upstream ended.
+enum Outcome {
+    /// The response went downstream in full.
+    Done { status: u16, up_reusable: bool, down_keep: bool },
+    /// Failed before anything was sent downstream: answer locally.
+    Local { status: u16, body: &'static [u8] },
+    /// Failed after the response started, or the client went away: close.
+    Abort { status: u16 },
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    ctx: &Rc<Ctx>,
+    l: &Rc<ListenerRt>,
+    d: &mut Down,
+    mut head: RequestHead,
+    framing: Framing,
+    keep: bool,
+    fwd: &Forward,
+    prefix_len: Option<usize>,
+    cluster: &Rc<ClusterRt>,
+    chain: &[&Mutations; 4],
+    proxy_100: bool,
+) -> (u16, Next) {
+    let cs = &cluster.stats;
+    cs.s.upstream_rq_total.inc();
+    let Some(host) = cluster.pick() else {
+        cs.s.upstream_cx_none_healthy.inc();
+        cs.count_response(503);
+        return reply(ctx, l, d, 503, b"no healthy upstream", keep && framing == Framing::Empty, None).await;
+    };
+    // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set.
+    if !proxy_100 && head.minor == 1 && head.headers.get(b"expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")) {
+        head.headers.remove(b"expect");
+        if framing != Framing::Empty && d.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            return (0, Next::Close);
+        }
+    }
+    mutate_request(ctx, l, d, &mut head.headers, fwd, cluster, &host);
+    if let Framing::Length(n) = framing {
+        if head.headers.get_all(b"content-length").count() != 1 {
+            head.headers.set(b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        }
+    }
+    let is_head = head.method() == b"HEAD";
+    let client_minor = head.minor;
+    let mut out = Vec::with_capacity(head.wire_len + 256);
+    out.extend_from_slice(head.method());
+    out.push(b' ');
+    rewrite_target(fwd, prefix_len, head.target(), &mut out);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    head.headers.write_to(&mut out);
+    if framing == Framing::Chunked {
+        write_framing(&mut out, Framing::Chunked);
+    }
+    out.extend_from_slice(b"\r\n");
+
+    host.rq_start();
+    cs.s.upstream_rq_active.inc();
+    let mut up = match host.pool.checkout(|| {}) {
+        Some(c) => c,
+        None => match connect(cluster, &host).await {
+            Ok(c) => c,
+            Err(reason) => {
+                host.rq_end();
+                cs.s.upstream_rq_active.dec();
+                host.stats.rq_error.inc();
+                cs.count_response(503);
+                let body: &'static [u8] = match reason {
+                    ConnectFail::Timeout => b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+                    ConnectFail::Refused => b"upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: Connection refused",
+                    ConnectFail::Other => b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                };
+                return reply(ctx, l, d, 503, body, keep && framing == Framing::Empty, None).await;
+            }
+        },
+    };
+    up.requests += 1;
+    let rq_start = Instant::now();
+    let outcome = exchange(ctx, l, d, &mut up, out, framing, is_head, client_minor, keep, fwd.timeout_ms, chain, rq_start).await;
+    host.rq_end();
+    cs.s.upstream_rq_active.dec();
+    match outcome {
+        Outcome::Done { status, up_reusable, down_keep } => {
+            cs.count_response(status);
+            cs.s.upstream_rq_completed.inc();
+            cs.s.upstream_rq_time.record_ms(rq_start);
+            if status >= 500 {
+                host.stats.rq_error.inc();
+            } else {
+                host.stats.rq_success.inc();
+            }
+            let max = cluster.cfg.cfg.max_requests_per_connection;
+            if up_reusable && (max == 0 || up.requests < max) && !ctx.draining() {
+                host.pool.checkin(up);
+            } else if up_reusable {
+                cs.s.upstream_cx_max_requests.inc();
+            }
+            (status, if down_keep { Next::KeepAlive } else { Next::Close })
+        }
+        Outcome::Local { status, body } => {
+            drop(up);
+            host.stats.rq_error.inc();
+            cs.count_response(status);
+            if status == 504 {
+                cs.s.upstream_rq_timeout.inc();
+                host.stats.rq_timeout.inc();
+            }
+            reply(ctx, l, d, status, body, false, None).await
+        }
+        Outcome::Abort { status } => {
+            drop(up);
+            host.stats.rq_error.inc();
+            if status != 0 {
+                cs.count_response(status);
+            }
+            (status, Next::Close)
+        }
+    }
+}
+
+enum ConnectFail {
+    Timeout,
+    Refused,
+    Other,
+}
+
+async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFail> {
+    let cs = &cluster.stats;
+    let t0 = Instant::now();
+    match timeout(cluster.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            cs.s.upstream_cx_connect_ms.record_ms(t0);
+            Ok(UpConn {
+                stream,
+                rbuf: BytesMut::new(),
+                requests: 0,
+                idle_since: Instant::now(),
+                guard: CxGuard::new(cs.clone(), host.stats.clone()),
+            })
+        }
+        Ok(Err(e)) => {
+            cs.s.upstream_cx_connect_fail.inc();
+            host.stats.cx_connect_fail.inc();
+            Err(if e.kind() == std::io::ErrorKind::ConnectionRefused { ConnectFail::Refused } else { ConnectFail::Other })
+        }
+        Err(_) => {
+            cs.s.upstream_cx_connect_fail.inc();
+            cs.s.upstream_cx_connect_timeout.inc();
+            host.stats.cx_connect_fail.inc();
+            Err(ConnectFail::Timeout)
+        }
+    }
+}
+
+enum ReqErr {
+    Downstream,
+    Upstream,
+    Timeout,
+}
+
+enum RespErr {
+    /// The upstream closed or reset before a complete response head.
+    BeforeHeaders,
+    /// The upstream sent an invalid response head.
+    Protocol,
+    /// The stream broke after the response started.
+    AfterHeaders,
+    /// The client went away while we wrote the response.
+    Downstream,
+}
+
+/// Moves body bytes from `rbuf` through `dec` into `out` (chunk-encoded if `chunked`).
+/// Returns true once the body is complete.
+fn pump(dec: &mut Decoder, rbuf: &mut BytesMut, out: &mut Vec<u8>, chunked: bool) -> Result<bool, ()> {
+    loop {
+        match dec.decode(rbuf, READ_CHUNK).map_err(|_| ())? {
+            Decoded::Data(b) => {
+                if chunked {
+                    encode_chunk(out, &b);
+                } else {
+                    out.extend_from_slice(&b);
+                }
+                if out.len() >= READ_CHUNK {
+                    return Ok(false);
+                }
+            }
+            Decoded::NeedMore => return Ok(false),
+            Decoded::End => {
+                if chunked {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+                return Ok(true);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    up: &mut UpConn,
+    head_out: Vec<u8>,
+    framing: Framing,
+    is_head: bool,
+    client_minor: u8,
+    keep: bool,
+    timeout_ms: u64,
+    chain: &[&Mutations; 4],
+    rq_start: Instant,
+) -> Outcome {
+    let idle_ms = l.c.cfg.hcm.stream_idle_timeout_ms;
+    let resp_started = Cell::new(false);
+    let req_complete = Cell::new(false);
+    let (mut dr, mut dw) = d.stream.split();
+    let (mut ur, mut uw) = up.stream.split();
+    let drbuf = &mut d.rbuf;
+    let urbuf = &mut up.rbuf;
+
+    let req_fut = async {
+        let mut out = head_out;
+        let mut dec = Decoder::new(framing);
+        let chunked = framing == Framing::Chunked;
+        loop {
+            let done = pump(&mut dec, drbuf, &mut out, chunked).map_err(|_| ReqErr::Downstream)?;
+            if !out.is_empty() {
+                uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
+                out.clear();
+            }
+            if done {
+                req_complete.set(true);
+                return Ok::<(), ReqErr>(());
+            }
+            match read_more(&mut dr, drbuf, idle_ms).await {
+                Ok(_) => {}
+                Err(ReadErr::Closed) => return Err(ReqErr::Downstream),
+                Err(ReadErr::Timeout) => return Err(ReqErr::Timeout),
+            }
+        }
+    };
+
+    let resp_fut = async {
+        let head = loop {
+            match parse_response(urbuf, MAX_RESPONSE_HEAD) {
+                // 1xx informational responses are not forwarded (Envoy drops upstream 100s
+                // after answering the client's Expect itself).
+                Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => continue,
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(_) => return Err(RespErr::Protocol),
+            }
+            match read_more(&mut ur, urbuf, idle_ms).await {
+                Ok(_) => {}
+                Err(_) => return Err(RespErr::BeforeHeaders),
+            }
+        };
+        let status = head.status;
+        let service_ms = rq_start.elapsed().as_millis();
+        let up_framing = response_framing(is_head, status, &head.headers);
+        let up_keep = keep_alive(head.minor, &head.headers) && up_framing != Framing::Close;
+        // A close-delimited upstream body goes to an HTTP/1.1 client chunked, so the client
+        // connection can stay open; an HTTP/1.0 client gets it close-delimited.
+        let (down_framing, down_keep) = match up_framing {
+            Framing::Close if client_minor == 1 => (Framing::Chunked, keep),
+            Framing::Close => (Framing::Close, false),
+            f => (f, keep),
+        };
+        let down_keep = down_keep && !ctx.draining();
+        let mut h = head.headers;
+        let orig_len = if up_framing == Framing::Empty { h.get(b"content-length").map(<[u8]>::to_vec) } else { None };
+        strip_hop_by_hop(&mut h);
+        if down_framing == Framing::Chunked {
+            h.remove(b"content-length");
+        } else if let Some(v) = orig_len {
+            h.set(b"content-length", &v);
+        }
+        apply_response_extras(ctx, l, &mut h, service_ms, chain);
+        let mut out = Vec::with_capacity(512);
+        write_status_line(&mut out, status);
+        h.write_to(&mut out);
+        if down_framing == Framing::Chunked {
+            write_framing(&mut out, Framing::Chunked);
+        }
+        if !down_keep {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        resp_started.set(true);
+        let mut dec = Decoder::new(up_framing);
+        let rechunk = down_framing == Framing::Chunked && up_framing != Framing::Chunked;
+        let chunked_out = down_framing == Framing::Chunked;
+        loop {
+            let done = pump(&mut dec, urbuf, &mut out, chunked_out || rechunk).map_err(|_| RespErr::AfterHeaders)?;
+            if !out.is_empty() {
+                dw.write_all(&out).await.map_err(|_| RespErr::Downstream)?;
+                out.clear();
+            }
+            if done {
+                break;
+            }
+            match read_more(&mut ur, urbuf, idle_ms).await {
+                Ok(_) => {}
+                Err(ReadErr::Closed) if dec.is_close_delimited() => {
+                    let _ = dec.on_eof();
+                    if chunked_out {
+                        dw.write_all(LAST_CHUNK).await.map_err(|_| RespErr::Downstream)?;
+                    }
+                    break;
+                }
+                Err(_) => return Err(RespErr::AfterHeaders),
+            }
+        }
+        Ok((status, up_keep, down_keep))
+    };
+
+    tokio::pin!(req_fut);
+    tokio::pin!(resp_fut);
+    let mut req_state: Option<bool> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut resp_fut => break Ok(r),
+            r = &mut req_fut, if req_state.is_none() => {
+                match r {
+                    Ok(()) => req_state = Some(true),
+                    Err(ReqErr::Downstream) => break Err(0u16),
+                    Err(ReqErr::Timeout) => break Err(408),
+                    // The upstream stopped reading: it may still answer (an early error).
+                    Err(ReqErr::Upstream) => req_state = Some(false),
+                }
+                if timeout_ms > 0 {
+                    deadline = Some(tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+                }
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                break Err(504);
+            }
+        }
+    };
+    let started = resp_started.get();
+    let complete = req_complete.get();
+    match result {
+        Ok(Ok((status, up_keep, down_keep))) => Outcome::Done {
+            status,
+            up_reusable: up_keep && complete,
+            down_keep: down_keep && complete,
+        },
+        Ok(Err(RespErr::BeforeHeaders)) if !started => Outcome::Local {
+            status: 503,
+            body: b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        },
+        Ok(Err(RespErr::Protocol)) if !started => Outcome::Local {
+            status: 503,
+            body: b"upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+        },
+        Ok(Err(_)) => Outcome::Abort { status: 0 },
+        Err(504) if !started => Outcome::Local { status: 504, body: b"upstream request timeout" },
+        Err(408) if !started => {
+            l.http.downstream_rq_idle_timeout.inc();
+            Outcome::Local { status: 408, body: b"stream timeout" }
+        }
+        Err(_) => Outcome::Abort { status: 0 },
+    }
+}
+
+/// Response headers the proxy sets: `server` per `server_header_transformation`, `date`,
+/// `x-envoy-upstream-service-time`, then the configured response edits.
+fn apply_response_extras(ctx: &Ctx, l: &ListenerRt, h: &mut HeaderMap, service_ms: u128, chain: &[&Mutations; 4]) {
+    let hcm = &l.c.cfg.hcm;
+    match hcm.server_header_transformation.as_str() {
+        "PASS_THROUGH" => {}
+        "APPEND_IF_ABSENT" => {
+            if !h.contains(b"server") {
+                h.append(b"server", &l.c.server_name);
+            }
+        }
+        _ => h.set(b"server", &l.c.server_name),
+    }
+    if !h.contains(b"date") {
+        h.append(b"date", &ctx.date());
+    }
+    if !hcm.suppress_envoy_headers {
+        h.set(b"x-envoy-upstream-service-time", itoa::Buffer::new().format(service_ms).as_bytes());
+    }
+    for m in chain {
+        m.apply_response(h);
+    }
+}

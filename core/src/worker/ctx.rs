@@ -1,0 +1,250 @@
+//! A worker's thread-local state: its current snapshot view, stat scopes and host pools.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::{Shared, Stores};
+use crate::snapshot::{CompiledListener, Compiled};
+use crate::stats::{ClusterScope, HttpStats, ListenerStats, Scope};
+use crate::upstream::{ClusterRt, HostRt, HostStats};
+
+/// A listener as a worker serves it.
+pub struct ListenerRt {
+    /// The compiled listener (config and routes).
+    pub c: Arc<CompiledListener>,
+    /// `http.<stat_prefix>.*`.
+    pub http: Arc<HttpStats>,
+    /// `listener.<address>.*`.
+    pub stats: Arc<ListenerStats>,
+}
+
+/// A worker's view of one snapshot. Requests hold an `Rc` to the view they started on, so a
+/// swap never changes a request in flight.
+pub struct WorkerSnap {
+    /// The engine-wide compiled snapshot.
+    pub compiled: Arc<Compiled>,
+    /// Listeners by name.
+    pub listeners: HashMap<Arc<str>, Rc<ListenerRt>>,
+    /// Clusters, indexed like `compiled.clusters`.
+    pub clusters: Vec<Rc<ClusterRt>>,
+}
+
+/// Per-worker state.
+pub struct Ctx {
+    /// Worker index.
+    pub id: usize,
+    snap: RefCell<Rc<WorkerSnap>>,
+    draining: Cell<bool>,
+    /// Woken when draining starts, so idle keep-alive connections close at once.
+    pub drain_notify: Notify,
+    stores: Arc<Stores>,
+    /// Published to the engine.
+    pub shared: Arc<Shared>,
+    http_scopes: RefCell<HashMap<String, Arc<HttpStats>>>,
+    listener_scopes: RefCell<HashMap<String, Arc<ListenerStats>>>,
+    cluster_scopes: RefCell<HashMap<String, Arc<ClusterScope>>>,
+    hosts: RefCell<HashMap<(String, SocketAddr, u32), Rc<HostRt>>>,
+    listener_addrs: RefCell<HashMap<Arc<str>, String>>,
+    accepts: RefCell<HashMap<Arc<str>, JoinHandle<()>>>,
+    date: RefCell<(u64, Vec<u8>)>,
+}
+
+fn register<T: Scope + Default + 'static>(
+    map: &RefCell<HashMap<String, Arc<T>>>,
+    store: &crate::stats::Store,
+    prefix: String,
+) -> Arc<T> {
+    map.borrow_mut()
+        .entry(prefix.clone())
+        .or_insert_with(|| {
+            let s = Arc::new(T::default());
+            let d: Arc<dyn Scope> = s.clone();
+            store.register(prefix, &d);
+            s
+        })
+        .clone()
+}
+
+impl Ctx {
+    /// A worker context with an empty view of `compiled` (listeners come with `apply`).
+    pub fn new(id: usize, stores: Arc<Stores>, shared: Arc<Shared>, compiled: Arc<Compiled>) -> Rc<Ctx> {
+        let empty = Rc::new(WorkerSnap { compiled, listeners: HashMap::new(), clusters: Vec::new() });
+        Rc::new(Ctx {
+            id,
+            snap: RefCell::new(empty),
+            draining: Cell::new(false),
+            drain_notify: Notify::new(),
+            stores,
+            shared,
+            http_scopes: RefCell::default(),
+            listener_scopes: RefCell::default(),
+            cluster_scopes: RefCell::default(),
+            hosts: RefCell::default(),
+            listener_addrs: RefCell::default(),
+            accepts: RefCell::default(),
+            date: RefCell::new((0, Vec::new())),
+        })
+    }
+
+    /// The current snapshot view.
+    #[inline]
+    pub fn current(&self) -> Rc<WorkerSnap> {
+        self.snap.borrow().clone()
+    }
+
+    /// Whether the worker is draining.
+    #[inline]
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    fn host(&self, cluster: &str, addr: SocketAddr, weight: u32, keep: &mut HashMap<(String, SocketAddr, u32), Rc<HostRt>>) -> Rc<HostRt> {
+        let key = (cluster.to_string(), addr, weight);
+        let h = self.hosts.borrow().get(&key).cloned().unwrap_or_else(|| {
+            let stats = Arc::new(HostStats::default());
+            let d: Arc<dyn Scope> = stats.clone();
+            self.stores.hosts.register(format!("{cluster}\0{addr}\0{weight}\0"), &d);
+            Rc::new(HostRt::new(addr, weight, stats))
+        });
+        keep.insert(key, h.clone());
+        h
+    }
+
+    /// Switches to `compiled`, starting and stopping accept loops as listed.
+    pub fn apply(self: &Rc<Self>, compiled: Arc<Compiled>, add: Vec<(Arc<str>, std::net::TcpListener, String)>, remove: Vec<Arc<str>>) {
+        for name in &remove {
+            if let Some(h) = self.accepts.borrow_mut().remove(name) {
+                h.abort();
+            }
+            self.listener_addrs.borrow_mut().remove(name);
+        }
+        for (name, sock, stat_addr) in add {
+            self.listener_addrs.borrow_mut().insert(name.clone(), stat_addr);
+            if self.draining.get() {
+                continue;
+            }
+            match TcpListener::from_std(sock) {
+                Ok(l) => {
+                    let h = tokio::task::spawn_local(accept_loop(self.clone(), name.clone(), l));
+                    if let Some(old) = self.accepts.borrow_mut().insert(name, h) {
+                        old.abort();
+                    }
+                }
+                Err(e) => eprintln!("pyproxy: worker {}: listener {name}: {e}", self.id),
+            }
+        }
+        let mut keep_hosts = HashMap::new();
+        let mut clusters = Vec::with_capacity(compiled.clusters.len());
+        let mut new_cluster_scopes = HashMap::new();
+        for c in &compiled.clusters {
+            let name = &c.cfg.name;
+            let scope: Arc<ClusterScope> = register(&self.cluster_scopes, &self.stores.stats, format!("cluster.{name}."));
+            new_cluster_scopes.insert(format!("cluster.{name}."), scope.clone());
+            // A DNS cluster keeps the hosts its last refresh found if the new snapshot resolved
+            // the same names; otherwise it starts from the snapshot's resolution.
+            let hosts = c.hosts.iter().map(|(a, w)| self.host(name, *a, *w, &mut keep_hosts)).collect();
+            clusters.push(Rc::new(ClusterRt::new(c.clone(), scope, hosts, self.id == 0)));
+        }
+        let mut listeners = HashMap::new();
+        let mut new_http = HashMap::new();
+        let mut new_lis = HashMap::new();
+        for l in &compiled.listeners {
+            let Some(addr) = self.listener_addrs.borrow().get(&l.name).cloned() else {
+                continue;
+            };
+            let http: Arc<HttpStats> = register(&self.http_scopes, &self.stores.stats, format!("http.{}.", l.cfg.hcm.stat_prefix));
+            let stats: Arc<ListenerStats> = register(&self.listener_scopes, &self.stores.stats, format!("listener.{addr}."));
+            new_http.insert(format!("http.{}.", l.cfg.hcm.stat_prefix), http.clone());
+            new_lis.insert(format!("listener.{addr}."), stats.clone());
+            listeners.insert(l.name.clone(), Rc::new(ListenerRt { c: l.clone(), http, stats }));
+        }
+        *self.cluster_scopes.borrow_mut() = new_cluster_scopes;
+        *self.http_scopes.borrow_mut() = new_http;
+        *self.listener_scopes.borrow_mut() = new_lis;
+        *self.hosts.borrow_mut() = keep_hosts;
+        *self.snap.borrow_mut() = Rc::new(WorkerSnap { compiled, listeners, clusters });
+    }
+
+    /// Replaces the hosts of a DNS cluster in the current view.
+    pub fn set_hosts(&self, cluster: &str, hosts: &[(SocketAddr, u32)]) {
+        let snap = self.current();
+        let Some(c) = snap.clusters.iter().find(|c| c.cfg.cfg.name == cluster) else {
+            return;
+        };
+        let mut keep = HashMap::new();
+        let new: Vec<_> = hosts.iter().map(|(a, w)| self.host(cluster, *a, *w, &mut keep)).collect();
+        let mut all = self.hosts.borrow_mut();
+        all.retain(|(c, _, _), _| c != cluster);
+        all.extend(keep);
+        drop(all);
+        c.set_hosts(new);
+    }
+
+    /// Stops accepting and asks idle connections to close.
+    pub fn drain(&self) {
+        self.draining.set(true);
+        for (_, h) in self.accepts.borrow_mut().drain() {
+            h.abort();
+        }
+        self.drain_notify.notify_waiters();
+    }
+
+    /// Closes every idle upstream connection.
+    pub fn close_pools(&self) {
+        for h in self.hosts.borrow().values() {
+            h.pool.clear();
+        }
+    }
+
+    /// The current `date` header value (IMF-fixdate), re-rendered once per second.
+    #[inline]
+    pub fn date(&self) -> std::cell::Ref<'_, Vec<u8>> {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if self.date.borrow().0 != secs {
+            *self.date.borrow_mut() = (secs, httpdate::fmt_http_date(now).into_bytes());
+        }
+        std::cell::Ref::map(self.date.borrow(), |d| &d.1)
+    }
+}
+
+async fn accept_loop(ctx: Rc<Ctx>, name: Arc<str>, l: TcpListener) {
+    loop {
+        match l.accept().await {
+            Ok((s, peer)) => {
+                tokio::task::spawn_local(super::conn::serve(ctx.clone(), name.clone(), s, peer));
+            }
+            // Out of file descriptors or similar: back off instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Once a second: closes upstream connections idle past their cluster's idle timeout.
+pub async fn housekeeping(ctx: Rc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let snap = ctx.current();
+        let now = Instant::now();
+        for c in &snap.clusters {
+            let idle = c.cfg.cfg.idle_timeout_ms;
+            if idle == 0 {
+                continue;
+            }
+            let set = c.hosts.borrow().clone();
+            for h in &set.hosts {
+                let n = h.pool.sweep(now, Duration::from_millis(idle));
+                c.stats.s.upstream_cx_idle_timeout.add(n as u64);
+            }
+        }
+    }
+}

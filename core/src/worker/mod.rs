@@ -1,0 +1,138 @@
+//! Workers: one thread, one current-thread tokio runtime and one SO_REUSEPORT socket per
+//! listener each. A worker's state is thread-local (`Rc`, `Cell`); the engine talks to it only
+//! through its command channel, and reads its stats through the shared stat stores.
+
+pub mod conn;
+mod ctx;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+pub use ctx::{Ctx, ListenerRt, WorkerSnap};
+
+use crate::snapshot::Compiled;
+use crate::stats::Store;
+
+/// The stat stores every worker registers its scopes in.
+#[derive(Default)]
+pub struct Stores {
+    /// Stats shown by `/stats`.
+    pub stats: Store,
+    /// Per-host stats for `/clusters`, prefixed `<cluster>\0<address>\0`.
+    pub hosts: Store,
+}
+
+/// What the engine tells a worker.
+pub enum Cmd {
+    /// Switch to a new snapshot: start accepting on `add`, stop accepting on `remove`.
+    Apply {
+        compiled: Arc<Compiled>,
+        /// (listener name, socket, stat address like `127.0.0.1_10000`).
+        add: Vec<(Arc<str>, std::net::TcpListener, String)>,
+        remove: Vec<Arc<str>>,
+    },
+    /// New host list for a STRICT_DNS cluster.
+    Hosts { cluster: String, hosts: Arc<Vec<(SocketAddr, u32)>> },
+    /// Stop accepting; close connections after their current request.
+    Drain,
+    /// Drain, wait for connections until `deadline`, then stop.
+    Shutdown { deadline: Instant },
+}
+
+/// Counters the engine reads from a worker directly (single writer: the worker).
+#[derive(Default)]
+pub struct Shared {
+    /// Open downstream connections.
+    pub active_connections: AtomicU64,
+}
+
+impl Shared {
+    /// Open downstream connections.
+    pub fn active(&self) -> u64 {
+        self.active_connections.load(Relaxed)
+    }
+}
+
+/// The engine's handle on a running worker.
+pub struct Worker {
+    tx: mpsc::UnboundedSender<Cmd>,
+    thread: Option<JoinHandle<()>>,
+    /// State the worker publishes.
+    pub shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// Starts worker `id` on its own thread, serving `compiled` on `listeners`.
+    pub fn spawn(
+        id: usize,
+        stores: Arc<Stores>,
+        compiled: Arc<Compiled>,
+        listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
+    ) -> std::io::Result<Worker> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new().name(format!("pyproxy-worker-{id}")).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("pyproxy: worker {id} could not start its event loop: {e}");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(id, stores, sh, compiled, listeners, rx));
+        })?;
+        Ok(Worker { tx, thread: Some(thread), shared })
+    }
+
+    /// Sends a command; false if the worker has stopped.
+    pub fn send(&self, cmd: Cmd) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    /// A sender for commands (the DNS thread keeps one).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Cmd> {
+        self.tx.clone()
+    }
+
+    /// Waits for the worker thread to end.
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run(
+    id: usize,
+    stores: Arc<Stores>,
+    shared: Arc<Shared>,
+    compiled: Arc<Compiled>,
+    listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let ctx = Ctx::new(id, stores, shared, compiled);
+    ctx.apply(ctx.current().compiled.clone(), listeners, Vec::new());
+    tokio::task::spawn_local(ctx::housekeeping(ctx.clone()));
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Cmd::Apply { compiled, add, remove } => ctx.apply(compiled, add, remove),
+            Cmd::Hosts { cluster, hosts } => ctx.set_hosts(&cluster, &hosts),
+            Cmd::Drain => ctx.drain(),
+            Cmd::Shutdown { deadline } => {
+                ctx.drain();
+                while ctx.shared.active() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                break;
+            }
+        }
+    }
+    ctx.close_pools();
+}

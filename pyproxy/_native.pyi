@@ -1,0 +1,46 @@
+"""Typed stub of the compiled engine (`native/`, built by maturin). Checked by tests/test_native_stub.py.
+
+Every call crosses the boundary once. Blocking calls (start, apply, shutdown) release the GIL.
+Errors raise the classes of `pyproxy.errors` (ConfigError, BindError, EngineError), which native
+imports from there when it maps a core error.
+"""
+
+from typing import Literal
+
+def validate(snapshot: bytes) -> None:
+    """Compiles a snapshot (JSON, see core/src/config.rs) without binding anything; raises ConfigError."""
+
+class Engine:
+    def __init__(self, concurrency: int) -> None:
+        """An engine with `concurrency` workers (>= 1). Nothing runs until start()."""
+    @property
+    def concurrency(self) -> int: ...
+    def start(self, snapshot: bytes) -> None:
+        """Compiles the snapshot, binds every listener on every worker, starts the workers."""
+    def apply(self, snapshot: bytes) -> None:
+        """Compiles and atomically swaps in a new snapshot. In-flight requests finish on the old
+        one; listeners added are opened, listeners removed are drained. Raises ConfigError and
+        leaves the running config untouched if it does not compile."""
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(name, bound address, bound port) of each listener; the port is the real one when the
+        config asked for port 0."""
+    def drain_listeners(self) -> None:
+        """Stops accepting on every listener. Open connections finish their current request;
+        keep-alive responses carry `connection: close` from now on."""
+    def active_connections(self) -> int:
+        """Downstream connections currently open, all workers."""
+    def shutdown(self, timeout_s: float) -> None:
+        """Drains listeners, waits up to timeout_s for connections to finish, then stops the
+        workers and closes what is left. Idempotent."""
+    def stats(self, format: Literal["text", "json", "prometheus"] = "text",
+              filter: str | None = None, used_only: bool = False) -> str:
+        """All stats merged across workers and rendered in Envoy's admin format, in one call.
+        `filter` is a regex (Envoy's `/stats?filter=`); raises ConfigError if it is invalid."""
+    def stat_values(self) -> dict[str, int]:
+        """Counters and gauges merged across workers, by Envoy name (for tests and the API)."""
+    def reset_counters(self) -> None:
+        """Envoy's `/reset_counters`: counters read as zero from now on."""
+    def clusters(self) -> list[dict]:
+        """One dict per cluster: {"name", "hosts": [{"address", "port", "weight", "cx_active",
+        "cx_connect_fail", "cx_total", "rq_active", "rq_error", "rq_success", "rq_timeout",
+        "rq_total", "healthy"}]} for `/clusters`."""
