@@ -140,13 +140,10 @@ pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
 }
 
 /// The reason phrase Envoy's HTTP/1 codec writes for a status code (it does not pass the
-/// upstream's phrase through).
+/// upstream's phrase through): Envoy's `CodeUtility::toString` table, `Unknown` otherwise.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
-        101 => "Switching Protocols",
-        102 => "Processing",
-        103 => "Early Hints",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
@@ -202,7 +199,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         508 => "Loop Detected",
         510 => "Not Extended",
         511 => "Network Authentication Required",
-        _ => "",
+        _ => "Unknown",
     }
 }
 

@@ -1,0 +1,52 @@
+# One command surface. `make run` and `make test` work on a fresh machine with Rust and
+# Python 3.11: they create .venv and build the extension first.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+SOURCES := $(shell find core/src native/src -name '*.rs') Cargo.toml core/Cargo.toml native/Cargo.toml pyproject.toml
+
+.PHONY: help build dev run test test-rust test-py lint bench perf clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): $(SOURCES)
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+build: $(STAMP)  ## build the release wheel into target/wheels
+	$(VENV)/bin/maturin build --release 2>/dev/null || ($(VPY) -m pip install -q maturin && $(VENV)/bin/maturin build --release)
+
+dev: $(STAMP)  ## rebuild the extension in place (release profile) after Rust changes
+	$(VPY) -m pip install -q -e '.[test]'
+
+run: $(STAMP)  ## build, start the demo upstream on :8080 and the proxy on configs/default.yaml (:10000, admin :9901)
+	@$(VPY) -m pyproxy.demo --port 8080 & demo=$$!; \
+	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
+	$(VPY) -m pyproxy -c configs/default.yaml
+
+test: test-rust test-py  ## run every test (Rust and Python)
+
+test-rust:
+	cargo test -p pyproxy-core
+
+test-py: $(STAMP)
+	$(VPY) -m pytest -q
+
+lint: $(STAMP)  ## rustfmt, clippy, ruff
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check pyproxy tests
+
+bench:  ## criterion micro-benchmarks of core
+	cargo bench -p pyproxy-core
+
+perf: $(STAMP)  ## the benchmark suite against Envoy, HAProxy and nginx (see perf/README.md)
+	@if [ -x perf/run ]; then perf/run; else echo "perf/ suite not written yet (issue 8)"; exit 1; fi
+
+clean:
+	cargo clean
+	rm -rf $(VENV) pyproxy/*.so
