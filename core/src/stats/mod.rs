@@ -55,6 +55,21 @@ crate::stat_scope! {
     }
 }
 
+crate::stat_scope! {
+    /// `listener.<address>.worker_<n>.*`: each worker's share of a listener, as Envoy reports it.
+    pub struct ListenerWorkerStats {
+        counters { downstream_cx_total }
+        gauges { downstream_cx_active }
+        histograms {}
+    }
+}
+
+impl Scope for ListenerWorkerStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        self.visit_declared(v);
+    }
+}
+
 impl Scope for ListenerStats {
     fn visit(&self, v: &mut dyn Visitor) {
         self.visit_declared(v);

@@ -57,6 +57,8 @@ impl DownGuard {
     fn new(ctx: Rc<Ctx>, l: Rc<ListenerRt>) -> DownGuard {
         l.stats.downstream_cx_total.inc();
         l.stats.downstream_cx_active.inc();
+        l.worker.downstream_cx_total.inc();
+        l.worker.downstream_cx_active.inc();
         l.http.downstream_cx_total.inc();
         l.http.downstream_cx_http1_total.inc();
         l.http.downstream_cx_active.inc();
@@ -72,6 +74,7 @@ impl Drop for DownGuard {
         let l = &self.l;
         l.stats.downstream_cx_active.dec();
         l.stats.downstream_cx_destroy.inc();
+        l.worker.downstream_cx_active.dec();
         l.stats.downstream_cx_length_ms.record_ms(self.start);
         l.http.downstream_cx_active.dec();
         l.http.downstream_cx_http1_active.dec();

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::{Shared, Stores};
 use crate::snapshot::{CompiledListener, Compiled};
-use crate::stats::{ClusterScope, HttpStats, ListenerStats, Scope};
+use crate::stats::{ClusterScope, HttpStats, ListenerStats, ListenerWorkerStats, Scope};
 use crate::upstream::{ClusterRt, HostRt, HostStats};
 
 /// A listener as a worker serves it.
@@ -24,6 +24,8 @@ pub struct ListenerRt {
     pub http: Arc<HttpStats>,
     /// `listener.<address>.*`.
     pub stats: Arc<ListenerStats>,
+    /// `listener.<address>.worker_<n>.*`.
+    pub worker: Arc<ListenerWorkerStats>,
 }
 
 /// A worker's view of one snapshot. Requests hold an `Rc` to the view they started on, so a
@@ -50,6 +52,7 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     http_scopes: RefCell<HashMap<String, Arc<HttpStats>>>,
     listener_scopes: RefCell<HashMap<String, Arc<ListenerStats>>>,
+    listener_worker_scopes: RefCell<HashMap<String, Arc<ListenerWorkerStats>>>,
     cluster_scopes: RefCell<HashMap<String, Arc<ClusterScope>>>,
     hosts: RefCell<HashMap<(String, SocketAddr, u32), Rc<HostRt>>>,
     listener_addrs: RefCell<HashMap<Arc<str>, String>>,
@@ -86,6 +89,7 @@ impl Ctx {
             shared,
             http_scopes: RefCell::default(),
             listener_scopes: RefCell::default(),
+            listener_worker_scopes: RefCell::default(),
             cluster_scopes: RefCell::default(),
             hosts: RefCell::default(),
             listener_addrs: RefCell::default(),
@@ -156,6 +160,7 @@ impl Ctx {
         let mut listeners = HashMap::new();
         let mut new_http = HashMap::new();
         let mut new_lis = HashMap::new();
+        let mut new_lw = HashMap::new();
         for l in &compiled.listeners {
             let Some(addr) = self.listener_addrs.borrow().get(&l.name).cloned() else {
                 continue;
@@ -163,12 +168,16 @@ impl Ctx {
             let http: Arc<HttpStats> = register(&self.http_scopes, &self.stores.stats, format!("http.{}.", l.cfg.hcm.stat_prefix));
             let stats: Arc<ListenerStats> = register(&self.listener_scopes, &self.stores.stats, format!("listener.{addr}."));
             new_http.insert(format!("http.{}.", l.cfg.hcm.stat_prefix), http.clone());
+            let wp = format!("listener.{addr}.worker_{}.", self.id);
+            let worker: Arc<ListenerWorkerStats> = register(&self.listener_worker_scopes, &self.stores.stats, wp.clone());
             new_lis.insert(format!("listener.{addr}."), stats.clone());
-            listeners.insert(l.name.clone(), Rc::new(ListenerRt { c: l.clone(), http, stats }));
+            new_lw.insert(wp, worker.clone());
+            listeners.insert(l.name.clone(), Rc::new(ListenerRt { c: l.clone(), http, stats, worker }));
         }
         *self.cluster_scopes.borrow_mut() = new_cluster_scopes;
         *self.http_scopes.borrow_mut() = new_http;
         *self.listener_scopes.borrow_mut() = new_lis;
+        *self.listener_worker_scopes.borrow_mut() = new_lw;
         *self.hosts.borrow_mut() = keep_hosts;
         *self.snap.borrow_mut() = Rc::new(WorkerSnap { compiled, listeners, clusters });
     }

@@ -1,0 +1,308 @@
+"""Lowering a validated Bootstrap into the engine snapshot (core/src/config.rs).
+
+The snapshot is the only value that crosses into Rust, once per change. This module writes every
+field config.rs declares, with Envoy's defaults filled in, so the engine never needs defaults of
+its own; optional one-of members are left out when unset. The shape must match config.rs exactly
+(the engine denies unknown fields): when one changes, change the other and tests/config/
+test_lower.py in the same commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from . import model as m
+from .duration import Duration
+from .validate import effective_listener_name
+
+__all__ = ["lower", "snapshot_bytes"]
+
+# Envoy defaults that the snapshot spells out.
+DEFAULT_SERVER_NAME = "envoy"
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+DEFAULT_STREAM_IDLE_TIMEOUT_MS = 300_000
+DEFAULT_IDLE_TIMEOUT_MS = 3_600_000
+DEFAULT_ROUTE_TIMEOUT_MS = 15_000
+DEFAULT_CONNECT_TIMEOUT_MS = 5_000
+DEFAULT_CHOICE_COUNT = 2
+DEFAULT_DNS_REFRESH_RATE_MS = 5_000
+
+_REDIRECT_CODES = {
+    "MOVED_PERMANENTLY": 301,
+    "FOUND": 302,
+    "SEE_OTHER": 303,
+    "TEMPORARY_REDIRECT": 307,
+    "PERMANENT_REDIRECT": 308,
+}
+
+Json = dict[str, Any]
+
+
+def snapshot_bytes(bootstrap: m.Bootstrap) -> bytes:
+    """The snapshot as the JSON bytes `_native.Engine.start/apply` and `_native.validate` take."""
+    return msgspec.json.encode(lower(bootstrap))
+
+
+def lower(bootstrap: m.Bootstrap) -> Json:
+    """The snapshot as a dict (config.rs `Snapshot`)."""
+    return {
+        "listeners": [_listener(x) for x in bootstrap.static_resources.listeners],
+        "clusters": [_cluster(c) for c in bootstrap.static_resources.clusters],
+    }
+
+
+def _ms(d: Duration | None, default: int) -> int:
+    return default if d is None else d.ms
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+# --- listeners --------------------------------------------------------------------------------
+
+
+def _listener(listener: m.Listener) -> Json:
+    sa = listener.address.socket_address
+    return {
+        "name": effective_listener_name(listener),
+        "address": sa.address,
+        "port": sa.port_value,
+        "per_connection_buffer_limit_bytes": _or(
+            listener.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
+        ),
+        "hcm": _hcm(listener.filter_chains[0].filters[0].typed_config),
+    }
+
+
+def _hcm(hcm: m.HttpConnectionManager) -> Json:
+    assert hcm.route_config is not None  # validate requires it
+    common = hcm.common_http_protocol_options
+    return {
+        "stat_prefix": hcm.stat_prefix,
+        # Envoy sends `server: envoy` when server_name is unset or empty.
+        "server_name": hcm.server_name or DEFAULT_SERVER_NAME,
+        "server_header_transformation": hcm.server_header_transformation,
+        "use_remote_address": hcm.use_remote_address,
+        "xff_num_trusted_hops": hcm.xff_num_trusted_hops,
+        "skip_xff_append": hcm.skip_xff_append,
+        "generate_request_id": hcm.generate_request_id,
+        "preserve_external_request_id": hcm.preserve_external_request_id,
+        "max_request_headers_kb": _or(hcm.max_request_headers_kb, DEFAULT_MAX_REQUEST_HEADERS_KB),
+        "stream_idle_timeout_ms": _ms(hcm.stream_idle_timeout, DEFAULT_STREAM_IDLE_TIMEOUT_MS),
+        "request_headers_timeout_ms": _ms(hcm.request_headers_timeout, 0),
+        "request_timeout_ms": _ms(hcm.request_timeout, 0),
+        "idle_timeout_ms": _ms(
+            common.idle_timeout if common is not None else None, DEFAULT_IDLE_TIMEOUT_MS
+        ),
+        "proxy_100_continue": hcm.proxy_100_continue,
+        "suppress_envoy_headers": hcm.http_filters[0].typed_config.suppress_envoy_headers,
+        "route_config": _route_config(hcm.route_config),
+    }
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+def _mutations(
+    obj: m.RouteConfiguration | m.VirtualHost | m.Route | m.ClusterWeight,
+) -> Json:
+    return {
+        "request_headers_to_add": _headers_to_add(obj.request_headers_to_add),
+        "request_headers_to_remove": [h.lower() for h in obj.request_headers_to_remove],
+        "response_headers_to_add": _headers_to_add(obj.response_headers_to_add),
+        "response_headers_to_remove": [h.lower() for h in obj.response_headers_to_remove],
+    }
+
+
+def _headers_to_add(options: list[m.HeaderValueOption]) -> list[Json]:
+    out = []
+    for o in options:
+        # Envoy drops a header whose value is empty unless keep_empty_value is set.
+        if o.header.value == "" and not o.keep_empty_value:
+            continue
+        if o.append_action is not None:
+            append = o.append_action == "APPEND_IF_EXISTS_OR_ADD"
+        else:
+            append = _or(o.append, True)
+        out.append({"key": o.header.key.lower(), "value": o.header.value, "append": append})
+    return out
+
+
+def _route_config(rc: m.RouteConfiguration) -> Json:
+    return {
+        "name": rc.name,
+        "virtual_hosts": [_virtual_host(v) for v in rc.virtual_hosts],
+        **_mutations(rc),
+    }
+
+
+def _virtual_host(vhost: m.VirtualHost) -> Json:
+    return {
+        "name": vhost.name,
+        "domains": [d.lower() for d in vhost.domains],
+        "routes": [_route(r) for r in vhost.routes],
+        **_mutations(vhost),
+    }
+
+
+def _route(route: m.Route) -> Json:
+    return {
+        "name": route.name,
+        "match": _route_match(route.match),
+        "action": _action(route),
+        **_mutations(route),
+    }
+
+
+def _route_match(match: m.RouteMatch) -> Json:
+    if match.prefix is not None:
+        path: Json = {"prefix": match.prefix}
+    elif match.path is not None:
+        path = {"path": match.path}
+    else:
+        assert match.safe_regex is not None
+        path = {"safe_regex": match.safe_regex.regex}
+    return {
+        "path": path,
+        "case_sensitive": _or(match.case_sensitive, True),
+        "headers": [_header_matcher(h) for h in match.headers],
+        "query_parameters": [_query_matcher(q) for q in match.query_parameters],
+    }
+
+
+def _string_match(sm: m.StringMatcher) -> Json:
+    for test in ("exact", "prefix", "suffix", "contains"):
+        value = getattr(sm, test)
+        if value is not None:
+            return {test: value}
+    assert sm.safe_regex is not None
+    return {"safe_regex": sm.safe_regex.regex}
+
+
+def _header_matcher(hm: m.HeaderMatcher) -> Json:
+    ignore_case = False
+    if hm.string_match is not None:
+        match = _string_match(hm.string_match)
+        ignore_case = hm.string_match.ignore_case
+    elif hm.exact_match is not None:
+        match = {"exact": hm.exact_match}
+    elif hm.prefix_match is not None:
+        match = {"prefix": hm.prefix_match}
+    elif hm.suffix_match is not None:
+        match = {"suffix": hm.suffix_match}
+    elif hm.contains_match is not None:
+        match = {"contains": hm.contains_match}
+    elif hm.safe_regex_match is not None:
+        match = {"safe_regex": hm.safe_regex_match.regex}
+    elif hm.present_match is not None:
+        match = {"present": hm.present_match}
+    else:  # Envoy: a matcher with no specifier matches when the header is present
+        match = {"present": True}
+    return {
+        "name": hm.name.lower(),
+        "match": match,
+        "invert_match": hm.invert_match,
+        "ignore_case": ignore_case,
+    }
+
+
+def _query_matcher(qm: m.QueryParameterMatcher) -> Json:
+    if qm.string_match is not None:
+        match = _string_match(qm.string_match)
+        ignore_case = qm.string_match.ignore_case
+    else:  # present_match, or nothing, which Envoy treats as "present"
+        match = {"present": _or(qm.present_match, True)}
+        ignore_case = False
+    return {"name": qm.name, "match": match, "ignore_case": ignore_case}
+
+
+def _action(route: m.Route) -> Json:
+    if route.route is not None:
+        return {"route": _forward(route.route)}
+    if route.redirect is not None:
+        return {"redirect": _redirect(route.redirect)}
+    assert route.direct_response is not None
+    dr = route.direct_response
+    body: Json = {"status": dr.status}
+    if dr.body is not None:
+        body["body"] = dr.body.inline_string
+    return {"direct_response": body}
+
+
+def _forward(action: m.RouteAction) -> Json:
+    out: Json = {}
+    if action.cluster is not None:
+        out["cluster"] = action.cluster
+    else:
+        assert action.weighted_clusters is not None
+        out["weighted_clusters"] = [
+            {"name": cw.name, "weight": cw.weight, **_mutations(cw)}
+            for cw in action.weighted_clusters.clusters
+        ]
+    if action.prefix_rewrite is not None:
+        out["prefix_rewrite"] = action.prefix_rewrite
+    if action.host_rewrite_literal is not None:
+        out["host_rewrite_literal"] = action.host_rewrite_literal
+    out["auto_host_rewrite"] = bool(action.auto_host_rewrite)
+    out["timeout_ms"] = _ms(action.timeout, DEFAULT_ROUTE_TIMEOUT_MS)
+    return out
+
+
+def _redirect(r: m.RedirectAction) -> Json:
+    out: Json = {}
+    if r.https_redirect:
+        out["scheme_redirect"] = "https"
+    elif r.scheme_redirect is not None:
+        out["scheme_redirect"] = r.scheme_redirect.lower()
+    for field in ("host_redirect", "port_redirect", "path_redirect", "prefix_rewrite"):
+        value = getattr(r, field)
+        if value is not None:
+            out[field] = value
+    out["response_code"] = _REDIRECT_CODES[r.response_code]
+    out["strip_query"] = r.strip_query
+    return out
+
+
+# --- clusters ---------------------------------------------------------------------------------
+
+
+def _cluster(c: m.Cluster) -> Json:
+    teo = c.typed_extension_protocol_options
+    common = teo.http.common_http_protocol_options if teo is not None and teo.http else None
+    max_requests = c.max_requests_per_connection
+    if common is not None and common.max_requests_per_connection is not None:
+        max_requests = common.max_requests_per_connection
+    lr = c.least_request_lb_config
+    endpoints = []
+    if c.load_assignment is not None:
+        for locality in c.load_assignment.endpoints:
+            for lbe in locality.lb_endpoints:
+                sa = lbe.endpoint.address.socket_address
+                endpoints.append(
+                    {
+                        "address": sa.address,
+                        "port": sa.port_value,
+                        "weight": _or(lbe.load_balancing_weight, 1),
+                    }
+                )
+    return {
+        "name": c.name,
+        "type": c.type,
+        "connect_timeout_ms": _ms(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT_MS),
+        "lb_policy": c.lb_policy,
+        "choice_count": _or(lr.choice_count if lr is not None else None, DEFAULT_CHOICE_COUNT),
+        "per_connection_buffer_limit_bytes": _or(
+            c.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
+        ),
+        "max_requests_per_connection": _or(max_requests, 0),
+        "idle_timeout_ms": _ms(
+            common.idle_timeout if common is not None else None, DEFAULT_IDLE_TIMEOUT_MS
+        ),
+        "dns_refresh_rate_ms": _ms(c.dns_refresh_rate, DEFAULT_DNS_REFRESH_RATE_MS),
+        "dns_lookup_family": c.dns_lookup_family,
+        "endpoints": endpoints,
+    }

@@ -1,0 +1,473 @@
+"""msgspec Structs for the subset of the Envoy v3 bootstrap that pyproxy supports.
+
+Each Struct mirrors one Envoy message and names its fields exactly as Envoy's YAML/JSON does, so a
+config that loads here means the same thing it means to Envoy. Unknown fields are rejected
+(`forbid_unknown_fields`): a field Envoy knows but pyproxy does not honour must fail loudly, never
+be ignored. Enums list only the values pyproxy supports, so an unsupported one fails at decoding
+with the list of the supported ones.
+
+Decoding checks shapes and types; `pyproxy.config.validate` checks what needs more than one field
+(one-ofs, ranges that depend on other fields, cross-references). docs/config.md is the user-facing
+description of this file: keep both in step.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .duration import Duration
+
+__all__ = [
+    "HCM_FILTER_NAME",
+    "HCM_TYPE_URL",
+    "HTTP_PROTOCOL_OPTIONS_KEY",
+    "HTTP_PROTOCOL_OPTIONS_TYPE_URL",
+    "ROUTER_FILTER_NAME",
+    "ROUTER_TYPE_URL",
+    "Address",
+    "Admin",
+    "Bootstrap",
+    "Cluster",
+    "ClusterLoadAssignment",
+    "ClusterWeight",
+    "DataSource",
+    "DirectResponseAction",
+    "Duration",
+    "Endpoint",
+    "ExplicitHttpConfig",
+    "FilterChain",
+    "HeaderMatcher",
+    "HeaderValue",
+    "HeaderValueOption",
+    "HttpConnectionManager",
+    "HttpFilter",
+    "HttpProtocolOptions",
+    "LbEndpoint",
+    "LeastRequestLbConfig",
+    "Listener",
+    "LocalityLbEndpoints",
+    "NetworkFilter",
+    "Node",
+    "QueryParameterMatcher",
+    "RedirectAction",
+    "RegexMatcher",
+    "Route",
+    "RouteAction",
+    "RouteConfiguration",
+    "RouteMatch",
+    "RouterConfig",
+    "SocketAddress",
+    "StaticResources",
+    "StringMatcher",
+    "TypedExtensionProtocolOptions",
+    "VirtualHost",
+    "WeightedClusters",
+]
+
+HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
+HCM_TYPE_URL = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER_FILTER_NAME = "envoy.filters.http.router"
+ROUTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE_URL = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS_KEY
+
+# Protobuf scalar ranges, as Envoy's JSON parser enforces them.
+UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class _Message(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An Envoy message: unknown fields are errors. Subclasses pass `kw_only=True` (msgspec does
+    not inherit it) so required and optional fields can keep Envoy's order."""
+
+
+# --- shared messages --------------------------------------------------------------------------
+
+
+class SocketAddress(_Message, kw_only=True):
+    """`envoy.config.core.v3.SocketAddress`: an IP literal (or, for STRICT_DNS, a host name)."""
+
+    address: str
+    port_value: Port = 0
+    protocol: Literal["TCP"] = "TCP"
+
+
+class Address(_Message, kw_only=True):
+    """`envoy.config.core.v3.Address`: only `socket_address` (no `pipe`, no internal addresses)."""
+
+    socket_address: SocketAddress
+
+
+class RegexMatcher(_Message, kw_only=True):
+    """`envoy.type.matcher.v3.RegexMatcher`: RE2 syntax, matching the whole input."""
+
+    regex: str
+    # The RE2 engine marker of older configs; it carries no settings we honour.
+    google_re2: dict[str, Any] | None = None
+
+
+class StringMatcher(_Message, kw_only=True):
+    """`envoy.type.matcher.v3.StringMatcher`: exactly one of the five tests."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    safe_regex: RegexMatcher | None = None
+    ignore_case: bool = False
+
+
+class HeaderValue(_Message, kw_only=True):
+    """`envoy.config.core.v3.HeaderValue` (no `raw_value`)."""
+
+    key: str
+    value: str = ""
+
+
+class HeaderValueOption(_Message, kw_only=True):
+    """`envoy.config.core.v3.HeaderValueOption`."""
+
+    header: HeaderValue
+    append: bool | None = None  # deprecated in Envoy; `append_action` replaces it
+    append_action: Literal["APPEND_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS_OR_ADD"] | None = None
+    keep_empty_value: bool = False
+
+
+class DataSource(_Message, kw_only=True):
+    """`envoy.config.core.v3.DataSource`: only `inline_string`."""
+
+    inline_string: str
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+class HeaderMatcher(_Message, kw_only=True):
+    """`envoy.config.route.v3.HeaderMatcher`: `string_match` or one of the legacy specifiers."""
+
+    name: str
+    string_match: StringMatcher | None = None
+    exact_match: str | None = None
+    prefix_match: str | None = None
+    suffix_match: str | None = None
+    contains_match: str | None = None
+    safe_regex_match: RegexMatcher | None = None
+    present_match: bool | None = None
+    invert_match: bool = False
+
+
+class QueryParameterMatcher(_Message, kw_only=True):
+    """`envoy.config.route.v3.QueryParameterMatcher`."""
+
+    name: str
+    string_match: StringMatcher | None = None
+    present_match: bool | None = None
+
+
+class RouteMatch(_Message, kw_only=True):
+    """`envoy.config.route.v3.RouteMatch`: one of `prefix`, `path`, `safe_regex`."""
+
+    prefix: str | None = None
+    path: str | None = None
+    safe_regex: RegexMatcher | None = None
+    case_sensitive: bool | None = None
+    headers: list[HeaderMatcher] = []
+    query_parameters: list[QueryParameterMatcher] = []
+
+
+class ClusterWeight(_Message, kw_only=True):
+    """`envoy.config.route.v3.WeightedCluster.ClusterWeight`."""
+
+    name: str
+    weight: UInt32 = 0
+    request_headers_to_add: list[HeaderValueOption] = []
+    request_headers_to_remove: list[str] = []
+    response_headers_to_add: list[HeaderValueOption] = []
+    response_headers_to_remove: list[str] = []
+
+
+class WeightedClusters(_Message, kw_only=True):
+    """`envoy.config.route.v3.WeightedCluster`."""
+
+    clusters: list[ClusterWeight]
+    total_weight: UInt32 | None = None  # deprecated in Envoy; must equal the sum when given
+
+
+class RouteAction(_Message, kw_only=True):
+    """`envoy.config.route.v3.RouteAction` (the `route` action): one of `cluster`,
+    `weighted_clusters`."""
+
+    cluster: str | None = None
+    weighted_clusters: WeightedClusters | None = None
+    prefix_rewrite: str | None = None
+    host_rewrite_literal: str | None = None
+    auto_host_rewrite: bool | None = None
+    timeout: Duration | None = None
+
+
+class RedirectAction(_Message, kw_only=True):
+    """`envoy.config.route.v3.RedirectAction`."""
+
+    https_redirect: bool | None = None
+    scheme_redirect: str | None = None
+    host_redirect: str | None = None
+    port_redirect: Port | None = None
+    path_redirect: str | None = None
+    prefix_rewrite: str | None = None
+    response_code: Literal[
+        "MOVED_PERMANENTLY", "FOUND", "SEE_OTHER", "TEMPORARY_REDIRECT", "PERMANENT_REDIRECT"
+    ] = "MOVED_PERMANENTLY"
+    strip_query: bool = False
+
+
+class DirectResponseAction(_Message, kw_only=True):
+    """`envoy.config.route.v3.DirectResponseAction`."""
+
+    status: int
+    body: DataSource | None = None
+
+
+class Route(_Message, kw_only=True):
+    """`envoy.config.route.v3.Route`: a match and one of `route`, `redirect`, `direct_response`."""
+
+    name: str = ""
+    match: RouteMatch
+    route: RouteAction | None = None
+    redirect: RedirectAction | None = None
+    direct_response: DirectResponseAction | None = None
+    request_headers_to_add: list[HeaderValueOption] = []
+    request_headers_to_remove: list[str] = []
+    response_headers_to_add: list[HeaderValueOption] = []
+    response_headers_to_remove: list[str] = []
+
+
+class VirtualHost(_Message, kw_only=True):
+    """`envoy.config.route.v3.VirtualHost`."""
+
+    name: str
+    domains: list[str]
+    routes: list[Route] = []
+    request_headers_to_add: list[HeaderValueOption] = []
+    request_headers_to_remove: list[str] = []
+    response_headers_to_add: list[HeaderValueOption] = []
+    response_headers_to_remove: list[str] = []
+
+
+class RouteConfiguration(_Message, kw_only=True):
+    """`envoy.config.route.v3.RouteConfiguration` (inline in the HCM)."""
+
+    name: str = ""
+    virtual_hosts: list[VirtualHost] = []
+    request_headers_to_add: list[HeaderValueOption] = []
+    request_headers_to_remove: list[str] = []
+    response_headers_to_add: list[HeaderValueOption] = []
+    response_headers_to_remove: list[str] = []
+    validate_clusters: bool | None = None
+
+
+# --- listeners --------------------------------------------------------------------------------
+
+
+class RouterConfig(_Message, kw_only=True):
+    """`envoy.extensions.filters.http.router.v3.Router`."""
+
+    type_url: Literal[
+        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+    ] = msgspec.field(name="@type")
+    suppress_envoy_headers: bool = False
+
+
+class HttpFilter(_Message, kw_only=True):
+    """`...http_connection_manager.v3.HttpFilter`: only the router. Like Envoy, the extension is
+    chosen by `typed_config.@type`; `name` is free-form."""
+
+    name: str
+    typed_config: RouterConfig
+
+
+class HcmProtocolOptions(_Message, kw_only=True):
+    """The HCM's `common_http_protocol_options` (`envoy.config.core.v3.HttpProtocolOptions`)."""
+
+    idle_timeout: Duration | None = None
+
+
+class HttpConnectionManager(_Message, kw_only=True):
+    """`envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`."""
+
+    type_url: Literal[
+        "type.googleapis.com/"
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    ] = msgspec.field(name="@type")
+    stat_prefix: str
+    codec_type: Literal["AUTO", "HTTP1"] = "AUTO"
+    route_config: RouteConfiguration | None = None
+    # Known to Envoy, refused by validate with a message of its own rather than "unknown field".
+    rds: Any = None
+    access_log: Any = None
+    http_filters: list[HttpFilter] = []
+    server_name: str | None = None
+    server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = (
+        "OVERWRITE"
+    )
+    use_remote_address: bool = False
+    xff_num_trusted_hops: UInt32 = 0
+    skip_xff_append: bool = False
+    generate_request_id: bool = True
+    preserve_external_request_id: bool = False
+    max_request_headers_kb: UInt32 | None = None
+    stream_idle_timeout: Duration | None = None
+    request_timeout: Duration | None = None
+    request_headers_timeout: Duration | None = None
+    common_http_protocol_options: HcmProtocolOptions | None = None
+    proxy_100_continue: bool = False
+
+
+class NetworkFilter(_Message, kw_only=True):
+    """`envoy.config.listener.v3.Filter`: only the HTTP connection manager. The extension is chosen
+    by `typed_config.@type`, as Envoy does; `name` is free-form."""
+
+    name: str
+    typed_config: HttpConnectionManager
+
+
+class FilterChain(_Message, kw_only=True):
+    """`envoy.config.listener.v3.FilterChain` (no `filter_chain_match`, no `transport_socket`)."""
+
+    name: str = ""
+    filters: list[NetworkFilter]
+
+
+class Listener(_Message, kw_only=True):
+    """`envoy.config.listener.v3.Listener`."""
+
+    name: str = ""
+    address: Address
+    filter_chains: list[FilterChain]
+    per_connection_buffer_limit_bytes: UInt32 | None = None
+
+
+# --- clusters ---------------------------------------------------------------------------------
+
+
+class LeastRequestLbConfig(_Message, kw_only=True):
+    """`Cluster.LeastRequestLbConfig` (only `choice_count`)."""
+
+    choice_count: UInt32 | None = None
+
+
+class Endpoint(_Message, kw_only=True):
+    """`envoy.config.endpoint.v3.Endpoint`."""
+
+    address: Address
+
+
+class LbEndpoint(_Message, kw_only=True):
+    """`envoy.config.endpoint.v3.LbEndpoint`."""
+
+    endpoint: Endpoint
+    load_balancing_weight: UInt32 | None = None
+
+
+class LocalityLbEndpoints(_Message, kw_only=True):
+    """`envoy.config.endpoint.v3.LocalityLbEndpoints` (one locality, priority 0)."""
+
+    lb_endpoints: list[LbEndpoint] = []
+
+
+class ClusterLoadAssignment(_Message, kw_only=True):
+    """`envoy.config.endpoint.v3.ClusterLoadAssignment`."""
+
+    cluster_name: str
+    endpoints: list[LocalityLbEndpoints] = []
+
+
+class UpstreamCommonOptions(_Message, kw_only=True):
+    """The upstream `common_http_protocol_options` (`envoy.config.core.v3.HttpProtocolOptions`)."""
+
+    idle_timeout: Duration | None = None
+    max_requests_per_connection: UInt32 | None = None
+
+
+class Http1ProtocolOptions(_Message, kw_only=True):
+    """`envoy.config.core.v3.Http1ProtocolOptions`: accepted empty only (HTTP/1.1, defaults)."""
+
+
+class ExplicitHttpConfig(_Message, kw_only=True):
+    """`HttpProtocolOptions.ExplicitHttpConfig`: HTTP/1.1 only."""
+
+    http_protocol_options: Http1ProtocolOptions
+
+
+class HttpProtocolOptions(_Message, kw_only=True):
+    """`envoy.extensions.upstreams.http.v3.HttpProtocolOptions`."""
+
+    type_url: Literal[
+        "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ] = msgspec.field(name="@type")
+    common_http_protocol_options: UpstreamCommonOptions | None = None
+    explicit_http_config: ExplicitHttpConfig
+
+
+class TypedExtensionProtocolOptions(_Message, kw_only=True):
+    """`Cluster.typed_extension_protocol_options`, a map keyed by extension name in Envoy; the one
+    key pyproxy knows is a field here, so any other key is an unknown-field error."""
+
+    http: HttpProtocolOptions | None = msgspec.field(
+        default=None, name="envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    )
+
+
+class Cluster(_Message, kw_only=True):
+    """`envoy.config.cluster.v3.Cluster`."""
+
+    name: str
+    type: Literal["STATIC", "STRICT_DNS"] = "STATIC"
+    connect_timeout: Duration | None = None
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] = "ROUND_ROBIN"
+    least_request_lb_config: LeastRequestLbConfig | None = None
+    load_assignment: ClusterLoadAssignment | None = None
+    per_connection_buffer_limit_bytes: UInt32 | None = None
+    max_requests_per_connection: UInt32 | None = None  # deprecated in Envoy, still honoured
+    typed_extension_protocol_options: TypedExtensionProtocolOptions | None = None
+    dns_refresh_rate: Duration | None = None
+    dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
+
+
+# --- bootstrap --------------------------------------------------------------------------------
+
+
+class Node(_Message, kw_only=True):
+    """`envoy.config.core.v3.Node`: identity only, shown by the admin `/server_info`."""
+
+    id: str = ""
+    cluster: str = ""
+    metadata: dict[str, Any] | None = None
+
+
+class Admin(_Message, kw_only=True):
+    """`envoy.config.bootstrap.v3.Admin`. `access_log`/`access_log_path` are accepted and ignored
+    (the admin server does not write access logs), as docs/config.md says."""
+
+    address: Address | None = None
+    access_log: list[dict[str, Any]] = []
+    access_log_path: str | None = None
+
+
+class StaticResources(_Message, kw_only=True):
+    """`Bootstrap.StaticResources` (no `secrets`)."""
+
+    listeners: list[Listener] = []
+    clusters: list[Cluster] = []
+
+
+class Bootstrap(_Message, kw_only=True):
+    """`envoy.config.bootstrap.v3.Bootstrap`."""
+
+    node: Node | None = None
+    admin: Admin | None = None
+    static_resources: StaticResources = msgspec.field(default_factory=StaticResources)

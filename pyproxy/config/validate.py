@@ -1,0 +1,433 @@
+"""Checks that need more than a field's type: one-ofs, ranges, cross-references, syntax.
+
+`pyproxy.config.load` runs `validate` after decoding, so every `Bootstrap` a caller holds has
+passed it. Each check raises `ConfigError(path, message)` with the dotted path of the field and a
+message that names the bad value and what is allowed. Where Envoy rejects the same input, the
+message says so in Envoy's terms; where pyproxy is stricter than Envoy, the message says that too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+from ..errors import ConfigError
+from . import model as m
+
+__all__ = ["check_regex", "effective_listener_name", "validate"]
+
+# RFC 9110 token characters: what a header name may contain.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RE2 (and the Rust `regex` crate the engine uses) have no look-around, back-references, atomic
+# groups or conditionals; Python's `re` has, so they are refused before `re` sees them.
+_NOT_RE2 = re.compile(r"\(\?(?:=|!|<=|<!|>|\(|P=)|\\[1-9]")
+_UNICODE_CLASS = re.compile(r"\\[pP](?:\{[^}]*\}|[A-Za-z])")
+
+
+def validate(bootstrap: m.Bootstrap) -> None:
+    """Raises ConfigError for the first problem found, walking the document in order."""
+    if bootstrap.admin is not None and bootstrap.admin.address is not None:
+        _check_ip(bootstrap.admin.address, "admin.address")
+    clusters = _check_clusters(bootstrap.static_resources.clusters)
+    _check_listeners(bootstrap.static_resources.listeners, clusters)
+
+
+def effective_listener_name(listener: m.Listener) -> str:
+    """The listener's name, or Envoy's stat name for it (`0.0.0.0_10000`) when it has none."""
+    if listener.name:
+        return listener.name
+    sa = listener.address.socket_address
+    return f"{sa.address}_{sa.port_value}"
+
+
+# --- listeners --------------------------------------------------------------------------------
+
+
+def _check_listeners(listeners: Sequence[m.Listener], clusters: set[str]) -> None:
+    names: dict[str, int] = {}
+    addresses: dict[tuple[str, int], int] = {}
+    for i, listener in enumerate(listeners):
+        path = f"static_resources.listeners[{i}]"
+        name = effective_listener_name(listener)
+        if name in names:
+            raise ConfigError(
+                f"{path}.name",
+                f"duplicate listener name {name!r} (also static_resources.listeners"
+                f"[{names[name]}]); pyproxy identifies listeners by name",
+            )
+        names[name] = i
+        sa = _check_ip(listener.address, f"{path}.address")
+        key = (str(ipaddress.ip_address(sa.address)), sa.port_value)
+        if sa.port_value != 0 and key in addresses:
+            raise ConfigError(
+                f"{path}.address",
+                f"{sa.address}:{sa.port_value} is already the address of "
+                f"static_resources.listeners[{addresses[key]}]",
+            )
+        addresses[key] = i
+        if len(listener.filter_chains) != 1:
+            raise ConfigError(
+                f"{path}.filter_chains",
+                f"has {len(listener.filter_chains)} filter chains; pyproxy supports exactly one",
+            )
+        chain = listener.filter_chains[0]
+        if len(chain.filters) != 1:
+            raise ConfigError(
+                f"{path}.filter_chains[0].filters",
+                f"has {len(chain.filters)} filters; pyproxy supports exactly one, "
+                f"{m.HCM_FILTER_NAME}",
+            )
+        hcm_path = f"{path}.filter_chains[0].filters[0].typed_config"
+        _check_hcm(chain.filters[0].typed_config, hcm_path, clusters)
+
+
+def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> None:
+    if not hcm.stat_prefix:
+        raise ConfigError(f"{path}.stat_prefix", "must not be empty")
+    if hcm.access_log is not None:
+        raise ConfigError(f"{path}.access_log", "access logs are not supported yet")
+    if hcm.rds is not None:
+        raise ConfigError(
+            f"{path}.rds",
+            "RDS is not supported yet; put the RouteConfiguration inline in route_config",
+        )
+    if hcm.route_config is None:
+        raise ConfigError(f"{path}.route_config", "is required (an inline RouteConfiguration)")
+    if len(hcm.http_filters) != 1:
+        raise ConfigError(
+            f"{path}.http_filters",
+            f"has {len(hcm.http_filters)} filters; pyproxy supports exactly one, "
+            f"the router ({m.ROUTER_FILTER_NAME}), which must be last",
+        )
+    kb = hcm.max_request_headers_kb
+    if kb is not None and not 1 <= kb <= 8192:
+        raise ConfigError(
+            f"{path}.max_request_headers_kb", f"{kb} is out of range; expected 1..8192"
+        )
+    _check_route_config(hcm.route_config, f"{path}.route_config", clusters)
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+def _check_route_config(rc: m.RouteConfiguration, path: str, clusters: set[str]) -> None:
+    if rc.validate_clusters is False:
+        raise ConfigError(
+            f"{path}.validate_clusters",
+            "false is not supported; every cluster a route names must exist",
+        )
+    _check_mutations(rc, path)
+    seen: dict[str, int] = {}
+    for v, vhost in enumerate(rc.virtual_hosts):
+        vpath = f"{path}.virtual_hosts[{v}]"
+        if not vhost.name:
+            raise ConfigError(f"{vpath}.name", "must not be empty")
+        if not vhost.domains:
+            raise ConfigError(f"{vpath}.domains", "must have at least one domain")
+        for d, domain in enumerate(vhost.domains):
+            dpath = f"{vpath}.domains[{d}]"
+            _check_domain(domain, dpath)
+            key = domain.lower()
+            if key in seen:
+                raise ConfigError(
+                    dpath,
+                    f"duplicate domain {domain!r} (also in {path}.virtual_hosts[{seen[key]}]); "
+                    "like Envoy, each domain may appear once per route configuration",
+                )
+            seen[key] = v
+        _check_mutations(vhost, vpath)
+        for r, route in enumerate(vhost.routes):
+            _check_route(route, f"{vpath}.routes[{r}]", clusters)
+
+
+def _check_domain(domain: str, path: str) -> None:
+    if not domain:
+        raise ConfigError(path, "must not be empty")
+    if domain == "*":
+        return
+    stars = domain.count("*")
+    if stars == 0:
+        return
+    if stars == 1 and (domain.startswith("*") or domain.endswith("*")):
+        return
+    raise ConfigError(
+        path,
+        f"{domain!r} is not supported; a domain is exact ('example.com'), a suffix wildcard "
+        "('*.example.com'), a prefix wildcard ('example.*') or '*' (Envoy would treat this one "
+        "as an exact name that no Host header can match)",
+    )
+
+
+def _check_route(route: m.Route, path: str, clusters: set[str]) -> None:
+    _check_route_match(route.match, f"{path}.match")
+    actions = [
+        n for n in ("route", "redirect", "direct_response") if getattr(route, n) is not None
+    ]
+    if len(actions) != 1:
+        raise ConfigError(
+            path,
+            "needs exactly one action of route, redirect, direct_response"
+            + (f"; got {', '.join(actions)}" if actions else ""),
+        )
+    if route.route is not None:
+        _check_forward(route.route, f"{path}.route", clusters)
+    elif route.redirect is not None:
+        _check_redirect(route.redirect, f"{path}.redirect")
+    elif route.direct_response is not None:
+        status = route.direct_response.status
+        if not 200 <= status <= 599:
+            raise ConfigError(
+                f"{path}.direct_response.status", f"{status} is out of range; expected 200..599"
+            )
+    _check_mutations(route, path)
+
+
+def _check_route_match(match: m.RouteMatch, path: str) -> None:
+    specs = [n for n in ("prefix", "path", "safe_regex") if getattr(match, n) is not None]
+    if len(specs) != 1:
+        raise ConfigError(
+            path,
+            "needs exactly one path specifier of prefix, path, safe_regex"
+            + (f"; got {', '.join(specs)}" if specs else ""),
+        )
+    if match.safe_regex is not None:
+        check_regex(match.safe_regex.regex, f"{path}.safe_regex.regex")
+    for h, hm in enumerate(match.headers):
+        _check_header_matcher(hm, f"{path}.headers[{h}]")
+    for q, qm in enumerate(match.query_parameters):
+        qpath = f"{path}.query_parameters[{q}]"
+        if not qm.name:
+            raise ConfigError(f"{qpath}.name", "must not be empty")
+        if qm.string_match is not None and qm.present_match is not None:
+            raise ConfigError(qpath, "set only one of string_match, present_match")
+        if qm.string_match is not None:
+            _check_string_match(qm.string_match, f"{qpath}.string_match")
+
+
+_LEGACY_HEADER_SPECIFIERS = (
+    "exact_match",
+    "prefix_match",
+    "suffix_match",
+    "contains_match",
+    "safe_regex_match",
+    "present_match",
+)
+
+
+def _check_header_matcher(hm: m.HeaderMatcher, path: str) -> None:
+    if not hm.name:
+        raise ConfigError(f"{path}.name", "must not be empty")
+    specs = [n for n in ("string_match", *_LEGACY_HEADER_SPECIFIERS) if getattr(hm, n) is not None]
+    if len(specs) > 1:
+        raise ConfigError(path, f"set only one header match specifier; got {', '.join(specs)}")
+    if hm.string_match is not None:
+        _check_string_match(hm.string_match, f"{path}.string_match")
+    if hm.safe_regex_match is not None:
+        check_regex(hm.safe_regex_match.regex, f"{path}.safe_regex_match.regex")
+
+
+def _check_string_match(sm: m.StringMatcher, path: str) -> None:
+    tests = [n for n in ("exact", "prefix", "suffix", "contains", "safe_regex")
+             if getattr(sm, n) is not None]
+    if len(tests) != 1:
+        raise ConfigError(
+            path,
+            "needs exactly one of exact, prefix, suffix, contains, safe_regex"
+            + (f"; got {', '.join(tests)}" if tests else ""),
+        )
+    if sm.safe_regex is not None:
+        check_regex(sm.safe_regex.regex, f"{path}.safe_regex.regex")
+
+
+def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None:
+    if (action.cluster is None) == (action.weighted_clusters is None):
+        raise ConfigError(path, "needs exactly one of cluster, weighted_clusters")
+    if action.host_rewrite_literal is not None and action.auto_host_rewrite is not None:
+        raise ConfigError(path, "set only one of host_rewrite_literal, auto_host_rewrite")
+    if action.cluster is not None:
+        if action.cluster not in clusters:
+            raise ConfigError(f"{path}.cluster", f"unknown cluster {action.cluster!r}")
+        return
+    wc = action.weighted_clusters
+    assert wc is not None
+    wpath = f"{path}.weighted_clusters"
+    if not wc.clusters:
+        raise ConfigError(f"{wpath}.clusters", "must have at least one cluster")
+    for c, cw in enumerate(wc.clusters):
+        if cw.name not in clusters:
+            raise ConfigError(f"{wpath}.clusters[{c}].name", f"unknown cluster {cw.name!r}")
+        _check_mutations(cw, f"{wpath}.clusters[{c}]")
+    total = sum(cw.weight for cw in wc.clusters)
+    if total == 0:
+        raise ConfigError(f"{wpath}.clusters", "the sum of the weights must be greater than 0")
+    if total > 2**32 - 1:
+        raise ConfigError(f"{wpath}.clusters", f"the sum of the weights ({total}) exceeds 2^32-1")
+    if wc.total_weight is not None and wc.total_weight != total:
+        raise ConfigError(
+            f"{wpath}.total_weight",
+            f"{wc.total_weight} is not the sum of the weights ({total}); total_weight is "
+            "deprecated in Envoy: leave it out",
+        )
+
+
+def _check_redirect(r: m.RedirectAction, path: str) -> None:
+    if r.https_redirect is not None and r.scheme_redirect is not None:
+        raise ConfigError(path, "set only one of https_redirect, scheme_redirect")
+    if r.path_redirect is not None and r.prefix_rewrite is not None:
+        raise ConfigError(path, "set only one of path_redirect, prefix_rewrite")
+    if r.scheme_redirect is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*",
+                                                          r.scheme_redirect):
+        raise ConfigError(f"{path}.scheme_redirect", f"{r.scheme_redirect!r} is not a URI scheme")
+
+
+# --- header mutations -------------------------------------------------------------------------
+
+
+def _check_mutations(
+    obj: m.RouteConfiguration | m.VirtualHost | m.Route | m.ClusterWeight, path: str
+) -> None:
+    for field in ("request_headers_to_add", "response_headers_to_add"):
+        for i, hvo in enumerate(getattr(obj, field)):
+            _check_header_value_option(hvo, f"{path}.{field}[{i}]")
+    for field in ("request_headers_to_remove", "response_headers_to_remove"):
+        for i, name in enumerate(getattr(obj, field)):
+            hpath = f"{path}.{field}[{i}]"
+            _check_header_name(name, hpath)
+            if name.startswith(":") or name.lower() == "host":
+                raise ConfigError(
+                    hpath, f"{name!r}: ':'-prefixed or host headers may not be removed"
+                )
+
+
+def _check_header_value_option(hvo: m.HeaderValueOption, path: str) -> None:
+    key = hvo.header.key
+    _check_header_name(key, f"{path}.header.key")
+    if key.startswith(":") or key.lower() == "host":  # Envoy refuses these in both directions
+        raise ConfigError(
+            f"{path}.header.key", f"{key!r}: ':'-prefixed or host headers may not be modified"
+        )
+    if any(c in hvo.header.value for c in "\r\n\0"):
+        raise ConfigError(f"{path}.header.value", "must not contain CR, LF or NUL")
+    if hvo.append is not None and hvo.append_action is not None:
+        raise ConfigError(path, "set only one of append (deprecated), append_action")
+
+
+def _check_header_name(name: str, path: str) -> None:
+    if not name:
+        raise ConfigError(path, "must not be empty")
+    bare = name[1:] if name.startswith(":") else name
+    if not _HEADER_NAME.fullmatch(bare):
+        raise ConfigError(path, f"{name!r} is not a valid header name")
+
+
+# --- clusters ---------------------------------------------------------------------------------
+
+
+def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
+    names: dict[str, int] = {}
+    for i, cluster in enumerate(clusters):
+        path = f"static_resources.clusters[{i}]"
+        if not cluster.name:
+            raise ConfigError(f"{path}.name", "must not be empty")
+        if cluster.name in names:
+            raise ConfigError(
+                f"{path}.name",
+                f"duplicate cluster {cluster.name!r} (also static_resources.clusters"
+                f"[{names[cluster.name]}])",
+            )
+        names[cluster.name] = i
+        if cluster.connect_timeout is not None and cluster.connect_timeout.is_zero():
+            raise ConfigError(f"{path}.connect_timeout", "must be greater than 0s")
+        if cluster.dns_refresh_rate is not None and cluster.dns_refresh_rate.ms <= 1:
+            raise ConfigError(f"{path}.dns_refresh_rate", "must be greater than 1ms")
+        lr = cluster.least_request_lb_config
+        if lr is not None and lr.choice_count is not None and lr.choice_count < 2:
+            raise ConfigError(
+                f"{path}.least_request_lb_config.choice_count",
+                f"{lr.choice_count} is out of range; expected at least 2",
+            )
+        teo = cluster.typed_extension_protocol_options
+        hpo = teo.http if teo is not None else None
+        if (
+            hpo is not None
+            and hpo.common_http_protocol_options is not None
+            and hpo.common_http_protocol_options.max_requests_per_connection is not None
+            and cluster.max_requests_per_connection is not None
+        ):
+            raise ConfigError(
+                f"{path}.max_requests_per_connection",
+                "set only one of max_requests_per_connection here and in "
+                "typed_extension_protocol_options (HttpProtocolOptions."
+                "common_http_protocol_options), as Envoy requires",
+            )
+        if cluster.load_assignment is not None:
+            _check_load_assignment(cluster, f"{path}.load_assignment")
+    return set(names)
+
+
+def _check_load_assignment(cluster: m.Cluster, path: str) -> None:
+    la = cluster.load_assignment
+    assert la is not None
+    if not la.cluster_name:
+        raise ConfigError(f"{path}.cluster_name", "must not be empty")
+    for e, locality in enumerate(la.endpoints):
+        for b, lbe in enumerate(locality.lb_endpoints):
+            bpath = f"{path}.endpoints[{e}].lb_endpoints[{b}]"
+            if lbe.load_balancing_weight is not None and lbe.load_balancing_weight < 1:
+                raise ConfigError(
+                    f"{bpath}.load_balancing_weight",
+                    f"{lbe.load_balancing_weight} is out of range; expected at least 1",
+                )
+            sa = lbe.endpoint.address.socket_address
+            apath = f"{bpath}.endpoint.address.socket_address.address"
+            if cluster.type == "STATIC":
+                if not _is_ip(sa.address):
+                    raise ConfigError(
+                        apath,
+                        f"{sa.address!r} is not an IP address; a STATIC cluster needs IP "
+                        "literals (use type: STRICT_DNS for host names)",
+                    )
+            elif not sa.address:
+                raise ConfigError(apath, "must not be empty")
+
+
+# --- shared -----------------------------------------------------------------------------------
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_ip(address: m.Address, path: str) -> m.SocketAddress:
+    sa = address.socket_address
+    if not _is_ip(sa.address):
+        raise ConfigError(
+            f"{path}.socket_address.address",
+            f"{sa.address!r} is not an IP address; listeners bind IP literals "
+            "(0.0.0.0, 127.0.0.1, ::)",
+        )
+    return sa
+
+
+def check_regex(regex: str, path: str) -> None:
+    """A first check of RE2 syntax with Python's `re`: the engine compiles the regex again
+    (Rust `regex`, RE2 syntax) and has the last word."""
+    bad = _NOT_RE2.search(regex)
+    if bad:
+        raise ConfigError(
+            path,
+            f"{regex!r} uses {bad.group(0)!r}, which RE2 does not support (no look-around, "
+            "back-references, atomic groups or conditionals)",
+        )
+    # Python spells RE2's end-of-text `\z` as `\Z` and has no Unicode classes (`\pL`);
+    # stand-ins keep those valid RE2 forms from failing the Python check.
+    probe = _UNICODE_CLASS.sub(".", regex.replace(r"\z", r"\Z"))
+    try:
+        re.compile(probe)
+    except re.error as e:
+        raise ConfigError(path, f"{regex!r} is not a valid regex: {e}") from None

@@ -1,0 +1,453 @@
+"""Decoding and validating Envoy bootstraps: what is accepted, and the error for what is not."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pyproxy.config import Bootstrap, Duration, decode, load, merge
+from pyproxy.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+
+LISTENER = "static_resources.listeners[0]"
+HCM = f"{LISTENER}.filter_chains[0].filters[0].typed_config"
+VHOST = f"{HCM}.route_config.virtual_hosts[0]"
+ROUTE = f"{VHOST}.routes[0]"
+CLUSTER = "static_resources.clusters[0]"
+SOCKET = f"{CLUSTER}.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address"
+HPO_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HPO_TYPE = "type.googleapis.com/" + HPO_KEY
+
+
+def listener(c: dict) -> dict:
+    return c["static_resources"]["listeners"][0]
+
+
+def hcm(c: dict) -> dict:
+    return listener(c)["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def vhost(c: dict) -> dict:
+    return hcm(c)["route_config"]["virtual_hosts"][0]
+
+
+def route(c: dict) -> dict:
+    return vhost(c)["routes"][0]
+
+
+def cluster(c: dict) -> dict:
+    return c["static_resources"]["clusters"][0]
+
+
+def socket(c: dict) -> dict:
+    lbe = cluster(c)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    return lbe["endpoint"]["address"]["socket_address"]
+
+
+def second_cluster(c: dict) -> None:
+    other = copy.deepcopy(cluster(c))
+    other["name"] = "other"
+    c["static_resources"]["clusters"].append(other)
+
+
+def mutated(fn: Callable[[dict], Any]) -> dict:
+    c = copy.deepcopy(BASE)
+    fn(c)
+    return c
+
+
+def hpo(**fields: Any) -> dict:
+    return {HPO_KEY: {"@type": HPO_TYPE, **fields}}
+
+
+def test_default_config_decodes() -> None:
+    b = decode(copy.deepcopy(BASE))
+    assert isinstance(b, Bootstrap)
+    assert b.static_resources.clusters[0].name == "demo"
+    assert b.admin is not None
+    assert b.admin.address is not None
+    assert b.admin.address.socket_address.port_value == 9901
+
+
+ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
+    ("no_admin", lambda c: c.pop("admin")),
+    ("empty_static_resources", lambda c: c.update(static_resources={})),
+    ("node", lambda c: c.update(node={"id": "n1", "cluster": "edge", "metadata": {"a": 1}})),
+    ("admin_access_log_ignored", lambda c: c["admin"].update(access_log=[{"name": "x"}])),
+    ("listener_without_name", lambda c: listener(c).pop("name")),
+    ("any_filter_name", lambda c: listener(c)["filter_chains"][0]["filters"][0].update(name="hcm")),
+    ("codec_http1", lambda c: hcm(c).update(codec_type="HTTP1")),
+    ("max_headers_8192", lambda c: hcm(c).update(max_request_headers_kb=8192)),
+    ("stream_idle_0", lambda c: hcm(c).update(stream_idle_timeout="0s")),
+    ("duration_object", lambda c: cluster(c).update(connect_timeout={"seconds": 1, "nanos": 5})),
+    ("cluster_type_absent", lambda c: cluster(c).pop("type")),
+    ("strict_dns_hostname", lambda c: (cluster(c).update(type="STRICT_DNS"),
+                                       socket(c).update(address="localhost"))),
+    ("ipv6_endpoint", lambda c: socket(c).update(address="::1")),
+    ("legacy_header_match", lambda c: route(c)["match"].update(
+        headers=[{"name": "X-A", "exact_match": "1"}])),
+    ("header_present_by_default", lambda c: route(c)["match"].update(headers=[{"name": "x"}])),
+    ("query_no_matcher", lambda c: route(c)["match"].update(query_parameters=[{"name": "q"}])),
+    ("regex_google_re2", lambda c: route(c).update(
+        match={"safe_regex": {"google_re2": {}, "regex": "/a.*"}})),
+    ("regex_re2_end_of_text", lambda c: route(c).update(match={"safe_regex": {"regex": r"/a\z"}})),
+    ("regex_unicode_class", lambda c: route(c).update(match={"safe_regex": {"regex": r"/\pL+"}})),
+    ("domains_wildcards", lambda c: vhost(c).update(domains=["*.a.com", "b.*", "C.com:80"])),
+    ("hpo", lambda c: cluster(c).update(typed_extension_protocol_options=hpo(
+        common_http_protocol_options={"idle_timeout": "1s", "max_requests_per_connection": 5},
+        explicit_http_config={"http_protocol_options": {}}))),
+    ("total_weight_equal", lambda c: route(c).update(route={"weighted_clusters": {
+        "total_weight": 5, "clusters": [{"name": "demo", "weight": 5}]}})),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate"), ACCEPTED, ids=[a[0] for a in ACCEPTED])
+def test_accepted(name: str, mutate: Callable[[dict], Any]) -> None:
+    decode(mutated(mutate))
+
+
+REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
+    # shapes and types
+    ("unknown_field", lambda c: cluster(c).update(foo=1), f"{CLUSTER}.foo", "unknown field 'foo'"),
+    ("misspelled_field", lambda c: cluster(c).update(lb_polcy="RANDOM"), f"{CLUSTER}.lb_polcy",
+     "did you mean 'lb_policy'"),
+    ("camel_case", lambda c: hcm(c).update(statPrefix=hcm(c).pop("stat_prefix")),
+     f"{HCM}.statPrefix", "did you mean 'stat_prefix'"),
+    ("layered_runtime", lambda c: c.update(layered_runtime={}), "layered_runtime",
+     "runtime layers are not supported"),
+    ("wrong_type", lambda c: cluster(c).update(name=5), f"{CLUSTER}.name",
+     "expected a string, got 5"),
+    ("string_port", lambda c: socket(c).update(port_value="8080"), f"{SOCKET}.port_value",
+     "expected an integer, got '8080'"),
+    ("port_range", lambda c: socket(c).update(port_value=70000), f"{SOCKET}.port_value",
+     "70000 is out of range"),
+    ("missing_required", lambda c: cluster(c).pop("name"), f"{CLUSTER}.name",
+     "required field is missing"),
+    ("not_a_mapping", lambda c: c.update(static_resources=[]), "static_resources",
+     "expected a mapping"),
+    # enums
+    ("lb_policy", lambda c: cluster(c).update(lb_policy="FOO"), f"{CLUSTER}.lb_policy",
+     "'FOO' is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM"),
+    ("lb_policy_maglev", lambda c: cluster(c).update(lb_policy="MAGLEV"), f"{CLUSTER}.lb_policy",
+     "'MAGLEV' is not one of"),
+    ("cluster_type_eds", lambda c: cluster(c).update(type="EDS"), f"{CLUSTER}.type",
+     "'EDS' is not one of STATIC, STRICT_DNS"),
+    ("codec_http2", lambda c: hcm(c).update(codec_type="HTTP2"), f"{HCM}.codec_type",
+     "'HTTP2' is not one of AUTO, HTTP1"),
+    ("add_if_absent", lambda c: route(c).update(request_headers_to_add=[
+        {"header": {"key": "a", "value": "b"}, "append_action": "ADD_IF_ABSENT"}]),
+     f"{ROUTE}.request_headers_to_add[0].append_action", "'ADD_IF_ABSENT' is not one of"),
+    # typed_config
+    ("hcm_type_url", lambda c: hcm(c).update({"@type": "type.googleapis.com/x"}),
+     f"{HCM}.@type", "'type.googleapis.com/x' is not supported; expected "
+     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+     "HttpConnectionManager"),
+    ("router_type_url", lambda c: hcm(c)["http_filters"][0]["typed_config"].update(
+        {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}),
+     f"{HCM}.http_filters[0].typed_config.@type",
+     "expected type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"),
+    ("router_typed_config_missing", lambda c: hcm(c)["http_filters"][0].pop("typed_config"),
+     f"{HCM}.http_filters[0].typed_config", "required field is missing"),
+    ("hpo_type_url", lambda c: cluster(c).update(typed_extension_protocol_options={
+        HPO_KEY: {"@type": "x", "explicit_http_config": {"http_protocol_options": {}}}}),
+     f'{CLUSTER}.typed_extension_protocol_options["{HPO_KEY}"].@type', "'x' is not supported"),
+    ("hpo_unknown_key", lambda c: cluster(c).update(typed_extension_protocol_options={"foo": {}}),
+     f"{CLUSTER}.typed_extension_protocol_options.foo", "unknown field 'foo'"),
+    ("hpo_http2", lambda c: cluster(c).update(typed_extension_protocol_options=hpo(
+        explicit_http_config={"http2_protocol_options": {}})),
+     f'{CLUSTER}.typed_extension_protocol_options["{HPO_KEY}"].explicit_http_config.'
+     "http2_protocol_options", "HTTP/2 is not supported yet"),
+    ("hpo_no_explicit", lambda c: cluster(c).update(typed_extension_protocol_options=hpo()),
+     f'{CLUSTER}.typed_extension_protocol_options["{HPO_KEY}"].explicit_http_config',
+     "required field is missing"),
+    # listeners and HCM
+    ("listener_hostname", lambda c: listener(c)["address"]["socket_address"].update(
+        address="localhost"), f"{LISTENER}.address.socket_address.address", "not an IP address"),
+    ("duplicate_listener", lambda c: c["static_resources"]["listeners"].append(
+        {**copy.deepcopy(listener(c)), "address": {"socket_address": {
+            "address": "0.0.0.0", "port_value": 1}}}),
+     "static_resources.listeners[1].name", "duplicate listener name 'main'"),
+    ("duplicate_listener_address", lambda c: c["static_resources"]["listeners"].append(
+        {**copy.deepcopy(listener(c)), "name": "b"}),
+     "static_resources.listeners[1].address", "0.0.0.0:10000 is already the address"),
+    ("two_filter_chains", lambda c: listener(c)["filter_chains"].append(
+        copy.deepcopy(listener(c)["filter_chains"][0])), f"{LISTENER}.filter_chains",
+     "exactly one"),
+    ("tls", lambda c: listener(c)["filter_chains"][0].update(transport_socket={}),
+     f"{LISTENER}.filter_chains[0].transport_socket", "TLS is not supported yet"),
+    ("no_http_filters", lambda c: hcm(c).update(http_filters=[]), f"{HCM}.http_filters",
+     "has 0 filters; pyproxy supports exactly one, the router"),
+    ("two_routers", lambda c: hcm(c)["http_filters"].append(hcm(c)["http_filters"][0]),
+     f"{HCM}.http_filters", "has 2 filters"),
+    ("access_log", lambda c: hcm(c).update(access_log=[{"name": "x"}]), f"{HCM}.access_log",
+     "access logs are not supported yet"),
+    ("rds", lambda c: (hcm(c).pop("route_config"), hcm(c).update(rds={"route_config_name": "r"})),
+     f"{HCM}.rds", "RDS is not supported yet"),
+    ("no_route_config", lambda c: hcm(c).pop("route_config"), f"{HCM}.route_config",
+     "is required"),
+    ("empty_stat_prefix", lambda c: hcm(c).update(stat_prefix=""), f"{HCM}.stat_prefix",
+     "must not be empty"),
+    ("max_headers_0", lambda c: hcm(c).update(max_request_headers_kb=0),
+     f"{HCM}.max_request_headers_kb", "0 is out of range; expected 1..8192"),
+    ("max_headers_9000", lambda c: hcm(c).update(max_request_headers_kb=9000),
+     f"{HCM}.max_request_headers_kb", "9000 is out of range"),
+    ("duration_ms", lambda c: hcm(c).update(request_timeout="250ms"), f"{HCM}.request_timeout",
+     "'250ms' is not a duration"),
+    ("duration_number", lambda c: hcm(c).update(request_timeout=5), f"{HCM}.request_timeout",
+     "5 is not a duration"),
+    ("duration_negative", lambda c: hcm(c).update(request_timeout="-1s"),
+     f"{HCM}.request_timeout", "must not be negative"),
+    # routes
+    ("unknown_cluster", lambda c: route(c)["route"].update(cluster="nope"),
+     f"{ROUTE}.route.cluster", "unknown cluster 'nope'"),
+    ("unknown_weighted_cluster", lambda c: route(c).update(route={"weighted_clusters": {
+        "clusters": [{"name": "nope", "weight": 1}]}}),
+     f"{ROUTE}.route.weighted_clusters.clusters[0].name", "unknown cluster 'nope'"),
+    ("weights_zero", lambda c: route(c).update(route={"weighted_clusters": {
+        "clusters": [{"name": "demo", "weight": 0}]}}),
+     f"{ROUTE}.route.weighted_clusters.clusters", "must be greater than 0"),
+    ("total_weight_differs", lambda c: route(c).update(route={"weighted_clusters": {
+        "total_weight": 100, "clusters": [{"name": "demo", "weight": 50}]}}),
+     f"{ROUTE}.route.weighted_clusters.total_weight", "is not the sum of the weights (50)"),
+    ("cluster_and_weighted", lambda c: route(c)["route"].update(weighted_clusters={
+        "clusters": [{"name": "demo", "weight": 1}]}), f"{ROUTE}.route",
+     "exactly one of cluster, weighted_clusters"),
+    ("validate_clusters_false", lambda c: hcm(c)["route_config"].update(validate_clusters=False),
+     f"{HCM}.route_config.validate_clusters", "false is not supported"),
+    ("duplicate_domain", lambda c: hcm(c)["route_config"]["virtual_hosts"].append(
+        {"name": "b", "domains": ["*"]}), f"{HCM}.route_config.virtual_hosts[1].domains[0]",
+     "duplicate domain '*'"),
+    ("duplicate_domain_case", lambda c: (vhost(c).update(domains=["A.com"]),
+        hcm(c)["route_config"]["virtual_hosts"].append({"name": "b", "domains": ["a.com"]})),
+     f"{HCM}.route_config.virtual_hosts[1].domains[0]", "duplicate domain 'a.com'"),
+    ("middle_wildcard", lambda c: vhost(c).update(domains=["a.*.com"]), f"{VHOST}.domains[0]",
+     "'a.*.com' is not supported"),
+    ("no_domains", lambda c: vhost(c).update(domains=[]), f"{VHOST}.domains",
+     "at least one domain"),
+    ("two_path_specifiers", lambda c: route(c)["match"].update(path="/x"), f"{ROUTE}.match",
+     "exactly one path specifier of prefix, path, safe_regex; got prefix, path"),
+    ("no_path_specifier", lambda c: route(c).update(match={}), f"{ROUTE}.match",
+     "exactly one path specifier"),
+    ("no_action", lambda c: route(c).pop("route"), ROUTE, "exactly one action"),
+    ("two_actions", lambda c: route(c).update(direct_response={"status": 200}), ROUTE,
+     "got route, direct_response"),
+    ("regex_syntax", lambda c: route(c).update(match={"safe_regex": {"regex": "(("}}),
+     f"{ROUTE}.match.safe_regex.regex", "'((' is not a valid regex"),
+    ("regex_lookahead", lambda c: route(c).update(match={"safe_regex": {"regex": "/(?=a)"}}),
+     f"{ROUTE}.match.safe_regex.regex", "RE2 does not support"),
+    ("regex_backreference", lambda c: route(c).update(
+        match={"safe_regex": {"regex": r"/(a)\1"}}),
+     f"{ROUTE}.match.safe_regex.regex", "RE2 does not support"),
+    ("header_regex", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "string_match": {"safe_regex": {"regex": "["}}}]),
+     f"{ROUTE}.match.headers[0].string_match.safe_regex.regex", "not a valid regex"),
+    ("two_header_specifiers", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "exact_match": "a", "present_match": True}]), f"{ROUTE}.match.headers[0]",
+     "got exact_match, present_match"),
+    ("string_match_empty", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "string_match": {}}]), f"{ROUTE}.match.headers[0].string_match",
+     "exactly one of exact, prefix, suffix, contains, safe_regex"),
+    ("range_match", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "range_match": {"start": 1, "end": 2}}]),
+     f"{ROUTE}.match.headers[0].range_match", "unknown field 'range_match'"),
+    ("query_two_specifiers", lambda c: route(c)["match"].update(query_parameters=[
+        {"name": "q", "present_match": True, "string_match": {"exact": "1"}}]),
+     f"{ROUTE}.match.query_parameters[0]", "only one of string_match, present_match"),
+    ("retry_policy", lambda c: route(c)["route"].update(retry_policy={}),
+     f"{ROUTE}.route.retry_policy", "retries are not supported yet"),
+    ("host_rewrite_both", lambda c: route(c)["route"].update(
+        host_rewrite_literal="a", auto_host_rewrite=True), f"{ROUTE}.route",
+     "only one of host_rewrite_literal, auto_host_rewrite"),
+    ("redirect_schemes", lambda c: (route(c).pop("route"), route(c).update(redirect={
+        "https_redirect": True, "scheme_redirect": "http"})), f"{ROUTE}.redirect",
+     "only one of https_redirect, scheme_redirect"),
+    ("redirect_paths", lambda c: (route(c).pop("route"), route(c).update(redirect={
+        "path_redirect": "/a", "prefix_rewrite": "/b"})), f"{ROUTE}.redirect",
+     "only one of path_redirect, prefix_rewrite"),
+    ("redirect_code", lambda c: (route(c).pop("route"), route(c).update(redirect={
+        "response_code": 302})), f"{ROUTE}.redirect.response_code", "expected a string"),
+    ("direct_response_status", lambda c: (route(c).pop("route"), route(c).update(
+        direct_response={"status": 99})), f"{ROUTE}.direct_response.status",
+     "99 is out of range; expected 200..599"),
+    ("direct_response_filename", lambda c: (route(c).pop("route"), route(c).update(
+        direct_response={"status": 200, "body": {"filename": "/etc/passwd"}})),
+     f"{ROUTE}.direct_response.body.filename", "unknown field 'filename'"),
+    # header mutations
+    ("add_pseudo_header", lambda c: route(c).update(request_headers_to_add=[
+        {"header": {"key": ":path", "value": "/"}}]),
+     f"{ROUTE}.request_headers_to_add[0].header.key", "may not be modified"),
+    ("add_host_header", lambda c: vhost(c).update(request_headers_to_add=[
+        {"header": {"key": "Host", "value": "a"}}]),
+     f"{VHOST}.request_headers_to_add[0].header.key", "may not be modified"),
+    ("remove_host_header", lambda c: route(c).update(request_headers_to_remove=["host"]),
+     f"{ROUTE}.request_headers_to_remove[0]", "may not be removed"),
+    ("bad_header_name", lambda c: route(c).update(response_headers_to_remove=["a b"]),
+     f"{ROUTE}.response_headers_to_remove[0]", "'a b' is not a valid header name"),
+    ("header_value_newline", lambda c: route(c).update(response_headers_to_add=[
+        {"header": {"key": "a", "value": "x\r\ny: z"}}]),
+     f"{ROUTE}.response_headers_to_add[0].header.value", "must not contain CR, LF or NUL"),
+    ("append_and_action", lambda c: route(c).update(response_headers_to_add=[
+        {"header": {"key": "a", "value": "b"}, "append": True,
+         "append_action": "APPEND_IF_EXISTS_OR_ADD"}]),
+     f"{ROUTE}.response_headers_to_add[0]", "only one of append (deprecated), append_action"),
+    ("raw_value", lambda c: route(c).update(response_headers_to_add=[
+        {"header": {"key": "a", "raw_value": "Yg=="}}]),
+     f"{ROUTE}.response_headers_to_add[0].header.raw_value", "unknown field 'raw_value'"),
+    # clusters
+    ("duplicate_cluster", lambda c: c["static_resources"]["clusters"].append(
+        copy.deepcopy(cluster(c))), "static_resources.clusters[1].name",
+     "duplicate cluster 'demo'"),
+    ("static_hostname", lambda c: socket(c).update(address="localhost"), f"{SOCKET}.address",
+     "'localhost' is not an IP address; a STATIC cluster needs IP literals"),
+    ("connect_timeout_zero", lambda c: cluster(c).update(connect_timeout="0s"),
+     f"{CLUSTER}.connect_timeout", "must be greater than 0s"),
+    ("dns_refresh_rate_1ms", lambda c: cluster(c).update(dns_refresh_rate="0.001s"),
+     f"{CLUSTER}.dns_refresh_rate", "must be greater than 1ms"),
+    ("dns_lookup_family", lambda c: cluster(c).update(dns_lookup_family="V5"),
+     f"{CLUSTER}.dns_lookup_family", "'V5' is not one of AUTO, V4_ONLY"),
+    ("choice_count_1", lambda c: cluster(c).update(least_request_lb_config={"choice_count": 1}),
+     f"{CLUSTER}.least_request_lb_config.choice_count", "expected at least 2"),
+    ("lb_weight_0", lambda c: cluster(c)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+     .update(load_balancing_weight=0),
+     f"{CLUSTER}.load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight",
+     "expected at least 1"),
+    ("max_requests_twice", lambda c: cluster(c).update(
+        max_requests_per_connection=5, typed_extension_protocol_options=hpo(
+            common_http_protocol_options={"max_requests_per_connection": 3},
+            explicit_http_config={"http_protocol_options": {}})),
+     f"{CLUSTER}.max_requests_per_connection", "set only one of max_requests_per_connection"),
+    ("health_checks", lambda c: cluster(c).update(health_checks=[]),
+     f"{CLUSTER}.health_checks", "active health checking is not supported yet"),
+    ("pipe_address", lambda c: listener(c).update(address={"pipe": {"path": "/tmp/s"}}),
+     f"{LISTENER}.address.pipe", "unknown field 'pipe'; supported here: socket_address"),
+    ("udp", lambda c: listener(c)["address"]["socket_address"].update(protocol="UDP"),
+     f"{LISTENER}.address.socket_address.protocol", "'UDP' is not one of TCP"),
+    ("second_cluster_still_checked", lambda c: (second_cluster(c),
+        c["static_resources"]["clusters"][1].update(lb_policy="X")),
+     "static_resources.clusters[1].lb_policy", "'X' is not one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "path", "message"), REJECTED, ids=[r[0] for r in REJECTED]
+)
+def test_rejected(name: str, mutate: Callable[[dict], Any], path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        decode(mutated(mutate))
+    assert info.value.path == path
+    assert message in info.value.message
+    assert str(info.value) == f"{path}: {info.value.message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds", "nanos", "ms"),
+    [
+        ("5s", 5, 0, 5000),
+        ("0.25s", 0, 250_000_000, 250),
+        ("1.000000001s", 1, 1, 1001),  # rounded up: a positive duration never becomes 0
+        ("0.0001s", 0, 100_000, 1),
+        ("0s", 0, 0, 0),
+        ({"seconds": 2, "nanos": 500_000_000}, 2, 500_000_000, 2500),
+        ({"seconds": "3"}, 3, 0, 3000),
+    ],
+)
+def test_duration_parse(text: Any, seconds: int, nanos: int, ms: int) -> None:
+    d = Duration.parse(text)
+    assert (d.seconds, d.nanos, d.ms) == (seconds, nanos, ms)
+
+
+@pytest.mark.parametrize(
+    "text", ["5", "5ms", "1m", "-1s", "1.0000000001s", "", 5, None, {"secs": 1},
+             {"seconds": 1, "nanos": 1_000_000_000}, {"seconds": -1}]
+)
+def test_duration_invalid(text: Any) -> None:
+    with pytest.raises(ValueError, match=r"duration|nanos"):
+        Duration.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("base", "override", "expected"),
+    [
+        ({"a": 1}, {"a": 2}, {"a": 2}),
+        ({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}, {"a": {"b": 1, "c": 3}}),
+        ({"a": [1]}, {"a": [2]}, {"a": [1, 2]}),  # protobuf MergeFrom appends repeated fields
+        ({"a": {"b": 1}}, {"a": 5}, {"a": 5}),
+        ({}, {"n": {"id": "x"}}, {"n": {"id": "x"}}),
+    ],
+)
+def test_merge(base: dict, override: dict, expected: dict) -> None:
+    before = copy.deepcopy(base)
+    assert merge(base, override) == expected
+    assert base == before
+
+
+def test_config_yaml_merges_over_file() -> None:
+    path = ROOT / "configs" / "default.yaml"
+    yaml_text = """
+    node: {id: from-yaml}
+    static_resources:
+      clusters:
+      - name: extra
+        load_assignment: {cluster_name: extra}
+    """
+    raw, b = load(path, config_yaml=yaml_text)
+    assert [c.name for c in b.static_resources.clusters] == ["demo", "extra"]
+    assert b.node is not None
+    assert b.node.id == "from-yaml"
+    assert raw["node"] == {"id": "from-yaml"}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("static_resources: [", "unable to parse config string as YAML/JSON at line 1"),
+        ("- a\n- b\n", "expected a mapping (a Bootstrap), got list"),
+        ("/nonexistent/pyproxy.yaml", "unable to read file '/nonexistent/pyproxy.yaml'"),
+    ],
+)
+def test_load_errors(source: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(source)
+    assert info.value.path == ""
+    assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param(lambda: str(ROOT / "configs" / "default.yaml"), id="path_str"),
+        pytest.param(lambda: ROOT / "configs" / "default.yaml", id="pathlike"),
+        pytest.param(lambda: (ROOT / "configs" / "default.yaml").read_text(), id="yaml_text"),
+        pytest.param(lambda: copy.deepcopy(BASE), id="dict"),
+        pytest.param(lambda: __import__("json").dumps(BASE), id="json_text"),
+    ],
+)
+def test_load_sources(source: Callable[[], Any]) -> None:
+    raw, b = load(source())
+    assert raw == BASE
+    assert b.static_resources.listeners[0].name == "main"
+
+
+def test_load_needs_a_source() -> None:
+    with pytest.raises(ConfigError, match="at least one of --config-path or --config-yaml"):
+        load(None)
+
+
+@pytest.mark.parametrize(
+    ("args", "path", "message"),
+    [
+        (("x",), "", "x"),  # how native raises it
+        (("a.b", "bad"), "a.b", "bad"),
+    ],
+)
+def test_config_error_constructor(args: tuple[str, ...], path: str, message: str) -> None:
+    e = ConfigError(*args)
+    assert (e.path, e.message) == (path, message)
+    assert str(e) == (f"{path}: {message}" if path else message)
