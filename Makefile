@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SOURCES := $(shell find core/src native/src -name '*.rs') Cargo.toml core/Cargo.toml native/Cargo.toml pyproject.toml
 
-.PHONY: help build dev run test test-rust test-py lint bench perf clean
+.PHONY: help build dev inplace run test test-rust test-py lint bench perf clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,6 +22,10 @@ build: $(STAMP)  ## build the release wheel into target/wheels
 
 dev: $(STAMP)  ## rebuild the extension in place (release profile) after Rust changes
 	$(VPY) -m pip install -q -e '.[test]'
+
+inplace:  ## fast dev loop: build the extension and drop it into pyproxy/ (use with PYTHONPATH=.)
+	cargo build -q -p pyproxy-native --release
+	cp target/release/lib_native.so pyproxy/_native.abi3.so
 
 run: $(STAMP)  ## build, start the demo upstream on :8080 and the proxy on configs/default.yaml (:10000, admin :9901)
 	@$(VPY) -m pyproxy.demo --port 8080 & demo=$$!; \

@@ -1,0 +1,1 @@
+"""Shared test support: a recording upstream server and Envoy config builders."""
