@@ -20,22 +20,18 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     v.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
-/// The request body framing, refusing every ambiguous form (RFC 9112 section 6.3): both
-/// `transfer-encoding` and `content-length`, several differing lengths, a non-numeric length,
-/// or a transfer coding other than exactly `chunked`.
+/// The request body framing, refusing every ambiguous form (RFC 9112 section 6.3) as Envoy
+/// does: both `transfer-encoding` and `content-length`, more than one `content-length` (even
+/// with equal values), a non-numeric length, or a transfer coding other than exactly `chunked`.
 pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
     let mut te = h.headers.get_all(b"transfer-encoding").peekable();
     let has_te = te.peek().is_some();
-    let mut length: Option<u64> = None;
-    for v in h.headers.get_all(b"content-length") {
-        for part in v.split(|b| *b == b',') {
-            let n = parse_length(part.trim_ascii()).ok_or(FramingError::BadRequest)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(FramingError::BadRequest);
-            }
-            length = Some(n);
-        }
-    }
+    let mut lengths = h.headers.get_all(b"content-length");
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(parse_length(v.trim_ascii()).ok_or(FramingError::BadRequest)?),
+        (Some(_), Some(_)) => return Err(FramingError::BadRequest),
+    };
     if has_te {
         if length.is_some() {
             return Err(FramingError::BadRequest);
@@ -61,6 +57,18 @@ pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
         Some(n) => Framing::Length(n),
         None => Framing::Empty,
     })
+}
+
+/// Whether a request with this method is expected to carry no body (Envoy's
+/// `requestShouldHaveNoBody`): bodiless requests of other methods get `content-length: 0`.
+pub fn method_has_no_body(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"DELETE" | b"TRACE" | b"CONNECT")
+}
+
+/// Whether the request asks for a protocol upgrade (`connection: upgrade` plus `upgrade`).
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains(b"upgrade")
+        && h.get_all(b"connection").flat_map(|v| v.split(|b| *b == b',')).any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// The response body framing (RFC 9112 section 6.3), given the request method and status.
@@ -218,7 +226,7 @@ mod tests {
         let cases: &[(&str, Result<Framing, FramingError>)] = &[
             ("GET / HTTP/1.1\r\n\r\n", Ok(Framing::Empty)),
             ("POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n", Ok(Framing::Length(5))),
-            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n", Ok(Framing::Length(5))),
+            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n", Err(FramingError::BadRequest)),
             ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", Err(FramingError::BadRequest)),
             ("POST / HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\n", Err(FramingError::BadRequest)),
             ("POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n", Err(FramingError::BadRequest)),

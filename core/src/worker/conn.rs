@@ -7,9 +7,9 @@
 //! (`Box::pin(request(..))`) so the long-lived connection future stays small.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -20,7 +20,8 @@ use tokio::time::timeout;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap};
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
-    keep_alive, request_framing, response_framing, strip_hop_by_hop, write_framing, write_status_line, FramingError,
+    is_upgrade, keep_alive, method_has_no_body, request_framing, response_framing, strip_hop_by_hop, write_framing,
+    write_status_line, FramingError,
 };
 use crate::http1::head::{parse_request, parse_response, HeadError, HeaderMap, RequestHead};
 use crate::router::{Action, Forward, Mutations, Redirect};
@@ -208,16 +209,26 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
     next
 }
 
-/// Builds a complete local reply (Envoy's shape: status line, `content-length`,
-/// `content-type: text/plain` when there is a body, `date`, `server`).
+/// Builds a complete local reply in Envoy's header order: with a body, `content-length`,
+/// `content-type: text/plain`, `date`, `server`; without one, `date`, `server`,
+/// `content-length: 0` (and `connection: close` before the length when closing).
 fn local_reply(ctx: &Ctx, l: &ListenerRt, status: u16, body: &[u8], close: bool, extra: Option<&HeaderMap>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     write_status_line(&mut out, status);
     if let Some(h) = extra {
         h.write_to(&mut out);
     }
+    if body.is_empty() {
+        push_header(&mut out, b"date", &ctx.date());
+        push_header(&mut out, b"server", &l.c.server_name);
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"content-length: 0\r\n\r\n");
+        return out;
+    }
     write_framing(&mut out, Framing::Length(body.len() as u64));
-    if !body.is_empty() && !extra.is_some_and(|h| h.contains(b"content-type")) {
+    if !extra.is_some_and(|h| h.contains(b"content-type")) {
         out.extend_from_slice(b"content-type: text/plain\r\n");
     }
     push_header(&mut out, b"date", &ctx.date());
@@ -285,6 +296,17 @@ async fn handle(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mu
             return reply(ctx, l, d, 501, b"Not Implemented", false, None).await;
         }
     };
+    // Envoy's codec-level refusals, all answered with `connection: close`.
+    if head.minor == 0 {
+        return reply(ctx, l, d, 426, b"Upgrade Required", false, None).await;
+    }
+    if !head.headers.contains(b"host") {
+        return reply(ctx, l, d, 400, b"", false, None).await;
+    }
+    if is_upgrade(&head.headers) {
+        // No `upgrade_configs` support yet: Envoy answers 403 without contacting the upstream.
+        return reply(ctx, l, d, 403, b"", false, None).await;
+    }
     let body_pending = framing != Framing::Empty;
     let host = lower_host(&head);
     let table = &l.c.routes;
@@ -374,27 +396,128 @@ fn redirect_location(r: &Redirect, host: &[u8], target: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Appends the proxy's own request headers as Envoy's connection manager and router do.
-fn mutate_request(ctx: &Ctx, l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward, cluster: &ClusterRt, host: &HostRt) {
-    let hcm = &l.c.cfg.hcm;
-    strip_hop_by_hop(h);
-    if hcm.use_remote_address && !hcm.skip_xff_append {
-        let ip = d.peer.ip().to_string();
-        match h.get(b"x-forwarded-for") {
-            Some(v) => {
-                let mut nv = v.to_vec();
-                nv.extend_from_slice(b",");
-                nv.extend_from_slice(ip.as_bytes());
-                h.set(b"x-forwarded-for", &nv);
+/// `x-envoy-*` request headers Envoy removes from every request: controls a client must not
+/// be able to set (docs/envoy-behaviour.md, section 2b).
+const ENVOY_CONTROL_HEADERS: [&[u8]; 12] = [
+    b"x-envoy-retry-on",
+    b"x-envoy-retry-grpc-on",
+    b"x-envoy-max-retries",
+    b"x-envoy-retriable-status-codes",
+    b"x-envoy-retriable-header-names",
+    b"x-envoy-upstream-rq-timeout-ms",
+    b"x-envoy-upstream-rq-per-try-timeout-ms",
+    b"x-envoy-hedge-on-per-try-timeout",
+    b"x-envoy-upstream-alt-stat-name",
+    b"x-envoy-internal",
+    b"x-envoy-force-trace",
+    b"x-envoy-ip-tags",
+];
+
+/// Removed in addition from edge requests (`use_remote_address`).
+const ENVOY_EDGE_HEADERS: [&[u8]; 4] = [
+    b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node",
+    b"x-envoy-original-path",
+    b"x-envoy-decorator-operation",
+];
+
+/// The first non-loopback address of this host in the peer's family: what Envoy appends to
+/// `x-forwarded-for` for a loopback client under `use_remote_address`.
+fn local_address(v4: bool) -> Option<IpAddr> {
+    static CACHE: OnceLock<(Option<IpAddr>, Option<IpAddr>)> = OnceLock::new();
+    let (a4, a6) = *CACHE.get_or_init(|| {
+        let mut v4 = None;
+        let mut v6 = None;
+        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills `ifap` with a list we only read and then free once.
+        unsafe {
+            if libc::getifaddrs(&mut ifap) == 0 {
+                let mut p = ifap;
+                while !p.is_null() {
+                    let a = (*p).ifa_addr;
+                    if !a.is_null() {
+                        match i32::from((*a).sa_family) {
+                            libc::AF_INET if v4.is_none() => {
+                                let sin = &*(a as *const libc::sockaddr_in);
+                                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                                if !ip.is_loopback() {
+                                    v4 = Some(IpAddr::V4(ip));
+                                }
+                            }
+                            libc::AF_INET6 if v6.is_none() => {
+                                let sin6 = &*(a as *const libc::sockaddr_in6);
+                                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                                if !ip.is_loopback() {
+                                    v6 = Some(IpAddr::V6(ip));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    p = (*p).ifa_next;
+                }
+                libc::freeifaddrs(ifap);
             }
-            None => h.append(b"x-forwarded-for", ip.as_bytes()),
         }
-    }
-    if !h.contains(b"x-forwarded-proto") {
-        h.append(b"x-forwarded-proto", b"http");
-    }
-    if hcm.generate_request_id && !h.contains(b"x-request-id") {
-        h.append(b"x-request-id", &uuid4());
+        (v4, v6)
+    });
+    if v4 { a4 } else { a6 }
+}
+
+/// Adds and rewrites the proxy's own request headers as Envoy's connection manager and router
+/// do (docs/envoy-behaviour.md, sections 1 and 2): order and in-place edits included.
+fn mutate_request(l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward, cluster: &ClusterRt, host: &HostRt) {
+    let hcm = &l.c.cfg.hcm;
+    let edge = hcm.use_remote_address;
+    strip_hop_by_hop(h);
+    h.remove_if(|n, _| {
+        n.starts_with(b"x-envoy-") && (ENVOY_CONTROL_HEADERS.contains(&n) || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
+    });
+    if edge {
+        let peer = d.peer.ip();
+        if !hcm.skip_xff_append {
+            let appended = if peer.is_loopback() { local_address(peer.is_ipv4()).unwrap_or(peer) } else { peer };
+            let ip = appended.to_string();
+            match h.get(b"x-forwarded-for") {
+                Some(v) => {
+                    let mut nv = v.to_vec();
+                    nv.push(b',');
+                    nv.extend_from_slice(ip.as_bytes());
+                    h.set(b"x-forwarded-for", &nv);
+                }
+                None => h.append(b"x-forwarded-for", ip.as_bytes()),
+            }
+        }
+        let hops = hcm.xff_num_trusted_hops as usize;
+        let external = match (hops, h.get(b"x-forwarded-for")) {
+            (0, _) | (_, None) => peer.to_string().into_bytes(),
+            (_, Some(xff)) => {
+                let entries: Vec<&[u8]> = xff.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect();
+                if !hcm.skip_xff_append && entries.len() > hops {
+                    entries[entries.len() - 1 - hops].to_vec()
+                } else {
+                    peer.to_string().into_bytes()
+                }
+            }
+        };
+        if hops == 0 || !h.contains(b"x-forwarded-proto") {
+            h.set(b"x-forwarded-proto", b"http");
+        }
+        h.set(b"x-envoy-external-address", &external);
+        if hcm.generate_request_id {
+            if !hcm.preserve_external_request_id {
+                h.set(b"x-request-id", &uuid4());
+            } else if !h.contains(b"x-request-id") {
+                h.append(b"x-request-id", &uuid4());
+            }
+        }
+    } else {
+        if !h.contains(b"x-forwarded-proto") {
+            h.append(b"x-forwarded-proto", b"http");
+        }
+        if hcm.generate_request_id && !h.contains(b"x-request-id") {
+            h.append(b"x-request-id", &uuid4());
+        }
     }
     if let Some(hr) = &fwd.host_rewrite {
         h.set(b"host", hr);
@@ -406,7 +529,6 @@ fn mutate_request(ctx: &Ctx, l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &
     if !hcm.suppress_envoy_headers && fwd.timeout_ms > 0 {
         h.set(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header);
     }
-    let _ = ctx;
 }
 
 fn rewrite_target(fwd: &Forward, route_prefix_len: Option<usize>, target: &[u8], out: &mut Vec<u8>) {
@@ -424,7 +546,7 @@ enum Outcome {
     /// The response went downstream in full.
     Done { status: u16, up_reusable: bool, down_keep: bool },
     /// Failed before anything was sent downstream: answer locally.
-    Local { status: u16, body: &'static [u8] },
+    Local { status: u16, body: &'static [u8], keep: bool },
     /// Failed after the response started, or the client went away: close.
     Abort { status: u16 },
 }
@@ -457,7 +579,7 @@ async fn forward(
             return (0, Next::Close);
         }
     }
-    mutate_request(ctx, l, d, &mut head.headers, fwd, cluster, &host);
+    mutate_request(l, d, &mut head.headers, fwd, cluster, &host);
     if let Framing::Length(n) = framing {
         if head.headers.get_all(b"content-length").count() != 1 {
             head.headers.set(b"content-length", itoa::Buffer::new().format(n).as_bytes());
@@ -489,13 +611,19 @@ async fn forward(
                 cs.count_response(503);
                 let body: &'static [u8] = match reason {
                     ConnectFail::Timeout => b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
-                    ConnectFail::Refused => b"upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: Connection refused",
-                    ConnectFail::Other => b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                    ConnectFail::Refused | ConnectFail::Other => {
+                        b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+                    }
                 };
                 return reply(ctx, l, d, 503, body, keep && framing == Framing::Empty, None).await;
             }
         },
     };
+    if framing == Framing::Empty && !method_has_no_body(head_method(&out)) {
+        // Envoy's codec gives a bodiless POST/PUT/... an explicit `content-length: 0`.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"content-length: 0\r\n\r\n");
+    }
     up.requests += 1;
     let rq_start = Instant::now();
     let outcome = exchange(ctx, l, d, &mut up, out, framing, is_head, client_minor, keep, fwd.timeout_ms, chain, rq_start).await;
@@ -519,7 +647,7 @@ async fn forward(
             }
             (status, if down_keep { Next::KeepAlive } else { Next::Close })
         }
-        Outcome::Local { status, body } => {
+        Outcome::Local { status, body, keep } => {
             drop(up);
             host.stats.rq_error.inc();
             cs.count_response(status);
@@ -527,7 +655,7 @@ async fn forward(
                 cs.s.upstream_rq_timeout.inc();
                 host.stats.rq_timeout.inc();
             }
-            reply(ctx, l, d, status, body, false, None).await
+            reply(ctx, l, d, status, body, keep, None).await
         }
         Outcome::Abort { status } => {
             drop(up);
@@ -538,6 +666,10 @@ async fn forward(
             (status, Next::Close)
         }
     }
+}
+
+fn head_method(out: &[u8]) -> &[u8] {
+    &out[..memchr::memchr(b' ', out).unwrap_or(0)]
 }
 
 enum ConnectFail {
@@ -636,6 +768,7 @@ async fn exchange(
     let idle_ms = l.c.cfg.hcm.stream_idle_timeout_ms;
     let resp_started = Cell::new(false);
     let req_complete = Cell::new(false);
+    let urbuf_empty = Cell::new(true);
     let (mut dr, mut dw) = d.stream.split();
     let (mut ur, mut uw) = up.stream.split();
     let drbuf = &mut d.rbuf;
@@ -674,7 +807,7 @@ async fn exchange(
                 Err(_) => return Err(RespErr::Protocol),
             }
             match read_more(&mut ur, urbuf, idle_ms).await {
-                Ok(_) => {}
+                Ok(_) => urbuf_empty.set(false),
                 Err(_) => return Err(RespErr::BeforeHeaders),
             }
         };
@@ -693,7 +826,7 @@ async fn exchange(
         let mut h = head.headers;
         let orig_len = if up_framing == Framing::Empty { h.get(b"content-length").map(<[u8]>::to_vec) } else { None };
         strip_hop_by_hop(&mut h);
-        if down_framing == Framing::Chunked {
+        if down_framing == Framing::Chunked || status == 204 {
             h.remove(b"content-length");
         } else if let Some(v) = orig_len {
             h.set(b"content-length", &v);
@@ -763,50 +896,56 @@ async fn exchange(
     };
     let started = resp_started.get();
     let complete = req_complete.get();
+    // After a routing-level failure the client connection stays usable (as Envoy's) when the
+    // whole request was read.
+    let down_keep_ok = keep && complete && !ctx.draining();
     match result {
         Ok(Ok((status, up_keep, down_keep))) => Outcome::Done {
             status,
             up_reusable: up_keep && complete,
             down_keep: down_keep && complete,
         },
-        Ok(Err(RespErr::BeforeHeaders)) if !started => Outcome::Local {
+        // Nothing at all came back: the connection was terminated (Envoy: 503).
+        Ok(Err(RespErr::BeforeHeaders)) if !started && urbuf_empty.get() => Outcome::Local {
             status: 503,
             body: b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            keep: down_keep_ok,
         },
-        Ok(Err(RespErr::Protocol)) if !started => Outcome::Local {
-            status: 503,
+        // A partial or invalid head (Envoy: 502).
+        Ok(Err(RespErr::BeforeHeaders | RespErr::Protocol)) if !started => Outcome::Local {
+            status: 502,
             body: b"upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            keep: down_keep_ok,
         },
         Ok(Err(_)) => Outcome::Abort { status: 0 },
-        Err(504) if !started => Outcome::Local { status: 504, body: b"upstream request timeout" },
+        Err(504) if !started => Outcome::Local { status: 504, body: b"upstream request timeout", keep: down_keep_ok },
         Err(408) if !started => {
             l.http.downstream_rq_idle_timeout.inc();
-            Outcome::Local { status: 408, body: b"stream timeout" }
+            Outcome::Local { status: 408, body: b"stream timeout", keep: false }
         }
         Err(_) => Outcome::Abort { status: 0 },
     }
 }
 
-/// Response headers the proxy sets: `server` per `server_header_transformation`, `date`,
-/// `x-envoy-upstream-service-time`, then the configured response edits.
+/// Response headers the proxy sets, in Envoy's order: the configured response edits, an
+/// existing `server` replaced in place (per `server_header_transformation`), then appended
+/// `x-envoy-upstream-service-time`, `date` if absent and `server` if absent.
 fn apply_response_extras(ctx: &Ctx, l: &ListenerRt, h: &mut HeaderMap, service_ms: u128, chain: &[&Mutations; 4]) {
     let hcm = &l.c.cfg.hcm;
-    match hcm.server_header_transformation.as_str() {
-        "PASS_THROUGH" => {}
-        "APPEND_IF_ABSENT" => {
-            if !h.contains(b"server") {
-                h.append(b"server", &l.c.server_name);
-            }
-        }
-        _ => h.set(b"server", &l.c.server_name),
+    for m in chain {
+        m.apply_response(h);
     }
-    if !h.contains(b"date") {
-        h.append(b"date", &ctx.date());
+    let overwrite = hcm.server_header_transformation == "OVERWRITE";
+    if overwrite && h.contains(b"server") {
+        h.set(b"server", &l.c.server_name);
     }
     if !hcm.suppress_envoy_headers {
         h.set(b"x-envoy-upstream-service-time", itoa::Buffer::new().format(service_ms).as_bytes());
     }
-    for m in chain {
-        m.apply_response(h);
+    if !h.contains(b"date") {
+        h.append(b"date", &ctx.date());
+    }
+    if hcm.server_header_transformation != "PASS_THROUGH" && !h.contains(b"server") {
+        h.append(b"server", &l.c.server_name);
     }
 }
