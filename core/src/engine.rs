@@ -67,12 +67,18 @@ pub struct Engine {
 
 /// Creates the `count` SO_REUSEPORT sockets of one listener on one port (the first bind picks
 /// the port when `addr` asks for port 0).
-fn bind_listener(name: &str, addr: SocketAddr, count: usize) -> Result<(SocketAddr, Vec<std::net::TcpListener>), Error> {
-    let err = |e: std::io::Error| Error::bind(format!("listener {name:?}: cannot bind {addr}: {e}"));
+fn bind_listener(
+    name: &str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), Error> {
+    let err =
+        |e: std::io::Error| Error::bind(format!("listener {name:?}: cannot bind {addr}: {e}"));
     let mut out = Vec::with_capacity(count);
     let mut at = addr;
     for _ in 0..count {
-        let s = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        let s =
+            Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
         s.set_reuse_address(true).map_err(err)?;
         s.set_reuse_port(true).map_err(err)?;
         s.set_nonblocking(true).map_err(err)?;
@@ -82,7 +88,11 @@ fn bind_listener(name: &str, addr: SocketAddr, count: usize) -> Result<(SocketAd
         s.bind(&at.into()).map_err(err)?;
         s.listen(1024).map_err(err)?;
         if at.port() == 0 {
-            at = s.local_addr().map_err(err)?.as_socket().ok_or_else(|| Error::bind("no socket address"))?;
+            at = s
+                .local_addr()
+                .map_err(err)?
+                .as_socket()
+                .ok_or_else(|| Error::bind("no socket address"))?;
         }
         out.push(s.into());
     }
@@ -100,7 +110,12 @@ fn stat_address(a: SocketAddr) -> String {
 impl Engine {
     /// An engine with `concurrency` workers; nothing runs until [`Engine::start`].
     pub fn new(concurrency: usize) -> Engine {
-        Engine { concurrency: concurrency.max(1), stores: Arc::new(Stores::default()), started: Instant::now(), state: Mutex::new(None) }
+        Engine {
+            concurrency: concurrency.max(1),
+            stores: Arc::new(Stores::default()),
+            started: Instant::now(),
+            state: Mutex::new(None),
+        }
     }
 
     /// Number of workers.
@@ -119,14 +134,19 @@ impl Engine {
             return Err(Error::engine("the engine is already started"));
         }
         let compiled = Arc::new(compile(snapshot)?);
-        let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> = (0..self.concurrency).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
+            (0..self.concurrency).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for l in &compiled.listeners {
             let (at, socks) = bind_listener(&l.name, l.addr, self.concurrency)?;
             for (w, s) in socks.into_iter().enumerate() {
                 per_worker[w].push((l.name.clone(), s, stat_address(at)));
             }
-            bound.push(Bound { name: l.name.clone(), requested: l.addr, bound: at });
+            bound.push(Bound {
+                name: l.name.clone(),
+                requested: l.addr,
+                bound: at,
+            });
         }
         let mut workers = Vec::with_capacity(self.concurrency);
         for (id, ls) in per_worker.into_iter().enumerate() {
@@ -135,8 +155,17 @@ impl Engine {
             workers.push(w);
         }
         let compiled = Arc::new(Mutex::new(compiled));
-        let dns = spawn_dns(compiled.clone(), workers.iter().map(|w| w.sender()).collect());
-        *state = Some(Running { workers, compiled, bound, dns, draining: false });
+        let dns = spawn_dns(
+            compiled.clone(),
+            workers.iter().map(|w| w.sender()).collect(),
+        );
+        *state = Some(Running {
+            workers,
+            compiled,
+            bound,
+            dns,
+            draining: false,
+        });
         Ok(())
     }
 
@@ -148,12 +177,21 @@ impl Engine {
             return Err(Error::engine("apply() before start()"));
         };
         let compiled = Arc::new(compile(snapshot)?);
-        let mut add: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> = (0..run.workers.len()).map(|_| Vec::new()).collect();
+        let mut add: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
+            (0..run.workers.len()).map(|_| Vec::new()).collect();
         let mut new_bound = Vec::new();
         let mut remove = Vec::new();
         for l in &compiled.listeners {
-            if let Some(b) = run.bound.iter().find(|b| b.name == l.name && b.requested == l.addr) {
-                new_bound.push(Bound { name: b.name.clone(), requested: b.requested, bound: b.bound });
+            if let Some(b) = run
+                .bound
+                .iter()
+                .find(|b| b.name == l.name && b.requested == l.addr)
+            {
+                new_bound.push(Bound {
+                    name: b.name.clone(),
+                    requested: b.requested,
+                    bound: b.bound,
+                });
                 continue;
             }
             if let Some(b) = run.bound.iter().find(|b| b.name == l.name) {
@@ -166,7 +204,11 @@ impl Engine {
             for (w, s) in socks.into_iter().enumerate() {
                 add[w].push((l.name.clone(), s, stat_address(at)));
             }
-            new_bound.push(Bound { name: l.name.clone(), requested: l.addr, bound: at });
+            new_bound.push(Bound {
+                name: l.name.clone(),
+                requested: l.addr,
+                bound: at,
+            });
         }
         for b in &run.bound {
             if compiled.listener(&b.name).is_none() {
@@ -174,7 +216,11 @@ impl Engine {
             }
         }
         for (w, a) in run.workers.iter().zip(add) {
-            w.send(Cmd::Apply { compiled: compiled.clone(), add: a, remove: remove.clone() });
+            w.send(Cmd::Apply {
+                compiled: compiled.clone(),
+                add: a,
+                remove: remove.clone(),
+            });
         }
         *run.compiled.lock().unwrap_or_else(|e| e.into_inner()) = compiled;
         run.bound = new_bound;
@@ -183,7 +229,15 @@ impl Engine {
 
     /// (name, bound address) of every listener.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
-        self.lock().as_ref().map(|r| r.bound.iter().map(|b| (b.name.to_string(), b.bound)).collect()).unwrap_or_default()
+        self.lock()
+            .as_ref()
+            .map(|r| {
+                r.bound
+                    .iter()
+                    .map(|b| (b.name.to_string(), b.bound))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Stops accepting everywhere; connections close after their current request.
@@ -198,7 +252,10 @@ impl Engine {
 
     /// Open downstream connections, all workers.
     pub fn active_connections(&self) -> u64 {
-        self.lock().as_ref().map(|r| r.workers.iter().map(|w| w.shared.active()).sum()).unwrap_or(0)
+        self.lock()
+            .as_ref()
+            .map(|r| r.workers.iter().map(|w| w.shared.active()).sum())
+            .unwrap_or(0)
     }
 
     /// Drains, waits up to `timeout` for connections to finish, stops the workers. Idempotent.
@@ -227,40 +284,92 @@ impl Engine {
     pub fn stats_snapshot(&self) -> StatsSnapshot {
         let (draining, total) = {
             let g = self.lock();
-            (g.as_ref().is_some_and(|r| r.draining), g.as_ref().map(|r| r.workers.iter().map(|w| w.shared.active()).sum()).unwrap_or(0))
+            (
+                g.as_ref().is_some_and(|r| r.draining),
+                g.as_ref()
+                    .map(|r| r.workers.iter().map(|w| w.shared.active()).sum())
+                    .unwrap_or(0),
+            )
         };
         let (allocated, heap) = memory();
         let extra = vec![
-            ("server.concurrency".to_string(), StatKind::Gauge, self.concurrency as u64),
-            ("server.live".to_string(), StatKind::Gauge, u64::from(!draining)),
-            ("server.memory_allocated".to_string(), StatKind::Gauge, allocated),
+            (
+                "server.concurrency".to_string(),
+                StatKind::Gauge,
+                self.concurrency as u64,
+            ),
+            (
+                "server.live".to_string(),
+                StatKind::Gauge,
+                u64::from(!draining),
+            ),
+            (
+                "server.memory_allocated".to_string(),
+                StatKind::Gauge,
+                allocated,
+            ),
             ("server.memory_heap_size".to_string(), StatKind::Gauge, heap),
-            ("server.state".to_string(), StatKind::Gauge, if draining { 1 } else { 0 }),
-            ("server.total_connections".to_string(), StatKind::Gauge, total),
-            ("server.uptime".to_string(), StatKind::Gauge, self.started.elapsed().as_secs()),
+            (
+                "server.state".to_string(),
+                StatKind::Gauge,
+                if draining { 1 } else { 0 },
+            ),
+            (
+                "server.total_connections".to_string(),
+                StatKind::Gauge,
+                total,
+            ),
+            (
+                "server.uptime".to_string(),
+                StatKind::Gauge,
+                self.started.elapsed().as_secs(),
+            ),
         ];
         self.stores.stats.snapshot(&extra)
     }
 
     /// Renders every stat in an Envoy admin format; `filter` is a regex on the name.
-    pub fn render_stats(&self, format: &str, filter: Option<&str>, used_only: bool) -> Result<String, Error> {
+    pub fn render_stats(
+        &self,
+        format: &str,
+        filter: Option<&str>,
+        used_only: bool,
+    ) -> Result<String, Error> {
         let format = match format {
             "text" => Format::Text,
             "json" => Format::Json,
             "prometheus" => Format::Prometheus,
-            other => return Err(Error::config(format!("stats format {other:?} is not one of text, json, prometheus"))),
+            other => {
+                return Err(Error::config(format!(
+                    "stats format {other:?} is not one of text, json, prometheus"
+                )))
+            }
         };
         let filter = match filter {
-            Some(f) => Some(regex::Regex::new(f).map_err(|e| Error::config(format!("invalid filter regex {f:?}: {e}")))?),
+            Some(f) => Some(
+                regex::Regex::new(f)
+                    .map_err(|e| Error::config(format!("invalid filter regex {f:?}: {e}")))?,
+            ),
             None => None,
         };
         let snap = self.stats_snapshot();
-        Ok(render(&snap, &RenderOptions { format, filter: filter.as_ref(), used_only }))
+        Ok(render(
+            &snap,
+            &RenderOptions {
+                format,
+                filter: filter.as_ref(),
+                used_only,
+            },
+        ))
     }
 
     /// Counters and gauges by name.
     pub fn stat_values(&self) -> HashMap<String, u64> {
-        self.stats_snapshot().stats.into_iter().map(|s| (s.name, s.value)).collect()
+        self.stats_snapshot()
+            .stats
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect()
     }
 
     /// Envoy's `/reset_counters`.
@@ -278,10 +387,15 @@ impl Engine {
         let mut by_host: HashMap<(String, String, u32), Vec<(String, u64)>> = HashMap::new();
         for s in snap.stats {
             let mut parts = s.name.splitn(4, '\0');
-            let (Some(c), Some(a), Some(w), Some(stat)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            let (Some(c), Some(a), Some(w), Some(stat)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
-            by_host.entry((c.to_string(), a.to_string(), w.parse().unwrap_or(1))).or_default().push((stat.to_string(), s.value));
+            by_host
+                .entry((c.to_string(), a.to_string(), w.parse().unwrap_or(1)))
+                .or_default()
+                .push((stat.to_string(), s.value));
         }
         compiled
             .clusters
@@ -290,14 +404,26 @@ impl Engine {
                 let mut hosts: Vec<HostInfo> = by_host
                     .iter()
                     .filter(|((cn, _, _), _)| *cn == c.cfg.name)
-                    .map(|((_, a, w), stats)| HostInfo { addr: a.clone(), weight: *w, stats: stats.clone() })
+                    .map(|((_, a, w), stats)| HostInfo {
+                        addr: a.clone(),
+                        weight: *w,
+                        stats: stats.clone(),
+                    })
                     .collect();
-                let order = |h: &HostInfo| c.hosts.iter().position(|(a, _)| a.to_string() == h.addr).unwrap_or(usize::MAX);
+                let order = |h: &HostInfo| {
+                    c.hosts
+                        .iter()
+                        .position(|(a, _)| a.to_string() == h.addr)
+                        .unwrap_or(usize::MAX)
+                };
                 hosts.sort_by_key(order);
                 if c.discovery == Discovery::Static {
                     hosts.retain(|h| order(h) != usize::MAX);
                 }
-                ClusterInfo { name: c.cfg.name.clone(), hosts }
+                ClusterInfo {
+                    name: c.cfg.name.clone(),
+                    hosts,
+                }
             })
             .collect()
     }
@@ -315,7 +441,10 @@ fn memory() -> (u64, u64) {
     {
         // SAFETY: mallinfo2 has no preconditions and returns a plain struct.
         let mi = unsafe { libc::mallinfo2() };
-        ((mi.uordblks + mi.hblkhd) as u64, (mi.arena + mi.hblkhd) as u64)
+        (
+            (mi.uordblks + mi.hblkhd) as u64,
+            (mi.arena + mi.hblkhd) as u64,
+        )
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
@@ -323,7 +452,10 @@ fn memory() -> (u64, u64) {
     }
 }
 
-fn spawn_dns(compiled: Arc<Mutex<Arc<Compiled>>>, senders: Vec<tokio::sync::mpsc::UnboundedSender<Cmd>>) -> Dns {
+fn spawn_dns(
+    compiled: Arc<Mutex<Arc<Compiled>>>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Cmd>>,
+) -> Dns {
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let st = stop.clone();
     let thread = std::thread::Builder::new()
@@ -335,18 +467,29 @@ fn spawn_dns(compiled: Arc<Mutex<Arc<Compiled>>>, senders: Vec<tokio::sync::mpsc
                 let c = compiled.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let now = Instant::now();
                 let mut wait = Duration::from_secs(5);
-                for cl in c.clusters.iter().filter(|c| c.discovery == Discovery::StrictDns) {
+                for cl in c
+                    .clusters
+                    .iter()
+                    .filter(|c| c.discovery == Discovery::StrictDns)
+                {
                     let rate = Duration::from_millis(cl.cfg.dns_refresh_rate_ms.max(1));
                     let key = cl.cfg.name.clone();
                     let id = Arc::as_ptr(cl) as usize;
                     let due = *next_due.entry(key.clone()).or_insert(now + rate);
                     if now >= due {
                         let hosts = resolve_cluster(&cl.cfg);
-                        let prev = last.get(&key).filter(|(pid, _)| *pid == id).map(|(_, h)| h).unwrap_or(&cl.hosts);
+                        let prev = last
+                            .get(&key)
+                            .filter(|(pid, _)| *pid == id)
+                            .map(|(_, h)| h)
+                            .unwrap_or(&cl.hosts);
                         if *prev != hosts {
                             let shared = Arc::new(hosts.clone());
                             for s in &senders {
-                                let _ = s.send(Cmd::Hosts { cluster: key.clone(), hosts: shared.clone() });
+                                let _ = s.send(Cmd::Hosts {
+                                    cluster: key.clone(),
+                                    hosts: shared.clone(),
+                                });
                             }
                         }
                         last.insert(key.clone(), (id, hosts));
@@ -361,7 +504,9 @@ fn spawn_dns(compiled: Arc<Mutex<Arc<Compiled>>>, senders: Vec<tokio::sync::mpsc
                 if *stopped {
                     return;
                 }
-                let (stopped, _) = cv.wait_timeout(stopped, wait).unwrap_or_else(|e| e.into_inner());
+                let (stopped, _) = cv
+                    .wait_timeout(stopped, wait)
+                    .unwrap_or_else(|e| e.into_inner());
                 if *stopped {
                     return;
                 }

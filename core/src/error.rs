@@ -27,17 +27,26 @@ pub struct Error {
 impl Error {
     /// A config compile error; `message` names the path (`clusters[0].name`) and the value.
     pub fn config(message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Config, message: message.into() }
+        Error {
+            kind: ErrorKind::Config,
+            message: message.into(),
+        }
     }
 
     /// A bind error; `message` names the listener and address.
     pub fn bind(message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Bind, message: message.into() }
+        Error {
+            kind: ErrorKind::Bind,
+            message: message.into(),
+        }
     }
 
     /// An engine state or internal error.
     pub fn engine(message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Engine, message: message.into() }
+        Error {
+            kind: ErrorKind::Engine,
+            message: message.into(),
+        }
     }
 
     /// The error's kind.

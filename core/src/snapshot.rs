@@ -78,9 +78,21 @@ pub fn resolve(host: &str, port: u16, family: &str) -> Vec<SocketAddr> {
     match family {
         "V4_ONLY" => v4,
         "V6_ONLY" => v6,
-        "V6_PREFERRED" => if v6.is_empty() { v4 } else { v6 },
+        "V6_PREFERRED" => {
+            if v6.is_empty() {
+                v4
+            } else {
+                v6
+            }
+        }
         "ALL" => addrs,
-        _ => if v4.is_empty() { v6 } else { v4 },
+        _ => {
+            if v4.is_empty() {
+                v6
+            } else {
+                v4
+            }
+        }
     }
 }
 
@@ -106,7 +118,9 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<CompiledCluster, Error> {
         "STATIC" => Discovery::Static,
         "STRICT_DNS" => Discovery::StrictDns,
         other => {
-            return Err(Error::config(format!("{path}.type: {other:?} is not one of STATIC, STRICT_DNS")))
+            return Err(Error::config(format!(
+                "{path}.type: {other:?} is not one of STATIC, STRICT_DNS"
+            )))
         }
     };
     let hosts = match discovery {
@@ -142,7 +156,10 @@ pub fn compile(s: &Snapshot) -> Result<Compiled, Error> {
     for (i, c) in s.clusters.iter().enumerate() {
         let path = format!("clusters[{i}]");
         if !names.insert(c.name.as_str()) {
-            return Err(Error::config(format!("{path}.name: duplicate cluster name {:?}", c.name)));
+            return Err(Error::config(format!(
+                "{path}.name: duplicate cluster name {:?}",
+                c.name
+            )));
         }
         index.insert(c.name.as_str(), i);
         clusters.push(Arc::new(compile_cluster(c, &path)?));
@@ -152,12 +169,22 @@ pub fn compile(s: &Snapshot) -> Result<Compiled, Error> {
     for (i, l) in s.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         if !lnames.insert(l.name.as_str()) {
-            return Err(Error::config(format!("{path}.name: duplicate listener name {:?}", l.name)));
+            return Err(Error::config(format!(
+                "{path}.name: duplicate listener name {:?}",
+                l.name
+            )));
         }
         let ip: IpAddr = l.address.parse().map_err(|_| {
-            Error::config(format!("{path}.address: {:?} is not an IP address", l.address))
+            Error::config(format!(
+                "{path}.address: {:?} is not an IP address",
+                l.address
+            ))
         })?;
-        let routes = RouteTable::compile(&l.hcm.route_config, &index, &format!("{path}.hcm.route_config"))?;
+        let routes = RouteTable::compile(
+            &l.hcm.route_config,
+            &index,
+            &format!("{path}.hcm.route_config"),
+        )?;
         listeners.push(Arc::new(CompiledListener {
             name: Arc::from(l.name.as_str()),
             addr: SocketAddr::new(ip, l.port),
@@ -166,5 +193,8 @@ pub fn compile(s: &Snapshot) -> Result<Compiled, Error> {
             cfg: l.clone(),
         }));
     }
-    Ok(Compiled { listeners, clusters })
+    Ok(Compiled {
+        listeners,
+        clusters,
+    })
 }

@@ -33,7 +33,11 @@ fn upstream() -> Upstream {
             std::thread::spawn(move || serve_upstream(s, h));
         }
     });
-    Upstream { port, connections, heads }
+    Upstream {
+        port,
+        connections,
+        heads,
+    }
 }
 
 fn serve_upstream(s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
@@ -53,7 +57,10 @@ fn serve_upstream(s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         }
         let lower = head.to_ascii_lowercase();
         let mut body = Vec::new();
-        if let Some(cl) = lower.lines().find_map(|l| l.strip_prefix("content-length: ")) {
+        if let Some(cl) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
             body.resize(cl.trim().parse().unwrap(), 0);
             r.read_exact(&mut body).unwrap();
         } else if lower.contains("transfer-encoding: chunked") {
@@ -75,7 +82,12 @@ fn serve_upstream(s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         }
         heads.lock().unwrap().push(head);
         let reply = format!("{first} body={}", body.len());
-        let _ = write!(w, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}", reply.len(), reply);
+        let _ = write!(
+            w,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
+            reply.len(),
+            reply
+        );
     }
 }
 
@@ -113,7 +125,10 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
     }
     let mut body = vec![0; len];
     r.read_exact(&mut body).unwrap();
-    (status.trim_end().to_string(), String::from_utf8(body).unwrap())
+    (
+        status.trim_end().to_string(),
+        String::from_utf8(body).unwrap(),
+    )
 }
 
 /// Waits for a stat to reach `want`: a worker counts a response just after writing it, so a
@@ -125,7 +140,10 @@ fn wait_stat(e: &Engine, name: &str, want: u64) {
         if got == want {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{name}: {got}, want {want}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {got}, want {want}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -149,12 +167,29 @@ fn keep_alive_pipelining_and_upstream_reuse() {
           GET /c HTTP/1.1\r\nhost: x\r\n\r\n",
     )
     .unwrap();
-    assert_eq!(read_response(&mut r), ("HTTP/1.1 200 OK".into(), "GET /a HTTP/1.1 body=0".into()));
-    assert_eq!(read_response(&mut r), ("HTTP/1.1 200 OK".into(), "POST /b HTTP/1.1 body=5".into()));
-    assert_eq!(read_response(&mut r), ("HTTP/1.1 200 OK".into(), "GET /c HTTP/1.1 body=0".into()));
-    assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one upstream connection reused");
+    assert_eq!(
+        read_response(&mut r),
+        ("HTTP/1.1 200 OK".into(), "GET /a HTTP/1.1 body=0".into())
+    );
+    assert_eq!(
+        read_response(&mut r),
+        ("HTTP/1.1 200 OK".into(), "POST /b HTTP/1.1 body=5".into())
+    );
+    assert_eq!(
+        read_response(&mut r),
+        ("HTTP/1.1 200 OK".into(), "GET /c HTTP/1.1 body=0".into())
+    );
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one upstream connection reused"
+    );
     let heads = up.heads.lock().unwrap().clone();
-    assert!(heads[1].contains("transfer-encoding: chunked"), "{}", heads[1]);
+    assert!(
+        heads[1].contains("transfer-encoding: chunked"),
+        "{}",
+        heads[1]
+    );
     assert!(heads[0].contains("x-request-id: "), "{}", heads[0]);
     wait_stat(&e, "cluster.up.upstream_rq_200", 3);
     wait_stat(&e, "http.ingress_http.downstream_rq_2xx", 3);
@@ -177,7 +212,10 @@ fn smuggling_shaped_requests_get_400_and_close() {
         let mut rest = Vec::new();
         assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "connection closed after 400");
     }
-    assert!(up.heads.lock().unwrap().is_empty(), "nothing reached the upstream");
+    assert!(
+        up.heads.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
 }
 
 #[test]
@@ -185,13 +223,21 @@ fn dead_upstream_is_503_and_slow_upstream_is_504() {
     let up = upstream();
     let (e, port) = engine(up.port);
     let (mut s, mut r) = client(port);
-    s.write_all(b"GET /dead HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /dead HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
     let (status, body) = read_response(&mut r);
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
-    assert!(body.starts_with("upstream connect error or disconnect/reset before headers"), "{body}");
-    s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert!(
+        body.starts_with("upstream connect error or disconnect/reset before headers"),
+        "{body}"
+    );
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
     let (status, body) = read_response(&mut r);
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 504 Gateway Timeout", "upstream request timeout"));
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 504 Gateway Timeout", "upstream request timeout")
+    );
     wait_stat(&e, "cluster.dead.upstream_cx_connect_fail", 1);
     wait_stat(&e, "cluster.up.upstream_rq_timeout", 1);
 }
@@ -203,15 +249,32 @@ fn apply_swaps_routes_and_shutdown_waits_for_requests() {
     let snap = r#"{"listeners": [{"name": "l", "address": "127.0.0.1", "port": 0, "hcm": {"stat_prefix": "ingress_http",
         "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
           {"match": {"path": {"prefix": "/"}}, "action": {"direct_response": {"status": 418, "body": "new"}}}]}]}}}], "clusters": []}"#;
-    e.apply(&Snapshot::from_json(snap.as_bytes()).unwrap()).unwrap();
-    assert_eq!(e.listeners()[0].1.port(), port, "same name and address keep the socket");
+    e.apply(&Snapshot::from_json(snap.as_bytes()).unwrap())
+        .unwrap();
+    assert_eq!(
+        e.listeners()[0].1.port(),
+        port,
+        "same name and address keep the socket"
+    );
     let (mut s, mut r) = client(port);
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
     let (status, body) = read_response(&mut r);
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 418 Unknown", "new"));
-    let bad = r#"{"listeners": [], "clusters": [{"name": "c", "type": "STATIC", "lb_policy": "FOO"}]}"#;
-    let err = e.apply(&Snapshot::from_json(bad.as_bytes()).unwrap()).unwrap_err();
-    assert!(err.is_config() && err.message().starts_with("clusters[0].lb_policy"), "{err}");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 418 Unknown", "new")
+    );
+    let bad =
+        r#"{"listeners": [], "clusters": [{"name": "c", "type": "STATIC", "lb_policy": "FOO"}]}"#;
+    let err = e
+        .apply(&Snapshot::from_json(bad.as_bytes()).unwrap())
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.message().starts_with("clusters[0].lb_policy"),
+        "{err}"
+    );
     e.shutdown(Duration::from_secs(1));
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "listener closed after shutdown");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "listener closed after shutdown"
+    );
 }

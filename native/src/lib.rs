@@ -33,7 +33,8 @@ fn parse(py: Python<'_>, snapshot: &[u8]) -> PyResult<Snapshot> {
 #[pyfunction]
 fn validate(py: Python<'_>, snapshot: &[u8]) -> PyResult<()> {
     let snap = parse(py, snapshot)?;
-    py.allow_threads(|| pyproxy_core::snapshot::compile(&snap).map(|_| ())).map_err(|e| to_py(py, e))
+    py.allow_threads(|| pyproxy_core::snapshot::compile(&snap).map(|_| ()))
+        .map_err(|e| to_py(py, e))
 }
 
 /// The data plane; see pyproxy/_native.pyi.
@@ -49,7 +50,9 @@ impl Engine {
         if concurrency == 0 {
             return Err(PyValueError::new_err("concurrency must be at least 1"));
         }
-        Ok(Engine { inner: CoreEngine::new(concurrency) })
+        Ok(Engine {
+            inner: CoreEngine::new(concurrency),
+        })
     }
 
     #[getter]
@@ -59,16 +62,22 @@ impl Engine {
 
     fn start(&self, py: Python<'_>, snapshot: &[u8]) -> PyResult<()> {
         let snap = parse(py, snapshot)?;
-        py.allow_threads(|| self.inner.start(&snap)).map_err(|e| to_py(py, e))
+        py.allow_threads(|| self.inner.start(&snap))
+            .map_err(|e| to_py(py, e))
     }
 
     fn apply(&self, py: Python<'_>, snapshot: &[u8]) -> PyResult<()> {
         let snap = parse(py, snapshot)?;
-        py.allow_threads(|| self.inner.apply(&snap)).map_err(|e| to_py(py, e))
+        py.allow_threads(|| self.inner.apply(&snap))
+            .map_err(|e| to_py(py, e))
     }
 
     fn listeners(&self) -> Vec<(String, String, u16)> {
-        self.inner.listeners().into_iter().map(|(n, a)| (n, a.ip().to_string(), a.port())).collect()
+        self.inner
+            .listeners()
+            .into_iter()
+            .map(|(n, a)| (n, a.ip().to_string(), a.port()))
+            .collect()
     }
 
     fn drain_listeners(&self, py: Python<'_>) {
@@ -85,8 +94,15 @@ impl Engine {
     }
 
     #[pyo3(signature = (format = "text", filter = None, used_only = false))]
-    fn stats(&self, py: Python<'_>, format: &str, filter: Option<&str>, used_only: bool) -> PyResult<String> {
-        py.allow_threads(|| self.inner.render_stats(format, filter, used_only)).map_err(|e| to_py(py, e))
+    fn stats(
+        &self,
+        py: Python<'_>,
+        format: &str,
+        filter: Option<&str>,
+        used_only: bool,
+    ) -> PyResult<String> {
+        py.allow_threads(|| self.inner.render_stats(format, filter, used_only))
+            .map_err(|e| to_py(py, e))
     }
 
     fn stat_values(&self, py: Python<'_>) -> std::collections::HashMap<String, u64> {

@@ -99,7 +99,11 @@ impl Decoder {
                     }
                     let n = (rem.min(buf.len() as u64) as usize).min(max);
                     let rem = rem - n as u64;
-                    self.state = if rem == 0 { State::Done } else { State::Length(rem) };
+                    self.state = if rem == 0 {
+                        State::Done
+                    } else {
+                        State::Length(rem)
+                    };
                     return Ok(Decoded::Data(buf.split_to(n).freeze()));
                 }
                 State::Close => {
@@ -112,7 +116,11 @@ impl Decoder {
                 State::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
                         let _ = buf.split_to(used);
-                        self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                        self.state = if size == 0 {
+                            State::Trailers
+                        } else {
+                            State::ChunkData(size)
+                        };
                     }
                     Ok(httparse::Status::Partial) => {
                         if buf.len() > MAX_CHUNK_LINE {
@@ -128,7 +136,11 @@ impl Decoder {
                     }
                     let n = (rem.min(buf.len() as u64) as usize).min(max);
                     let rem = rem - n as u64;
-                    self.state = if rem == 0 { State::ChunkDataEnd } else { State::ChunkData(rem) };
+                    self.state = if rem == 0 {
+                        State::ChunkDataEnd
+                    } else {
+                        State::ChunkData(rem)
+                    };
                     return Ok(Decoded::Data(buf.split_to(n).freeze()));
                 }
                 State::ChunkDataEnd => {
@@ -204,7 +216,8 @@ mod tests {
     #[test]
     fn chunked_with_extensions_and_trailers() {
         let mut d = Decoder::new(Framing::Chunked);
-        let mut b = BytesMut::from(&b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\nNEXT"[..]);
+        let mut b =
+            BytesMut::from(&b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\nNEXT"[..]);
         assert_eq!(drain(&mut d, &mut b), (b"hello world".to_vec(), true));
         assert_eq!(&b[..], b"NEXT");
     }

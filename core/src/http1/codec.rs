@@ -17,7 +17,9 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// The request body framing, refusing every ambiguous form (RFC 9112 section 6.3) as Envoy
@@ -68,7 +70,9 @@ pub fn method_has_no_body(method: &[u8]) -> bool {
 /// Whether the request asks for a protocol upgrade (`connection: upgrade` plus `upgrade`).
 pub fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains(b"upgrade")
-        && h.get_all(b"connection").flat_map(|v| v.split(|b| *b == b',')).any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        && h.get_all(b"connection")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// The response body framing (RFC 9112 section 6.3), given the request method and status.
@@ -78,9 +82,16 @@ pub fn response_framing(head_request: bool, status: u16, h: &HeaderMap) -> Frami
     }
     if let Some(te) = h.get(b"transfer-encoding") {
         let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
-        return if last.eq_ignore_ascii_case(b"chunked") { Framing::Chunked } else { Framing::Close };
+        return if last.eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        };
     }
-    match h.get(b"content-length").and_then(|v| parse_length(v.trim_ascii())) {
+    match h
+        .get(b"content-length")
+        .and_then(|v| parse_length(v.trim_ascii()))
+    {
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     }
@@ -89,7 +100,13 @@ pub fn response_framing(head_request: bool, status: u16, h: &HeaderMap) -> Frami
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1), plus
 /// `proxy-connection`, which Envoy also strips. `te` is handled separately. `content-length`
 /// stays: it is end-to-end, and the writer keeps it in place when the framing is unchanged.
-const HOP_BY_HOP: [&[u8]; 5] = [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+const HOP_BY_HOP: [&[u8]; 5] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+];
 
 /// Removes hop-by-hop headers and the headers the `connection` header names; the writer adds
 /// `transfer-encoding` for the next hop. `te` is kept only as `te: trailers`.
@@ -218,24 +235,59 @@ mod tests {
     use bytes::BytesMut;
 
     fn req(wire: &str) -> RequestHead {
-        parse_request(&mut BytesMut::from(wire.as_bytes()), 65536).unwrap().unwrap()
+        parse_request(&mut BytesMut::from(wire.as_bytes()), 65536)
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
     fn request_framing_table() {
         let cases: &[(&str, Result<Framing, FramingError>)] = &[
             ("GET / HTTP/1.1\r\n\r\n", Ok(Framing::Empty)),
-            ("POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n", Ok(Framing::Length(5))),
-            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n", Err(FramingError::BadRequest)),
-            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", Err(FramingError::BadRequest)),
-            ("POST / HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\n", Err(FramingError::BadRequest)),
-            ("POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n", Err(FramingError::BadRequest)),
-            ("POST / HTTP/1.1\r\ncontent-length: 0x10\r\n\r\n", Err(FramingError::BadRequest)),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n", Ok(Framing::Chunked)),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n", Err(FramingError::BadRequest)),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n", Err(FramingError::NotImplemented)),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n", Err(FramingError::NotImplemented)),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n",
+                Ok(Framing::Length(5)),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\n",
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 0x10\r\n\r\n",
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+                Ok(Framing::Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n",
+                Ok(Framing::Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Err(FramingError::NotImplemented),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n",
+                Err(FramingError::NotImplemented),
+            ),
         ];
         for (wire, want) in cases {
             assert_eq!(request_framing(&req(wire)), *want, "{wire:?}");
@@ -246,15 +298,24 @@ mod tests {
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = req("GET / HTTP/1.1\r\nconnection: keep-alive, x-foo\r\nkeep-alive: 5\r\nx-foo: 1\r\nte: trailers\r\nupgrade: h2c\r\nx-bar: 2\r\n\r\n").headers;
         strip_hop_by_hop(&mut h);
-        let names: Vec<_> = h.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+        let names: Vec<_> = h
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect();
         assert_eq!(names, vec!["te", "x-bar"]);
     }
 
     #[test]
     fn keep_alive_rules() {
         assert!(keep_alive(1, &req("GET / HTTP/1.1\r\n\r\n").headers));
-        assert!(!keep_alive(1, &req("GET / HTTP/1.1\r\nconnection: close\r\n\r\n").headers));
+        assert!(!keep_alive(
+            1,
+            &req("GET / HTTP/1.1\r\nconnection: close\r\n\r\n").headers
+        ));
         assert!(!keep_alive(0, &req("GET / HTTP/1.0\r\n\r\n").headers));
-        assert!(keep_alive(0, &req("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").headers));
+        assert!(keep_alive(
+            0,
+            &req("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").headers
+        ));
     }
 }

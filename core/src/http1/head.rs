@@ -39,7 +39,9 @@ impl HeaderMap {
 
     /// Every (name, value) in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.entries.iter().map(move |(n, v)| (self.bytes(n), self.bytes(v)))
+        self.entries
+            .iter()
+            .map(move |(n, v)| (self.bytes(n), self.bytes(v)))
     }
 
     /// The first value of `name` (lower-case).
@@ -65,12 +67,14 @@ impl HeaderMap {
     /// Removes every header for which `drop` returns true.
     pub fn remove_if(&mut self, mut drop: impl FnMut(&[u8], &[u8]) -> bool) {
         let raw = &self.raw;
-        self.entries.retain(|(n, v)| !drop(val(raw, n), val(raw, v)));
+        self.entries
+            .retain(|(n, v)| !drop(val(raw, n), val(raw, v)));
     }
 
     /// Appends a header (name must be lower-case).
     pub fn append(&mut self, name: &[u8], value: &[u8]) {
-        self.entries.push((Val::Owned(name.into()), Val::Owned(value.into())));
+        self.entries
+            .push((Val::Owned(name.into()), Val::Owned(value.into())));
     }
 
     /// Replaces every value of `name` with one `value`, keeping the first one's position.
@@ -170,13 +174,16 @@ fn span(base: *const u8, s: &[u8]) -> (u32, u32) {
     (start as u32, (start + s.len()) as u32)
 }
 
-fn lowercase_names(raw: &mut BytesMut, spans: &[((u32, u32), (u32, u32))]) {
+/// (name span, value span) of one header line within the raw head.
+type HeaderSpans = ((u32, u32), (u32, u32));
+
+fn lowercase_names(raw: &mut BytesMut, spans: &[HeaderSpans]) {
     for ((s, e), _) in spans {
         raw[*s as usize..*e as usize].make_ascii_lowercase();
     }
 }
 
-fn build_map(raw: Bytes, spans: Vec<((u32, u32), (u32, u32))>) -> HeaderMap {
+fn build_map(raw: Bytes, spans: Vec<HeaderSpans>) -> HeaderMap {
     let entries = spans
         .into_iter()
         .map(|((ns, ne), (vs, ve))| (Val::Span(ns, ne), Val::Span(vs, ve)))
@@ -193,7 +200,11 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
     let n = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > max_len { Err(HeadError::TooLarge) } else { Ok(None) };
+            return if buf.len() > max_len {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed),
@@ -204,8 +215,11 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
     let method = span(base, req.method.unwrap_or("").as_bytes());
     let target = span(base, req.path.unwrap_or("").as_bytes());
     let minor = req.version.unwrap_or(1);
-    let spans: Vec<_> =
-        req.headers.iter().map(|h| (span(base, h.name.as_bytes()), span(base, h.value))).collect();
+    let spans: Vec<_> = req
+        .headers
+        .iter()
+        .map(|h| (span(base, h.name.as_bytes()), span(base, h.value)))
+        .collect();
     let mut raw = buf.split_to(n);
     lowercase_names(&mut raw, &spans);
     let raw = raw.freeze();
@@ -220,14 +234,21 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
 }
 
 /// Parses a response head from the front of `buf`, like [`parse_request`].
-pub fn parse_response(buf: &mut BytesMut, max_len: usize) -> Result<Option<ResponseHead>, HeadError> {
+pub fn parse_response(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<ResponseHead>, HeadError> {
     let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut hdrs);
     let base = buf.as_ptr();
     let n = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > max_len { Err(HeadError::TooLarge) } else { Ok(None) };
+            return if buf.len() > max_len {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed),
@@ -235,12 +256,21 @@ pub fn parse_response(buf: &mut BytesMut, max_len: usize) -> Result<Option<Respo
     let status = resp.code.unwrap_or(0);
     let reason = span(base, resp.reason.unwrap_or("").as_bytes());
     let minor = resp.version.unwrap_or(1);
-    let spans: Vec<_> =
-        resp.headers.iter().map(|h| (span(base, h.name.as_bytes()), span(base, h.value))).collect();
+    let spans: Vec<_> = resp
+        .headers
+        .iter()
+        .map(|h| (span(base, h.name.as_bytes()), span(base, h.value)))
+        .collect();
     let mut raw = buf.split_to(n);
     lowercase_names(&mut raw, &spans);
     let raw = raw.freeze();
-    Ok(Some(ResponseHead { status, reason, minor, headers: build_map(raw.clone(), spans), raw }))
+    Ok(Some(ResponseHead {
+        status,
+        reason,
+        minor,
+        headers: build_map(raw.clone(), spans),
+        raw,
+    }))
 }
 
 #[cfg(test)]
@@ -249,7 +279,8 @@ mod tests {
 
     #[test]
     fn parses_request_and_lowercases_names() {
-        let mut b = BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Foo: Bar\r\n\r\nrest"[..]);
+        let mut b =
+            BytesMut::from(&b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Foo: Bar\r\n\r\nrest"[..]);
         let h = parse_request(&mut b, 1024).unwrap().unwrap();
         assert_eq!(h.method(), b"GET");
         assert_eq!(h.target(), b"/a?b=1");
@@ -268,7 +299,10 @@ mod tests {
     #[test]
     fn malformed_header_name_is_rejected() {
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"[..]);
-        assert_eq!(parse_request(&mut b, 1024).unwrap_err(), HeadError::Malformed);
+        assert_eq!(
+            parse_request(&mut b, 1024).unwrap_err(),
+            HeadError::Malformed
+        );
     }
 
     #[test]

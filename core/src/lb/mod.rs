@@ -22,7 +22,9 @@ impl Policy {
     pub fn parse(name: &str, choice_count: u32) -> Option<Policy> {
         match name {
             "ROUND_ROBIN" => Some(Policy::RoundRobin),
-            "LEAST_REQUEST" => Some(Policy::LeastRequest { choice_count: choice_count.max(1) }),
+            "LEAST_REQUEST" => Some(Policy::LeastRequest {
+                choice_count: choice_count.max(1),
+            }),
             "RANDOM" => Some(Policy::Random),
             _ => None,
         }
@@ -53,7 +55,11 @@ impl Balancer {
     pub fn new<H: LbHost>(policy: Policy, hosts: &[H]) -> Balancer {
         let weighted = hosts.windows(2).any(|w| w[0].weight() != w[1].weight());
         // Start the rotation at a random host so workers do not all hit host 0 first.
-        let start = if hosts.is_empty() { 0 } else { fastrand::usize(0..hosts.len()) };
+        let start = if hosts.is_empty() {
+            0
+        } else {
+            fastrand::usize(0..hosts.len())
+        };
         Balancer {
             policy,
             next: Cell::new(start),

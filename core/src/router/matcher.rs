@@ -25,7 +25,13 @@ pub fn full_regex(re: &str, path: &str) -> Result<Regex, Error> {
 impl ValueMatcher {
     /// Compiles `m`; `ignore_case` lower-cases the pattern (values are lower-cased when tested).
     pub fn compile(m: &ValueMatch, ignore_case: bool, path: &str) -> Result<ValueMatcher, Error> {
-        let lc = |s: &str| if ignore_case { s.to_ascii_lowercase().into_bytes() } else { s.as_bytes().to_vec() };
+        let lc = |s: &str| {
+            if ignore_case {
+                s.to_ascii_lowercase().into_bytes()
+            } else {
+                s.as_bytes().to_vec()
+            }
+        };
         Ok(match m {
             ValueMatch::Exact(s) => ValueMatcher::Exact(lc(s)),
             ValueMatch::Prefix(s) => ValueMatcher::Prefix(lc(s)),

@@ -31,10 +31,20 @@ impl Mutations {
     fn compile(m: &HeaderMutations) -> Mutations {
         let add = |v: &[config::HeaderValueOption]| {
             v.iter()
-                .map(|h| (h.key.to_ascii_lowercase().into_bytes(), h.value.clone().into_bytes(), h.append))
+                .map(|h| {
+                    (
+                        h.key.to_ascii_lowercase().into_bytes(),
+                        h.value.clone().into_bytes(),
+                        h.append,
+                    )
+                })
                 .collect()
         };
-        let rm = |v: &[String]| v.iter().map(|h| h.to_ascii_lowercase().into_bytes()).collect();
+        let rm = |v: &[String]| {
+            v.iter()
+                .map(|h| h.to_ascii_lowercase().into_bytes())
+                .collect()
+        };
         Mutations {
             request_add: add(&m.request_headers_to_add),
             request_remove: rm(&m.request_headers_to_remove),
@@ -185,13 +195,22 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Compiles `rc`; `clusters` maps cluster names to snapshot indices; `path` prefixes errors.
-    pub fn compile(rc: &RouteConfiguration, clusters: &HashMap<&str, usize>, path: &str) -> Result<RouteTable, Error> {
-        let mut t = RouteTable { mutations: Mutations::compile(&rc.headers), ..Default::default() };
+    pub fn compile(
+        rc: &RouteConfiguration,
+        clusters: &HashMap<&str, usize>,
+        path: &str,
+    ) -> Result<RouteTable, Error> {
+        let mut t = RouteTable {
+            mutations: Mutations::compile(&rc.headers),
+            ..Default::default()
+        };
         for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
             let vpath = format!("{path}.virtual_hosts[{vi}]");
             for (di, d) in vh.domains.iter().enumerate() {
                 let d = d.to_ascii_lowercase();
-                let dup = || Error::config(format!("{vpath}.domains[{di}]: domain {d:?} is already used by another virtual host"));
+                let dup = || {
+                    Error::config(format!("{vpath}.domains[{di}]: domain {d:?} is already used by another virtual host"))
+                };
                 if d == "*" {
                     if t.default.replace(vi).is_some() {
                         return Err(dup());
@@ -212,12 +231,20 @@ impl RouteTable {
             }
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (ri, r) in vh.routes.iter().enumerate() {
-                routes.push(compile_route(r, clusters, &format!("{vpath}.routes[{ri}]"))?);
+                routes.push(compile_route(
+                    r,
+                    clusters,
+                    &format!("{vpath}.routes[{ri}]"),
+                )?);
             }
-            t.vhosts.push(VirtualHost { name: vh.name.clone(), routes, mutations: Mutations::compile(&vh.headers) });
+            t.vhosts.push(VirtualHost {
+                name: vh.name.clone(),
+                routes,
+                mutations: Mutations::compile(&vh.headers),
+            });
         }
-        t.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        t.prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.suffix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+        t.prefix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         Ok(t)
     }
 
@@ -241,30 +268,54 @@ impl RouteTable {
 
     /// Finds the route for a request; `host` must be lower-case, `target` is the request
     /// target (path and query).
-    pub fn route<'a>(&'a self, host: &[u8], target: &[u8], headers: &HeaderMap) -> Option<(&'a VirtualHost, &'a Route)> {
+    pub fn route<'a>(
+        &'a self,
+        host: &[u8],
+        target: &[u8],
+        headers: &HeaderMap,
+    ) -> Option<(&'a VirtualHost, &'a Route)> {
         let vh = self.virtual_host(host)?;
         let (path, query) = match memchr::memchr(b'?', target) {
             Some(i) => (&target[..i], Some(&target[i + 1..])),
             None => (target, None),
         };
-        vh.routes.iter().find(|r| r.matches(path, query, headers)).map(|r| (vh, r))
+        vh.routes
+            .iter()
+            .find(|r| r.matches(path, query, headers))
+            .map(|r| (vh, r))
     }
 }
 
-fn compile_route(r: &config::Route, clusters: &HashMap<&str, usize>, path: &str) -> Result<Route, Error> {
+fn compile_route(
+    r: &config::Route,
+    clusters: &HashMap<&str, usize>,
+    path: &str,
+) -> Result<Route, Error> {
     let m = &r.route_match;
     let cs = m.case_sensitive;
-    let norm = |s: &str| if cs { s.as_bytes().to_vec() } else { s.to_ascii_lowercase().into_bytes() };
+    let norm = |s: &str| {
+        if cs {
+            s.as_bytes().to_vec()
+        } else {
+            s.to_ascii_lowercase().into_bytes()
+        }
+    };
     let pm = match &m.path {
         PathMatch::Prefix(p) => PathMatcher::Prefix(norm(p)),
         PathMatch::Path(p) => PathMatcher::Path(norm(p)),
-        PathMatch::SafeRegex(re) => PathMatcher::Regex(full_regex(re, &format!("{path}.match.safe_regex"))?),
+        PathMatch::SafeRegex(re) => {
+            PathMatcher::Regex(full_regex(re, &format!("{path}.match.safe_regex"))?)
+        }
     };
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
         headers.push(HeaderMatch {
             name: h.name.to_ascii_lowercase().into_bytes(),
-            m: ValueMatcher::compile(&h.value_match, h.ignore_case, &format!("{path}.match.headers[{i}]"))?,
+            m: ValueMatcher::compile(
+                &h.value_match,
+                h.ignore_case,
+                &format!("{path}.match.headers[{i}]"),
+            )?,
             invert: h.invert_match,
             ignore_case: h.ignore_case,
         });
@@ -273,7 +324,11 @@ fn compile_route(r: &config::Route, clusters: &HashMap<&str, usize>, path: &str)
     for (i, q) in m.query_parameters.iter().enumerate() {
         query.push(QueryMatch {
             name: q.name.clone().into_bytes(),
-            m: ValueMatcher::compile(&q.value_match, q.ignore_case, &format!("{path}.match.query_parameters[{i}]"))?,
+            m: ValueMatcher::compile(
+                &q.value_match,
+                q.ignore_case,
+                &format!("{path}.match.query_parameters[{i}]"),
+            )?,
             ignore_case: q.ignore_case,
         });
     }
@@ -286,12 +341,20 @@ fn compile_route(r: &config::Route, clusters: &HashMap<&str, usize>, path: &str)
                     .ok_or_else(|| Error::config(format!("{p}: unknown cluster {name:?}")))
             };
             let list = match (&f.cluster, &f.weighted_clusters) {
-                (Some(c), None) => vec![(lookup(c, format!("{path}.route.cluster"))?, 1, Mutations::default())],
+                (Some(c), None) => vec![(
+                    lookup(c, format!("{path}.route.cluster"))?,
+                    1,
+                    Mutations::default(),
+                )],
                 (None, Some(w)) if !w.is_empty() => {
                     let mut v = Vec::new();
                     for (i, wc) in w.iter().enumerate() {
                         let p = format!("{path}.route.weighted_clusters.clusters[{i}].name");
-                        v.push((lookup(&wc.name, p)?, wc.weight, Mutations::compile(&wc.headers)));
+                        v.push((
+                            lookup(&wc.name, p)?,
+                            wc.weight,
+                            Mutations::compile(&wc.headers),
+                        ));
                     }
                     v
                 }
@@ -303,13 +366,18 @@ fn compile_route(r: &config::Route, clusters: &HashMap<&str, usize>, path: &str)
             };
             let total_weight = list.iter().map(|c| u64::from(c.1)).sum();
             if total_weight == 0 {
-                return Err(Error::config(format!("{path}.route.weighted_clusters: the weights sum to 0")));
+                return Err(Error::config(format!(
+                    "{path}.route.weighted_clusters: the weights sum to 0"
+                )));
             }
             Action::Forward(Forward {
                 clusters: list,
                 total_weight,
                 prefix_rewrite: f.prefix_rewrite.as_ref().map(|s| s.as_bytes().to_vec()),
-                host_rewrite: f.host_rewrite_literal.as_ref().map(|s| s.as_bytes().to_vec()),
+                host_rewrite: f
+                    .host_rewrite_literal
+                    .as_ref()
+                    .map(|s| s.as_bytes().to_vec()),
                 auto_host_rewrite: f.auto_host_rewrite,
                 timeout_ms: f.timeout_ms,
                 timeout_header: f.timeout_ms.to_string().into_bytes(),
@@ -320,14 +388,24 @@ fn compile_route(r: &config::Route, clusters: &HashMap<&str, usize>, path: &str)
                 PathMatch::Prefix(p) => p.len(),
                 _ => 0,
             };
-            Action::Redirect(Redirect { cfg: rd.clone(), prefix_len })
+            Action::Redirect(Redirect {
+                cfg: rd.clone(),
+                prefix_len,
+            })
         }
         RouteAction::DirectResponse(d) => Action::Direct {
             status: d.status,
             body: Bytes::from(d.body.clone().unwrap_or_default().into_bytes()),
         },
     };
-    Ok(Route { path: pm, case_sensitive: cs, headers, query, action, mutations: Mutations::compile(&r.headers) })
+    Ok(Route {
+        path: pm,
+        case_sensitive: cs,
+        headers,
+        query,
+        action,
+        mutations: Mutations::compile(&r.headers),
+    })
 }
 
 impl Route {
@@ -344,7 +422,11 @@ impl Route {
         let ok = match &self.path {
             PathMatcher::Prefix(p) => {
                 path.len() >= p.len()
-                    && if self.case_sensitive { path.starts_with(p) } else { path[..p.len()].eq_ignore_ascii_case(p) }
+                    && if self.case_sensitive {
+                        path.starts_with(p)
+                    } else {
+                        path[..p.len()].eq_ignore_ascii_case(p)
+                    }
             }
             PathMatcher::Path(p) => {
                 if self.case_sensitive {
@@ -411,18 +493,26 @@ mod tests {
     }
 
     fn headers(h: &str) -> HeaderMap {
-        parse_request(&mut BytesMut::from(format!("GET / HTTP/1.1\r\n{h}\r\n").as_bytes()), 65536).unwrap().unwrap().headers
+        parse_request(
+            &mut BytesMut::from(format!("GET / HTTP/1.1\r\n{h}\r\n").as_bytes()),
+            65536,
+        )
+        .unwrap()
+        .unwrap()
+        .headers
     }
 
     #[test]
     fn domain_precedence() {
-        let t = table(r#"{"virtual_hosts": [
+        let t = table(
+            r#"{"virtual_hosts": [
             {"name": "any", "domains": ["*"]},
             {"name": "pre", "domains": ["foo.*"]},
             {"name": "suf", "domains": ["*.foo.com"]},
             {"name": "longsuf", "domains": ["*.bar.foo.com"]},
             {"name": "exact", "domains": ["www.foo.com"]}
-        ]}"#);
+        ]}"#,
+        );
         let cases = [
             ("www.foo.com", "exact"),
             ("a.bar.foo.com", "longsuf"),
@@ -432,7 +522,11 @@ mod tests {
             ("other", "any"),
         ];
         for (host, want) in cases {
-            assert_eq!(t.virtual_host(host.as_bytes()).unwrap().name, want, "{host}");
+            assert_eq!(
+                t.virtual_host(host.as_bytes()).unwrap().name,
+                want,
+                "{host}"
+            );
         }
     }
 
@@ -443,12 +537,16 @@ mod tests {
         )
         .unwrap();
         let err = RouteTable::compile(&rc, &HashMap::new(), "rc").unwrap_err();
-        assert!(err.message().contains("rc.virtual_hosts[1].domains[0]"), "{err}");
+        assert!(
+            err.message().contains("rc.virtual_hosts[1].domains[0]"),
+            "{err}"
+        );
     }
 
     #[test]
     fn route_matching_table() {
-        let t = table(r#"{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        let t = table(
+            r#"{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
             {"name": "exact", "match": {"path": {"path": "/exact"}}, "action": {"route": {"cluster": "a"}}},
             {"name": "ci", "match": {"path": {"prefix": "/CI"}, "case_sensitive": false}, "action": {"route": {"cluster": "a"}}},
             {"name": "re", "match": {"path": {"safe_regex": "/v[0-9]+/.*"}}, "action": {"route": {"cluster": "a"}}},
@@ -456,7 +554,8 @@ mod tests {
             {"name": "inv", "match": {"path": {"prefix": "/h"}, "headers": [{"name": "x-env", "match": {"present": true}, "invert_match": true}]}, "action": {"route": {"cluster": "a"}}},
             {"name": "q", "match": {"path": {"prefix": "/q"}, "query_parameters": [{"name": "debug", "match": {"exact": "1"}}]}, "action": {"route": {"cluster": "a"}}},
             {"name": "all", "match": {"path": {"prefix": "/"}}, "action": {"direct_response": {"status": 200}}}
-        ]}]}"#);
+        ]}]}"#,
+        );
         let cases = [
             ("/exact", "", "exact"),
             ("/exact?x=1", "", "exact"),
@@ -472,7 +571,11 @@ mod tests {
         ];
         for (target, hdrs, want) in cases {
             let (_, r) = t.route(b"x", target.as_bytes(), &headers(hdrs)).unwrap();
-            let got = t.vhosts[0].routes.iter().position(|x| std::ptr::eq(x, r)).unwrap();
+            let got = t.vhosts[0]
+                .routes
+                .iter()
+                .position(|x| std::ptr::eq(x, r))
+                .unwrap();
             let names = ["exact", "ci", "re", "hdr", "inv", "q", "all"];
             assert_eq!(names[got], want, "{target} {hdrs:?}");
         }
@@ -485,6 +588,9 @@ mod tests {
         )
         .unwrap();
         let err = RouteTable::compile(&rc, &HashMap::new(), "rc").unwrap_err();
-        assert_eq!(err.message(), "rc.virtual_hosts[0].routes[0].route.cluster: unknown cluster \"nope\"");
+        assert_eq!(
+            err.message(),
+            "rc.virtual_hosts[0].routes[0].route.cluster: unknown cluster \"nope\""
+        );
     }
 }

@@ -25,8 +25,8 @@ pub struct StatValue {
 /// Upper bounds of the histogram buckets, in the histogram's unit (ms for the `*_time`
 /// histograms): Envoy's default `supported_buckets`.
 pub const BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 /// Quantiles Envoy reports in `/stats` (as percentages).

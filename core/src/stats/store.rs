@@ -95,7 +95,10 @@ impl Histogram {
     /// Records one sample (in the histogram's unit).
     #[inline]
     pub fn record(&self, v: f64) {
-        let i = BUCKETS.iter().position(|b| v <= *b).unwrap_or(BUCKETS.len());
+        let i = BUCKETS
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(BUCKETS.len());
         let b = &self.buckets[i];
         b.store(b.load(Relaxed) + 1, Relaxed);
         self.count.store(self.count.load(Relaxed) + 1, Relaxed);
@@ -174,7 +177,9 @@ impl CodeCounters {
     #[inline]
     pub fn inc(&self, code: u16) {
         if (100..600).contains(&code) {
-            let slots = self.0.get_or_init(|| (0..500).map(|_| Counter::default()).collect());
+            let slots = self
+                .0
+                .get_or_init(|| (0..500).map(|_| Counter::default()).collect());
             slots[(code - 100) as usize].inc();
         }
     }
@@ -213,7 +218,10 @@ impl Store {
     pub fn register(&self, prefix: String, scope: &Arc<dyn Scope>) {
         let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         scopes.retain(|r| r.scope.strong_count() > 0);
-        scopes.push(Registered { prefix, scope: Arc::downgrade(scope) });
+        scopes.push(Registered {
+            prefix,
+            scope: Arc::downgrade(scope),
+        });
     }
 
     /// Sums every registered scope by name, applies the reset baseline, adds `extra` (server
@@ -242,7 +250,11 @@ impl Store {
                 h.merge_into(e);
             }
         }
-        let mut m = Merge { prefix: String::new(), stats: BTreeMap::new(), hists: BTreeMap::new() };
+        let mut m = Merge {
+            prefix: String::new(),
+            stats: BTreeMap::new(),
+            hists: BTreeMap::new(),
+        };
         {
             let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
             for r in scopes.iter() {
@@ -265,10 +277,18 @@ impl Store {
                     (StatKind::Counter, Some(b)) => value.saturating_sub(*b),
                     _ => value,
                 };
-                StatValue { name, kind, value, used }
+                StatValue {
+                    name,
+                    kind,
+                    value,
+                    used,
+                }
             })
             .collect();
-        StatsSnapshot { stats, histograms: m.hists.into_values().collect() }
+        StatsSnapshot {
+            stats,
+            histograms: m.hists.into_values().collect(),
+        }
     }
 
     /// Envoy's `/reset_counters`: every counter reads as zero from now on.
@@ -322,7 +342,10 @@ mod tests {
         assert_eq!(get(&snap, "x.rq_total"), 3);
         assert_eq!(get(&snap, "x.cx_active"), 1);
         assert_eq!(snap.histograms[0].count, 1);
-        assert_eq!(snap.histograms[0].buckets[2], 1, "3ms falls in the (1, 5] bucket");
+        assert_eq!(
+            snap.histograms[0].buckets[2], 1,
+            "3ms falls in the (1, 5] bucket"
+        );
         store.reset_counters();
         b.rq_total.inc();
         let snap = store.snapshot(&[]);

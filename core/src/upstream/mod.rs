@@ -72,7 +72,13 @@ pub struct HostRt {
 impl HostRt {
     /// A host with an empty pool.
     pub fn new(addr: SocketAddr, weight: u32, stats: Arc<HostStats>) -> HostRt {
-        HostRt { addr, weight, pool: Pool::default(), stats, active: Cell::new(0) }
+        HostRt {
+            addr,
+            weight,
+            pool: Pool::default(),
+            stats,
+            active: Cell::new(0),
+        }
     }
 
     /// Marks a request started (least-request input, `rq_active`).
@@ -122,16 +128,33 @@ pub struct ClusterRt {
 
 impl ClusterRt {
     /// A cluster runtime with `hosts`.
-    pub fn new(cfg: Arc<CompiledCluster>, stats: Arc<ClusterScope>, hosts: Vec<Rc<HostRt>>, publishes_membership: bool) -> ClusterRt {
+    pub fn new(
+        cfg: Arc<CompiledCluster>,
+        stats: Arc<ClusterScope>,
+        hosts: Vec<Rc<HostRt>>,
+        publishes_membership: bool,
+    ) -> ClusterRt {
         let policy = cfg.policy;
-        let c = ClusterRt { cfg, stats, hosts: RefCell::new(Rc::new(HostSet { lb: Balancer::new(policy, &[] as &[Rc<HostRt>]), hosts: Vec::new() })), policy, publishes_membership };
+        let c = ClusterRt {
+            cfg,
+            stats,
+            hosts: RefCell::new(Rc::new(HostSet {
+                lb: Balancer::new(policy, &[] as &[Rc<HostRt>]),
+                hosts: Vec::new(),
+            })),
+            policy,
+            publishes_membership,
+        };
         c.set_hosts(hosts);
         c
     }
 
     /// Replaces the host set (DNS refresh).
     pub fn set_hosts(&self, hosts: Vec<Rc<HostRt>>) {
-        let set = Rc::new(HostSet { lb: Balancer::new(self.policy, &hosts), hosts });
+        let set = Rc::new(HostSet {
+            lb: Balancer::new(self.policy, &hosts),
+            hosts,
+        });
         if self.publishes_membership {
             self.stats.s.membership_total.set(set.hosts.len() as u64);
             self.stats.s.membership_healthy.set(set.hosts.len() as u64);

@@ -20,8 +20,8 @@ use tokio::time::timeout;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap};
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
-    is_upgrade, keep_alive, method_has_no_body, request_framing, response_framing, strip_hop_by_hop, write_framing,
-    write_status_line, FramingError,
+    is_upgrade, keep_alive, method_has_no_body, request_framing, response_framing,
+    strip_hop_by_hop, write_framing, write_status_line, FramingError,
 };
 use crate::http1::head::{parse_request, parse_response, HeadError, HeaderMap, RequestHead};
 use crate::router::{Action, Forward, Mutations, Redirect};
@@ -65,8 +65,15 @@ impl DownGuard {
         l.http.downstream_cx_active.inc();
         l.http.downstream_cx_http1_active.inc();
         let a = &ctx.shared.active_connections;
-        a.store(a.load(std::sync::atomic::Ordering::Relaxed) + 1, std::sync::atomic::Ordering::Relaxed);
-        DownGuard { l, ctx, start: Instant::now() }
+        a.store(
+            a.load(std::sync::atomic::Ordering::Relaxed) + 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        DownGuard {
+            l,
+            ctx,
+            start: Instant::now(),
+        }
     }
 }
 
@@ -82,7 +89,11 @@ impl Drop for DownGuard {
         l.http.downstream_cx_destroy.inc();
         l.http.downstream_cx_length_ms.record_ms(self.start);
         let a = &self.ctx.shared.active_connections;
-        a.store(a.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
+        a.store(
+            a.load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
@@ -101,7 +112,11 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
         return;
     };
     let _guard = DownGuard::new(ctx.clone(), l);
-    let mut d = Down { stream, rbuf: BytesMut::new(), peer };
+    let mut d = Down {
+        stream,
+        rbuf: BytesMut::new(),
+        peer,
+    };
     loop {
         let snap = ctx.current();
         let Some(l) = snap.listeners.get(&lname).cloned() else {
@@ -136,7 +151,11 @@ enum ReadErr {
     Timeout,
 }
 
-async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, idle_ms: u64) -> Result<usize, ReadErr> {
+async fn read_more<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    idle_ms: u64,
+) -> Result<usize, ReadErr> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
@@ -159,8 +178,8 @@ async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, idle_ms:
 async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mut Down) -> Next {
     let hcm = &l.c.cfg.hcm;
     let max_head = hcm.max_request_headers_kb as usize * 1024;
-    let header_deadline =
-        (hcm.request_headers_timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(hcm.request_headers_timeout_ms));
+    let header_deadline = (hcm.request_headers_timeout_ms > 0)
+        .then(|| Instant::now() + Duration::from_millis(hcm.request_headers_timeout_ms));
     let head = loop {
         match parse_request(&mut d.rbuf, max_head) {
             Ok(Some(h)) => break h,
@@ -179,7 +198,10 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
             }
         }
         let wait = match header_deadline {
-            Some(dl) => dl.saturating_duration_since(Instant::now()).as_millis().max(1) as u64,
+            Some(dl) => dl
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1) as u64,
             None => hcm.stream_idle_timeout_ms,
         };
         match read_more(&mut d.stream, &mut d.rbuf, wait).await {
@@ -212,7 +234,14 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
 /// Builds a complete local reply in Envoy's header order: with a body, `content-length`,
 /// `content-type: text/plain`, `date`, `server`; without one, `date`, `server`,
 /// `content-length: 0` (and `connection: close` before the length when closing).
-fn local_reply(ctx: &Ctx, l: &ListenerRt, status: u16, body: &[u8], close: bool, extra: Option<&HeaderMap>) -> Vec<u8> {
+fn local_reply(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    status: u16,
+    body: &[u8],
+    close: bool,
+    extra: Option<&HeaderMap>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     write_status_line(&mut out, status);
     if let Some(h) = extra {
@@ -250,7 +279,15 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Writes a local reply and decides whether the connection can continue: only if the request
 /// had no body left unread.
-async fn reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body: &[u8], keep: bool, extra: Option<&HeaderMap>) -> (u16, Next) {
+async fn reply(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    status: u16,
+    body: &[u8],
+    keep: bool,
+    extra: Option<&HeaderMap>,
+) -> (u16, Next) {
     let out = local_reply(ctx, l, status, body, !keep, extra);
     if d.stream.write_all(&out).await.is_err() {
         return (status, Next::Close);
@@ -279,10 +316,19 @@ fn uuid4() -> [u8; 36] {
 }
 
 fn lower_host(h: &RequestHead) -> Vec<u8> {
-    h.headers.get(b"host").map(|v| v.to_ascii_lowercase()).unwrap_or_default()
+    h.headers
+        .get(b"host")
+        .map(|v| v.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
-async fn handle(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mut Down, mut head: RequestHead) -> (u16, Next) {
+async fn handle(
+    ctx: &Rc<Ctx>,
+    snap: &Rc<WorkerSnap>,
+    l: &Rc<ListenerRt>,
+    d: &mut Down,
+    mut head: RequestHead,
+) -> (u16, Next) {
     let hcm = &l.c.cfg.hcm;
     let keep = keep_alive(head.minor, &head.headers) && !ctx.draining();
     let framing = match request_framing(&head) {
@@ -324,7 +370,11 @@ async fn handle(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mu
             l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
             response_mutations(&mut h);
-            let body = if head.method() == b"HEAD" { &b""[..] } else { &body[..] };
+            let body = if head.method() == b"HEAD" {
+                &b""[..]
+            } else {
+                &body[..]
+            };
             reply(ctx, l, d, *status, body, keep && !body_pending, Some(&h)).await
         }
         Action::Redirect(r) => {
@@ -332,7 +382,16 @@ async fn handle(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mu
             let mut h = HeaderMap::default();
             h.append(b"location", &redirect_location(r, &host, head.target()));
             response_mutations(&mut h);
-            reply(ctx, l, d, r.cfg.response_code, b"", keep && !body_pending, Some(&h)).await
+            reply(
+                ctx,
+                l,
+                d,
+                r.cfg.response_code,
+                b"",
+                keep && !body_pending,
+                Some(&h),
+            )
+            .await
         }
         Action::Forward(fwd) => {
             let (ci, _, wc_mut) = fwd.pick();
@@ -344,7 +403,20 @@ async fn handle(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mu
             vh.mutations.apply_request(&mut head.headers);
             table.mutations.apply_request(&mut head.headers);
             let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
-            forward(ctx, l, d, head, framing, keep, fwd, route.prefix_len(), &cluster, &chain, hcm.proxy_100_continue).await
+            forward(
+                ctx,
+                l,
+                d,
+                head,
+                framing,
+                keep,
+                fwd,
+                route.prefix_len(),
+                &cluster,
+                &chain,
+                hcm.proxy_100_continue,
+            )
+            .await
         }
     }
 }
@@ -461,22 +533,38 @@ fn local_address(v4: bool) -> Option<IpAddr> {
         }
         (v4, v6)
     });
-    if v4 { a4 } else { a6 }
+    if v4 {
+        a4
+    } else {
+        a6
+    }
 }
 
 /// Adds and rewrites the proxy's own request headers as Envoy's connection manager and router
 /// do (docs/envoy-behaviour.md, sections 1 and 2): order and in-place edits included.
-fn mutate_request(l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward, cluster: &ClusterRt, host: &HostRt) {
+fn mutate_request(
+    l: &ListenerRt,
+    d: &Down,
+    h: &mut HeaderMap,
+    fwd: &Forward,
+    cluster: &ClusterRt,
+    host: &HostRt,
+) {
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
     strip_hop_by_hop(h);
     h.remove_if(|n, _| {
-        n.starts_with(b"x-envoy-") && (ENVOY_CONTROL_HEADERS.contains(&n) || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
+        n.starts_with(b"x-envoy-")
+            && (ENVOY_CONTROL_HEADERS.contains(&n) || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
     });
     if edge {
         let peer = d.peer.ip();
         if !hcm.skip_xff_append {
-            let appended = if peer.is_loopback() { local_address(peer.is_ipv4()).unwrap_or(peer) } else { peer };
+            let appended = if peer.is_loopback() {
+                local_address(peer.is_ipv4()).unwrap_or(peer)
+            } else {
+                peer
+            };
             let ip = appended.to_string();
             match h.get(b"x-forwarded-for") {
                 Some(v) => {
@@ -492,7 +580,8 @@ fn mutate_request(l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward, cl
         let external = match (hops, h.get(b"x-forwarded-for")) {
             (0, _) | (_, None) => peer.to_string().into_bytes(),
             (_, Some(xff)) => {
-                let entries: Vec<&[u8]> = xff.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect();
+                let entries: Vec<&[u8]> =
+                    xff.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect();
                 if !hcm.skip_xff_append && entries.len() > hops {
                     entries[entries.len() - 1 - hops].to_vec()
                 } else {
@@ -521,8 +610,16 @@ fn mutate_request(l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward, cl
     }
     if let Some(hr) = &fwd.host_rewrite {
         h.set(b"host", hr);
-    } else if fwd.auto_host_rewrite && cluster.cfg.discovery == crate::snapshot::Discovery::StrictDns {
-        if let Some(e) = cluster.cfg.cfg.endpoints.iter().find(|e| e.port == host.addr.port()) {
+    } else if fwd.auto_host_rewrite
+        && cluster.cfg.discovery == crate::snapshot::Discovery::StrictDns
+    {
+        if let Some(e) = cluster
+            .cfg
+            .cfg
+            .endpoints
+            .iter()
+            .find(|e| e.port == host.addr.port())
+        {
             h.set(b"host", e.address.as_bytes());
         }
     }
@@ -531,7 +628,12 @@ fn mutate_request(l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward, cl
     }
 }
 
-fn rewrite_target(fwd: &Forward, route_prefix_len: Option<usize>, target: &[u8], out: &mut Vec<u8>) {
+fn rewrite_target(
+    fwd: &Forward,
+    route_prefix_len: Option<usize>,
+    target: &[u8],
+    out: &mut Vec<u8>,
+) {
     match (&fwd.prefix_rewrite, route_prefix_len) {
         (Some(p), Some(n)) if target.len() >= n => {
             out.extend_from_slice(p);
@@ -544,9 +646,17 @@ fn rewrite_target(fwd: &Forward, route_prefix_len: Option<usize>, target: &[u8],
 /// How an exchange with an upstream ended.
 enum Outcome {
     /// The response went downstream in full.
-    Done { status: u16, up_reusable: bool, down_keep: bool },
+    Done {
+        status: u16,
+        up_reusable: bool,
+        down_keep: bool,
+    },
     /// Failed before anything was sent downstream: answer locally.
-    Local { status: u16, body: &'static [u8], keep: bool },
+    Local {
+        status: u16,
+        body: &'static [u8],
+        keep: bool,
+    },
     /// Failed after the response started, or the client went away: close.
     Abort { status: u16 },
 }
@@ -570,19 +680,40 @@ async fn forward(
     let Some(host) = cluster.pick() else {
         cs.s.upstream_cx_none_healthy.inc();
         cs.count_response(503);
-        return reply(ctx, l, d, 503, b"no healthy upstream", keep && framing == Framing::Empty, None).await;
+        return reply(
+            ctx,
+            l,
+            d,
+            503,
+            b"no healthy upstream",
+            keep && framing == Framing::Empty,
+            None,
+        )
+        .await;
     };
     // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set.
-    if !proxy_100 && head.minor == 1 && head.headers.get(b"expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")) {
+    if !proxy_100
+        && head.minor == 1
+        && head
+            .headers
+            .get(b"expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+    {
         head.headers.remove(b"expect");
-        if framing != Framing::Empty && d.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+        if framing != Framing::Empty
+            && d.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
             return (0, Next::Close);
         }
     }
     mutate_request(l, d, &mut head.headers, fwd, cluster, &host);
     if let Framing::Length(n) = framing {
         if head.headers.get_all(b"content-length").count() != 1 {
-            head.headers.set(b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            head.headers
+                .set(b"content-length", itoa::Buffer::new().format(n).as_bytes());
         }
     }
     let is_head = head.method() == b"HEAD";
@@ -615,7 +746,16 @@ async fn forward(
                         b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
                     }
                 };
-                return reply(ctx, l, d, 503, body, keep && framing == Framing::Empty, None).await;
+                return reply(
+                    ctx,
+                    l,
+                    d,
+                    503,
+                    body,
+                    keep && framing == Framing::Empty,
+                    None,
+                )
+                .await;
             }
         },
     };
@@ -626,11 +766,29 @@ async fn forward(
     }
     up.requests += 1;
     let rq_start = Instant::now();
-    let outcome = exchange(ctx, l, d, &mut up, out, framing, is_head, client_minor, keep, fwd.timeout_ms, chain, rq_start).await;
+    let outcome = exchange(
+        ctx,
+        l,
+        d,
+        &mut up,
+        out,
+        framing,
+        is_head,
+        client_minor,
+        keep,
+        fwd.timeout_ms,
+        chain,
+        rq_start,
+    )
+    .await;
     host.rq_end();
     cs.s.upstream_rq_active.dec();
     match outcome {
-        Outcome::Done { status, up_reusable, down_keep } => {
+        Outcome::Done {
+            status,
+            up_reusable,
+            down_keep,
+        } => {
             cs.count_response(status);
             cs.s.upstream_rq_completed.inc();
             cs.s.upstream_rq_time.record_ms(rq_start);
@@ -645,7 +803,14 @@ async fn forward(
             } else if up_reusable {
                 cs.s.upstream_cx_max_requests.inc();
             }
-            (status, if down_keep { Next::KeepAlive } else { Next::Close })
+            (
+                status,
+                if down_keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                },
+            )
         }
         Outcome::Local { status, body, keep } => {
             drop(up);
@@ -696,7 +861,11 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
         Ok(Err(e)) => {
             cs.s.upstream_cx_connect_fail.inc();
             host.stats.cx_connect_fail.inc();
-            Err(if e.kind() == std::io::ErrorKind::ConnectionRefused { ConnectFail::Refused } else { ConnectFail::Other })
+            Err(if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                ConnectFail::Refused
+            } else {
+                ConnectFail::Other
+            })
         }
         Err(_) => {
             cs.s.upstream_cx_connect_fail.inc();
@@ -726,7 +895,12 @@ enum RespErr {
 
 /// Moves body bytes from `rbuf` through `dec` into `out` (chunk-encoded if `chunked`).
 /// Returns true once the body is complete.
-fn pump(dec: &mut Decoder, rbuf: &mut BytesMut, out: &mut Vec<u8>, chunked: bool) -> Result<bool, ()> {
+fn pump(
+    dec: &mut Decoder,
+    rbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    chunked: bool,
+) -> Result<bool, ()> {
     loop {
         match dec.decode(rbuf, READ_CHUNK).map_err(|_| ())? {
             Decoded::Data(b) => {
@@ -824,7 +998,11 @@ async fn exchange(
         };
         let down_keep = down_keep && !ctx.draining();
         let mut h = head.headers;
-        let orig_len = if up_framing == Framing::Empty { h.get(b"content-length").map(<[u8]>::to_vec) } else { None };
+        let orig_len = if up_framing == Framing::Empty {
+            h.get(b"content-length").map(<[u8]>::to_vec)
+        } else {
+            None
+        };
         strip_hop_by_hop(&mut h);
         if down_framing == Framing::Chunked || status == 204 {
             h.remove(b"content-length");
@@ -847,7 +1025,8 @@ async fn exchange(
         let rechunk = down_framing == Framing::Chunked && up_framing != Framing::Chunked;
         let chunked_out = down_framing == Framing::Chunked;
         loop {
-            let done = pump(&mut dec, urbuf, &mut out, chunked_out || rechunk).map_err(|_| RespErr::AfterHeaders)?;
+            let done = pump(&mut dec, urbuf, &mut out, chunked_out || rechunk)
+                .map_err(|_| RespErr::AfterHeaders)?;
             if !out.is_empty() {
                 dw.write_all(&out).await.map_err(|_| RespErr::Downstream)?;
                 out.clear();
@@ -860,7 +1039,9 @@ async fn exchange(
                 Err(ReadErr::Closed) if dec.is_close_delimited() => {
                     let _ = dec.on_eof();
                     if chunked_out {
-                        dw.write_all(LAST_CHUNK).await.map_err(|_| RespErr::Downstream)?;
+                        dw.write_all(LAST_CHUNK)
+                            .await
+                            .map_err(|_| RespErr::Downstream)?;
                     }
                     break;
                 }
@@ -930,7 +1111,13 @@ async fn exchange(
 /// Response headers the proxy sets, in Envoy's order: the configured response edits, an
 /// existing `server` replaced in place (per `server_header_transformation`), then appended
 /// `x-envoy-upstream-service-time`, `date` if absent and `server` if absent.
-fn apply_response_extras(ctx: &Ctx, l: &ListenerRt, h: &mut HeaderMap, service_ms: u128, chain: &[&Mutations; 4]) {
+fn apply_response_extras(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    h: &mut HeaderMap,
+    service_ms: u128,
+    chain: &[&Mutations; 4],
+) {
     let hcm = &l.c.cfg.hcm;
     for m in chain {
         m.apply_response(h);
@@ -940,7 +1127,10 @@ fn apply_response_extras(ctx: &Ctx, l: &ListenerRt, h: &mut HeaderMap, service_m
         h.set(b"server", &l.c.server_name);
     }
     if !hcm.suppress_envoy_headers {
-        h.set(b"x-envoy-upstream-service-time", itoa::Buffer::new().format(service_ms).as_bytes());
+        h.set(
+            b"x-envoy-upstream-service-time",
+            itoa::Buffer::new().format(service_ms).as_bytes(),
+        );
     }
     if !h.contains(b"date") {
         h.append(b"date", &ctx.date());

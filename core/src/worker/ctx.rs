@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::{Shared, Stores};
-use crate::snapshot::{CompiledListener, Compiled};
+use crate::snapshot::{Compiled, CompiledListener};
 use crate::stats::{ClusterScope, HttpStats, ListenerStats, ListenerWorkerStats, Scope};
 use crate::upstream::{ClusterRt, HostRt, HostStats};
 
@@ -78,8 +78,17 @@ fn register<T: Scope + Default + 'static>(
 
 impl Ctx {
     /// A worker context with an empty view of `compiled` (listeners come with `apply`).
-    pub fn new(id: usize, stores: Arc<Stores>, shared: Arc<Shared>, compiled: Arc<Compiled>) -> Rc<Ctx> {
-        let empty = Rc::new(WorkerSnap { compiled, listeners: HashMap::new(), clusters: Vec::new() });
+    pub fn new(
+        id: usize,
+        stores: Arc<Stores>,
+        shared: Arc<Shared>,
+        compiled: Arc<Compiled>,
+    ) -> Rc<Ctx> {
+        let empty = Rc::new(WorkerSnap {
+            compiled,
+            listeners: HashMap::new(),
+            clusters: Vec::new(),
+        });
         Rc::new(Ctx {
             id,
             snap: RefCell::new(empty),
@@ -110,12 +119,20 @@ impl Ctx {
         self.draining.get()
     }
 
-    fn host(&self, cluster: &str, addr: SocketAddr, weight: u32, keep: &mut HashMap<(String, SocketAddr, u32), Rc<HostRt>>) -> Rc<HostRt> {
+    fn host(
+        &self,
+        cluster: &str,
+        addr: SocketAddr,
+        weight: u32,
+        keep: &mut HashMap<(String, SocketAddr, u32), Rc<HostRt>>,
+    ) -> Rc<HostRt> {
         let key = (cluster.to_string(), addr, weight);
         let h = self.hosts.borrow().get(&key).cloned().unwrap_or_else(|| {
             let stats = Arc::new(HostStats::default());
             let d: Arc<dyn Scope> = stats.clone();
-            self.stores.hosts.register(format!("{cluster}\0{addr}\0{weight}\0"), &d);
+            self.stores
+                .hosts
+                .register(format!("{cluster}\0{addr}\0{weight}\0"), &d);
             Rc::new(HostRt::new(addr, weight, stats))
         });
         keep.insert(key, h.clone());
@@ -123,7 +140,12 @@ impl Ctx {
     }
 
     /// Switches to `compiled`, starting and stopping accept loops as listed.
-    pub fn apply(self: &Rc<Self>, compiled: Arc<Compiled>, add: Vec<(Arc<str>, std::net::TcpListener, String)>, remove: Vec<Arc<str>>) {
+    pub fn apply(
+        self: &Rc<Self>,
+        compiled: Arc<Compiled>,
+        add: Vec<(Arc<str>, std::net::TcpListener, String)>,
+        remove: Vec<Arc<str>>,
+    ) {
         for name in &remove {
             if let Some(h) = self.accepts.borrow_mut().remove(name) {
                 h.abort();
@@ -131,7 +153,9 @@ impl Ctx {
             self.listener_addrs.borrow_mut().remove(name);
         }
         for (name, sock, stat_addr) in add {
-            self.listener_addrs.borrow_mut().insert(name.clone(), stat_addr);
+            self.listener_addrs
+                .borrow_mut()
+                .insert(name.clone(), stat_addr);
             if self.draining.get() {
                 continue;
             }
@@ -150,12 +174,25 @@ impl Ctx {
         let mut new_cluster_scopes = HashMap::new();
         for c in &compiled.clusters {
             let name = &c.cfg.name;
-            let scope: Arc<ClusterScope> = register(&self.cluster_scopes, &self.stores.stats, format!("cluster.{name}."));
+            let scope: Arc<ClusterScope> = register(
+                &self.cluster_scopes,
+                &self.stores.stats,
+                format!("cluster.{name}."),
+            );
             new_cluster_scopes.insert(format!("cluster.{name}."), scope.clone());
             // A DNS cluster keeps the hosts its last refresh found if the new snapshot resolved
             // the same names; otherwise it starts from the snapshot's resolution.
-            let hosts = c.hosts.iter().map(|(a, w)| self.host(name, *a, *w, &mut keep_hosts)).collect();
-            clusters.push(Rc::new(ClusterRt::new(c.clone(), scope, hosts, self.id == 0)));
+            let hosts = c
+                .hosts
+                .iter()
+                .map(|(a, w)| self.host(name, *a, *w, &mut keep_hosts))
+                .collect();
+            clusters.push(Rc::new(ClusterRt::new(
+                c.clone(),
+                scope,
+                hosts,
+                self.id == 0,
+            )));
         }
         let mut listeners = HashMap::new();
         let mut new_http = HashMap::new();
@@ -165,21 +202,42 @@ impl Ctx {
             let Some(addr) = self.listener_addrs.borrow().get(&l.name).cloned() else {
                 continue;
             };
-            let http: Arc<HttpStats> = register(&self.http_scopes, &self.stores.stats, format!("http.{}.", l.cfg.hcm.stat_prefix));
-            let stats: Arc<ListenerStats> = register(&self.listener_scopes, &self.stores.stats, format!("listener.{addr}."));
+            let http: Arc<HttpStats> = register(
+                &self.http_scopes,
+                &self.stores.stats,
+                format!("http.{}.", l.cfg.hcm.stat_prefix),
+            );
+            let stats: Arc<ListenerStats> = register(
+                &self.listener_scopes,
+                &self.stores.stats,
+                format!("listener.{addr}."),
+            );
             new_http.insert(format!("http.{}.", l.cfg.hcm.stat_prefix), http.clone());
             let wp = format!("listener.{addr}.worker_{}.", self.id);
-            let worker: Arc<ListenerWorkerStats> = register(&self.listener_worker_scopes, &self.stores.stats, wp.clone());
+            let worker: Arc<ListenerWorkerStats> =
+                register(&self.listener_worker_scopes, &self.stores.stats, wp.clone());
             new_lis.insert(format!("listener.{addr}."), stats.clone());
             new_lw.insert(wp, worker.clone());
-            listeners.insert(l.name.clone(), Rc::new(ListenerRt { c: l.clone(), http, stats, worker }));
+            listeners.insert(
+                l.name.clone(),
+                Rc::new(ListenerRt {
+                    c: l.clone(),
+                    http,
+                    stats,
+                    worker,
+                }),
+            );
         }
         *self.cluster_scopes.borrow_mut() = new_cluster_scopes;
         *self.http_scopes.borrow_mut() = new_http;
         *self.listener_scopes.borrow_mut() = new_lis;
         *self.listener_worker_scopes.borrow_mut() = new_lw;
         *self.hosts.borrow_mut() = keep_hosts;
-        *self.snap.borrow_mut() = Rc::new(WorkerSnap { compiled, listeners, clusters });
+        *self.snap.borrow_mut() = Rc::new(WorkerSnap {
+            compiled,
+            listeners,
+            clusters,
+        });
     }
 
     /// Replaces the hosts of a DNS cluster in the current view.
@@ -189,7 +247,10 @@ impl Ctx {
             return;
         };
         let mut keep = HashMap::new();
-        let new: Vec<_> = hosts.iter().map(|(a, w)| self.host(cluster, *a, *w, &mut keep)).collect();
+        let new: Vec<_> = hosts
+            .iter()
+            .map(|(a, w)| self.host(cluster, *a, *w, &mut keep))
+            .collect();
         let mut all = self.hosts.borrow_mut();
         all.retain(|(c, _, _), _| c != cluster);
         all.extend(keep);
@@ -217,7 +278,10 @@ impl Ctx {
     #[inline]
     pub fn date(&self) -> std::cell::Ref<'_, Vec<u8>> {
         let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         if self.date.borrow().0 != secs {
             *self.date.borrow_mut() = (secs, httpdate::fmt_http_date(now).into_bytes());
         }

@@ -37,7 +37,10 @@ pub enum Cmd {
         remove: Vec<Arc<str>>,
     },
     /// New host list for a STRICT_DNS cluster.
-    Hosts { cluster: String, hosts: Arc<Vec<(SocketAddr, u32)>> },
+    Hosts {
+        cluster: String,
+        hosts: Arc<Vec<(SocketAddr, u32)>>,
+    },
     /// Stop accepting; close connections after their current request.
     Drain,
     /// Drain, wait for connections until `deadline`, then stop.
@@ -77,18 +80,27 @@ impl Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
-        let thread = std::thread::Builder::new().name(format!("pyproxy-worker-{id}")).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("pyproxy: worker {id} could not start its event loop: {e}");
-                    return;
-                }
-            };
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, run(id, stores, sh, compiled, listeners, rx));
-        })?;
-        Ok(Worker { tx, thread: Some(thread), shared })
+        let thread = std::thread::Builder::new()
+            .name(format!("pyproxy-worker-{id}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("pyproxy: worker {id} could not start its event loop: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, run(id, stores, sh, compiled, listeners, rx));
+            })?;
+        Ok(Worker {
+            tx,
+            thread: Some(thread),
+            shared,
+        })
     }
 
     /// Sends a command; false if the worker has stopped.
@@ -122,7 +134,11 @@ async fn run(
     tokio::task::spawn_local(ctx::housekeeping(ctx.clone()));
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            Cmd::Apply { compiled, add, remove } => ctx.apply(compiled, add, remove),
+            Cmd::Apply {
+                compiled,
+                add,
+                remove,
+            } => ctx.apply(compiled, add, remove),
             Cmd::Hosts { cluster, hosts } => ctx.set_hosts(&cluster, &hosts),
             Cmd::Drain => ctx.drain(),
             Cmd::Shutdown { deadline } => {
