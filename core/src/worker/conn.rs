@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -45,6 +45,8 @@ struct Down {
     stream: TcpStream,
     rbuf: BytesMut,
     peer: SocketAddr,
+    /// HCM `request_timeout`: when the current request must have been fully received.
+    request_deadline: Option<tokio::time::Instant>,
 }
 
 /// Counts a downstream connection open for as long as it lives.
@@ -116,6 +118,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
         stream,
         rbuf: BytesMut::new(),
         peer,
+        request_deadline: None,
     };
     loop {
         let snap = ctx.current();
@@ -151,15 +154,16 @@ enum ReadErr {
     Timeout,
 }
 
+/// Reads at most `max` more bytes into `buf`, waiting at most `idle_ms` (0: no limit).
 async fn read_more<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     idle_ms: u64,
+    max: usize,
 ) -> Result<usize, ReadErr> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
-    let fut = r.read_buf(buf);
+    buf.reserve(max);
+    let mut limited = (&mut *buf).limit(max);
+    let fut = r.read_buf(&mut limited);
     let res = if idle_ms == 0 {
         fut.await
     } else {
@@ -204,7 +208,7 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
                 .max(1) as u64,
             None => hcm.stream_idle_timeout_ms,
         };
-        match read_more(&mut d.stream, &mut d.rbuf, wait).await {
+        match read_more(&mut d.stream, &mut d.rbuf, wait, READ_CHUNK).await {
             Ok(_) => {}
             Err(ReadErr::Closed) => return Next::Close,
             Err(ReadErr::Timeout) => {
@@ -218,6 +222,8 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
         }
     };
     let start = Instant::now();
+    d.request_deadline = (hcm.request_timeout_ms > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(hcm.request_timeout_ms));
     l.http.downstream_rq_total.inc();
     l.http.downstream_rq_http1_total.inc();
     l.http.downstream_rq_active.inc();
@@ -779,6 +785,7 @@ async fn forward(
         fwd.timeout_ms,
         chain,
         rq_start,
+        READ_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize),
     )
     .await;
     host.rq_end();
@@ -876,6 +883,14 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
     }
 }
 
+/// Why the exchange loop stopped before the response finished.
+enum Stop {
+    DownstreamGone,
+    StreamIdle,
+    RouteTimeout,
+    RequestTimeout,
+}
+
 enum ReqErr {
     Downstream,
     Upstream,
@@ -900,16 +915,17 @@ fn pump(
     rbuf: &mut BytesMut,
     out: &mut Vec<u8>,
     chunked: bool,
+    max: usize,
 ) -> Result<bool, ()> {
     loop {
-        match dec.decode(rbuf, READ_CHUNK).map_err(|_| ())? {
+        match dec.decode(rbuf, max).map_err(|_| ())? {
             Decoded::Data(b) => {
                 if chunked {
                     encode_chunk(out, &b);
                 } else {
                     out.extend_from_slice(&b);
                 }
-                if out.len() >= READ_CHUNK {
+                if out.len() >= max {
                     return Ok(false);
                 }
             }
@@ -938,8 +954,12 @@ async fn exchange(
     timeout_ms: u64,
     chain: &[&Mutations; 4],
     rq_start: Instant,
+    up_chunk: usize,
 ) -> Outcome {
     let idle_ms = l.c.cfg.hcm.stream_idle_timeout_ms;
+    // Bodies move in pieces no larger than either side's per_connection_buffer_limit_bytes.
+    let down_chunk = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+    let request_deadline = d.request_deadline;
     let resp_started = Cell::new(false);
     let req_complete = Cell::new(false);
     let urbuf_empty = Cell::new(true);
@@ -953,7 +973,8 @@ async fn exchange(
         let mut dec = Decoder::new(framing);
         let chunked = framing == Framing::Chunked;
         loop {
-            let done = pump(&mut dec, drbuf, &mut out, chunked).map_err(|_| ReqErr::Downstream)?;
+            let done = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
+                .map_err(|_| ReqErr::Downstream)?;
             if !out.is_empty() {
                 uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
                 out.clear();
@@ -962,7 +983,7 @@ async fn exchange(
                 req_complete.set(true);
                 return Ok::<(), ReqErr>(());
             }
-            match read_more(&mut dr, drbuf, idle_ms).await {
+            match read_more(&mut dr, drbuf, idle_ms, down_chunk).await {
                 Ok(_) => {}
                 Err(ReadErr::Closed) => return Err(ReqErr::Downstream),
                 Err(ReadErr::Timeout) => return Err(ReqErr::Timeout),
@@ -980,7 +1001,7 @@ async fn exchange(
                 Ok(None) => {}
                 Err(_) => return Err(RespErr::Protocol),
             }
-            match read_more(&mut ur, urbuf, idle_ms).await {
+            match read_more(&mut ur, urbuf, idle_ms, up_chunk).await {
                 Ok(_) => urbuf_empty.set(false),
                 Err(_) => return Err(RespErr::BeforeHeaders),
             }
@@ -1025,7 +1046,7 @@ async fn exchange(
         let rechunk = down_framing == Framing::Chunked && up_framing != Framing::Chunked;
         let chunked_out = down_framing == Framing::Chunked;
         loop {
-            let done = pump(&mut dec, urbuf, &mut out, chunked_out || rechunk)
+            let done = pump(&mut dec, urbuf, &mut out, chunked_out || rechunk, up_chunk)
                 .map_err(|_| RespErr::AfterHeaders)?;
             if !out.is_empty() {
                 dw.write_all(&out).await.map_err(|_| RespErr::Downstream)?;
@@ -1034,7 +1055,7 @@ async fn exchange(
             if done {
                 break;
             }
-            match read_more(&mut ur, urbuf, idle_ms).await {
+            match read_more(&mut ur, urbuf, idle_ms, up_chunk).await {
                 Ok(_) => {}
                 Err(ReadErr::Closed) if dec.is_close_delimited() => {
                     let _ = dec.on_eof();
@@ -1061,8 +1082,11 @@ async fn exchange(
             r = &mut req_fut, if req_state.is_none() => {
                 match r {
                     Ok(()) => req_state = Some(true),
-                    Err(ReqErr::Downstream) => break Err(0u16),
-                    Err(ReqErr::Timeout) => break Err(408),
+                    Err(ReqErr::Downstream) => break Err(Stop::DownstreamGone),
+                    Err(ReqErr::Timeout) => {
+                        l.http.downstream_rq_idle_timeout.inc();
+                        break Err(Stop::StreamIdle);
+                    }
                     // The upstream stopped reading: it may still answer (an early error).
                     Err(ReqErr::Upstream) => req_state = Some(false),
                 }
@@ -1071,7 +1095,12 @@ async fn exchange(
                 }
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
-                break Err(504);
+                break Err(Stop::RouteTimeout);
+            }
+            _ = async { tokio::time::sleep_until(request_deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                if req_state.is_none() && request_deadline.is_some() => {
+                l.http.downstream_rq_timeout.inc();
+                break Err(Stop::RequestTimeout);
             }
         }
     };
@@ -1099,11 +1128,11 @@ async fn exchange(
             keep: down_keep_ok,
         },
         Ok(Err(_)) => Outcome::Abort { status: 0 },
-        Err(504) if !started => Outcome::Local { status: 504, body: b"upstream request timeout", keep: down_keep_ok },
-        Err(408) if !started => {
-            l.http.downstream_rq_idle_timeout.inc();
-            Outcome::Local { status: 408, body: b"stream timeout", keep: false }
+        Err(Stop::RouteTimeout) if !started => {
+            Outcome::Local { status: 504, body: b"upstream request timeout", keep: down_keep_ok }
         }
+        Err(Stop::RequestTimeout) if !started => Outcome::Local { status: 408, body: b"request timeout", keep: false },
+        Err(Stop::StreamIdle) if !started => Outcome::Local { status: 408, body: b"stream timeout", keep: false },
         Err(_) => Outcome::Abort { status: 0 },
     }
 }
