@@ -1,0 +1,151 @@
+"""Clusters end to end: discovery (STATIC, STRICT_DNS), load balancers over real upstreams,
+membership stats, and `max_requests_per_connection`."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.support.configs import bootstrap, cluster, route
+
+
+def wait_stat(proxy, name: str, want: int, timeout: float = 5.0) -> None:
+    """Stats are counted just after a response is written: poll until `name` reaches `want`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = proxy.stats().get(name, 0)
+        if got == want:
+            return
+        assert time.monotonic() < deadline, f"{name} = {got}, want {want}"
+        time.sleep(0.01)
+
+
+def served_by(proxy, n: int, path: str = "/") -> Counter:
+    port = proxy.listener_port()
+    seen: Counter = Counter()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+        for _ in range(n):
+            r = c.get(path)
+            assert r.status_code == 200
+            seen[int(r.headers["x-upstream-port"])] += 1
+    return seen
+
+
+def test_strict_dns_cluster_resolves_localhost(upstream, make_proxy):
+    c = cluster("dns", upstream.port, type="STRICT_DNS", dns_lookup_family="V4_ONLY")
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = (
+        "localhost"
+    )
+    p = make_proxy(bootstrap([route("/", "dns")], [c]))
+    assert served_by(p, 3) == {upstream.port: 3}
+    wait_stat(p, "cluster.dns.membership_total", 1)
+
+
+def test_strict_dns_unresolvable_name_gives_no_healthy_upstream(make_proxy):
+    c = cluster("dns", 80, type="STRICT_DNS")
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = (
+        "no-such-host.invalid"
+    )
+    p = make_proxy(bootstrap([route("/", "dns")], [c]))
+    r = httpx.get(f"http://127.0.0.1:{p.listener_port()}/")
+    assert (r.status_code, r.text) == (503, "no healthy upstream")
+    wait_stat(p, "cluster.dns.membership_total", 0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_membership_gauges_are_not_multiplied_by_workers(make_upstream, make_proxy, workers):
+    a, b = make_upstream(), make_upstream()
+    p = make_proxy(bootstrap([route("/", "c")], [cluster("c", a.port, b.port)]), concurrency=workers)
+    wait_stat(p, "cluster.c.membership_total", 2)
+    wait_stat(p, "cluster.c.membership_healthy", 2)
+
+
+def test_round_robin_alternates_exactly(make_upstream, make_proxy):
+    ups = [make_upstream() for _ in range(3)]
+    p = make_proxy(bootstrap([route("/", "c")], [cluster("c", *(u.port for u in ups))]))
+    seen = served_by(p, 30)
+    assert sorted(seen.values()) == [10, 10, 10]
+
+
+def test_weighted_round_robin_follows_endpoint_weights(make_upstream, make_proxy):
+    a, b = make_upstream(), make_upstream()
+    c = cluster("c", a.port, b.port)
+    eps = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    eps[0]["load_balancing_weight"] = 1
+    eps[1]["load_balancing_weight"] = 3
+    p = make_proxy(bootstrap([route("/", "c")], [c]))
+    assert served_by(p, 40) == {a.port: 10, b.port: 30}
+
+
+@pytest.mark.parametrize("policy", ["RANDOM", "LEAST_REQUEST"])
+def test_random_and_least_request_use_every_host(make_upstream, make_proxy, policy):
+    a, b = make_upstream(), make_upstream()
+    p = make_proxy(bootstrap([route("/", "c")], [cluster("c", a.port, b.port, lb_policy=policy)]))
+    seen = served_by(p, 100)
+    assert set(seen) == {a.port, b.port}
+    assert min(seen.values()) > 15, seen
+
+
+def test_least_request_avoids_a_host_with_requests_in_flight(make_upstream, make_proxy):
+    """One host holds a slow request; with two choices, new requests prefer the idle host."""
+    import threading
+
+    slow, fast = make_upstream(), make_upstream()
+    # Both hosts serve the same paths; /delay/1500 pins a request on whichever host gets it.
+    p = make_proxy(bootstrap([route("/", "c")], [cluster("c", slow.port, fast.port, lb_policy="LEAST_REQUEST")]))
+    port = p.listener_port()
+    pinned = []
+
+    def hold() -> None:
+        r = httpx.get(f"http://127.0.0.1:{port}/delay/1500", timeout=10)
+        pinned.append(int(r.headers["x-upstream-port"]))
+
+    t = threading.Thread(target=hold)
+    t.start()
+    deadline = time.monotonic() + 5
+    while p.stats().get("cluster.c.upstream_rq_active", 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    seen = served_by(p, 20)
+    t.join()
+    busy = pinned[0]
+    # The busy host is chosen only when both random choices land on it (about 1 in 4).
+    assert seen[busy] < 12, seen
+
+
+def test_max_requests_per_connection_rotates_upstream_connections(upstream, make_proxy):
+    c = cluster(
+        "c",
+        upstream.port,
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"max_requests_per_connection": 2},
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        },
+    )
+    p = make_proxy(bootstrap([route("/", "c")], [c]))
+    served_by(p, 6)
+    assert upstream.connections == 3
+    wait_stat(p, "cluster.c.upstream_cx_max_requests", 3)
+
+
+def test_clusters_api_reports_per_host_stats(make_upstream, make_proxy):
+    a, b = make_upstream(), make_upstream()
+    p = make_proxy(bootstrap([route("/", "c")], [cluster("c", a.port, b.port)]))
+    served_by(p, 4)
+    deadline = time.monotonic() + 5
+    while True:
+        (info,) = p.engine.clusters()
+        hosts = {h["port"]: h for h in info["hosts"]}
+        if sum(h["rq_total"] for h in hosts.values()) == 4:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.01)
+    assert info["name"] == "c"
+    assert set(hosts) == {a.port, b.port}
+    assert all(h["rq_total"] == 2 and h["rq_success"] == 2 and h["cx_total"] == 1 for h in hosts.values()), hosts
