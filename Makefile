@@ -25,7 +25,7 @@ dev: $(STAMP)  ## rebuild the extension in place (release profile) after Rust ch
 
 inplace:  ## fast dev loop: build the extension and drop it into pyproxy/ (use with PYTHONPATH=.)
 	cargo build -q -p pyproxy-native --release
-	cp target/release/lib_native.so pyproxy/_native.abi3.so
+	cp target/release/lib_native.so pyproxy/.native.tmp && mv pyproxy/.native.tmp pyproxy/_native.abi3.so  # atomic: running tests keep the old inode
 
 run: $(STAMP)  ## build, start the demo upstream on :8080 and the proxy on configs/default.yaml (:10000, admin :9901)
 	@$(VPY) -m pyproxy.demo --port 8080 & demo=$$!; \

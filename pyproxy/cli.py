@@ -177,7 +177,10 @@ def _serve(options: argparse.Namespace) -> int:
             pass
         proxy.drain_listeners()
         log.info("waiting up to %gs for connections to finish", proxy.drain_time_s)
-        proxy.stop()
+        # Wait here, in Python, rather than inside the blocking native shutdown: the main thread
+        # keeps returning to the interpreter, so a second signal is handled at once.
+        proxy.wait_for_connections(proxy.drain_time_s)
+        proxy.stop(0.0)
         log.info("exiting")
         return 0
     finally:

@@ -206,6 +206,20 @@ class Proxy:
         """Blocks until `request_shutdown()`; returns False if `timeout` passed first."""
         return self._shutdown.wait(timeout)
 
+    def wait_for_connections(self, timeout_s: float) -> bool:
+        """Waits up to `timeout_s` for every downstream connection to close (after a drain).
+        Returns whether they all closed. Polls in short steps so signal handlers keep running."""
+        if self.engine is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        step = threading.Event()
+        while self.engine.active_connections() > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            step.wait(min(0.05, remaining))
+        return True
+
     def stop(self, timeout_s: float | None = None) -> None:
         """Stops the admin server, then drains and shuts the engine down, waiting up to
         `timeout_s` (default: drain_time_s) for connections to finish. Idempotent."""

@@ -185,7 +185,10 @@ impl Engine {
             if let Some(b) = run
                 .bound
                 .iter()
-                .find(|b| b.name == l.name && b.requested == l.addr)
+                // Same name and the same address (as configured, or as bound when the config
+                // asked for port 0 and now names the port it got): keep the sockets. Closing a
+                // SO_REUSEPORT socket resets the connections still in its accept queue.
+                .find(|b| b.name == l.name && (b.requested == l.addr || b.bound == l.addr))
             {
                 new_bound.push(Bound {
                     name: b.name.clone(),

@@ -143,6 +143,9 @@ class Upstream:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
+        except asyncio.CancelledError:
+            # stop() cancels handlers still waiting (/hang): ending quietly is the point.
+            return
         finally:
             with self._lock:
                 self.open_connections -= 1
