@@ -99,7 +99,8 @@ fn bind_listener(
     Ok((at, out))
 }
 
-/// Envoy's listener stat name part: `0.0.0.0_10000`, `[__]_10000` for `[::]:10000`.
+/// Envoy's listener stat name part, from the *configured* address as Envoy names it:
+/// `0.0.0.0_10000`, `127.0.0.1_0` for a port-0 listener, `[__]_10000` for `[::]:10000`.
 fn stat_address(a: SocketAddr) -> String {
     match a {
         SocketAddr::V4(v) => format!("{}_{}", v.ip(), v.port()),
@@ -140,7 +141,7 @@ impl Engine {
         for l in &compiled.listeners {
             let (at, socks) = bind_listener(&l.name, l.addr, self.concurrency)?;
             for (w, s) in socks.into_iter().enumerate() {
-                per_worker[w].push((l.name.clone(), s, stat_address(at)));
+                per_worker[w].push((l.name.clone(), s, stat_address(l.addr)));
             }
             bound.push(Bound {
                 name: l.name.clone(),
@@ -205,7 +206,7 @@ impl Engine {
             }
             let (at, socks) = bind_listener(&l.name, l.addr, run.workers.len())?;
             for (w, s) in socks.into_iter().enumerate() {
-                add[w].push((l.name.clone(), s, stat_address(at)));
+                add[w].push((l.name.clone(), s, stat_address(l.addr)));
             }
             new_bound.push(Bound {
                 name: l.name.clone(),

@@ -117,11 +117,23 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .map(|t| t.trim_ascii().to_ascii_lowercase())
         .filter(|t| !t.is_empty() && t.as_slice() != b"close" && t.as_slice() != b"keep-alive")
         .collect();
-    h.remove_if(|n, v| {
-        HOP_BY_HOP.contains(&n)
-            || (n == b"te" && !v.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-            || named.iter().any(|t| t.as_slice() == n)
-    });
+    let te_trailers = h
+        .get_all(b"te")
+        .flat_map(|v| v.split(|b| *b == b','))
+        .any(|t| {
+            t.split(|b| *b == b';')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"trailers")
+        });
+    h.remove_if(|n, _| HOP_BY_HOP.contains(&n) || named.iter().any(|t| t.as_slice() == n));
+    // `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
+    if te_trailers {
+        h.set(b"te", b"trailers");
+    } else {
+        h.remove(b"te");
+    }
 }
 
 /// Whether the connection persists after this message, from its version and `connection`.

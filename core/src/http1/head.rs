@@ -103,6 +103,24 @@ impl HeaderMap {
         self.entries.is_empty()
     }
 
+    /// Writes `host` first (Envoy's codec writes `:authority` right after the request line),
+    /// then every other header in order.
+    pub fn write_host_first(&self, out: &mut Vec<u8>) {
+        if let Some(h) = self.get(b"host") {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(h);
+            out.extend_from_slice(b"\r\n");
+        }
+        for (n, v) in self.iter() {
+            if n != b"host" {
+                out.extend_from_slice(n);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
     /// Writes every header as `name: value\r\n`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         for (n, v) in self.iter() {
@@ -126,6 +144,8 @@ pub struct RequestHead {
     pub headers: HeaderMap,
     /// Size of the head on the wire, for `max_request_headers_kb`-style accounting.
     pub wire_len: usize,
+    /// The origin-form target when the request line carried an absolute URI.
+    target_override: Option<Box<[u8]>>,
 }
 
 impl RequestHead {
@@ -134,9 +154,42 @@ impl RequestHead {
         &self.raw[self.method.0 as usize..self.method.1 as usize]
     }
 
-    /// The request target (path and query, or an absolute URI), as sent.
+    /// The request target: path and query as sent, or the path and query of an absolute URI
+    /// once [`RequestHead::normalize_absolute_form`] has run.
     pub fn target(&self) -> &[u8] {
-        &self.raw[self.target.0 as usize..self.target.1 as usize]
+        match &self.target_override {
+            Some(t) => t,
+            None => &self.raw[self.target.0 as usize..self.target.1 as usize],
+        }
+    }
+
+    /// Turns an absolute-form target (`http://host/path?q`) into origin form, making the URI's
+    /// authority the `host` header, as Envoy does. Returns false for a malformed URI.
+    pub fn normalize_absolute_form(&mut self) -> bool {
+        let t = &self.raw[self.target.0 as usize..self.target.1 as usize];
+        let rest = if t.len() > 7 && t[..7].eq_ignore_ascii_case(b"http://") {
+            &t[7..]
+        } else if t.len() > 8 && t[..8].eq_ignore_ascii_case(b"https://") {
+            &t[8..]
+        } else {
+            return true;
+        };
+        let end = rest
+            .iter()
+            .position(|b| matches!(b, b'/' | b'?'))
+            .unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        if authority.is_empty() {
+            return false;
+        }
+        let path: Box<[u8]> = match path.first() {
+            Some(b'/') => path.into(),
+            _ => [b"/", path].concat().into(),
+        };
+        let authority = authority.to_vec();
+        self.headers.set(b"host", &authority);
+        self.target_override = Some(path);
+        true
     }
 }
 
@@ -230,6 +283,7 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
         headers: build_map(raw.clone(), spans),
         raw,
         wire_len: n,
+        target_override: None,
     }))
 }
 

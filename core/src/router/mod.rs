@@ -72,16 +72,17 @@ impl Mutations {
     }
 }
 
+/// Removals first, then additions. An overwrite removes every existing line of the header and
+/// appends the new one at the end, as Envoy's header parser does (not an in-place edit).
 fn apply(h: &mut HeaderMap, remove: &[Vec<u8>], add: &[(Vec<u8>, Vec<u8>, bool)]) {
     for n in remove {
         h.remove(n);
     }
     for (n, v, append) in add {
-        if *append {
-            h.append(n, v);
-        } else {
-            h.set(n, v);
+        if !*append {
+            h.remove(n);
         }
+        h.append(n, v);
     }
 }
 

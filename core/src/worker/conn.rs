@@ -47,6 +47,8 @@ struct Down {
     peer: SocketAddr,
     /// HCM `request_timeout`: when the current request must have been fully received.
     request_deadline: Option<tokio::time::Instant>,
+    /// Whether the current request is a HEAD (local replies then carry no body).
+    head_request: bool,
 }
 
 /// Counts a downstream connection open for as long as it lives.
@@ -119,6 +121,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
         rbuf: BytesMut::new(),
         peer,
         request_deadline: None,
+        head_request: false,
     };
     loop {
         let snap = ctx.current();
@@ -152,6 +155,26 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
 enum ReadErr {
     Closed,
     Timeout,
+}
+
+/// Whether a head that failed to parse names an HTTP version other than 1.0 and 1.1
+/// (`GET / HTTP/9.9`): Envoy answers those 426, not 400.
+fn unsupported_version(buf: &[u8]) -> bool {
+    let line_end = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    let Some(sp) = memchr::memrchr(b' ', line) else {
+        return false;
+    };
+    let v = &line[sp + 1..];
+    v.len() == 8
+        && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit()
+        && v[6] == b'.'
+        && v[7].is_ascii_digit()
+        && v != b"HTTP/1.1"
+        && v != b"HTTP/1.0"
 }
 
 /// Reads at most `max` more bytes into `buf`, waiting at most `idle_ms` (0: no limit).
@@ -192,31 +215,49 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
                 l.http.downstream_cx_protocol_error.inc();
                 l.http.downstream_rq_total.inc();
                 let (status, body): (u16, &[u8]) = match e {
+                    HeadError::Malformed if unsupported_version(&d.rbuf) => {
+                        (426, b"Upgrade Required")
+                    }
                     HeadError::Malformed => (400, b"Bad Request"),
                     HeadError::TooLarge => (431, b"Request Header Fields Too Large"),
                 };
                 l.http.count_response(status);
-                let out = local_reply(ctx, l, status, body, true, None);
+                let out = local_reply(ctx, l, status, body, true, None, false);
                 let _ = d.stream.write_all(&out).await;
                 return Next::Close;
             }
         }
-        let wait = match header_deadline {
-            Some(dl) => dl
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .max(1) as u64,
-            None => hcm.stream_idle_timeout_ms,
+        let idle = hcm.stream_idle_timeout_ms;
+        // Which timer ends this wait decides the reply: request_headers_timeout or stream idle.
+        let (wait, header_timer) = match header_deadline {
+            Some(dl) => {
+                let left = dl
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .max(1) as u64;
+                if idle > 0 && idle < left {
+                    (idle, false)
+                } else {
+                    (left, true)
+                }
+            }
+            None => (idle, false),
         };
         match read_more(&mut d.stream, &mut d.rbuf, wait, READ_CHUNK).await {
             Ok(_) => {}
             Err(ReadErr::Closed) => return Next::Close,
             Err(ReadErr::Timeout) => {
-                if header_deadline.is_some() {
+                let body: &[u8] = if header_timer {
                     l.http.downstream_rq_header_timeout.inc();
+                    b"request header timeout"
                 } else {
                     l.http.downstream_rq_idle_timeout.inc();
-                }
+                    b"stream timeout"
+                };
+                l.http.downstream_rq_total.inc();
+                l.http.count_response(408);
+                let out = local_reply(ctx, l, 408, body, true, None, false);
+                let _ = d.stream.write_all(&out).await;
                 return Next::Close;
             }
         }
@@ -247,6 +288,7 @@ fn local_reply(
     body: &[u8],
     close: bool,
     extra: Option<&HeaderMap>,
+    head_request: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     write_status_line(&mut out, status);
@@ -259,7 +301,12 @@ fn local_reply(
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
-        out.extend_from_slice(b"content-length: 0\r\n\r\n");
+        // Envoy 1.40 quirk, kept for parity: a bodiless local reply to HEAD says chunked.
+        out.extend_from_slice(if head_request {
+            &b"transfer-encoding: chunked\r\n\r\n"[..]
+        } else {
+            b"content-length: 0\r\n\r\n"
+        });
         return out;
     }
     write_framing(&mut out, Framing::Length(body.len() as u64));
@@ -272,7 +319,9 @@ fn local_reply(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    if !head_request {
+        out.extend_from_slice(body);
+    }
     out
 }
 
@@ -294,7 +343,7 @@ async fn reply(
     keep: bool,
     extra: Option<&HeaderMap>,
 ) -> (u16, Next) {
-    let out = local_reply(ctx, l, status, body, !keep, extra);
+    let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
     if d.stream.write_all(&out).await.is_err() {
         return (status, Next::Close);
     }
@@ -348,7 +397,11 @@ async fn handle(
             return reply(ctx, l, d, 501, b"Not Implemented", false, None).await;
         }
     };
+    d.head_request = head.method() == b"HEAD";
     // Envoy's codec-level refusals, all answered with `connection: close`.
+    if !head.normalize_absolute_form() {
+        return reply(ctx, l, d, 400, b"Bad Request", false, None).await;
+    }
     if head.minor == 0 {
         return reply(ctx, l, d, 426, b"Upgrade Required", false, None).await;
     }
@@ -376,15 +429,11 @@ async fn handle(
             l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
             response_mutations(&mut h);
-            let body = if head.method() == b"HEAD" {
-                &b""[..]
-            } else {
-                &body[..]
-            };
             reply(ctx, l, d, *status, body, keep && !body_pending, Some(&h)).await
         }
         Action::Redirect(r) => {
-            l.http.rq_redirect.inc();
+            // Envoy's router counts a redirect as a direct response.
+            l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
             h.append(b"location", &redirect_location(r, &host, head.target()));
             response_mutations(&mut h);
@@ -402,12 +451,8 @@ async fn handle(
         Action::Forward(fwd) => {
             let (ci, _, wc_mut) = fwd.pick();
             let cluster = snap.clusters[*ci].clone();
-            // Request edits, most specific first (weighted cluster, route, virtual host, route
-            // config), as Envoy applies them.
-            wc_mut.apply_request(&mut head.headers);
-            route.mutations.apply_request(&mut head.headers);
-            vh.mutations.apply_request(&mut head.headers);
-            table.mutations.apply_request(&mut head.headers);
+            // Header edits, most specific first (weighted cluster, route, virtual host, route
+            // config), as Envoy applies them; `forward` applies them after Envoy's own headers.
             let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
             forward(
                 ctx,
@@ -548,20 +593,15 @@ fn local_address(v4: bool) -> Option<IpAddr> {
 
 /// Adds and rewrites the proxy's own request headers as Envoy's connection manager and router
 /// do (docs/envoy-behaviour.md, sections 1 and 2): order and in-place edits included.
-fn mutate_request(
-    l: &ListenerRt,
-    d: &Down,
-    h: &mut HeaderMap,
-    fwd: &Forward,
-    cluster: &ClusterRt,
-    host: &HostRt,
-) {
+fn mutate_request(l: &ListenerRt, d: &Down, h: &mut HeaderMap, fwd: &Forward) {
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
     strip_hop_by_hop(h);
     h.remove_if(|n, _| {
-        n.starts_with(b"x-envoy-")
-            && (ENVOY_CONTROL_HEADERS.contains(&n) || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
+        // The router sets its own expected-timeout header, appended last.
+        n == b"x-envoy-expected-rq-timeout-ms"
+            || n.starts_with(b"x-envoy-")
+                && (ENVOY_CONTROL_HEADERS.contains(&n) || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
     });
     if edge {
         let peer = d.peer.ip();
@@ -614,38 +654,25 @@ fn mutate_request(
             h.append(b"x-request-id", &uuid4());
         }
     }
-    if let Some(hr) = &fwd.host_rewrite {
-        h.set(b"host", hr);
-    } else if fwd.auto_host_rewrite
-        && cluster.cfg.discovery == crate::snapshot::Discovery::StrictDns
-    {
-        if let Some(e) = cluster
-            .cfg
-            .cfg
-            .endpoints
-            .iter()
-            .find(|e| e.port == host.addr.port())
-        {
-            h.set(b"host", e.address.as_bytes());
-        }
-    }
     if !hcm.suppress_envoy_headers && fwd.timeout_ms > 0 {
-        h.set(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header);
+        h.append(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header);
     }
 }
 
+/// The target after `prefix_rewrite`, or `None` when the route does not rewrite it.
 fn rewrite_target(
     fwd: &Forward,
     route_prefix_len: Option<usize>,
     target: &[u8],
-    out: &mut Vec<u8>,
-) {
+) -> Option<Vec<u8>> {
     match (&fwd.prefix_rewrite, route_prefix_len) {
         (Some(p), Some(n)) if target.len() >= n => {
+            let mut out = Vec::with_capacity(p.len() + target.len() - n);
             out.extend_from_slice(p);
             out.extend_from_slice(&target[n..]);
+            Some(out)
         }
-        _ => out.extend_from_slice(target),
+        _ => None,
     }
 }
 
@@ -715,7 +742,40 @@ async fn forward(
             return (0, Next::Close);
         }
     }
-    mutate_request(l, d, &mut head.headers, fwd, cluster, &host);
+    mutate_request(l, d, &mut head.headers, fwd);
+    for m in chain {
+        m.apply_request(&mut head.headers);
+    }
+    // Rewrites come last and record what they replaced (Envoy's router, unless
+    // suppress_envoy_headers): x-envoy-original-host, then x-envoy-original-path.
+    let keep_original = !l.c.cfg.hcm.suppress_envoy_headers;
+    let new_host = match &fwd.host_rewrite {
+        Some(h) => Some(h.clone()),
+        None if fwd.auto_host_rewrite
+            && cluster.cfg.discovery == crate::snapshot::Discovery::StrictDns =>
+        {
+            cluster
+                .cfg
+                .cfg
+                .endpoints
+                .iter()
+                .find(|e| e.port == host.addr.port())
+                .map(|e| e.address.clone().into_bytes())
+        }
+        None => None,
+    };
+    if let Some(nh) = new_host {
+        let orig = head.headers.get(b"host").map(<[u8]>::to_vec);
+        head.headers.set(b"host", &nh);
+        if let (true, Some(o)) = (keep_original, orig) {
+            head.headers.append(b"x-envoy-original-host", &o);
+        }
+    }
+    let new_target = rewrite_target(fwd, prefix_len, head.target());
+    if new_target.is_some() && keep_original {
+        let orig = head.target().to_vec();
+        head.headers.append(b"x-envoy-original-path", &orig);
+    }
     if let Framing::Length(n) = framing {
         if head.headers.get_all(b"content-length").count() != 1 {
             head.headers
@@ -727,9 +787,9 @@ async fn forward(
     let mut out = Vec::with_capacity(head.wire_len + 256);
     out.extend_from_slice(head.method());
     out.push(b' ');
-    rewrite_target(fwd, prefix_len, head.target(), &mut out);
+    out.extend_from_slice(new_target.as_deref().unwrap_or(head.target()));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    head.headers.write_to(&mut out);
+    head.headers.write_host_first(&mut out);
     if framing == Framing::Chunked {
         write_framing(&mut out, Framing::Chunked);
     }
@@ -963,6 +1023,10 @@ async fn exchange(
     let resp_started = Cell::new(false);
     let req_complete = Cell::new(false);
     let urbuf_empty = Cell::new(true);
+    // Envoy's stream_idle_timeout is one timer per stream, reset by progress in either
+    // direction; the reads below do not time out on their own.
+    let activity = Cell::new(tokio::time::Instant::now());
+    let touch = || activity.set(tokio::time::Instant::now());
     let (mut dr, mut dw) = d.stream.split();
     let (mut ur, mut uw) = up.stream.split();
     let drbuf = &mut d.rbuf;
@@ -978,13 +1042,14 @@ async fn exchange(
             if !out.is_empty() {
                 uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
                 out.clear();
+                touch();
             }
             if done {
                 req_complete.set(true);
                 return Ok::<(), ReqErr>(());
             }
-            match read_more(&mut dr, drbuf, idle_ms, down_chunk).await {
-                Ok(_) => {}
+            match read_more(&mut dr, drbuf, 0, down_chunk).await {
+                Ok(_) => touch(),
                 Err(ReadErr::Closed) => return Err(ReqErr::Downstream),
                 Err(ReadErr::Timeout) => return Err(ReqErr::Timeout),
             }
@@ -1001,8 +1066,11 @@ async fn exchange(
                 Ok(None) => {}
                 Err(_) => return Err(RespErr::Protocol),
             }
-            match read_more(&mut ur, urbuf, idle_ms, up_chunk).await {
-                Ok(_) => urbuf_empty.set(false),
+            match read_more(&mut ur, urbuf, 0, up_chunk).await {
+                Ok(_) => {
+                    urbuf_empty.set(false);
+                    touch();
+                }
                 Err(_) => return Err(RespErr::BeforeHeaders),
             }
         };
@@ -1051,12 +1119,13 @@ async fn exchange(
             if !out.is_empty() {
                 dw.write_all(&out).await.map_err(|_| RespErr::Downstream)?;
                 out.clear();
+                touch();
             }
             if done {
                 break;
             }
-            match read_more(&mut ur, urbuf, idle_ms, up_chunk).await {
-                Ok(_) => {}
+            match read_more(&mut ur, urbuf, 0, up_chunk).await {
+                Ok(_) => touch(),
                 Err(ReadErr::Closed) if dec.is_close_delimited() => {
                     let _ = dec.on_eof();
                     if chunked_out {
@@ -1092,6 +1161,13 @@ async fn exchange(
                 }
                 if timeout_ms > 0 {
                     deadline = Some(tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+                }
+            }
+            _ = tokio::time::sleep_until(activity.get() + Duration::from_millis(idle_ms)), if idle_ms > 0 => {
+                // Re-armed each turn of the loop; fires only after a full idle period.
+                if tokio::time::Instant::now() >= activity.get() + Duration::from_millis(idle_ms) {
+                    l.http.downstream_rq_idle_timeout.inc();
+                    break Err(Stop::StreamIdle);
                 }
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
@@ -1132,14 +1208,19 @@ async fn exchange(
             Outcome::Local { status: 504, body: b"upstream request timeout", keep: down_keep_ok }
         }
         Err(Stop::RequestTimeout) if !started => Outcome::Local { status: 408, body: b"request timeout", keep: false },
-        Err(Stop::StreamIdle) if !started => Outcome::Local { status: 408, body: b"stream timeout", keep: false },
+        // Idle while the client still owed request bytes: 408; while waiting on the upstream: 504.
+        Err(Stop::StreamIdle) if !started && !complete => {
+            Outcome::Local { status: 408, body: b"stream timeout", keep: false }
+        }
+        Err(Stop::StreamIdle) if !started => Outcome::Local { status: 504, body: b"stream timeout", keep: down_keep_ok },
         Err(_) => Outcome::Abort { status: 0 },
     }
 }
 
-/// Response headers the proxy sets, in Envoy's order: the configured response edits, an
-/// existing `server` replaced in place (per `server_header_transformation`), then appended
-/// `x-envoy-upstream-service-time`, `date` if absent and `server` if absent.
+/// Response headers the proxy sets, in Envoy's order: an upstream `server` replaced in place,
+/// `x-envoy-upstream-service-time` appended, the configured response edits, then `date` if
+/// absent and `server` per `server_header_transformation` (a configured `server` is
+/// overwritten too).
 fn apply_response_extras(
     ctx: &Ctx,
     l: &ListenerRt,
@@ -1148,11 +1229,8 @@ fn apply_response_extras(
     chain: &[&Mutations; 4],
 ) {
     let hcm = &l.c.cfg.hcm;
-    for m in chain {
-        m.apply_response(h);
-    }
-    let overwrite = hcm.server_header_transformation == "OVERWRITE";
-    if overwrite && h.contains(b"server") {
+    let transformation = hcm.server_header_transformation.as_str();
+    if transformation == "OVERWRITE" && h.contains(b"server") {
         h.set(b"server", &l.c.server_name);
     }
     if !hcm.suppress_envoy_headers {
@@ -1161,10 +1239,15 @@ fn apply_response_extras(
             itoa::Buffer::new().format(service_ms).as_bytes(),
         );
     }
+    for m in chain {
+        m.apply_response(h);
+    }
     if !h.contains(b"date") {
         h.append(b"date", &ctx.date());
     }
-    if hcm.server_header_transformation != "PASS_THROUGH" && !h.contains(b"server") {
-        h.append(b"server", &l.c.server_name);
+    match transformation {
+        "PASS_THROUGH" => {}
+        "APPEND_IF_ABSENT" if h.contains(b"server") => {}
+        _ => h.set(b"server", &l.c.server_name),
     }
 }

@@ -1,0 +1,433 @@
+"""Request headers as the upstream receives them and response headers as the client receives
+them: order, case, the headers Envoy appends, hop-by-hop removal, XFF / request-id modes,
+x-envoy-* stripping, configured header mutations and the server header.
+
+Expected values: docs/envoy-behaviour.md (§N noted per case) or, where the survey has nothing,
+the `envoy` 1.40 binary (PYPROXY_DATAPLANE_TARGET=envoy)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from tests.dataplane.conftest import UUID4, RawConn, get, shape, shape_request
+from tests.support.configs import bootstrap, cluster, route
+
+H = list[tuple[str, str]]
+TAIL: H = [("x-forwarded-proto", "http"), ("x-request-id", "<uuid>"), ("x-envoy-expected-rq-timeout-ms", "15000")]
+
+
+def upstream_headers(make_proxy: Any, upstream: Any, raw: bytes, hcm: dict[str, Any] | None = None,
+                     **boot: Any) -> H:
+    """Sends one raw request through a proxy with a catch-all route; returns what the upstream got."""
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm=hcm, **boot))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(raw, head=raw.startswith(b"HEAD"))
+        assert r.status == 200, r.raw
+    (rec,) = upstream.requests
+    return rec.headers
+
+
+# --- the plain request ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (  # survey §1a
+            b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: test/1.0\r\nAccept: */*\r\n\r\n",
+            [("host", "example.com"), ("user-agent", "test/1.0"), ("accept", "*/*"), *TAIL],
+        ),
+        (  # §1c: names lower-cased, values and duplicates kept in order
+            b"GET / HTTP/1.1\r\nHOST: example.com\r\nX-Mixed-CASE: Value\r\nx-dup: 1\r\nX-Dup: 2\r\n\r\n",
+            [("host", "example.com"), ("x-mixed-case", "Value"), ("x-dup", "1"), ("x-dup", "2"), *TAIL],
+        ),
+        (  # envoy binary: host is always sent first (it is :authority inside Envoy), even when the
+            # client sent it later; the survey only had Host first, so it could not show this
+            b"GET / HTTP/1.1\r\nAccept: */*\r\nHost: example.com\r\n\r\n",
+            [("host", "example.com"), ("accept", "*/*"), *TAIL],
+        ),
+        (  # §4n absolute-form: host taken from the URI
+            b"GET http://abs.example/abs?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            [("host", "abs.example"), *TAIL],
+        ),
+        (  # §6i4 underscore in a name is forwarded
+            b"GET /us HTTP/1.1\r\nHost: example.com\r\nx_under: z\r\n\r\n",
+            [("host", "example.com"), ("x_under", "z"), *TAIL],
+        ),
+    ],
+)
+def test_upstream_request_header_list_exact(make_proxy: Any, upstream: Any, raw: bytes, expected: H) -> None:
+    got = upstream_headers(make_proxy, upstream, raw)
+    assert shape_request(got) == expected
+    rid = dict(got)["x-request-id"]
+    assert UUID4.match(rid), f"x-request-id {rid!r} is not a lower-case UUIDv4"
+
+
+def test_request_line_forwarded_unchanged(make_proxy: Any, upstream: Any) -> None:
+    upstream_headers(make_proxy, upstream, b"GET /a/b%20c?q=1&r=%2F HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    (rec,) = upstream.requests
+    assert (rec.method, rec.target, rec.version) == ("GET", "/a/b%20c?q=1&r=%2F", "HTTP/1.1")
+
+
+def test_x_request_id_is_unique_per_request(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        for _ in range(20):
+            assert c.request(get("/")).status == 200
+    ids = [r.header("x-request-id") for r in upstream.requests]
+    assert len(set(ids)) == 20 and all(UUID4.match(i or "") for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # §4m: a POST with neither length nor TE gets content-length: 0 appended at the very end
+        (b"POST /b HTTP/1.1\r\nHost: example.com\r\n\r\n", [("host", "example.com"), *TAIL, ("content-length", "0")]),
+        # §4o: an explicit Content-Length: 0 stays in place
+        (b"POST /b HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n",
+         [("host", "example.com"), ("content-length", "0"), *TAIL]),
+        # §1a: a GET gets no content-length
+        (b"GET /b HTTP/1.1\r\nHost: example.com\r\n\r\n", [("host", "example.com"), *TAIL]),
+        # envoy binary: PUT without a body is treated like POST
+        (b"PUT /b HTTP/1.1\r\nHost: example.com\r\n\r\n", [("host", "example.com"), *TAIL, ("content-length", "0")]),
+        # §4a: a content-length body keeps its header in place
+        (b"POST /b HTTP/1.1\r\nHost: example.com\r\nContent-Length: 11\r\n\r\nhello world",
+         [("host", "example.com"), ("content-length", "11"), *TAIL]),
+        # §4b: transfer-encoding: chunked is moved to the end
+        (b"POST /b HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+         [("host", "example.com"), *TAIL, ("transfer-encoding", "chunked")]),
+    ],
+)
+def test_request_body_length_headers(make_proxy: Any, upstream: Any, raw: bytes, expected: H) -> None:
+    assert shape_request(upstream_headers(make_proxy, upstream, raw)) == expected
+
+
+# --- hop-by-hop -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (  # §3a
+            "Connection: keep-alive, x-foo\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n"
+            "TE: trailers\r\nx-foo: bar\r\nx-bar: baz\r\n",
+            [("host", "example.com"), ("te", "trailers"), ("x-bar", "baz"), *TAIL],
+        ),
+        ("Upgrade: foo\r\n", [("host", "example.com"), *TAIL]),  # §3c: no Connection: upgrade
+        ("TE: gzip, trailers\r\n", [("host", "example.com"), ("te", "trailers"), *TAIL]),  # §3e
+        ("TE: gzip\r\n", [("host", "example.com"), *TAIL]),  # §3f
+        ("Connection: x-a, X-B\r\nx-a: 1\r\nx-b: 2\r\nx-c: 3\r\n", [("host", "example.com"), ("x-c", "3"), *TAIL]),
+    ],
+)
+def test_hop_by_hop_headers_removed(make_proxy: Any, upstream: Any, extra: str, expected: H) -> None:
+    assert shape_request(upstream_headers(make_proxy, upstream, get("/h", extra=extra))) == expected
+
+
+def test_connection_close_and_named_header_not_forwarded(make_proxy: Any, upstream: Any) -> None:
+    # §3h: Connection: close, x-foo -> neither forwarded; the response says connection: close
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/h", extra="Connection: close, x-foo\r\nx-foo: bar\r\n"))
+        assert r.header("connection") == "close"
+        assert c.closed_within(2.0)
+    assert shape_request(upstream.requests[0].headers) == [("host", "example.com"), *TAIL]
+
+
+# --- XFF, XFP, x-request-id, x-envoy-external-address per mode ----------------------------------
+
+URA = {"use_remote_address": True}
+HOPS = {"use_remote_address": True, "xff_num_trusted_hops": 1}
+SKIP = {"use_remote_address": True, "skip_xff_append": True}
+SKIPNOURA = {"skip_xff_append": True}
+
+FULL = (
+    "x-forwarded-for: 1.2.3.4, 5.6.7.8\r\nx-request-id: my-id-123\r\nx-envoy-retry-on: 5xx\r\n"
+    "x-envoy-upstream-rq-timeout-ms: 2500\r\nx-envoy-internal: true\r\nx-envoy-external-address: 9.9.9.9\r\n"
+    "x-envoy-foo: bar\r\nx-forwarded-proto: https\r\n"
+)
+XFF1 = "x-forwarded-for: 1.2.3.4\r\n"
+EXP = ("x-envoy-expected-rq-timeout-ms", "15000")
+XFP = ("x-forwarded-proto", "http")
+RID = ("x-request-id", "<uuid>")
+EXT = ("x-envoy-external-address", "127.0.0.1")
+
+# The survey's table (§2) rows for the 127.0.0.1 client. "<self>" stands for Envoy's loopback
+# quirk: with use_remote_address a loopback peer is appended to XFF as the machine's own
+# non-loopback address (checked separately below), while x-envoy-external-address says 127.0.0.1.
+XFF_MATRIX = [
+    ("default", {}, "", [XFP, RID, EXP]),
+    ("default", {}, XFF1, [("x-forwarded-for", "1.2.3.4"), XFP, RID, EXP]),
+    ("default", {}, FULL, [("x-forwarded-for", "1.2.3.4, 5.6.7.8"), ("x-request-id", "my-id-123"),
+                           ("x-envoy-external-address", "9.9.9.9"), ("x-envoy-foo", "bar"),
+                           ("x-forwarded-proto", "https"), EXP]),
+    ("ura", URA, "", [("x-forwarded-for", "<self>"), XFP, EXT, RID, EXP]),
+    ("ura", URA, XFF1, [("x-forwarded-for", "1.2.3.4,<self>"), XFP, EXT, RID, EXP]),
+    ("ura", URA, FULL, [("x-forwarded-for", "1.2.3.4, 5.6.7.8,<self>"), RID, EXT, ("x-envoy-foo", "bar"), XFP, EXP]),
+    ("hops", HOPS, "", [("x-forwarded-for", "<self>"), XFP, EXT, RID, EXP]),
+    ("hops", HOPS, XFF1, [("x-forwarded-for", "1.2.3.4,<self>"), XFP, ("x-envoy-external-address", "1.2.3.4"),
+                          RID, EXP]),
+    ("hops", HOPS, FULL, [("x-forwarded-for", "1.2.3.4, 5.6.7.8,<self>"), RID,
+                          ("x-envoy-external-address", "5.6.7.8"), ("x-envoy-foo", "bar"),
+                          ("x-forwarded-proto", "https"), EXP]),
+    ("skip", SKIP, "", [XFP, EXT, RID, EXP]),
+    ("skip", SKIP, XFF1, [("x-forwarded-for", "1.2.3.4"), XFP, EXT, RID, EXP]),
+    ("skip", SKIP, FULL, [("x-forwarded-for", "1.2.3.4, 5.6.7.8"), RID, EXT, ("x-envoy-foo", "bar"), XFP, EXP]),
+    ("skipnoura", SKIPNOURA, "", [XFP, RID, EXP]),
+    ("skipnoura", SKIPNOURA, XFF1, [("x-forwarded-for", "1.2.3.4"), XFP, RID, EXP]),
+    ("skipnoura", SKIPNOURA, FULL, [("x-forwarded-for", "1.2.3.4, 5.6.7.8"), ("x-request-id", "my-id-123"),
+                                    ("x-envoy-external-address", "9.9.9.9"), ("x-envoy-foo", "bar"),
+                                    ("x-forwarded-proto", "https"), EXP]),
+    # not in the survey; from the envoy binary:
+    # generate_request_id: false -> no x-request-id added, a client one kept
+    ("norid", {"generate_request_id": False}, "", [XFP, EXP]),
+    ("norid", {"generate_request_id": False}, "x-request-id: mine\r\n", [("x-request-id", "mine"), XFP, EXP]),
+    ("ura-norid", {**URA, "generate_request_id": False}, "x-request-id: mine\r\n",
+     [("x-request-id", "mine"), ("x-forwarded-for", "<self>"), XFP, EXT, EXP]),
+    # preserve_external_request_id: an edge request keeps the client's id (only generated if absent)
+    ("ura-preserve", {**URA, "preserve_external_request_id": True}, "x-request-id: mine\r\n",
+     [("x-request-id", "mine"), ("x-forwarded-for", "<self>"), XFP, EXT, EXP]),
+    ("ura-preserve", {**URA, "preserve_external_request_id": True}, "",
+     [("x-forwarded-for", "<self>"), XFP, EXT, RID, EXP]),
+]
+
+
+def self_address(headers: H) -> H:
+    """Replaces the XFF entry Envoy appends for a loopback peer with <self>, after checking it
+    is an IP address that is not loopback."""
+    out = []
+    for k, v in headers:
+        if k == "x-forwarded-for":
+            entries = v.split(",")
+            last = entries[-1]
+            if last.strip() not in ("1.2.3.4", "5.6.7.8"):
+                ip = ipaddress.ip_address(last)
+                assert not ip.is_loopback, f"XFF entry for a loopback client is {last!r}; Envoy appends " \
+                                           "this host's non-loopback address"
+                v = ",".join([*entries[:-1], "<self>"])
+        out.append((k, v))
+    return out
+
+
+@pytest.mark.parametrize(("mode", "hcm", "extra", "expected"), XFF_MATRIX,
+                         ids=[f"{m}-{i}" for i, (m, *_r) in enumerate(XFF_MATRIX)])
+def test_xff_xfp_request_id_by_mode(
+    make_proxy: Any, upstream: Any, mode: str, hcm: dict[str, Any], extra: str, expected: H
+) -> None:
+    got = upstream_headers(make_proxy, upstream, get("/x", extra=extra), hcm=hcm)
+    assert self_address(shape_request(got)) == [("host", "example.com"), *expected]
+
+
+ALL_ENVOY = (
+    "x-envoy-retry-on: 5xx\r\nx-envoy-retry-grpc-on: cancelled\r\nx-envoy-max-retries: 3\r\n"
+    "x-envoy-retriable-status-codes: 500\r\nx-envoy-retriable-header-names: x-a\r\n"
+    "x-envoy-upstream-rq-timeout-ms: 2500\r\nx-envoy-upstream-rq-per-try-timeout-ms: 100\r\n"
+    "x-envoy-hedge-on-per-try-timeout: true\r\nx-envoy-expected-rq-timeout-ms: 777\r\n"
+    "x-envoy-upstream-alt-stat-name: alt\r\nx-envoy-internal: true\r\nx-envoy-external-address: 9.9.9.9\r\n"
+    "x-envoy-downstream-service-cluster: dsc\r\nx-envoy-downstream-service-node: dsn\r\n"
+    "x-envoy-original-path: /orig\r\nx-envoy-decorator-operation: op\r\nx-envoy-force-trace: true\r\n"
+    "x-envoy-ip-tags: tag\r\nx-envoy-attempt-count: 5\r\nx-envoy-is-timeout-retry: true\r\n"
+    "x-envoy-upstream-service-time: 9\r\nx-envoy-foo: bar\r\n"
+)
+KEPT_ALWAYS: H = [("x-envoy-attempt-count", "5"), ("x-envoy-is-timeout-retry", "true"),
+                  ("x-envoy-upstream-service-time", "9"), ("x-envoy-foo", "bar")]
+
+
+@pytest.mark.parametrize(
+    ("hcm", "extra", "expected"),
+    [
+        # survey §2b, default listener, 127.0.0.1
+        ({}, ALL_ENVOY, [("x-envoy-external-address", "9.9.9.9"), ("x-envoy-downstream-service-cluster", "dsc"),
+                         ("x-envoy-downstream-service-node", "dsn"), ("x-envoy-original-path", "/orig"),
+                         ("x-envoy-decorator-operation", "op"), *KEPT_ALWAYS, XFP, RID, EXP]),
+        # §2b ura, 127.0.0.1 (external): the downstream-service / original-path / decorator ones go too
+        (URA, ALL_ENVOY, [EXT, *KEPT_ALWAYS, ("x-forwarded-for", "<self>"), XFP, RID, EXP]),
+        # §2b: a non-internal request's x-envoy-upstream-rq-timeout-ms is dropped and ignored
+        ({}, "x-envoy-upstream-rq-timeout-ms: 2500\r\n", [XFP, RID, EXP]),
+        (URA, "x-envoy-upstream-rq-timeout-ms: 2500\r\n", [("x-forwarded-for", "<self>"), XFP, EXT, RID, EXP]),
+        ({}, "x-envoy-internal: true\r\n", [XFP, RID, EXP]),
+        # §2b ura "x-request-id only": replaced in place
+        (URA, "x-request-id: my-id-123\r\n", [RID, ("x-forwarded-for", "<self>"), XFP, EXT, EXP]),
+        # §2b ura "x-forwarded-proto: https only": overwritten in place
+        (URA, "x-forwarded-proto: https\r\n", [XFP, ("x-forwarded-for", "<self>"), EXT, RID, EXP]),
+    ],
+    ids=["default-all", "ura-all", "default-rq-timeout", "ura-rq-timeout", "default-internal", "ura-rid",
+         "ura-xfp"],
+)
+def test_x_envoy_internal_headers_stripped(
+    make_proxy: Any, upstream: Any, hcm: dict[str, Any], extra: str, expected: H
+) -> None:
+    got = upstream_headers(make_proxy, upstream, get("/x", extra=extra), hcm=hcm)
+    assert self_address(shape_request(got)) == [("host", "example.com"), *expected]
+
+
+# --- configured header mutations ----------------------------------------------------------------
+
+
+def hv(key: str, value: str, action: str | None = None) -> dict[str, Any]:
+    h: dict[str, Any] = {"header": {"key": key, "value": value}}
+    if action:
+        h["append_action"] = action
+    return h
+
+
+APPEND, OVERWRITE = "APPEND_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS_OR_ADD"
+
+
+def mutation_levels(kind: str, level_values: dict[str, Any]) -> dict[str, Any]:
+    """{level: value} -> keyword arguments for a bootstrap with `kind` set at those levels."""
+    rt: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "up"}}
+    vh: dict[str, Any] = {"name": "vh", "domains": ["*"], "routes": [rt]}
+    rc: dict[str, Any] = {}
+    for level, value in level_values.items():
+        {"route": rt, "vhost": vh, "config": rc}[level][kind] = value
+    return {"virtual_hosts": [vh], "route_config_extra": rc}
+
+
+@pytest.mark.parametrize(
+    ("levels", "extra", "expected"),
+    [
+        # append at every level: route, then virtual host, then route configuration (Envoy's
+        # default order, most_specific_header_mutations_wins false), appended after Envoy's own
+        ({"route": [hv("x-add", "route", APPEND)], "vhost": [hv("x-add", "vhost", APPEND)],
+          "config": [hv("x-add", "global", APPEND)]}, "",
+         [*TAIL, ("x-add", "route"), ("x-add", "vhost"), ("x-add", "global")]),
+        # append to a header the client sent keeps the client's line first
+        ({"route": [hv("x-add", "route", APPEND)]}, "x-add: client\r\n",
+         [("x-add", "client"), *TAIL, ("x-add", "route")]),
+        # overwrite at every level: the route configuration's is applied last and wins; envoy
+        # binary: the client's lines are removed and the new one appended at the end
+        ({"route": [hv("x-ow", "route", OVERWRITE)], "vhost": [hv("x-ow", "vhost", OVERWRITE)],
+          "config": [hv("x-ow", "global", OVERWRITE)]}, "x-ow: client\r\nx-a: 1\r\n",
+         [("x-a", "1"), *TAIL, ("x-ow", "global")]),
+        ({"route": [hv("x-ow", "route", OVERWRITE)]}, "x-ow: client\r\nx-a: 1\r\nx-ow: client2\r\n",
+         [("x-a", "1"), *TAIL, ("x-ow", "route")]),
+        # deprecated `append: false` means overwrite
+        ({"route": [{"header": {"key": "x-ow", "value": "route"}, "append": False}]}, "x-ow: client\r\n",
+         [*TAIL, ("x-ow", "route")]),
+        # several headers: in config order, route level before virtual host level
+        ({"route": [hv("x-ow", "route", OVERWRITE), hv("x-new", "n", OVERWRITE)], "vhost": [hv("x-ap", "v", APPEND)]},
+         "", [*TAIL, ("x-ow", "route"), ("x-new", "n"), ("x-ap", "v")]),
+        # no append_action given: append
+        ({"vhost": [hv("x-d", "v")]}, "x-d: client\r\n", [("x-d", "client"), *TAIL, ("x-d", "v")]),
+    ],
+    ids=["append-3-levels", "append-to-client", "overwrite-3-levels", "overwrite-dups", "append-false", "several",
+         "default"],
+)
+def test_request_headers_to_add(
+    make_proxy: Any, upstream: Any, levels: dict[str, Any], extra: str, expected: H
+) -> None:
+    got = upstream_headers(make_proxy, upstream, get("/", extra=extra),
+                           **mutation_levels("request_headers_to_add", levels))
+    assert shape_request(got) == [("host", "example.com"), *expected]
+
+
+@pytest.mark.parametrize("level", ["route", "vhost", "config"])
+def test_request_headers_to_remove(make_proxy: Any, upstream: Any, level: str) -> None:
+    got = upstream_headers(make_proxy, upstream, get("/", extra="x-rm: 1\r\nX-Rm: 2\r\nx-keep: 3\r\n"),
+                           **mutation_levels("request_headers_to_remove", {level: ["x-rm"]}))
+    assert shape_request(got) == [("host", "example.com"), ("x-keep", "3"), *TAIL]
+
+
+# --- response headers -----------------------------------------------------------------------------
+
+UP_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 1\r\n\r\nok"
+UP_SERVER_DATE = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\nServer: upstream\r\n"
+                  b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nConnection: keep-alive\r\n\r\nhello")
+UP_REASON = b"HTTP/1.1 200 Custom Reason\r\nContent-Length: 2\r\n\r\nok"
+UP_MULTI = b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Mixed-Case: v\r\nSet-Cookie: b=2\r\ncontent-length: 2\r\n\r\nok"
+UST = ("x-envoy-upstream-service-time", "<ms>")
+DATE = ("date", "<date>")
+OLD_DATE = ("date", "Mon, 01 Jan 2024 00:00:00 GMT")
+
+
+@pytest.mark.parametrize(
+    ("canned", "hcm", "status_line", "expected"),
+    [
+        # survey §1a: appended x-envoy-upstream-service-time, date, server
+        (UP_OK, {}, "HTTP/1.1 200 OK", [("content-length", "2"), ("x-up", "1"), UST, DATE, ("server", "envoy")]),
+        # §5 basic: server overwritten in place, upstream date kept, connection removed
+        (UP_SERVER_DATE, {}, "HTTP/1.1 200 OK",
+         [("content-length", "5"), ("x-up", "1"), ("server", "envoy"), OLD_DATE, UST]),
+        # §5 reason: the upstream's reason phrase is replaced by the standard one
+        (UP_REASON, {}, "HTTP/1.1 200 OK", [("content-length", "2"), UST, DATE, ("server", "envoy")]),
+        # §5 multi: duplicates kept in order, names lower-cased
+        (UP_MULTI, {}, "HTTP/1.1 200 OK",
+         [("set-cookie", "a=1"), ("x-mixed-case", "v"), ("set-cookie", "b=2"), ("content-length", "2"), UST, DATE,
+          ("server", "envoy")]),
+        # envoy binary: server_name replaces the value; the transformations
+        (UP_OK, {"server_name": "edge/1"}, "HTTP/1.1 200 OK",
+         [("content-length", "2"), ("x-up", "1"), UST, DATE, ("server", "edge/1")]),
+        (UP_SERVER_DATE, {"server_name": "edge/1"}, "HTTP/1.1 200 OK",
+         [("content-length", "5"), ("x-up", "1"), ("server", "edge/1"), OLD_DATE, UST]),
+        (UP_SERVER_DATE, {"server_header_transformation": "PASS_THROUGH"}, "HTTP/1.1 200 OK",
+         [("content-length", "5"), ("x-up", "1"), ("server", "upstream"), OLD_DATE, UST]),
+        (UP_OK, {"server_header_transformation": "PASS_THROUGH"}, "HTTP/1.1 200 OK",
+         [("content-length", "2"), ("x-up", "1"), UST, DATE]),
+        (UP_SERVER_DATE, {"server_header_transformation": "APPEND_IF_ABSENT"}, "HTTP/1.1 200 OK",
+         [("content-length", "5"), ("x-up", "1"), ("server", "upstream"), OLD_DATE, UST]),
+        (UP_OK, {"server_header_transformation": "APPEND_IF_ABSENT"}, "HTTP/1.1 200 OK",
+         [("content-length", "2"), ("x-up", "1"), UST, DATE, ("server", "envoy")]),
+    ],
+    ids=["plain", "server-date", "reason", "multi", "server_name", "server_name-overwrite", "pass-through",
+         "pass-through-absent", "append-if-absent", "append-if-absent-absent"],
+)
+def test_response_headers(
+    make_proxy: Any, make_canned: Any, canned: bytes, hcm: dict[str, Any], status_line: str, expected: H
+) -> None:
+    up = make_canned({"*": canned})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)], hcm=hcm))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/r"))
+        assert (r.status_line, shape(r.headers)) == (status_line, expected)
+        assert c.open_after(0.2)  # upstream `Connection: keep-alive` is not relayed, nor acted on
+
+
+@pytest.mark.parametrize("status", [200, 201, 404, 500, 503])
+def test_reason_phrase_normalised_for_test_upstream(make_proxy: Any, upstream: Any, status: int) -> None:
+    # tests/support/upstream.py answers "HTTP/1.1 <code> X"; the client must see the standard phrase
+    reasons = {200: "OK", 201: "Created", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(f"/status/{status}"))
+    assert r.status_line == f"HTTP/1.1 {status} {reasons[status]}"
+    assert shape(r.headers) == [("x-upstream-port", "<port>"), ("content-type", "application/json"),
+                                ("content-length", str(len(r.body))), UST, DATE, ("server", "envoy")]
+
+
+# envoy binary: configured response headers go after x-envoy-upstream-service-time and before the
+# date/server Envoy appends; an overwritten upstream header moves there too; a configured
+# `server` is overwritten again by the server header transformation; a configured `date` stops
+# Envoy adding its own.
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ({"route": [hv("x-r", "route", APPEND)], "vhost": [hv("x-r", "vhost", APPEND)],
+          "config": [hv("x-r", "global", APPEND)]},
+         [("content-length", "2"), ("x-up", "1"), UST, ("x-r", "route"), ("x-r", "vhost"), ("x-r", "global"), DATE,
+          ("server", "envoy")]),
+        ({"route": [hv("x-up", "route", OVERWRITE)], "config": [hv("x-up", "global", OVERWRITE)]},
+         [("content-length", "2"), UST, ("x-up", "global"), DATE, ("server", "envoy")]),
+        ({"route": [hv("server", "mine", OVERWRITE), hv("date", OLD_DATE[1], APPEND)]},
+         [("content-length", "2"), ("x-up", "1"), UST, ("server", "envoy"), OLD_DATE]),
+    ],
+    ids=["append-3-levels", "overwrite-upstream-header", "server-and-date"],
+)
+def test_response_headers_to_add(make_proxy: Any, make_canned: Any, levels: dict[str, Any], expected: H) -> None:
+    up = make_canned({"*": UP_OK})
+    proxy = make_proxy(bootstrap([], [cluster("up", up.port)], **mutation_levels("response_headers_to_add", levels)))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/"))
+    assert shape(r.headers) == expected
+
+
+@pytest.mark.parametrize("level", ["route", "vhost", "config"])
+def test_response_headers_to_remove(make_proxy: Any, make_canned: Any, level: str) -> None:
+    up = make_canned({"*": UP_OK})
+    proxy = make_proxy(bootstrap([], [cluster("up", up.port)],
+                                 **mutation_levels("response_headers_to_remove", {level: ["x-up"]})))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/"))
+    assert shape(r.headers) == [("content-length", "2"), UST, DATE, ("server", "envoy")]

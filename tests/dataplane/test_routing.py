@@ -1,0 +1,387 @@
+"""Route table behaviour seen on the wire: virtual host selection, route match kinds and order,
+weighted clusters, rewrites, redirects, direct responses and the no-route reply.
+
+Expected values come from Envoy 1.40 (docs/envoy-behaviour.md §1, §6; items the survey did not
+record were checked against the `envoy` binary with PYPROXY_DATAPLANE_TARGET=envoy)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.dataplane.conftest import RawConn, get, shape, shape_request, wait_stat
+from tests.support.configs import bootstrap, cluster, route
+
+
+def direct(body: str, status: int = 200) -> dict[str, Any]:
+    return {"status": status, "body": {"inline_string": body}}
+
+
+def vhost(name: str, domains: list[str], routes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A virtual host whose catch-all route answers with its own name."""
+    routes = routes or [{"match": {"prefix": "/"}, "direct_response": direct(name)}]
+    return {"name": name, "domains": domains, "routes": routes}
+
+
+# --- virtual hosts ----------------------------------------------------------------------------
+
+VHOSTS = [
+    vhost("star", ["*"]),
+    vhost("prefix", ["api.*"]),
+    vhost("suffix", ["*.example.com"]),
+    vhost("suffix-long", ["*.b.example.com"]),
+    vhost("exact", ["api.example.com", "other.test"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("api.example.com", "exact"),  # exact beats *.example.com and api.*
+        ("other.test", "exact"),  # second domain of the same vhost
+        ("API.Example.COM", "exact"),  # host matching ignores case
+        ("www.example.com", "suffix"),
+        ("x.b.example.com", "suffix-long"),  # longest suffix wins
+        ("api.x.example.com", "suffix"),  # suffix wildcard beats prefix wildcard
+        ("api.other.org", "prefix"),
+        ("example.com", "star"),  # "*.example.com" needs a label before the dot
+        ("unknown.org", "star"),
+    ],
+)
+def test_virtual_host_domain_precedence(make_proxy: Any, host: str, expected: str) -> None:
+    proxy = make_proxy(bootstrap([], [], virtual_hosts=VHOSTS))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/", host=host))
+    assert (r.status_line, r.body) == ("HTTP/1.1 200 OK", expected.encode())
+
+
+# --- route match kinds and order ----------------------------------------------------------------
+
+ROUTES = [
+    {"match": {"prefix": "/o"}, "direct_response": direct("o-first")},
+    {"match": {"path": "/o/exact"}, "direct_response": direct("never")},  # shadowed by /o
+    {"match": {"path": "/exact"}, "direct_response": direct("path")},
+    {"match": {"path": "/Exact-CS"}, "direct_response": direct("path-cs")},
+    {"match": {"safe_regex": {"regex": "/re/[0-9]+"}}, "direct_response": direct("regex")},
+    {"match": {"prefix": "/CaseLess", "case_sensitive": False}, "direct_response": direct("ci")},
+    {"match": {"prefix": "/Sens"}, "direct_response": direct("sensitive")},
+    {"match": {"prefix": "/"}, "direct_response": direct("fallback")},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/o/exact", "o-first"),  # first match in order wins, not the most specific
+        ("/other", "o-first"),  # prefix is a plain string prefix, not a path segment
+        ("/exact", "path"),
+        ("/exact?x=1", "path"),  # the query is not part of the path
+        ("/exact/", "fallback"),
+        ("/exactly", "fallback"),
+        ("/Exact-CS", "path-cs"),
+        ("/exact-cs", "fallback"),  # case-sensitive by default
+        ("/re/123", "regex"),
+        ("/re/12?a=b", "regex"),
+        ("/re/123x", "fallback"),  # safe_regex must match the whole path
+        ("/re/", "fallback"),
+        ("/caseless/x", "ci"),
+        ("/CASELESS", "ci"),
+        ("/sens", "fallback"),
+        ("/Sens/x", "sensitive"),
+    ],
+)
+def test_route_match_kinds_in_order(make_proxy: Any, path: str, expected: str) -> None:
+    proxy = make_proxy(bootstrap(ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path))
+    assert r.body == expected.encode()
+
+
+def header_route(body: str, matcher: dict[str, Any], prefix: str = "/h") -> dict[str, Any]:
+    return {"match": {"prefix": prefix, "headers": [matcher]}, "direct_response": direct(body)}
+
+
+HEADER_ROUTES = [
+    header_route("exact", {"name": "x-exact", "string_match": {"exact": "a"}}),
+    header_route("exact-legacy", {"name": "x-exact-legacy", "exact_match": "a"}),
+    header_route("prefix", {"name": "x-prefix", "string_match": {"prefix": "ab"}}),
+    header_route("suffix", {"name": "x-suffix", "string_match": {"suffix": "yz"}}),
+    header_route("present", {"name": "x-present", "present_match": True}),
+    header_route("regex", {"name": "x-regex", "string_match": {"safe_regex": {"regex": "[0-9]+"}}}),
+    header_route("contains", {"name": "x-contains", "string_match": {"contains": "mid"}}),
+    header_route("ignore-case", {"name": "x-icase", "string_match": {"exact": "abc", "ignore_case": True}}),
+    header_route("inverted", {"name": "x-not", "string_match": {"exact": "yes"}, "invert_match": True}, "/inv"),
+    {"match": {"prefix": "/"}, "direct_response": direct("none")},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "expected"),
+    [
+        ("/h", "x-exact: a", "exact"),
+        ("/h", "x-exact: ab", "none"),
+        ("/h", "X-Exact: a", "exact"),  # header names are case-insensitive
+        ("/h", "x-exact-legacy: a", "exact-legacy"),
+        ("/h", "x-prefix: abc", "prefix"),
+        ("/h", "x-prefix: ba", "none"),
+        ("/h", "x-suffix: xyz", "suffix"),
+        ("/h", "x-suffix: yzx", "none"),
+        ("/h", "x-present: anything", "present"),
+        ("/h", "x-regex: 123", "regex"),
+        ("/h", "x-regex: 12a", "none"),  # full match
+        ("/h", "x-contains: xxmidxx", "contains"),
+        ("/h", "x-contains: mi-d", "none"),
+        ("/h", "x-icase: ABC", "ignore-case"),
+        ("/h", "x-unrelated: a", "none"),
+        ("/inv", "x-not: no", "inverted"),
+        ("/inv", "x-not: yes", "none"),
+        ("/other", "x-exact: a", "none"),  # headers only narrow the path match
+    ],
+)
+def test_header_matchers(make_proxy: Any, path: str, header: str, expected: str) -> None:
+    proxy = make_proxy(bootstrap(HEADER_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, extra=header + "\r\n"))
+    assert r.body == expected.encode()
+
+
+QUERY_ROUTES = [
+    {"match": {"prefix": "/q", "query_parameters": [{"name": "debug", "string_match": {"exact": "1"}}]},
+     "direct_response": direct("q-exact")},
+    {"match": {"prefix": "/q", "query_parameters": [{"name": "flag", "present_match": True}]},
+     "direct_response": direct("q-present")},
+    {"match": {"prefix": "/q", "query_parameters": [{"name": "p", "string_match": {"prefix": "ab"}}]},
+     "direct_response": direct("q-prefix")},
+    {"match": {"prefix": "/"}, "direct_response": direct("none")},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/q?debug=1", "q-exact"),
+        ("/q?a=b&debug=1&c=d", "q-exact"),
+        ("/q?debug=2", "none"),
+        ("/q?debug=10", "none"),
+        ("/q?flag=x", "q-present"),
+        ("/q?x=flag", "none"),
+        ("/q?p=abc", "q-prefix"),
+        ("/q?p=cab", "none"),
+        ("/q", "none"),
+    ],
+)
+def test_query_parameter_matchers(make_proxy: Any, path: str, expected: str) -> None:
+    proxy = make_proxy(bootstrap(QUERY_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path))
+    assert r.body == expected.encode()
+
+
+# --- weighted clusters --------------------------------------------------------------------------
+
+
+def test_weighted_clusters_split_1_to_3_and_weight_0_never_chosen(make_proxy: Any, make_upstream: Any) -> None:
+    a, b, zero = make_upstream(), make_upstream(), make_upstream()
+    routes = [{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+        {"name": "a", "weight": 1}, {"name": "b", "weight": 3}, {"name": "zero", "weight": 0}]}}}]
+    proxy = make_proxy(bootstrap(routes, [cluster("a", a.port), cluster("b", b.port), cluster("zero", zero.port)]))
+    n = 400
+    seen: Counter[str] = Counter()
+    with httpx.Client(base_url=f"http://127.0.0.1:{proxy.listener_port()}") as client:
+        for _ in range(n):
+            r = client.get("/w")
+            assert r.status_code == 200
+            seen[r.headers["x-upstream-port"]] += 1
+    # Binomial(400, 1/4): mean 100, sd ~8.7; +-35 is four standard deviations.
+    assert abs(seen[str(a.port)] - 100) <= 35, seen
+    assert seen[str(a.port)] + seen[str(b.port)] == n, seen
+    assert zero.requests == []
+
+
+# --- rewrites and the expected-timeout header ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "path", "target", "host", "added"),
+    [
+        ({"prefix_rewrite": "/new/"}, "/old/a?x=1", "/new/a?x=1", "example.com",
+         [("x-envoy-original-path", "/old/a?x=1")]),
+        # the matched prefix is replaced as a plain string: "/old/" -> "/v2" gives "/v2users"
+        ({"prefix_rewrite": "/v2"}, "/old/users", "/v2users", "example.com",
+         [("x-envoy-original-path", "/old/users")]),
+        ({"host_rewrite_literal": "rewritten.internal"}, "/old/a", "/old/a", "rewritten.internal",
+         [("x-envoy-original-host", "example.com")]),
+        ({"prefix_rewrite": "/n/", "host_rewrite_literal": "h.internal"}, "/old/z?q", "/n/z?q", "h.internal",
+         [("x-envoy-original-host", "example.com"), ("x-envoy-original-path", "/old/z?q")]),
+    ],
+)
+def test_prefix_and_host_rewrite(
+    make_proxy: Any, upstream: Any, action: dict[str, Any], path: str, target: str, host: str,
+    added: list[tuple[str, str]],
+) -> None:
+    proxy = make_proxy(bootstrap([route("/old/", "up", **action)], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get(path)).status == 200
+    (rec,) = upstream.requests
+    assert rec.target == target
+    # Observed with the envoy binary: host is rewritten in place, no x-forwarded-host
+    # (append_x_forwarded_host is off), and x-envoy-original-host / x-envoy-original-path are
+    # appended after x-envoy-expected-rq-timeout-ms, in that order.
+    assert shape_request(rec.headers) == [
+        ("host", host),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "<uuid>"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+        *added,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [(None, "15000"), ("1s", "1000"), ("2.5s", "2500"), ("0.25s", "250"), ("0s", None)],
+)
+def test_route_timeout_sets_expected_rq_timeout_header(
+    make_proxy: Any, upstream: Any, timeout: str | None, expected: str | None
+) -> None:
+    action = {} if timeout is None else {"timeout": timeout}
+    proxy = make_proxy(bootstrap([route("/", "up", **action)], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/t")).status == 200
+    # A timeout of 0 disables the route timeout, and Envoy then sends no header at all.
+    assert upstream.requests[0].header_all("x-envoy-expected-rq-timeout-ms") == ([expected] if expected else [])
+
+
+# --- redirects ----------------------------------------------------------------------------------
+
+REDIRECT_ROUTES = [
+    {"match": {"prefix": "/redir-https"}, "redirect": {"https_redirect": True}},
+    {"match": {"prefix": "/redir-host-path"}, "redirect": {"host_redirect": "h.example", "path_redirect": "/p"}},
+    {"match": {"prefix": "/redir-host"}, "redirect": {"host_redirect": "example.com"}},
+    {"match": {"prefix": "/redir-strip"}, "redirect": {"path_redirect": "/new", "strip_query": True}},
+    {"match": {"prefix": "/redir-path"}, "redirect": {"path_redirect": "/new"}},
+    {"match": {"prefix": "/redir-301"}, "redirect": {"path_redirect": "/new", "response_code": "PERMANENT_REDIRECT"}},
+    {"match": {"prefix": "/redir-302"}, "redirect": {"path_redirect": "/new", "response_code": "FOUND"}},
+    {"match": {"prefix": "/redir-303"}, "redirect": {"path_redirect": "/new", "response_code": "SEE_OTHER"}},
+    {"match": {"prefix": "/redir-307"}, "redirect": {"path_redirect": "/new", "response_code": "TEMPORARY_REDIRECT"}},
+    {"match": {"prefix": "/redir-prefix/"}, "redirect": {"prefix_rewrite": "/other/"}},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "status_line", "location"),
+    [
+        # survey §6l .. §6l5
+        ("/redir-https/a?b=1", "example.com", "HTTP/1.1 301 Moved Permanently", "https://example.com/redir-https/a?b=1"),
+        ("/redir-https/a?b=1", "example.com:80", "HTTP/1.1 301 Moved Permanently", "https://example.com/redir-https/a?b=1"),
+        ("/redir-host/a?b=1", "orig.example:8080", "HTTP/1.1 301 Moved Permanently", "http://example.com/redir-host/a?b=1"),
+        ("/redir-path/a?b=1", "example.com", "HTTP/1.1 301 Moved Permanently", "http://example.com/new?b=1"),
+        ("/redir-301", "example.com", "HTTP/1.1 308 Permanent Redirect", "http://example.com/new"),
+        # checked against the envoy binary
+        ("/redir-strip/a?b=1", "example.com", "HTTP/1.1 301 Moved Permanently", "http://example.com/new"),
+        ("/redir-host-path/a?b=1", "example.com", "HTTP/1.1 301 Moved Permanently", "http://h.example/p?b=1"),
+        ("/redir-302", "example.com", "HTTP/1.1 302 Found", "http://example.com/new"),
+        ("/redir-303", "example.com", "HTTP/1.1 303 See Other", "http://example.com/new"),
+        ("/redir-307?x=1", "example.com", "HTTP/1.1 307 Temporary Redirect", "http://example.com/new?x=1"),
+        ("/redir-prefix/a/b?c=d", "example.com", "HTTP/1.1 301 Moved Permanently", "http://example.com/other/a/b?c=d"),
+    ],
+)
+def test_redirect(make_proxy: Any, path: str, host: str, status_line: str, location: str) -> None:
+    proxy = make_proxy(bootstrap(REDIRECT_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, host=host))
+        assert (r.status_line, shape(r.headers), r.body) == (
+            status_line,
+            [("location", location), ("date", "<date>"), ("server", "envoy"), ("content-length", "0")],
+            b"",
+        )
+        assert c.open_after(0.3)
+
+
+def test_redirect_is_counted_as_direct_response(make_proxy: Any) -> None:
+    # Envoy counts a redirect in rq_direct_response; rq_redirect is for internal redirects only
+    # (observed with the envoy binary: rq_direct_response 1, rq_redirect 0).
+    proxy = make_proxy(bootstrap(REDIRECT_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/redir-path")).status == 301
+    wait_stat(proxy, "http.ingress_http.rq_direct_response", 1)
+    assert proxy.stats().get("http.ingress_http.rq_redirect", 0) == 0
+
+
+# --- direct responses ---------------------------------------------------------------------------
+
+DIRECT_ROUTES = [
+    {"match": {"prefix": "/direct-empty"}, "direct_response": {"status": 200}},
+    {"match": {"prefix": "/direct503"}, "direct_response": direct("down", 503)},
+    {"match": {"prefix": "/direct418"}, "direct_response": direct("teapot", 418)},
+    {"match": {"prefix": "/direct"}, "direct_response": direct("hello direct")},
+]
+
+BODYLESS = [("date", "<date>"), ("server", "envoy"), ("content-length", "0")]
+
+
+def bodyful(n: int) -> list[tuple[str, str]]:
+    return [("content-length", str(n)), ("content-type", "text/plain"), ("date", "<date>"), ("server", "envoy")]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status_line", "headers", "body"),
+    [
+        ("GET", "/direct", "HTTP/1.1 200 OK", bodyful(12), b"hello direct"),  # survey §6k
+        ("GET", "/direct-empty", "HTTP/1.1 200 OK", BODYLESS, b""),  # §6k2
+        ("GET", "/direct503", "HTTP/1.1 503 Service Unavailable", bodyful(4), b"down"),  # §6k3
+        ("HEAD", "/direct", "HTTP/1.1 200 OK", bodyful(12), b""),  # §6k4
+        # Envoy's reason table has no entry for 418: the status line says "Unknown" (envoy binary)
+        ("GET", "/direct418", "HTTP/1.1 418 Unknown", bodyful(6), b"teapot"),
+    ],
+)
+def test_direct_response(
+    make_proxy: Any, method: str, path: str, status_line: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    proxy = make_proxy(bootstrap(DIRECT_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, method=method), head=method == "HEAD")
+        assert (r.status_line, shape(r.headers), r.body) == (status_line, headers, body)
+        # the connection stays usable after a direct response
+        assert c.request(get("/direct")).body == b"hello direct"
+
+
+# --- no route -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "path"),
+    [
+        ("nomatch.example", "/"),  # vhost matched, no route in it (survey §6a)
+        ("unknown.example", "/never"),  # no vhost at all
+    ],
+)
+def test_no_route_is_404_and_connection_stays_usable(make_proxy: Any, upstream: Any, host: str, path: str) -> None:
+    vhosts = [
+        {"name": "nomatch", "domains": ["nomatch.example"], "routes": [route("/never", "up")]},
+        {"name": "main", "domains": ["example.com"], "routes": [route("/", "up")]},
+    ]
+    proxy = make_proxy(bootstrap([], [cluster("up", upstream.port)], virtual_hosts=vhosts))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, host=host))
+        assert (r.status_line, shape(r.headers), r.body) == ("HTTP/1.1 404 Not Found", BODYLESS, b"")
+        r2 = c.request(get("/x"))  # survey §6m: the next request on the same connection is served
+        assert r2.status_line == "HTTP/1.1 200 OK"
+    assert [rec.target for rec in upstream.requests] == ["/x"]
+    wait_stat(proxy, "http.ingress_http.no_route", 1)
+
+
+def test_no_route_head_is_404_with_chunked_and_no_body(make_proxy: Any) -> None:
+    # Envoy quirk (survey §6a2): a HEAD to no route gets transfer-encoding: chunked, no length.
+    vhosts = [{"name": "nomatch", "domains": ["nomatch.example"], "routes": []}]
+    proxy = make_proxy(bootstrap([], [], virtual_hosts=vhosts))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/", host="nomatch.example", method="HEAD"), head=True)
+        assert (r.status_line, shape(r.headers)) == (
+            "HTTP/1.1 404 Not Found",
+            [("date", "<date>"), ("server", "envoy"), ("transfer-encoding", "chunked")],
+        )
+        assert c.open_after(0.3)
+        assert c.buf == b""  # nothing after the header block
