@@ -18,14 +18,14 @@ HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CLOSE_WITHIN_S = 9.0 if os.environ.get("PYPROXY_DATAPLANE_TARGET") == "envoy" else 2.0
 
 
+def idle_proxy(make_proxy: Any, upstream: Any) -> Any:
+    """A proxy whose listener closes client connections idle for 0.5 s."""
+    hcm = {"common_http_protocol_options": {"idle_timeout": "0.5s"}}
+    return make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm=hcm))
+
+
 def test_idle_client_connection_is_closed_after_idle_timeout(make_proxy: Any, upstream: Any) -> None:
-    proxy = make_proxy(
-        bootstrap(
-            [route("/", "up")],
-            [cluster("up", upstream.port)],
-            hcm={"common_http_protocol_options": {"idle_timeout": "0.5s"}},
-        )
-    )
+    proxy = idle_proxy(make_proxy, upstream)
     with RawConn(proxy.listener_port()) as c:
         assert c.request(get("/a")).status == 200
         start = time.monotonic()
@@ -37,13 +37,7 @@ def test_idle_client_connection_is_closed_after_idle_timeout(make_proxy: Any, up
 
 
 def test_busy_client_connection_outlives_idle_timeout(make_proxy: Any, upstream: Any) -> None:
-    proxy = make_proxy(
-        bootstrap(
-            [route("/", "up")],
-            [cluster("up", upstream.port)],
-            hcm={"common_http_protocol_options": {"idle_timeout": "0.5s"}},
-        )
-    )
+    proxy = idle_proxy(make_proxy, upstream)
     with RawConn(proxy.listener_port()) as c:
         # A request that takes longer than the idle timeout is not cut: the timer only runs
         # while no request is in progress.
