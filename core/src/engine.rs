@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Snapshot;
-use crate::snapshot::{compile, resolve_cluster, Compiled, Discovery};
+use crate::snapshot::{compile_with, system_resolver, Compiled, Discovery, Resolver};
 use crate::stats::render::{render, Format, RenderOptions};
 use crate::stats::{StatKind, StatsSnapshot};
 use crate::worker::{Cmd, Stores, Worker};
@@ -60,6 +60,7 @@ pub struct ClusterInfo {
 /// The data plane.
 pub struct Engine {
     concurrency: usize,
+    resolver: Resolver,
     stores: Arc<Stores>,
     started: Instant,
     state: Mutex<Option<Running>>,
@@ -111,7 +112,14 @@ fn stat_address(a: SocketAddr) -> String {
 impl Engine {
     /// An engine with `concurrency` workers; nothing runs until [`Engine::start`].
     pub fn new(concurrency: usize) -> Engine {
+        Engine::with_resolver(concurrency, system_resolver())
+    }
+
+    /// An engine that resolves STRICT_DNS clusters with `resolver` (tests use this to change
+    /// what a name resolves to between refreshes).
+    pub fn with_resolver(concurrency: usize, resolver: Resolver) -> Engine {
         Engine {
+            resolver,
             concurrency: concurrency.max(1),
             stores: Arc::new(Stores::default()),
             started: Instant::now(),
@@ -134,7 +142,7 @@ impl Engine {
         if state.is_some() {
             return Err(Error::engine("the engine is already started"));
         }
-        let compiled = Arc::new(compile(snapshot)?);
+        let compiled = Arc::new(compile_with(snapshot, &self.resolver)?);
         let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
             (0..self.concurrency).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
@@ -157,6 +165,7 @@ impl Engine {
         }
         let compiled = Arc::new(Mutex::new(compiled));
         let dns = spawn_dns(
+            self.resolver.clone(),
             compiled.clone(),
             workers.iter().map(|w| w.sender()).collect(),
         );
@@ -177,7 +186,7 @@ impl Engine {
         let Some(run) = guard.as_mut() else {
             return Err(Error::engine("apply() before start()"));
         };
-        let compiled = Arc::new(compile(snapshot)?);
+        let compiled = Arc::new(compile_with(snapshot, &self.resolver)?);
         let mut add: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
             (0..run.workers.len()).map(|_| Vec::new()).collect();
         let mut new_bound = Vec::new();
@@ -457,6 +466,7 @@ fn memory() -> (u64, u64) {
 }
 
 fn spawn_dns(
+    resolver: Resolver,
     compiled: Arc<Mutex<Arc<Compiled>>>,
     senders: Vec<tokio::sync::mpsc::UnboundedSender<Cmd>>,
 ) -> Dns {
@@ -481,7 +491,7 @@ fn spawn_dns(
                     let id = Arc::as_ptr(cl) as usize;
                     let due = *next_due.entry(key.clone()).or_insert(now + rate);
                     if now >= due {
-                        let hosts = resolve_cluster(&cl.cfg);
+                        let hosts = resolver(&cl.cfg);
                         let prev = last
                             .get(&key)
                             .filter(|(pid, _)| *pid == id)

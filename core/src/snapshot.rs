@@ -96,6 +96,15 @@ pub fn resolve(host: &str, port: u16, family: &str) -> Vec<SocketAddr> {
     }
 }
 
+/// Turns a STRICT_DNS cluster's endpoints into hosts: the system resolver in production
+/// ([`system_resolver`]); tests substitute one whose answers change.
+pub type Resolver = Arc<dyn Fn(&Cluster) -> Vec<(SocketAddr, u32)> + Send + Sync>;
+
+/// The resolver backed by `getaddrinfo` ([`resolve_cluster`]).
+pub fn system_resolver() -> Resolver {
+    Arc::new(resolve_cluster)
+}
+
 /// Resolves every endpoint of a STRICT_DNS cluster (each address found becomes a host).
 pub fn resolve_cluster(c: &Cluster) -> Vec<(SocketAddr, u32)> {
     let mut out = Vec::new();
@@ -107,7 +116,7 @@ pub fn resolve_cluster(c: &Cluster) -> Vec<(SocketAddr, u32)> {
     out
 }
 
-fn compile_cluster(c: &Cluster, path: &str) -> Result<CompiledCluster, Error> {
+fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<CompiledCluster, Error> {
     let policy = Policy::parse(&c.lb_policy, c.choice_count).ok_or_else(|| {
         Error::config(format!(
             "{path}.lb_policy: {:?} is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM",
@@ -137,7 +146,7 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<CompiledCluster, Error> {
             }
             hosts
         }
-        Discovery::StrictDns => resolve_cluster(c),
+        Discovery::StrictDns => resolver(c),
     };
     Ok(CompiledCluster {
         cfg: c.clone(),
@@ -148,8 +157,14 @@ fn compile_cluster(c: &Cluster, path: &str) -> Result<CompiledCluster, Error> {
     })
 }
 
-/// Compiles a snapshot. Errors name the snapshot path (`clusters[1].lb_policy`).
+/// Compiles a snapshot with the system resolver. Errors name the snapshot path
+/// (`clusters[1].lb_policy`).
 pub fn compile(s: &Snapshot) -> Result<Compiled, Error> {
+    compile_with(s, &system_resolver())
+}
+
+/// Compiles a snapshot, resolving STRICT_DNS clusters with `resolver`.
+pub fn compile_with(s: &Snapshot, resolver: &Resolver) -> Result<Compiled, Error> {
     let mut names = HashSet::new();
     let mut clusters = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -162,7 +177,7 @@ pub fn compile(s: &Snapshot) -> Result<Compiled, Error> {
             )));
         }
         index.insert(c.name.as_str(), i);
-        clusters.push(Arc::new(compile_cluster(c, &path)?));
+        clusters.push(Arc::new(compile_cluster(c, &path, resolver)?));
     }
     let mut lnames = HashSet::new();
     let mut listeners = Vec::new();

@@ -278,3 +278,54 @@ fn apply_swaps_routes_and_shutdown_waits_for_requests() {
         "listener closed after shutdown"
     );
 }
+
+#[test]
+fn strict_dns_cluster_follows_re_resolution() {
+    let (a, b) = (upstream(), upstream());
+    let answer = Arc::new(Mutex::new(vec![a.port]));
+    let ans = answer.clone();
+    let resolver: pyproxy_core::snapshot::Resolver = Arc::new(move |c| {
+        assert_eq!(c.endpoints[0].address, "svc.test");
+        ans.lock()
+            .unwrap()
+            .iter()
+            .map(|p| (std::net::SocketAddr::from(([127, 0, 0, 1], *p)), 1))
+            .collect()
+    });
+    let snap = r#"{"listeners": [{"name": "l", "address": "127.0.0.1", "port": 0, "hcm": {"stat_prefix": "ingress_http",
+        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+          {"match": {"path": {"prefix": "/"}}, "action": {"route": {"cluster": "dns"}}}]}]}}}],
+        "clusters": [{"name": "dns", "type": "STRICT_DNS", "dns_refresh_rate_ms": 20,
+                      "endpoints": [{"address": "svc.test", "port": 80}]}]}"#;
+    let e = Engine::with_resolver(2, resolver);
+    e.start(&Snapshot::from_json(snap.as_bytes()).unwrap())
+        .unwrap();
+    let port = e.listeners()[0].1.port();
+    let get = || {
+        let (mut s, mut r) = client(port);
+        s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        read_response(&mut r)
+    };
+    assert_eq!(get().0, "HTTP/1.1 200 OK");
+    assert_eq!(a.heads.lock().unwrap().len(), 1);
+    // The name now resolves to b, then to both: the next refreshes move traffic.
+    *answer.lock().unwrap() = vec![b.port];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.heads.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "traffic never moved to the re-resolved host"
+        );
+        assert_eq!(get().0, "HTTP/1.1 200 OK");
+    }
+    *answer.lock().unwrap() = vec![a.port, b.port];
+    wait_stat(&e, "cluster.dns.membership_total", 2);
+    *answer.lock().unwrap() = vec![];
+    wait_stat(&e, "cluster.dns.membership_total", 0);
+    let (status, body) = get();
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 503 Service Unavailable", "no healthy upstream")
+    );
+}
