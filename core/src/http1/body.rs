@@ -67,11 +67,6 @@ impl Decoder {
         Decoder { state }
     }
 
-    /// Whether the whole body has been decoded.
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Whether the body ends only when the peer closes.
     pub fn is_close_delimited(&self) -> bool {
         self.state == State::Close
@@ -113,8 +108,8 @@ impl Decoder {
                     let n = buf.len().min(max);
                     return Ok(Decoded::Data(buf.split_to(n).freeze()));
                 }
-                State::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                State::ChunkSize => match parse_chunk_size(buf)? {
+                    Some((used, size)) => {
                         let _ = buf.split_to(used);
                         self.state = if size == 0 {
                             State::Trailers
@@ -122,13 +117,12 @@ impl Decoder {
                             State::ChunkData(size)
                         };
                     }
-                    Ok(httparse::Status::Partial) => {
+                    None => {
                         if buf.len() > MAX_CHUNK_LINE {
                             return Err(BodyError);
                         }
                         return Ok(Decoded::NeedMore);
                     }
-                    Err(_) => return Err(BodyError),
                 },
                 State::ChunkData(rem) => {
                     if buf.is_empty() {
@@ -154,14 +148,16 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
-                    // Trailer lines until an empty line; dropped.
-                    match memchr::memmem::find(buf, b"\r\n") {
-                        Some(0) => {
+                    // Trailer lines until an empty line; dropped. Each must end in CRLF: a bare
+                    // LF is refused, as in the chunk-size line.
+                    match memchr::memchr(b'\n', buf) {
+                        Some(i) if i == 0 || buf[i - 1] != b'\r' => return Err(BodyError),
+                        Some(1) => {
                             let _ = buf.split_to(2);
                             self.state = State::Done;
                         }
                         Some(i) => {
-                            let _ = buf.split_to(i + 2);
+                            let _ = buf.split_to(i + 1);
                         }
                         None => {
                             if buf.len() > MAX_CHUNK_LINE {
@@ -174,6 +170,52 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Parses a chunk-size line strictly: 1 to 16 hex digits, optional whitespace and
+/// `;extension`s with no control characters (HTAB aside), then CRLF. An empty size, a bare LF
+/// or a control byte in an extension is an error, so we never frame a body differently from
+/// a proxy in front of us (the chunk-extension smuggling class). Returns (line length, size).
+fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    let mut i = 0;
+    while i < buf.len() {
+        let d = match buf[i] {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => break,
+        };
+        digits += 1;
+        if digits > 16 {
+            return Err(BodyError);
+        }
+        size = (size << 4) | u64::from(d);
+        i += 1;
+    }
+    if i == buf.len() {
+        return Ok(None);
+    }
+    if digits == 0 {
+        return Err(BodyError);
+    }
+    while i < buf.len() {
+        match buf[i] {
+            b'\r' => {
+                return match buf.get(i + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some((i + 2, size))),
+                    Some(_) => Err(BodyError),
+                };
+            }
+            b'\t' => {}
+            b if b < 0x20 || b == 0x7f => return Err(BodyError),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(None)
 }
 
 /// Appends `data` as one chunk of a chunked body.
@@ -239,10 +281,25 @@ mod tests {
     }
 
     #[test]
-    fn bad_chunk_size_is_an_error() {
-        let mut d = Decoder::new(Framing::Chunked);
-        let mut b = BytesMut::from(&b"zz\r\n"[..]);
-        assert_eq!(d.decode(&mut b, 10), Err(BodyError));
+    fn bad_chunk_framing_is_an_error() {
+        // Regression: an empty size line was read as the last chunk and a bare LF inside a
+        // chunk extension was accepted, letting a body smuggle a request past a front proxy.
+        let cases: &[&[u8]] = &[
+            b"zz\r\n",
+            b"\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            b"2;\nxx\r\nab\r\n0\r\n\r\n",
+            b"2;ext\x01\r\nab\r\n0\r\n\r\n",
+            b"2\nab\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"2\r\nab\r\n0\r\nx-t: 1\n\r\n",
+            b"2\r\nabXX0\r\n\r\n",
+        ];
+        for wire in cases {
+            let mut d = Decoder::new(Framing::Chunked);
+            let mut b = BytesMut::from(*wire);
+            let r = (0..8).try_for_each(|_| d.decode(&mut b, 100).map(|_| ()));
+            assert_eq!(r, Err(BodyError), "{:?}", String::from_utf8_lossy(wire));
+        }
     }
 
     #[test]

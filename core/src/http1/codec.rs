@@ -76,25 +76,35 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// The response body framing (RFC 9112 section 6.3), given the request method and status.
-pub fn response_framing(head_request: bool, status: u16, h: &HeaderMap) -> Framing {
+/// Several `content-length` lines or an unparsable one are a protocol error: forwarding them
+/// would let the client frame the body differently from us (and leave bytes in a pooled
+/// upstream connection).
+pub fn response_framing(
+    head_request: bool,
+    status: u16,
+    h: &HeaderMap,
+) -> Result<Framing, FramingError> {
+    let mut lengths = h.get_all(b"content-length");
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(parse_length(v.trim_ascii()).ok_or(FramingError::BadRequest)?),
+        (Some(_), Some(_)) => return Err(FramingError::BadRequest),
+    };
     if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-        return Framing::Empty;
+        return Ok(Framing::Empty);
     }
     if let Some(te) = h.get(b"transfer-encoding") {
         let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
-        return if last.eq_ignore_ascii_case(b"chunked") {
+        return Ok(if last.eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked
         } else {
             Framing::Close
-        };
+        });
     }
-    match h
-        .get(b"content-length")
-        .and_then(|v| parse_length(v.trim_ascii()))
-    {
+    Ok(match length {
         Some(n) => Framing::Length(n),
         None => Framing::Close,
-    }
+    })
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1), plus
@@ -127,7 +137,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"trailers")
         });
-    h.remove_if(|n, _| HOP_BY_HOP.contains(&n) || named.iter().any(|t| t.as_slice() == n));
+    // `connection` may nominate end-to-end headers for removal, but never `host`: a client
+    // must not be able to strip it from the upstream request.
+    h.remove_if(|n, _| {
+        HOP_BY_HOP.contains(&n) || (n != b"host" && named.iter().any(|t| t.as_slice() == n))
+    });
     // `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
     if te_trailers {
         h.set(b"te", b"trailers");
@@ -308,13 +322,64 @@ mod tests {
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = req("GET / HTTP/1.1\r\nconnection: keep-alive, x-foo\r\nkeep-alive: 5\r\nx-foo: 1\r\nte: trailers\r\nupgrade: h2c\r\nx-bar: 2\r\n\r\n").headers;
+        let mut h = req("GET / HTTP/1.1\r\nhost: h\r\nconnection: keep-alive, x-foo, host\r\nkeep-alive: 5\r\nx-foo: 1\r\nte: trailers\r\nupgrade: h2c\r\nx-bar: 2\r\n\r\n").headers;
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h
             .iter()
             .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
             .collect();
-        assert_eq!(names, vec!["te", "x-bar"]);
+        // Regression: `connection: host` used to strip host from the upstream request.
+        assert_eq!(names, vec!["host", "te", "x-bar"]);
+    }
+
+    #[test]
+    fn response_framing_refuses_ambiguous_lengths() {
+        let resp = |wire: &str| {
+            crate::http1::head::parse_response(&mut BytesMut::from(wire.as_bytes()), 65536)
+                .unwrap()
+                .unwrap()
+        };
+        let cases: &[(&str, bool, Result<Framing, FramingError>)] = &[
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",
+                false,
+                Ok(Framing::Length(2)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 7\r\n\r\n",
+                false,
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n",
+                false,
+                Err(FramingError::BadRequest),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                false,
+                Ok(Framing::Chunked),
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", false, Ok(Framing::Close)),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+                true,
+                Ok(Framing::Empty),
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                false,
+                Ok(Framing::Empty),
+            ),
+        ];
+        for (wire, head, want) in cases {
+            let r = resp(wire);
+            assert_eq!(
+                response_framing(*head, r.status, &r.headers),
+                *want,
+                "{wire:?}"
+            );
+        }
     }
 
     #[test]

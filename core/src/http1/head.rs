@@ -93,16 +93,6 @@ impl HeaderMap {
         }
     }
 
-    /// Number of header lines.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether there are no headers.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Writes `host` first (Envoy's codec writes `:authority` right after the request line),
     /// then every other header in order.
     pub fn write_host_first(&self, out: &mut Vec<u8>) {
@@ -193,24 +183,16 @@ impl RequestHead {
     }
 }
 
-/// A parsed response head.
+/// A parsed response head. The reason phrase is not kept: we write Envoy's phrase for the
+/// code, never the upstream's.
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     /// Status code.
     pub status: u16,
-    raw: Bytes,
-    reason: (u32, u32),
     /// `0` for HTTP/1.0, `1` for HTTP/1.1.
     pub minor: u8,
     /// The headers, names lower-case.
     pub headers: HeaderMap,
-}
-
-impl ResponseHead {
-    /// The reason phrase, as sent.
-    pub fn reason(&self) -> &[u8] {
-        &self.raw[self.reason.0 as usize..self.reason.1 as usize]
-    }
 }
 
 /// Why a head could not be parsed.
@@ -222,8 +204,10 @@ pub enum HeadError {
     TooLarge,
 }
 
+/// The position of `s` inside the buffer starting at `base`. Every slice httparse returns for
+/// a name, value, method or target points into the buffer it parsed.
 fn span(base: *const u8, s: &[u8]) -> (u32, u32) {
-    let start = s.as_ptr() as usize - base as usize;
+    let start = (s.as_ptr() as usize).wrapping_sub(base as usize);
     (start as u32, (start + s.len()) as u32)
 }
 
@@ -308,7 +292,6 @@ pub fn parse_response(
         Err(_) => return Err(HeadError::Malformed),
     };
     let status = resp.code.unwrap_or(0);
-    let reason = span(base, resp.reason.unwrap_or("").as_bytes());
     let minor = resp.version.unwrap_or(1);
     let spans: Vec<_> = resp
         .headers
@@ -320,10 +303,8 @@ pub fn parse_response(
     let raw = raw.freeze();
     Ok(Some(ResponseHead {
         status,
-        reason,
         minor,
-        headers: build_map(raw.clone(), spans),
-        raw,
+        headers: build_map(raw, spans),
     }))
 }
 
@@ -356,6 +337,18 @@ mod tests {
         assert_eq!(
             parse_request(&mut b, 1024).unwrap_err(),
             HeadError::Malformed
+        );
+    }
+
+    #[test]
+    fn status_line_without_reason_parses() {
+        // Regression: the reason span of `HTTP/1.1 200\r\n` pointed outside the buffer and
+        // overflowed in debug builds.
+        let mut b = BytesMut::from(&b"HTTP/1.1 200\r\ncontent-length: 0\r\n\r\n"[..]);
+        let r = parse_response(&mut b, 1024).unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.headers.get(b"content-length")),
+            (200, Some(&b"0"[..]))
         );
     }
 

@@ -70,7 +70,8 @@ impl Gauge {
         self.value.load(Relaxed)
     }
 
-    fn used(&self) -> bool {
+    /// Whether the gauge was ever written (Envoy's `used` flag).
+    pub fn used(&self) -> bool {
         self.used.load(Relaxed) != 0
     }
 }
@@ -153,18 +154,11 @@ macro_rules! stat_scope {
         impl $name {
             fn visit_declared(&self, v: &mut dyn $crate::stats::Visitor) {
                 $(v.stat(stringify!($c), $crate::stats::StatKind::Counter, self.$c.get(), self.$c.get() > 0);)*
-                $(v.stat(stringify!($g), $crate::stats::StatKind::Gauge, self.$g.get(), self.$g.used_flag());)*
+                $(v.stat(stringify!($g), $crate::stats::StatKind::Gauge, self.$g.get(), self.$g.used());)*
                 $(v.histogram(stringify!($h), &self.$h);)*
             }
         }
     };
-}
-
-impl Gauge {
-    #[doc(hidden)]
-    pub fn used_flag(&self) -> bool {
-        self.used()
-    }
 }
 
 /// Response-code counters (`upstream_rq_200`), created on first use like Envoy's dynamic stats.
@@ -212,21 +206,31 @@ pub struct Store {
     baseline: Mutex<HashMap<String, u64>>,
 }
 
+type Merged = (
+    BTreeMap<String, (StatKind, u64, bool)>,
+    BTreeMap<String, HistValue>,
+);
+
 impl Store {
     /// Makes `scope` visible to readers under `prefix` (e.g. `cluster.backend.`). The store
-    /// holds it weakly: when the worker drops it, its stats disappear.
+    /// holds it weakly: when the worker drops it, its stats disappear. A scope registered under
+    /// a prefix that no live scope has starts from zero: an old `/reset_counters` baseline for
+    /// that prefix is dropped.
     pub fn register(&self, prefix: String, scope: &Arc<dyn Scope>) {
         let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         scopes.retain(|r| r.scope.strong_count() > 0);
+        if !scopes.iter().any(|r| r.prefix == prefix) {
+            let mut b = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
+            b.retain(|name, _| !name.starts_with(&prefix));
+        }
         scopes.push(Registered {
             prefix,
             scope: Arc::downgrade(scope),
         });
     }
 
-    /// Sums every registered scope by name, applies the reset baseline, adds `extra` (server
-    /// stats computed at read time) and returns the sorted snapshot.
-    pub fn snapshot(&self, extra: &[(String, StatKind, u64)]) -> StatsSnapshot {
+    /// Sums every registered scope by name, without the reset baseline.
+    fn merge(&self) -> Merged {
         struct Merge {
             prefix: String,
             stats: BTreeMap<String, (StatKind, u64, bool)>,
@@ -255,22 +259,26 @@ impl Store {
             stats: BTreeMap::new(),
             hists: BTreeMap::new(),
         };
-        {
-            let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-            for r in scopes.iter() {
-                if let Some(s) = r.scope.upgrade() {
-                    m.prefix.clear();
-                    m.prefix.push_str(&r.prefix);
-                    s.visit(&mut m);
-                }
+        let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        for r in scopes.iter() {
+            if let Some(s) = r.scope.upgrade() {
+                m.prefix.clear();
+                m.prefix.push_str(&r.prefix);
+                s.visit(&mut m);
             }
         }
+        (m.stats, m.hists)
+    }
+
+    /// Sums every registered scope by name, applies the reset baseline, adds `extra` (server
+    /// stats computed at read time) and returns the sorted snapshot.
+    pub fn snapshot(&self, extra: &[(String, StatKind, u64)]) -> StatsSnapshot {
+        let (mut merged, hists) = self.merge();
         for (name, kind, value) in extra {
-            m.stats.insert(name.clone(), (*kind, *value, true));
+            merged.insert(name.clone(), (*kind, *value, true));
         }
         let baseline = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = m
-            .stats
+        let stats = merged
             .into_iter()
             .map(|(name, (kind, value, used))| {
                 let value = match (kind, baseline.get(&name)) {
@@ -287,22 +295,19 @@ impl Store {
             .collect();
         StatsSnapshot {
             stats,
-            histograms: m.hists.into_values().collect(),
+            histograms: hists.into_values().collect(),
         }
     }
 
-    /// Envoy's `/reset_counters`: every counter reads as zero from now on.
+    /// Envoy's `/reset_counters`: every counter reads as zero from now on. The baseline lock is
+    /// held throughout, so no reader sees a half-reset state.
     pub fn reset_counters(&self) {
-        let snap = {
-            let mut b = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
-            b.clear();
-            drop(b);
-            self.snapshot(&[])
-        };
         let mut b = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
-        for s in snap.stats {
-            if s.kind == StatKind::Counter {
-                b.insert(s.name, s.value);
+        let (merged, _) = self.merge();
+        b.clear();
+        for (name, (kind, value, _)) in merged {
+            if kind == StatKind::Counter {
+                b.insert(name, value);
             }
         }
     }
@@ -351,6 +356,32 @@ mod tests {
         let snap = store.snapshot(&[]);
         assert_eq!(get(&snap, "x.rq_total"), 1);
         assert_eq!(get(&snap, "x.cx_active"), 1, "gauges are not reset");
+    }
+
+    #[test]
+    fn a_re_created_scope_starts_from_zero_after_a_reset() {
+        // Regression: the reset baseline outlived its scope, so a cluster removed and added back
+        // read 0 until it passed its old count.
+        let store = Store::default();
+        let a = Arc::new(TestStats::default());
+        let a_dyn: Arc<dyn Scope> = a.clone();
+        store.register("c.".into(), &a_dyn);
+        a.rq_total.add(10);
+        store.reset_counters();
+        drop((a, a_dyn));
+        let b = Arc::new(TestStats::default());
+        let b_dyn: Arc<dyn Scope> = b.clone();
+        store.register("c.".into(), &b_dyn);
+        b.rq_total.add(3);
+        let snap = store.snapshot(&[]);
+        assert_eq!(
+            snap.stats
+                .iter()
+                .find(|v| v.name == "c.rq_total")
+                .unwrap()
+                .value,
+            3
+        );
     }
 
     #[test]

@@ -5,12 +5,12 @@
 
 pub mod pool;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::lb::{Balancer, LbHost, Policy};
+use crate::lb::{Balancer, LbHost};
 use crate::snapshot::CompiledCluster;
 use crate::stats::ClusterScope;
 use pool::Pool;
@@ -37,14 +37,38 @@ pub struct CxGuard {
 }
 
 impl CxGuard {
-    /// Counts a new connection (`upstream_cx_total`, `upstream_cx_active`).
+    /// Counts an established connection (`upstream_cx_active`, `upstream_cx_http1_total`);
+    /// `upstream_cx_total` counts the attempt, before connecting.
     pub fn new(cluster: Arc<ClusterScope>, host: Arc<HostStats>) -> CxGuard {
-        cluster.s.upstream_cx_total.inc();
         cluster.s.upstream_cx_http1_total.inc();
         cluster.s.upstream_cx_active.inc();
-        host.cx_total.inc();
         host.cx_active.inc();
         CxGuard { cluster, host }
+    }
+}
+
+/// Counts a request in flight to a host (`upstream_rq_active`, the host's `rq_active`, which
+/// least-request reads) for as long as it lives, so the gauges come back down however the
+/// request ends, a panicking task included.
+pub struct RqGuard {
+    host: Rc<HostRt>,
+    cluster: Arc<ClusterScope>,
+}
+
+impl RqGuard {
+    /// Counts a request started on `host`.
+    pub fn new(host: Rc<HostRt>, cluster: Arc<ClusterScope>) -> RqGuard {
+        host.stats.rq_total.inc();
+        host.stats.rq_active.inc();
+        cluster.s.upstream_rq_active.inc();
+        RqGuard { host, cluster }
+    }
+}
+
+impl Drop for RqGuard {
+    fn drop(&mut self) {
+        self.host.stats.rq_active.dec();
+        self.cluster.s.upstream_rq_active.dec();
     }
 }
 
@@ -64,9 +88,8 @@ pub struct HostRt {
     pub weight: u32,
     /// Idle keep-alive connections to this host.
     pub pool: Pool,
-    /// Per-host stats.
+    /// Per-host stats; this worker's `rq_active` is also the least-request input.
     pub stats: Arc<HostStats>,
-    active: Cell<u32>,
 }
 
 impl HostRt {
@@ -77,21 +100,7 @@ impl HostRt {
             weight,
             pool: Pool::default(),
             stats,
-            active: Cell::new(0),
         }
-    }
-
-    /// Marks a request started (least-request input, `rq_active`).
-    pub fn rq_start(&self) {
-        self.active.set(self.active.get() + 1);
-        self.stats.rq_active.inc();
-        self.stats.rq_total.inc();
-    }
-
-    /// Marks a request finished.
-    pub fn rq_end(&self) {
-        self.active.set(self.active.get().saturating_sub(1));
-        self.stats.rq_active.dec();
     }
 }
 
@@ -100,7 +109,7 @@ impl LbHost for Rc<HostRt> {
         self.weight
     }
     fn active_requests(&self) -> u32 {
-        self.active.get()
+        self.stats.rq_active.get() as u32
     }
 }
 
@@ -120,7 +129,6 @@ pub struct ClusterRt {
     pub stats: Arc<ClusterScope>,
     /// Current hosts; swapped whole on a DNS update.
     pub hosts: RefCell<Rc<HostSet>>,
-    policy: Policy,
     /// Whether this worker publishes the cluster-wide gauges (`membership_*`): exactly one
     /// worker does, so the merge (a sum) reports the cluster's value, not N times it.
     publishes_membership: bool,
@@ -134,15 +142,14 @@ impl ClusterRt {
         hosts: Vec<Rc<HostRt>>,
         publishes_membership: bool,
     ) -> ClusterRt {
-        let policy = cfg.policy;
+        let empty = Rc::new(HostSet {
+            lb: Balancer::new(cfg.policy, &[] as &[Rc<HostRt>]),
+            hosts: Vec::new(),
+        });
         let c = ClusterRt {
             cfg,
             stats,
-            hosts: RefCell::new(Rc::new(HostSet {
-                lb: Balancer::new(policy, &[] as &[Rc<HostRt>]),
-                hosts: Vec::new(),
-            })),
-            policy,
+            hosts: RefCell::new(empty),
             publishes_membership,
         };
         c.set_hosts(hosts);
@@ -152,7 +159,7 @@ impl ClusterRt {
     /// Replaces the host set (DNS refresh).
     pub fn set_hosts(&self, hosts: Vec<Rc<HostRt>>) {
         let set = Rc::new(HostSet {
-            lb: Balancer::new(self.policy, &hosts),
+            lb: Balancer::new(self.cfg.policy, &hosts),
             hosts,
         });
         if self.publishes_membership {

@@ -29,23 +29,32 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Takes a live idle connection, discarding ones the upstream closed while idle.
-    pub fn checkout(&self, mut on_discard: impl FnMut()) -> Option<UpConn> {
+    /// Takes a live idle connection, discarding ones the upstream closed while idle or that
+    /// hold unread bytes (never reused: they would be read as the next response).
+    pub fn checkout(&self) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         while let Some(c) = idle.pop() {
+            if !c.rbuf.is_empty() {
+                continue;
+            }
             // A closed keep-alive connection reads EOF (or unexpected bytes): drop it rather
             // than send a request into it.
             let mut probe = [0u8; 1];
-            match c.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(c),
-                _ => on_discard(),
+            if let Err(e) = c.stream.try_read(&mut probe) {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Some(c);
+                }
             }
         }
         None
     }
 
-    /// Returns a connection for reuse.
+    /// Returns a connection for reuse. Only a connection at a clean message boundary (no
+    /// bytes read past the last response) may come back; anything else is closed.
     pub fn checkin(&self, mut c: UpConn) {
+        if !c.rbuf.is_empty() {
+            return;
+        }
         c.idle_since = Instant::now();
         self.idle.borrow_mut().push(c);
     }
@@ -59,20 +68,7 @@ impl Pool {
     }
 
     /// Closes every idle connection.
-    pub fn clear(&self) -> usize {
-        let mut idle = self.idle.borrow_mut();
-        let n = idle.len();
-        idle.clear();
-        n
-    }
-
-    /// Number of idle connections.
-    pub fn len(&self) -> usize {
-        self.idle.borrow().len()
-    }
-
-    /// Whether the pool is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn clear(&self) {
+        self.idle.borrow_mut().clear();
     }
 }

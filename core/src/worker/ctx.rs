@@ -180,8 +180,8 @@ impl Ctx {
                 format!("cluster.{name}."),
             );
             new_cluster_scopes.insert(format!("cluster.{name}."), scope.clone());
-            // A DNS cluster keeps the hosts its last refresh found if the new snapshot resolved
-            // the same names; otherwise it starts from the snapshot's resolution.
+            // Hosts come from the snapshot (a DNS cluster was resolved again when it compiled);
+            // a host with the same cluster, address and weight keeps its pool and stats.
             let hosts = c
                 .hosts
                 .iter()

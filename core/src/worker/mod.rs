@@ -4,6 +4,8 @@
 
 pub mod conn;
 mod ctx;
+mod forward;
+mod headers;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -1,0 +1,648 @@
+//! Forwarding one request to an upstream: pick a host, take a pooled connection or open one,
+//! write the request head, then move the request body and the response concurrently through
+//! bounded buffers until both are complete (or a timeout, a reset or a client going away ends
+//! the exchange), and return the connection to the pool only at a clean message boundary.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::conn::{read_more, reply, Down, Next, READ_CHUNK};
+use super::ctx::{Ctx, ListenerRt};
+use super::headers::{apply_response_extras, mutate_request, rewrite_target};
+use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
+use crate::http1::codec::{
+    keep_alive, method_has_no_body, response_framing, strip_hop_by_hop, write_framing,
+    write_status_line,
+};
+use crate::http1::head::{parse_response, RequestHead};
+use crate::router::{Forward, Mutations};
+use crate::snapshot::Discovery;
+use crate::upstream::pool::UpConn;
+use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
+
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 96 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+const RESET_TERMINATION: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+const RESET_PROTOCOL: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+
+/// Who ended an exchange early, for the stats: an upstream fault is counted on the cluster, a
+/// downstream one only as a reset we sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The upstream closed or reset before a complete response.
+    UpstreamReset,
+    /// The upstream sent something that is not a valid HTTP/1.1 response.
+    UpstreamProtocol,
+    /// The route timeout expired.
+    RouteTimeout,
+    /// Nothing moved for `stream_idle_timeout` while waiting on the upstream.
+    UpstreamIdle,
+    /// The client stalled, went away or sent a malformed body.
+    Downstream,
+}
+
+/// How an exchange with an upstream ended.
+enum Outcome {
+    /// The response went downstream in full.
+    Done {
+        status: u16,
+        up_reusable: bool,
+        down_keep: bool,
+    },
+    /// Failed before anything was sent downstream: answer locally.
+    Local {
+        status: u16,
+        body: &'static [u8],
+        keep: bool,
+        cause: Cause,
+    },
+    /// Failed after the response head went downstream (`status` is that head's), or the client
+    /// went away (`status` 0): close the connection.
+    Abort { status: u16, cause: Cause },
+}
+
+enum ConnectFail {
+    Timeout,
+    Refused,
+}
+
+/// Forwards a routed request and writes the response; returns the status sent (0 if none) and
+/// whether the client connection continues.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    ctx: &Rc<Ctx>,
+    l: &Rc<ListenerRt>,
+    d: &mut Down,
+    mut head: RequestHead,
+    framing: Framing,
+    keep: bool,
+    fwd: &Forward,
+    prefix_len: Option<usize>,
+    cluster: &Rc<ClusterRt>,
+    chain: &[&Mutations; 4],
+) -> (u16, Next) {
+    let cs = &cluster.stats;
+    cs.s.upstream_rq_total.inc();
+    let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
+    let Some(host) = cluster.pick() else {
+        cs.s.upstream_cx_none_healthy.inc();
+        cs.count_response(503);
+        return reply(
+            ctx,
+            l,
+            d,
+            503,
+            b"no healthy upstream",
+            keep && !body_pending,
+            None,
+        )
+        .await;
+    };
+    let expects_continue = head
+        .headers
+        .get(b"expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let relay_continue = expects_continue && l.c.cfg.hcm.proxy_100_continue;
+    if expects_continue && !relay_continue {
+        // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set.
+        head.headers.remove(b"expect");
+        if body_pending && d.stream.write_all(CONTINUE).await.is_err() {
+            return (0, Next::Close);
+        }
+    }
+    let out = upstream_head(l, d, head, framing, fwd, prefix_len, cluster, &host, chain);
+    let is_head = out.starts_with(b"HEAD ");
+
+    let _rq = RqGuard::new(host.clone(), cs.clone());
+    let mut up = match host.pool.checkout() {
+        Some(c) => c,
+        None => {
+            cs.s.upstream_rq_pending_total.inc();
+            match connect(cluster, &host).await {
+                Ok(c) => c,
+                Err(reason) => {
+                    host.stats.rq_error.inc();
+                    cs.count_response(503);
+                    let body: &'static [u8] = match reason {
+                        ConnectFail::Timeout => {
+                            b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+                        }
+                        ConnectFail::Refused => {
+                            b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+                        }
+                    };
+                    return reply(ctx, l, d, 503, body, keep && !body_pending, None).await;
+                }
+            }
+        }
+    };
+    up.requests += 1;
+    let rq_start = Instant::now();
+    let up_chunk =
+        READ_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+    let x = Exchange {
+        ctx,
+        l,
+        framing,
+        is_head,
+        keep,
+        timeout_ms: fwd.timeout_ms,
+        chain,
+        rq_start,
+        up_chunk,
+        relay_continue,
+    };
+    let outcome = x.run(d, &mut up, out).await;
+    match outcome {
+        Outcome::Done {
+            status,
+            up_reusable,
+            down_keep,
+        } => {
+            cs.count_response(status);
+            cs.s.upstream_rq_completed.inc();
+            cs.s.upstream_rq_time.record_ms(rq_start);
+            if status >= 500 {
+                host.stats.rq_error.inc();
+            } else {
+                host.stats.rq_success.inc();
+            }
+            let max = cluster.cfg.cfg.max_requests_per_connection;
+            let exhausted = max > 0 && up.requests >= max;
+            if exhausted {
+                cs.s.upstream_cx_max_requests.inc();
+            }
+            if up_reusable && !exhausted && !ctx.draining() {
+                host.pool.checkin(up);
+            }
+            (
+                status,
+                if down_keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                },
+            )
+        }
+        Outcome::Local {
+            status,
+            body,
+            keep,
+            cause,
+        } => {
+            drop(up);
+            let upstream_fault = matches!(
+                cause,
+                Cause::UpstreamReset | Cause::UpstreamProtocol | Cause::RouteTimeout
+            );
+            count_failure(
+                cluster,
+                &host,
+                cause,
+                if upstream_fault { status } else { 0 },
+            );
+            reply(ctx, l, d, status, body, keep, None).await
+        }
+        Outcome::Abort { status, cause } => {
+            drop(up);
+            count_failure(cluster, &host, cause, status);
+            (status, Next::Close)
+        }
+    }
+}
+
+/// Counts an exchange that did not complete: the cause, and `upstream_code` as the upstream's
+/// response code when there is one to charge (a head it sent, or Envoy's 502/503/504 for its
+/// fault); failures caused downstream charge no code, only a reset we sent upstream.
+fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code: u16) {
+    let cs = &cluster.stats;
+    host.stats.rq_error.inc();
+    match cause {
+        Cause::UpstreamReset => cs.s.upstream_rq_rx_reset.inc(),
+        Cause::UpstreamProtocol => cs.s.upstream_cx_protocol_error.inc(),
+        Cause::RouteTimeout => {
+            cs.s.upstream_rq_timeout.inc();
+            host.stats.rq_timeout.inc();
+        }
+        Cause::UpstreamIdle | Cause::Downstream => cs.s.upstream_rq_tx_reset.inc(),
+    }
+    if upstream_code != 0 {
+        cs.count_response(upstream_code);
+    }
+}
+
+/// Builds the upstream request head: Envoy's own headers, the configured edits, then the host
+/// and path rewrites with their `x-envoy-original-*` records, `host` written first.
+#[allow(clippy::too_many_arguments)]
+fn upstream_head(
+    l: &ListenerRt,
+    d: &Down,
+    mut head: RequestHead,
+    framing: Framing,
+    fwd: &Forward,
+    prefix_len: Option<usize>,
+    cluster: &ClusterRt,
+    host: &HostRt,
+    chain: &[&Mutations; 4],
+) -> Vec<u8> {
+    mutate_request(l, d.peer, &mut head.headers, fwd);
+    for m in chain {
+        m.apply_request(&mut head.headers);
+    }
+    let keep_original = !l.c.cfg.hcm.suppress_envoy_headers;
+    let new_host = match &fwd.host_rewrite {
+        Some(h) => Some(h.clone()),
+        None if fwd.auto_host_rewrite && cluster.cfg.discovery == Discovery::StrictDns => cluster
+            .cfg
+            .cfg
+            .endpoints
+            .iter()
+            .find(|e| e.port == host.addr.port())
+            .map(|e| e.address.clone().into_bytes()),
+        None => None,
+    };
+    if let Some(nh) = new_host {
+        let orig = head.headers.get(b"host").map(<[u8]>::to_vec);
+        head.headers.set(b"host", &nh);
+        if let (true, Some(o)) = (keep_original, orig) {
+            head.headers.append(b"x-envoy-original-host", &o);
+        }
+    }
+    let new_target = rewrite_target(fwd, prefix_len, head.target());
+    if new_target.is_some() && keep_original {
+        let orig = head.target().to_vec();
+        head.headers.append(b"x-envoy-original-path", &orig);
+    }
+    let mut out = Vec::with_capacity(head.wire_len + 256);
+    out.extend_from_slice(head.method());
+    out.push(b' ');
+    out.extend_from_slice(new_target.as_deref().unwrap_or(head.target()));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    head.headers.write_host_first(&mut out);
+    match framing {
+        Framing::Chunked => write_framing(&mut out, Framing::Chunked),
+        // Envoy's codec gives a bodiless POST/PUT/... an explicit `content-length: 0`.
+        Framing::Empty if !method_has_no_body(head.method()) => {
+            out.extend_from_slice(b"content-length: 0\r\n")
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFail> {
+    let cs = &cluster.stats;
+    // Envoy counts the attempt in upstream_cx_total, failed or not.
+    cs.s.upstream_cx_total.inc();
+    host.stats.cx_total.inc();
+    let t0 = Instant::now();
+    match timeout(cluster.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            cs.s.upstream_cx_connect_ms.record_ms(t0);
+            Ok(UpConn {
+                stream,
+                rbuf: BytesMut::new(),
+                requests: 0,
+                idle_since: Instant::now(),
+                guard: CxGuard::new(cs.clone(), host.stats.clone()),
+            })
+        }
+        Ok(Err(_)) => {
+            cs.s.upstream_cx_connect_fail.inc();
+            host.stats.cx_connect_fail.inc();
+            Err(ConnectFail::Refused)
+        }
+        Err(_) => {
+            cs.s.upstream_cx_connect_fail.inc();
+            cs.s.upstream_cx_connect_timeout.inc();
+            host.stats.cx_connect_fail.inc();
+            Err(ConnectFail::Timeout)
+        }
+    }
+}
+
+/// Why the exchange loop stopped before the response finished.
+enum Stop {
+    DownstreamGone,
+    BadRequestBody,
+    StreamIdle,
+    RouteTimeout,
+    RequestTimeout,
+}
+
+enum ReqErr {
+    /// The client closed or reset.
+    Downstream,
+    /// The client's chunked body is malformed.
+    BadBody,
+    /// The upstream stopped reading.
+    Upstream,
+}
+
+enum RespErr {
+    /// The upstream closed or reset before a complete response head.
+    BeforeHeaders,
+    /// The upstream sent an invalid response head, framing or an unsolicited 101.
+    Protocol,
+    /// The stream broke after the response started.
+    AfterHeaders,
+    /// The client went away while we wrote the response.
+    Downstream,
+}
+
+/// Moves body bytes from `rbuf` through `dec` into `out` (chunk-encoded if `chunked`).
+/// Returns true once the body is complete.
+fn pump(
+    dec: &mut Decoder,
+    rbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    chunked: bool,
+    max: usize,
+) -> Result<bool, ()> {
+    loop {
+        match dec.decode(rbuf, max).map_err(|_| ())? {
+            Decoded::Data(b) => {
+                if chunked {
+                    encode_chunk(out, &b);
+                } else {
+                    out.extend_from_slice(&b);
+                }
+                if out.len() >= max {
+                    return Ok(false);
+                }
+            }
+            Decoded::NeedMore => return Ok(false),
+            Decoded::End => {
+                if chunked {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// The per-request settings of one exchange.
+struct Exchange<'a> {
+    ctx: &'a Ctx,
+    l: &'a ListenerRt,
+    framing: Framing,
+    is_head: bool,
+    keep: bool,
+    timeout_ms: u64,
+    chain: &'a [&'a Mutations; 4],
+    rq_start: Instant,
+    up_chunk: usize,
+    /// Relay the upstream's `100 Continue` (proxy_100_continue with a client Expect).
+    relay_continue: bool,
+}
+
+impl Exchange<'_> {
+    async fn run(&self, d: &mut Down, up: &mut UpConn, head_out: Vec<u8>) -> Outcome {
+        let (ctx, l) = (self.ctx, self.l);
+        let idle_ms = l.c.cfg.hcm.stream_idle_timeout_ms;
+        // Bodies move in pieces no larger than either side's per_connection_buffer_limit_bytes.
+        let down_chunk = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+        let up_chunk = self.up_chunk;
+        let request_deadline = d.request_deadline;
+        let resp_status = Cell::new(0u16);
+        let req_complete = Cell::new(false);
+        let upstream_sent_bytes = Cell::new(false);
+        // Envoy's stream_idle_timeout is one timer per stream, reset by progress in either
+        // direction; the reads below do not time out on their own.
+        let activity = Cell::new(tokio::time::Instant::now());
+        let touch = || activity.set(tokio::time::Instant::now());
+        let (mut dr, mut dw) = d.stream.split();
+        let (mut ur, mut uw) = up.stream.split();
+        let drbuf = &mut d.rbuf;
+        let urbuf = &mut up.rbuf;
+        let framing = self.framing;
+
+        let req_fut = async {
+            let mut out = head_out;
+            let mut dec = Decoder::new(framing);
+            let chunked = framing == Framing::Chunked;
+            loop {
+                let done = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
+                    .map_err(|_| ReqErr::BadBody)?;
+                if !out.is_empty() {
+                    uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
+                    out.clear();
+                    touch();
+                }
+                if done {
+                    req_complete.set(true);
+                    return Ok::<(), ReqErr>(());
+                }
+                read_more(&mut dr, drbuf, 0, down_chunk)
+                    .await
+                    .map_err(|_| ReqErr::Downstream)?;
+                touch();
+            }
+        };
+
+        let resp_fut = async {
+            let mut continued = false;
+            let head = loop {
+                match parse_response(urbuf, MAX_RESPONSE_HEAD) {
+                    // We never ask for an upgrade, so a 101 is a protocol error, not a switch.
+                    Ok(Some(h)) if h.status == 101 => return Err(RespErr::Protocol),
+                    Ok(Some(h)) if (100..200).contains(&h.status) => {
+                        // Informational responses are dropped, except the one 100 Continue
+                        // a client that sent Expect waits for under proxy_100_continue.
+                        if h.status == 100 && self.relay_continue && !continued {
+                            continued = true;
+                            dw.write_all(CONTINUE)
+                                .await
+                                .map_err(|_| RespErr::Downstream)?;
+                        }
+                        continue;
+                    }
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(_) => return Err(RespErr::Protocol),
+                }
+                read_more(&mut ur, urbuf, 0, up_chunk)
+                    .await
+                    .map_err(|_| RespErr::BeforeHeaders)?;
+                upstream_sent_bytes.set(true);
+                touch();
+            };
+            let status = head.status;
+            let service_ms = self.rq_start.elapsed().as_millis();
+            let up_framing = response_framing(self.is_head, status, &head.headers)
+                .map_err(|_| RespErr::Protocol)?;
+            let up_keep = keep_alive(head.minor, &head.headers) && up_framing != Framing::Close;
+            // A close-delimited upstream body goes to the (HTTP/1.1) client chunked, so the
+            // client connection can stay open.
+            let down_framing = if up_framing == Framing::Close {
+                Framing::Chunked
+            } else {
+                up_framing
+            };
+            let down_keep = self.keep && !ctx.draining();
+            let mut h = head.headers;
+            strip_hop_by_hop(&mut h);
+            if down_framing == Framing::Chunked || status == 204 {
+                h.remove(b"content-length");
+            }
+            apply_response_extras(ctx, l, &mut h, service_ms, self.chain);
+            let mut out = Vec::with_capacity(512 + up_chunk);
+            write_status_line(&mut out, status);
+            h.write_to(&mut out);
+            drop(h);
+            if down_framing == Framing::Chunked {
+                write_framing(&mut out, Framing::Chunked);
+            }
+            if !down_keep {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            resp_status.set(status);
+            let mut dec = Decoder::new(up_framing);
+            let chunked_out = down_framing == Framing::Chunked;
+            loop {
+                let done = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk)
+                    .map_err(|_| RespErr::AfterHeaders)?;
+                if !out.is_empty() {
+                    dw.write_all(&out).await.map_err(|_| RespErr::Downstream)?;
+                    out.clear();
+                    touch();
+                }
+                if done {
+                    break;
+                }
+                match read_more(&mut ur, urbuf, 0, up_chunk).await {
+                    Ok(_) => touch(),
+                    Err(_) if dec.is_close_delimited() => {
+                        if chunked_out {
+                            dw.write_all(LAST_CHUNK)
+                                .await
+                                .map_err(|_| RespErr::Downstream)?;
+                        }
+                        break;
+                    }
+                    Err(_) => return Err(RespErr::AfterHeaders),
+                }
+            }
+            Ok((status, up_keep, down_keep))
+        };
+
+        tokio::pin!(req_fut);
+        tokio::pin!(resp_fut);
+        let mut req_done = false;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let idle = Duration::from_millis(idle_ms);
+        let result = loop {
+            tokio::select! {
+                r = &mut resp_fut => break Ok(r),
+                r = &mut req_fut, if !req_done => {
+                    match r {
+                        Ok(()) => {}
+                        Err(ReqErr::Downstream) => break Err(Stop::DownstreamGone),
+                        Err(ReqErr::BadBody) => break Err(Stop::BadRequestBody),
+                        // The upstream stopped reading: it may still answer (an early error).
+                        Err(ReqErr::Upstream) => {}
+                    }
+                    req_done = true;
+                    if self.timeout_ms > 0 {
+                        deadline = Some(tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms));
+                    }
+                }
+                _ = tokio::time::sleep_until(activity.get() + idle), if idle_ms > 0 => {
+                    // Re-armed each turn of the loop; fires only after a full idle period.
+                    if tokio::time::Instant::now() >= activity.get() + idle {
+                        l.http.downstream_rq_idle_timeout.inc();
+                        break Err(Stop::StreamIdle);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    break Err(Stop::RouteTimeout);
+                }
+                _ = async { tokio::time::sleep_until(request_deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                    if !req_done && request_deadline.is_some() => {
+                    l.http.downstream_rq_timeout.inc();
+                    break Err(Stop::RequestTimeout);
+                }
+            }
+        };
+        let sent = resp_status.get();
+        let started = sent != 0;
+        let complete = req_complete.get();
+        // After a routing-level failure the client connection stays usable (as Envoy's) when the
+        // whole request was read.
+        let keep_ok = self.keep && complete && !ctx.draining();
+        let local = |status, body, keep, cause| Outcome::Local {
+            status,
+            body,
+            keep,
+            cause,
+        };
+        match result {
+            Ok(Ok((status, up_keep, down_keep))) => Outcome::Done {
+                status,
+                up_reusable: up_keep && complete,
+                down_keep: down_keep && complete,
+            },
+            // Nothing at all came back: the connection was terminated (Envoy: 503).
+            Ok(Err(RespErr::BeforeHeaders)) if !upstream_sent_bytes.get() => {
+                local(503, RESET_TERMINATION, keep_ok, Cause::UpstreamReset)
+            }
+            // A partial or invalid head (Envoy: 502).
+            Ok(Err(RespErr::BeforeHeaders | RespErr::Protocol)) if !started => {
+                local(502, RESET_PROTOCOL, keep_ok, Cause::UpstreamProtocol)
+            }
+            Ok(Err(RespErr::Downstream)) => Outcome::Abort {
+                status: sent,
+                cause: Cause::Downstream,
+            },
+            Ok(Err(_)) => Outcome::Abort {
+                status: sent,
+                cause: Cause::UpstreamReset,
+            },
+            Err(Stop::RouteTimeout) if !started => local(
+                504,
+                b"upstream request timeout",
+                keep_ok,
+                Cause::RouteTimeout,
+            ),
+            Err(Stop::RequestTimeout) if !started => {
+                local(408, b"request timeout", false, Cause::Downstream)
+            }
+            Err(Stop::BadRequestBody) if !started => {
+                l.http.downstream_cx_protocol_error.inc();
+                local(400, b"Bad Request", false, Cause::Downstream)
+            }
+            // Idle while the client still owed request bytes: 408; while waiting on the upstream: 504.
+            Err(Stop::StreamIdle) if !started && !complete => {
+                local(408, b"stream timeout", false, Cause::Downstream)
+            }
+            Err(Stop::StreamIdle) if !started => {
+                local(504, b"stream timeout", keep_ok, Cause::UpstreamIdle)
+            }
+            Err(Stop::RouteTimeout) => Outcome::Abort {
+                status: sent,
+                cause: Cause::RouteTimeout,
+            },
+            Err(Stop::StreamIdle) => Outcome::Abort {
+                status: sent,
+                cause: Cause::UpstreamIdle,
+            },
+            Err(_) => Outcome::Abort {
+                status: sent,
+                cause: Cause::Downstream,
+            },
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Envoy's header rules for proxied messages: what the connection manager and router add,
+//! rewrite and strip on the way up, what they set on the way down, and where a redirect goes.
+//! Every rule here was recorded from Envoy 1.40 (docs/envoy-behaviour.md) and is pinned by
+//! tests/dataplane/test_headers.py.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
+
+use super::ctx::{Ctx, ListenerRt};
+use crate::http1::codec::strip_hop_by_hop;
+use crate::http1::head::HeaderMap;
+use crate::router::{Forward, Mutations, Redirect};
+
+/// `x-envoy-*` request headers Envoy removes from every request: controls a client must not
+/// be able to set (docs/envoy-behaviour.md, section 2b).
+const ENVOY_CONTROL_HEADERS: [&[u8]; 12] = [
+    b"x-envoy-retry-on",
+    b"x-envoy-retry-grpc-on",
+    b"x-envoy-max-retries",
+    b"x-envoy-retriable-status-codes",
+    b"x-envoy-retriable-header-names",
+    b"x-envoy-upstream-rq-timeout-ms",
+    b"x-envoy-upstream-rq-per-try-timeout-ms",
+    b"x-envoy-hedge-on-per-try-timeout",
+    b"x-envoy-upstream-alt-stat-name",
+    b"x-envoy-internal",
+    b"x-envoy-force-trace",
+    b"x-envoy-ip-tags",
+];
+
+/// Removed in addition from edge requests (`use_remote_address`).
+const ENVOY_EDGE_HEADERS: [&[u8]; 4] = [
+    b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node",
+    b"x-envoy-original-path",
+    b"x-envoy-decorator-operation",
+];
+
+/// A random UUID v4 in its 36-character text form (Envoy's `x-request-id`).
+pub fn uuid4() -> [u8; 36] {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = hex[(x >> 4) as usize];
+        out[j + 1] = hex[(x & 0xf) as usize];
+        j += 2;
+    }
+    out
+}
+
+/// The first non-loopback address of this host in the peer's family: what Envoy appends to
+/// `x-forwarded-for` for a loopback client under `use_remote_address`.
+fn local_address(v4: bool) -> Option<IpAddr> {
+    static CACHE: OnceLock<(Option<IpAddr>, Option<IpAddr>)> = OnceLock::new();
+    let (a4, a6) = *CACHE.get_or_init(|| {
+        let mut v4 = None;
+        let mut v6 = None;
+        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills `ifap` with a list we only read and then free once.
+        unsafe {
+            if libc::getifaddrs(&mut ifap) == 0 {
+                let mut p = ifap;
+                while !p.is_null() {
+                    let a = (*p).ifa_addr;
+                    if !a.is_null() {
+                        match i32::from((*a).sa_family) {
+                            libc::AF_INET if v4.is_none() => {
+                                let sin = &*(a as *const libc::sockaddr_in);
+                                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                                if !ip.is_loopback() {
+                                    v4 = Some(IpAddr::V4(ip));
+                                }
+                            }
+                            libc::AF_INET6 if v6.is_none() => {
+                                let sin6 = &*(a as *const libc::sockaddr_in6);
+                                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                                if !ip.is_loopback() {
+                                    v6 = Some(IpAddr::V6(ip));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    p = (*p).ifa_next;
+                }
+                libc::freeifaddrs(ifap);
+            }
+        }
+        (v4, v6)
+    });
+    if v4 {
+        a4
+    } else {
+        a6
+    }
+}
+
+/// Adds and rewrites the proxy's own request headers as Envoy's connection manager and router
+/// do (docs/envoy-behaviour.md, sections 1 and 2), in-place edits and order included: hop-by-hop
+/// and control headers stripped; `x-forwarded-for`, `x-forwarded-proto`,
+/// `x-envoy-external-address`, `x-request-id`; then `x-envoy-expected-rq-timeout-ms` last.
+pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, fwd: &Forward) {
+    let hcm = &l.c.cfg.hcm;
+    let edge = hcm.use_remote_address;
+    strip_hop_by_hop(h);
+    h.remove_if(|n, _| {
+        // The router sets its own expected-timeout header, appended last.
+        n == b"x-envoy-expected-rq-timeout-ms"
+            || n.starts_with(b"x-envoy-")
+                && (ENVOY_CONTROL_HEADERS.contains(&n) || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
+    });
+    if edge {
+        let peer = peer.ip();
+        if !hcm.skip_xff_append {
+            let appended = if peer.is_loopback() {
+                local_address(peer.is_ipv4()).unwrap_or(peer)
+            } else {
+                peer
+            };
+            let ip = appended.to_string();
+            match h.get(b"x-forwarded-for") {
+                Some(v) => {
+                    let mut nv = v.to_vec();
+                    nv.push(b',');
+                    nv.extend_from_slice(ip.as_bytes());
+                    h.set(b"x-forwarded-for", &nv);
+                }
+                None => h.append(b"x-forwarded-for", ip.as_bytes()),
+            }
+        }
+        let hops = hcm.xff_num_trusted_hops as usize;
+        let external = match (hops, h.get(b"x-forwarded-for")) {
+            (0, _) | (_, None) => peer.to_string().into_bytes(),
+            (_, Some(xff)) => {
+                let entries: Vec<&[u8]> =
+                    xff.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect();
+                if !hcm.skip_xff_append && entries.len() > hops {
+                    entries[entries.len() - 1 - hops].to_vec()
+                } else {
+                    peer.to_string().into_bytes()
+                }
+            }
+        };
+        if hops == 0 || !h.contains(b"x-forwarded-proto") {
+            h.set(b"x-forwarded-proto", b"http");
+        }
+        h.set(b"x-envoy-external-address", &external);
+        if hcm.generate_request_id {
+            if !hcm.preserve_external_request_id {
+                h.set(b"x-request-id", &uuid4());
+            } else if !h.contains(b"x-request-id") {
+                h.append(b"x-request-id", &uuid4());
+            }
+        }
+    } else {
+        if !h.contains(b"x-forwarded-proto") {
+            h.append(b"x-forwarded-proto", b"http");
+        }
+        if hcm.generate_request_id && !h.contains(b"x-request-id") {
+            h.append(b"x-request-id", &uuid4());
+        }
+    }
+    if !hcm.suppress_envoy_headers && fwd.timeout_ms > 0 {
+        h.append(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header);
+    }
+}
+
+/// The target after `prefix_rewrite`, or `None` when the route does not rewrite it.
+pub fn rewrite_target(
+    fwd: &Forward,
+    route_prefix_len: Option<usize>,
+    target: &[u8],
+) -> Option<Vec<u8>> {
+    match (&fwd.prefix_rewrite, route_prefix_len) {
+        (Some(p), Some(n)) if target.len() >= n => {
+            let mut out = Vec::with_capacity(p.len() + target.len() - n);
+            out.extend_from_slice(p);
+            out.extend_from_slice(&target[n..]);
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// Response headers the proxy sets, in Envoy's order: an upstream `server` replaced in place,
+/// `x-envoy-upstream-service-time` appended, the configured response edits, then `date` if
+/// absent and `server` per `server_header_transformation` (a configured `server` is
+/// overwritten too).
+pub fn apply_response_extras(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    h: &mut HeaderMap,
+    service_ms: u128,
+    chain: &[&Mutations; 4],
+) {
+    let hcm = &l.c.cfg.hcm;
+    let transformation = hcm.server_header_transformation.as_str();
+    if transformation == "OVERWRITE" && h.contains(b"server") {
+        h.set(b"server", &l.c.server_name);
+    }
+    if !hcm.suppress_envoy_headers {
+        h.set(
+            b"x-envoy-upstream-service-time",
+            itoa::Buffer::new().format(service_ms).as_bytes(),
+        );
+    }
+    for m in chain {
+        m.apply_response(h);
+    }
+    if !h.contains(b"date") {
+        h.append(b"date", &ctx.date());
+    }
+    match transformation {
+        "PASS_THROUGH" => {}
+        "APPEND_IF_ABSENT" if h.contains(b"server") => {}
+        _ => h.set(b"server", &l.c.server_name),
+    }
+}
+
+/// The `location` of a redirect: scheme, host and port from the redirect or the request,
+/// then the path (`path_redirect`, `prefix_rewrite` or the original) and the query unless
+/// `strip_query` (or the new path brings its own).
+pub fn redirect_location(r: &Redirect, host: &[u8], target: &[u8]) -> Vec<u8> {
+    let c = &r.cfg;
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(i) => (&target[..i], &target[i..]),
+        None => (target, &b""[..]),
+    };
+    let mut out = Vec::new();
+    out.extend_from_slice(c.scheme_redirect.as_deref().unwrap_or("http").as_bytes());
+    out.extend_from_slice(b"://");
+    let (req_host, req_port) = match memchr::memrchr(b':', host) {
+        Some(i) if !host.ends_with(b"]") => (&host[..i], Some(&host[i..])),
+        _ => (host, None),
+    };
+    match &c.host_redirect {
+        Some(h) => out.extend_from_slice(h.as_bytes()),
+        None => out.extend_from_slice(req_host),
+    }
+    match c.port_redirect {
+        Some(p) => {
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(p).as_bytes());
+        }
+        None if c.host_redirect.is_none() && c.scheme_redirect.is_none() => {
+            if let Some(p) = req_port {
+                out.extend_from_slice(p);
+            }
+        }
+        None => {}
+    }
+    let query_in_path = match (&c.path_redirect, &c.prefix_rewrite) {
+        (Some(p), _) => {
+            out.extend_from_slice(p.as_bytes());
+            p.contains('?')
+        }
+        (None, Some(p)) => {
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(&path[r.prefix_len.min(path.len())..]);
+            false
+        }
+        (None, None) => {
+            out.extend_from_slice(path);
+            false
+        }
+    };
+    if !c.strip_query && !query_in_path {
+        out.extend_from_slice(query);
+    }
+    out
+}

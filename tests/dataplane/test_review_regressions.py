@@ -1,0 +1,102 @@
+"""Regression tests for bugs found in review of the request path (each reproduced before the
+fix); every test is named after the bug it pins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.dataplane.conftest import RawConn, get, wait_stat
+from tests.support.configs import bootstrap, cluster, route
+
+
+def canned_proxy(make_proxy: Any, make_canned: Any, responses: dict[str, Any], **hcm: Any) -> tuple[Any, Any]:
+    up = make_canned(responses)
+    return make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)], hcm=hcm or None)), up
+
+
+def test_pooled_connection_with_bytes_past_the_response_is_not_reused(make_proxy: Any, make_canned: Any) -> None:
+    # The upstream appends a second, unsolicited response after the first one's body. Before the
+    # fix the connection went back to the pool and the next client read "EVIL!" as its response.
+    poisoned = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nEVIL!"
+    clean = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nclean"
+    proxy, up = canned_proxy(make_proxy, make_canned, {"/a": poisoned, "*": clean})
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/a")).body == b"ok"
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/b")).body == b"clean"
+    assert up.connections == 2
+
+
+def test_duplicate_upstream_content_length_is_a_502_not_relayed(make_proxy: Any, make_canned: Any) -> None:
+    smuggle = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 7\r\n\r\nokSMUGL"
+    proxy, _ = canned_proxy(make_proxy, make_canned, {"*": smuggle})
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a"))
+        assert (r.status, r.body) == (502, b"upstream connect error or disconnect/reset before headers. "
+                                           b"reset reason: protocol error")
+    wait_stat(proxy, "cluster.up.upstream_cx_protocol_error", 1)
+
+
+def test_unsolicited_101_from_upstream_is_a_502(make_proxy: Any, make_canned: Any) -> None:
+    proxy, up = canned_proxy(make_proxy, make_canned, {"*": b"HTTP/1.1 101 Switching Protocols\r\n\r\n"})
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/a")).status == 502
+
+
+def test_upstream_100_continue_is_relayed_once_with_proxy_100_continue(make_proxy: Any, make_canned: Any) -> None:
+    def answer(s: Any, _rest: bytes) -> None:
+        s.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+
+    proxy, up = canned_proxy(make_proxy, make_canned, {"*": answer}, proxy_100_continue=True)
+    with RawConn(proxy.listener_port()) as c:
+        c.send(b"POST /p HTTP/1.1\r\nhost: example.com\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\nabc")
+        first = c.read_response(skip_100=False)
+        assert first.status == 100
+        final = c.read_response(skip_100=False)
+        assert (final.status, final.body) == (200, b"ok")
+    assert b"expect: 100-continue" in up.heads[0].lower()
+
+
+def test_stale_head_flag_does_not_strip_the_body_of_a_later_reply(make_proxy: Any, upstream: Any) -> None:
+    # A HEAD then a request refused at framing: the 501 must carry its body again.
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/h", method="HEAD"), head=True).status == 200
+        r = c.request(b"POST /p HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: gzip\r\n\r\n")
+        assert (r.status, r.body) == (501, b"Not Implemented")
+
+
+def test_connection_header_cannot_remove_host(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/a", extra="connection: host\r\n")).status == 200
+    assert upstream.requests[0].header("host") == "example.com"
+
+
+def test_malformed_chunked_request_body_gets_400(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(b"POST /p HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        assert (r.status, r.body) == (400, b"Bad Request")
+        assert c.closed_within(3.0)
+    wait_stat(proxy, "http.ingress_http.downstream_cx_protocol_error", 1)
+
+
+def test_content_length_zero_local_reply_keeps_the_connection(make_proxy: Any, upstream: Any) -> None:
+    # `content-length: 0` is no body: a local reply must not close (and lose a pipelined request).
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], domains=["example.com"]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(get("/", host="nomatch.example", extra="content-length: 0\r\n") + get("/after"))
+        assert c.read_response().status == 404
+        assert c.read_response().status == 200
+    assert [r.target for r in upstream.requests] == ["/after"]
+
+
+def test_gauges_return_to_zero_after_failures(make_proxy: Any, make_canned: Any) -> None:
+    proxy, _ = canned_proxy(make_proxy, make_canned, {"*": b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"})
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/a")).status == 502
+    wait_stat(proxy, "cluster.up.upstream_rq_active", 0)
+    wait_stat(proxy, "http.ingress_http.downstream_rq_active", 0)
+    wait_stat(proxy, "cluster.up.upstream_rq_502", 1)
