@@ -10,16 +10,38 @@ use bytes::{Bytes, BytesMut};
 /// Envoy's default `max_headers_count`.
 pub const MAX_HEADERS: usize = 100;
 
+/// Longest name or value stored inline in a header entry: covers every header the proxy adds
+/// itself (a UUID is 36 bytes, an IMF-fixdate 29), so adding one allocates nothing.
+const INLINE: usize = 38;
+
 #[derive(Debug, Clone)]
 enum Val {
+    /// A span of the raw head.
     Span(u32, u32),
+    /// A short value added after parsing.
+    Inline(u8, [u8; INLINE]),
+    /// A longer value added after parsing.
     Owned(Box<[u8]>),
+}
+
+impl Val {
+    #[inline]
+    fn new(b: &[u8]) -> Val {
+        if b.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..b.len()].copy_from_slice(b);
+            Val::Inline(b.len() as u8, buf)
+        } else {
+            Val::Owned(b.into())
+        }
+    }
 }
 
 #[inline]
 fn val<'a>(raw: &'a [u8], v: &'a Val) -> &'a [u8] {
     match v {
         Val::Span(s, e) => &raw[*s as usize..*e as usize],
+        Val::Inline(n, b) => &b[..*n as usize],
         Val::Owned(b) => b,
     }
 }
@@ -73,8 +95,7 @@ impl HeaderMap {
 
     /// Appends a header (name must be lower-case).
     pub fn append(&mut self, name: &[u8], value: &[u8]) {
-        self.entries
-            .push((Val::Owned(name.into()), Val::Owned(value.into())));
+        self.entries.push((Val::new(name), Val::new(value)));
     }
 
     /// Replaces every value of `name` with one `value`, keeping the first one's position.
@@ -87,7 +108,7 @@ impl HeaderMap {
                     idx += 1;
                     idx - 1 <= i || val(raw, n) != name
                 });
-                self.entries[i].1 = Val::Owned(value.into());
+                self.entries[i].1 = Val::new(value);
             }
             None => self.append(name, value),
         }
@@ -211,21 +232,34 @@ fn span(base: *const u8, s: &[u8]) -> (u32, u32) {
     (start as u32, (start + s.len()) as u32)
 }
 
-/// (name span, value span) of one header line within the raw head.
-type HeaderSpans = ((u32, u32), (u32, u32));
+/// Room left in a parsed head's entry list for the headers the proxy adds (request: up to
+/// six; response: up to four), so adding them does not regrow the list. Kept small enough that
+/// a typical head's list stays within glibc's per-thread cache (1 KiB blocks).
+const ADDED_HEADERS: usize = 6;
 
-fn lowercase_names(raw: &mut BytesMut, spans: &[HeaderSpans]) {
-    for ((s, e), _) in spans {
-        raw[*s as usize..*e as usize].make_ascii_lowercase();
+/// The header entries of a parse, as spans of the buffer at `base`, in one allocation.
+fn entries_of(base: *const u8, headers: &[httparse::Header<'_>]) -> Vec<(Val, Val)> {
+    let mut entries = Vec::with_capacity(headers.len() + ADDED_HEADERS);
+    for h in headers {
+        let (ns, ne) = span(base, h.name.as_bytes());
+        let (vs, ve) = span(base, h.value);
+        entries.push((Val::Span(ns, ne), Val::Span(vs, ve)));
     }
+    entries
 }
 
-fn build_map(raw: Bytes, spans: Vec<HeaderSpans>) -> HeaderMap {
-    let entries = spans
-        .into_iter()
-        .map(|((ns, ne), (vs, ve))| (Val::Span(ns, ne), Val::Span(vs, ve)))
-        .collect();
-    HeaderMap { raw, entries }
+/// Splits the head off `buf`, lower-cases the header names in place and builds the map.
+fn take_head(buf: &mut BytesMut, n: usize, entries: Vec<(Val, Val)>) -> HeaderMap {
+    let mut raw = buf.split_to(n);
+    for (name, _) in &entries {
+        if let Val::Span(s, e) = name {
+            raw[*s as usize..*e as usize].make_ascii_lowercase();
+        }
+    }
+    HeaderMap {
+        raw: raw.freeze(),
+        entries,
+    }
 }
 
 /// Parses a request head from the front of `buf`. Returns `Ok(None)` when more bytes are
@@ -252,20 +286,14 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
     let method = span(base, req.method.unwrap_or("").as_bytes());
     let target = span(base, req.path.unwrap_or("").as_bytes());
     let minor = req.version.unwrap_or(1);
-    let spans: Vec<_> = req
-        .headers
-        .iter()
-        .map(|h| (span(base, h.name.as_bytes()), span(base, h.value)))
-        .collect();
-    let mut raw = buf.split_to(n);
-    lowercase_names(&mut raw, &spans);
-    let raw = raw.freeze();
+    let entries = entries_of(base, req.headers);
+    let headers = take_head(buf, n, entries);
     Ok(Some(RequestHead {
         method,
         target,
         minor,
-        headers: build_map(raw.clone(), spans),
-        raw,
+        raw: headers.raw.clone(),
+        headers,
         wire_len: n,
         target_override: None,
     }))
@@ -293,18 +321,11 @@ pub fn parse_response(
     };
     let status = resp.code.unwrap_or(0);
     let minor = resp.version.unwrap_or(1);
-    let spans: Vec<_> = resp
-        .headers
-        .iter()
-        .map(|h| (span(base, h.name.as_bytes()), span(base, h.value)))
-        .collect();
-    let mut raw = buf.split_to(n);
-    lowercase_names(&mut raw, &spans);
-    let raw = raw.freeze();
+    let headers = take_head(buf, n, entries_of(base, resp.headers));
     Ok(Some(ResponseHead {
         status,
         minor,
-        headers: build_map(raw, spans),
+        headers,
     }))
 }
 

@@ -139,8 +139,9 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
             break;
         };
         if d.rbuf.is_empty() {
-            // Idle between requests: no buffer held, woken by data, drain or idle timeout.
-            d.rbuf = BytesMut::new();
+            // Idle between requests: no buffer held (it goes back to the worker's pool),
+            // woken by data, drain or idle timeout.
+            ctx.put_read_buf(std::mem::take(&mut d.rbuf));
             let ready = tokio::select! {
                 r = d.stream.readable() => r.is_ok(),
                 _ = ctx.drain_notify.notified() => false,
@@ -152,6 +153,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
             if !ready || ctx.draining() {
                 break;
             }
+            d.rbuf = ctx.take_read_buf();
         }
         let next = Box::pin(request(&ctx, &snap, &l, &mut d)).await;
         if next == Next::Close || ctx.draining() {
@@ -159,6 +161,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
         }
     }
     let _ = d.stream.shutdown().await;
+    ctx.put_read_buf(d.rbuf);
 }
 
 /// Why a read returned no bytes.
@@ -376,11 +379,18 @@ pub(super) async fn reply(
     (status, if keep { Next::KeepAlive } else { Next::Close })
 }
 
-fn lower_host(h: &RequestHead) -> Vec<u8> {
-    h.headers
-        .get(b"host")
-        .map(<[u8]>::to_ascii_lowercase)
-        .unwrap_or_default()
+/// The `host` header lower-cased for routing, in a stack buffer when it fits (no allocation
+/// per request for any realistic host).
+fn lower_host<'b>(h: &RequestHead, buf: &'b mut [u8; 256]) -> std::borrow::Cow<'b, [u8]> {
+    let v = h.headers.get(b"host").unwrap_or_default();
+    if v.len() <= buf.len() {
+        let out = &mut buf[..v.len()];
+        out.copy_from_slice(v);
+        out.make_ascii_lowercase();
+        std::borrow::Cow::Borrowed(out)
+    } else {
+        std::borrow::Cow::Owned(v.to_ascii_lowercase())
+    }
 }
 
 /// Checks a parsed request the way Envoy's codec does, routes it, and answers it locally or
@@ -421,7 +431,8 @@ async fn handle(
     // A local reply leaves an unread body behind, so the connection then closes.
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
     let keep_after_local = keep && !body_pending;
-    let host = lower_host(&head);
+    let mut host_buf = [0u8; 256];
+    let host = lower_host(&head, &mut host_buf);
     let table = &l.c.routes;
     let Some((vh, route)) = table.route(&host, head.target(), &head.headers) else {
         l.http.no_route.inc();

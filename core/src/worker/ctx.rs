@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -58,7 +59,16 @@ pub struct Ctx {
     listener_addrs: RefCell<HashMap<Arc<str>, String>>,
     accepts: RefCell<HashMap<Arc<str>, JoinHandle<()>>>,
     date: RefCell<(u64, Vec<u8>)>,
+    /// Recycled read buffers and write buffers: a request borrows them instead of allocating
+    /// 16 KiB twice (saved ~2 mallocs and frees of 16 KiB per request, callgrind).
+    read_bufs: RefCell<Vec<BytesMut>>,
+    write_bufs: RefCell<Vec<Vec<u8>>>,
 }
+
+/// Buffers kept per worker for reuse; beyond this, returned buffers are freed.
+const POOLED_BUFFERS: usize = 64;
+/// Write buffers that grew past this (a large head) are freed rather than kept.
+const MAX_POOLED_WRITE_BUF: usize = 64 * 1024;
 
 fn register<T: Scope + Default + 'static>(
     map: &RefCell<HashMap<String, Arc<T>>>,
@@ -104,6 +114,8 @@ impl Ctx {
             listener_addrs: RefCell::default(),
             accepts: RefCell::default(),
             date: RefCell::new((0, Vec::new())),
+            read_bufs: RefCell::default(),
+            write_bufs: RefCell::default(),
         })
     }
 
@@ -271,6 +283,41 @@ impl Ctx {
     pub fn close_pools(&self) {
         for h in self.hosts.borrow().values() {
             h.pool.clear();
+        }
+    }
+
+    /// A read buffer with room for `READ_CHUNK` bytes.
+    #[inline]
+    pub fn take_read_buf(&self) -> BytesMut {
+        self.read_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(super::conn::READ_CHUNK))
+    }
+
+    /// Returns an emptied read buffer for reuse.
+    #[inline]
+    pub fn put_read_buf(&self, mut b: BytesMut) {
+        let mut pool = self.read_bufs.borrow_mut();
+        if b.is_empty() && pool.len() < POOLED_BUFFERS {
+            b.clear();
+            pool.push(b);
+        }
+    }
+
+    /// An empty write buffer.
+    #[inline]
+    pub fn take_write_buf(&self) -> Vec<u8> {
+        self.write_bufs.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a write buffer for reuse.
+    #[inline]
+    pub fn put_write_buf(&self, mut v: Vec<u8>) {
+        let mut pool = self.write_bufs.borrow_mut();
+        if v.capacity() <= MAX_POOLED_WRITE_BUF && pool.len() < POOLED_BUFFERS {
+            v.clear();
+            pool.push(v);
         }
     }
 

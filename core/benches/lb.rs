@@ -1,0 +1,66 @@
+//! Load-balancer micro-benchmarks: one `Balancer::pick` per iteration over 3, 10 and 100
+//! hosts, for each policy. See benches/README.md for the method and the figures.
+
+use std::cell::Cell;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use pyproxy_core::lb::{Balancer, LbHost, Policy};
+
+/// A host as the balancer sees it: a weight and this worker's in-flight request count.
+struct Host {
+    weight: u32,
+    active: Cell<u32>,
+}
+
+impl LbHost for Host {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn active_requests(&self) -> u32 {
+        self.active.get()
+    }
+}
+
+/// `n` hosts; unequal weights cycle 1..=5, active requests vary so least-request compares.
+fn hosts(n: usize, equal: bool) -> Vec<Host> {
+    (0..n)
+        .map(|i| Host {
+            weight: if equal { 1 } else { (i % 5) as u32 + 1 },
+            active: Cell::new((i * 7 % 13) as u32),
+        })
+        .collect()
+}
+
+fn bench_pick(c: &mut Criterion) {
+    let policies: [(&str, Policy, bool); 6] = [
+        ("round_robin_equal", Policy::RoundRobin, true),
+        ("round_robin_weighted", Policy::RoundRobin, false),
+        ("random_equal", Policy::Random, true),
+        ("random_weighted", Policy::Random, false),
+        (
+            "least_request_p2c",
+            Policy::LeastRequest { choice_count: 2 },
+            true,
+        ),
+        (
+            "least_request_p2c_weighted",
+            Policy::LeastRequest { choice_count: 2 },
+            false,
+        ),
+    ];
+    for (name, policy, equal) in policies {
+        let mut g = c.benchmark_group(format!("lb_pick/{name}"));
+        for n in [3usize, 10, 100] {
+            let hs = hosts(n, equal);
+            let b = Balancer::new(policy, &hs);
+            g.bench_with_input(BenchmarkId::from_parameter(n), &hs, |bench, hs| {
+                bench.iter(|| b.pick(black_box(hs)))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_pick);
+criterion_main!(benches);
