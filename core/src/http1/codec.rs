@@ -107,16 +107,21 @@ pub fn response_framing(
     })
 }
 
-/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1), plus
-/// `proxy-connection`, which Envoy also strips. `te` is handled separately. `content-length`
-/// stays: it is end-to-end, and the writer keeps it in place when the framing is unchanged.
-const HOP_BY_HOP: [&[u8]; 5] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"transfer-encoding",
-    b"upgrade",
-];
+/// Whether `n` names a header that describes one hop and is never forwarded (RFC 9110
+/// section 7.6.1): `connection`, `keep-alive`, `transfer-encoding`, `upgrade`, plus
+/// `proxy-connection`, which Envoy also strips. `te` is handled separately; `content-length`
+/// is end-to-end. Dispatched on the length so most names are rejected without comparing bytes
+/// (this runs for every header of every message, twice).
+#[inline]
+fn is_hop_by_hop(n: &[u8]) -> bool {
+    match n.len() {
+        7 => n == b"upgrade",
+        10 => n == b"connection" || n == b"keep-alive",
+        16 => n == b"proxy-connection",
+        17 => n == b"transfer-encoding",
+        _ => false,
+    }
+}
 
 /// Removes hop-by-hop headers and the headers the `connection` header names; the writer adds
 /// `transfer-encoding` for the next hop. `te` is kept only as `te: trailers`, when it lists it.
@@ -146,7 +151,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                     .eq_ignore_ascii_case(b"trailers")
             });
             te = Some(te.unwrap_or(false) || trailers);
-        } else if HOP_BY_HOP.contains(&n) {
+        } else if is_hop_by_hop(n) {
             hop = true;
         }
     }
@@ -160,10 +165,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         // `connection` may nominate end-to-end headers for removal, but never `host`: a client
         // must not be able to strip it from the upstream request.
         h.remove_if(|n, _| {
-            HOP_BY_HOP.contains(&n) || (n != b"host" && named.iter().any(|t| t.as_slice() == n))
+            is_hop_by_hop(n) || (n != b"host" && named.iter().any(|t| t.as_slice() == n))
         });
     } else if hop {
-        h.remove_if(|n, _| HOP_BY_HOP.contains(&n));
+        h.remove_if(|n, _| is_hop_by_hop(n));
     }
     // `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
     match te {

@@ -101,17 +101,22 @@ impl HeaderMap {
     /// Replaces every value of `name` with one `value`, keeping the first one's position.
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
         let raw = &self.raw;
-        match self.entries.iter().position(|(n, _)| val(raw, n) == name) {
-            Some(i) => {
-                let mut idx = 0;
-                self.entries.retain(|(n, _)| {
-                    idx += 1;
-                    idx - 1 <= i || val(raw, n) != name
-                });
-                self.entries[i].1 = Val::new(value);
-            }
-            None => self.append(name, value),
+        let Some(i) = self.entries.iter().position(|(n, _)| val(raw, n) == name) else {
+            self.append(name, value);
+            return;
+        };
+        // Duplicates are rare: only then pay for a second pass that removes them.
+        if self.entries[i + 1..]
+            .iter()
+            .any(|(n, _)| val(raw, n) == name)
+        {
+            let mut idx = 0;
+            self.entries.retain(|(n, _)| {
+                idx += 1;
+                idx - 1 <= i || val(raw, n) != name
+            });
         }
+        self.entries[i].1 = Val::new(value);
     }
 
     /// Writes `host` first (Envoy's codec writes `:authority` right after the request line),
