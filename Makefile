@@ -48,8 +48,10 @@ lint: $(STAMP)  ## rustfmt, clippy, ruff
 bench:  ## criterion micro-benchmarks of core
 	cargo bench -p pyproxy-core
 
-perf: $(STAMP)  ## the benchmark suite against Envoy, HAProxy and nginx (see perf/README.md)
-	@if [ -x perf/run ]; then perf/run; else echo "perf/ suite not written yet (issue 8)"; exit 1; fi
+# perf/run builds its own release wheel and venv (perf/work/), so it does not need .venv.
+# Options go in PERF_ARGS, e.g. make perf PERF_ARGS="--quick" (perf/run --help lists them).
+perf:  ## the benchmark suite against Envoy, HAProxy and nginx (see perf/README.md)
+	perf/run $(PERF_ARGS)
 
 clean:
 	cargo clean
