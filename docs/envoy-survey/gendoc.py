@@ -1,5 +1,6 @@
 # Regenerates ../envoy-behaviour.md from transcript.md (run inside docs/envoy-survey).
 import re
+
 txt = open('transcript.md').read()
 B = {}
 for blk in txt.split('\n### ')[1:]:

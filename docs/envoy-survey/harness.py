@@ -181,7 +181,7 @@ def exchange(port, data, idle=0.6, src=None, dst="127.0.0.1", steps=None, max_wa
                     if not x:
                         break
                     chunks.append(x)
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 except ConnectionResetError:
                     break
@@ -192,7 +192,7 @@ def exchange(port, data, idle=0.6, src=None, dst="127.0.0.1", steps=None, max_wa
     while time.time() - start < max_wait:
         try:
             x = s.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             break
         except ConnectionResetError:
             closed = "RST"
@@ -209,7 +209,7 @@ def exchange(port, data, idle=0.6, src=None, dst="127.0.0.1", steps=None, max_wa
         try:
             x = s.recv(65536)
             closed = "after %.1fs more" % (time.time() - t0) if not x else "no (more data)"
-        except socket.timeout:
+        except TimeoutError:
             closed = "not within 3s"
         except ConnectionResetError:
             closed = "RST after %.1fs more" % (time.time() - t0)

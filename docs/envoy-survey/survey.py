@@ -1,5 +1,6 @@
 """Run the full Envoy wire survey; prints markdown to stdout."""
-import sys, time
+import sys
+
 import harness as H
 from harness import case
 

@@ -171,7 +171,7 @@ def start(port):
     def run():
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        srv = loop.run_until_complete(asyncio.start_server(_handle, "127.0.0.1", port))
+        _server = loop.run_until_complete(asyncio.start_server(_handle, "127.0.0.1", port))  # noqa: F841 (kept referenced while the loop runs)
         ready.set()
         loop.run_forever()
 

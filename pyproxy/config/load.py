@@ -132,6 +132,8 @@ def decode(raw: dict[str, Any]) -> model.Bootstrap:
 def _dec_hook(typ: type, obj: Any) -> Any:
     if typ is Duration:
         return Duration.parse(obj)
+    # msgspec's decode-hook contract: NotImplementedError means "not a type this hook handles",
+    # which msgspec reports as a validation error naming the path.
     raise NotImplementedError(typ)
 
 
