@@ -100,3 +100,40 @@ def test_gauges_return_to_zero_after_failures(make_proxy: Any, make_canned: Any)
     wait_stat(proxy, "cluster.up.upstream_rq_active", 0)
     wait_stat(proxy, "http.ingress_http.downstream_rq_active", 0)
     wait_stat(proxy, "cluster.up.upstream_rq_502", 1)
+
+
+def test_buffered_response_body_beyond_one_piece_does_not_stall(make_proxy: Any, make_canned: Any) -> None:
+    # A chunked response sent in one write, read 1 KiB at a time (the cluster's buffer limit).
+    # Its length is chosen so the last read holds 1017 data bytes and the 7-byte terminator:
+    # re-encoded, the data fills the 1 KiB write piece exactly while the terminator is still
+    # buffered. Before the fix the proxy then waited on the upstream socket for bytes it already
+    # held; the keep-alive upstream sent nothing more, and the request hung (here: the 3 s route
+    # timeout gave a 504).
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    total = 11 * 1024
+    n = total - len(head) - 7 - 6  # 6: a 4-digit hex size line with its CRLF
+    assert len(b"%x\r\n" % n) == 6
+    wire = head + b"%x\r\n" % n + b"x" * n + b"\r\n0\r\n\r\n"
+    assert len(wire) == total
+    up = make_canned({"*": wire})
+    proxy = make_proxy(
+        bootstrap(
+            [route("/", "up", timeout="3s")],
+            [cluster("up", up.port, per_connection_buffer_limit_bytes=1024)],
+        )
+    )
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/big"))
+        assert (r.status, len(r.body)) == (200, n)
+
+
+def test_buffered_request_body_beyond_one_piece_does_not_stall(make_proxy: Any, upstream: Any) -> None:
+    # Same bug on the request side: the client sends head and 10 KiB body in one write and then
+    # waits; the listener's 1 KiB limit moves the body in pieces.
+    config = bootstrap([route("/", "up", timeout="3s")], [cluster("up", upstream.port)])
+    config["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 1024
+    proxy = make_proxy(config)
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 10240\r\n\r\n" + b"y" * 10240)
+        assert r.status == 200
+    assert upstream.requests[0].body_len == 10240

@@ -68,7 +68,7 @@ pub struct Ctx {
 /// Buffers kept per worker for reuse; beyond this, returned buffers are freed.
 const POOLED_BUFFERS: usize = 64;
 /// Write buffers that grew past this (a large head) are freed rather than kept.
-const MAX_POOLED_WRITE_BUF: usize = 64 * 1024;
+const MAX_POOLED_WRITE_BUF: usize = 2 * super::conn::BODY_CHUNK;
 
 fn register<T: Scope + Default + 'static>(
     map: &RefCell<HashMap<String, Arc<T>>>,

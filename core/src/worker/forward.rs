@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::conn::{read_more, reply, Down, Next, READ_CHUNK};
+use super::conn::{read_more, reply, Down, Next, BODY_CHUNK};
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, mutate_request, rewrite_target};
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
@@ -159,7 +159,7 @@ pub(super) async fn forward(
     up.requests += 1;
     let rq_start = Instant::now();
     let up_chunk =
-        READ_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+        BODY_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
     let x = Exchange {
         ctx,
         l,
@@ -373,15 +373,26 @@ enum RespErr {
     Downstream,
 }
 
-/// Moves body bytes from `rbuf` through `dec` into `out` (chunk-encoded if `chunked`).
-/// Returns true once the body is complete.
+/// What [`pump`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pumped {
+    /// The body is complete.
+    Done,
+    /// `out` is full; body bytes may remain in the read buffer: write, then pump again.
+    Full,
+    /// The read buffer holds no more body bytes: write, then read.
+    NeedMore,
+}
+
+/// Moves body bytes from `rbuf` through `dec` into `out` (chunk-encoded if `chunked`), until
+/// the body ends, `out` holds `max` bytes, or `rbuf` runs dry.
 fn pump(
     dec: &mut Decoder,
     rbuf: &mut BytesMut,
     out: &mut Vec<u8>,
     chunked: bool,
     max: usize,
-) -> Result<bool, ()> {
+) -> Result<Pumped, ()> {
     loop {
         match dec.decode(rbuf, max).map_err(|_| ())? {
             Decoded::Data(b) => {
@@ -391,15 +402,15 @@ fn pump(
                     out.extend_from_slice(&b);
                 }
                 if out.len() >= max {
-                    return Ok(false);
+                    return Ok(Pumped::Full);
                 }
             }
-            Decoded::NeedMore => return Ok(false),
+            Decoded::NeedMore => return Ok(Pumped::NeedMore),
             Decoded::End => {
                 if chunked {
                     out.extend_from_slice(LAST_CHUNK);
                 }
-                return Ok(true);
+                return Ok(Pumped::Done);
             }
         }
     }
@@ -425,7 +436,7 @@ impl Exchange<'_> {
         let (ctx, l) = (self.ctx, self.l);
         let idle_ms = l.c.cfg.hcm.stream_idle_timeout_ms;
         // Bodies move in pieces no larger than either side's per_connection_buffer_limit_bytes.
-        let down_chunk = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+        let down_chunk = BODY_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
@@ -446,22 +457,28 @@ impl Exchange<'_> {
             let mut dec = Decoder::new(framing);
             let chunked = framing == Framing::Chunked;
             loop {
-                let done = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
+                let pumped = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
                     .map_err(|_| ReqErr::BadBody)?;
                 if !out.is_empty() {
                     uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
                     out.clear();
                     touch();
                 }
-                if done {
-                    req_complete.set(true);
-                    ctx.put_write_buf(out);
-                    return Ok::<(), ReqErr>(());
+                match pumped {
+                    Pumped::Done => {
+                        req_complete.set(true);
+                        ctx.put_write_buf(out);
+                        return Ok::<(), ReqErr>(());
+                    }
+                    // Body bytes are still buffered: never wait on the socket for them.
+                    Pumped::Full => {}
+                    Pumped::NeedMore => {
+                        read_more(&mut dr, drbuf, 0, down_chunk)
+                            .await
+                            .map_err(|_| ReqErr::Downstream)?;
+                        touch();
+                    }
                 }
-                read_more(&mut dr, drbuf, 0, down_chunk)
-                    .await
-                    .map_err(|_| ReqErr::Downstream)?;
-                touch();
             }
         };
 
@@ -527,27 +544,29 @@ impl Exchange<'_> {
             let mut dec = Decoder::new(up_framing);
             let chunked_out = down_framing == Framing::Chunked;
             loop {
-                let done = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk)
+                let pumped = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk)
                     .map_err(|_| RespErr::AfterHeaders)?;
                 if !out.is_empty() {
                     dw.write_all(&out).await.map_err(|_| RespErr::Downstream)?;
                     out.clear();
                     touch();
                 }
-                if done {
-                    break;
-                }
-                match read_more(&mut ur, urbuf, 0, up_chunk).await {
-                    Ok(_) => touch(),
-                    Err(_) if dec.is_close_delimited() => {
-                        if chunked_out {
-                            dw.write_all(LAST_CHUNK)
-                                .await
-                                .map_err(|_| RespErr::Downstream)?;
+                match pumped {
+                    Pumped::Done => break,
+                    // Body bytes are still buffered: never wait on the socket for them.
+                    Pumped::Full => {}
+                    Pumped::NeedMore => match read_more(&mut ur, urbuf, 0, up_chunk).await {
+                        Ok(_) => touch(),
+                        Err(_) if dec.is_close_delimited() => {
+                            if chunked_out {
+                                dw.write_all(LAST_CHUNK)
+                                    .await
+                                    .map_err(|_| RespErr::Downstream)?;
+                            }
+                            break;
                         }
-                        break;
-                    }
-                    Err(_) => return Err(RespErr::AfterHeaders),
+                        Err(_) => return Err(RespErr::AfterHeaders),
+                    },
                 }
             }
             ctx.put_write_buf(out);
