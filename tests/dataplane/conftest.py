@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.upstream import Upstream
+from tests.support.wait import wait_for, wait_stat  # noqa: F401 (re-exported to the tests)
 
 IMF_FIXDATE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
@@ -196,32 +197,6 @@ def shape_request(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream request headers with a generated x-request-id (checked to be a lower-case
     UUIDv4) replaced by <uuid>; nothing else touched."""
     return [(k, "<uuid>" if k == "x-request-id" and UUID4.match(v) else v) for k, v in headers]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT_S, what: str = "") -> Any:
-    """Polls `pred` until it returns something truthy; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
-        time.sleep(0.01)
-
-
-def wait_stat(proxy: Any, name: str, expected: int, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-    """Stats are updated just after a response is written: poll until `name` == `expected`."""
-    last: list[Any] = [None]
-
-    def ok() -> bool:
-        last[0] = proxy.stats().get(name)
-        return last[0] == expected
-
-    try:
-        wait_for(ok, timeout, name)
-    except AssertionError:
-        raise AssertionError(f"stat {name} = {last[0]!r}, expected {expected}") from None
 
 
 @pytest.fixture

@@ -3,24 +3,13 @@ membership stats, and `max_requests_per_connection`."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import httpx
 import pytest
 
 from tests.support.configs import bootstrap, cluster, route
-
-
-def wait_stat(proxy, name: str, want: int, timeout: float = 5.0) -> None:
-    """Stats are counted just after a response is written: poll until `name` reaches `want`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = proxy.stats().get(name, 0)
-        if got == want:
-            return
-        assert time.monotonic() < deadline, f"{name} = {got}, want {want}"
-        time.sleep(0.01)
+from tests.support.wait import wait_for, wait_stat
 
 
 def served_by(proxy, n: int, path: str = "/") -> Counter:
@@ -105,10 +94,7 @@ def test_least_request_avoids_a_host_with_requests_in_flight(make_upstream, make
 
     t = threading.Thread(target=hold)
     t.start()
-    deadline = time.monotonic() + 5
-    while p.stats().get("cluster.c.upstream_rq_active", 0) < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: p.stats().get("cluster.c.upstream_rq_active", 0) >= 1, what="the slow request in flight")
     seen = served_by(p, 20)
     t.join()
     busy = pinned[0]
@@ -138,14 +124,12 @@ def test_clusters_api_reports_per_host_stats(make_upstream, make_proxy):
     a, b = make_upstream(), make_upstream()
     p = make_proxy(bootstrap([route("/", "c")], [cluster("c", a.port, b.port)]))
     served_by(p, 4)
-    deadline = time.monotonic() + 5
-    while True:
-        (info,) = p.engine.clusters()
-        hosts = {h["port"]: h for h in info["hosts"]}
-        if sum(h["rq_total"] for h in hosts.values()) == 4:
-            break
-        assert time.monotonic() < deadline, info
-        time.sleep(0.01)
+    def counted() -> dict | None:
+        (c,) = p.engine.clusters()
+        return c if sum(h["rq_total"] for h in c["hosts"]) == 4 else None
+
+    info = wait_for(counted, what="4 requests in the per-host stats")
+    hosts = {h["port"]: h for h in info["hosts"]}
     assert info["name"] == "c"
     assert set(hosts) == {a.port, b.port}
     assert all(h["rq_total"] == 2 and h["rq_success"] == 2 and h["cx_total"] == 1 for h in hosts.values()), hosts

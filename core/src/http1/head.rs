@@ -123,35 +123,34 @@ impl HeaderMap {
     /// then every other header in order.
     pub fn write_host_first(&self, out: &mut Vec<u8>) {
         if let Some(h) = self.get(b"host") {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(h);
-            out.extend_from_slice(b"\r\n");
+            write_header(out, b"host", h);
         }
-        for (n, v) in self.iter() {
-            if n != b"host" {
-                out.extend_from_slice(n);
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(v);
-                out.extend_from_slice(b"\r\n");
-            }
+        for (n, v) in self.iter().filter(|(n, _)| *n != b"host") {
+            write_header(out, n, v);
         }
     }
 
     /// Writes every header as `name: value\r\n`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         for (n, v) in self.iter() {
-            out.extend_from_slice(n);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
+            write_header(out, n, v);
         }
     }
+}
+
+/// Writes one header line, `name: value\r\n`.
+#[inline]
+pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed request head.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    raw: Bytes,
+    /// Spans of the raw head, which the header map holds.
     method: (u32, u32),
     target: (u32, u32),
     /// `0` for HTTP/1.0, `1` for HTTP/1.1.
@@ -167,7 +166,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// The method, as sent.
     pub fn method(&self) -> &[u8] {
-        &self.raw[self.method.0 as usize..self.method.1 as usize]
+        &self.headers.raw[self.method.0 as usize..self.method.1 as usize]
     }
 
     /// The request target: path and query as sent, or the path and query of an absolute URI
@@ -175,14 +174,14 @@ impl RequestHead {
     pub fn target(&self) -> &[u8] {
         match &self.target_override {
             Some(t) => t,
-            None => &self.raw[self.target.0 as usize..self.target.1 as usize],
+            None => &self.headers.raw[self.target.0 as usize..self.target.1 as usize],
         }
     }
 
     /// Turns an absolute-form target (`http://host/path?q`) into origin form, making the URI's
     /// authority the `host` header, as Envoy does. Returns false for a malformed URI.
     pub fn normalize_absolute_form(&mut self) -> bool {
-        let t = &self.raw[self.target.0 as usize..self.target.1 as usize];
+        let t = &self.headers.raw[self.target.0 as usize..self.target.1 as usize];
         let rest = if t.len() > 7 && t[..7].eq_ignore_ascii_case(b"http://") {
             &t[7..]
         } else if t.len() > 8 && t[..8].eq_ignore_ascii_case(b"https://") {
@@ -297,7 +296,6 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
         method,
         target,
         minor,
-        raw: headers.raw.clone(),
         headers,
         wire_len: n,
         target_override: None,

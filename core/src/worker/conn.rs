@@ -24,7 +24,7 @@ use crate::http1::body::Framing;
 use crate::http1::codec::{
     is_upgrade, keep_alive, request_framing, write_framing, write_status_line, FramingError,
 };
-use crate::http1::head::{parse_request, HeadError, HeaderMap, RequestHead};
+use crate::http1::head::{parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::router::Action;
 use crate::stats::HttpStats;
 
@@ -330,8 +330,8 @@ fn local_reply(
         h.write_to(&mut out);
     }
     if body.is_empty() {
-        push_header(&mut out, b"date", &ctx.date());
-        push_header(&mut out, b"server", &l.c.server_name);
+        write_header(&mut out, b"date", &ctx.date());
+        write_header(&mut out, b"server", &l.c.server_name);
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -347,8 +347,8 @@ fn local_reply(
     if !extra.is_some_and(|h| h.contains(b"content-type")) {
         out.extend_from_slice(b"content-type: text/plain\r\n");
     }
-    push_header(&mut out, b"date", &ctx.date());
-    push_header(&mut out, b"server", &l.c.server_name);
+    write_header(&mut out, b"date", &ctx.date());
+    write_header(&mut out, b"server", &l.c.server_name);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -357,13 +357,6 @@ fn local_reply(
         out.extend_from_slice(body);
     }
     out
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a local reply; the connection continues only if `keep` (the caller's decision: the

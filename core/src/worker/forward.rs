@@ -119,6 +119,7 @@ pub(super) async fn forward(
             return (0, Next::Close);
         }
     }
+    let is_head = head.method() == b"HEAD";
     let out = upstream_head(
         l,
         d,
@@ -131,7 +132,6 @@ pub(super) async fn forward(
         chain,
         ctx.take_write_buf(),
     );
-    let is_head = out.starts_with(b"HEAD ");
 
     let _rq = RqGuard::new(host.clone(), cs.clone());
     let mut up = match host.pool.checkout() {
