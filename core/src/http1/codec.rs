@@ -2,7 +2,7 @@
 //! smuggling checks), which headers are hop-by-hop, and how heads are written.
 
 use super::body::Framing;
-use super::head::{HeaderMap, RequestHead};
+use super::head::{known, HeaderMap, RequestHead};
 
 /// Why a request's framing is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,9 @@ fn is_hop_by_hop(n: &[u8]) -> bool {
 /// ~8% of the request path's instructions (callgrind, 20k keep-alive requests through nginx,
 /// whose responses all carry `connection: keep-alive`).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.may_have_any(known::HOP_BY_HOP) {
+        return;
+    }
     let mut hop = false;
     let mut nominates = false;
     let mut te: Option<bool> = None;

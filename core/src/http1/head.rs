@@ -46,11 +46,71 @@ fn val<'a>(raw: &'a [u8], v: &'a Val) -> &'a [u8] {
     }
 }
 
+/// Bits of [`HeaderMap`]'s presence mask: one per header name the request path looks up on
+/// every request, and one for the whole `x-envoy-` family. Most of those lookups are for
+/// headers a request does not carry; the mask answers them without scanning the entries.
+pub mod known {
+    pub const HOST: u32 = 1 << 0;
+    pub const CONNECTION: u32 = 1 << 1;
+    pub const TE: u32 = 1 << 2;
+    pub const TRANSFER_ENCODING: u32 = 1 << 3;
+    pub const CONTENT_LENGTH: u32 = 1 << 4;
+    pub const UPGRADE: u32 = 1 << 5;
+    pub const EXPECT: u32 = 1 << 6;
+    pub const KEEP_ALIVE: u32 = 1 << 7;
+    pub const PROXY_CONNECTION: u32 = 1 << 8;
+    pub const X_FORWARDED_FOR: u32 = 1 << 9;
+    pub const X_FORWARDED_PROTO: u32 = 1 << 10;
+    pub const X_REQUEST_ID: u32 = 1 << 11;
+    pub const SERVER: u32 = 1 << 12;
+    pub const DATE: u32 = 1 << 13;
+    pub const CONTENT_TYPE: u32 = 1 << 14;
+    /// Any name starting with `x-envoy-`.
+    pub const X_ENVOY: u32 = 1 << 15;
+    /// The hop-by-hop headers, and `te` (reduced, not dropped).
+    pub const HOP_BY_HOP: u32 =
+        CONNECTION | TE | TRANSFER_ENCODING | UPGRADE | KEEP_ALIVE | PROXY_CONNECTION;
+}
+
+/// The mask bit of a (lower-case) header name: exact for the names of [`known`], the family
+/// bit for any other `x-envoy-` name, 0 for the rest. Cheap enough to run on every parsed
+/// name: a length switch, then at most two comparisons.
+#[inline]
+pub fn known_bit(n: &[u8]) -> u32 {
+    use known::*;
+    let exact = match n.len() {
+        2 if n == b"te" => TE,
+        4 if n == b"host" => HOST,
+        4 if n == b"date" => DATE,
+        6 if n == b"expect" => EXPECT,
+        6 if n == b"server" => SERVER,
+        7 if n == b"upgrade" => UPGRADE,
+        10 if n == b"connection" => CONNECTION,
+        10 if n == b"keep-alive" => KEEP_ALIVE,
+        12 if n == b"content-type" => CONTENT_TYPE,
+        12 if n == b"x-request-id" => X_REQUEST_ID,
+        14 if n == b"content-length" => CONTENT_LENGTH,
+        15 if n == b"x-forwarded-for" => X_FORWARDED_FOR,
+        16 if n == b"proxy-connection" => PROXY_CONNECTION,
+        17 if n == b"transfer-encoding" => TRANSFER_ENCODING,
+        17 if n == b"x-forwarded-proto" => X_FORWARDED_PROTO,
+        _ => 0,
+    };
+    if exact == 0 && n.len() > 8 && n.starts_with(b"x-envoy-") {
+        X_ENVOY
+    } else {
+        exact
+    }
+}
+
 /// An ordered multimap of lower-case header names to values.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderMap {
     raw: Bytes,
     entries: Vec<(Val, Val)>,
+    /// [`known_bit`]s of the names present. A bit may stay set after its header is gone
+    /// (never the reverse), so a clear bit proves absence and a set one means "scan".
+    mask: u32,
 }
 
 impl HeaderMap {
@@ -66,14 +126,39 @@ impl HeaderMap {
             .map(move |(n, v)| (self.bytes(n), self.bytes(v)))
     }
 
+    /// Whether a header of `name` can be present: false proves it is absent.
+    #[inline]
+    fn may_have(&self, name: &[u8]) -> bool {
+        let bit = known_bit(name);
+        bit == 0 || self.mask & bit != 0
+    }
+
+    /// Whether any header of the [`known`] bits in `bits` can be present: false proves none is.
+    #[inline]
+    pub fn may_have_any(&self, bits: u32) -> bool {
+        self.mask & bits != 0
+    }
+
     /// The first value of `name` (lower-case).
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        if !self.may_have(name) {
+            return None;
+        }
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
     /// Every value of `name` (lower-case).
     pub fn get_all<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
+        let entries = if self.may_have(name) {
+            &self.entries[..]
+        } else {
+            &[]
+        };
+        entries
+            .iter()
+            .map(move |(n, v)| (self.bytes(n), self.bytes(v)))
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// Whether `name` is present.
@@ -83,23 +168,38 @@ impl HeaderMap {
 
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &[u8]) {
-        self.remove_if(|n, _| n == name);
+        if self.may_have(name) {
+            self.remove_if(|n, _| n == name);
+        }
     }
 
     /// Removes every header for which `drop` returns true.
     pub fn remove_if(&mut self, mut drop: impl FnMut(&[u8], &[u8]) -> bool) {
         let raw = &self.raw;
-        self.entries
-            .retain(|(n, v)| !drop(val(raw, n), val(raw, v)));
+        let mut mask = 0;
+        self.entries.retain(|(n, v)| {
+            let name = val(raw, n);
+            let keep = !drop(name, val(raw, v));
+            if keep {
+                mask |= known_bit(name);
+            }
+            keep
+        });
+        self.mask = mask;
     }
 
     /// Appends a header (name must be lower-case).
     pub fn append(&mut self, name: &[u8], value: &[u8]) {
+        self.mask |= known_bit(name);
         self.entries.push((Val::new(name), Val::new(value)));
     }
 
     /// Replaces every value of `name` with one `value`, keeping the first one's position.
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
+        if !self.may_have(name) {
+            self.append(name, value);
+            return;
+        }
         let raw = &self.raw;
         let Some(i) = self.entries.iter().position(|(n, _)| val(raw, n) == name) else {
             self.append(name, value);
@@ -122,18 +222,78 @@ impl HeaderMap {
     /// Writes `host` first (Envoy's codec writes `:authority` right after the request line),
     /// then every other header in order.
     pub fn write_host_first(&self, out: &mut Vec<u8>) {
-        if let Some(h) = self.get(b"host") {
-            write_header(out, b"host", h);
-        }
-        for (n, v) in self.iter().filter(|(n, _)| *n != b"host") {
-            write_header(out, n, v);
+        let host = if self.mask & known::HOST != 0 {
+            self.entries
+                .iter()
+                .position(|(n, _)| self.bytes(n) == b"host")
+        } else {
+            None
+        };
+        match host {
+            // Any later `host` is dropped: one authority goes upstream.
+            Some(i) => {
+                self.write_entries(out, &self.entries[i..i + 1], None);
+                self.write_entries(out, &self.entries[..i], None);
+                self.write_entries(out, &self.entries[i + 1..], Some(b"host"));
+            }
+            None => self.write_entries(out, &self.entries, None),
         }
     }
 
     /// Writes every header as `name: value\r\n`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        for (n, v) in self.iter() {
-            write_header(out, n, v);
+        self.write_entries(out, &self.entries, None);
+    }
+
+    /// The line of a header exactly as parsed, `name: value\r\n` (name lower-cased in place),
+    /// as a span of the raw head: `None` for an added or rewritten header, or one whose line
+    /// is spelled otherwise (no space after the colon, trailing spaces, a bare `\n`).
+    #[inline]
+    fn raw_line(&self, n: &Val, v: &Val) -> Option<(usize, usize)> {
+        let (Val::Span(ns, ne), Val::Span(vs, ve)) = (n, v) else {
+            return None;
+        };
+        let (ns, ne, vs, ve) = (*ns as usize, *ne as usize, *vs as usize, *ve as usize);
+        let raw = &self.raw[..];
+        (vs == ne + 2
+            && raw.get(ne..vs) == Some(&b": "[..])
+            && raw.get(ve..ve + 2) == Some(&b"\r\n"[..]))
+        .then_some((ns, ve + 2))
+    }
+
+    /// Writes `entries` (a run of this map's) as header lines. Consecutive headers that are
+    /// still the parsed bytes, as most are, go out in one copy per run instead of four small
+    /// ones per header.
+    /// Headers named `skip` are left out.
+    fn write_entries(&self, out: &mut Vec<u8>, entries: &[(Val, Val)], skip: Option<&[u8]>) {
+        let mut run: Option<(usize, usize)> = None;
+        for (n, v) in entries {
+            if skip.is_some_and(|s| self.bytes(n) == s) {
+                if let Some((rs, re)) = run.take() {
+                    out.extend_from_slice(&self.raw[rs..re]);
+                }
+                continue;
+            }
+            match self.raw_line(n, v) {
+                Some((s, e)) => match &mut run {
+                    Some((_, re)) if *re == s => *re = e,
+                    _ => {
+                        if let Some((rs, re)) = run {
+                            out.extend_from_slice(&self.raw[rs..re]);
+                        }
+                        run = Some((s, e));
+                    }
+                },
+                None => {
+                    if let Some((rs, re)) = run.take() {
+                        out.extend_from_slice(&self.raw[rs..re]);
+                    }
+                    write_header(out, self.bytes(n), self.bytes(v));
+                }
+            }
+        }
+        if let Some((rs, re)) = run {
+            out.extend_from_slice(&self.raw[rs..re]);
         }
     }
 }
@@ -252,17 +412,22 @@ fn entries_of(base: *const u8, headers: &[httparse::Header<'_>]) -> Vec<(Val, Va
     entries
 }
 
-/// Splits the head off `buf`, lower-cases the header names in place and builds the map.
+/// Splits the head off `buf`, lower-cases the header names in place and builds the map with
+/// its presence mask.
 fn take_head(buf: &mut BytesMut, n: usize, entries: Vec<(Val, Val)>) -> HeaderMap {
     let mut raw = buf.split_to(n);
+    let mut mask = 0;
     for (name, _) in &entries {
         if let Val::Span(s, e) = name {
-            raw[*s as usize..*e as usize].make_ascii_lowercase();
+            let name = &mut raw[*s as usize..*e as usize];
+            name.make_ascii_lowercase();
+            mask |= known_bit(name);
         }
     }
     HeaderMap {
         raw: raw.freeze(),
         entries,
+        mask,
     }
 }
 
@@ -388,5 +553,100 @@ mod tests {
         let mut out = Vec::new();
         h.headers.write_to(&mut out);
         assert_eq!(out, b"a: 9\r\nc: 4\r\n");
+    }
+
+    fn written(h: &HeaderMap) -> Vec<u8> {
+        let mut out = Vec::new();
+        h.write_to(&mut out);
+        out
+    }
+
+    #[test]
+    fn writes_parsed_lines_as_parsed_and_edited_ones_normalised() {
+        // Spelled-otherwise lines (no space, trailing spaces, tab, bare LF) are rewritten;
+        // the rest go out as parsed, names lower-cased.
+        let mut b = BytesMut::from(
+            &b"GET / HTTP/1.1\r\nA: 1\r\nB:2\r\nC: 3  \r\nD:\t4\r\nE: 5\nF: 6\r\n\r\n"[..],
+        );
+        let mut h = parse_request(&mut b, 1024).unwrap().unwrap();
+        assert_eq!(
+            written(&h.headers),
+            b"a: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\nf: 6\r\n"
+        );
+        // Removing, replacing and appending break the runs where they should.
+        h.headers.remove(b"b");
+        h.headers.set(b"e", b"55");
+        h.headers.append(b"g", b"7");
+        assert_eq!(
+            written(&h.headers),
+            b"a: 1\r\nc: 3\r\nd: 4\r\ne: 55\r\nf: 6\r\ng: 7\r\n"
+        );
+    }
+
+    #[test]
+    fn host_goes_first_once() {
+        let mut b = BytesMut::from(
+            &b"GET / HTTP/1.1\r\nA: 1\r\nHost: x\r\nB: 2\r\nhost: y\r\nC: 3\r\n\r\n"[..],
+        );
+        let h = parse_request(&mut b, 1024).unwrap().unwrap();
+        let mut out = Vec::new();
+        h.headers.write_host_first(&mut out);
+        assert_eq!(out, b"host: x\r\na: 1\r\nb: 2\r\nc: 3\r\n");
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nA: 1\r\n\r\n"[..]);
+        let h = parse_request(&mut b, 1024).unwrap().unwrap();
+        let mut out = Vec::new();
+        h.headers.write_host_first(&mut out);
+        assert_eq!(out, b"a: 1\r\n");
+    }
+
+    #[test]
+    fn presence_mask_never_hides_a_header() {
+        let mut b = BytesMut::from(
+            &b"GET / HTTP/1.1\r\nHost: x\r\nX-Envoy-Foo: 1\r\nTE: trailers\r\n\r\n"[..],
+        );
+        let mut h = parse_request(&mut b, 1024).unwrap().unwrap().headers;
+        assert_eq!(h.get(b"host"), Some(&b"x"[..]));
+        assert_eq!(h.get(b"te"), Some(&b"trailers"[..]));
+        assert_eq!(h.get(b"x-envoy-foo"), Some(&b"1"[..]));
+        assert!(h.may_have_any(known::X_ENVOY | known::TE));
+        assert!(!h.may_have_any(known::CONNECTION | known::X_FORWARDED_FOR));
+        assert_eq!(h.get(b"connection"), None);
+        // Removed: the bit goes; appended, set or re-added: it comes back.
+        h.remove(b"te");
+        assert!(!h.may_have_any(known::TE));
+        h.remove_if(|n, _| n.starts_with(b"x-envoy-"));
+        assert!(!h.may_have_any(known::X_ENVOY));
+        h.set(b"x-forwarded-proto", b"http");
+        h.append(b"x-envoy-bar", b"2");
+        h.append(b"connection", b"close");
+        assert_eq!(h.get(b"x-forwarded-proto"), Some(&b"http"[..]));
+        assert_eq!(h.get(b"x-envoy-bar"), Some(&b"2"[..]));
+        assert_eq!(
+            h.get_all(b"connection").collect::<Vec<_>>(),
+            vec![&b"close"[..]]
+        );
+        assert_eq!(h.get(b"host"), Some(&b"x"[..]));
+        for name in [
+            &b"te"[..],
+            b"host",
+            b"date",
+            b"expect",
+            b"server",
+            b"upgrade",
+            b"connection",
+            b"keep-alive",
+            b"content-type",
+            b"x-request-id",
+            b"content-length",
+            b"x-forwarded-for",
+            b"proxy-connection",
+            b"transfer-encoding",
+            b"x-forwarded-proto",
+            b"x-envoy-x",
+        ] {
+            assert_ne!(known_bit(name), 0, "{}", String::from_utf8_lossy(name));
+        }
+        assert_eq!(known_bit(b"x-envoy-"), 0);
+        assert_eq!(known_bit(b"accept"), 0);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use super::ctx::{Ctx, ListenerRt};
 use crate::http1::codec::strip_hop_by_hop;
-use crate::http1::head::HeaderMap;
+use crate::http1::head::{known, HeaderMap};
 use crate::router::{Forward, Mutations, Redirect};
 
 /// `x-envoy-*` request headers Envoy removes from every request: controls a client must not
@@ -111,12 +111,15 @@ pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, fwd: 
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
     strip_hop_by_hop(h);
-    h.remove_if(|n, _| {
-        // The router sets its own expected-timeout header, appended last.
-        n == b"x-envoy-expected-rq-timeout-ms"
-            || n.starts_with(b"x-envoy-")
-                && (ENVOY_CONTROL_HEADERS.contains(&n) || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
-    });
+    if h.may_have_any(known::X_ENVOY) {
+        h.remove_if(|n, _| {
+            // The router sets its own expected-timeout header, appended last.
+            n == b"x-envoy-expected-rq-timeout-ms"
+                || n.starts_with(b"x-envoy-")
+                    && (ENVOY_CONTROL_HEADERS.contains(&n)
+                        || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
+        });
+    }
     if edge {
         let peer = peer.ip();
         if !hcm.skip_xff_append {
