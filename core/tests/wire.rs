@@ -329,3 +329,61 @@ fn strict_dns_cluster_follows_re_resolution() {
         ("HTTP/1.1 503 Service Unavailable", "no healthy upstream")
     );
 }
+
+/// Every wait of a connection shares one lazily armed timer: a deadline armed by one wait (a
+/// short route timeout) must neither end a later wait early (the idle timeout) nor keep a later
+/// one (the next request's route timeout) from firing.
+#[test]
+fn one_connection_timer_serves_every_deadline() {
+    let up = upstream();
+    let snap = format!(
+        r#"{{"listeners": [{{"name": "l", "address": "127.0.0.1", "port": 0, "hcm": {{"stat_prefix": "ingress_http",
+        "idle_timeout_ms": 700,
+        "route_config": {{"virtual_hosts": [{{"name": "v", "domains": ["*"], "routes": [
+          {{"match": {{"path": {{"prefix": "/slow"}}}}, "action": {{"route": {{"cluster": "up", "timeout_ms": 300}}}}}},
+          {{"match": {{"path": {{"prefix": "/"}}}}, "action": {{"route": {{"cluster": "up", "timeout_ms": 50}}}}}}]}}]}}}}}}],
+        "clusters": [{{"name": "up", "type": "STATIC", "endpoints": [{{"address": "127.0.0.1", "port": {}}}]}}]}}"#,
+        up.port
+    );
+    let e = Engine::new(1);
+    e.start(&Snapshot::from_json(snap.as_bytes()).unwrap())
+        .unwrap();
+    let port = e.listeners()[0].1.port();
+
+    // A fast request arms the timer for its 50 ms route timeout; the idle wait that follows
+    // must see it go off early, find nothing due and wait on to the 700 ms idle timeout.
+    let (mut s, mut r) = client(port);
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r).0, "HTTP/1.1 200 OK");
+    let t0 = std::time::Instant::now();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    let idle = t0.elapsed();
+    assert!(rest.is_empty());
+    assert!(
+        idle >= Duration::from_millis(600) && idle < Duration::from_secs(4),
+        "closed after {idle:?}, idle_timeout is 700 ms"
+    );
+    wait_stat(&e, "http.ingress_http.downstream_cx_idle_timeout", 1);
+
+    // Past the first request's route deadline, with the timer re-armed for idle, a slow
+    // request still gets its own 300 ms route timeout.
+    let (mut s, mut r) = client(port);
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r).0, "HTTP/1.1 200 OK");
+    std::thread::sleep(Duration::from_millis(150));
+    let t0 = std::time::Instant::now();
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let (status, body) = read_response(&mut r);
+    let waited = t0.elapsed();
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 504 Gateway Timeout", "upstream request timeout")
+    );
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1400),
+        "504 after {waited:?}, route timeout is 300 ms"
+    );
+    wait_stat(&e, "cluster.up.upstream_rq_timeout", 1);
+}

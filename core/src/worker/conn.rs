@@ -5,20 +5,23 @@
 //! allocates only when bytes arrive. The per-request state lives in a boxed future
 //! (`Box::pin(request(..))`) so the long-lived connection future stays small.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::Instant as TInstant;
 
 use super::ctx::{Ctx, ListenerRt, WorkerSnap};
 use super::forward::forward;
 use super::headers::redirect_location;
+use super::timer::{earliest, ConnTimer};
 use super::Shared;
 use crate::http1::body::Framing;
 use crate::http1::codec::{
@@ -54,6 +57,8 @@ pub(super) struct Down {
     pub(super) request_deadline: Option<tokio::time::Instant>,
     /// Whether the current request is a HEAD (local replies then carry no body).
     head_request: bool,
+    /// The connection's one timer, for every wait (see `timer.rs`).
+    pub(super) timer: ConnTimer,
 }
 
 /// Counts a downstream connection open for as long as it lives.
@@ -115,14 +120,6 @@ impl Drop for RqActive<'_> {
     }
 }
 
-async fn sleep_ms(ms: u64) {
-    if ms == 0 {
-        std::future::pending::<()>().await;
-    } else {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-}
-
 /// Serves one accepted connection until it closes.
 pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -136,6 +133,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
         peer,
         request_deadline: None,
         head_request: false,
+        timer: ConnTimer::new(),
     };
     loop {
         let snap = ctx.current();
@@ -147,12 +145,23 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
             // Idle between requests: no buffer held (it goes back to the worker's pool),
             // woken by data, drain or idle timeout.
             ctx.put_read_buf(std::mem::take(&mut d.rbuf));
-            let ready = tokio::select! {
-                r = d.stream.readable() => r.is_ok(),
-                _ = ctx.drain_notify.notified() => false,
-                _ = sleep_ms(l.c.cfg.hcm.idle_timeout_ms) => {
-                    l.http.downstream_cx_idle_timeout.inc();
-                    false
+            let idle_ms = l.c.cfg.hcm.idle_timeout_ms;
+            let deadline = (idle_ms > 0).then(|| TInstant::now() + Duration::from_millis(idle_ms));
+            if let Some(dl) = deadline {
+                d.timer.arm_by(dl);
+            }
+            let ready = loop {
+                tokio::select! {
+                    r = d.stream.readable() => break r.is_ok(),
+                    _ = ctx.drain_notify.notified() => break false,
+                    () = d.timer.fired(), if deadline.is_some() => {
+                        let dl = deadline.unwrap_or_else(TInstant::now);
+                        if TInstant::now() >= dl {
+                            l.http.downstream_cx_idle_timeout.inc();
+                            break false;
+                        }
+                        d.timer.arm_by(dl);
+                    }
                 }
             };
             if !ready || ctx.draining() {
@@ -175,27 +184,52 @@ pub(super) enum ReadErr {
     Timeout,
 }
 
-/// Reads at most `max` more bytes into `buf`, waiting at most `idle_ms` (0: no limit).
+/// Reads at most `max` more bytes into `buf`.
 pub(super) async fn read_more<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
-    idle_ms: u64,
     max: usize,
 ) -> Result<usize, ReadErr> {
     buf.reserve(max);
     let mut limited = (&mut *buf).limit(max);
-    let fut = r.read_buf(&mut limited);
-    let res = if idle_ms == 0 {
-        fut.await
-    } else {
-        match timeout(Duration::from_millis(idle_ms), fut).await {
-            Ok(r) => r,
-            Err(_) => return Err(ReadErr::Timeout),
-        }
-    };
-    match res {
+    match r.read_buf(&mut limited).await {
         Ok(0) | Err(_) => Err(ReadErr::Closed),
         Ok(n) => Ok(n),
+    }
+}
+
+/// [`read_more`] for a request head: gives up with [`ReadErr::Timeout`] at `header_deadline`
+/// or after `idle_ms` (0: none) without bytes, whichever comes first.
+async fn read_head_more<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    timer: &mut ConnTimer,
+    header_deadline: Option<TInstant>,
+    idle_ms: u64,
+) -> Result<usize, ReadErr> {
+    let read = read_more(r, buf, READ_CHUNK);
+    tokio::pin!(read);
+    // Bytes already waiting (the usual case right after the connection became readable):
+    // no deadline to work out, no timer to touch.
+    if let Poll::Ready(res) = poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+        return res;
+    }
+    let idle_deadline = (idle_ms > 0).then(|| TInstant::now() + Duration::from_millis(idle_ms));
+    let Some(dl) = earliest([header_deadline, idle_deadline]) else {
+        return read.await;
+    };
+    timer.arm_by(dl);
+    loop {
+        tokio::select! {
+            biased;
+            res = &mut read => return res,
+            () = timer.fired() => {
+                if TInstant::now() >= dl {
+                    return Err(ReadErr::Timeout);
+                }
+                timer.arm_by(dl);
+            }
+        }
     }
 }
 
@@ -225,7 +259,7 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
     let max_head = hcm.max_request_headers_kb as usize * 1024;
     // Both request timers start with the request's first bytes, as Envoy's do.
     let header_deadline = (hcm.request_headers_timeout_ms > 0)
-        .then(|| Instant::now() + Duration::from_millis(hcm.request_headers_timeout_ms));
+        .then(|| TInstant::now() + Duration::from_millis(hcm.request_headers_timeout_ms));
     d.request_deadline = (hcm.request_timeout_ms > 0)
         .then(|| tokio::time::Instant::now() + Duration::from_millis(hcm.request_timeout_ms));
     d.head_request = false;
@@ -258,25 +292,20 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
             }
         }
         let idle = hcm.stream_idle_timeout_ms;
-        // Which timer ends this wait decides the reply: request_headers_timeout or stream idle.
-        let (wait, header_timer) = match header_deadline {
-            Some(dl) => {
-                let left = dl
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .max(1) as u64;
-                if idle > 0 && idle < left {
-                    (idle, false)
-                } else {
-                    (left, true)
-                }
-            }
-            None => (idle, false),
-        };
-        match read_more(&mut d.stream, &mut d.rbuf, wait, READ_CHUNK).await {
+        let read = read_head_more(
+            &mut d.stream,
+            &mut d.rbuf,
+            &mut d.timer,
+            header_deadline,
+            idle,
+        );
+        match read.await {
             Ok(_) => {}
             Err(ReadErr::Closed) => return Next::Close,
             Err(ReadErr::Timeout) => {
+                // Which deadline ended the wait decides the reply: request_headers_timeout
+                // or stream idle.
+                let header_timer = header_deadline.is_some_and(|h| TInstant::now() >= h);
                 let body: &[u8] = if header_timer {
                     l.http.downstream_rq_header_timeout.inc();
                     b"request header timeout"

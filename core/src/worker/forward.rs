@@ -15,6 +15,7 @@ use tokio::time::timeout;
 use super::conn::{read_more, reply, Down, Next, BODY_CHUNK};
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, mutate_request, rewrite_target};
+use super::timer::earliest;
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
     keep_alive, method_has_no_body, response_framing, strip_hop_by_hop, write_framing,
@@ -446,6 +447,7 @@ impl Exchange<'_> {
         // direction; the reads below do not time out on their own.
         let activity = Cell::new(tokio::time::Instant::now());
         let touch = || activity.set(tokio::time::Instant::now());
+        let timer = &mut d.timer;
         let (mut dr, mut dw) = d.stream.split();
         let (mut ur, mut uw) = up.stream.split();
         let drbuf = &mut d.rbuf;
@@ -473,7 +475,7 @@ impl Exchange<'_> {
                     // Body bytes are still buffered: never wait on the socket for them.
                     Pumped::Full => {}
                     Pumped::NeedMore => {
-                        read_more(&mut dr, drbuf, 0, down_chunk)
+                        read_more(&mut dr, drbuf, down_chunk)
                             .await
                             .map_err(|_| ReqErr::Downstream)?;
                         touch();
@@ -503,7 +505,7 @@ impl Exchange<'_> {
                     Ok(None) => {}
                     Err(_) => return Err(RespErr::Protocol),
                 }
-                read_more(&mut ur, urbuf, 0, up_chunk)
+                read_more(&mut ur, urbuf, up_chunk)
                     .await
                     .map_err(|_| RespErr::BeforeHeaders)?;
                 upstream_sent_bytes.set(true);
@@ -555,7 +557,7 @@ impl Exchange<'_> {
                     Pumped::Done => break,
                     // Body bytes are still buffered: never wait on the socket for them.
                     Pumped::Full => {}
-                    Pumped::NeedMore => match read_more(&mut ur, urbuf, 0, up_chunk).await {
+                    Pumped::NeedMore => match read_more(&mut ur, urbuf, up_chunk).await {
                         Ok(_) => touch(),
                         Err(_) if dec.is_close_delimited() => {
                             if chunked_out {
@@ -575,22 +577,22 @@ impl Exchange<'_> {
 
         tokio::pin!(req_fut);
         tokio::pin!(resp_fut);
-        // Each timer is created once and reset in place: a timer is registered with tokio's
-        // wheel only while its branch is enabled, so a fast request registers the idle timer and
-        // the route timer once each (was ~3 registrations per loop turn: ~5% of the request path,
-        // callgrind).
-        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-        let idle = Duration::from_millis(idle_ms);
-        let idle_timer = tokio::time::sleep_until(if idle_ms > 0 {
-            activity.get() + idle
-        } else {
-            far
-        });
-        let route_timer = tokio::time::sleep_until(far);
-        let request_timer = tokio::time::sleep_until(request_deadline.unwrap_or(far));
-        tokio::pin!(idle_timer, route_timer, request_timer);
+        // The deadlines are plain instants on the connection's one timer (timer.rs): a fast
+        // exchange registers nothing with tokio's timer wheel.
+        let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
+        let mut route_deadline = None;
         let mut req_done = false;
-        let mut route_armed = false;
+        let next_deadline = |req_done: bool, route: Option<tokio::time::Instant>| {
+            earliest([
+                idle.map(|i| activity.get() + i),
+                route,
+                request_deadline.filter(|_| !req_done),
+            ])
+        };
+        let mut deadline = next_deadline(false, None);
+        if let Some(dl) = deadline {
+            timer.arm_by(dl);
+        }
         let result = loop {
             tokio::select! {
                 biased;
@@ -605,23 +607,31 @@ impl Exchange<'_> {
                     }
                     req_done = true;
                     if self.timeout_ms > 0 {
-                        route_timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms));
-                        route_armed = true;
+                        let dl = tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms);
+                        route_deadline = Some(dl);
+                        timer.arm_by(dl);
                     }
+                    deadline = next_deadline(req_done, route_deadline);
                 }
-                () = &mut idle_timer, if idle_ms > 0 => {
-                    let due = activity.get() + idle;
-                    if tokio::time::Instant::now() >= due {
+                () = timer.fired(), if deadline.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if idle.is_some_and(|i| now >= activity.get() + i) {
                         l.http.downstream_rq_idle_timeout.inc();
                         break Err(Stop::StreamIdle);
                     }
-                    // Something moved since the timer was set: wait a full idle period from then.
-                    idle_timer.as_mut().reset(due);
-                }
-                () = &mut route_timer, if route_armed => break Err(Stop::RouteTimeout),
-                () = &mut request_timer, if !req_done && request_deadline.is_some() => {
-                    l.http.downstream_rq_timeout.inc();
-                    break Err(Stop::RequestTimeout);
+                    if route_deadline.is_some_and(|dl| now >= dl) {
+                        break Err(Stop::RouteTimeout);
+                    }
+                    if !req_done && request_deadline.is_some_and(|dl| now >= dl) {
+                        l.http.downstream_rq_timeout.inc();
+                        break Err(Stop::RequestTimeout);
+                    }
+                    // Gone off for an earlier wait's deadline, or progress moved the idle
+                    // deadline on: wait for what is due next.
+                    deadline = next_deadline(req_done, route_deadline);
+                    if let Some(dl) = deadline {
+                        timer.arm_by(dl);
+                    }
                 }
             }
         };

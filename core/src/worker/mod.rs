@@ -6,6 +6,7 @@ pub mod conn;
 mod ctx;
 mod forward;
 mod headers;
+mod timer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
