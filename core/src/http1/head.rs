@@ -74,8 +74,9 @@ pub mod known {
 
 /// The mask bit of a (lower-case) header name: exact for the names of [`known`], the family
 /// bit for any other `x-envoy-` name, 0 for the rest. Cheap enough to run on every parsed
-/// name: a length switch, then at most two comparisons.
-#[inline]
+/// name: a length switch, then at most two comparisons. Inlined so that a literal name's bit
+/// is worked out at compile time.
+#[inline(always)]
 pub fn known_bit(n: &[u8]) -> u32 {
     use known::*;
     let exact = match n.len() {
@@ -127,7 +128,7 @@ impl HeaderMap {
     }
 
     /// Whether a header of `name` can be present: false proves it is absent.
-    #[inline]
+    #[inline(always)]
     fn may_have(&self, name: &[u8]) -> bool {
         let bit = known_bit(name);
         bit == 0 || self.mask & bit != 0
@@ -140,14 +141,20 @@ impl HeaderMap {
     }
 
     /// The first value of `name` (lower-case).
+    #[inline(always)]
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
         if !self.may_have(name) {
             return None;
         }
+        self.find(name)
+    }
+
+    fn find(&self, name: &[u8]) -> Option<&[u8]> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
     /// Every value of `name` (lower-case).
+    #[inline(always)]
     pub fn get_all<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         let entries = if self.may_have(name) {
             &self.entries[..]
@@ -162,44 +169,58 @@ impl HeaderMap {
     }
 
     /// Whether `name` is present.
+    #[inline(always)]
     pub fn contains(&self, name: &[u8]) -> bool {
         self.get(name).is_some()
     }
 
     /// Removes every value of `name`.
+    #[inline(always)]
     pub fn remove(&mut self, name: &[u8]) {
         if self.may_have(name) {
-            self.remove_if(|n, _| n == name);
+            self.remove_named(name);
+            // Exact bits only: another `x-envoy-` header may remain.
+            let bit = known_bit(name);
+            if bit != known::X_ENVOY {
+                self.mask &= !bit;
+            }
         }
     }
 
-    /// Removes every header for which `drop` returns true.
+    fn remove_named(&mut self, name: &[u8]) {
+        self.remove_if(|n, _| n == name);
+    }
+
+    /// Removes every header for which `drop` returns true. The presence mask keeps its bits
+    /// (a set bit only means "scan").
     pub fn remove_if(&mut self, mut drop: impl FnMut(&[u8], &[u8]) -> bool) {
         let raw = &self.raw;
-        let mut mask = 0;
-        self.entries.retain(|(n, v)| {
-            let name = val(raw, n);
-            let keep = !drop(name, val(raw, v));
-            if keep {
-                mask |= known_bit(name);
-            }
-            keep
-        });
-        self.mask = mask;
+        self.entries
+            .retain(|(n, v)| !drop(val(raw, n), val(raw, v)));
     }
 
     /// Appends a header (name must be lower-case).
+    #[inline(always)]
     pub fn append(&mut self, name: &[u8], value: &[u8]) {
         self.mask |= known_bit(name);
+        self.push(name, value);
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
         self.entries.push((Val::new(name), Val::new(value)));
     }
 
     /// Replaces every value of `name` with one `value`, keeping the first one's position.
+    #[inline(always)]
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
         if !self.may_have(name) {
             self.append(name, value);
             return;
         }
+        self.replace(name, value);
+    }
+
+    fn replace(&mut self, name: &[u8], value: &[u8]) {
         let raw = &self.raw;
         let Some(i) = self.entries.iter().position(|(n, _)| val(raw, n) == name) else {
             self.append(name, value);
@@ -611,11 +632,12 @@ mod tests {
         assert!(h.may_have_any(known::X_ENVOY | known::TE));
         assert!(!h.may_have_any(known::CONNECTION | known::X_FORWARDED_FOR));
         assert_eq!(h.get(b"connection"), None);
-        // Removed: the bit goes; appended, set or re-added: it comes back.
+        // Removed by name: the bit goes; by predicate: it stays (a set bit means "scan"), and
+        // the lookup still finds nothing. Appended, set or re-added: it comes back.
         h.remove(b"te");
         assert!(!h.may_have_any(known::TE));
         h.remove_if(|n, _| n.starts_with(b"x-envoy-"));
-        assert!(!h.may_have_any(known::X_ENVOY));
+        assert_eq!(h.get(b"x-envoy-foo"), None);
         h.set(b"x-forwarded-proto", b"http");
         h.append(b"x-envoy-bar", b"2");
         h.append(b"connection", b"close");

@@ -3,10 +3,11 @@
 //!
 //! Between requests a connection holds no read buffer: it waits for readability first and
 //! allocates only when bytes arrive. The per-request state lives in a boxed future
-//! (`Box::pin(request(..))`) so the long-lived connection future stays small.
+//! (`boxed_in_place(request(..))`) so the long-lived connection future stays small.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -169,13 +170,25 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
             }
             d.rbuf = ctx.take_read_buf();
         }
-        let next = Box::pin(request(&ctx, &snap, &l, &mut d)).await;
+        let next = boxed_in_place(|| request(&ctx, &snap, &l, &mut d)).await;
         if next == Next::Close || ctx.draining() {
             break;
         }
     }
     let _ = d.stream.shutdown().await;
     ctx.put_read_buf(d.rbuf);
+}
+
+/// `Box::pin(make())`, with the future written straight into its heap slot. `Box::pin` of a
+/// ready-made future copies the whole of it (2.8 KiB for a request, most of it state not yet
+/// in use: ~300 instructions of memcpy per request, callgrind); allocating first lets the
+/// compiler build the future's few initial fields in place.
+#[inline(always)]
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: just initialised; a box's contents do not move, so pinning it is sound.
+    unsafe { Pin::new_unchecked(slot.assume_init()) }
 }
 
 /// Why a read returned no bytes.
