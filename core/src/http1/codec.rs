@@ -107,56 +107,37 @@ pub fn response_framing(
     })
 }
 
-/// Whether `n` names a header that describes one hop and is never forwarded (RFC 9110
-/// section 7.6.1): `connection`, `keep-alive`, `transfer-encoding`, `upgrade`, plus
-/// `proxy-connection`, which Envoy also strips. `te` is handled separately; `content-length`
-/// is end-to-end. Dispatched on the length so most names are rejected without comparing bytes
-/// (this runs for every header of every message, twice).
-#[inline]
-fn is_hop_by_hop(n: &[u8]) -> bool {
-    match n.len() {
-        7 => n == b"upgrade",
-        10 => n == b"connection" || n == b"keep-alive",
-        16 => n == b"proxy-connection",
-        17 => n == b"transfer-encoding",
-        _ => false,
-    }
-}
-
-/// Removes hop-by-hop headers and the headers the `connection` header names; the writer adds
-/// `transfer-encoding` for the next hop. `te` is kept only as `te: trailers`, when it lists it.
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1: `connection`, `keep-alive`,
+/// `transfer-encoding`, `upgrade`, plus `proxy-connection`, which Envoy also strips: the
+/// [`known::HOP_BY_HOP`] bits less `te`) and the headers the `connection` header names; the
+/// writer adds `transfer-encoding` for the next hop. `te` is kept only as `te: trailers`, when
+/// it lists it.
 ///
-/// One scan decides what there is to do; the common cases (no hop-by-hop header, or only
-/// `connection: keep-alive|close`) allocate nothing. Before this fast path the function was
-/// ~8% of the request path's instructions (callgrind, 20k keep-alive requests through nginx,
-/// whose responses all carry `connection: keep-alive`).
+/// Each header's name was classified once at parse time, so finding and dropping these is
+/// integer compares, and a message without any (the presence mask) costs nothing. The
+/// nominated-headers path, which compares bytes and allocates, runs only when `connection`
+/// names something other than `close` / `keep-alive`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.may_have_any(known::HOP_BY_HOP) {
         return;
     }
-    let mut hop = false;
-    let mut nominates = false;
+    let nominates = h.get_all(b"connection").any(|v| {
+        v.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+    });
     let mut te: Option<bool> = None;
-    for (n, v) in h.iter() {
-        if n == b"connection" {
-            hop = true;
-            nominates |= v.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-            });
-        } else if n == b"te" {
-            let trailers = v.split(|b| *b == b',').any(|t| {
-                t.split(|b| *b == b';')
-                    .next()
-                    .unwrap_or(b"")
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"trailers")
-            });
-            te = Some(te.unwrap_or(false) || trailers);
-        } else if is_hop_by_hop(n) {
-            hop = true;
-        }
+    for v in h.get_all(b"te") {
+        let trailers = v.split(|b| *b == b',').any(|t| {
+            t.split(|b| *b == b';')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"trailers")
+        });
+        te = Some(te.unwrap_or(false) || trailers);
     }
     if nominates {
         let named: Vec<Vec<u8>> = h
@@ -167,12 +148,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             .collect();
         // `connection` may nominate end-to-end headers for removal, but never `host`: a client
         // must not be able to strip it from the upstream request.
-        h.remove_if(|n, _| {
-            is_hop_by_hop(n) || (n != b"host" && named.iter().any(|t| t.as_slice() == n))
-        });
-    } else if hop {
-        h.remove_if(|n, _| is_hop_by_hop(n));
+        h.remove_if(|n, _| n != b"host" && named.iter().any(|t| t.as_slice() == n));
     }
+    h.remove_known(known::HOP_BY_HOP & !known::TE);
     // `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
     match te {
         Some(true) => h.set(b"te", b"trailers"),

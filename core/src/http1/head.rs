@@ -67,7 +67,8 @@ pub mod known {
     pub const CONTENT_TYPE: u32 = 1 << 14;
     /// Any name starting with `x-envoy-`.
     pub const X_ENVOY: u32 = 1 << 15;
-    /// The hop-by-hop headers, and `te` (reduced, not dropped).
+    /// The hop-by-hop headers, and `te` (reduced, not dropped). `content-length` is
+    /// end-to-end.
     pub const HOP_BY_HOP: u32 =
         CONNECTION | TE | TRANSFER_ENCODING | UPGRADE | KEEP_ALIVE | PROXY_CONNECTION;
 }
@@ -104,14 +105,40 @@ pub fn known_bit(n: &[u8]) -> u32 {
     }
 }
 
+/// One header: its name, its value and the name's [`known_bit`].
+#[derive(Debug, Clone)]
+struct Entry {
+    name: Val,
+    value: Val,
+    bit: u32,
+}
+
 /// An ordered multimap of lower-case header names to values.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderMap {
     raw: Bytes,
-    entries: Vec<(Val, Val)>,
+    entries: Vec<Entry>,
     /// [`known_bit`]s of the names present. A bit may stay set after its header is gone
     /// (never the reverse), so a clear bit proves absence and a set one means "scan".
     mask: u32,
+}
+
+/// How a lookup recognises entries of one name: by the name's exact [`known_bit`] (an integer
+/// compare per entry, no bytes read) or, for any other name, by its bytes.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Bit(u32),
+    Name(&'a [u8]),
+}
+
+impl<'a> Key<'a> {
+    #[inline(always)]
+    fn of(name: &'a [u8]) -> Key<'a> {
+        match known_bit(name) {
+            0 | known::X_ENVOY => Key::Name(name),
+            bit => Key::Bit(bit),
+        }
+    }
 }
 
 impl HeaderMap {
@@ -120,11 +147,19 @@ impl HeaderMap {
         val(&self.raw, v)
     }
 
+    #[inline]
+    fn is(&self, e: &Entry, key: Key<'_>) -> bool {
+        match key {
+            Key::Bit(b) => e.bit == b,
+            Key::Name(n) => self.bytes(&e.name) == n,
+        }
+    }
+
     /// Every (name, value) in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.entries
             .iter()
-            .map(move |(n, v)| (self.bytes(n), self.bytes(v)))
+            .map(move |e| (self.bytes(&e.name), self.bytes(&e.value)))
     }
 
     /// Whether a header of `name` can be present: false proves it is absent.
@@ -146,11 +181,14 @@ impl HeaderMap {
         if !self.may_have(name) {
             return None;
         }
-        self.find(name)
+        self.find(Key::of(name))
     }
 
-    fn find(&self, name: &[u8]) -> Option<&[u8]> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    fn find(&self, key: Key<'_>) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|e| self.is(e, key))
+            .map(|e| self.bytes(&e.value))
     }
 
     /// Every value of `name` (lower-case).
@@ -161,11 +199,11 @@ impl HeaderMap {
         } else {
             &[]
         };
+        let key = Key::of(name);
         entries
             .iter()
-            .map(move |(n, v)| (self.bytes(n), self.bytes(v)))
-            .filter(move |(n, _)| *n == name)
-            .map(|(_, v)| v)
+            .filter(move |e| self.is(e, key))
+            .map(|e| self.bytes(&e.value))
     }
 
     /// Whether `name` is present.
@@ -178,7 +216,7 @@ impl HeaderMap {
     #[inline(always)]
     pub fn remove(&mut self, name: &[u8]) {
         if self.may_have(name) {
-            self.remove_named(name);
+            self.remove_key(Key::of(name));
             // Exact bits only: another `x-envoy-` header may remain.
             let bit = known_bit(name);
             if bit != known::X_ENVOY {
@@ -187,8 +225,22 @@ impl HeaderMap {
         }
     }
 
-    fn remove_named(&mut self, name: &[u8]) {
-        self.remove_if(|n, _| n == name);
+    fn remove_key(&mut self, key: Key<'_>) {
+        let raw = &self.raw;
+        self.entries.retain(|e| match key {
+            Key::Bit(b) => e.bit != b,
+            Key::Name(n) => val(raw, &e.name) != n,
+        });
+    }
+
+    /// Removes every header whose [`known_bit`] is one of `bits` (exact bits: not
+    /// [`known::X_ENVOY`]); integer compares only.
+    pub fn remove_known(&mut self, bits: u32) {
+        debug_assert_eq!(bits & known::X_ENVOY, 0);
+        if self.mask & bits != 0 {
+            self.entries.retain(|e| e.bit & bits == 0);
+            self.mask &= !bits;
+        }
     }
 
     /// Removes every header for which `drop` returns true. The presence mask keeps its bits
@@ -196,18 +248,23 @@ impl HeaderMap {
     pub fn remove_if(&mut self, mut drop: impl FnMut(&[u8], &[u8]) -> bool) {
         let raw = &self.raw;
         self.entries
-            .retain(|(n, v)| !drop(val(raw, n), val(raw, v)));
+            .retain(|e| !drop(val(raw, &e.name), val(raw, &e.value)));
     }
 
     /// Appends a header (name must be lower-case).
     #[inline(always)]
     pub fn append(&mut self, name: &[u8], value: &[u8]) {
-        self.mask |= known_bit(name);
-        self.push(name, value);
+        let bit = known_bit(name);
+        self.mask |= bit;
+        self.push(name, value, bit);
     }
 
-    fn push(&mut self, name: &[u8], value: &[u8]) {
-        self.entries.push((Val::new(name), Val::new(value)));
+    fn push(&mut self, name: &[u8], value: &[u8], bit: u32) {
+        self.entries.push(Entry {
+            name: Val::new(name),
+            value: Val::new(value),
+            bit,
+        });
     }
 
     /// Replaces every value of `name` with one `value`, keeping the first one's position.
@@ -217,61 +274,60 @@ impl HeaderMap {
             self.append(name, value);
             return;
         }
-        self.replace(name, value);
+        self.replace(name, Key::of(name), value);
     }
 
-    fn replace(&mut self, name: &[u8], value: &[u8]) {
-        let raw = &self.raw;
-        let Some(i) = self.entries.iter().position(|(n, _)| val(raw, n) == name) else {
+    fn replace(&mut self, name: &[u8], key: Key<'_>, value: &[u8]) {
+        let Some(i) = self.entries.iter().position(|e| self.is(e, key)) else {
             self.append(name, value);
             return;
         };
         // Duplicates are rare: only then pay for a second pass that removes them.
-        if self.entries[i + 1..]
-            .iter()
-            .any(|(n, _)| val(raw, n) == name)
-        {
+        if self.entries[i + 1..].iter().any(|e| self.is(e, key)) {
+            let raw = &self.raw;
             let mut idx = 0;
-            self.entries.retain(|(n, _)| {
+            self.entries.retain(|e| {
                 idx += 1;
-                idx - 1 <= i || val(raw, n) != name
+                idx - 1 <= i
+                    || match key {
+                        Key::Bit(b) => e.bit != b,
+                        Key::Name(n) => val(raw, &e.name) != n,
+                    }
             });
         }
-        self.entries[i].1 = Val::new(value);
+        self.entries[i].value = Val::new(value);
     }
 
     /// Writes `host` first (Envoy's codec writes `:authority` right after the request line),
     /// then every other header in order.
     pub fn write_host_first(&self, out: &mut Vec<u8>) {
         let host = if self.mask & known::HOST != 0 {
-            self.entries
-                .iter()
-                .position(|(n, _)| self.bytes(n) == b"host")
+            self.entries.iter().position(|e| e.bit == known::HOST)
         } else {
             None
         };
         match host {
             // Any later `host` is dropped: one authority goes upstream.
             Some(i) => {
-                self.write_entries(out, &self.entries[i..i + 1], None);
-                self.write_entries(out, &self.entries[..i], None);
-                self.write_entries(out, &self.entries[i + 1..], Some(b"host"));
+                self.write_entries(out, &self.entries[i..i + 1], 0);
+                self.write_entries(out, &self.entries[..i], 0);
+                self.write_entries(out, &self.entries[i + 1..], known::HOST);
             }
-            None => self.write_entries(out, &self.entries, None),
+            None => self.write_entries(out, &self.entries, 0),
         }
     }
 
     /// Writes every header as `name: value\r\n`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        self.write_entries(out, &self.entries, None);
+        self.write_entries(out, &self.entries, 0);
     }
 
     /// The line of a header exactly as parsed, `name: value\r\n` (name lower-cased in place),
     /// as a span of the raw head: `None` for an added or rewritten header, or one whose line
     /// is spelled otherwise (no space after the colon, trailing spaces, a bare `\n`).
     #[inline]
-    fn raw_line(&self, n: &Val, v: &Val) -> Option<(usize, usize)> {
-        let (Val::Span(ns, ne), Val::Span(vs, ve)) = (n, v) else {
+    fn raw_line(&self, e: &Entry) -> Option<(usize, usize)> {
+        let (Val::Span(ns, ne), Val::Span(vs, ve)) = (&e.name, &e.value) else {
             return None;
         };
         let (ns, ne, vs, ve) = (*ns as usize, *ne as usize, *vs as usize, *ve as usize);
@@ -282,34 +338,33 @@ impl HeaderMap {
         .then_some((ns, ve + 2))
     }
 
-    /// Writes `entries` (a run of this map's) as header lines. Consecutive headers that are
-    /// still the parsed bytes, as most are, go out in one copy per run instead of four small
-    /// ones per header.
-    /// Headers named `skip` are left out.
-    fn write_entries(&self, out: &mut Vec<u8>, entries: &[(Val, Val)], skip: Option<&[u8]>) {
+    /// Writes `entries` (a run of this map's) as header lines, leaving out those whose
+    /// [`known_bit`] is `skip` (0: none). Consecutive headers that are still the parsed bytes,
+    /// as most are, go out in one copy per run instead of four small ones per header.
+    fn write_entries(&self, out: &mut Vec<u8>, entries: &[Entry], skip: u32) {
         let mut run: Option<(usize, usize)> = None;
-        for (n, v) in entries {
-            if skip.is_some_and(|s| self.bytes(n) == s) {
+        for e in entries {
+            if skip != 0 && e.bit == skip {
                 if let Some((rs, re)) = run.take() {
                     out.extend_from_slice(&self.raw[rs..re]);
                 }
                 continue;
             }
-            match self.raw_line(n, v) {
-                Some((s, e)) => match &mut run {
-                    Some((_, re)) if *re == s => *re = e,
+            match self.raw_line(e) {
+                Some((s, end)) => match &mut run {
+                    Some((_, re)) if *re == s => *re = end,
                     _ => {
                         if let Some((rs, re)) = run {
                             out.extend_from_slice(&self.raw[rs..re]);
                         }
-                        run = Some((s, e));
+                        run = Some((s, end));
                     }
                 },
                 None => {
                     if let Some((rs, re)) = run.take() {
                         out.extend_from_slice(&self.raw[rs..re]);
                     }
-                    write_header(out, self.bytes(n), self.bytes(v));
+                    write_header(out, self.bytes(&e.name), self.bytes(&e.value));
                 }
             }
         }
@@ -422,27 +477,33 @@ fn span(base: *const u8, s: &[u8]) -> (u32, u32) {
 /// a typical head's list stays within glibc's per-thread cache (1 KiB blocks).
 const ADDED_HEADERS: usize = 6;
 
-/// The header entries of a parse, as spans of the buffer at `base`, in one allocation.
-fn entries_of(base: *const u8, headers: &[httparse::Header<'_>]) -> Vec<(Val, Val)> {
+/// The header entries of a parse, as spans of the buffer at `base`, in one allocation (their
+/// bits are filled in by [`take_head`], once the names are lower-case).
+fn entries_of(base: *const u8, headers: &[httparse::Header<'_>]) -> Vec<Entry> {
     let mut entries = Vec::with_capacity(headers.len() + ADDED_HEADERS);
     for h in headers {
         let (ns, ne) = span(base, h.name.as_bytes());
         let (vs, ve) = span(base, h.value);
-        entries.push((Val::Span(ns, ne), Val::Span(vs, ve)));
+        entries.push(Entry {
+            name: Val::Span(ns, ne),
+            value: Val::Span(vs, ve),
+            bit: 0,
+        });
     }
     entries
 }
 
-/// Splits the head off `buf`, lower-cases the header names in place and builds the map with
-/// its presence mask.
-fn take_head(buf: &mut BytesMut, n: usize, entries: Vec<(Val, Val)>) -> HeaderMap {
+/// Splits the head off `buf`, lower-cases the header names in place, classifies them and
+/// builds the map with its presence mask.
+fn take_head(buf: &mut BytesMut, n: usize, mut entries: Vec<Entry>) -> HeaderMap {
     let mut raw = buf.split_to(n);
     let mut mask = 0;
-    for (name, _) in &entries {
-        if let Val::Span(s, e) = name {
-            let name = &mut raw[*s as usize..*e as usize];
+    for e in &mut entries {
+        if let Val::Span(s, end) = e.name {
+            let name = &mut raw[s as usize..end as usize];
             name.make_ascii_lowercase();
-            mask |= known_bit(name);
+            e.bit = known_bit(name);
+            mask |= e.bit;
         }
     }
     HeaderMap {
