@@ -841,7 +841,9 @@ def markdown(data: dict) -> str:
     out += [f"- {line}" for line in header_lines(data)]
     out += ["", "Method: perf/README.md. Each cell is the median of the runs; (×) is the ratio to Envoy "
                 "(above 1 = more requests/s, or more latency/CPU/memory). CPU is the proxy's whole process tree, "
-                "user+system, per 100,000 requests. RSS is VmRSS summed over the proxy's processes at the end "
+                "user+system, per 100,000 requests; req/s per proxy core is 100,000 / that: the rate one fully busy "
+                "core would serve, which still compares the proxies when the load cpus, not the proxy, cap "
+                "requests/s. RSS is VmRSS summed over the proxy's processes at the end "
                 "of the measurement (pyproxy: includes its Python control plane).", ""]
     for w, res in data["results"].items():
         shared = set(parse_cpus(res["proxy_cpus"])) & set(parse_cpus(res["load_cpus"]))
@@ -884,8 +886,9 @@ def markdown(data: dict) -> str:
                                f"{r['kib_per_conn']:.2f}{fmt_ratio(r['kib_per_conn'], env and env['kib_per_conn'])} |")
                 out.append("")
                 continue
-            cols = "| proxy | requests/s | p50 (ms) | p99 (ms) | p99.9 (ms) | CPU s / 100k req | RSS (MiB) |"
-            align = "|---|---:|---:|---:|---:|---:|---:|"
+            cols = ("| proxy | requests/s | p50 (ms) | p99 (ms) | p99.9 (ms) | CPU s / 100k req | "
+                    "req/s per proxy core | RSS (MiB) |")
+            align = "|---|---:|---:|---:|---:|---:|---:|---:|"
             if key == "5-1000-routes":
                 cols += " load (s) | apply (s) | RSS loaded (MiB) |"
                 align += "---:|---:|---:|"
@@ -894,7 +897,7 @@ def markdown(data: dict) -> str:
                 c = cells.get(n)
                 if key == "7-h2" and (c is None or c.get("unsupported")):
                     reason = c["unsupported"] if c else "not measured (h2load missing)"
-                    out.append(f"| {n} | not supported: {reason} | | | | | |")
+                    out.append(f"| {n} | not supported: {reason} | | | | | | |")
                     continue
                 if not c or not c.get("median"):
                     continue
@@ -905,8 +908,14 @@ def markdown(data: dict) -> str:
                     rv = env.get(k) * scale if env and isinstance(env.get(k), (int, float)) else None
                     return f"{v:{f}}{fmt_ratio(v, rv)}" if v == v else "—"
 
+                def per_core(r: dict) -> float | None:
+                    cpu = r.get("cpu_s_per_100k")
+                    return 1e5 / cpu if isinstance(cpu, (int, float)) and cpu > 0 else None
+
+                pc, env_pc = per_core(r), env and per_core(env)
+                pc_cell = f"{pc:,.0f}{fmt_ratio(pc, env_pc)}" if pc else "—"
                 row = (f"| {n} | {cell('rps', 1, ',.0f')} | {cell('p50_us', 1e-3)} | {cell('p99_us', 1e-3)} | "
-                       f"{cell('p999_us', 1e-3)} | {cell('cpu_s_per_100k')} | {cell('rss_mib', 1, '.1f')} |")
+                       f"{cell('p999_us', 1e-3)} | {cell('cpu_s_per_100k')} | {pc_cell} | {cell('rss_mib', 1, '.1f')} |")
                 if key == "5-1000-routes":
                     apply = cell("apply_to_200_s", 1, ".3f")
                     if apply == "—":
