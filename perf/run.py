@@ -915,7 +915,8 @@ def markdown(data: dict) -> str:
                 pc, env_pc = per_core(r), env and per_core(env)
                 pc_cell = f"{pc:,.0f}{fmt_ratio(pc, env_pc)}" if pc else "—"
                 row = (f"| {n} | {cell('rps', 1, ',.0f')} | {cell('p50_us', 1e-3)} | {cell('p99_us', 1e-3)} | "
-                       f"{cell('p999_us', 1e-3)} | {cell('cpu_s_per_100k')} | {pc_cell} | {cell('rss_mib', 1, '.1f')} |")
+                       f"{cell('p999_us', 1e-3)} | {cell('cpu_s_per_100k')} | {pc_cell} | "
+                       f"{cell('rss_mib', 1, '.1f')} |")
                 if key == "5-1000-routes":
                     apply = cell("apply_to_200_s", 1, ".3f")
                     if apply == "—":
