@@ -93,6 +93,12 @@ impl Histogram {
         self.record(since.elapsed().as_millis() as f64);
     }
 
+    /// [`Histogram::record_ms`] for a duration whose end the caller already read off the clock.
+    #[inline]
+    pub fn record_ms_until(&self, since: std::time::Instant, until: std::time::Instant) {
+        self.record(until.saturating_duration_since(since).as_millis() as f64);
+    }
+
     /// Records one sample (in the histogram's unit).
     #[inline]
     pub fn record(&self, v: f64) {

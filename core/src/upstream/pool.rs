@@ -51,11 +51,12 @@ impl Pool {
 
     /// Returns a connection for reuse. Only a connection at a clean message boundary (no
     /// bytes read past the last response) may come back; anything else is closed.
-    pub fn checkin(&self, mut c: UpConn) {
+    /// `now` is the time the exchange ended (the caller has read the clock already).
+    pub fn checkin(&self, mut c: UpConn, now: Instant) {
         if !c.rbuf.is_empty() {
             return;
         }
-        c.idle_since = Instant::now();
+        c.idle_since = now;
         self.idle.borrow_mut().push(c);
     }
 

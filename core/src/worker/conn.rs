@@ -58,6 +58,11 @@ pub(super) struct Down {
     pub(super) request_deadline: Option<tokio::time::Instant>,
     /// Whether the current request is a HEAD (local replies then carry no body).
     head_request: bool,
+    /// When the current request's head was parsed.
+    pub(super) started: Instant,
+    /// When the last proxied response was written in full, if the exchange recorded it: the
+    /// request's end for the stats and the start of the idle wait, without another clock read.
+    pub(super) done_at: Option<Instant>,
     /// The connection's one timer, for every wait (see `timer.rs`).
     pub(super) timer: ConnTimer,
 }
@@ -134,6 +139,8 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
         peer,
         request_deadline: None,
         head_request: false,
+        started: Instant::now(),
+        done_at: None,
         timer: ConnTimer::new(),
     };
     loop {
@@ -147,7 +154,10 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
             // woken by data, drain or idle timeout.
             ctx.put_read_buf(std::mem::take(&mut d.rbuf));
             let idle_ms = l.c.cfg.hcm.idle_timeout_ms;
-            let deadline = (idle_ms > 0).then(|| TInstant::now() + Duration::from_millis(idle_ms));
+            let deadline = (idle_ms > 0).then(|| {
+                let since = d.done_at.map_or_else(TInstant::now, TInstant::from_std);
+                since + Duration::from_millis(idle_ms)
+            });
             if let Some(dl) = deadline {
                 d.timer.arm_by(dl);
             }
@@ -332,6 +342,8 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
     };
     d.head_request = head.method() == b"HEAD";
     let start = Instant::now();
+    d.started = start;
+    d.done_at = None;
     l.http.downstream_rq_total.inc();
     l.http.downstream_rq_http1_total.inc();
     let active = RqActive::new(&l.http);
@@ -340,7 +352,8 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
     if status != 0 {
         l.http.count_response(status);
         l.http.downstream_rq_completed.inc();
-        l.http.downstream_rq_time.record_ms(start);
+        let end = d.done_at.unwrap_or_else(Instant::now);
+        l.http.downstream_rq_time.record_ms_until(start, end);
     }
     next
 }

@@ -58,6 +58,8 @@ enum Outcome {
         status: u16,
         up_reusable: bool,
         down_keep: bool,
+        /// When the response's last bytes were written downstream.
+        end: Instant,
     },
     /// Failed before anything was sent downstream: answer locally.
     Local {
@@ -135,12 +137,18 @@ pub(super) async fn forward(
     );
 
     let _rq = RqGuard::new(host.clone(), cs.clone());
+    // The upstream request starts now: with a pooled connection that is, within microseconds,
+    // when the head was parsed (no clock read); after a connect, it is read again below.
+    let mut rq_start = d.started;
     let mut up = match host.pool.checkout() {
         Some(c) => c,
         None => {
             cs.s.upstream_rq_pending_total.inc();
             match connect(cluster, &host).await {
-                Ok(c) => c,
+                Ok(c) => {
+                    rq_start = Instant::now();
+                    c
+                }
                 Err(reason) => {
                     host.stats.rq_error.inc();
                     cs.count_response(503);
@@ -158,7 +166,6 @@ pub(super) async fn forward(
         }
     };
     up.requests += 1;
-    let rq_start = Instant::now();
     let up_chunk =
         BODY_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
     let x = Exchange {
@@ -179,10 +186,12 @@ pub(super) async fn forward(
             status,
             up_reusable,
             down_keep,
+            end,
         } => {
+            d.done_at = Some(end);
             cs.count_response(status);
             cs.s.upstream_rq_completed.inc();
-            cs.s.upstream_rq_time.record_ms(rq_start);
+            cs.s.upstream_rq_time.record_ms_until(rq_start, end);
             if status >= 500 {
                 host.stats.rq_error.inc();
             } else {
@@ -194,7 +203,7 @@ pub(super) async fn forward(
                 cs.s.upstream_cx_max_requests.inc();
             }
             if up_reusable && !exhausted && !ctx.draining() {
-                host.pool.checkin(up);
+                host.pool.checkin(up, end);
             }
             (
                 status,
@@ -445,7 +454,8 @@ impl Exchange<'_> {
         let upstream_sent_bytes = Cell::new(false);
         // Envoy's stream_idle_timeout is one timer per stream, reset by progress in either
         // direction; the reads below do not time out on their own.
-        let activity = Cell::new(tokio::time::Instant::now());
+        // Progress is stamped with a clock read; the exchange starts from the request's start.
+        let activity = Cell::new(tokio::time::Instant::from_std(self.rq_start));
         let touch = || activity.set(tokio::time::Instant::now());
         let timer = &mut d.timer;
         let (mut dr, mut dw) = d.stream.split();
@@ -512,7 +522,12 @@ impl Exchange<'_> {
                 touch();
             };
             let status = head.status;
-            let service_ms = self.rq_start.elapsed().as_millis();
+            // The head's last read stamped `activity`: no clock read of its own.
+            let service_ms = activity
+                .get()
+                .into_std()
+                .saturating_duration_since(self.rq_start)
+                .as_millis();
             let up_framing = response_framing(self.is_head, status, &head.headers)
                 .map_err(|_| RespErr::Protocol)?;
             let up_keep = keep_alive(head.minor, &head.headers) && up_framing != Framing::Close;
@@ -565,6 +580,8 @@ impl Exchange<'_> {
                                     .await
                                     .map_err(|_| RespErr::Downstream)?;
                             }
+                            // The body ended with the close, maybe long after its last bytes.
+                            touch();
                             break;
                         }
                         Err(_) => return Err(RespErr::AfterHeaders),
@@ -607,7 +624,8 @@ impl Exchange<'_> {
                     }
                     req_done = true;
                     if self.timeout_ms > 0 {
-                        let dl = tokio::time::Instant::now() + Duration::from_millis(self.timeout_ms);
+                        // The request's last write just stamped `activity`.
+                        let dl = activity.get() + Duration::from_millis(self.timeout_ms);
                         route_deadline = Some(dl);
                         timer.arm_by(dl);
                     }
@@ -648,10 +666,12 @@ impl Exchange<'_> {
             cause,
         };
         match result {
+            // Every write stamped `activity`: the last one is the response's end.
             Ok(Ok((status, up_keep, down_keep))) => Outcome::Done {
                 status,
                 up_reusable: up_keep && complete,
                 down_keep: down_keep && complete,
+                end: activity.get().into_std(),
             },
             // Nothing at all came back: the connection was terminated (Envoy: 503).
             Ok(Err(RespErr::BeforeHeaders)) if !upstream_sent_bytes.get() => {
