@@ -166,7 +166,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
                     r = d.stream.readable() => break r.is_ok(),
                     _ = ctx.drain_notify.notified() => break false,
                     () = d.timer.fired(), if deadline.is_some() => {
-                        let dl = deadline.unwrap_or_else(TInstant::now);
+                        let Some(dl) = deadline else { continue };
                         if TInstant::now() >= dl {
                             l.http.downstream_cx_idle_timeout.inc();
                             break false;
@@ -196,10 +196,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
 /// compiler build the future's few initial fields in place.
 #[inline(always)]
 fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(make());
-    // SAFETY: just initialised; a box's contents do not move, so pinning it is sound.
-    unsafe { Pin::new_unchecked(slot.assume_init()) }
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// Why a read returned no bytes.
