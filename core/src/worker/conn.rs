@@ -202,7 +202,11 @@ fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
 /// Why a read returned no bytes.
 pub(super) enum ReadErr {
     Closed,
-    Timeout,
+    /// The wait's deadline passed: `header` if it was request_headers_timeout's, else the
+    /// stream idle timeout's.
+    Timeout {
+        header: bool,
+    },
 }
 
 /// Reads at most `max` more bytes into `buf`.
@@ -246,7 +250,9 @@ async fn read_head_more<R: AsyncRead + Unpin>(
             res = &mut read => return res,
             () = timer.fired() => {
                 if TInstant::now() >= dl {
-                    return Err(ReadErr::Timeout);
+                    return Err(ReadErr::Timeout {
+                        header: header_deadline == Some(dl),
+                    });
                 }
                 timer.arm_by(dl);
             }
@@ -323,11 +329,10 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
         match read.await {
             Ok(_) => {}
             Err(ReadErr::Closed) => return Next::Close,
-            Err(ReadErr::Timeout) => {
-                // Which deadline ended the wait decides the reply: request_headers_timeout
-                // or stream idle.
-                let header_timer = header_deadline.is_some_and(|h| TInstant::now() >= h);
-                let body: &[u8] = if header_timer {
+            // Which deadline ended the wait decides the reply: request_headers_timeout or
+            // stream idle.
+            Err(ReadErr::Timeout { header }) => {
+                let body: &[u8] = if header {
                     l.http.downstream_rq_header_timeout.inc();
                     b"request header timeout"
                 } else {

@@ -615,17 +615,18 @@ impl Exchange<'_> {
                 biased;
                 r = &mut resp_fut => break Ok(r),
                 r = &mut req_fut, if !req_done => {
-                    match r {
-                        Ok(()) => {}
+                    // The request's last write stamped `activity` when it succeeded; a failed
+                    // one may have waited long, so the route timeout then starts from now.
+                    let sent = match r {
+                        Ok(()) => activity.get(),
                         Err(ReqErr::Downstream) => break Err(Stop::DownstreamGone),
                         Err(ReqErr::BadBody) => break Err(Stop::BadRequestBody),
                         // The upstream stopped reading: it may still answer (an early error).
-                        Err(ReqErr::Upstream) => {}
-                    }
+                        Err(ReqErr::Upstream) => tokio::time::Instant::now(),
+                    };
                     req_done = true;
                     if self.timeout_ms > 0 {
-                        // The request's last write just stamped `activity`.
-                        let dl = activity.get() + Duration::from_millis(self.timeout_ms);
+                        let dl = sent + Duration::from_millis(self.timeout_ms);
                         route_deadline = Some(dl);
                         timer.arm_by(dl);
                     }
