@@ -132,6 +132,15 @@ enum Key<'a> {
 }
 
 impl<'a> Key<'a> {
+    /// Whether `e` (an entry of a map whose raw head is `raw`) has this key's name.
+    #[inline]
+    fn matches(self, raw: &[u8], e: &Entry) -> bool {
+        match self {
+            Key::Bit(b) => e.bit == b,
+            Key::Name(n) => val(raw, &e.name) == n,
+        }
+    }
+
     #[inline(always)]
     fn of(name: &'a [u8]) -> Key<'a> {
         match known_bit(name) {
@@ -149,10 +158,7 @@ impl HeaderMap {
 
     #[inline]
     fn is(&self, e: &Entry, key: Key<'_>) -> bool {
-        match key {
-            Key::Bit(b) => e.bit == b,
-            Key::Name(n) => self.bytes(&e.name) == n,
-        }
+        key.matches(&self.raw, e)
     }
 
     /// Every (name, value) in order.
@@ -227,10 +233,7 @@ impl HeaderMap {
 
     fn remove_key(&mut self, key: Key<'_>) {
         let raw = &self.raw;
-        self.entries.retain(|e| match key {
-            Key::Bit(b) => e.bit != b,
-            Key::Name(n) => val(raw, &e.name) != n,
-        });
+        self.entries.retain(|e| !key.matches(raw, e));
     }
 
     /// Removes every header whose [`known_bit`] is one of `bits` (exact bits: not
@@ -288,11 +291,7 @@ impl HeaderMap {
             let mut idx = 0;
             self.entries.retain(|e| {
                 idx += 1;
-                idx - 1 <= i
-                    || match key {
-                        Key::Bit(b) => e.bit != b,
-                        Key::Name(n) => val(raw, &e.name) != n,
-                    }
+                idx - 1 <= i || !key.matches(raw, e)
             });
         }
         self.entries[i].value = Val::new(value);

@@ -158,21 +158,12 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
                 let since = d.done_at.map_or_else(TInstant::now, TInstant::from_std);
                 since + Duration::from_millis(idle_ms)
             });
-            if let Some(dl) = deadline {
-                d.timer.arm_by(dl);
-            }
-            let ready = loop {
-                tokio::select! {
-                    r = d.stream.readable() => break r.is_ok(),
-                    _ = ctx.drain_notify.notified() => break false,
-                    () = d.timer.fired(), if deadline.is_some() => {
-                        let Some(dl) = deadline else { continue };
-                        if TInstant::now() >= dl {
-                            l.http.downstream_cx_idle_timeout.inc();
-                            break false;
-                        }
-                        d.timer.arm_by(dl);
-                    }
+            let ready = tokio::select! {
+                r = d.stream.readable() => r.is_ok(),
+                _ = ctx.drain_notify.notified() => false,
+                () = d.timer.until(deadline) => {
+                    l.http.downstream_cx_idle_timeout.inc();
+                    false
                 }
             };
             if !ready || ctx.draining() {
@@ -243,20 +234,12 @@ async fn read_head_more<R: AsyncRead + Unpin>(
     let Some(dl) = earliest([header_deadline, idle_deadline]) else {
         return read.await;
     };
-    timer.arm_by(dl);
-    loop {
-        tokio::select! {
-            biased;
-            res = &mut read => return res,
-            () = timer.fired() => {
-                if TInstant::now() >= dl {
-                    return Err(ReadErr::Timeout {
-                        header: header_deadline == Some(dl),
-                    });
-                }
-                timer.arm_by(dl);
-            }
-        }
+    tokio::select! {
+        biased;
+        res = &mut read => res,
+        () = timer.until(Some(dl)) => Err(ReadErr::Timeout {
+            header: header_deadline == Some(dl),
+        }),
     }
 }
 

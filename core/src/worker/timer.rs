@@ -51,6 +51,22 @@ impl ConnTimer {
         poll_fn(|cx| self.sleep.as_mut().poll(cx)).await;
         self.armed = None;
     }
+
+    /// Waits until `deadline` has passed (forever for `None`), for a wait with that one
+    /// deadline: goings-off for earlier waits' deadlines are absorbed here.
+    pub(super) async fn until(&mut self, deadline: Option<Instant>) {
+        let Some(deadline) = deadline else {
+            return std::future::pending().await;
+        };
+        self.arm_by(deadline);
+        loop {
+            self.fired().await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            self.arm_by(deadline);
+        }
+    }
 }
 
 /// The earliest of some optional deadlines.
