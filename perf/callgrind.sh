@@ -5,20 +5,25 @@
 # repeatable on a noisy machine; run twice with different N and difference the totals to drop
 # start-up. Needs valgrind, h2load, nginx (and haproxy for that target).
 #
-#   perf/callgrind.sh [pyproxy|haproxy|nginx]     N=40000 by default
+#   perf/callgrind.sh [pyproxy|haproxy|nginx]     N=40000 by default; P=/1k for a 1 KiB response;
+#   ROUTES=1000 (pyproxy only): route i is prefix /rNNNN/ to its own cluster, as perf/run's scenario 5,
+#   and the load asks for the last one
 set -euo pipefail
 target=${1:-pyproxy}
 N=${N:-40000}
+P=${P:-/}
+ROUTES=${ROUTES:-0}
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$root/perf/work/callgrind
-mkdir -p "$work/tmp"
+mkdir -p "$work/tmp" "$work/www"
 cd "$work"
+head -c 1024 /dev/zero | tr '\0' x > www/1k
 cat > upstream.conf <<CONF
 worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.log;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000000;
+http { access_log off; keepalive_requests 100000000; sendfile on; open_file_cache max=16;
   client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
-  server { listen 127.0.0.1:18481 reuseport; location / { return 200 "ok"; } } }
+  server { listen 127.0.0.1:18481 reuseport; root www; location = /1k { } location / { return 200 "ok"; } } }
 CONF
 nginx -p "$work/" -c "$work/upstream.conf" & upstream=$!
 trap 'kill $upstream $(jobs -p) 2>/dev/null || true' EXIT
@@ -28,12 +33,20 @@ cg=(valgrind --tool=callgrind --callgrind-out-file="$out")
 case $target in
   pyproxy)
     cargo build -q --profile profiling --example serve -p pyproxy-core --manifest-path "$root/Cargo.toml"
-    cat > snap.json <<CONF
-{"listeners": [{"name": "l", "address": "127.0.0.1", "port": 18480, "hcm": {"stat_prefix": "ingress_http",
-  "generate_request_id": false, "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
-  "routes": [{"match": {"path": {"prefix": "/"}}, "action": {"route": {"cluster": "up"}}}]}]}}}],
- "clusters": [{"name": "up", "type": "STATIC", "endpoints": [{"address": "127.0.0.1", "port": 18481}]}]}
-CONF
+    python3 - "$ROUTES" > snap.json <<'PY'
+import json, sys
+n = int(sys.argv[1])
+up = {"address": "127.0.0.1", "port": 18481}
+routes = [{"match": {"path": {"prefix": f"/r{i:04d}/"}}, "action": {"route": {"cluster": f"c{i:04d}"}}}
+          for i in range(n)]
+routes.append({"match": {"path": {"prefix": "/"}}, "action": {"route": {"cluster": "up"}}})
+clusters = [{"name": f"c{i:04d}", "type": "STATIC", "endpoints": [up]} for i in range(n)]
+clusters.append({"name": "up", "type": "STATIC", "endpoints": [up]})
+print(json.dumps({"listeners": [{"name": "l", "address": "127.0.0.1", "port": 18480, "hcm": {
+    "stat_prefix": "ingress_http", "generate_request_id": False,
+    "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]}}}],
+    "clusters": clusters}))
+PY
     # serve runs until its stdin closes.
     (sleep 3600 | "${cg[@]}" "$root/target/profiling/examples/serve" snap.json 1 >cg.log 2>&1) & proxy=$!
     stop() { pkill -f "sleep 3600" || true; } ;;
@@ -73,7 +86,7 @@ CONF
   *) echo "usage: $0 [pyproxy|haproxy|nginx]" >&2; exit 2 ;;
 esac
 for _ in $(seq 300); do curl -s -o /dev/null http://127.0.0.1:18480/ && break; sleep 0.1; done
-h2load --h1 -n "$N" -c 16 -t 1 http://127.0.0.1:18480/ | grep -E "^requests:"
+h2load --h1 -n "$N" -c 16 -t 1 "http://127.0.0.1:18480$P" | grep -E "^requests:"
 stop
 wait $proxy 2>/dev/null || true
 callgrind_annotate "$out" | grep "PROGRAM TOTALS"

@@ -2,9 +2,11 @@
 //! matched per request with no allocation on the common path.
 //!
 //! Virtual hosts are chosen by `:authority` with Envoy's precedence: exact domain, then the
-//! longest `*suffix` wildcard, then the longest `prefix*` wildcard, then `*`. Routes are tried in
-//! order; the first whose path, header and query matchers all pass wins.
+//! longest `*suffix` wildcard, then the longest `prefix*` wildcard, then `*`. The first route, in
+//! order, whose path, header and query matchers all pass wins; [`index`] finds it without trying
+//! the routes whose path cannot match.
 
+mod index;
 pub mod matcher;
 
 use std::collections::HashMap;
@@ -15,6 +17,7 @@ use regex::bytes::Regex;
 use crate::config::{self, HeaderMutations, PathMatch, RouteAction, RouteConfiguration};
 use crate::http1::head::HeaderMap;
 use crate::Error;
+use index::{Literal, RouteIndex};
 use matcher::{full_regex, ValueMatcher};
 
 /// Header edits compiled from a [`HeaderMutations`].
@@ -176,19 +179,74 @@ pub struct VirtualHost {
     /// Envoy name.
     pub name: String,
     routes: Vec<Route>,
+    /// Finds the first matching route among those whose path could match.
+    index: RouteIndex,
     /// Virtual-host-level header edits.
     pub mutations: Mutations,
 }
+
+/// Wildcard domains (the literal part of `*suffix` or `prefix*`), grouped by length, longest
+/// group first, each group sorted: a lookup is one binary search per distinct length, instead of
+/// one compare per domain. The wildcard must stand for at least one character, as in Envoy.
+#[derive(Debug, Clone, Default)]
+struct Wildcards {
+    /// (literal length, its literals), longest first.
+    groups: Vec<(usize, LengthGroup)>,
+}
+
+/// (literal, vhost), sorted by literal.
+type LengthGroup = Vec<(Vec<u8>, usize)>;
+
+impl Wildcards {
+    /// Adds a literal; false when it is already there.
+    fn insert(&mut self, lit: &[u8], vhost: usize) -> bool {
+        let g = match self.groups.binary_search_by(|g| lit.len().cmp(&g.0)) {
+            Ok(g) => g,
+            Err(g) => {
+                self.groups.insert(g, (lit.len(), Vec::new()));
+                g
+            }
+        };
+        let group = &mut self.groups[g].1;
+        match group.binary_search_by(|e| e.0.as_slice().cmp(lit)) {
+            Ok(_) => false,
+            Err(at) => {
+                group.insert(at, (lit.to_vec(), vhost));
+                true
+            }
+        }
+    }
+
+    /// The vhost of the longest literal that `part(n)` (the host's first or last `n` bytes)
+    /// equals, for `n` shorter than the host.
+    #[inline]
+    fn find<'h>(&self, host: &'h [u8], part: impl Fn(usize) -> &'h [u8]) -> Option<usize> {
+        for (n, group) in &self.groups {
+            if *n >= host.len() {
+                continue;
+            }
+            let key = part(*n);
+            if let Ok(at) = group.binary_search_by(|e| e.0.as_slice().cmp(key)) {
+                return Some(group[at].1);
+            }
+        }
+        None
+    }
+}
+
+/// Up to this many routes a virtual host is scanned in order: a few failed prefix compares cost
+/// less than walking the index (callgrind, `perf/callgrind.sh`).
+const LINEAR_MAX: usize = 8;
 
 /// A compiled route configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     vhosts: Vec<VirtualHost>,
     exact: HashMap<Vec<u8>, usize>,
-    /// (suffix, vhost), longest first.
-    suffix: Vec<(Vec<u8>, usize)>,
-    /// (prefix, vhost), longest first.
-    prefix: Vec<(Vec<u8>, usize)>,
+    /// `*suffix` domains.
+    suffix: Wildcards,
+    /// `prefix*` domains.
+    prefix: Wildcards,
     default: Option<usize>,
     /// Route-configuration-level header edits.
     pub mutations: Mutations,
@@ -217,15 +275,13 @@ impl RouteTable {
                         return Err(dup());
                     }
                 } else if let Some(s) = d.strip_prefix('*') {
-                    if t.suffix.iter().any(|(x, _)| x == s.as_bytes()) {
+                    if !t.suffix.insert(s.as_bytes(), vi) {
                         return Err(dup());
                     }
-                    t.suffix.push((s.as_bytes().to_vec(), vi));
                 } else if let Some(p) = d.strip_suffix('*') {
-                    if t.prefix.iter().any(|(x, _)| x == p.as_bytes()) {
+                    if !t.prefix.insert(p.as_bytes(), vi) {
                         return Err(dup());
                     }
-                    t.prefix.push((p.as_bytes().to_vec(), vi));
                 } else if t.exact.insert(d.as_bytes().to_vec(), vi).is_some() {
                     return Err(dup());
                 }
@@ -238,14 +294,21 @@ impl RouteTable {
                     &format!("{vpath}.routes[{ri}]"),
                 )?);
             }
+            let index = RouteIndex::build(routes.iter().map(|r| {
+                let lit = match &r.path {
+                    PathMatcher::Prefix(p) => Literal::Prefix(p),
+                    PathMatcher::Path(p) => Literal::Path(p),
+                    PathMatcher::Regex(_) => Literal::Always,
+                };
+                (lit, r.case_sensitive)
+            }));
             t.vhosts.push(VirtualHost {
                 name: vh.name.clone(),
                 routes,
+                index,
                 mutations: Mutations::compile(&vh.headers),
             });
         }
-        t.suffix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
-        t.prefix.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         Ok(t)
     }
 
@@ -254,17 +317,12 @@ impl RouteTable {
         if let Some(i) = self.exact.get(host) {
             return Some(&self.vhosts[*i]);
         }
-        for (s, i) in &self.suffix {
-            if host.len() > s.len() && host.ends_with(s) {
-                return Some(&self.vhosts[*i]);
-            }
-        }
-        for (p, i) in &self.prefix {
-            if host.len() > p.len() && host.starts_with(p) {
-                return Some(&self.vhosts[*i]);
-            }
-        }
-        self.default.map(|i| &self.vhosts[i])
+        let i = self
+            .suffix
+            .find(host, |n| &host[host.len() - n..])
+            .or_else(|| self.prefix.find(host, |n| &host[..n]))
+            .or(self.default)?;
+        Some(&self.vhosts[i])
     }
 
     /// Finds the route for a request; `host` must be lower-case, `target` is the request
@@ -280,10 +338,13 @@ impl RouteTable {
             Some(i) => (&target[..i], Some(&target[i + 1..])),
             None => (target, None),
         };
-        vh.routes
-            .iter()
-            .find(|r| r.matches(path, query, headers))
-            .map(|r| (vh, r))
+        let full_match = |r: &Route| r.matches(path, query, headers);
+        let r = if vh.routes.len() <= LINEAR_MAX {
+            vh.routes.iter().find(|r| full_match(r))?
+        } else {
+            &vh.routes[vh.index.first(path, |i| full_match(&vh.routes[i]))?]
+        };
+        Some((vh, r))
     }
 }
 
@@ -419,6 +480,7 @@ impl Route {
         }
     }
 
+    #[inline(always)]
     fn matches(&self, path: &[u8], query: Option<&[u8]>, headers: &HeaderMap) -> bool {
         let ok = match &self.path {
             PathMatcher::Prefix(p) => {
@@ -531,6 +593,66 @@ mod tests {
         }
     }
 
+    /// Wildcard lookup by length groups must pick what the longest-match rule picks, on random
+    /// domain sets over a small alphabet (so that wildcards overlap often).
+    #[test]
+    fn wildcard_groups_agree_with_longest_match() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let word = |rng: &mut fastrand::Rng, min: usize| -> String {
+            (0..rng.usize(min..5))
+                .map(|_| ['a', 'b', '.'][rng.usize(0..3)])
+                .collect()
+        };
+        for _ in 0..2000 {
+            let mut domains = std::collections::BTreeSet::new();
+            for _ in 0..rng.usize(0..10) {
+                let w = word(&mut rng, 1);
+                domains.insert(match rng.u8(0..4) {
+                    0 => w,
+                    1 => format!("{w}*"),
+                    2 if rng.bool() => "*".to_string(),
+                    _ => format!("*{w}"),
+                });
+            }
+            let vhosts: Vec<_> = domains
+                .iter()
+                .map(|d| serde_json::json!({"name": d, "domains": [d]}))
+                .collect();
+            let t = table(&serde_json::json!({ "virtual_hosts": vhosts }).to_string());
+            for _ in 0..30 {
+                let host = word(&mut rng, 0);
+                let longest = |wild: &dyn Fn(&str) -> Option<String>| {
+                    domains
+                        .iter()
+                        .filter_map(|d| wild(d).map(|lit| (lit, d)))
+                        .filter(|(lit, _)| host.len() > lit.len())
+                        .max_by_key(|(lit, _)| lit.len())
+                        .map(|(_, d)| d.clone())
+                };
+                let want = domains
+                    .get(&host)
+                    .cloned()
+                    .or_else(|| {
+                        longest(&|d| {
+                            d.strip_prefix('*')
+                                .filter(|s| !s.is_empty() && host.ends_with(s))
+                                .map(str::to_string)
+                        })
+                    })
+                    .or_else(|| {
+                        longest(&|d| {
+                            d.strip_suffix('*')
+                                .filter(|p| !d.starts_with('*') && host.starts_with(p))
+                                .map(str::to_string)
+                        })
+                    })
+                    .or_else(|| domains.get("*").cloned());
+                let got = t.virtual_host(host.as_bytes()).map(|v| v.name.clone());
+                assert_eq!(got, want, "{host:?} in {domains:?}");
+            }
+        }
+    }
+
     #[test]
     fn duplicate_domain_is_an_error() {
         let rc: RouteConfiguration = serde_json::from_str(
@@ -579,6 +701,65 @@ mod tests {
                 .unwrap();
             let names = ["exact", "ci", "re", "hdr", "inv", "q", "all"];
             assert_eq!(names[got], want, "{target} {hdrs:?}");
+        }
+    }
+
+    /// The index must pick exactly the route the in-order scan picks: random tables of
+    /// prefix, path and regex routes (some case-insensitive, some needing a header) over a small
+    /// alphabet, so that prefixes nest and collide often, each against random paths.
+    #[test]
+    fn index_agrees_with_the_in_order_scan() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        let lit = |rng: &mut fastrand::Rng, max: usize| -> String {
+            let n = rng.usize(0..=max);
+            (0..n)
+                .map(|_| ['/', 'a', 'A', 'b', '\u{e9}'][rng.usize(0..5)])
+                .collect()
+        };
+        let (with, without) = (headers("x-h: 1\r\n"), headers(""));
+        for _ in 0..3000 {
+            let routes: Vec<serde_json::Value> = (0..rng.usize(0..16))
+                .map(|_| {
+                    let path = match rng.u8(0..10) {
+                        0 => {
+                            let re = ["/a.*", "[/ab]+", "/[aA]b?"][rng.usize(0..3)];
+                            serde_json::json!({ "safe_regex": re })
+                        }
+                        1..=3 => serde_json::json!({"path": lit(&mut rng, 4)}),
+                        _ => serde_json::json!({"prefix": lit(&mut rng, 4)}),
+                    };
+                    let mut m =
+                        serde_json::json!({"path": path, "case_sensitive": rng.u8(0..3) != 0});
+                    if rng.u8(0..4) == 0 {
+                        m["headers"] =
+                            serde_json::json!([{"name": "x-h", "match": {"present": true}}]);
+                    }
+                    serde_json::json!({"match": m, "action": {"route": {"cluster": "a"}}})
+                })
+                .collect();
+            let json = serde_json::json!({"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]});
+            let t = table(&json.to_string());
+            let vh = &t.vhosts[0];
+            for _ in 0..40 {
+                let mut target = lit(&mut rng, 6);
+                if rng.bool() {
+                    target.push_str("?q=1");
+                }
+                let hs = if rng.bool() { &with } else { &without };
+                let (path, query) = match target.split_once('?') {
+                    Some((p, q)) => (p.as_bytes(), Some(q.as_bytes())),
+                    None => (target.as_bytes(), None),
+                };
+                let want = vh.routes.iter().position(|r| r.matches(path, query, hs));
+                let indexed = vh
+                    .index
+                    .first(path, |i| vh.routes[i].matches(path, query, hs));
+                assert_eq!(indexed, want, "{target:?} in {json}");
+                let got = t
+                    .route(b"x", target.as_bytes(), hs)
+                    .map(|(_, r)| vh.routes.iter().position(|x| std::ptr::eq(x, r)).unwrap());
+                assert_eq!(got, want, "{target:?} in {json}");
+            }
         }
     }
 
