@@ -404,6 +404,35 @@ def test_config_yaml_merges_over_file() -> None:
     assert raw["node"] == {"id": "from-yaml"}
 
 
+def test_fast_yaml_parser_builds_the_same_document() -> None:
+    """The libyaml loader (used when PyYAML has it, as its wheels do) must read every YAML form a
+    config uses exactly as the pure-Python safe loader does: anchors, merge keys, YAML 1.1 scalars."""
+    from pyproxy.config.load import _FAST_LOADER, parse_text
+
+    if yaml.__with_libyaml__:
+        assert _FAST_LOADER is yaml.CSafeLoader
+    text = """
+    base: &base {connect_timeout: 0.25s, type: STATIC, lb_policy: ROUND_ROBIN}
+    static_resources:
+      clusters:
+      - <<: *base
+        name: a
+        per_connection_buffer_limit_bytes: 0x8000
+        ignore_health_on_host_removal: yes
+        circuit_breakers: {thresholds: [{max_connections: 1_000, max_retries: ~}]}
+        metadata: {filter_metadata: {x: {ratio: 1.5e3, when: 2026-11-24, quoted: "010", flag: off}}}
+      - {<<: *base, name: "b\u00e9", alt_stat_name: 'it''s'}
+    text: |
+      line one
+      line two
+    """
+    doc = parse_text(text)
+    assert doc == yaml.load(text, Loader=yaml.SafeLoader)
+    assert doc["static_resources"]["clusters"][0]["connect_timeout"] == "0.25s"
+    assert doc["static_resources"]["clusters"][0]["ignore_health_on_host_removal"] is True
+    assert doc["static_resources"]["clusters"][1]["name"] == "b\u00e9"
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [
