@@ -128,7 +128,7 @@ impl Drop for RqActive<'_> {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (engine.rs).
     let Some(l) = ctx.current().listeners.get(&lname).cloned() else {
         return;
     };
