@@ -40,6 +40,8 @@ fn upstream() -> Upstream {
     }
 }
 
+const BIG: usize = 1 << 20;
+
 fn serve_upstream(s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
@@ -81,6 +83,13 @@ fn serve_upstream(s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
             std::thread::sleep(Duration::from_millis(1500));
         }
         heads.lock().unwrap().push(head);
+        if first.contains("/big") {
+            // 1 MiB, so the proxy writes it to the client in many pieces.
+            let big: Vec<u8> = (0..BIG).map(|i| b'a' + (i % 26) as u8).collect();
+            let _ = write!(w, "HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n");
+            let _ = w.write_all(&big);
+            continue;
+        }
         let reply = format!("{first} body={}", body.len());
         let _ = write!(
             w,
@@ -388,4 +397,48 @@ fn one_connection_timer_serves_every_deadline() {
         "504 after {waited:?}, route timeout is 300 ms"
     );
     wait_stat(&e, "cluster.up.upstream_rq_timeout", 1);
+}
+
+/// A connection that closes after its response (the client's `connection: close`, or a local
+/// reply that leaves a request body unread) gets the whole response and then a clean end: the
+/// last bytes leave with the FIN (MSG_MORE, then shutdown), in one write or after many.
+#[test]
+fn closing_connections_get_the_whole_response_then_the_end() {
+    let up = upstream();
+    let (e, port) = engine(up.port);
+
+    // One small response, then EOF.
+    let (mut s, mut r) = client(port);
+    s.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    r.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
+    assert!(all.ends_with("GET /small HTTP/1.1 body=0"), "{all}");
+
+    // 1 MiB, relayed in many writes: every byte, then EOF.
+    let (mut s, r) = client(port);
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    r.into_inner().read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = &all[split..];
+    assert_eq!(body.len(), BIG);
+    assert!(body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == b'a' + (i % 26) as u8));
+
+    // A local reply (503: the cluster is down) to a request whose 1 MB body the proxy never
+    // reads: the reply still arrives whole, although the close then resets the connection.
+    let (mut s, mut r) = client(port);
+    s.write_all(b"POST /dead HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'x'; 100_000]).unwrap();
+    let (status, body) = read_response(&mut r);
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert!(body.starts_with("upstream connect error"), "{body}");
+    e.shutdown(Duration::from_secs(1));
 }

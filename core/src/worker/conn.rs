@@ -349,8 +349,32 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     l.http.downstream_rq_total.inc();
     l.http.count_response(status);
     let out = local_reply(ctx, l, status, body, true, None, false);
-    let _ = d.stream.write_all(&out).await;
+    let _ = write_last(&d.stream, &out).await;
     Next::Close
+}
+
+/// Writes a connection's last bytes and half-closes it. The bytes go with `MSG_MORE`, so the
+/// kernel holds back their last partial segment, and `shutdown(SHUT_WR)` sends it with the FIN
+/// in one segment. A plain write then close sends the FIN in a segment of its own, which the
+/// client ACKs too: scenario 3 (a connection per request) took 12 TCP segments per request,
+/// 11 with this, as HAProxy (`nstat` TcpOutSegs). Call it only when the connection closes
+/// next: the held-back bytes leave at the shutdown, which is why it is done here and not left
+/// to the close (a close with unread request bytes resets the connection and would discard
+/// them).
+pub(super) async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    while !buf.is_empty() {
+        let sent = s.try_io(tokio::io::Interest::WRITABLE, || {
+            sock.send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        });
+        match sent {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => s.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    sock.shutdown(std::net::Shutdown::Write)
 }
 
 /// Builds a complete local reply in Envoy's header order: with a body, `content-length`,
@@ -412,7 +436,12 @@ pub(super) async fn reply(
     extra: Option<&HeaderMap>,
 ) -> (u16, Next) {
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
-    if d.stream.write_all(&out).await.is_err() {
+    let written = if keep {
+        d.stream.write_all(&out).await
+    } else {
+        write_last(&d.stream, &out).await
+    };
+    if written.is_err() {
         return (status, Next::Close);
     }
     (status, if keep { Next::KeepAlive } else { Next::Close })

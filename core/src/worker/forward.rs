@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::conn::{read_more, reply, Down, Next, BODY_CHUNK};
+use super::conn::{read_more, reply, write_last, Down, Next, BODY_CHUNK};
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, mutate_request, rewrite_target};
 use super::timer::earliest;
@@ -564,7 +564,13 @@ impl Exchange<'_> {
                 let pumped = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk)
                     .map_err(|_| RespErr::AfterHeaders)?;
                 if !out.is_empty() {
-                    dw.write_all(&out).await.map_err(|_| RespErr::Downstream)?;
+                    // The last bytes on a connection that closes next go with its FIN.
+                    let written = if !down_keep && matches!(pumped, Pumped::Done) {
+                        write_last(dw.as_ref(), &out).await
+                    } else {
+                        dw.write_all(&out).await
+                    };
+                    written.map_err(|_| RespErr::Downstream)?;
                     out.clear();
                     touch();
                 }
