@@ -436,7 +436,7 @@ fn closing_connections_get_the_whole_response_then_the_end() {
     let (mut s, mut r) = client(port);
     s.write_all(b"POST /dead HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
         .unwrap();
-    s.write_all(&[b'x'; 100_000]).unwrap();
+    s.write_all(&[b'x'; 20_000]).unwrap();
     let (status, body) = read_response(&mut r);
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
     assert!(body.starts_with("upstream connect error"), "{body}");

@@ -58,7 +58,7 @@ def parse_text(text: str, *, source: str = "config") -> dict[str, Any]:
     try:
         try:
             doc = yaml.load(text, Loader=_FAST_LOADER)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeError):  # libyaml encodes to UTF-8 first: lone surrogates
             doc = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -426,8 +426,9 @@ def test_fast_yaml_parser_builds_the_same_document() -> None:
       line one
       line two
     """
-    doc = parse_text(text)
+    doc = yaml.load(text, Loader=_FAST_LOADER)
     assert doc == yaml.load(text, Loader=yaml.SafeLoader)
+    assert parse_text(text) == doc
     assert doc["static_resources"]["clusters"][0]["connect_timeout"] == "0.25s"
     assert doc["static_resources"]["clusters"][0]["ignore_health_on_host_removal"] is True
     assert doc["static_resources"]["clusters"][1]["name"] == "b\u00e9"
@@ -437,6 +438,8 @@ def test_fast_yaml_parser_builds_the_same_document() -> None:
     ("source", "message"),
     [
         ("static_resources: [", "unable to parse config string as YAML/JSON at line 1"),
+        # A byte that is not UTF-8 on the command line arrives as a lone surrogate.
+        ("node: {id: \udcff}", "unable to parse config string as YAML/JSON"),
         ("- a\n- b\n", "expected a mapping (a Bootstrap), got list"),
         ("/nonexistent/pyproxy.yaml", "unable to read file '/nonexistent/pyproxy.yaml'"),
     ],

@@ -141,7 +141,6 @@ impl RouteIndex {
         mut full_match: impl FnMut(usize) -> bool,
     ) -> Option<usize> {
         let mut best = Idx::MAX;
-        try_list(&self.always, &mut best, &mut full_match);
         for (t, &root) in self.roots.iter().enumerate() {
             if root == Idx::MAX {
                 continue;
@@ -163,6 +162,8 @@ impl RouteIndex {
                 depth += 1;
             }
         }
+        // Regex routes last: only those before the best literal match are run.
+        try_list(&self.always, &mut best, &mut full_match);
         (best != Idx::MAX).then_some(best as usize)
     }
 }

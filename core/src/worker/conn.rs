@@ -46,6 +46,9 @@ pub(super) const BODY_CHUNK: usize = 64 * 1024;
 pub(super) enum Next {
     KeepAlive,
     Close,
+    /// Close, but the client may still be sending the request body: read and discard it first
+    /// (see [`linger`]).
+    Linger,
 }
 
 /// The client side of a connection.
@@ -58,6 +61,9 @@ pub(super) struct Down {
     pub(super) request_deadline: Option<tokio::time::Instant>,
     /// Whether the current request is a HEAD (local replies then carry no body).
     head_request: bool,
+    /// Whether the current request has body bytes not yet read: a reply then closes the
+    /// connection after lingering (see [`linger`]).
+    pub(super) body_unread: bool,
     /// When the current request's head was parsed.
     pub(super) started: Instant,
     /// When the last proxied response was written in full, if the exchange recorded it: the
@@ -128,7 +134,9 @@ impl Drop for RqActive<'_> {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: SocketAddr) {
-    // TCP_NODELAY comes from the listening socket (engine.rs).
+    // On Linux TCP_NODELAY comes from the listening socket (engine.rs).
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream.set_nodelay(true);
     let Some(l) = ctx.current().listeners.get(&lname).cloned() else {
         return;
     };
@@ -139,6 +147,7 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
         peer,
         request_deadline: None,
         head_request: false,
+        body_unread: false,
         started: Instant::now(),
         done_at: None,
         timer: ConnTimer::new(),
@@ -172,13 +181,43 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
             d.rbuf = ctx.take_read_buf();
         }
         let next = boxed_in_place(|| request(&ctx, &snap, &l, &mut d)).await;
+        if next == Next::Linger {
+            linger(&ctx, &mut d).await;
+            break;
+        }
         if next == Next::Close || ctx.draining() {
             break;
         }
     }
-    // No shutdown(): closing the socket (dropping the stream) sends the same FIN, one syscall
-    // fewer per connection.
+    // A reply that ends the connection was written by `write_last`, which sent the FIN; other
+    // ends (the client closed, idle timeout, drain) need no shutdown() before the close.
     ctx.put_read_buf(d.rbuf);
+}
+
+/// How long a closing connection keeps reading what the client still sends (Envoy's
+/// `delayed_close_timeout` default).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and discards what the client still sends after the reply that ends its connection,
+/// until it closes its side or [`LINGER`] has passed. The reply and the FIN are already out
+/// (`write_last`); closing a socket with unread bytes would answer them with a reset, which can
+/// destroy the reply in the client before it reads it (a request body the response came
+/// before, a local reply to a request whose body was never read).
+async fn linger(ctx: &Ctx, d: &mut Down) {
+    let deadline = TInstant::now() + LINGER;
+    if d.rbuf.capacity() == 0 {
+        d.rbuf = ctx.take_read_buf();
+    }
+    loop {
+        d.rbuf.clear();
+        let read = tokio::select! {
+            r = d.stream.read_buf(&mut d.rbuf) => r,
+            () = d.timer.until(Some(deadline)) => return,
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return;
+        }
+    }
 }
 
 /// `Box::pin(make())`, with the future written straight into its heap slot. `Box::pin` of a
@@ -327,6 +366,7 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
         }
     };
     d.head_request = head.method() == b"HEAD";
+    d.body_unread = false;
     let start = Instant::now();
     d.started = start;
     d.done_at = None;
@@ -357,15 +397,19 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
 /// kernel holds back their last partial segment, and `shutdown(SHUT_WR)` sends it with the FIN
 /// in one segment. A plain write then close sends the FIN in a segment of its own, which the
 /// client ACKs too: scenario 3 (a connection per request) took 12 TCP segments per request,
-/// 11 with this, as HAProxy (`nstat` TcpOutSegs). Call it only when the connection closes
-/// next: the held-back bytes leave at the shutdown, which is why it is done here and not left
-/// to the close (a close with unread request bytes resets the connection and would discard
-/// them).
+/// 10 with this (HAProxy 11; `nstat` TcpOutSegs). Call it only when the connection closes
+/// next. The shutdown is done here, not left to the close: a close with unread request bytes
+/// resets the connection, and would discard the held-back bytes (see also [`linger`]). Its
+/// own failure (the client reset meanwhile) is not the write's: the bytes were handed over.
 pub(super) async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(s);
+    #[cfg(target_os = "linux")]
+    const FLAGS: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    const FLAGS: libc::c_int = 0;
     while !buf.is_empty() {
         let sent = s.try_io(tokio::io::Interest::WRITABLE, || {
-            sock.send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+            sock.send_with_flags(buf, FLAGS)
         });
         match sent {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -374,7 +418,8 @@ pub(super) async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result
             Err(e) => return Err(e),
         }
     }
-    sock.shutdown(std::net::Shutdown::Write)
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    Ok(())
 }
 
 /// Builds a complete local reply in Envoy's header order: with a body, `content-length`,
@@ -444,7 +489,14 @@ pub(super) async fn reply(
     if written.is_err() {
         return (status, Next::Close);
     }
-    (status, if keep { Next::KeepAlive } else { Next::Close })
+    let next = if keep {
+        Next::KeepAlive
+    } else if d.body_unread {
+        Next::Linger
+    } else {
+        Next::Close
+    };
+    (status, next)
 }
 
 /// The `host` header lower-cased for routing, in a stack buffer when it fits (no allocation
@@ -498,6 +550,7 @@ async fn handle(
     }
     // A local reply leaves an unread body behind, so the connection then closes.
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
+    d.body_unread = body_pending;
     let keep_after_local = keep && !body_pending;
     let mut host_buf = [0u8; 256];
     let host = lower_host(&head, &mut host_buf);

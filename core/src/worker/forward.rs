@@ -205,14 +205,14 @@ pub(super) async fn forward(
             if up_reusable && !exhausted && !ctx.draining() {
                 host.pool.checkin(up, end);
             }
-            (
-                status,
-                if down_keep {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                },
-            )
+            let next = if down_keep {
+                Next::KeepAlive
+            } else if d.body_unread {
+                Next::Linger
+            } else {
+                Next::Close
+            };
+            (status, next)
         }
         Outcome::Local {
             status,
@@ -538,7 +538,14 @@ impl Exchange<'_> {
             } else {
                 up_framing
             };
-            let down_keep = self.keep && !ctx.draining();
+            // A response that comes before the whole request (the upstream answered early)
+            // ends the connection, announced with `connection: close`, as Envoy's HTTP/1
+            // codec does; the rest of the body is read and dropped before the close (linger).
+            let rq_done = req_complete.get();
+            if !rq_done {
+                l.http.downstream_rq_response_before_rq_complete.inc();
+            }
+            let down_keep = self.keep && rq_done && !ctx.draining();
             let mut h = head.headers;
             strip_hop_by_hop(&mut h);
             if down_framing == Framing::Chunked || status == 204 {
@@ -582,9 +589,12 @@ impl Exchange<'_> {
                         Ok(_) => touch(),
                         Err(_) if dec.is_close_delimited() => {
                             if chunked_out {
-                                dw.write_all(LAST_CHUNK)
-                                    .await
-                                    .map_err(|_| RespErr::Downstream)?;
+                                let written = if down_keep {
+                                    dw.write_all(LAST_CHUNK).await
+                                } else {
+                                    write_last(dw.as_ref(), LAST_CHUNK).await
+                                };
+                                written.map_err(|_| RespErr::Downstream)?;
                             }
                             // The body ended with the close, maybe long after its last bytes.
                             touch();
@@ -619,7 +629,8 @@ impl Exchange<'_> {
         let result = loop {
             tokio::select! {
                 biased;
-                r = &mut resp_fut => break Ok(r),
+                // The request first: body bytes that came in with the response are forwarded
+                // before the response head is written, so the request is complete there.
                 r = &mut req_fut, if !req_done => {
                     // The request's last write stamped `activity` when it succeeded; a failed
                     // one may have waited long, so the route timeout then starts from now.
@@ -638,6 +649,7 @@ impl Exchange<'_> {
                     }
                     deadline = next_deadline(req_done, route_deadline);
                 }
+                r = &mut resp_fut => break Ok(r),
                 () = timer.fired(), if deadline.is_some() => {
                     let now = tokio::time::Instant::now();
                     if idle.is_some_and(|i| now >= activity.get() + i) {
@@ -663,6 +675,7 @@ impl Exchange<'_> {
         let sent = resp_status.get();
         let started = sent != 0;
         let complete = req_complete.get();
+        d.body_unread = !complete;
         // After a routing-level failure the client connection stays usable (as Envoy's) when the
         // whole request was read.
         let keep_ok = self.keep && complete && !ctx.draining();
