@@ -431,8 +431,9 @@ fn closing_connections_get_the_whole_response_then_the_end() {
         .enumerate()
         .all(|(i, b)| *b == b'a' + (i % 26) as u8));
 
-    // A local reply (503: the cluster is down) to a request whose 1 MB body the proxy never
-    // reads: the reply still arrives whole, although the close then resets the connection.
+    // A local reply (503: the cluster is down) to a request whose 1 MB body never comes in
+    // full: the reply arrives whole, then the proxy reads and drops what the client still
+    // sends (linger) and the client sees a clean end when it stops sending.
     let (mut s, mut r) = client(port);
     s.write_all(b"POST /dead HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
         .unwrap();
@@ -440,5 +441,15 @@ fn closing_connections_get_the_whole_response_then_the_end() {
     let (status, body) = read_response(&mut r);
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
     assert!(body.starts_with("upstream connect error"), "{body}");
+    s.write_all(&[b'y'; 20_000]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    wait_stat(
+        &e,
+        "http.ingress_http.downstream_rq_response_before_rq_complete",
+        1,
+    );
     e.shutdown(Duration::from_secs(1));
 }

@@ -3,9 +3,14 @@ fix); every test is named after the bug it pins."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
+import struct
+import termios
 from typing import Any
 
-from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get, wait_stat
+from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get, wait_for, wait_stat
 from tests.support.configs import bootstrap, cluster, route
 
 
@@ -139,6 +144,19 @@ def test_buffered_request_body_beyond_one_piece_does_not_stall(make_proxy: Any, 
     assert upstream.requests[0].body_len == 10240
 
 
+def unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+TCP_CLOSE = 7  # linux/tcp_states.h: the state a reset leaves a socket in
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The socket's TCP state (the first byte of TCP_INFO)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
 class EarlyUpstream:
     """Answers each request as soon as its head arrives, then reads and drops its body: the
     shape of an upstream that refuses a request (401, 413) or ignores the body."""
@@ -200,12 +218,25 @@ def test_response_before_the_whole_request_says_close_and_ends_cleanly(make_prox
         # The rest of the body and a further request: read and dropped, then a clean end (EOF,
         # not a reset that could destroy the response in the client). Envoy 1.40 differs here:
         # it resets the connection when the client sends more (checked with the Envoy target).
-        c.send(b"hello" + get("/next"))
+        c.send(b"he")
+        # Wait until the proxy's kernel has answered those bytes: with an ACK (still open,
+        # lingering: our send queue drains) or with a reset (closed: a pending socket error).
+        wait_for(lambda: unsent(c.sock) == 0 or tcp_state(c.sock) == TCP_CLOSE, 5,
+                 "the proxy to answer the body's first bytes")
+        error = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if TARGET_IS_ENVOY:
             assert c.closed_within(5)
         else:
+            assert tcp_state(c.sock) != TCP_CLOSE, "the proxy reset the connection"
+            assert error == 0, os.strerror(error)
+            c.send(b"llo" + get("/next"))
             assert c.sock.recv(65536) == b""
     wait_stat(proxy, "http.ingress_http.downstream_rq_response_before_rq_complete", 1)
+    # A local reply to a request whose body is not read counts too, as in Envoy.
+    with RawConn(proxy.listener_port()) as c:
+        c.send(b"POST /p HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: gzip\r\n\r\nxx")
+        assert c.read_response().status == 501
+    wait_stat(proxy, "http.ingress_http.downstream_rq_response_before_rq_complete", 2)
     # A client that sends its body at once gets a kept connection, as before.
     with RawConn(proxy.listener_port()) as c:
         for _ in range(3):

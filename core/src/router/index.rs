@@ -8,7 +8,8 @@
 //!   routes, one over the lower-cased literals of case-insensitive ones). Walking the request
 //!   path down a trie passes exactly the nodes of the prefixes it starts with, and ends on the
 //!   node of its own full path;
-//! - `safe_regex` routes, which are always tried.
+//! - `safe_regex` routes, which are always candidates (tried last, and only those before the
+//!   best literal match).
 //!
 //! Each candidate list is ascending, the caller's full match (path, headers, query) decides, and
 //! the smallest index that passes wins: the same answer as the in-order scan (the randomized

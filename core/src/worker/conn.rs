@@ -189,8 +189,9 @@ pub async fn serve(ctx: Rc<Ctx>, lname: Arc<str>, stream: TcpStream, peer: Socke
             break;
         }
     }
-    // A reply that ends the connection was written by `write_last`, which sent the FIN; other
-    // ends (the client closed, idle timeout, drain) need no shutdown() before the close.
+    // A reply that ends the connection was written by `write_last`, which sent the FIN; the
+    // other ends (the client closed, idle timeout, drain, an aborted exchange) close without a
+    // shutdown() first.
     ctx.put_read_buf(d.rbuf);
 }
 
@@ -210,12 +211,9 @@ async fn linger(ctx: &Ctx, d: &mut Down) {
     }
     loop {
         d.rbuf.clear();
-        let read = tokio::select! {
-            r = d.stream.read_buf(&mut d.rbuf) => r,
+        tokio::select! {
+            r = read_more(&mut d.stream, &mut d.rbuf, READ_CHUNK) => if r.is_err() { return },
             () = d.timer.until(Some(deadline)) => return,
-        };
-        if !matches!(read, Ok(n) if n > 0) {
-            return;
         }
     }
 }
@@ -480,6 +478,10 @@ pub(super) async fn reply(
     keep: bool,
     extra: Option<&HeaderMap>,
 ) -> (u16, Next) {
+    if d.body_unread {
+        // As Envoy, which counts every response head encoded before the request is complete.
+        l.http.downstream_rq_response_before_rq_complete.inc();
+    }
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
     let written = if keep {
         d.stream.write_all(&out).await
@@ -526,15 +528,20 @@ async fn handle(
     // Envoy's codec-level refusals, all answered with `connection: close`.
     let framing = match request_framing(&head) {
         Ok(f) => f,
-        Err(FramingError::BadRequest) => {
+        Err(e) => {
             l.http.downstream_cx_protocol_error.inc();
-            return reply(ctx, l, d, 400, b"Bad Request", false, None).await;
-        }
-        Err(FramingError::NotImplemented) => {
-            l.http.downstream_cx_protocol_error.inc();
-            return reply(ctx, l, d, 501, b"Not Implemented", false, None).await;
+            // The body's length is unknown: whatever follows is read and dropped (linger).
+            d.body_unread = true;
+            let (status, body): (u16, &[u8]) = match e {
+                FramingError::BadRequest => (400, b"Bad Request"),
+                FramingError::NotImplemented => (501, b"Not Implemented"),
+            };
+            return reply(ctx, l, d, status, body, false, None).await;
         }
     };
+    // A local reply leaves an unread body behind, so the connection then closes.
+    let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
+    d.body_unread = body_pending;
     if !head.normalize_absolute_form() {
         return reply(ctx, l, d, 400, b"Bad Request", false, None).await;
     }
@@ -548,9 +555,6 @@ async fn handle(
         // No `upgrade_configs` support yet: Envoy answers 403 without contacting the upstream.
         return reply(ctx, l, d, 403, b"", false, None).await;
     }
-    // A local reply leaves an unread body behind, so the connection then closes.
-    let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
-    d.body_unread = body_pending;
     let keep_after_local = keep && !body_pending;
     let mut host_buf = [0u8; 256];
     let host = lower_host(&head, &mut host_buf);

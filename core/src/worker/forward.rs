@@ -450,6 +450,8 @@ impl Exchange<'_> {
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
+        // The request body has been read from the client in full / also written upstream.
+        let req_read = Cell::new(false);
         let req_complete = Cell::new(false);
         let upstream_sent_bytes = Cell::new(false);
         // Envoy's stream_idle_timeout is one timer per stream, reset by progress in either
@@ -471,6 +473,9 @@ impl Exchange<'_> {
             loop {
                 let pumped = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
                     .map_err(|_| ReqErr::BadBody)?;
+                if matches!(pumped, Pumped::Done) {
+                    req_read.set(true);
+                }
                 if !out.is_empty() {
                     uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
                     out.clear();
@@ -541,7 +546,7 @@ impl Exchange<'_> {
             // A response that comes before the whole request (the upstream answered early)
             // ends the connection, announced with `connection: close`, as Envoy's HTTP/1
             // codec does; the rest of the body is read and dropped before the close (linger).
-            let rq_done = req_complete.get();
+            let rq_done = req_read.get();
             if !rq_done {
                 l.http.downstream_rq_response_before_rq_complete.inc();
             }
@@ -570,9 +575,11 @@ impl Exchange<'_> {
             loop {
                 let pumped = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk)
                     .map_err(|_| RespErr::AfterHeaders)?;
-                if !out.is_empty() {
-                    // The last bytes on a connection that closes next go with its FIN.
-                    let written = if !down_keep && matches!(pumped, Pumped::Done) {
+                let last = !down_keep && matches!(pumped, Pumped::Done);
+                // The last bytes on a connection that closes next go with its FIN (with no
+                // bytes left, when the body ended on a full piece, the FIN alone).
+                if !out.is_empty() || last {
+                    let written = if last {
                         write_last(dw.as_ref(), &out).await
                     } else {
                         dw.write_all(&out).await
@@ -619,7 +626,8 @@ impl Exchange<'_> {
             earliest([
                 idle.map(|i| activity.get() + i),
                 route,
-                request_deadline.filter(|_| !req_done),
+                // request_timeout ends once the response has started, as Envoy's.
+                request_deadline.filter(|_| !req_done && resp_status.get() == 0),
             ])
         };
         let mut deadline = next_deadline(false, None);
@@ -659,7 +667,10 @@ impl Exchange<'_> {
                     if route_deadline.is_some_and(|dl| now >= dl) {
                         break Err(Stop::RouteTimeout);
                     }
-                    if !req_done && request_deadline.is_some_and(|dl| now >= dl) {
+                    if !req_done
+                        && resp_status.get() == 0
+                        && request_deadline.is_some_and(|dl| now >= dl)
+                    {
                         l.http.downstream_rq_timeout.inc();
                         break Err(Stop::RequestTimeout);
                     }
@@ -674,11 +685,14 @@ impl Exchange<'_> {
         };
         let sent = resp_status.get();
         let started = sent != 0;
+        // The upstream connection is reusable only if the request went out whole; the client
+        // connection only if the request was read whole.
         let complete = req_complete.get();
-        d.body_unread = !complete;
+        let read_whole = req_read.get();
+        d.body_unread = !read_whole;
         // After a routing-level failure the client connection stays usable (as Envoy's) when the
         // whole request was read.
-        let keep_ok = self.keep && complete && !ctx.draining();
+        let keep_ok = self.keep && read_whole && !ctx.draining();
         let local = |status, body, keep, cause| Outcome::Local {
             status,
             body,
@@ -690,7 +704,7 @@ impl Exchange<'_> {
             Ok(Ok((status, up_keep, down_keep))) => Outcome::Done {
                 status,
                 up_reusable: up_keep && complete,
-                down_keep: down_keep && complete,
+                down_keep: down_keep && read_whole,
                 end: activity.get().into_std(),
             },
             // Nothing at all came back: the connection was terminated (Envoy: 503).
