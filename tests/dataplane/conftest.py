@@ -305,12 +305,14 @@ class CannedUpstream:
     called with the socket and the bytes already read past the head, and does its own writing
     (for close-delimited or stalled replies).
     After a response the connection is kept unless the canned bytes contain `connection: close`
-    or the entry is a callable."""
+    or the entry is a callable. With `early`, canned bytes are sent as soon as the head has
+    arrived, before the body is read (an upstream that refuses or ignores the body)."""
 
-    def __init__(self, responses: dict[str, Any]) -> None:
+    def __init__(self, responses: dict[str, Any], early: bool = False) -> None:
         import threading
 
         self.responses = responses
+        self.early = early
         self.heads: list[bytes] = []
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -347,6 +349,10 @@ class CannedUpstream:
                 i = buf.index(b"\r\n\r\n") + 4
                 head, buf = buf[:i], buf[i:]
                 self.heads.append(head)
+                path = head.split(b" ")[1].decode().split("?")[0]
+                resp = self.responses.get(path, self.responses.get("*"))
+                if self.early and not callable(resp):
+                    s.sendall(resp)
                 m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
                 need = int(m.group(1)) if m else 0
                 while len(buf) < need:
@@ -355,12 +361,11 @@ class CannedUpstream:
                         return
                     buf += d
                 buf = buf[need:]
-                path = head.split(b" ")[1].decode().split("?")[0]
-                resp = self.responses.get(path, self.responses.get("*"))
                 if callable(resp):
                     resp(s, buf)
                     return
-                s.sendall(resp)
+                if not self.early:
+                    s.sendall(resp)
                 if b"connection: close" in resp.lower():
                     return
         except OSError:
@@ -379,11 +384,11 @@ class CannedUpstream:
 
 
 @pytest.fixture
-def make_canned() -> Iterator[Callable[[dict[str, Any]], CannedUpstream]]:
+def make_canned() -> Iterator[Callable[..., CannedUpstream]]:
     started: list[CannedUpstream] = []
 
-    def make(responses: dict[str, Any]) -> CannedUpstream:
-        u = CannedUpstream(responses)
+    def make(responses: dict[str, Any], early: bool = False) -> CannedUpstream:
+        u = CannedUpstream(responses, early)
         started.append(u)
         return u
 

@@ -157,59 +157,12 @@ def tcp_state(sock: socket.socket) -> int:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
 
 
-class EarlyUpstream:
-    """Answers each request as soon as its head arrives, then reads and drops its body: the
-    shape of an upstream that refuses a request (401, 413) or ignores the body."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.bodies: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import threading
-
-        while True:
-            try:
-                s, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
-
-    def _serve(self, s: Any) -> None:
-        import re
-
-        buf = b""
-        with s:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = s.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-                need = int(m.group(1)) if m else 0
-                while len(buf) < need:
-                    d = s.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                self.bodies.append(buf[:need])
-                buf = buf[need:]
-
-
-def test_response_before_the_whole_request_says_close_and_ends_cleanly(make_proxy: Any) -> None:
+def test_response_before_the_whole_request_says_close_and_ends_cleanly(make_proxy: Any, make_canned: Any) -> None:
     # The upstream answers before the request body arrived. Before the fix the response said
     # nothing about the connection, which then closed with the body unread: a keep-alive client
     # sent its next request into a reset (Python http.client: ConnectionResetError). Envoy adds
     # `connection: close`, counts downstream_rq_response_before_rq_complete, and closes.
-    up = EarlyUpstream()
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"}, early=True)
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
     with RawConn(proxy.listener_port()) as c:
         c.send(b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n\r\n")

@@ -73,6 +73,20 @@ pub(super) struct Down {
     pub(super) timer: ConnTimer,
 }
 
+impl Down {
+    /// What follows a response: the connection is kept if `keep`, else closed, after a linger
+    /// when request bytes may be unread.
+    pub(super) fn next(&self, keep: bool) -> Next {
+        if keep {
+            Next::KeepAlive
+        } else if self.body_unread {
+            Next::Linger
+        } else {
+            Next::Close
+        }
+    }
+}
+
 /// Counts a downstream connection open for as long as it lives.
 struct DownGuard {
     l: Rc<ListenerRt>,
@@ -491,14 +505,7 @@ pub(super) async fn reply(
     if written.is_err() {
         return (status, Next::Close);
     }
-    let next = if keep {
-        Next::KeepAlive
-    } else if d.body_unread {
-        Next::Linger
-    } else {
-        Next::Close
-    };
-    (status, next)
+    (status, d.next(keep))
 }
 
 /// The `host` header lower-cased for routing, in a stack buffer when it fits (no allocation

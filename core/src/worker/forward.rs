@@ -205,14 +205,7 @@ pub(super) async fn forward(
             if up_reusable && !exhausted && !ctx.draining() {
                 host.pool.checkin(up, end);
             }
-            let next = if down_keep {
-                Next::KeepAlive
-            } else if d.body_unread {
-                Next::Linger
-            } else {
-                Next::Close
-            };
-            (status, next)
+            (status, d.next(down_keep))
         }
         Outcome::Local {
             status,
