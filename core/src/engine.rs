@@ -555,7 +555,6 @@ mod tests {
         ls[0].set_nonblocking(false).unwrap();
         let (accepted, _) = ls[0].accept().unwrap();
         assert!(accepted.nodelay().unwrap());
-        #[cfg(target_os = "linux")]
         assert!(!socket2::SockRef::from(&ls[0]).quickack().unwrap());
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant as TInstant;
 
@@ -413,7 +414,7 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
 /// next. The shutdown is done here, not left to the close: a close with unread request bytes
 /// resets the connection, and would discard the held-back bytes (see also [`linger`]). Its
 /// own failure (the client reset meanwhile) is not the write's: the bytes were handed over.
-pub(super) async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(s);
     #[cfg(target_os = "linux")]
     const FLAGS: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
@@ -432,6 +433,21 @@ pub(super) async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result
     }
     let _ = sock.shutdown(std::net::Shutdown::Write);
     Ok(())
+}
+
+/// Writes `buf` to the client; with `last`, as the connection's last bytes ([`write_last`]).
+/// (The response pump calls `write_all` itself for its common writes: one async layer less
+/// per response, ~50 instructions, callgrind.)
+pub(super) async fn write_down(
+    w: &mut WriteHalf<'_>,
+    buf: &[u8],
+    last: bool,
+) -> std::io::Result<()> {
+    if last {
+        write_last(w.as_ref(), buf).await
+    } else {
+        w.write_all(buf).await
+    }
 }
 
 /// Builds a complete local reply in Envoy's header order: with a body, `content-length`,
@@ -497,12 +513,8 @@ pub(super) async fn reply(
         l.http.downstream_rq_response_before_rq_complete.inc();
     }
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
-    let written = if keep {
-        d.stream.write_all(&out).await
-    } else {
-        write_last(&d.stream, &out).await
-    };
-    if written.is_err() {
+    let (_, mut w) = d.stream.split();
+    if write_down(&mut w, &out, !keep).await.is_err() {
         return (status, Next::Close);
     }
     (status, d.next(keep))

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::conn::{read_more, reply, write_last, Down, Next, BODY_CHUNK};
+use super::conn::{read_more, reply, write_down, Down, Next, BODY_CHUNK};
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, mutate_request, rewrite_target};
 use super::timer::earliest;
@@ -443,7 +443,8 @@ impl Exchange<'_> {
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
-        // The request body has been read from the client in full / also written upstream.
+        // The request has been read from the client in full (decides the client connection);
+        // it has also been written upstream in full (decides the upstream connection).
         let req_read = Cell::new(false);
         let req_complete = Cell::new(false);
         let upstream_sent_bytes = Cell::new(false);
@@ -573,7 +574,7 @@ impl Exchange<'_> {
                 // bytes left, when the body ended on a full piece, the FIN alone).
                 if !out.is_empty() || last {
                     let written = if last {
-                        write_last(dw.as_ref(), &out).await
+                        write_down(&mut dw, &out, true).await
                     } else {
                         dw.write_all(&out).await
                     };
@@ -589,12 +590,9 @@ impl Exchange<'_> {
                         Ok(_) => touch(),
                         Err(_) if dec.is_close_delimited() => {
                             if chunked_out {
-                                let written = if down_keep {
-                                    dw.write_all(LAST_CHUNK).await
-                                } else {
-                                    write_last(dw.as_ref(), LAST_CHUNK).await
-                                };
-                                written.map_err(|_| RespErr::Downstream)?;
+                                write_down(&mut dw, LAST_CHUNK, !down_keep)
+                                    .await
+                                    .map_err(|_| RespErr::Downstream)?;
                             }
                             // The body ended with the close, maybe long after its last bytes.
                             touch();
