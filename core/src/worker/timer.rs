@@ -11,6 +11,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -55,16 +56,25 @@ impl ConnTimer {
     /// Waits until `deadline` has passed (forever for `None`), for a wait with that one
     /// deadline: goings-off for earlier waits' deadlines are absorbed here.
     pub(super) async fn until(&mut self, deadline: Option<Instant>) {
+        poll_fn(|cx| self.poll_until(cx, deadline)).await
+    }
+
+    /// [`ConnTimer::until`] as a poll, for a wait polled by hand.
+    pub(super) fn poll_until(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadline: Option<Instant>,
+    ) -> Poll<()> {
         let Some(deadline) = deadline else {
-            return std::future::pending().await;
+            return Poll::Pending;
         };
-        self.arm_by(deadline);
         loop {
-            self.fired().await;
-            if Instant::now() >= deadline {
-                return;
-            }
             self.arm_by(deadline);
+            ready!(self.sleep.as_mut().poll(cx));
+            self.armed = None;
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
         }
     }
 }
