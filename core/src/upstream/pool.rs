@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 pub struct UpConn {
     /// The socket.
     pub stream: TcpStream,
-    /// Bytes read past the end of the last response (normally empty).
+    /// The read buffer while a request is under way; empty (no allocation) while pooled.
     pub rbuf: BytesMut,
     /// Requests sent on this connection so far.
     pub requests: u32,
@@ -29,14 +29,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Takes a live idle connection, discarding ones the upstream closed while idle or that
-    /// hold unread bytes (never reused: they would be read as the next response).
+    /// Takes a live idle connection, discarding ones the upstream closed while idle. It comes
+    /// without a read buffer.
     pub fn checkout(&self) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         while let Some(c) = idle.pop() {
-            if !c.rbuf.is_empty() {
-                continue;
-            }
             // A closed keep-alive connection reads EOF (or unexpected bytes): drop it rather
             // than send a request into it.
             let mut probe = [0u8; 1];
@@ -52,12 +49,18 @@ impl Pool {
     /// Returns a connection for reuse. Only a connection at a clean message boundary (no
     /// bytes read past the last response) may come back; anything else is closed.
     /// `now` is the time the exchange ended (the caller has read the clock already).
-    pub fn checkin(&self, mut c: UpConn, now: Instant) {
+    ///
+    /// A pooled connection keeps no read buffer: the emptied one is handed back, for the
+    /// worker's buffer pool. Kept, it was up to 64 KiB per idle upstream connection (dhat;
+    /// 200 pooled connections held 12.5 MiB).
+    pub fn checkin(&self, mut c: UpConn, now: Instant) -> Option<BytesMut> {
         if !c.rbuf.is_empty() {
-            return;
+            return None;
         }
+        let buf = std::mem::take(&mut c.rbuf);
         c.idle_since = now;
         self.idle.borrow_mut().push(c);
+        Some(buf)
     }
 
     /// Closes connections idle for longer than `max_idle`, returning how many were closed.
@@ -71,5 +74,42 @@ impl Pool {
     /// Closes every idle connection.
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn conn(stream: TcpStream, rbuf: BytesMut) -> UpConn {
+        UpConn {
+            stream,
+            rbuf,
+            requests: 1,
+            idle_since: Instant::now(),
+            guard: super::super::CxGuard::new(Arc::default(), Arc::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn pooled_connections_hold_no_read_buffer() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (a, _peer) = (a.unwrap(), b.unwrap());
+        let pool = Pool::default();
+
+        // A clean connection goes in, and its buffer comes back to the caller, not kept.
+        let buf = pool.checkin(conn(a, BytesMut::with_capacity(16 * 1024)), Instant::now());
+        assert!(buf.is_some_and(|b| b.is_empty() && b.capacity() >= 16 * 1024));
+        let c = pool.checkout().expect("the pooled connection");
+        assert_eq!(c.rbuf.capacity(), 0);
+
+        // One with bytes past the response is closed, never pooled.
+        let mut dirty = BytesMut::with_capacity(64);
+        dirty.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        assert!(pool.checkin(conn(c.stream, dirty), Instant::now()).is_none());
+        assert!(pool.checkout().is_none());
     }
 }

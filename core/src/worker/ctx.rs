@@ -69,6 +69,8 @@ pub struct Ctx {
 const POOLED_BUFFERS: usize = 64;
 /// Write buffers that grew past this (a large head) are freed rather than kept.
 const MAX_POOLED_WRITE_BUF: usize = 2 * super::conn::BODY_CHUNK;
+/// The largest read buffer kept for reuse: room for a body piece and a little left over.
+const MAX_POOLED_READ_BUF: usize = 2 * super::conn::BODY_CHUNK;
 
 fn register<T: Scope + Default + 'static>(
     map: &RefCell<HashMap<String, Arc<T>>>,
@@ -295,11 +297,15 @@ impl Ctx {
             .unwrap_or_else(|| BytesMut::with_capacity(super::conn::READ_CHUNK))
     }
 
-    /// Returns an emptied read buffer for reuse.
+    /// Returns an emptied read buffer for reuse. One that holds no allocation, or a large one
+    /// (a body read grew it), is not kept.
     #[inline]
     pub fn put_read_buf(&self, mut b: BytesMut) {
         let mut pool = self.read_bufs.borrow_mut();
-        if b.is_empty() && pool.len() < POOLED_BUFFERS {
+        if b.is_empty()
+            && (1..=MAX_POOLED_READ_BUF).contains(&b.capacity())
+            && pool.len() < POOLED_BUFFERS
+        {
             b.clear();
             pool.push(b);
         }

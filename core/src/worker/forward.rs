@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::conn::{read_more, reply, write_down, Down, Next, BODY_CHUNK};
+use super::conn::{read_more, reply, write_down, Down, Next, BODY_CHUNK, READ_CHUNK};
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, mutate_request, rewrite_target};
 use super::timer::earliest;
@@ -166,6 +166,7 @@ pub(super) async fn forward(
         }
     };
     up.requests += 1;
+    up.rbuf = ctx.take_read_buf();
     let up_chunk =
         BODY_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
     let x = Exchange {
@@ -203,7 +204,9 @@ pub(super) async fn forward(
                 cs.s.upstream_cx_max_requests.inc();
             }
             if up_reusable && !exhausted && !ctx.draining() {
-                host.pool.checkin(up, end);
+                if let Some(buf) = host.pool.checkin(up, end) {
+                    ctx.put_read_buf(buf);
+                }
             }
             (status, d.next(down_keep))
         }
@@ -514,7 +517,7 @@ impl Exchange<'_> {
                     Ok(None) => {}
                     Err(_) => return Err(RespErr::Protocol),
                 }
-                read_more(&mut ur, urbuf, up_chunk)
+                read_more(&mut ur, urbuf, READ_CHUNK.min(up_chunk))
                     .await
                     .map_err(|_| RespErr::BeforeHeaders)?;
                 upstream_sent_bytes.set(true);
