@@ -195,3 +195,25 @@ def test_response_before_the_whole_request_says_close_and_ends_cleanly(make_prox
         for _ in range(3):
             r = c.request(b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n\r\nhello")
             assert (r.status, r.header("connection")) == (200, None)
+
+
+def test_a_request_filling_the_read_buffer_leaves_the_connection_idle_not_in_a_stream(
+    make_proxy: Any, upstream: Any
+) -> None:
+    # A request of exactly 16 KiB (the head read's size) fills the read, and tokio keeps the
+    # socket's readiness after a full read. The idle wait then returned at once and the
+    # connection waited for its next request under stream_idle_timeout: 408 "stream timeout"
+    # and a close for a client that was only idle (its idle_timeout is a minute).
+    hcm = {"stream_idle_timeout": "0.3s", "common_http_protocol_options": {"idle_timeout": "60s"}}
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm=hcm))
+    size = 16 * 1024
+    head = "POST /p HTTP/1.1\r\nHost: example.com\r\ncontent-length: {}\r\n\r\n"
+    body_len = next(n for n in range(size) if len(head.format(n)) + n == size)
+    req = head.format(body_len).encode() + b"x" * body_len
+    assert len(req) == size
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(req).status == 200
+        assert c.open_after(1.0), c.buf[:200]
+        assert c.buf == b""
+        assert c.request(get("/after")).status == 200
+    assert [r.target for r in upstream.requests] == ["/p", "/after"]

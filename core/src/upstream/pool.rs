@@ -29,8 +29,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Takes a live idle connection, discarding ones the upstream closed while idle. It comes
-    /// without a read buffer.
+    /// Takes a live idle connection, discarding ones the upstream closed while idle (or that
+    /// have unexpected bytes to read). It comes without a read buffer.
     pub fn checkout(&self) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         while let Some(c) = idle.pop() {
@@ -47,20 +47,20 @@ impl Pool {
     }
 
     /// Returns a connection for reuse. Only a connection at a clean message boundary (no
-    /// bytes read past the last response) may come back; anything else is closed.
-    /// `now` is the time the exchange ended (the caller has read the clock already).
+    /// bytes read past the last response) may come back; anything else is handed back, to be
+    /// closed. `now` is the time the exchange ended (the caller has read the clock already).
     ///
     /// A pooled connection keeps no read buffer: the emptied one is handed back, for the
     /// worker's buffer pool. Kept, it was up to 64 KiB per idle upstream connection (dhat;
     /// 200 pooled connections held 12.5 MiB).
-    pub fn checkin(&self, mut c: UpConn, now: Instant) -> Option<BytesMut> {
+    pub fn checkin(&self, mut c: UpConn, now: Instant) -> Result<BytesMut, UpConn> {
         if !c.rbuf.is_empty() {
-            return None;
+            return Err(c);
         }
         let buf = std::mem::take(&mut c.rbuf);
         c.idle_since = now;
         self.idle.borrow_mut().push(c);
-        Some(buf)
+        Ok(buf)
     }
 
     /// Closes connections idle for longer than `max_idle`, returning how many were closed.
@@ -102,14 +102,15 @@ mod tests {
 
         // A clean connection goes in, and its buffer comes back to the caller, not kept.
         let buf = pool.checkin(conn(a, BytesMut::with_capacity(16 * 1024)), Instant::now());
-        assert!(buf.is_some_and(|b| b.is_empty() && b.capacity() >= 16 * 1024));
+        assert!(buf.is_ok_and(|b| b.is_empty() && b.capacity() >= 16 * 1024));
         let c = pool.checkout().expect("the pooled connection");
         assert_eq!(c.rbuf.capacity(), 0);
 
         // One with bytes past the response is closed, never pooled.
         let mut dirty = BytesMut::with_capacity(64);
         dirty.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        assert!(pool.checkin(conn(c.stream, dirty), Instant::now()).is_none());
+        let refused = pool.checkin(conn(c.stream, dirty), Instant::now());
+        assert!(refused.is_err_and(|c| c.rbuf.len() == 17));
         assert!(pool.checkout().is_none());
     }
 }

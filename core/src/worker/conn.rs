@@ -206,8 +206,10 @@ impl Conn {
             };
             if d.rbuf.is_empty() {
                 // Idle between requests: no buffer held (it goes back to the worker's pool).
+                // Draining may have begun before this connection's first wait: its drain
+                // notification would then never come.
                 ctx.put_read_buf(std::mem::take(&mut d.rbuf));
-                if !idle(ctx, &l, d).await || ctx.draining() {
+                if ctx.draining() || !idle(ctx, &l, d).await || ctx.draining() {
                     break;
                 }
                 d.rbuf = ctx.take_read_buf();
@@ -223,7 +225,8 @@ impl Conn {
         }
         // A reply that ends the connection was written by `write_last`, which sent the FIN;
         // the other ends (the client closed, idle timeout, drain, an aborted exchange) close
-        // without a shutdown() first.
+        // without a shutdown() first. Bytes still unread are dropped with the connection.
+        d.rbuf.clear();
         ctx.put_read_buf(std::mem::take(&mut d.rbuf));
     }
 }
@@ -291,8 +294,8 @@ async fn linger(d: &mut Down) {
         if d.timer.poll_until(cx, deadline).is_ready() {
             return Poll::Ready(());
         }
-        let mut sink = [0u8; 8192];
-        let mut buf = tokio::io::ReadBuf::new(&mut sink);
+        let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
         match Pin::new(&mut d.stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
             Poll::Ready(_) => return Poll::Ready(()),
@@ -314,6 +317,10 @@ fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
 /// Why a read returned no bytes.
 pub(super) enum ReadErr {
     Closed,
+    /// Nothing to read on a connection with no bytes of a request yet: the idle wait saw a
+    /// readiness left from a read that filled its buffer, which tokio does not clear. The
+    /// connection is idle, not in a request.
+    Idle,
     /// The wait's deadline passed: `header` if it was request_headers_timeout's, else the
     /// stream idle timeout's.
     Timeout {
@@ -344,12 +351,16 @@ async fn read_head_more<R: AsyncRead + Unpin>(
     header_deadline: Option<TInstant>,
     idle_ms: u64,
 ) -> Result<usize, ReadErr> {
+    let first = buf.is_empty();
     let read = read_more(r, buf, READ_CHUNK);
     tokio::pin!(read);
     // Bytes already waiting (the usual case right after the connection became readable):
     // no deadline to work out, no timer to touch.
     if let Poll::Ready(res) = poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
         return res;
+    }
+    if first {
+        return Err(ReadErr::Idle);
     }
     let idle_deadline = (idle_ms > 0).then(|| TInstant::now() + Duration::from_millis(idle_ms));
     let Some(dl) = earliest([header_deadline, idle_deadline]) else {
@@ -433,6 +444,8 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
         match read.await {
             Ok(_) => {}
             Err(ReadErr::Closed) => return Next::Close,
+            // Back to the idle wait, under the connection's idle timeout.
+            Err(ReadErr::Idle) => return Next::KeepAlive,
             // Which deadline ended the wait decides the reply: request_headers_timeout or
             // stream idle.
             Err(ReadErr::Timeout { header }) => {

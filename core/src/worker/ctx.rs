@@ -69,7 +69,7 @@ pub struct Ctx {
 const POOLED_BUFFERS: usize = 64;
 /// Write buffers that grew past this (a large head) are freed rather than kept.
 const MAX_POOLED_WRITE_BUF: usize = 2 * super::conn::BODY_CHUNK;
-/// The largest read buffer kept for reuse: room for a body piece and a little left over.
+/// The most room a read buffer kept for reuse may have: a body piece's and a little over.
 const MAX_POOLED_READ_BUF: usize = 2 * super::conn::BODY_CHUNK;
 
 fn register<T: Scope + Default + 'static>(
@@ -288,7 +288,8 @@ impl Ctx {
         }
     }
 
-    /// A read buffer with room for `READ_CHUNK` bytes.
+    /// A read buffer from the worker's pool, or a new one of `READ_CHUNK` bytes; readers
+    /// reserve the room they need (`read_more`).
     #[inline]
     pub fn take_read_buf(&self) -> BytesMut {
         self.read_bufs
@@ -297,8 +298,9 @@ impl Ctx {
             .unwrap_or_else(|| BytesMut::with_capacity(super::conn::READ_CHUNK))
     }
 
-    /// Returns an emptied read buffer for reuse. One that holds no allocation, or a large one
-    /// (a body read grew it), is not kept.
+    /// Returns an emptied read buffer for reuse. One with no room left (`BytesMut::new()`, or
+    /// a buffer whose every byte was split off) or with more room than `MAX_POOLED_READ_BUF`
+    /// (a body read grew it) is freed instead.
     #[inline]
     pub fn put_read_buf(&self, mut b: BytesMut) {
         let mut pool = self.read_bufs.borrow_mut();

@@ -204,9 +204,12 @@ pub(super) async fn forward(
                 cs.s.upstream_cx_max_requests.inc();
             }
             if up_reusable && !exhausted && !ctx.draining() {
-                if let Some(buf) = host.pool.checkin(up, end) {
-                    ctx.put_read_buf(buf);
+                match host.pool.checkin(up, end) {
+                    Ok(buf) => ctx.put_read_buf(buf),
+                    Err(up) => close_upstream(ctx, up),
                 }
+            } else {
+                close_upstream(ctx, up);
             }
             (status, d.next(down_keep))
         }
@@ -216,7 +219,7 @@ pub(super) async fn forward(
             keep,
             cause,
         } => {
-            drop(up);
+            close_upstream(ctx, up);
             let upstream_fault = matches!(
                 cause,
                 Cause::UpstreamReset | Cause::UpstreamProtocol | Cause::RouteTimeout
@@ -230,11 +233,18 @@ pub(super) async fn forward(
             reply(ctx, l, d, status, body, keep, None).await
         }
         Outcome::Abort { status, cause } => {
-            drop(up);
+            close_upstream(ctx, up);
             count_failure(cluster, &host, cause, status);
             (status, Next::Close)
         }
     }
+}
+
+/// Closes an upstream connection that is not pooled again; its read buffer goes back to the
+/// worker's pool (what it still holds is dropped with the connection).
+fn close_upstream(ctx: &Ctx, mut up: UpConn) {
+    up.rbuf.clear();
+    ctx.put_read_buf(std::mem::take(&mut up.rbuf));
 }
 
 /// Counts an exchange that did not complete: the cause, and `upstream_code` as the upstream's
