@@ -146,8 +146,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             .map(|t| t.trim_ascii().to_ascii_lowercase())
             .filter(|t| !t.is_empty() && t.as_slice() != b"close" && t.as_slice() != b"keep-alive")
             .collect();
-        // `connection` may nominate end-to-end headers for removal, but never `host`: a client
-        // must not be able to strip it from the upstream request.
+        // `connection` may nominate end-to-end headers for removal, but never `host` (a request
+        // naming it is refused before this, see `connection_names_host`).
         h.remove_if(|n, _| n != b"host" && named.iter().any(|t| t.as_slice() == n));
     }
     h.remove_known(known::HOP_BY_HOP & !known::TE);
@@ -157,6 +157,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         Some(false) => h.remove(b"te"),
         None => {}
     }
+}
+
+/// Whether a `connection` header names `host`: Envoy's codec then treats the request as having
+/// no host, and answers 400.
+pub fn connection_names_host(h: &HeaderMap) -> bool {
+    h.get_all(b"connection").any(|v| {
+        v.split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"host"))
+    })
 }
 
 /// Whether the connection persists after this message, from its version and `connection`.

@@ -27,7 +27,8 @@ use super::timer::{earliest, ConnTimer};
 use super::Shared;
 use crate::http1::body::Framing;
 use crate::http1::codec::{
-    is_upgrade, keep_alive, request_framing, write_framing, write_status_line, FramingError,
+    connection_names_host, is_upgrade, keep_alive, request_framing, write_framing,
+    write_status_line, FramingError,
 };
 use crate::http1::head::{parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::router::Action;
@@ -649,7 +650,8 @@ async fn handle(
     if head.minor == 0 {
         return reply(ctx, l, d, 426, b"Upgrade Required", false, None).await;
     }
-    if !head.headers.contains(b"host") {
+    // No host, or a `connection` header that would remove it: 400 with no body, as Envoy.
+    if !head.headers.contains(b"host") || connection_names_host(&head.headers) {
         return reply(ctx, l, d, 400, b"", false, None).await;
     }
     if is_upgrade(&head.headers) {
