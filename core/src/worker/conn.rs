@@ -227,7 +227,6 @@ impl Conn {
         // A reply that ends the connection was written by `write_last`, which sent the FIN;
         // the other ends (the client closed, idle timeout, drain, an aborted exchange) close
         // without a shutdown() first. Bytes still unread are dropped with the connection.
-        d.rbuf.clear();
         ctx.put_read_buf(std::mem::take(&mut d.rbuf));
     }
 }

@@ -298,17 +298,14 @@ impl Ctx {
             .unwrap_or_else(|| BytesMut::with_capacity(super::conn::READ_CHUNK))
     }
 
-    /// Returns an emptied read buffer for reuse. One with no room left (`BytesMut::new()`, or
-    /// a buffer whose every byte was split off) or with more room than `MAX_POOLED_READ_BUF`
-    /// (a body read grew it) is freed instead.
+    /// Returns a read buffer its owner is done with; bytes still in it are dropped. One with
+    /// no room (`BytesMut::new()`, or a buffer whose every byte was split off) or with more
+    /// room than `MAX_POOLED_READ_BUF` (a body read grew it) is freed instead.
     #[inline]
     pub fn put_read_buf(&self, mut b: BytesMut) {
+        b.clear();
         let mut pool = self.read_bufs.borrow_mut();
-        if b.is_empty()
-            && (1..=MAX_POOLED_READ_BUF).contains(&b.capacity())
-            && pool.len() < POOLED_BUFFERS
-        {
-            b.clear();
+        if (1..=MAX_POOLED_READ_BUF).contains(&b.capacity()) && pool.len() < POOLED_BUFFERS {
             pool.push(b);
         }
     }

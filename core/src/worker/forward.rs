@@ -242,9 +242,8 @@ pub(super) async fn forward(
 
 /// Closes an upstream connection that is not pooled again; its read buffer goes back to the
 /// worker's pool (what it still holds is dropped with the connection).
-fn close_upstream(ctx: &Ctx, mut up: UpConn) {
-    up.rbuf.clear();
-    ctx.put_read_buf(std::mem::take(&mut up.rbuf));
+fn close_upstream(ctx: &Ctx, up: UpConn) {
+    ctx.put_read_buf(up.rbuf);
 }
 
 /// Counts an exchange that did not complete: the cause, and `upstream_code` as the upstream's
