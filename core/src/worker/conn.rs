@@ -3,7 +3,7 @@
 //!
 //! Between requests a connection holds no read buffer: it waits for readability first and
 //! allocates only when bytes arrive. The per-request state lives in a boxed future
-//! (`boxed_in_place(request(..))`) so the long-lived connection future stays small.
+//! (`FutureSlots::boxed`, in a slot the worker recycles) so the long-lived connection future stays small.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -215,7 +215,9 @@ impl Conn {
                 }
                 d.rbuf = ctx.take_read_buf();
             }
-            let next = boxed_in_place(|| request(ctx, &snap, &l, d)).await;
+            let mut fut = ctx.request_slots.boxed(|| request(ctx, &snap, &l, d));
+            let next = fut.as_mut().await;
+            ctx.request_slots.recycle(fut);
             if next == Next::Linger {
                 linger(d).await;
                 break;
@@ -303,15 +305,6 @@ async fn linger(d: &mut Down) {
         }
     })
     .await
-}
-
-/// `Box::pin(make())`, with the future written straight into its heap slot. `Box::pin` of a
-/// ready-made future copies the whole of it (2.8 KiB for a request, most of it state not yet
-/// in use: ~300 instructions of memcpy per request, callgrind); allocating first lets the
-/// compiler build the future's few initial fields in place.
-#[inline(always)]
-fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// Why a read returned no bytes.

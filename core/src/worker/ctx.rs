@@ -63,6 +63,8 @@ pub struct Ctx {
     /// 16 KiB twice (saved ~2 mallocs and frees of 16 KiB per request, callgrind).
     read_bufs: RefCell<Vec<BytesMut>>,
     write_bufs: RefCell<Vec<Vec<u8>>>,
+    /// Recycled heap slots of request futures.
+    pub request_slots: super::slots::FutureSlots,
 }
 
 /// Buffers kept per worker for reuse; beyond this, returned buffers are freed.
@@ -118,6 +120,7 @@ impl Ctx {
             date: RefCell::new((0, Vec::new())),
             read_bufs: RefCell::default(),
             write_bufs: RefCell::default(),
+            request_slots: Default::default(),
         })
     }
 
@@ -358,6 +361,7 @@ pub async fn housekeeping(ctx: Rc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        ctx.request_slots.trim();
         let snap = ctx.current();
         let now = Instant::now();
         for c in &snap.clusters {

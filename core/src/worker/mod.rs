@@ -6,6 +6,7 @@ pub mod conn;
 mod ctx;
 mod forward;
 mod headers;
+mod slots;
 mod timer;
 
 use std::net::SocketAddr;
