@@ -472,7 +472,8 @@ impl Exchange<'_> {
         let urbuf = &mut up.rbuf;
         let framing = self.framing;
 
-        let req_fut = async {
+        // Pinned where they are built: `tokio::pin!` of a built future copied it whole.
+        let mut req_fut = std::pin::pin!(async {
             let mut out = head_out;
             let mut dec = Decoder::new(framing);
             let chunked = framing == Framing::Chunked;
@@ -503,9 +504,9 @@ impl Exchange<'_> {
                     }
                 }
             }
-        };
+        });
 
-        let resp_fut = async {
+        let mut resp_fut = std::pin::pin!(async {
             let mut continued = false;
             let head = loop {
                 match parse_response(urbuf, MAX_RESPONSE_HEAD) {
@@ -616,10 +617,8 @@ impl Exchange<'_> {
             }
             ctx.put_write_buf(out);
             Ok((status, up_keep, down_keep))
-        };
+        });
 
-        tokio::pin!(req_fut);
-        tokio::pin!(resp_fut);
         // The deadlines are plain instants on the connection's one timer (timer.rs): a fast
         // exchange registers nothing with tokio's timer wheel.
         let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
