@@ -64,14 +64,21 @@ impl Mutations {
             && self.response_remove.is_empty()
     }
 
-    /// Applies the request edits: removals first, then additions, as Envoy.
+    /// Applies the request edits: removals first, then additions, as Envoy. Inlined, so that
+    /// the usual case, no edits at this level, costs two compares instead of a call.
+    #[inline]
     pub fn apply_request(&self, h: &mut HeaderMap) {
-        apply(h, &self.request_remove, &self.request_add);
+        if !(self.request_remove.is_empty() && self.request_add.is_empty()) {
+            apply(h, &self.request_remove, &self.request_add);
+        }
     }
 
     /// Applies the response edits.
+    #[inline]
     pub fn apply_response(&self, h: &mut HeaderMap) {
-        apply(h, &self.response_remove, &self.response_add);
+        if !(self.response_remove.is_empty() && self.response_add.is_empty()) {
+            apply(h, &self.response_remove, &self.response_add);
+        }
     }
 }
 
