@@ -189,6 +189,29 @@ def test_keepalive_connection_sees_new_config_after_apply(
         )
 
 
+def test_idle_keepalive_connection_uses_the_new_config_for_its_very_next_request(
+    make_proxy: Callable[..., Any], two_upstreams: tuple[Upstream, Upstream]
+) -> None:
+    # One worker: once a new connection is served by the new routes, that worker has swapped
+    # its snapshot, and a request arriving on a connection that waited idle across the swap is
+    # served by the new routes too, not by the snapshot of the connection's previous request.
+    a, b = two_upstreams
+    clusters = [cluster("a", a.port), cluster("b", b.port)]
+    proxy = make_proxy(bootstrap([route("/", "a")], clusters), concurrency=1)
+    port = proxy.listener_port()
+    with httpx.Client(timeout=5.0) as kept:
+        assert kept.get(f"http://127.0.0.1:{port}/before").headers["x-upstream-port"] == str(a.port)
+        proxy.apply(bootstrap([route("/", "b")], clusters))
+        poll(
+            lambda: served_by(f"http://127.0.0.1:{port}/fresh").headers["x-upstream-port"]
+            == str(b.port),
+            timeout=APPLY_VISIBLE_S,
+            what="a new connection to reach cluster b",
+        )
+        r = kept.get(f"http://127.0.0.1:{port}/after")
+        assert r.headers["x-upstream-port"] == str(b.port)
+
+
 def test_apply_port_0_config_keeps_listener_port(
     make_proxy: Callable[..., Any], upstream: Upstream
 ) -> None:

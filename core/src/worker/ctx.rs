@@ -130,6 +130,12 @@ impl Ctx {
         self.snap.borrow().clone()
     }
 
+    /// Whether `snap` is still the worker's current snapshot.
+    #[inline]
+    pub fn is_current(&self, snap: &Rc<WorkerSnap>) -> bool {
+        Rc::ptr_eq(&self.snap.borrow(), snap)
+    }
+
     /// Whether the worker is draining.
     #[inline]
     pub fn draining(&self) -> bool {
