@@ -4,6 +4,8 @@ with a bad config, and adding/removing a listener."""
 from __future__ import annotations
 
 import copy
+import http.client
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -318,6 +320,38 @@ def test_apply_adds_then_removes_a_listener(
     poll(lambda: connect_refused("127.0.0.1", new_port), timeout=APPLY_VISIBLE_S,
          what="the removed listener to refuse connections")
     assert served_by(f"http://127.0.0.1:{port}/first").status_code == 200
+
+
+def test_keepalive_connection_of_a_removed_listener_is_answered_then_closed(
+    make_proxy: Callable[..., Any], upstream: Upstream
+) -> None:
+    # A request that arrives on a kept-alive connection after its listener was removed is
+    # still answered (by the listener's last config), and the proxy then closes the connection:
+    # the client is never left with a request that got no answer.
+    one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
+    two = copy.deepcopy(one)
+    second = copy.deepcopy(two["static_resources"]["listeners"][0])
+    second["name"] = "listener_1"
+    two["static_resources"]["listeners"].append(second)
+    proxy = make_proxy(two, concurrency=1)
+    new_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
+    conn = http.client.HTTPConnection("127.0.0.1", new_port, timeout=5.0)
+    try:
+        conn.request("GET", "/before")
+        first = conn.getresponse()
+        assert first.status == 200
+        first.read()
+        proxy.apply(one)
+        poll(lambda: connect_refused("127.0.0.1", new_port), timeout=APPLY_VISIBLE_S,
+             what="the removed listener to refuse connections")
+        conn.request("GET", "/after")
+        r = conn.getresponse()
+        assert r.status == 200
+        assert json.loads(r.read())["target"] == "/after"
+        assert conn.sock is not None
+        assert conn.sock.recv(1) == b"", "the proxy closes the connection after that request"
+    finally:
+        conn.close()
 
 
 def test_apply_rebinding_listener_on_same_port_drops_no_connection(

@@ -2,8 +2,8 @@
 //! to `forward`, repeat while keep-alive holds.
 //!
 //! Between requests a connection holds no read buffer: it waits for readability first and
-//! allocates only when bytes arrive. The per-request state lives in a boxed future
-//! (`FutureSlots::boxed`, in a slot the worker recycles) so the long-lived connection future stays small.
+//! allocates only when bytes arrive. The per-request state lives in a boxed future (in a heap
+//! slot the worker recycles, `FutureSlots`) so the long-lived connection future stays small.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -200,35 +200,41 @@ impl Conn {
     async fn run(&mut self) {
         let Conn { d, ctx, lname, .. } = self;
         // The snapshot and this connection's listener in it, looked up again only when a new
-        // snapshot was swapped in (a hashed lookup per request cost ~170 instructions). A
-        // request is served by the snapshot current when it arrives, also after an idle wait.
+        // snapshot was swapped in (a hashed lookup per request cost ~170 instructions).
         let mut snap = ctx.current();
-        let mut l = snap.listeners.get(&**lname).cloned();
-        while let Some(listener) = &l {
+        let Some(mut l) = snap.listeners.get(&**lname).cloned() else {
+            return;
+        };
+        loop {
             if d.rbuf.is_empty() {
                 // Idle between requests: no buffer held (it goes back to the worker's pool).
                 // Draining may have begun before this connection's first wait: its drain
                 // notification would then never come.
                 ctx.put_read_buf(std::mem::take(&mut d.rbuf));
-                if ctx.draining() || !idle(ctx, listener, d).await || ctx.draining() {
+                if ctx.draining() || !idle(ctx, &l, d).await || ctx.draining() {
                     break;
                 }
                 d.rbuf = ctx.take_read_buf();
             }
+            // A request is served by the snapshot current when it arrives, also after an idle
+            // wait. If that snapshot removed the listener, the old one serves this request and
+            // the connection closes after it.
+            let mut removed = false;
             if !ctx.is_current(&snap) {
-                snap = ctx.current();
-                l = snap.listeners.get(&**lname).cloned();
+                let now = ctx.current();
+                match now.listeners.get(&**lname) {
+                    Some(nl) => (snap, l) = (now.clone(), nl.clone()),
+                    None => removed = true,
+                }
             }
-            // None: the listener was removed by a new snapshot.
-            let Some(l) = &l else { break };
-            let mut fut = ctx.request_slots.boxed(|| request(ctx, &snap, l, d));
+            let mut fut = ctx.request_slots.boxed(|| request(ctx, &snap, &l, d));
             let next = fut.as_mut().await;
             ctx.request_slots.recycle(fut);
             if next == Next::Linger {
                 linger(d).await;
                 break;
             }
-            if next == Next::Close || ctx.draining() {
+            if next == Next::Close || removed || ctx.draining() {
                 break;
             }
         }
