@@ -206,7 +206,14 @@ impl Conn {
             return;
         };
         loop {
+            // A request is served by the snapshot current when it arrives, also after an idle
+            // wait. Once a snapshot removed the listener, the connection closes: at once if
+            // idle, else after answering (with `connection: close`) the request it has.
+            let mut last = !refresh(ctx, lname, &mut snap, &mut l);
             if d.rbuf.is_empty() {
+                if last {
+                    break;
+                }
                 // Idle between requests: no buffer held (it goes back to the worker's pool).
                 // Draining may have begun before this connection's first wait: its drain
                 // notification would then never come.
@@ -215,26 +222,16 @@ impl Conn {
                     break;
                 }
                 d.rbuf = ctx.take_read_buf();
+                last = !refresh(ctx, lname, &mut snap, &mut l);
             }
-            // A request is served by the snapshot current when it arrives, also after an idle
-            // wait. If that snapshot removed the listener, the old one serves this request and
-            // the connection closes after it.
-            let mut removed = false;
-            if !ctx.is_current(&snap) {
-                let now = ctx.current();
-                match now.listeners.get(&**lname) {
-                    Some(nl) => (snap, l) = (now.clone(), nl.clone()),
-                    None => removed = true,
-                }
-            }
-            let mut fut = ctx.request_slots.boxed(|| request(ctx, &snap, &l, d));
+            let mut fut = ctx.request_slots.boxed(|| request(ctx, &snap, &l, d, last));
             let next = fut.as_mut().await;
             ctx.request_slots.recycle(fut);
             if next == Next::Linger {
                 linger(d).await;
                 break;
             }
-            if next == Next::Close || removed || ctx.draining() {
+            if next == Next::Close || last || ctx.draining() {
                 break;
             }
         }
@@ -243,6 +240,21 @@ impl Conn {
         // without a shutdown() first. Bytes still unread are dropped with the connection.
         ctx.put_read_buf(std::mem::take(&mut d.rbuf));
     }
+}
+
+/// Brings `snap` and `l` up to the worker's current snapshot (a pointer compare when it is
+/// still the same); false, leaving both as they are, when that snapshot removed the listener.
+#[inline]
+fn refresh(ctx: &Ctx, lname: &str, snap: &mut Rc<WorkerSnap>, l: &mut Rc<ListenerRt>) -> bool {
+    if ctx.is_current(snap) {
+        return true;
+    }
+    let now = ctx.current();
+    let Some(nl) = now.listeners.get(lname).cloned() else {
+        return false;
+    };
+    (*snap, *l) = (now, nl);
+    true
 }
 
 /// Waits between requests until the client sends (true), or the connection's idle timeout
@@ -400,8 +412,15 @@ fn unsupported_version(buf: &[u8]) -> bool {
         && v != b"HTTP/1.0"
 }
 
-/// Reads, routes and answers one request.
-async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &mut Down) -> Next {
+/// Reads, routes and answers one request; `last`: the connection closes after it, and the
+/// answer says so.
+async fn request(
+    ctx: &Rc<Ctx>,
+    snap: &Rc<WorkerSnap>,
+    l: &Rc<ListenerRt>,
+    d: &mut Down,
+    last: bool,
+) -> Next {
     let hcm = &l.c.cfg.hcm;
     let max_head = hcm.max_request_headers_kb as usize * 1024;
     // Both request timers start with the request's first bytes, as Envoy's do.
@@ -473,7 +492,7 @@ async fn request(ctx: &Rc<Ctx>, snap: &Rc<WorkerSnap>, l: &Rc<ListenerRt>, d: &m
     l.http.downstream_rq_total.inc();
     l.http.downstream_rq_http1_total.inc();
     let active = RqActive::new(&l.http);
-    let (status, next) = handle(ctx, snap, l, d, head).await;
+    let (status, next) = handle(ctx, snap, l, d, head, last).await;
     drop(active);
     if status != 0 {
         l.http.count_response(status);
@@ -629,8 +648,9 @@ async fn handle(
     l: &Rc<ListenerRt>,
     d: &mut Down,
     mut head: RequestHead,
+    last: bool,
 ) -> (u16, Next) {
-    let keep = keep_alive(head.minor, &head.headers) && !ctx.draining();
+    let keep = keep_alive(head.minor, &head.headers) && !last && !ctx.draining();
     // Envoy's codec-level refusals, all answered with `connection: close`.
     let framing = match request_framing(&head) {
         Ok(f) => f,
