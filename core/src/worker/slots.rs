@@ -89,15 +89,20 @@ impl FutureSlots {
     /// calls it every second), so a worker that had a burst of requests does not keep their
     /// slots once it is quiet.
     pub fn trim(&self) {
+        self.free_oldest(self.low.get());
+        self.low.set(self.free.borrow().len());
+    }
+
+    /// Frees the `n` longest-kept slots (all, if fewer are kept).
+    fn free_oldest(&self, n: usize) {
         let mut free = self.free.borrow_mut();
         if let Some(layout) = self.layout.get() {
-            let unused = self.low.get().min(free.len());
-            for p in free.drain(..unused) {
+            let n = n.min(free.len());
+            for p in free.drain(..n) {
                 // SAFETY: every kept pointer was allocated with `layout` and is owned here.
                 unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
             }
         }
-        self.low.set(free.len());
     }
 
     /// Slots kept now.
@@ -109,12 +114,7 @@ impl FutureSlots {
 
 impl Drop for FutureSlots {
     fn drop(&mut self) {
-        if let Some(layout) = self.layout.get() {
-            for p in self.free.get_mut().drain(..) {
-                // SAFETY: every kept pointer was allocated with `layout` and is owned here.
-                unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
-            }
-        }
+        self.free_oldest(usize::MAX);
     }
 }
 
