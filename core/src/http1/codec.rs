@@ -67,14 +67,6 @@ pub fn method_has_no_body(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"DELETE" | b"TRACE" | b"CONNECT")
 }
 
-/// Whether the request asks for a protocol upgrade (`connection: upgrade` plus `upgrade`).
-pub fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains(b"upgrade")
-        && h.get_all(b"connection")
-            .flat_map(|v| v.split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-}
-
 /// The response body framing (RFC 9112 section 6.3), given the request method and status.
 /// Several `content-length` lines or an unparsable one are a protocol error: forwarding them
 /// would let the client frame the body differently from us (and leave bytes in a pooled
@@ -107,27 +99,119 @@ pub fn response_framing(
     })
 }
 
+/// The tokens of a message's `connection` header(s) the codec acts on, read in one pass per
+/// message (`ConnectionTokens::of`) and then asked by the keep-alive, upgrade, `host` and
+/// hop-by-hop rules. A message without the header costs one mask test; the usual single
+/// `keep-alive` or `close` value is recognised whole, without splitting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    host: bool,
+    /// A token other than `close` and `keep-alive`: a header the sender nominates for removal
+    /// (`upgrade` and `host` included).
+    nominates: bool,
+}
+
+impl ConnectionTokens {
+    #[inline]
+    pub fn of(h: &HeaderMap) -> ConnectionTokens {
+        let mut t = ConnectionTokens::default();
+        for v in h.get_all(b"connection") {
+            if v.eq_ignore_ascii_case(b"keep-alive") {
+                t.keep_alive = true;
+            } else if v.eq_ignore_ascii_case(b"close") {
+                t.close = true;
+            } else {
+                t.add_list(v);
+            }
+        }
+        t
+    }
+
+    #[cold]
+    fn add_list(&mut self, v: &[u8]) {
+        for tok in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if tok.is_empty() {
+                continue;
+            }
+            if tok.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.nominates = true;
+                self.upgrade |= tok.eq_ignore_ascii_case(b"upgrade");
+                self.host |= tok.eq_ignore_ascii_case(b"host");
+            }
+        }
+    }
+
+    /// Whether the connection persists after this message of HTTP/1.`minor`.
+    #[inline]
+    pub fn keep_alive(self, minor: u8) -> bool {
+        if minor == 0 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        }
+    }
+
+    /// Whether `connection` names `host`: Envoy's codec then treats the request as having no
+    /// host, and answers 400.
+    #[inline]
+    pub fn names_host(self) -> bool {
+        self.host
+    }
+
+    /// Whether the request asks for a protocol upgrade (`connection: upgrade` plus `upgrade`).
+    #[inline]
+    pub fn is_upgrade(self, h: &HeaderMap) -> bool {
+        self.upgrade && h.contains(b"upgrade")
+    }
+}
+
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1: `connection`, `keep-alive`,
 /// `transfer-encoding`, `upgrade`, plus `proxy-connection`, which Envoy also strips: the
-/// [`known::HOP_BY_HOP`] bits less `te`) and the headers the `connection` header names; the
-/// writer adds `transfer-encoding` for the next hop. `te` is kept only as `te: trailers`, when
-/// it lists it.
+/// [`known::HOP_BY_HOP`] bits less `te`) and the headers the `connection` header names
+/// (`conn`, read from `h` before); the writer adds `transfer-encoding` for the next hop. `te`
+/// is kept only as `te: trailers`, when it lists it.
 ///
 /// Each header's name was classified once at parse time, so finding and dropping these is
 /// integer compares, and a message without any (the presence mask) costs nothing. The
 /// nominated-headers path, which compares bytes and allocates, runs only when `connection`
 /// names something other than `close` / `keep-alive`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub fn strip_hop_by_hop(h: &mut HeaderMap, conn: ConnectionTokens) {
+    debug_assert_eq!(conn, ConnectionTokens::of(h));
     if !h.may_have_any(known::HOP_BY_HOP) {
         return;
     }
-    let nominates = h.get_all(b"connection").any(|v| {
-        v.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"close")
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-        })
-    });
+    if conn.nominates {
+        remove_nominated(h);
+    }
+    h.remove_known(known::HOP_BY_HOP & !known::TE);
+    if h.may_have_any(known::TE) {
+        reduce_te(h);
+    }
+}
+
+#[cold]
+fn remove_nominated(h: &mut HeaderMap) {
+    let named: Vec<Vec<u8>> = h
+        .get_all(b"connection")
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t.as_slice() != b"close" && t.as_slice() != b"keep-alive")
+        .collect();
+    // `connection` may nominate end-to-end headers for removal, but never `host` (a request
+    // naming it is refused before this, see `ConnectionTokens::names_host`).
+    h.remove_if(|n, _| n != b"host" && named.iter().any(|t| t.as_slice() == n));
+}
+
+/// `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
+#[cold]
+fn reduce_te(h: &mut HeaderMap) {
     let mut te: Option<bool> = None;
     for v in h.get_all(b"te") {
         let trailers = v.split(|b| *b == b',').any(|t| {
@@ -139,50 +223,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         });
         te = Some(te.unwrap_or(false) || trailers);
     }
-    if nominates {
-        let named: Vec<Vec<u8>> = h
-            .get_all(b"connection")
-            .flat_map(|v| v.split(|b| *b == b','))
-            .map(|t| t.trim_ascii().to_ascii_lowercase())
-            .filter(|t| !t.is_empty() && t.as_slice() != b"close" && t.as_slice() != b"keep-alive")
-            .collect();
-        // `connection` may nominate end-to-end headers for removal, but never `host` (a request
-        // naming it is refused before this, see `connection_names_host`).
-        h.remove_if(|n, _| n != b"host" && named.iter().any(|t| t.as_slice() == n));
-    }
-    h.remove_known(known::HOP_BY_HOP & !known::TE);
-    // `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
     match te {
         Some(true) => h.set(b"te", b"trailers"),
         Some(false) => h.remove(b"te"),
         None => {}
-    }
-}
-
-/// Whether a `connection` header names `host`: Envoy's codec then treats the request as having
-/// no host, and answers 400.
-pub fn connection_names_host(h: &HeaderMap) -> bool {
-    h.get_all(b"connection").any(|v| {
-        v.split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"host"))
-    })
-}
-
-/// Whether the connection persists after this message, from its version and `connection`.
-pub fn keep_alive(minor: u8, h: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for v in h.get_all(b"connection") {
-        for t in v.split(|b| *b == b',') {
-            let t = t.trim_ascii();
-            close |= t.eq_ignore_ascii_case(b"close");
-            keep |= t.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    if minor == 0 {
-        keep && !close
-    } else {
-        !close
     }
 }
 
@@ -341,7 +385,9 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = req("GET / HTTP/1.1\r\nhost: h\r\nconnection: keep-alive, x-foo, host\r\nkeep-alive: 5\r\nx-foo: 1\r\nte: trailers\r\nupgrade: h2c\r\nx-bar: 2\r\n\r\n").headers;
-        strip_hop_by_hop(&mut h);
+        let conn = ConnectionTokens::of(&h);
+        assert!(conn.names_host() && !conn.is_upgrade(&h) && conn.keep_alive(1));
+        strip_hop_by_hop(&mut h, conn);
         let names: Vec<_> = h
             .iter()
             .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
@@ -402,15 +448,49 @@ mod tests {
 
     #[test]
     fn keep_alive_rules() {
-        assert!(keep_alive(1, &req("GET / HTTP/1.1\r\n\r\n").headers));
-        assert!(!keep_alive(
+        let ka = |minor: u8, wire: &str| ConnectionTokens::of(&req(wire).headers).keep_alive(minor);
+        assert!(ka(1, "GET / HTTP/1.1\r\n\r\n"));
+        assert!(!ka(1, "GET / HTTP/1.1\r\nconnection: close\r\n\r\n"));
+        assert!(!ka(1, "GET / HTTP/1.1\r\nConnection: CLOSE\r\n\r\n"));
+        assert!(!ka(1, "GET / HTTP/1.1\r\nconnection: x-a, Close\r\n\r\n"));
+        assert!(!ka(
             1,
-            &req("GET / HTTP/1.1\r\nconnection: close\r\n\r\n").headers
+            "GET / HTTP/1.1\r\nconnection: keep-alive\r\nconnection: close\r\n\r\n"
         ));
-        assert!(!keep_alive(0, &req("GET / HTTP/1.0\r\n\r\n").headers));
-        assert!(keep_alive(
+        assert!(!ka(0, "GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(0, "GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"));
+        assert!(ka(
             0,
-            &req("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").headers
+            "GET / HTTP/1.0\r\nconnection: x-a ,Keep-Alive\r\n\r\n"
         ));
+        assert!(!ka(
+            0,
+            "GET / HTTP/1.0\r\nconnection: keep-alive, close\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn connection_tokens_upgrade_and_host() {
+        let of = |wire: &str| {
+            let h = req(wire).headers;
+            let t = ConnectionTokens::of(&h);
+            (t.is_upgrade(&h), t.names_host())
+        };
+        let up = "GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n";
+        assert_eq!(of(up), (true, false));
+        // `connection: upgrade` without an `upgrade` header is no upgrade.
+        assert_eq!(
+            of("GET / HTTP/1.1\r\nconnection: upgrade\r\n\r\n"),
+            (false, false)
+        );
+        assert_eq!(of("GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n"), (false, false));
+        assert_eq!(
+            of("GET / HTTP/1.1\r\nconnection: keep-alive,  HOST \r\n\r\n"),
+            (false, true)
+        );
+        assert_eq!(
+            of("GET / HTTP/1.1\r\nconnection: hosts\r\n\r\n"),
+            (false, false)
+        );
     }
 }

@@ -27,8 +27,7 @@ use super::timer::{earliest, ConnTimer};
 use super::Shared;
 use crate::http1::body::Framing;
 use crate::http1::codec::{
-    connection_names_host, is_upgrade, keep_alive, request_framing, write_framing,
-    write_status_line, FramingError,
+    request_framing, write_framing, write_status_line, ConnectionTokens, FramingError,
 };
 use crate::http1::head::{parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::router::Action;
@@ -650,7 +649,8 @@ async fn handle(
     mut head: RequestHead,
     last: bool,
 ) -> (u16, Next) {
-    let keep = keep_alive(head.minor, &head.headers) && !last && !ctx.draining();
+    let conn = ConnectionTokens::of(&head.headers);
+    let keep = conn.keep_alive(head.minor) && !last && !ctx.draining();
     // Envoy's codec-level refusals, all answered with `connection: close`.
     let framing = match request_framing(&head) {
         Ok(f) => f,
@@ -675,10 +675,10 @@ async fn handle(
         return reply(ctx, l, d, 426, b"Upgrade Required", false, None).await;
     }
     // No host, or a `connection` header that would remove it: 400 with no body, as Envoy.
-    if !head.headers.contains(b"host") || connection_names_host(&head.headers) {
+    if !head.headers.contains(b"host") || conn.names_host() {
         return reply(ctx, l, d, 400, b"", false, None).await;
     }
-    if is_upgrade(&head.headers) {
+    if conn.is_upgrade(&head.headers) {
         // No `upgrade_configs` support yet: Envoy answers 403 without contacting the upstream.
         return reply(ctx, l, d, 403, b"", false, None).await;
     }

@@ -18,8 +18,8 @@ use super::headers::{apply_response_extras, mutate_request, rewrite_target};
 use super::timer::earliest;
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
-    keep_alive, method_has_no_body, response_framing, strip_hop_by_hop, write_framing,
-    write_status_line,
+    method_has_no_body, response_framing, strip_hop_by_hop, write_framing, write_status_line,
+    ConnectionTokens,
 };
 use crate::http1::head::{parse_response, RequestHead};
 use crate::router::{Forward, Mutations};
@@ -542,7 +542,8 @@ impl Exchange<'_> {
                 .as_millis();
             let up_framing = response_framing(self.is_head, status, &head.headers)
                 .map_err(|_| RespErr::Protocol)?;
-            let up_keep = keep_alive(head.minor, &head.headers) && up_framing != Framing::Close;
+            let conn = ConnectionTokens::of(&head.headers);
+            let up_keep = conn.keep_alive(head.minor) && up_framing != Framing::Close;
             // A close-delimited upstream body goes to the (HTTP/1.1) client chunked, so the
             // client connection can stay open.
             let down_framing = if up_framing == Framing::Close {
@@ -559,7 +560,7 @@ impl Exchange<'_> {
             }
             let down_keep = self.keep && rq_done && !ctx.draining();
             let mut h = head.headers;
-            strip_hop_by_hop(&mut h);
+            strip_hop_by_hop(&mut h, conn);
             if down_framing == Framing::Chunked || status == 204 {
                 h.remove(b"content-length");
             }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 
 use super::ctx::{Ctx, ListenerRt};
-use crate::http1::codec::strip_hop_by_hop;
+use crate::http1::codec::{strip_hop_by_hop, ConnectionTokens};
 use crate::http1::head::{known, HeaderMap};
 use crate::router::{Forward, Mutations, Redirect};
 
@@ -110,7 +110,7 @@ fn local_address(v4: bool) -> Option<IpAddr> {
 pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, fwd: &Forward) {
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
-    strip_hop_by_hop(h);
+    strip_hop_by_hop(h, ConnectionTokens::of(h));
     if h.may_have_any(known::X_ENVOY) {
         h.remove_if(|n, _| {
             // The router sets its own expected-timeout header, appended last.
