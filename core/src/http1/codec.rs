@@ -245,6 +245,10 @@ pub fn write_framing(out: &mut Vec<u8>, framing: Framing) {
 
 /// Writes `HTTP/1.1 <code> <reason>\r\n` with Envoy's reason phrase for the code.
 pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
+    if status == 200 {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');

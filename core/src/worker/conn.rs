@@ -625,11 +625,14 @@ pub(super) async fn reply(
     (status, d.next(keep))
 }
 
-/// The `host` header lower-cased for routing, in a stack buffer when it fits (no allocation
-/// per request for any realistic host).
-fn lower_host<'b>(h: &RequestHead, buf: &'b mut [u8; 256]) -> std::borrow::Cow<'b, [u8]> {
+/// The `host` header lower-cased for routing: the header itself when it has no upper-case
+/// letter (the usual case), else a copy in a stack buffer when it fits (no allocation per
+/// request for any realistic host).
+fn lower_host<'b>(h: &'b RequestHead, buf: &'b mut [u8; 256]) -> std::borrow::Cow<'b, [u8]> {
     let v = h.headers.get(b"host").unwrap_or_default();
-    if v.len() <= buf.len() {
+    if !v.iter().any(u8::is_ascii_uppercase) {
+        std::borrow::Cow::Borrowed(v)
+    } else if v.len() <= buf.len() {
         let out = &mut buf[..v.len()];
         out.copy_from_slice(v);
         out.make_ascii_lowercase();
