@@ -556,13 +556,20 @@ fn take_head(buf: &mut BytesMut, n: usize, mut entries: Vec<Entry>) -> HeaderMap
     }
 }
 
+/// Room for httparse's header slices, left uninitialised: httparse writes the ones it fills
+/// (an initialised array of [`MAX_HEADERS`] cost ~3 KiB of stores per parse).
+#[inline(always)]
+fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Parses a request head from the front of `buf`. Returns `Ok(None)` when more bytes are
 /// needed (and `buf` is still within `max_len`); on success the head's bytes are split off `buf`.
 pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<RequestHead>, HeadError> {
-    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut hdrs);
+    let mut hdrs = uninit_headers();
+    let mut req = httparse::Request::new(&mut []);
     let base = buf.as_ptr();
-    let n = match req.parse(buf) {
+    let n = match req.parse_with_uninit_headers(buf, &mut hdrs) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > max_len {
@@ -597,10 +604,12 @@ pub fn parse_response(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut hdrs);
+    let mut hdrs = uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
     let base = buf.as_ptr();
-    let n = match resp.parse(buf) {
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut hdrs)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > max_len {
