@@ -626,19 +626,13 @@ pub(super) async fn reply(
 }
 
 /// The `host` header lower-cased for routing: the header itself when it has no upper-case
-/// letter (the usual case), else a copy in a stack buffer when it fits (no allocation per
-/// request for any realistic host).
-fn lower_host<'b>(h: &'b RequestHead, buf: &'b mut [u8; 256]) -> std::borrow::Cow<'b, [u8]> {
+/// letter (the usual case: clients send host names lower-case), else a lower-cased copy.
+fn lower_host(h: &RequestHead) -> std::borrow::Cow<'_, [u8]> {
     let v = h.headers.get(b"host").unwrap_or_default();
-    if !v.iter().any(u8::is_ascii_uppercase) {
-        std::borrow::Cow::Borrowed(v)
-    } else if v.len() <= buf.len() {
-        let out = &mut buf[..v.len()];
-        out.copy_from_slice(v);
-        out.make_ascii_lowercase();
-        std::borrow::Cow::Borrowed(out)
-    } else {
+    if v.iter().any(u8::is_ascii_uppercase) {
         std::borrow::Cow::Owned(v.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(v)
     }
 }
 
@@ -686,8 +680,7 @@ async fn handle(
         return reply(ctx, l, d, 403, b"", false, None).await;
     }
     let keep_after_local = keep && !body_pending;
-    let mut host_buf = [0u8; 256];
-    let host = lower_host(&head, &mut host_buf);
+    let host = lower_host(&head);
     let table = &l.c.routes;
     let Some((vh, route)) = table.route(&host, head.target(), &head.headers) else {
         l.http.no_route.inc();
