@@ -184,3 +184,39 @@ def test_sigterm_closes_idle_keepalive_connections_and_exits_promptly(
         assert s.recv(1) == b"", "the idle connection was not closed"
     assert rc == 0, p.logs()
     assert elapsed < DRAIN_TIME_S / 2, f"exited {elapsed:.1f}s after SIGTERM with one idle connection"
+
+
+def test_sigterm_closes_every_idle_connection_also_after_others_came_and_went(
+    proxy_process: Callable[..., ProxyProcess], upstream: Upstream
+) -> None:
+    # Each worker keeps a list of its connections to wake when draining starts; a connection
+    # that closed leaves it and a later one takes its place. With one worker: two connections
+    # idle, one closes, a third comes; drain must then close both idle ones at once.
+    p = proxy_process(
+        bootstrap([route("/", "a")], [cluster("a", upstream.port)]),
+        args=["--drain-time-s", str(DRAIN_TIME_S), "--concurrency", "1"],
+    )
+    host, port = p.listener()
+
+    def idle_connection() -> socket.socket:
+        s = socket.create_connection((host, port), timeout=DRAIN_TIME_S)
+        s.sendall(b"GET /idle HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200 ")
+        return s
+
+    def active() -> int:
+        text = p.admin_get("/stats?filter=^http.ingress_http.downstream_cx_active$").text
+        return int(text.split(":")[1])
+
+    first, second = idle_connection(), idle_connection()
+    first.close()
+    poll(lambda: active() == 1, timeout=DRAIN_TIME_S, what="the closed connection to end")
+    with second, idle_connection() as third:
+        sent = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait_exit(DRAIN_TIME_S)
+        elapsed = time.monotonic() - sent
+        assert second.recv(1) == b"", "the older idle connection was not closed"
+        assert third.recv(1) == b"", "the newer idle connection was not closed"
+    assert rc == 0, p.logs()
+    assert elapsed < DRAIN_TIME_S / 2, f"exited {elapsed:.1f}s after SIGTERM with two idle connections"

@@ -20,7 +20,7 @@ use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant as TInstant;
 
-use super::ctx::{Ctx, ListenerRt, WorkerSnap};
+use super::ctx::{Ctx, ListenerRt, WorkerSnap, NO_DRAIN_KEY};
 use super::forward::forward;
 use super::headers::redirect_location;
 use super::timer::{earliest, ConnTimer};
@@ -65,6 +65,8 @@ pub(super) struct Down {
     /// Whether the current request has body bytes not yet read: a reply then closes the
     /// connection after lingering (see [`linger`]).
     pub(super) body_unread: bool,
+    /// This connection's place on the worker's drain list (`Ctx::watch_drain`).
+    drain_key: u32,
     /// When the current request's head was parsed.
     pub(super) started: Instant,
     /// When the last proxied response was written in full, if the exchange recorded it: the
@@ -171,6 +173,7 @@ pub fn serve(
             request_deadline: None,
             head_request: false,
             body_unread: false,
+            drain_key: NO_DRAIN_KEY,
             started: Instant::now(),
             done_at: None,
             timer: ConnTimer::new(),
@@ -193,6 +196,12 @@ struct Conn {
     _guard: DownGuard,
     ctx: Rc<Ctx>,
     lname: Arc<str>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.ctx.unwatch_drain(self.d.drain_key);
+    }
 }
 
 impl Conn {
@@ -268,7 +277,7 @@ fn idle<'a>(ctx: &'a Ctx, l: &'a ListenerRt, d: &'a mut Down) -> Idle<'a> {
         d,
         l,
         deadline,
-        drain: ctx.drain_notify.notified(),
+        ctx,
     }
 }
 
@@ -278,8 +287,7 @@ pin_project_lite::pin_project! {
         d: &'a mut Down,
         l: &'a ListenerRt,
         deadline: Option<TInstant>,
-        #[pin]
-        drain: tokio::sync::futures::Notified<'a>,
+        ctx: &'a Ctx,
     }
 }
 
@@ -291,7 +299,9 @@ impl Future for Idle<'_> {
         if let Poll::Ready(r) = this.d.stream.poll_read_ready(cx) {
             return Poll::Ready(r.is_ok());
         }
-        if this.drain.poll(cx).is_ready() {
+        // Listed before the check: draining starts on this thread, between polls.
+        this.ctx.watch_drain(&mut this.d.drain_key, cx.waker());
+        if this.ctx.draining() {
             return Poll::Ready(false);
         }
         if this.d.timer.poll_until(cx, *this.deadline).is_ready() {
