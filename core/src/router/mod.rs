@@ -255,6 +255,9 @@ pub struct RouteTable {
     /// `prefix*` domains.
     prefix: Wildcards,
     default: Option<usize>,
+    /// Whether any virtual host names domains other than `*`: else the host plays no part in
+    /// routing and [`RouteTable::route`] ignores it (see [`RouteTable::uses_host`]).
+    by_host: bool,
     /// Route-configuration-level header edits.
     pub mutations: Mutations,
 }
@@ -292,6 +295,7 @@ impl RouteTable {
                 } else if t.exact.insert(d.as_bytes().to_vec(), vi).is_some() {
                     return Err(dup());
                 }
+                t.by_host |= d != "*";
             }
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (ri, r) in vh.routes.iter().enumerate() {
@@ -319,8 +323,18 @@ impl RouteTable {
         Ok(t)
     }
 
+    /// Whether routing looks at the host: false when the only domain is `*`, and then any
+    /// host, even an empty one, routes alike (the caller need not lower-case it).
+    #[inline]
+    pub fn uses_host(&self) -> bool {
+        self.by_host
+    }
+
     /// The virtual host for a (lower-cased) host.
     pub fn virtual_host(&self, host: &[u8]) -> Option<&VirtualHost> {
+        if !self.by_host {
+            return self.default.map(|i| &self.vhosts[i]);
+        }
         if let Some(i) = self.exact.get(host) {
             return Some(&self.vhosts[*i]);
         }
@@ -598,6 +612,30 @@ mod tests {
                 "{host}"
             );
         }
+    }
+
+    #[test]
+    fn a_table_of_star_alone_routes_without_the_host() {
+        let star = table(r#"{"virtual_hosts": [{"name": "any", "domains": ["*"]}]}"#);
+        assert!(!star.uses_host());
+        for host in ["", "x", "Upper.Case:80"] {
+            assert_eq!(star.virtual_host(host.as_bytes()).unwrap().name, "any");
+        }
+        let none = table(r#"{"virtual_hosts": [{"name": "x", "domains": ["x"]}]}"#);
+        assert!(none.uses_host());
+        assert!(none.virtual_host(b"y").is_none());
+        assert!(table(r#"{"virtual_hosts": []}"#)
+            .virtual_host(b"x")
+            .is_none());
+        let mixed = table(
+            r#"{"virtual_hosts": [
+            {"name": "any", "domains": ["*"]},
+            {"name": "x", "domains": ["x"]}
+        ]}"#,
+        );
+        assert!(mixed.uses_host());
+        assert_eq!(mixed.virtual_host(b"x").unwrap().name, "x");
+        assert_eq!(mixed.virtual_host(b"y").unwrap().name, "any");
     }
 
     /// Wildcard lookup by length groups must pick what the longest-match rule picks, on random

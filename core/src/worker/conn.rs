@@ -690,8 +690,13 @@ async fn handle(
         return reply(ctx, l, d, 403, b"", false, None).await;
     }
     let keep_after_local = keep && !body_pending;
-    let host = lower_host(&head);
     let table = &l.c.routes;
+    // Routing by `*` alone never looks at the host: no lower-casing.
+    let host = if table.uses_host() {
+        lower_host(&head)
+    } else {
+        std::borrow::Cow::Borrowed(&b""[..])
+    };
     let Some((vh, route)) = table.route(&host, head.target(), &head.headers) else {
         l.http.no_route.inc();
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
@@ -712,6 +717,11 @@ async fn handle(
             // Envoy's router counts a redirect as a direct response.
             l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
+            let host = if host.is_empty() {
+                lower_host(&head)
+            } else {
+                host
+            };
             h.append(b"location", &redirect_location(r, &host, head.target()));
             response_mutations(&mut h);
             reply(
