@@ -423,6 +423,30 @@ def test_response_headers_to_add(make_proxy: Any, make_canned: Any, levels: dict
     assert shape(r.headers) == expected
 
 
+# envoy binary: an upstream `server` stays where the upstream put it, rewritten, unless a
+# configured edit moved it (an overwrite appends it after x-envoy-upstream-service-time).
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ({"route": [hv("x-r", "route", APPEND)]},
+         [("content-length", "5"), ("x-up", "1"), ("server", "envoy"), OLD_DATE, UST, ("x-r", "route")]),
+        ({"route": [hv("server", "mine", OVERWRITE)]},
+         [("content-length", "5"), ("x-up", "1"), OLD_DATE, UST, ("server", "envoy")]),
+        ({"route": [hv("server", "mine", APPEND)]},
+         [("content-length", "5"), ("x-up", "1"), ("server", "envoy"), OLD_DATE, UST]),
+    ],
+    ids=["other-edit", "overwrite-server", "append-server"],
+)
+def test_upstream_server_header_with_response_edits(
+    make_proxy: Any, make_canned: Any, levels: dict[str, Any], expected: H
+) -> None:
+    up = make_canned({"*": UP_SERVER_DATE})
+    proxy = make_proxy(bootstrap([], [cluster("up", up.port)], **mutation_levels("response_headers_to_add", levels)))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/"))
+    assert shape(r.headers) == expected
+
+
 @pytest.mark.parametrize("level", ["route", "vhost", "config"])
 def test_response_headers_to_remove(make_proxy: Any, make_canned: Any, level: str) -> None:
     up = make_canned({"*": UP_OK})

@@ -193,10 +193,11 @@ pub fn rewrite_target(
     }
 }
 
-/// Response headers the proxy sets, in Envoy's order: an upstream `server` replaced in place,
-/// `x-envoy-upstream-service-time` appended, the configured response edits, then `date` if
-/// absent and `server` per `server_header_transformation` (a configured `server` is
-/// overwritten too).
+/// Response headers the proxy sets, in Envoy's order: `x-envoy-upstream-service-time`
+/// appended, the configured response edits, then `date` if absent and `server` per
+/// `server_header_transformation`: under `OVERWRITE` an upstream `server` is replaced in place
+/// (a configured one too; the edits only remove and append, so replacing it once, last, gives
+/// the same head as replacing it before them as well).
 pub fn apply_response_extras(
     ctx: &Ctx,
     l: &ListenerRt,
@@ -206,9 +207,6 @@ pub fn apply_response_extras(
 ) {
     let hcm = &l.c.cfg.hcm;
     let transformation = hcm.server_header_transformation.as_str();
-    if transformation == "OVERWRITE" && h.contains(b"server") {
-        h.set(b"server", &l.c.server_name);
-    }
     if !hcm.suppress_envoy_headers {
         h.set(
             b"x-envoy-upstream-service-time",
