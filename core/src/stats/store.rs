@@ -85,18 +85,25 @@ pub struct Histogram {
     sum: AtomicU64,
 }
 
+/// `d` in whole milliseconds, through `u64`: a `u128` to `f64` conversion is a library call
+/// (~30 instructions), and no duration here comes near 2^64 ms.
+#[inline]
+fn whole_ms(d: std::time::Duration) -> f64 {
+    d.as_millis() as u64 as f64
+}
+
 impl Histogram {
     /// Records a duration in whole milliseconds, as Envoy's `*_time` and `*_ms` histograms do
     /// (a 0.7 ms request records 0).
     #[inline]
     pub fn record_ms(&self, since: std::time::Instant) {
-        self.record(since.elapsed().as_millis() as f64);
+        self.record(whole_ms(since.elapsed()));
     }
 
     /// [`Histogram::record_ms`] for a duration whose end the caller already read off the clock.
     #[inline]
     pub fn record_ms_until(&self, since: std::time::Instant, until: std::time::Instant) {
-        self.record(until.saturating_duration_since(since).as_millis() as f64);
+        self.record(whole_ms(until.saturating_duration_since(since)));
     }
 
     /// Records one sample (in the histogram's unit).

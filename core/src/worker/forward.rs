@@ -539,7 +539,7 @@ impl Exchange<'_> {
                 .get()
                 .into_std()
                 .saturating_duration_since(self.rq_start)
-                .as_millis();
+                .as_millis() as u64;
             let up_framing = response_framing(self.is_head, status, &head.headers)
                 .map_err(|_| RespErr::Protocol)?;
             let conn = ConnectionTokens::of(&head.headers);

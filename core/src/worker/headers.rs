@@ -202,7 +202,7 @@ pub fn apply_response_extras(
     ctx: &Ctx,
     l: &ListenerRt,
     h: &mut HeaderMap,
-    service_ms: u128,
+    service_ms: u64,
     chain: &[&Mutations; 4],
 ) {
     let hcm = &l.c.cfg.hcm;
