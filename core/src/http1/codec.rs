@@ -187,12 +187,21 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, conn: ConnectionTokens) {
     if !h.may_have_any(known::HOP_BY_HOP) {
         return;
     }
+    // Read before the removals: a `te` the connection header names is still reduced, not lost.
+    let te = if h.may_have_any(known::TE) {
+        te_lists_trailers(h)
+    } else {
+        None
+    };
     if conn.nominates {
         remove_nominated(h);
     }
     h.remove_known(known::HOP_BY_HOP & !known::TE);
-    if h.may_have_any(known::TE) {
-        reduce_te(h);
+    // `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
+    match te {
+        Some(true) => h.set(b"te", b"trailers"),
+        Some(false) => h.remove(b"te"),
+        None => {}
     }
 }
 
@@ -209,9 +218,9 @@ fn remove_nominated(h: &mut HeaderMap) {
     h.remove_if(|n, _| n != b"host" && named.iter().any(|t| t.as_slice() == n));
 }
 
-/// `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
+/// Whether the `te` headers list `trailers` (`None`: there is none).
 #[cold]
-fn reduce_te(h: &mut HeaderMap) {
+fn te_lists_trailers(h: &HeaderMap) -> Option<bool> {
     let mut te: Option<bool> = None;
     for v in h.get_all(b"te") {
         let trailers = v.split(|b| *b == b',').any(|t| {
@@ -223,11 +232,7 @@ fn reduce_te(h: &mut HeaderMap) {
         });
         te = Some(te.unwrap_or(false) || trailers);
     }
-    match te {
-        Some(true) => h.set(b"te", b"trailers"),
-        Some(false) => h.remove(b"te"),
-        None => {}
-    }
+    te
 }
 
 /// Writes a content-length or transfer-encoding header for `framing`.
@@ -398,6 +403,37 @@ mod tests {
             .collect();
         // Regression: `connection: host` used to strip host from the upstream request.
         assert_eq!(names, vec!["host", "te", "x-bar"]);
+    }
+
+    #[test]
+    fn a_te_the_connection_header_names_is_still_reduced_not_lost() {
+        // Regression (review): naming `te` in `connection` used to drop `te: trailers` too.
+        for (wire, want) in [
+            (
+                "connection: te\r\nte: trailers",
+                vec!["host: h", "te: trailers"],
+            ),
+            ("connection: te\r\nte: gzip", vec!["host: h"]),
+            (
+                "connection: te, x-a\r\nx-a: 1\r\nte: gzip, trailers;q=1",
+                vec!["host: h", "te: trailers"],
+            ),
+        ] {
+            let mut h = req(&format!("GET / HTTP/1.1\r\nhost: h\r\n{wire}\r\n\r\n")).headers;
+            let conn = ConnectionTokens::of(&h);
+            strip_hop_by_hop(&mut h, conn);
+            let got: Vec<String> = h
+                .iter()
+                .map(|(n, v)| {
+                    format!(
+                        "{}: {}",
+                        String::from_utf8_lossy(n),
+                        String::from_utf8_lossy(v)
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{wire:?}");
+        }
     }
 
     #[test]

@@ -68,13 +68,31 @@ impl DrainWaiters {
         }
     }
 
+    /// Replaces the waker listed under `key` if `w` wakes another task. A free slot stays
+    /// free: its key may already be handed out again.
     #[inline]
     fn update(&mut self, key: u32, w: &Waker) {
-        if let Some(slot) = self.slots.get_mut(key as usize) {
-            match slot {
-                Some(old) if old.will_wake(w) => {}
-                _ => *slot = Some(w.clone()),
+        if let Some(Some(old)) = self.slots.get_mut(key as usize) {
+            if !old.will_wake(w) {
+                *old = w.clone();
             }
+        }
+    }
+
+    /// Gives back the room of a past spike of connections: trailing free slots are dropped
+    /// (their keys leave the free list) and the lists shrink to twice what remains.
+    fn trim(&mut self) {
+        let before = self.slots.len();
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        let len = self.slots.len();
+        if len < before {
+            self.free.retain(|k| (*k as usize) < len);
+        }
+        if self.slots.capacity() > 2 * len.max(32) {
+            self.slots.shrink_to(2 * len.max(32));
+            self.free.shrink_to(2 * len.max(32));
         }
     }
 
@@ -444,6 +462,7 @@ pub async fn housekeeping(ctx: Rc<Ctx>) {
     loop {
         tick.tick().await;
         ctx.request_slots.trim();
+        ctx.drain_waiters.borrow_mut().trim();
         let snap = ctx.current();
         let now = Instant::now();
         for c in &snap.clusters {
@@ -507,5 +526,37 @@ mod tests {
         assert_eq!(a.0.load(SeqCst), 1);
         assert_eq!(b.0.load(SeqCst), 0);
         assert_eq!(c.0.load(SeqCst), 1);
+        // A freed slot is not filled by an update: its key may be someone else's next.
+        w.remove(kc);
+        w.update(kc, &wa);
+        assert!(w.slots[kc as usize].is_none());
+        assert_eq!(w.insert(counting().1), kc);
+    }
+
+    #[test]
+    fn trim_gives_back_the_room_of_a_spike() {
+        let mut w = DrainWaiters::default();
+        let keys: Vec<u32> = (0..1000).map(|_| w.insert(counting().1)).collect();
+        // All but the 10th leave; then the list keeps the slots up to it.
+        for k in &keys {
+            if *k != 9 {
+                w.remove(*k);
+            }
+        }
+        w.trim();
+        assert_eq!(w.slots.len(), 10);
+        assert!(w.slots.capacity() <= 64);
+        let mut free = w.free.clone();
+        free.sort_unstable();
+        assert_eq!(free, (0..9).collect::<Vec<u32>>());
+        // Keys handed out after the trim are in range and distinct.
+        let a = w.insert(counting().1);
+        let b = w.insert(counting().1);
+        assert!(a < 10 && b < 10 && a != b);
+        for k in 0..20 {
+            w.remove(k);
+        }
+        w.trim();
+        assert!(w.slots.is_empty() && w.free.is_empty());
     }
 }
