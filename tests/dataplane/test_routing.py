@@ -278,6 +278,9 @@ REDIRECT_ROUTES = [
         ("/redir-https/a?b=1", "example.com:80", "HTTP/1.1 301 Moved Permanently", "https://example.com/redir-https/a?b=1"),
         ("/redir-host/a?b=1", "orig.example:8080", "HTTP/1.1 301 Moved Permanently", "http://example.com/redir-host/a?b=1"),
         ("/redir-path/a?b=1", "example.com", "HTTP/1.1 301 Moved Permanently", "http://example.com/new?b=1"),
+        # envoy binary: the location keeps the host's case
+        ("/redir-path/a?b=1", "Example.COM", "HTTP/1.1 301 Moved Permanently", "http://Example.COM/new?b=1"),
+        ("/redir-https", "Example.COM:80", "HTTP/1.1 301 Moved Permanently", "https://Example.COM/redir-https"),
         ("/redir-301", "example.com", "HTTP/1.1 308 Permanent Redirect", "http://example.com/new"),
         # checked against the envoy binary
         ("/redir-strip/a?b=1", "example.com", "HTTP/1.1 301 Moved Permanently", "http://example.com/new"),

@@ -717,12 +717,9 @@ async fn handle(
             // Envoy's router counts a redirect as a direct response.
             l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
-            let host = if host.is_empty() {
-                lower_host(&head)
-            } else {
-                host
-            };
-            h.append(b"location", &redirect_location(r, &host, head.target()));
+            // The location keeps the host as the client spelled it (Envoy).
+            let host = head.headers.get(b"host").unwrap_or_default();
+            h.append(b"location", &redirect_location(r, host, head.target()));
             response_mutations(&mut h);
             reply(
                 ctx,
