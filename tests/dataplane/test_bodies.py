@@ -140,6 +140,92 @@ def test_content_length_response_body_intact(proxy: Any, n: int) -> None:
         assert r.body == b"x" * n
 
 
+def read_until(c: RawConn, sep: bytes) -> bytes:
+    """Raw bytes from the client socket up to and including `sep` (more may follow)."""
+    data = b""
+    while sep not in data:
+        chunk = c.sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+def read_to_eof(c: RawConn) -> bytes:
+    data = b""
+    while chunk := c.sock.recv(65536):
+        data += chunk
+    return data
+
+
+class Staged:
+    """An upstream reply in two stages: the head (and `first` body bytes) at once, the rest
+    once the test calls `release()`; `head_sent` is set in between."""
+
+    def __init__(self, head: bytes, first: bytes, rest: bytes | None) -> None:
+        self.head, self.first, self.rest = head, first, rest
+        self.head_sent, self._go = threading.Event(), threading.Event()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def __call__(self, sock: Any, _extra: bytes) -> None:
+        sock.sendall(self.head + self.first)
+        self.head_sent.set()
+        assert self._go.wait(10), "the test never released the body"
+        if self.rest is not None:  # None: the upstream goes away instead
+            sock.sendall(self.rest)
+
+
+def test_streamed_chunked_response_head_reaches_client_before_its_body(make_proxy: Any, make_canned: Any) -> None:
+    # A chunked body may stream (server-sent events): its head goes out at once, not after
+    # the body. (A head held in the kernel with MSG_MORE would still come, 200 ms later: this
+    # catches a head that waits for the body in the proxy, not that.)
+    reply = Staged(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"", b"5\r\nhello\r\n0\r\n\r\n")
+    up = make_canned({"*": reply})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(get("/"))
+        head = read_until(c, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head
+        reply.release()
+        assert read_until(c, b"0\r\n\r\n").endswith(b"5\r\nhello\r\n0\r\n\r\n")
+
+
+def test_content_length_response_whose_body_comes_later_arrives_whole(make_proxy: Any, make_canned: Any) -> None:
+    # The head of a response with a length waits in the kernel for the body's first bytes
+    # (one segment instead of two); whenever the body comes, the client gets all of it.
+    # (`connection: close`: the canned upstream closes after a staged reply, so the proxy
+    # must not pool that connection for the next request.)
+    reply = Staged(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\n", b"", b"0123456789")
+    up = make_canned({"*": reply, "/next": NEXT})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(get("/"))
+        assert reply.head_sent.wait(10)
+        reply.release()
+        r = c.read_response()
+        assert (r.status_line, r.header("content-length"), r.body) == ("HTTP/1.1 200 OK", "10", b"0123456789")
+        assert c.request(get("/next")).body == b"next"
+
+
+@pytest.mark.parametrize("first", [b"", b"012"], ids=["no-body-bytes", "some-body-bytes"])
+def test_upstream_gone_after_the_head_client_gets_what_came_then_close(
+    make_proxy: Any, make_canned: Any, first: bytes
+) -> None:
+    # envoy binary: the head and whatever body bytes came, then the connection closes.
+    reply = Staged(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", first, None)
+    up = make_canned({"*": reply})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(get("/"))
+        assert reply.head_sent.wait(10)
+        reply.release()
+        data = read_to_eof(c)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 10" in head
+        assert body == first
+
+
 R204 = b"HTTP/1.1 204 No Content\r\nX-Up: 1\r\n\r\n"
 R204_CL = b"HTTP/1.1 204 No Content\r\nX-Up: 1\r\nContent-Length: 0\r\n\r\n"
 R304 = b'HTTP/1.1 304 Not Modified\r\nETag: "abc"\r\nContent-Length: 5\r\n\r\n'

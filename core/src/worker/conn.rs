@@ -529,7 +529,15 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
 /// next. The shutdown is done here, not left to the close: a close with unread request bytes
 /// resets the connection, and would discard the held-back bytes (see also [`linger`]). Its
 /// own failure (the client reset meanwhile) is not the write's: the bytes were handed over.
-async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+async fn write_last(s: &TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    write_more(s, buf).await?;
+    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// Writes `buf` with `MSG_MORE`: the kernel holds back its last partial segment until the
+/// socket's next write (or shutdown), which then goes out with it. The caller must write again.
+pub(super) async fn write_more(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(s);
     #[cfg(target_os = "linux")]
     const FLAGS: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
@@ -546,7 +554,6 @@ async fn write_last(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    let _ = sock.shutdown(std::net::Shutdown::Write);
     Ok(())
 }
 
