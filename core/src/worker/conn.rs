@@ -252,11 +252,20 @@ impl Conn {
 
 /// Brings `snap` and `l` up to the worker's current snapshot (a pointer compare when it is
 /// still the same); false, leaving both as they are, when that snapshot removed the listener.
-#[inline]
+#[inline(always)]
 fn refresh(ctx: &Ctx, lname: &str, snap: &mut Rc<WorkerSnap>, l: &mut Rc<ListenerRt>) -> bool {
-    if ctx.is_current(snap) {
-        return true;
-    }
+    ctx.is_current(snap) || refresh_changed(ctx, lname, snap, l)
+}
+
+/// [`refresh`] once the snapshot has changed.
+#[cold]
+#[inline(never)]
+fn refresh_changed(
+    ctx: &Ctx,
+    lname: &str,
+    snap: &mut Rc<WorkerSnap>,
+    l: &mut Rc<ListenerRt>,
+) -> bool {
     let now = ctx.current();
     let Some(nl) = now.listeners.get(lname).cloned() else {
         return false;
