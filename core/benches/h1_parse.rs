@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pyproxy_core::http1::body::{Decoded, Decoder, Framing};
 use pyproxy_core::http1::codec::request_framing;
@@ -119,7 +119,10 @@ fn drain(framing: Framing, buf: &mut BytesMut, max: usize) -> usize {
     let mut n = 0;
     loop {
         match d.decode(buf, max).unwrap() {
-            Decoded::Data(b) => n += b.len(),
+            Decoded::Data(k) => {
+                n += k;
+                buf.advance(k);
+            }
             Decoded::End => return n,
             Decoded::NeedMore => unreachable!("whole body is buffered"),
         }

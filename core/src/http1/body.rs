@@ -5,7 +5,7 @@
 //! decoded and re-encoded with our own chunk boundaries, as Envoy does; HTTP/1 trailers are read
 //! and dropped (Envoy's default without `enable_trailers`).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 /// How a message's body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +38,10 @@ enum State {
 /// What [`Decoder::decode`] found in the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
-    /// Body bytes (never empty).
-    Data(Bytes),
+    /// The first `n` bytes of the buffer are body bytes (never 0). The caller takes them
+    /// (copies them out and `advance`s the buffer) before it decodes again: no `Bytes` handle,
+    /// with its reference count, is made for bytes that are copied at once.
+    Data(usize),
     /// More bytes are needed.
     NeedMore,
     /// The body is complete.
@@ -99,18 +101,18 @@ impl Decoder {
                     } else {
                         State::Length(rem)
                     };
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    return Ok(Decoded::Data(n));
                 }
                 State::Close => {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
                     let n = buf.len().min(max);
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    return Ok(Decoded::Data(n));
                 }
                 State::ChunkSize => match parse_chunk_size(buf)? {
                     Some((used, size)) => {
-                        let _ = buf.split_to(used);
+                        buf.advance(used);
                         self.state = if size == 0 {
                             State::Trailers
                         } else {
@@ -135,7 +137,7 @@ impl Decoder {
                     } else {
                         State::ChunkData(rem)
                     };
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    return Ok(Decoded::Data(n));
                 }
                 State::ChunkDataEnd => {
                     if buf.len() < 2 {
@@ -144,7 +146,7 @@ impl Decoder {
                     if &buf[..2] != b"\r\n" {
                         return Err(BodyError);
                     }
-                    let _ = buf.split_to(2);
+                    buf.advance(2);
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
@@ -153,11 +155,11 @@ impl Decoder {
                     match memchr::memchr(b'\n', buf) {
                         Some(i) if i == 0 || buf[i - 1] != b'\r' => return Err(BodyError),
                         Some(1) => {
-                            let _ = buf.split_to(2);
+                            buf.advance(2);
                             self.state = State::Done;
                         }
                         Some(i) => {
-                            let _ = buf.split_to(i + 1);
+                            buf.advance(i + 1);
                         }
                         None => {
                             if buf.len() > MAX_CHUNK_LINE {
@@ -248,7 +250,10 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match d.decode(buf, 3).unwrap() {
-                Decoded::Data(b) => out.extend_from_slice(&b),
+                Decoded::Data(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    buf.advance(n);
+                }
                 Decoded::NeedMore => return (out, false),
                 Decoded::End => return (out, true),
             }

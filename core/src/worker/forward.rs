@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -410,12 +410,13 @@ fn pump(
 ) -> Result<Pumped, ()> {
     loop {
         match dec.decode(rbuf, max).map_err(|_| ())? {
-            Decoded::Data(b) => {
+            Decoded::Data(n) => {
                 if chunked {
-                    encode_chunk(out, &b);
+                    encode_chunk(out, &rbuf[..n]);
                 } else {
-                    out.extend_from_slice(&b);
+                    out.extend_from_slice(&rbuf[..n]);
                 }
+                rbuf.advance(n);
                 if out.len() >= max {
                     return Ok(Pumped::Full);
                 }
