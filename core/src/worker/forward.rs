@@ -582,8 +582,8 @@ impl Exchange<'_> {
             let mut dec = Decoder::new(up_framing);
             let chunked_out = down_framing == Framing::Chunked;
             // The head of a response whose body has a length is held back by the kernel
-            // (`MSG_MORE`) when none of the body has come yet, and goes out with the body's
-            // first bytes: an upstream that writes head and body apart (nginx: writev, then
+            // (`MSG_MORE`) when the body has not all come with it, and goes out with the
+            // body's next bytes: an upstream that writes head and body apart (nginx: writev, then
             // sendfile) otherwise costs the client a segment and an ACK more per response
             // (a 1 KiB body: 6.2-6.4 segments per request, HAProxy 6.0; HAProxy holds it
             // likewise unless `option http-no-delay`). Should the body not come, Linux sends
