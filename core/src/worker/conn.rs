@@ -759,6 +759,7 @@ async fn handle(
                 l,
                 d,
                 head,
+                conn,
                 framing,
                 keep,
                 fwd,

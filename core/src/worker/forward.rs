@@ -86,6 +86,7 @@ pub(super) async fn forward(
     l: &Rc<ListenerRt>,
     d: &mut Down,
     mut head: RequestHead,
+    conn: ConnectionTokens,
     framing: Framing,
     keep: bool,
     fwd: &Forward,
@@ -127,6 +128,7 @@ pub(super) async fn forward(
         l,
         d,
         head,
+        conn,
         framing,
         fwd,
         prefix_len,
@@ -273,6 +275,7 @@ fn upstream_head(
     l: &ListenerRt,
     d: &Down,
     mut head: RequestHead,
+    conn: ConnectionTokens,
     framing: Framing,
     fwd: &Forward,
     prefix_len: Option<usize>,
@@ -281,7 +284,7 @@ fn upstream_head(
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
 ) -> Vec<u8> {
-    mutate_request(l, d.peer, &mut head.headers, fwd);
+    mutate_request(l, d.peer, &mut head.headers, conn, fwd);
     for m in chain {
         m.apply_request(&mut head.headers);
     }

@@ -107,10 +107,17 @@ fn local_address(v4: bool) -> Option<IpAddr> {
 /// do (docs/envoy-behaviour.md, sections 1 and 2), in-place edits and order included: hop-by-hop
 /// and control headers stripped; `x-forwarded-for`, `x-forwarded-proto`,
 /// `x-envoy-external-address`, `x-request-id`; then `x-envoy-expected-rq-timeout-ms` last.
-pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, fwd: &Forward) {
+/// `conn` is what the request's `connection` header said, read when the request was checked.
+pub fn mutate_request(
+    l: &ListenerRt,
+    peer: SocketAddr,
+    h: &mut HeaderMap,
+    conn: ConnectionTokens,
+    fwd: &Forward,
+) {
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
-    strip_hop_by_hop(h, ConnectionTokens::of(h));
+    strip_hop_by_hop(h, conn);
     if h.may_have_any(known::X_ENVOY) {
         h.remove_if(|n, _| {
             // The router sets its own expected-timeout header, appended last.
