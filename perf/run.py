@@ -375,6 +375,85 @@ def proxy_cmd(tools: Tools, name: str, workers: int, config: Path | None = None)
     raise ValueError(name)
 
 
+class CpuQuota:
+    """A cgroup whose cpu quota holds the proxy to a share of each of its cpus (`--proxy-cpu-share`).
+
+    On a small machine the load cpus (wrk + upstream) can cap requests/s below what the proxies
+    could serve, so the fastest proxies all land on the same figure. Holding every proxy to the
+    same share of its cpus makes the proxy the bottleneck again while the load side keeps its
+    whole cpus: the upstream headroom line in the report shows whether that worked. cgroup v2
+    (cpu.max) or v1 (cpu.cfs_quota_us). Latency in this mode measures the throttling more than
+    the proxy: a proxy that has spent its quota stalls until the next period (10 ms here; 2 ms
+    gave the same order of requests/s with more throttling overhead, and latency orders that
+    changed with the period), so only requests/s and CPU per request are compared.
+    """
+
+    PERIOD_US = 10000
+
+    def __init__(self, share: float):
+        if not 0 < share <= 1:
+            sys.exit(f"--proxy-cpu-share must be in (0, 1], not {share}")
+        self.share = share
+        self.quota_us = max(1000, round(share * self.PERIOD_US))
+        name = f"pyproxy-perf-{os.getpid()}"
+        v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+        try:
+            if (v2 / "cgroup.controllers").exists() and "cpu" in (v2 / "cgroup.controllers").read_text().split():
+                sub = v2 / "cgroup.subtree_control"
+                if "cpu" not in sub.read_text().split():
+                    sub.write_text("+cpu")
+                self.dir = v2 / name
+                self.dir.mkdir(exist_ok=True)
+                self.v2 = True
+            elif (v1 / "cpu.cfs_quota_us").exists():
+                self.dir = v1 / name
+                self.dir.mkdir(exist_ok=True)
+                self.v2 = False
+                (self.dir / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            else:
+                sys.exit("--proxy-cpu-share needs the cgroup cpu controller (/sys/fs/cgroup/cpu.max or "
+                         "/sys/fs/cgroup/cpu/cpu.cfs_quota_us); this machine has neither")
+        except OSError as e:
+            sys.exit(f"--proxy-cpu-share: cannot set up a cgroup cpu quota ({e}); run as root, or without the option")
+        atexit.register(self.remove)
+        self.for_workers(1)
+
+    def for_workers(self, workers: int) -> None:
+        """Sets the quota to the share of `workers` cpus (one per worker)."""
+        self.quota_us = max(1000, round(self.share * workers * self.PERIOD_US))
+        if self.v2:
+            (self.dir / "cpu.max").write_text(f"{self.quota_us} {self.PERIOD_US}")
+        else:
+            (self.dir / "cpu.cfs_quota_us").write_text(str(self.quota_us))
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """`cmd`, started inside the cgroup (it joins before exec, so every process it forks is in it)."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.dir / "cgroup.procs")] + cmd
+
+    def throttled(self) -> int:
+        """Periods in which the quota ran out so far."""
+        for line in (self.dir / "cpu.stat").read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == "nr_throttled":
+                return int(v)
+        return 0
+
+    def describe(self) -> str:
+        return (f"every proxy held to {self.share:g} of each of its cpus (cgroup cpu quota: {self.share:g} × "
+                f"workers × {self.PERIOD_US} µs per {self.PERIOD_US} µs period), so that the proxy, not the load "
+                "cpus, limits requests/s. Latency here mostly measures the throttling (a proxy out of quota waits "
+                "for the next period): compare requests/s and CPU per request")
+
+    def remove(self) -> None:
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
+
+
+QUOTA: CpuQuota | None = None   # set by --proxy-cpu-share; applies to every proxy started
+
+
 class Running:
     """One proxy process, started and ready."""
 
@@ -382,6 +461,8 @@ class Running:
                  ready_path: str = "/"):
         wait_port_free(PROXY_PORT)
         cmd, env = proxy_cmd(tools, name, workers, config)
+        if QUOTA:
+            cmd = QUOTA.wrap(cmd)
         self.name = name
         self.proc = Proc(name, cmd, cpus, env)
         try:
@@ -459,9 +540,11 @@ def h2load(tools: Tools, opts, url: str, duration: float, extra: list[str]) -> d
 
 def measured(run: Running, fn) -> dict:
     """Runs the load `fn`, adding the proxy's CPU seconds per 100k requests and RSS."""
-    c0 = run.cpu()
+    c0, t0 = run.cpu(), QUOTA.throttled() if QUOTA else 0
     r = fn()
     c1 = run.cpu()
+    if QUOTA:
+        r["throttled_periods"] = QUOTA.throttled() - t0
     r["cpu_s"] = c1 - c0
     r["cpu_s_per_100k"] = (c1 - c0) / r["requests"] * 1e5 if r["requests"] else float("nan")
     r["rss_mib"] = run.rss_mib()
@@ -833,6 +916,8 @@ def header_lines(data: dict) -> list[str]:
              "(other work on the machine shows here)",
              f"Options: workers {o['workers']}, {o['runs']} runs of {o['duration']} s after {o['warmup']} s warm-up, "
              f"proxies alternated {' '.join(o['proxies'])}, medians reported"]
+    if o.get("cpu_quota"):
+        lines.append("**CPU share: " + o["cpu_quota"] + "**")
     return lines
 
 
@@ -1107,6 +1192,9 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=0, help="scenario 4 rate, req/s (default: half the slowest proxy's "
                                                         "scenario-1 rate)")
     ap.add_argument("--idle-conns", type=int, default=10000, help="scenario 6 connection count (default 10000)")
+    ap.add_argument("--proxy-cpu-share", type=float, default=0.0,
+                    help="hold every proxy to this share of each of its cpus with a cgroup cpu quota (e.g. 0.5), "
+                         "so the proxy and not the load cpus limits requests/s on a small machine (needs root)")
     ap.add_argument("--bundle", type=Path, help="run from a folder made by perf/bundle.sh")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 run, 2 s, 1 s warm-up, 2000 idle conns")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default perf/results)")
@@ -1136,6 +1224,9 @@ def main() -> None:
             continue
     fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     opts.fds = fds
+    global QUOTA
+    if opts.proxy_cpu_share:
+        QUOTA = CpuQuota(opts.proxy_cpu_share)
     # HAProxy reserves two descriptors per connection (maxconn = fds/2), so the idle-connection count
     # that every proxy can hold is about half the open-file limit.
     fit = (fds - 1000) // 2 // 1000 * 1000
@@ -1149,7 +1240,8 @@ def main() -> None:
                         "scenarios": sorted(opts.scenarios), "scaling_scenarios": opts.scaling_scenarios,
                         "proxies": opts.proxies, "rate": opts.rate,
                         "idle_conns": opts.idle_conns, "bundle": str(opts.bundle or ""),
-                        "connections": 64, "argv": sys.argv[1:]},
+                        "connections": 64, "proxy_cpu_share": opts.proxy_cpu_share,
+                        "cpu_quota": QUOTA.describe() if QUOTA else "", "argv": sys.argv[1:]},
             "results": {}}
     log("versions: " + json.dumps(data["versions"]))
     atexit.register(stop_all)
@@ -1160,6 +1252,8 @@ def main() -> None:
         opts.scenarios = first_scenarios if i == 0 else scaling
         data["load_before"] = data.get("load_before") or os.getloadavg()
         proxy_cpus, load_cpus = cpu_sets(opts, w)
+        if QUOTA:
+            QUOTA.for_workers(w)
         suite_for(tools, opts, w, proxy_cpus, load_cpus, data["results"])
     data["elapsed_s"] = time.time() - t0
     data["load_after"] = os.getloadavg()
