@@ -20,6 +20,7 @@ use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant as TInstant;
 
+use super::clock;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap, NO_DRAIN_KEY};
 use super::forward::forward;
 use super::headers::redirect_location;
@@ -112,7 +113,7 @@ impl DownGuard {
         DownGuard {
             l,
             shared,
-            start: Instant::now(),
+            start: clock::now(),
         }
     }
 }
@@ -174,7 +175,7 @@ pub fn serve(
             head_request: false,
             body_unread: false,
             drain_key: NO_DRAIN_KEY,
-            started: Instant::now(),
+            started: clock::now(),
             done_at: None,
             timer: ConnTimer::new(),
         },
@@ -279,7 +280,7 @@ fn refresh_changed(
 fn idle<'a>(ctx: &'a Ctx, l: &'a ListenerRt, d: &'a mut Down) -> Idle<'a> {
     let idle_ms = l.c.cfg.hcm.idle_timeout_ms;
     let deadline = (idle_ms > 0).then(|| {
-        let since = d.done_at.map_or_else(TInstant::now, TInstant::from_std);
+        let since = d.done_at.map_or_else(clock::tnow, TInstant::from_std);
         since + Duration::from_millis(idle_ms)
     });
     Idle {
@@ -331,7 +332,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// destroy the reply in the client before it reads it (a request body the response came
 /// before, a local reply to a request whose body was never read).
 async fn linger(d: &mut Down) {
-    let deadline = Some(TInstant::now() + LINGER);
+    let deadline = Some(clock::tnow() + LINGER);
     // Polled by hand, like `Idle`: a `select!` here made the connection's future the larger.
     // The bytes go to the stack of each poll, not into the future.
     poll_fn(|cx| loop {
@@ -397,7 +398,7 @@ async fn read_head_more<R: AsyncRead + Unpin>(
     if first {
         return Err(ReadErr::Idle);
     }
-    let idle_deadline = (idle_ms > 0).then(|| TInstant::now() + Duration::from_millis(idle_ms));
+    let idle_deadline = (idle_ms > 0).then(|| clock::tnow() + Duration::from_millis(idle_ms));
     let Some(dl) = earliest([header_deadline, idle_deadline]) else {
         return read.await;
     };
@@ -443,9 +444,9 @@ async fn request(
     let max_head = hcm.max_request_headers_kb as usize * 1024;
     // Both request timers start with the request's first bytes, as Envoy's do.
     let header_deadline = (hcm.request_headers_timeout_ms > 0)
-        .then(|| TInstant::now() + Duration::from_millis(hcm.request_headers_timeout_ms));
+        .then(|| clock::tnow() + Duration::from_millis(hcm.request_headers_timeout_ms));
     d.request_deadline = (hcm.request_timeout_ms > 0)
-        .then(|| tokio::time::Instant::now() + Duration::from_millis(hcm.request_timeout_ms));
+        .then(|| clock::tnow() + Duration::from_millis(hcm.request_timeout_ms));
     d.head_request = false;
     // Bytes already searched for the end of the head: a partial head is parsed again only when
     // new bytes could complete it (a line break arrived), so a client trickling a large head
@@ -504,7 +505,7 @@ async fn request(
     };
     d.head_request = head.method() == b"HEAD";
     d.body_unread = false;
-    let start = Instant::now();
+    let start = clock::now();
     d.started = start;
     d.done_at = None;
     l.http.downstream_rq_total.inc();
@@ -515,7 +516,7 @@ async fn request(
     if status != 0 {
         l.http.count_response(status);
         l.http.downstream_rq_completed.inc();
-        let end = d.done_at.unwrap_or_else(Instant::now);
+        let end = d.done_at.unwrap_or_else(clock::now);
         l.http.downstream_rq_time.record_ms_until(start, end);
     }
     next

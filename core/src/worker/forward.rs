@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use super::clock;
 use super::conn::{read_more, reply, write_down, write_more, Down, Next, BODY_CHUNK, READ_CHUNK};
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, mutate_request, rewrite_target};
@@ -468,7 +469,7 @@ impl Exchange<'_> {
         // direction; the reads below do not time out on their own.
         // Progress is stamped with a clock read; the exchange starts from the request's start.
         let activity = Cell::new(tokio::time::Instant::from_std(self.rq_start));
-        let touch = || activity.set(tokio::time::Instant::now());
+        let touch = || activity.set(clock::tnow());
         let timer = &mut d.timer;
         let (mut dr, mut dw) = d.stream.split();
         let (mut ur, mut uw) = up.stream.split();
@@ -666,7 +667,7 @@ impl Exchange<'_> {
                         Err(ReqErr::Downstream) => break Err(Stop::DownstreamGone),
                         Err(ReqErr::BadBody) => break Err(Stop::BadRequestBody),
                         // The upstream stopped reading: it may still answer (an early error).
-                        Err(ReqErr::Upstream) => tokio::time::Instant::now(),
+                        Err(ReqErr::Upstream) => clock::tnow(),
                     };
                     req_done = true;
                     if self.timeout_ms > 0 {
@@ -678,6 +679,7 @@ impl Exchange<'_> {
                 }
                 r = &mut resp_fut => break Ok(r),
                 () = timer.fired(), if deadline.is_some() => {
+                    // The timer fired by tokio's clock: compare with a fresh read, not the turn's.
                     let now = tokio::time::Instant::now();
                     if idle.is_some_and(|i| now >= activity.get() + i) {
                         l.http.downstream_rq_idle_timeout.inc();

@@ -2,6 +2,7 @@
 //! listener each. A worker's state is thread-local (`Rc`, `Cell`); the engine talks to it only
 //! through its command channel, and reads its stats through the shared stat stores.
 
+mod clock;
 pub mod conn;
 mod ctx;
 mod forward;
@@ -98,7 +99,9 @@ impl Worker {
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(id, stores, sh, compiled, listeners, rx));
+                // The clock is read once per turn of the loop (clock.rs).
+                let tasks = local.run_until(run(id, stores, sh, compiled, listeners, rx));
+                rt.block_on(clock::Turns(Box::pin(tasks)));
             })?;
         Ok(Worker {
             tx,
