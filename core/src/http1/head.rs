@@ -636,6 +636,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn header_names_of_any_length_and_case_are_lowered() {
+        let head = b"GET / HTTP/1.1\r\nHOST: A\r\nX-Envoy-Upstream-RQ-Timeout-MS: 5\r\nConTent-LENGTH: 0\r\nA: B\r\nX-ABCDEFGH: Q\r\n\r\n";
+        let h = parse_request(&mut BytesMut::from(&head[..]), 1 << 16)
+            .unwrap()
+            .unwrap();
+        let names: Vec<&[u8]> = h.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                &b"host"[..],
+                b"x-envoy-upstream-rq-timeout-ms",
+                b"content-length",
+                b"a",
+                b"x-abcdefgh"
+            ]
+        );
+        // Values keep their case.
+        let values: Vec<&[u8]> = h.headers.iter().map(|(_, v)| v).collect();
+        assert_eq!(values, [&b"A"[..], b"5", b"0", b"B", b"Q"]);
+        assert!(h.headers.may_have_any(known::HOST));
+        assert!(h.headers.may_have_any(known::CONTENT_LENGTH));
+        assert!(h.headers.may_have_any(known::X_ENVOY));
+        assert!(!h.headers.may_have_any(known::CONNECTION));
+    }
+
+    #[test]
     fn a_dropped_map_gives_its_entry_list_to_the_next_parse_of_the_thread() {
         // Runs on its own thread: other tests' maps do not share its lists.
         std::thread::spawn(|| {
