@@ -6,8 +6,12 @@
 //! Envoy (the dispatcher's approximate time) read it once per turn of the loop instead, and so
 //! does a worker here: [`Turns`] stamps the time each time the runtime polls the worker's task
 //! set, which is after every poll of epoll and at least every 61 tasks (tokio's `LocalSet`
-//! tick), so a stamp is stale by at most one such batch of work: microseconds, against
-//! timeouts and stats that count whole milliseconds.
+//! tick), so a stamp is stale by at most one such batch of work (usually microseconds; more
+//! when a config swap runs in the batch, or when the thread is descheduled or throttled
+//! mid-batch). A stamp is never later than the real time, so a deadline taken from it can only
+//! come early by that much, never late; whether one has passed is always decided on tokio's
+//! own clock (`timer.rs`), so nothing spins on a stale stamp. Timeouts and stats count whole
+//! milliseconds.
 //!
 //! Off a worker thread (unit tests, the control plane) [`now`] reads the clock.
 
@@ -27,10 +31,12 @@ pub(crate) fn now() -> Instant {
     NOW.with(Cell::get).unwrap_or_else(Instant::now)
 }
 
-/// [`now`] as tokio's instant, for deadlines.
+/// [`now`] as tokio's instant, for deadlines (off a worker, tokio's own clock, which a test
+/// may have paused).
 #[inline]
 pub(crate) fn tnow() -> tokio::time::Instant {
-    tokio::time::Instant::from_std(now())
+    NOW.with(Cell::get)
+        .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)
 }
 
 /// Polls `F` (the worker's task set), stamping the time for the length of each poll.

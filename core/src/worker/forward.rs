@@ -149,7 +149,7 @@ pub(super) async fn forward(
             cs.s.upstream_rq_pending_total.inc();
             match connect(cluster, &host).await {
                 Ok(c) => {
-                    rq_start = Instant::now();
+                    rq_start = clock::now();
                     c
                 }
                 Err(reason) => {
