@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import atexit
 import datetime
+import errno
 import glob
 import http.client
 import json
@@ -389,49 +390,68 @@ class CpuQuota:
     """
 
     PERIOD_US = 10000
+    MIN_QUOTA_US = 1000      # the kernel's smallest quota
 
     def __init__(self, share: float):
         if not 0 < share <= 1:
             sys.exit(f"--proxy-cpu-share must be in (0, 1], not {share}")
+        if share * self.PERIOD_US < self.MIN_QUOTA_US:
+            sys.exit(f"--proxy-cpu-share {share:g} is below the smallest quota the kernel takes "
+                     f"({self.MIN_QUOTA_US / self.PERIOD_US:g} of a cpu per {self.PERIOD_US} µs period)")
         self.share = share
-        self.quota_us = max(1000, round(share * self.PERIOD_US))
+        self.quota_us = 0
         name = f"pyproxy-perf-{os.getpid()}"
         v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+        self.dir: Path | None = None
         try:
             if (v2 / "cgroup.controllers").exists() and "cpu" in (v2 / "cgroup.controllers").read_text().split():
                 sub = v2 / "cgroup.subtree_control"
                 if "cpu" not in sub.read_text().split():
                     sub.write_text("+cpu")
-                self.dir = v2 / name
-                self.dir.mkdir(exist_ok=True)
                 self.v2 = True
+                self.dir = v2 / name
             elif (v1 / "cpu.cfs_quota_us").exists():
-                self.dir = v1 / name
-                self.dir.mkdir(exist_ok=True)
                 self.v2 = False
-                (self.dir / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                self.dir = v1 / name
             else:
                 sys.exit("--proxy-cpu-share needs the cgroup cpu controller (/sys/fs/cgroup/cpu.max or "
                          "/sys/fs/cgroup/cpu/cpu.cfs_quota_us); this machine has neither")
+            self.dir.mkdir(exist_ok=True)
+            atexit.register(self.remove)
+            if not self.v2:
+                (self.dir / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
         except OSError as e:
-            sys.exit(f"--proxy-cpu-share: cannot set up a cgroup cpu quota ({e}); run as root, or without the option")
-        atexit.register(self.remove)
-        self.for_workers(1)
+            self.fail(e, self.dir or v2)
+        self.for_cpus(1)
 
-    def for_workers(self, workers: int) -> None:
-        """Sets the quota to the share of `workers` cpus (one per worker)."""
-        self.quota_us = max(1000, round(self.share * workers * self.PERIOD_US))
-        if self.v2:
-            (self.dir / "cpu.max").write_text(f"{self.quota_us} {self.PERIOD_US}")
-        else:
-            (self.dir / "cpu.cfs_quota_us").write_text(str(self.quota_us))
+    def fail(self, e: OSError, where: Path) -> None:
+        hint = {errno.EACCES: "run as root", errno.EPERM: "run as root",
+                errno.EROFS: "/sys/fs/cgroup is mounted read-only here (a container?)",
+                errno.EBUSY: "the parent cgroup holds processes, so cgroup v2 cannot enable its cpu controller "
+                             "(a container's own cgroup?)"}.get(e.errno or 0, "")
+        sys.exit(f"--proxy-cpu-share: cannot set up a cgroup cpu quota at {where}: {e.strerror or e}"
+                 + (f" ({hint})" if hint else "") + "; or run without the option")
+
+    def for_cpus(self, ncpus: int) -> None:
+        """Sets the quota to the share of `ncpus` cpus (the proxy's cpu set)."""
+        assert self.dir is not None
+        self.quota_us = round(self.share * ncpus * self.PERIOD_US)
+        try:
+            if self.v2:
+                (self.dir / "cpu.max").write_text(f"{self.quota_us} {self.PERIOD_US}")
+            else:
+                (self.dir / "cpu.cfs_quota_us").write_text(str(self.quota_us))
+        except OSError as e:
+            self.fail(e, self.dir)
 
     def wrap(self, cmd: list[str]) -> list[str]:
         """`cmd`, started inside the cgroup (it joins before exec, so every process it forks is in it)."""
+        assert self.dir is not None
         return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.dir / "cgroup.procs")] + cmd
 
     def throttled(self) -> int:
         """Periods in which the quota ran out so far."""
+        assert self.dir is not None
         for line in (self.dir / "cpu.stat").read_text().splitlines():
             k, _, v = line.partition(" ")
             if k == "nr_throttled":
@@ -440,15 +460,28 @@ class CpuQuota:
 
     def describe(self) -> str:
         return (f"every proxy held to {self.share:g} of each of its cpus (cgroup cpu quota: {self.share:g} × "
-                f"workers × {self.PERIOD_US} µs per {self.PERIOD_US} µs period), so that the proxy, not the load "
+                f"its cpus × {self.PERIOD_US} µs per {self.PERIOD_US} µs period), so that the proxy, not the load "
                 "cpus, limits requests/s. Latency here mostly measures the throttling (a proxy out of quota waits "
                 "for the next period): compare requests/s and CPU per request")
 
     def remove(self) -> None:
-        try:
-            self.dir.rmdir()
-        except OSError:
-            pass
+        """Removes the cgroup, first ending anything still in it (a proxy's children still exiting)."""
+        if self.dir is None or not self.dir.exists():
+            return
+        for _ in range(50):
+            try:
+                self.dir.rmdir()
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    break
+            try:
+                for pid in (self.dir / "cgroup.procs").read_text().split():
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        print(f"--proxy-cpu-share: could not remove the cgroup {self.dir}; remove it with rmdir", file=sys.stderr)
 
 
 QUOTA: CpuQuota | None = None   # set by --proxy-cpu-share; applies to every proxy started
@@ -672,8 +705,10 @@ def envoy_apply(tools: Tools, workers: int, cpus: str) -> dict:
 
 def pyproxy_apply(workers: int, cpus: str) -> dict:
     wait_port_free(PROXY_PORT)
-    out = subprocess.run(["taskset", "-c", cpus, sys.executable, "-P", "-c", APPLY_PYPROXY,
-                          str(CONFIGS / "pyproxy.yaml"), str(WORK / "many" / "pyproxy.yaml"), str(workers)],
+    cmd = [sys.executable, "-P", "-c", APPLY_PYPROXY,
+           str(CONFIGS / "pyproxy.yaml"), str(WORK / "many" / "pyproxy.yaml"), str(workers)]
+    # Under --proxy-cpu-share the embedded proxy gets the same quota as every other proxy.
+    out = subprocess.run(["taskset", "-c", cpus] + (QUOTA.wrap(cmd) if QUOTA else cmd),
                          capture_output=True, text=True, timeout=120, cwd=WORK)
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -1253,7 +1288,7 @@ def main() -> None:
         data["load_before"] = data.get("load_before") or os.getloadavg()
         proxy_cpus, load_cpus = cpu_sets(opts, w)
         if QUOTA:
-            QUOTA.for_workers(w)
+            QUOTA.for_cpus(len(parse_cpus(proxy_cpus)))
         suite_for(tools, opts, w, proxy_cpus, load_cpus, data["results"])
     data["elapsed_s"] = time.time() - t0
     data["load_after"] = os.getloadavg()
