@@ -132,10 +132,7 @@ impl ConnectionTokens {
 
     #[cold]
     fn add_list(&mut self, v: &[u8]) {
-        for tok in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            if tok.is_empty() {
-                continue;
-            }
+        for tok in list_tokens(v) {
             if tok.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if tok.eq_ignore_ascii_case(b"keep-alive") {
@@ -205,13 +202,20 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, conn: ConnectionTokens) {
     }
 }
 
+/// The comma-separated tokens of a `connection` value, trimmed, empty ones left out.
+fn list_tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 #[cold]
 fn remove_nominated(h: &mut HeaderMap) {
     let named: Vec<Vec<u8>> = h
         .get_all(b"connection")
-        .flat_map(|v| v.split(|b| *b == b','))
-        .map(|t| t.trim_ascii().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t.as_slice() != b"close" && t.as_slice() != b"keep-alive")
+        .flat_map(list_tokens)
+        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .map(<[u8]>::to_ascii_lowercase)
         .collect();
     // `connection` may nominate end-to-end headers for removal, but never `host` (a request
     // naming it is refused before this, see `ConnectionTokens::names_host`).
