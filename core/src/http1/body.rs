@@ -54,7 +54,7 @@ pub struct Decoder {
     state: State,
 }
 
-/// Longest chunk-size line (with extensions) we accept.
+/// Longest chunk-size or trailer line (without its CRLF) we accept, however its bytes arrive.
 const MAX_CHUNK_LINE: usize = 4096;
 
 impl Decoder {
@@ -154,6 +154,7 @@ impl Decoder {
                     // LF is refused, as in the chunk-size line.
                     match memchr::memchr(b'\n', buf) {
                         Some(i) if i == 0 || buf[i - 1] != b'\r' => return Err(BodyError),
+                        Some(i) if i > MAX_CHUNK_LINE => return Err(BodyError),
                         Some(1) => {
                             buf.advance(2);
                             self.state = State::Done;
@@ -203,6 +204,9 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
         return Err(BodyError);
     }
     while i < buf.len() {
+        if i > MAX_CHUNK_LINE {
+            return Err(BodyError);
+        }
         match buf[i] {
             b'\r' => {
                 return match buf.get(i + 1) {
@@ -304,6 +308,43 @@ mod tests {
             let mut b = BytesMut::from(*wire);
             let r = (0..8).try_for_each(|_| d.decode(&mut b, 100).map(|_| ()));
             assert_eq!(r, Err(BodyError), "{:?}", String::from_utf8_lossy(wire));
+        }
+    }
+
+    #[test]
+    fn a_long_chunk_line_is_refused_whether_it_arrives_whole_or_in_pieces() {
+        let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE));
+        let long_trailer = format!("0\r\nx: {}\r\n\r\n", "t".repeat(MAX_CHUNK_LINE));
+        let just_fits = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE - 3));
+        for (wire, ok) in [
+            (&long_ext, false),
+            (&long_trailer, false),
+            (&just_fits, true),
+        ] {
+            for piece in [wire.len(), 1000, 7] {
+                let mut d = Decoder::new(Framing::Chunked);
+                let mut b = BytesMut::new();
+                let mut outcome = Ok(Decoded::NeedMore);
+                for p in wire.as_bytes().chunks(piece) {
+                    b.extend_from_slice(p);
+                    outcome = loop {
+                        match d.decode(&mut b, usize::MAX) {
+                            Ok(Decoded::Data(n)) => b.advance(n),
+                            other => break other,
+                        }
+                    };
+                    if outcome != Ok(Decoded::NeedMore) {
+                        break;
+                    }
+                }
+                let want = if ok { Ok(Decoded::End) } else { Err(BodyError) };
+                assert_eq!(
+                    outcome,
+                    want,
+                    "pieces of {piece}, line of {}",
+                    wire.find('\r').unwrap()
+                );
+            }
         }
     }
 
