@@ -44,6 +44,27 @@ def test_duplicate_upstream_content_length_is_a_502_not_relayed(make_proxy: Any,
     wait_stat(proxy, "cluster.up.upstream_cx_protocol_error", 1)
 
 
+@pytest.mark.parametrize("status", [b"000", b"001", b"099"])
+def test_upstream_status_below_100_is_a_502_protocol_error(make_proxy: Any, make_canned: Any, status: bytes) -> None:
+    # Found by the response_head fuzz target (core/fuzz): `HTTP/1.1 001` went downstream as the
+    # status line `HTTP/1.1 1 Unknown`, which clients refuse. Envoy 1.40 resets the stream.
+    answer = b"HTTP/1.1 " + status + b" X\r\ncontent-length: 2\r\n\r\nok"
+    proxy, _ = canned_proxy(make_proxy, make_canned, {"*": answer})
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a"))
+        assert (r.status, r.body) == (502, b"upstream connect error or disconnect/reset before headers. "
+                                           b"reset reason: protocol error")
+    wait_stat(proxy, "cluster.up.upstream_cx_protocol_error", 1)
+
+
+@pytest.mark.parametrize("status", [600, 999])
+def test_upstream_status_of_three_digits_above_599_is_relayed(make_proxy: Any, make_canned: Any, status: int) -> None:
+    proxy, _ = canned_proxy(make_proxy, make_canned, {"*": b"HTTP/1.1 %d X\r\ncontent-length: 2\r\n\r\nok" % status})
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a"))
+        assert (r.status, r.body) == (status, b"ok")
+
+
 def test_unsolicited_101_from_upstream_is_a_502(make_proxy: Any, make_canned: Any) -> None:
     proxy, up = canned_proxy(make_proxy, make_canned, {"*": b"HTTP/1.1 101 Switching Protocols\r\n\r\n"})
     with RawConn(proxy.listener_port()) as c:

@@ -621,7 +621,17 @@ pub fn parse_response(
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed),
     };
+    // A head over the limit is refused however it arrived (the partial case above refuses it
+    // only when it came in pieces).
+    if n > max_len {
+        return Err(HeadError::TooLarge);
+    }
     let status = resp.code.unwrap_or(0);
+    // httparse takes any three digits; a code below 100 is not HTTP, and Envoy resets the
+    // stream as a protocol error (502 downstream) rather than pass on such a status line.
+    if status < 100 {
+        return Err(HeadError::Malformed);
+    }
     let minor = resp.version.unwrap_or(1);
     let headers = take_head(buf, n, entries_of(base, resp.headers));
     Ok(Some(ResponseHead {
@@ -747,6 +757,44 @@ mod tests {
             (r.status, r.headers.get(b"content-length")),
             (200, Some(&b"0"[..]))
         );
+    }
+
+    #[test]
+    fn a_response_head_over_the_limit_is_refused_whole_or_in_pieces() {
+        // Found by the response_head fuzz target: only the partial case checked the limit.
+        let wire = b"HTTP/1.1 200 OK\r\nx-long: 0123456789012345678901234567890123456789\r\n\r\n";
+        let limit = 40;
+        assert_eq!(
+            parse_response(&mut BytesMut::from(&wire[..]), limit).unwrap_err(),
+            HeadError::TooLarge
+        );
+        assert_eq!(
+            parse_response(&mut BytesMut::from(&wire[..45]), limit).unwrap_err(),
+            HeadError::TooLarge
+        );
+        assert!(parse_response(&mut BytesMut::from(&wire[..]), wire.len())
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn a_status_below_100_is_malformed_and_600_to_999_pass() {
+        // Found by the response_head fuzz target: `HTTP/1.1 001` went downstream as status 1.
+        let status = |line: &str| {
+            let mut b = BytesMut::from(format!("{line}\r\ncontent-length: 0\r\n\r\n").as_bytes());
+            parse_response(&mut b, 1024).map(|r| r.unwrap().status)
+        };
+        for bad in ["HTTP/1.1 000 X", "HTTP/1.1 001 Switching", "HTTP/1.1 099 X"] {
+            assert_eq!(status(bad), Err(HeadError::Malformed), "{bad}");
+        }
+        // Envoy passes unknown codes of three digits on ("600 Unknown").
+        for (ok, code) in [
+            ("HTTP/1.1 100 Continue", 100),
+            ("HTTP/1.1 600 X", 600),
+            ("HTTP/1.1 999 X", 999),
+        ] {
+            assert_eq!(status(ok), Ok(code), "{ok}");
+        }
     }
 
     #[test]
