@@ -85,6 +85,7 @@ def _check_listeners(listeners: Sequence[m.Listener], clusters: set[str]) -> Non
 def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> None:
     if not hcm.stat_prefix:
         raise ConfigError(f"{path}.stat_prefix", "must not be empty")
+    _check_no_line_breaks(hcm.server_name, f"{path}.server_name")
     if hcm.access_log is not None:
         raise ConfigError(f"{path}.access_log", "access logs are not supported yet")
     if hcm.rds is not None:
@@ -240,11 +241,20 @@ def _check_string_match(sm: m.StringMatcher, path: str) -> None:
         check_regex(sm.safe_regex.regex, f"{path}.safe_regex.regex")
 
 
+def _check_no_line_breaks(value: str | None, path: str) -> None:
+    """Envoy's HTTP_HEADER_VALUE rule for strings that go out in a header or the request line:
+    a CR, LF or NUL would let the config write extra header lines."""
+    if value is not None and any(c in value for c in "\r\n\0"):
+        raise ConfigError(path, "must not contain CR, LF or NUL")
+
+
 def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None:
     if (action.cluster is None) == (action.weighted_clusters is None):
         raise ConfigError(path, "needs exactly one of cluster, weighted_clusters")
     if action.host_rewrite_literal is not None and action.auto_host_rewrite is not None:
         raise ConfigError(path, "set only one of host_rewrite_literal, auto_host_rewrite")
+    _check_no_line_breaks(action.prefix_rewrite, f"{path}.prefix_rewrite")
+    _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     if action.cluster is not None:
         if action.cluster not in clusters:
             raise ConfigError(f"{path}.cluster", f"unknown cluster {action.cluster!r}")
@@ -276,6 +286,8 @@ def _check_redirect(r: m.RedirectAction, path: str) -> None:
         raise ConfigError(path, "set only one of https_redirect, scheme_redirect")
     if r.path_redirect is not None and r.prefix_rewrite is not None:
         raise ConfigError(path, "set only one of path_redirect, prefix_rewrite")
+    for name in ("host_redirect", "path_redirect", "prefix_rewrite"):
+        _check_no_line_breaks(getattr(r, name), f"{path}.{name}")
     if r.scheme_redirect is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*",
                                                           r.scheme_redirect):
         raise ConfigError(f"{path}.scheme_redirect", f"{r.scheme_redirect!r} is not a URI scheme")

@@ -271,6 +271,23 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("redirect_paths", lambda c: (route(c).pop("route"), route(c).update(redirect={
         "path_redirect": "/a", "prefix_rewrite": "/b"})), f"{ROUTE}.redirect",
      "only one of path_redirect, prefix_rewrite"),
+    # CR, LF or NUL in what goes out in a header or the request line (header injection);
+    # Envoy 1.40 refuses each of these (HTTP_HEADER_VALUE), found by the engine's snapshot fuzzing
+    ("host_redirect_newline", lambda c: (route(c).pop("route"), route(c).update(redirect={
+        "host_redirect": "a\r\nset-cookie: x"})), f"{ROUTE}.redirect.host_redirect",
+     "must not contain CR, LF or NUL"),
+    ("path_redirect_newline", lambda c: (route(c).pop("route"), route(c).update(redirect={
+        "path_redirect": "/a\nb"})), f"{ROUTE}.redirect.path_redirect",
+     "must not contain CR, LF or NUL"),
+    ("redirect_prefix_rewrite_nul", lambda c: (route(c).pop("route"), route(c).update(redirect={
+        "prefix_rewrite": "/a\0"})), f"{ROUTE}.redirect.prefix_rewrite",
+     "must not contain CR, LF or NUL"),
+    ("prefix_rewrite_newline", lambda c: route(c)["route"].update(prefix_rewrite="/b\r\n"),
+     f"{ROUTE}.route.prefix_rewrite", "must not contain CR, LF or NUL"),
+    ("host_rewrite_newline", lambda c: route(c)["route"].update(host_rewrite_literal="h\r\nx: 1"),
+     f"{ROUTE}.route.host_rewrite_literal", "must not contain CR, LF or NUL"),
+    ("server_name_newline", lambda c: hcm(c).update(server_name="pp\r\nx: 1"),
+     f"{HCM}.server_name", "must not contain CR, LF or NUL"),
     ("redirect_code", lambda c: (route(c).pop("route"), route(c).update(redirect={
         "response_code": 302})), f"{ROUTE}.redirect.response_code", "expected a string"),
     ("direct_response_status", lambda c: (route(c).pop("route"), route(c).update(
