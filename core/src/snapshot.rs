@@ -195,6 +195,7 @@ pub fn compile_with(s: &Snapshot, resolver: &Resolver) -> Result<Compiled, Error
                 l.address
             ))
         })?;
+        crate::router::check_value(&l.hcm.server_name, &format!("{path}.hcm.server_name"))?;
         let routes = RouteTable::compile(
             &l.hcm.route_config,
             &index,

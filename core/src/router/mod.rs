@@ -30,8 +30,48 @@ pub struct Mutations {
     pub response_remove: Vec<Vec<u8>>,
 }
 
+/// Refuses a string that would go out in a header value or the request line with a CR, LF or
+/// NUL in it (header injection). The control plane refuses these first; the engine checks
+/// again, since a snapshot is the boundary into it.
+pub(crate) fn check_value(v: &str, path: &str) -> Result<(), Error> {
+    if v.bytes().any(|c| matches!(c, b'\r' | b'\n' | 0)) {
+        return Err(Error::config(format!(
+            "{path}: must not contain CR, LF or NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a header name that is not an HTTP token (RFC 9110 section 5.6.2).
+fn check_name(n: &str, path: &str) -> Result<(), Error> {
+    let tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    if n.is_empty() || !n.bytes().all(tchar) {
+        return Err(Error::config(format!(
+            "{path}: {n:?} is not a valid header name"
+        )));
+    }
+    Ok(())
+}
+
 impl Mutations {
-    fn compile(m: &HeaderMutations) -> Mutations {
+    fn compile(m: &HeaderMutations, path: &str) -> Result<Mutations, Error> {
+        for (field, list) in [
+            ("request_headers_to_add", &m.request_headers_to_add),
+            ("response_headers_to_add", &m.response_headers_to_add),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                check_name(&h.key, &format!("{path}.{field}[{i}].header.key"))?;
+                check_value(&h.value, &format!("{path}.{field}[{i}].header.value"))?;
+            }
+        }
+        for (field, list) in [
+            ("request_headers_to_remove", &m.request_headers_to_remove),
+            ("response_headers_to_remove", &m.response_headers_to_remove),
+        ] {
+            for (i, n) in list.iter().enumerate() {
+                check_name(n, &format!("{path}.{field}[{i}]"))?;
+            }
+        }
         let add = |v: &[config::HeaderValueOption]| {
             v.iter()
                 .map(|h| {
@@ -48,12 +88,12 @@ impl Mutations {
                 .map(|h| h.to_ascii_lowercase().into_bytes())
                 .collect()
         };
-        Mutations {
+        Ok(Mutations {
             request_add: add(&m.request_headers_to_add),
             request_remove: rm(&m.request_headers_to_remove),
             response_add: add(&m.response_headers_to_add),
             response_remove: rm(&m.response_headers_to_remove),
-        }
+        })
     }
 
     /// Whether there is nothing to do.
@@ -270,7 +310,7 @@ impl RouteTable {
         path: &str,
     ) -> Result<RouteTable, Error> {
         let mut t = RouteTable {
-            mutations: Mutations::compile(&rc.headers),
+            mutations: Mutations::compile(&rc.headers, path)?,
             ..Default::default()
         };
         for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
@@ -317,7 +357,7 @@ impl RouteTable {
                 name: vh.name.clone(),
                 routes,
                 index,
-                mutations: Mutations::compile(&vh.headers),
+                mutations: Mutations::compile(&vh.headers, &vpath)?,
             });
         }
         Ok(t)
@@ -436,7 +476,10 @@ fn compile_route(
                         v.push((
                             lookup(&wc.name, p)?,
                             wc.weight,
-                            Mutations::compile(&wc.headers),
+                            Mutations::compile(
+                                &wc.headers,
+                                &format!("{path}.route.weighted_clusters.clusters[{i}]"),
+                            )?,
                         ));
                     }
                     v
@@ -447,6 +490,14 @@ fn compile_route(
                     )))
                 }
             };
+            for (field, v) in [
+                ("prefix_rewrite", &f.prefix_rewrite),
+                ("host_rewrite_literal", &f.host_rewrite_literal),
+            ] {
+                if let Some(v) = v {
+                    check_value(v, &format!("{path}.route.{field}"))?;
+                }
+            }
             let total_weight = list.iter().map(|c| u64::from(c.1)).sum();
             if total_weight == 0 {
                 return Err(Error::config(format!(
@@ -467,6 +518,16 @@ fn compile_route(
             })
         }
         RouteAction::Redirect(rd) => {
+            for (field, v) in [
+                ("scheme_redirect", &rd.scheme_redirect),
+                ("host_redirect", &rd.host_redirect),
+                ("path_redirect", &rd.path_redirect),
+                ("prefix_rewrite", &rd.prefix_rewrite),
+            ] {
+                if let Some(v) = v {
+                    check_value(v, &format!("{path}.redirect.{field}"))?;
+                }
+            }
             let prefix_len = match &m.path {
                 PathMatch::Prefix(p) => p.len(),
                 _ => 0,
@@ -476,10 +537,19 @@ fn compile_route(
                 prefix_len,
             })
         }
-        RouteAction::DirectResponse(d) => Action::Direct {
-            status: d.status,
-            body: Bytes::from(d.body.clone().unwrap_or_default().into_bytes()),
-        },
+        RouteAction::DirectResponse(d) => {
+            // Envoy's range for `direct_response.status`; the control plane checks it first.
+            if !(200..=599).contains(&d.status) {
+                return Err(Error::config(format!(
+                    "{path}.direct_response.status: {} is out of range; expected 200..599",
+                    d.status
+                )));
+            }
+            Action::Direct {
+                status: d.status,
+                body: Bytes::from(d.body.clone().unwrap_or_default().into_bytes()),
+            }
+        }
     };
     Ok(Route {
         path: pm,
@@ -487,7 +557,7 @@ fn compile_route(
         headers,
         query,
         action,
-        mutations: Mutations::compile(&r.headers),
+        mutations: Mutations::compile(&r.headers, path)?,
     })
 }
 
@@ -818,6 +888,60 @@ mod tests {
         assert_eq!(
             err.message(),
             "rc.virtual_hosts[0].routes[0].route.cluster: unknown cluster \"nope\""
+        );
+    }
+
+    #[test]
+    fn header_injection_and_bad_statuses_are_refused_with_their_path() {
+        // The control plane refuses these first; the engine refuses them again (the snapshot
+        // fuzz target reached them by handing compile a value with CRLF).
+        let route = |extra: &str, action: &str| {
+            format!(
+                r#"{{"virtual_hosts": [{{"name": "v", "domains": ["*"], "routes": [{{"match": {{"path": {{"prefix": "/"}}}}, "action": {action}{extra}}}]}}]}}"#
+            )
+        };
+        let fwd = r#"{"route": {"cluster": "a"}}"#;
+        let cases = [
+            (
+                route(r#", "request_headers_to_add": [{"key": "x-a", "value": "1\r\nx-b: 2"}]"#, fwd),
+                "rc.virtual_hosts[0].routes[0].request_headers_to_add[0].header.value: must not contain CR, LF or NUL",
+            ),
+            (
+                route(r#", "response_headers_to_add": [{"key": "x a", "value": "1"}]"#, fwd),
+                "rc.virtual_hosts[0].routes[0].response_headers_to_add[0].header.key: \"x a\" is not a valid header name",
+            ),
+            (
+                route(r#", "request_headers_to_remove": [""]"#, fwd),
+                "rc.virtual_hosts[0].routes[0].request_headers_to_remove[0]: \"\" is not a valid header name",
+            ),
+            (
+                route("", r#"{"route": {"cluster": "a", "prefix_rewrite": "/x\n"}}"#),
+                "rc.virtual_hosts[0].routes[0].route.prefix_rewrite: must not contain CR, LF or NUL",
+            ),
+            (
+                route("", r#"{"redirect": {"host_redirect": "a\r\nset-cookie: x"}}"#),
+                "rc.virtual_hosts[0].routes[0].redirect.host_redirect: must not contain CR, LF or NUL",
+            ),
+            (
+                route("", r#"{"direct_response": {"status": 99}}"#),
+                "rc.virtual_hosts[0].routes[0].direct_response.status: 99 is out of range; expected 200..599",
+            ),
+        ];
+        let clusters: HashMap<&str, usize> = [("a", 0)].into_iter().collect();
+        for (json, want) in cases {
+            let rc: RouteConfiguration = serde_json::from_str(&json).unwrap();
+            let err = RouteTable::compile(&rc, &clusters, "rc").unwrap_err();
+            assert_eq!(err.message(), want);
+        }
+        // Vhost-level and route-config-level edits are checked alike.
+        let rc: RouteConfiguration = serde_json::from_str(
+            r#"{"response_headers_to_add": [{"key": "x", "value": "\u0000"}], "virtual_hosts": []}"#,
+        )
+        .unwrap();
+        let err = RouteTable::compile(&rc, &clusters, "rc").unwrap_err();
+        assert_eq!(
+            err.message(),
+            "rc.response_headers_to_add[0].header.value: must not contain CR, LF or NUL"
         );
     }
 }
