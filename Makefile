@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SOURCES := $(shell find core/src native/src -name '*.rs') Cargo.toml core/Cargo.toml native/Cargo.toml pyproject.toml
 
-.PHONY: help build dev inplace run test test-rust test-py lint bench perf clean
+.PHONY: help build dev inplace run test test-rust test-py lint bench fuzz perf clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,17 @@ lint: $(STAMP)  ## rustfmt, clippy, ruff
 
 bench:  ## criterion micro-benchmarks of core
 	cargo bench -p pyproxy-core
+
+# cargo-fuzz wants a nightly compiler's -Z flags; RUSTC_BOOTSTRAP=1 lets the stable one take them.
+FUZZ_TARGETS := request_head response_head body snapshot
+FUZZ_SECONDS ?= 60
+fuzz:  ## run each libFuzzer target of core for FUZZ_SECONDS (or one: FUZZ_TARGET=body); docs/fuzzing.md
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd core && for t in $(or $(FUZZ_TARGET),$(FUZZ_TARGETS)); do \
+	  mkdir -p fuzz/corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=9000 || exit 1; \
+	done
 
 # perf/run builds its own release wheel and venv (perf/work/), so it does not need .venv.
 # Options go in PERF_ARGS, e.g. make perf PERF_ARGS="--quick" (perf/run --help lists them).

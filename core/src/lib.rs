@@ -7,6 +7,9 @@
 pub mod config;
 pub mod engine;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http1;
 pub mod lb;
 pub mod router;

@@ -6,7 +6,7 @@ mod clock;
 pub mod conn;
 mod ctx;
 mod forward;
-mod headers;
+pub(crate) mod headers;
 mod slots;
 mod timer;
 

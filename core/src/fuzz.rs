@@ -1,0 +1,890 @@
+//! Property checks for the HTTP/1 codec, run on arbitrary bytes by the `cargo fuzz` targets in
+//! `core/fuzz/` and, on mutated seed inputs, by `cargo test` (the tests below).
+//!
+//! Each check feeds its input through a piece of the request path and panics when a property
+//! fails. The head parsers, the header map and the body decoder are written for speed (spans
+//! into the raw head, a presence mask, raw-line runs copied whole); the checks hold them to
+//! plain models of what they must do:
+//! - a head split across reads parses as it does whole (a worker parses after every read);
+//! - a parsed head has lower-case names and values without line breaks, and writing it out
+//!   gives the bytes a line-by-line writer gives, which parse back to the same headers;
+//! - lookups agree with a scan of the headers, before and after edits (the presence mask never
+//!   hides a header);
+//! - hop-by-hop stripping leaves exactly what the rules in `codec.rs`, applied to a plain
+//!   list, leave;
+//! - a body decodes to the same bytes and outcome however its bytes are split across reads, and
+//!   chunks we encode decode back to their data.
+//!
+//! Not a public API: present under `cfg(test)` or the `fuzzing` feature only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+
+use crate::config::{Cluster, PathMatch, Snapshot};
+use crate::lb::{Balancer, LbHost, Policy};
+use crate::router::Action;
+use crate::snapshot::{compile_with, Resolver};
+use crate::worker::headers::redirect_location;
+
+use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
+use crate::http1::codec::{
+    request_framing, response_framing, strip_hop_by_hop, ConnectionTokens, FramingError,
+};
+use crate::http1::head::{
+    parse_request, parse_response, write_header, HeadError, HeaderMap, RequestHead, ResponseHead,
+};
+
+type List = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Names whose lookups take the mask's exact-bit path, its `x-envoy-` family path, or the
+/// by-name path, for the lookup and edit checks.
+const NAMES: &[&[u8]] = &[
+    b"host",
+    b"connection",
+    b"te",
+    b"transfer-encoding",
+    b"content-length",
+    b"upgrade",
+    b"expect",
+    b"keep-alive",
+    b"proxy-connection",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-request-id",
+    b"server",
+    b"date",
+    b"content-type",
+    b"x-envoy-upstream-rq-timeout-ms",
+    b"x-envoy-original-path",
+    b"x-envoy-",
+    b"accept",
+    b"a",
+];
+
+/// A request head as bytes on the wire. The first input byte picks the head size limit; the
+/// rest is the wire.
+pub fn request_head(data: &[u8]) {
+    let Some((&b, wire)) = data.split_first() else {
+        return;
+    };
+    let limit = 16 + usize::from(b) * 32;
+    let whole = parse_request(&mut BytesMut::from(wire), limit);
+    for cut in cuts(wire) {
+        let part = parse_request(&mut BytesMut::from(&wire[..cut]), limit);
+        same_outcome(
+            part.as_ref().map(|o| o.as_ref().map(req_summary)),
+            whole.as_ref().map(|o| o.as_ref().map(req_summary)),
+            cut,
+        );
+    }
+    let mut buf = BytesMut::from(wire);
+    let Ok(Some(head)) = parse_request(&mut buf, limit) else {
+        return;
+    };
+    assert!(head.wire_len <= wire.len() && head.wire_len <= limit);
+    assert_eq!(&buf[..], &wire[head.wire_len..], "the head alone is taken");
+    assert!(!head.method().is_empty() && !head.target().is_empty());
+    assert!(!head
+        .target()
+        .iter()
+        .any(|c| matches!(c, b' ' | b'\r' | b'\n')));
+    check_map(&head.headers);
+
+    // Written out and parsed again: the same headers.
+    let mut again = b"GET / HTTP/1.1\r\n".to_vec();
+    head.headers.write_to(&mut again);
+    again.extend_from_slice(b"\r\n");
+    let back = parse_request(&mut BytesMut::from(&again[..]), usize::MAX)
+        .expect("a written head parses")
+        .expect("a written head is complete");
+    assert_eq!(list(&back.headers), list(&head.headers));
+
+    // `host` first, any later one dropped, the rest in order.
+    let mut out = Vec::new();
+    head.headers.write_host_first(&mut out);
+    let l = list(&head.headers);
+    let mut want = l
+        .iter()
+        .filter(|(n, _)| n == b"host")
+        .take(1)
+        .cloned()
+        .collect::<List>();
+    want.extend(l.iter().filter(|(n, _)| n != b"host").cloned());
+    assert_eq!(out, written(&want));
+
+    let framing = request_framing(&head);
+    let lengths: Vec<_> = head.headers.get_all(b"content-length").collect();
+    match framing {
+        Ok(Framing::Length(n)) => {
+            assert_eq!(lengths.len(), 1);
+            let v = std::str::from_utf8(lengths[0].trim_ascii()).ok();
+            assert_eq!(v.and_then(|v| v.parse::<u64>().ok()), Some(n));
+        }
+        Ok(Framing::Chunked) => assert!(lengths.is_empty()),
+        Ok(Framing::Empty) => {
+            assert!(lengths.is_empty() && !head.headers.contains(b"transfer-encoding"))
+        }
+        Ok(Framing::Close) => panic!("a request is never close-delimited"),
+        Err(FramingError::BadRequest | FramingError::NotImplemented) => {}
+    }
+
+    let mut abs: RequestHead = head.clone();
+    let was_absolute = {
+        let t = head.target();
+        t.len() > 8
+            && (t[..7].eq_ignore_ascii_case(b"http://") || t[..8].eq_ignore_ascii_case(b"https://"))
+    };
+    if abs.normalize_absolute_form() && was_absolute {
+        assert!(
+            abs.target().starts_with(b"/"),
+            "origin form after normalising"
+        );
+        assert!(abs.headers.contains(b"host"));
+        check_map(&abs.headers);
+    }
+
+    let ops = edits_of(wire, head.wire_len);
+    let mut h = head.headers;
+    strip_and_check(&mut h);
+    edit_and_check(&mut h, &ops);
+}
+
+/// A response head as bytes on the wire; the first input byte picks the size limit and whether
+/// it answers a HEAD request.
+pub fn response_head(data: &[u8]) {
+    let Some((&b, wire)) = data.split_first() else {
+        return;
+    };
+    let limit = 16 + usize::from(b >> 1) * 64;
+    let head_request = b & 1 == 1;
+    let whole = parse_response(&mut BytesMut::from(wire), limit);
+    for cut in cuts(wire) {
+        let part = parse_response(&mut BytesMut::from(&wire[..cut]), limit);
+        same_outcome(
+            part.as_ref().map(|o| o.as_ref().map(resp_summary)),
+            whole.as_ref().map(|o| o.as_ref().map(resp_summary)),
+            cut,
+        );
+    }
+    let mut buf = BytesMut::from(wire);
+    let Ok(Some(head)) = parse_response(&mut buf, limit) else {
+        return;
+    };
+    assert!((100..=999).contains(&head.status), "status {}", head.status);
+    assert!(buf.len() < wire.len());
+    check_map(&head.headers);
+
+    let mut again = b"HTTP/1.1 200 OK\r\n".to_vec();
+    head.headers.write_to(&mut again);
+    again.extend_from_slice(b"\r\n");
+    let back = parse_response(&mut BytesMut::from(&again[..]), usize::MAX)
+        .expect("a written head parses")
+        .expect("a written head is complete");
+    assert_eq!(list(&back.headers), list(&head.headers));
+
+    let framing = response_framing(head_request, head.status, &head.headers);
+    let bodiless =
+        head_request || (100..200).contains(&head.status) || matches!(head.status, 204 | 304);
+    match framing {
+        Ok(Framing::Empty) => assert!(bodiless),
+        Ok(Framing::Length(_)) => {
+            assert!(!bodiless && !head.headers.contains(b"transfer-encoding"))
+        }
+        Ok(Framing::Chunked | Framing::Close) => assert!(!bodiless),
+        Err(_) => assert!(head.headers.get_all(b"content-length").count() > 0),
+    }
+
+    let ops = edits_of(wire, wire.len() - buf.len());
+    let mut h = head.headers;
+    strip_and_check(&mut h);
+    edit_and_check(&mut h, &ops);
+}
+
+/// Twelve edit codes for [`edit_and_check`]: the bytes after the head, then bytes drawn from a
+/// generator seeded with the wire (so the same input always makes the same edits).
+fn edits_of(wire: &[u8], head_len: usize) -> Vec<u8> {
+    let seed = wire.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut rng = fastrand::Rng::with_seed(seed);
+    wire[head_len..]
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_with(|| rng.u8(..)))
+        .take(12)
+        .collect()
+}
+
+/// A message body: the first input byte picks the framing (and a length), the second the most
+/// bytes taken per decode, the rest is the wire; the wire is also cut into reads at the
+/// positions its own bytes give. Decoded whole or read by read, the body and the outcome are
+/// the same. Then the wire's bytes, encoded as chunks by us, decode back to themselves.
+pub fn body(data: &[u8]) {
+    let [f, m, wire @ ..] = data else {
+        return;
+    };
+    let framing = match f % 4 {
+        0 => Framing::Chunked,
+        1 => Framing::Length(u64::from(f / 4) * 7),
+        2 => Framing::Close,
+        _ => Framing::Empty,
+    };
+    let max = 1 + usize::from(*m);
+    let whole = decode_reads(framing, max, &[wire]);
+    let mut reads = vec![&wire[..0]];
+    let mut rest = wire;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = (1 + usize::from(wire[i % wire.len()]) % 9).min(rest.len());
+        reads.push(&rest[..n]);
+        rest = &rest[n..];
+        i += 1;
+    }
+    let split = decode_reads(framing, max, &reads);
+    assert_eq!(split, whole, "{framing:?} decoded read by read vs whole");
+    if let Framing::Length(n) = framing {
+        if whole.error.is_none() {
+            assert_eq!(whole.data.len() as u64, n.min(wire.len() as u64));
+            assert_eq!(whole.data, wire[..whole.data.len()]);
+        }
+    }
+
+    // Our chunks (cut where the wire's bytes say) plus the last chunk: the data comes back, the
+    // body ends, and nothing after it is taken.
+    let mut encoded = Vec::new();
+    for piece in &reads {
+        encode_chunk(&mut encoded, piece);
+    }
+    encoded.extend_from_slice(LAST_CHUNK);
+    encoded.extend_from_slice(b"GET");
+    let back = decode_reads(Framing::Chunked, max, &[&encoded]);
+    assert_eq!(back.error, None);
+    assert!(back.end);
+    assert_eq!(back.data, wire);
+    assert_eq!(back.left, b"GET");
+}
+
+/// A config snapshot as the control plane hands it over (JSON). What parses is compiled (STRICT_DNS
+/// names resolve to loopback, no DNS), then used as a worker would: requests routed for hosts
+/// and paths taken from the config, redirects rendered, header edits applied, clusters picked
+/// and hosts balanced. None of it may panic; what it produces must be well-formed.
+pub fn snapshot(data: &[u8]) {
+    let Ok(s) = Snapshot::from_json(data) else {
+        return;
+    };
+    let resolver: Resolver = Arc::new(|c: &Cluster| {
+        c.endpoints
+            .iter()
+            .map(|e| (SocketAddr::from(([127, 0, 0, 1], e.port)), e.weight))
+            .collect()
+    });
+    let Ok(compiled) = compile_with(&s, &resolver) else {
+        return;
+    };
+    for c in &compiled.clusters {
+        balance(c.policy, &c.hosts);
+    }
+    // Hosts and paths the config itself names, and a few it does not.
+    let mut hosts: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"example.com".to_vec(),
+        b"a.example.com:8080".to_vec(),
+    ];
+    let mut targets: Vec<Vec<u8>> = vec![
+        b"/".to_vec(),
+        b"/a/b?c=d&e".to_vec(),
+        b"/%2e%2e/x?".to_vec(),
+    ];
+    for l in &s.listeners {
+        for vh in &l.hcm.route_config.virtual_hosts {
+            for d in &vh.domains {
+                let d = d.to_ascii_lowercase();
+                hosts.push(d.replace('*', "x").into_bytes());
+                hosts.push(d.replace('*', "").into_bytes());
+            }
+            for r in &vh.routes {
+                let p = match &r.route_match.path {
+                    PathMatch::Prefix(p) | PathMatch::Path(p) => p.clone(),
+                    PathMatch::SafeRegex(_) => continue,
+                };
+                targets.push(format!("{p}?q=1").into_bytes());
+                targets.push(format!("{p}x").into_bytes());
+                targets.push(p.to_ascii_uppercase().into_bytes());
+            }
+        }
+    }
+    hosts.truncate(12);
+    targets.truncate(24);
+    for l in &compiled.listeners {
+        assert!(!l.server_name.iter().any(|c| matches!(c, b'\r' | b'\n' | 0)));
+        for host in &hosts {
+            for target in &targets {
+                let mut wire = b"GET ".to_vec();
+                wire.extend_from_slice(if target.starts_with(b"/") {
+                    target
+                } else {
+                    b"/"
+                });
+                wire.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+                wire.extend_from_slice(host);
+                wire.extend_from_slice(b"\r\nx-a: 1\r\n\r\n");
+                let Ok(Some(mut head)) = parse_request(&mut BytesMut::from(&wire[..]), usize::MAX)
+                else {
+                    continue;
+                };
+                let Some((vh, r)) = l.routes.route(host, target, &head.headers) else {
+                    continue;
+                };
+                l.routes.mutations.apply_request(&mut head.headers);
+                vh.mutations.apply_request(&mut head.headers);
+                r.mutations.apply_request(&mut head.headers);
+                check_map(&head.headers);
+                let mut resp = parse_response(
+                    &mut BytesMut::from(
+                        &b"HTTP/1.1 200 OK\r\nserver: up\r\ncontent-length: 0\r\n\r\n"[..],
+                    ),
+                    usize::MAX,
+                )
+                .unwrap()
+                .unwrap();
+                r.mutations.apply_response(&mut resp.headers);
+                vh.mutations.apply_response(&mut resp.headers);
+                l.routes.mutations.apply_response(&mut resp.headers);
+                check_map(&resp.headers);
+                match &r.action {
+                    Action::Forward(f) => {
+                        for v in [&f.prefix_rewrite, &f.host_rewrite].into_iter().flatten() {
+                            assert!(
+                                !v.iter().any(|c| matches!(c, b'\r' | b'\n' | 0)),
+                                "rewrite {v:?}"
+                            );
+                        }
+                        let (ci, w, m) = f.pick();
+                        assert!(*ci < compiled.clusters.len(), "cluster index {ci}");
+                        assert!(*w > 0 || f.clusters.len() == 1);
+                        m.apply_request(&mut head.headers);
+                        check_map(&head.headers);
+                    }
+                    Action::Redirect(rd) => {
+                        let loc = redirect_location(rd, host, target);
+                        assert!(
+                            !loc.iter().any(|c| matches!(c, b'\r' | b'\n' | 0)),
+                            "location {loc:?}"
+                        );
+                    }
+                    Action::Direct { status, .. } => {
+                        assert!((200..=599).contains(status), "status {status}")
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Host(u32, u32);
+
+impl LbHost for Host {
+    fn weight(&self) -> u32 {
+        self.0
+    }
+    fn active_requests(&self) -> u32 {
+        self.1
+    }
+}
+
+/// Picks over a cluster's hosts stay in range, and weighted round robin, over one round of the
+/// total weight, picks each host exactly its weight's times (when that round is short enough to
+/// run here).
+fn balance(policy: Policy, hosts: &[(SocketAddr, u32)]) {
+    let hs: Vec<Host> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, (_, w))| Host(*w, i as u32 % 3))
+        .collect();
+    let b = Balancer::new(policy, &hs);
+    let total: u64 = hs.iter().map(|h| u64::from(h.0)).sum();
+    let weighted = hs.windows(2).any(|w| w[0].0 != w[1].0);
+    if policy == Policy::RoundRobin && weighted && total <= 10_000 {
+        let mut got = vec![0u64; hs.len()];
+        for _ in 0..total {
+            got[b.pick(&hs).expect("a host")] += 1;
+        }
+        let want: Vec<u64> = hs.iter().map(|h| u64::from(h.0)).collect();
+        assert_eq!(got, want, "one round of smooth weighted round robin");
+    } else {
+        for _ in 0..8 {
+            match b.pick(&hs) {
+                Some(i) => assert!(i < hs.len()),
+                None => assert!(hs.is_empty()),
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Decoding {
+    data: Vec<u8>,
+    end: bool,
+    error: Option<usize>,
+    /// Bytes left in the buffer once the body ended (the next message's).
+    left: Vec<u8>,
+}
+
+/// Decodes a body arriving as `reads`, as a connection would: after each read, decode until
+/// more bytes are needed. `error` is the count of body bytes delivered before a framing error.
+fn decode_reads(framing: Framing, max: usize, reads: &[&[u8]]) -> Decoding {
+    let mut d = Decoder::new(framing);
+    let mut buf = BytesMut::new();
+    let mut out = Decoding {
+        data: Vec::new(),
+        end: false,
+        error: None,
+        left: Vec::new(),
+    };
+    for (i, r) in reads.iter().enumerate() {
+        buf.extend_from_slice(r);
+        loop {
+            match d.decode(&mut buf, max) {
+                Ok(Decoded::Data(n)) => {
+                    assert!(n > 0 && n <= max && n <= buf.len(), "data of {n} bytes");
+                    out.data.extend_from_slice(&buf[..n]);
+                    buf.advance(n);
+                }
+                Ok(Decoded::NeedMore) => break,
+                Ok(Decoded::End) => {
+                    out.end = true;
+                    out.left = buf.to_vec();
+                    out.left.extend(reads[i + 1..].concat());
+                    return out;
+                }
+                Err(_) => {
+                    out.error = Some(out.data.len());
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The parse outcome of a prefix of the wire against the whole: a prefix may need more bytes,
+/// or fail where the whole fails (not always with the same error: a prefix already over the
+/// size limit is refused as too large before the bytes that make the whole malformed arrive),
+/// but a prefix that completes is the same head.
+fn same_outcome<T: PartialEq + std::fmt::Debug>(
+    part: Result<Option<T>, &HeadError>,
+    whole: Result<Option<T>, &HeadError>,
+    cut: usize,
+) {
+    match (&part, &whole) {
+        (Ok(None), _) => {}
+        (Ok(Some(p)), Ok(Some(w))) => assert_eq!(p, w, "the first {cut} bytes parse as a head"),
+        (Err(HeadError::Malformed), Err(HeadError::Malformed)) => {}
+        (Err(HeadError::TooLarge), Err(_)) => {}
+        _ => panic!("the first {cut} bytes gave {part:?}, the whole wire {whole:?}"),
+    }
+}
+
+fn req_summary(h: &RequestHead) -> (usize, Vec<u8>, Vec<u8>, u8, List) {
+    (
+        h.wire_len,
+        h.method().to_vec(),
+        h.target().to_vec(),
+        h.minor,
+        list(&h.headers),
+    )
+}
+
+fn resp_summary(h: &ResponseHead) -> (u16, u8, List) {
+    (h.status, h.minor, list(&h.headers))
+}
+
+/// Where to cut a wire into a first read: a few places spread over it (every place would be
+/// quadratic in the input).
+fn cuts(wire: &[u8]) -> impl Iterator<Item = usize> {
+    let n = wire.len();
+    let mut c = vec![
+        n / 2,
+        n.saturating_sub(1),
+        n.saturating_sub(2),
+        n / 3,
+        2 * n / 3,
+    ];
+    if let Some(i) = memchr::memchr(b'\n', wire) {
+        c.push(i + 1);
+    }
+    c.sort_unstable();
+    c.dedup();
+    c.into_iter().filter(move |&k| k > 0 && k < n)
+}
+
+fn list(h: &HeaderMap) -> List {
+    h.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect()
+}
+
+fn written(l: &List) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in l {
+        write_header(&mut out, n, v);
+    }
+    out
+}
+
+/// Names lower-case tokens, values free of line breaks, lookups in agreement with a scan, and
+/// the fast writer in agreement with the line-by-line one.
+fn check_map(h: &HeaderMap) {
+    let l = list(h);
+    for (n, v) in &l {
+        assert!(!n.is_empty(), "an empty header name");
+        assert!(
+            n.iter()
+                .all(|c| c.is_ascii_graphic() && !c.is_ascii_uppercase() && *c != b':'),
+            "name {n:?}"
+        );
+        assert!(
+            !v.iter().any(|c| matches!(c, b'\r' | b'\n' | 0)),
+            "value {v:?}"
+        );
+    }
+    let mut names: Vec<&[u8]> = NAMES.to_vec();
+    names.extend(l.iter().map(|(n, _)| n.as_slice()));
+    for name in names {
+        let scan: Vec<&[u8]> = l
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        assert_eq!(
+            h.get_all(name).collect::<Vec<_>>(),
+            scan,
+            "get_all({name:?})"
+        );
+        assert_eq!(h.get(name), scan.first().copied(), "get({name:?})");
+        assert_eq!(h.contains(name), !scan.is_empty(), "contains({name:?})");
+    }
+    let mut out = Vec::new();
+    h.write_to(&mut out);
+    assert_eq!(out, written(&l), "write_to");
+}
+
+const HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-connection",
+];
+
+/// `strip_hop_by_hop` against the same rules on a plain list.
+fn strip_and_check(h: &mut HeaderMap) {
+    let mut want = list(h);
+    let te = want.iter().any(|(n, _)| n == b"te").then(|| {
+        want.iter().filter(|(n, _)| n == b"te").any(|(_, v)| {
+            v.split(|c| *c == b',').any(|t| {
+                t.split(|c| *c == b';')
+                    .next()
+                    .unwrap_or(b"")
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"trailers")
+            })
+        })
+    });
+    let named: Vec<Vec<u8>> = want
+        .iter()
+        .filter(|(n, _)| n == b"connection")
+        .flat_map(|(_, v)| {
+            v.split(|c| *c == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty())
+        })
+        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .map(<[u8]>::to_ascii_lowercase)
+        .collect();
+    want.retain(|(n, _)| n == b"host" || !named.contains(n));
+    want.retain(|(n, _)| !HOP.contains(&n.as_slice()));
+    match te {
+        Some(true) => set(&mut want, b"te", b"trailers"),
+        Some(false) => want.retain(|(n, _)| n != b"te"),
+        None => {}
+    }
+    let conn = ConnectionTokens::of(h);
+    strip_hop_by_hop(h, conn);
+    assert_eq!(list(h), want, "after strip_hop_by_hop");
+    check_map(h);
+}
+
+/// `set` on a plain list: the first of the name takes the value, later ones go; else appended.
+fn set(l: &mut List, name: &[u8], value: &[u8]) {
+    match l.iter().position(|(n, _)| n == name) {
+        Some(i) => {
+            l[i].1 = value.to_vec();
+            let mut k = 0;
+            l.retain(|(n, _)| {
+                k += 1;
+                k - 1 <= i || n != name
+            });
+        }
+        None => l.push((name.to_vec(), value.to_vec())),
+    }
+}
+
+/// Edits chosen by the input's bytes (append, set, remove, remove by predicate), each checked
+/// against the same edit of a plain list.
+fn edit_and_check(h: &mut HeaderMap, ops: &[u8]) {
+    let mut want = list(h);
+    for (i, &b) in ops.iter().take(12).enumerate() {
+        let name = NAMES[usize::from(b >> 2) % NAMES.len()];
+        // Short values stay inline in the entry, long ones are boxed.
+        let value = if i % 2 == 0 {
+            b"v".to_vec()
+        } else {
+            vec![b'w'; 40 + i]
+        };
+        match b & 3 {
+            0 => {
+                h.append(name, &value);
+                want.push((name.to_vec(), value));
+            }
+            1 => {
+                h.set(name, &value);
+                set(&mut want, name, &value);
+            }
+            2 => {
+                h.remove(name);
+                want.retain(|(n, _)| n != name);
+            }
+            _ => {
+                h.remove_if(|n, _| n == name);
+                want.retain(|(n, _)| n != name);
+            }
+        }
+        assert_eq!(list(h), want, "after edit {i} ({b:#x}) of {name:?}");
+        check_map(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checks on the seed inputs (`core/fuzz/seeds/<target>/`) and on a fixed run of
+    //! mutations of them: a short, repeatable fuzz that `cargo test` runs everywhere.
+    use std::path::PathBuf;
+
+    fn seeds(target: &str) -> Vec<Vec<u8>> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds")
+            .join(target);
+        let mut v: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        v.sort();
+        assert!(v.len() >= 3, "seeds in {}", dir.display());
+        v
+    }
+
+    /// Pieces of HTTP/1 that mutations splice in.
+    const TOKENS: &[&[u8]] = &[
+        b"\r\n",
+        b"\n",
+        b"\r\n\r\n",
+        b": ",
+        b":",
+        b" ",
+        b"\t",
+        b",",
+        b";",
+        b"0",
+        b"ff",
+        b"chunked",
+        b"content-length: 5\r\n",
+        b"transfer-encoding: chunked\r\n",
+        b"connection: te, x-a, close\r\n",
+        b"te: trailers\r\n",
+        b"host: h\r\n",
+        b"HOST: H\r\n",
+        b"x-envoy-a: 1\r\n",
+        b"keep-alive",
+        b"upgrade",
+        b"http://a/b",
+        b"\xff",
+        b"\x00",
+        b"\x7f",
+    ];
+
+    fn mutate(rng: &mut fastrand::Rng, input: &mut Vec<u8>) {
+        for _ in 0..rng.usize(1..4) {
+            let n = input.len();
+            match rng.u8(0..5) {
+                0 if n > 0 => input[rng.usize(0..n)] = rng.u8(..),
+                1 => {
+                    let t = TOKENS[rng.usize(0..TOKENS.len())];
+                    let at = rng.usize(0..=n);
+                    input.splice(at..at, t.iter().copied());
+                }
+                2 if n > 1 => {
+                    let a = rng.usize(0..n);
+                    let b = rng.usize(a..=n.min(a + 16));
+                    input.drain(a..b);
+                }
+                3 if n > 1 => {
+                    let a = rng.usize(0..n);
+                    let b = rng.usize(a..=n.min(a + 24));
+                    let piece = input[a..b].to_vec();
+                    let at = rng.usize(0..=input.len());
+                    input.splice(at..at, piece);
+                }
+                _ => input.push(rng.u8(..)),
+            }
+        }
+    }
+
+    fn run(target: &str, check: fn(&[u8]), rounds: usize) {
+        let seeds = seeds(target);
+        for s in &seeds {
+            check(s);
+        }
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        for _ in 0..rounds {
+            let mut input = seeds[rng.usize(0..seeds.len())].clone();
+            mutate(&mut rng, &mut input);
+            let r = std::panic::catch_unwind(|| check(&input));
+            assert!(
+                r.is_ok(),
+                "{target} failed on {:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+    }
+
+    #[test]
+    fn request_heads_hold_their_properties() {
+        run("request_head", super::request_head, 3000);
+    }
+
+    #[test]
+    fn response_heads_hold_their_properties() {
+        run("response_head", super::response_head, 3000);
+    }
+
+    /// A value to put in place of `old`: mostly one of the same JSON type (so that the snapshot
+    /// still parses), sometimes any.
+    fn odd_value(rng: &mut fastrand::Rng, old: &serde_json::Value) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let strings = [
+            "",
+            "*",
+            "*.example.com",
+            "api.*",
+            "x\r\ny: z",
+            "/",
+            "/a",
+            "^(a|b)+$",
+            "(",
+            "A-Header",
+            "\u{0}",
+            "ROUND_ROBIN",
+            "LEAST_REQUEST",
+            "RANDOM",
+            "STRICT_DNS",
+            "STATIC",
+            "127.0.0.1",
+            "::1",
+            "localhost",
+            "https",
+            "OVERWRITE",
+            "PASS_THROUGH",
+            "APPEND_IF_ABSENT",
+        ];
+        let numbers = [
+            json!(0),
+            json!(1),
+            json!(2),
+            json!(65535),
+            json!(4294967295u64),
+            json!(1u64 << 40),
+        ];
+        let any = rng.u8(0..10) == 0;
+        match old {
+            Value::String(_) if !any => json!(strings[rng.usize(0..strings.len())]),
+            Value::Number(_) if !any => numbers[rng.usize(0..numbers.len())].clone(),
+            Value::Bool(b) if !any => json!(!b),
+            _ => [
+                json!("x"),
+                json!(-1),
+                json!(1e20),
+                json!(null),
+                json!([]),
+                json!({}),
+            ][rng.usize(0..6)]
+            .clone(),
+        }
+    }
+
+    /// Changes one node of `v`, picked by walking down at random: a new value, or an array
+    /// element dropped or repeated.
+    fn mutate_json(rng: &mut fastrand::Rng, v: &mut serde_json::Value) {
+        use serde_json::Value;
+        let descend = rng.u8(0..8) != 0;
+        match v {
+            Value::Object(m) if descend && !m.is_empty() => {
+                let k = m.keys().nth(rng.usize(0..m.len())).unwrap().clone();
+                mutate_json(rng, m.get_mut(&k).unwrap());
+            }
+            Value::Array(a) if descend && !a.is_empty() => match rng.u8(0..6) {
+                0 => {
+                    a.remove(rng.usize(0..a.len()));
+                }
+                1 => {
+                    let e = a[rng.usize(0..a.len())].clone();
+                    a.push(e);
+                }
+                _ => {
+                    let i = rng.usize(0..a.len());
+                    mutate_json(rng, &mut a[i]);
+                }
+            },
+            _ => *v = odd_value(rng, v),
+        }
+    }
+
+    #[test]
+    fn snapshots_compile_and_route_without_panics() {
+        // The seeds, then JSON-aware mutations of them (byte mutations of JSON rarely parse).
+        let seeds = seeds("snapshot");
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let (mut compiled, mut rounds) = (0, 0);
+        for s in &seeds {
+            super::snapshot(s);
+        }
+        while rounds < 1500 {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&seeds[rng.usize(0..seeds.len())]).unwrap();
+            for _ in 0..rng.usize(1..4) {
+                mutate_json(&mut rng, &mut v);
+            }
+            let input = serde_json::to_vec(&v).unwrap();
+            rounds += 1;
+            let r = std::panic::catch_unwind(|| super::snapshot(&input));
+            assert!(
+                r.is_ok(),
+                "snapshot failed on {}",
+                String::from_utf8_lossy(&input)
+            );
+            if crate::config::Snapshot::from_json(&input).is_ok() {
+                compiled += 1;
+            }
+        }
+        // Most mutations must still be snapshots, or this tests only the JSON parser.
+        assert!(
+            compiled > rounds / 4,
+            "{compiled} of {rounds} mutations parsed"
+        );
+    }
+
+    #[test]
+    fn bodies_decode_alike_however_they_are_read() {
+        run("body", super::body, 3000);
+    }
+}
