@@ -120,7 +120,8 @@ impl Decoder {
                         };
                     }
                     None => {
-                        if buf.len() > MAX_CHUNK_LINE {
+                        // Room for a line of the limit and its CR, the LF still to come.
+                        if buf.len() > MAX_CHUNK_LINE + 1 {
                             return Err(BodyError);
                         }
                         return Ok(Decoded::NeedMore);
@@ -154,7 +155,8 @@ impl Decoder {
                     // LF is refused, as in the chunk-size line.
                     match memchr::memchr(b'\n', buf) {
                         Some(i) if i == 0 || buf[i - 1] != b'\r' => return Err(BodyError),
-                        Some(i) if i > MAX_CHUNK_LINE => return Err(BodyError),
+                        // `i` is the LF's index: the line is `i - 1` bytes before its CR.
+                        Some(i) if i - 1 > MAX_CHUNK_LINE => return Err(BodyError),
                         Some(1) => {
                             buf.advance(2);
                             self.state = State::Done;
@@ -163,7 +165,7 @@ impl Decoder {
                             buf.advance(i + 1);
                         }
                         None => {
-                            if buf.len() > MAX_CHUNK_LINE {
+                            if buf.len() > MAX_CHUNK_LINE + 1 {
                                 return Err(BodyError);
                             }
                             return Ok(Decoded::NeedMore);
@@ -313,19 +315,37 @@ mod tests {
 
     #[test]
     fn a_long_chunk_line_is_refused_whether_it_arrives_whole_or_in_pieces() {
-        let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE));
-        let long_trailer = format!("0\r\nx: {}\r\n\r\n", "t".repeat(MAX_CHUNK_LINE));
-        let just_fits = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE - 3));
-        for (wire, ok) in [
-            (&long_ext, false),
-            (&long_trailer, false),
-            (&just_fits, true),
-        ] {
-            for piece in [wire.len(), 1000, 7] {
+        // (wire, where its longest line ends (its CR), whether it is within the limit)
+        let ext = |n: usize| {
+            let w = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(n - 2));
+            (w, n)
+        };
+        let trailer = |n: usize| {
+            let w = format!("0\r\nx: {}\r\n\r\n", "t".repeat(n - 3));
+            (w, 3 + n)
+        };
+        let cases = [
+            (ext(MAX_CHUNK_LINE + 1), false),
+            (trailer(MAX_CHUNK_LINE + 1), false),
+            // Lines of exactly the limit (before their CRLF) pass.
+            (ext(MAX_CHUNK_LINE), true),
+            (trailer(MAX_CHUNK_LINE), true),
+        ];
+        for ((wire, cr), ok) in cases {
+            let w = wire.as_bytes();
+            assert_eq!(w[cr], b'\r');
+            // Whole, in pieces, and cut between the long line's CR and its LF.
+            let splits: [Vec<&[u8]>; 4] = [
+                vec![w],
+                w.chunks(1000).collect(),
+                w.chunks(7).collect(),
+                vec![&w[..cr + 1], &w[cr + 1..]],
+            ];
+            for reads in splits {
                 let mut d = Decoder::new(Framing::Chunked);
                 let mut b = BytesMut::new();
                 let mut outcome = Ok(Decoded::NeedMore);
-                for p in wire.as_bytes().chunks(piece) {
+                for p in &reads {
                     b.extend_from_slice(p);
                     outcome = loop {
                         match d.decode(&mut b, usize::MAX) {
@@ -338,12 +358,8 @@ mod tests {
                     }
                 }
                 let want = if ok { Ok(Decoded::End) } else { Err(BodyError) };
-                assert_eq!(
-                    outcome,
-                    want,
-                    "pieces of {piece}, line of {}",
-                    wire.find('\r').unwrap()
-                );
+                let first = reads[0].len();
+                assert_eq!(outcome, want, "first read {first} bytes, CR at {cr}");
             }
         }
     }
