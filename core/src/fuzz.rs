@@ -70,15 +70,7 @@ pub fn request_head(data: &[u8]) {
         return;
     };
     let limit = 16 + usize::from(b) * 32;
-    let whole = parse_request(&mut BytesMut::from(wire), limit);
-    for cut in cuts(wire) {
-        let part = parse_request(&mut BytesMut::from(&wire[..cut]), limit);
-        same_outcome(
-            part.as_ref().map(|o| o.as_ref().map(req_summary)),
-            whole.as_ref().map(|o| o.as_ref().map(req_summary)),
-            cut,
-        );
-    }
+    parses_alike_in_pieces(wire, |b| parse_request(b, limit), req_summary);
     let mut buf = BytesMut::from(wire);
     let Ok(Some(head)) = parse_request(&mut buf, limit) else {
         return;
@@ -159,15 +151,7 @@ pub fn response_head(data: &[u8]) {
     };
     let limit = 16 + usize::from(b >> 1) * 64;
     let head_request = b & 1 == 1;
-    let whole = parse_response(&mut BytesMut::from(wire), limit);
-    for cut in cuts(wire) {
-        let part = parse_response(&mut BytesMut::from(&wire[..cut]), limit);
-        same_outcome(
-            part.as_ref().map(|o| o.as_ref().map(resp_summary)),
-            whole.as_ref().map(|o| o.as_ref().map(resp_summary)),
-            cut,
-        );
-    }
+    parses_alike_in_pieces(wire, |b| parse_response(b, limit), resp_summary);
     let mut buf = BytesMut::from(wire);
     let Ok(Some(head)) = parse_response(&mut buf, limit) else {
         return;
@@ -470,16 +454,29 @@ fn decode_reads(framing: Framing, max: usize, reads: &[&[u8]]) -> Decoding {
     out
 }
 
-/// The parse outcome of a prefix of the wire against the whole: a prefix may need more bytes,
-/// or fail where the whole fails (not always with the same error: a prefix already over the
-/// size limit is refused as too large before the bytes that make the whole malformed arrive),
-/// but a prefix that completes is the same head.
+/// Parses the wire whole and cut at a few places (the first read of a head that comes in two),
+/// and compares each prefix's outcome with the whole's: a prefix may need more bytes, or fail
+/// where the whole fails (not always with the same error: a prefix already over the size limit
+/// is refused as too large before the bytes that make the whole malformed arrive), but a prefix
+/// that completes is the same head.
+fn parses_alike_in_pieces<H, T: PartialEq + std::fmt::Debug>(
+    wire: &[u8],
+    parse: impl Fn(&mut BytesMut) -> Result<Option<H>, HeadError>,
+    summary: impl Fn(&H) -> T,
+) {
+    let whole = parse(&mut BytesMut::from(wire)).map(|o| o.as_ref().map(&summary));
+    for cut in cuts(wire) {
+        let part = parse(&mut BytesMut::from(&wire[..cut])).map(|o| o.as_ref().map(&summary));
+        same_outcome(&part, &whole, cut);
+    }
+}
+
 fn same_outcome<T: PartialEq + std::fmt::Debug>(
-    part: Result<Option<T>, &HeadError>,
-    whole: Result<Option<T>, &HeadError>,
+    part: &Result<Option<T>, HeadError>,
+    whole: &Result<Option<T>, HeadError>,
     cut: usize,
 ) {
-    match (&part, &whole) {
+    match (part, whole) {
         (Ok(None), _) => {}
         (Ok(Some(p)), Ok(Some(w))) => assert_eq!(p, w, "the first {cut} bytes parse as a head"),
         (Err(HeadError::Malformed), Err(HeadError::Malformed)) => {}

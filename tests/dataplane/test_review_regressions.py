@@ -15,6 +15,8 @@ import pytest
 from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get, wait_for, wait_stat
 from tests.support.configs import bootstrap, cluster, route
 
+UPSTREAM_PROTOCOL_ERROR = b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+
 
 def canned_proxy(make_proxy: Any, make_canned: Any, responses: dict[str, Any], **hcm: Any) -> tuple[Any, Any]:
     up = make_canned(responses)
@@ -39,8 +41,7 @@ def test_duplicate_upstream_content_length_is_a_502_not_relayed(make_proxy: Any,
     proxy, _ = canned_proxy(make_proxy, make_canned, {"*": smuggle})
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get("/a"))
-        assert (r.status, r.body) == (502, b"upstream connect error or disconnect/reset before headers. "
-                                           b"reset reason: protocol error")
+        assert (r.status, r.body) == (502, UPSTREAM_PROTOCOL_ERROR)
     wait_stat(proxy, "cluster.up.upstream_cx_protocol_error", 1)
 
 
@@ -52,8 +53,7 @@ def test_upstream_status_below_100_is_a_502_protocol_error(make_proxy: Any, make
     proxy, _ = canned_proxy(make_proxy, make_canned, {"*": answer})
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get("/a"))
-        assert (r.status, r.body) == (502, b"upstream connect error or disconnect/reset before headers. "
-                                           b"reset reason: protocol error")
+        assert (r.status, r.body) == (502, UPSTREAM_PROTOCOL_ERROR)
     wait_stat(proxy, "cluster.up.upstream_cx_protocol_error", 1)
 
 
