@@ -319,8 +319,7 @@ def _check_header_value_option(hvo: m.HeaderValueOption, path: str) -> None:
         raise ConfigError(
             f"{path}.header.key", f"{key!r}: ':'-prefixed or host headers may not be modified"
         )
-    if any(c in hvo.header.value for c in "\r\n\0"):
-        raise ConfigError(f"{path}.header.value", "must not contain CR, LF or NUL")
+    _check_no_line_breaks(hvo.header.value, f"{path}.header.value")
     if hvo.append is not None and hvo.append_action is not None:
         raise ConfigError(path, "set only one of append (deprecated), append_action")
 

@@ -34,7 +34,7 @@ pub struct Mutations {
 /// NUL in it (header injection). The control plane refuses these first; the engine checks
 /// again, since a snapshot is the boundary into it.
 pub(crate) fn check_value(v: &str, path: &str) -> Result<(), Error> {
-    if v.bytes().any(|c| matches!(c, b'\r' | b'\n' | 0)) {
+    if breaks_line(v.as_bytes()) {
         return Err(Error::config(format!(
             "{path}: must not contain CR, LF or NUL"
         )));
@@ -42,10 +42,19 @@ pub(crate) fn check_value(v: &str, path: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `v` holds a CR, LF or NUL: bytes that end a header line early.
+pub(crate) fn breaks_line(v: &[u8]) -> bool {
+    v.iter().any(|c| matches!(c, b'\r' | b'\n' | 0))
+}
+
+/// Whether `c` may appear in an HTTP token (RFC 9110 section 5.6.2), such as a header name.
+pub(crate) fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
 /// Refuses a header name that is not an HTTP token (RFC 9110 section 5.6.2).
 fn check_name(n: &str, path: &str) -> Result<(), Error> {
-    let tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
-    if n.is_empty() || !n.bytes().all(tchar) {
+    if n.is_empty() || !n.bytes().all(is_tchar) {
         return Err(Error::config(format!(
             "{path}: {n:?} is not a valid header name"
         )));
