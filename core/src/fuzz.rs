@@ -24,7 +24,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::config::{Cluster, PathMatch, Snapshot};
 use crate::lb::{Balancer, LbHost, Policy};
-use crate::router::{breaks_line, is_tchar, Action};
+use crate::router::{breaks_line, Action};
 use crate::snapshot::{compile_with, Resolver};
 use crate::worker::headers::redirect_location;
 
@@ -33,8 +33,10 @@ use crate::http1::codec::{
     request_framing, response_framing, strip_hop_by_hop, ConnectionTokens, FramingError,
 };
 use crate::http1::head::{
-    parse_request, parse_response, write_header, HeadError, HeaderMap, RequestHead, ResponseHead,
+    is_tchar, parse_request, parse_response, write_header, HeadError, HeaderMap, RequestHead,
+    ResponseHead,
 };
+use crate::http1::request::{check_request, known_method};
 
 type List = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -117,6 +119,18 @@ pub fn request_head(data: &[u8]) {
         Err(FramingError::BadRequest | FramingError::NotImplemented) => {}
     }
 
+    // What the request checks let through is a known method with a target of visible ASCII
+    // in a form Envoy routes, and `host` values without spaces or path characters.
+    if check_request(&head).is_ok() {
+        assert!(known_method(head.method()));
+        let t = head.target();
+        assert!(t.iter().all(|&b| (0x21..0x7f).contains(&b)) && !t.contains(&b'#'));
+        assert!(t[0] == b'/' || t[0] == b'*' || head.clone().normalize_absolute_form());
+        for v in head.headers.get_all(b"host") {
+            assert!(!v.iter().any(|b| b" \t/?#\\".contains(b)), "host {v:?}");
+        }
+    }
+
     let mut abs: RequestHead = head.clone();
     let was_absolute = {
         let t = head.target();
@@ -124,8 +138,9 @@ pub fn request_head(data: &[u8]) {
             && (t[..7].eq_ignore_ascii_case(b"http://") || t[..8].eq_ignore_ascii_case(b"https://"))
     };
     if abs.normalize_absolute_form() && was_absolute {
+        // A query right after the authority stays the path, as in Envoy.
         assert!(
-            abs.target().starts_with(b"/"),
+            matches!(abs.target().first(), Some(b'/' | b'?')),
             "origin form after normalising"
         );
         assert!(abs.headers.contains(b"host"));
@@ -574,16 +589,18 @@ const HOP: &[&[u8]] = &[
 /// `strip_hop_by_hop` against the same rules on a plain list.
 fn strip_and_check(h: &mut HeaderMap) {
     let mut want = list(h);
-    let te = want.iter().any(|(n, _)| n == b"te").then(|| {
-        want.iter().filter(|(n, _)| n == b"te").any(|(_, v)| {
-            v.split(|c| *c == b',').any(|t| {
-                t.split(|c| *c == b';')
-                    .next()
-                    .unwrap_or(b"")
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"trailers")
-            })
-        })
+    // Envoy's rule on the `te` values joined by `,`: empty is left alone; a token that is
+    // exactly `trailers` makes it `te: trailers`; anything else removes it.
+    let te_values: Vec<&[u8]> = want
+        .iter()
+        .filter(|(n, _)| n == b"te")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    let joined = te_values.join(&b","[..]);
+    let te = (!joined.is_empty()).then(|| {
+        joined
+            .split(|c| *c == b',')
+            .any(|t| t.trim_ascii() == b"trailers")
     });
     let named: Vec<Vec<u8>> = want
         .iter()

@@ -7,6 +7,8 @@
 
 use bytes::{Buf, BytesMut};
 
+use super::head::is_tchar;
+
 /// How a message's body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -151,8 +153,8 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
-                    // Trailer lines until an empty line; dropped. Each must end in CRLF: a bare
-                    // LF is refused, as in the chunk-size line.
+                    // Trailer lines until an empty line; checked as Envoy does, then dropped.
+                    // Each must end in CRLF: a bare LF is refused, as in the chunk-size line.
                     match memchr::memchr(b'\n', buf) {
                         Some(i) if i == 0 || buf[i - 1] != b'\r' => return Err(BodyError),
                         // `i` is the LF's index: the line is `i - 1` bytes before its CR.
@@ -162,6 +164,9 @@ impl Decoder {
                             self.state = State::Done;
                         }
                         Some(i) => {
+                            if !trailer_line_ok(&buf[..i - 1]) {
+                                return Err(BodyError);
+                            }
                             buf.advance(i + 1);
                         }
                         None => {
@@ -202,7 +207,8 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
     if i == buf.len() {
         return Ok(None);
     }
-    if digits == 0 {
+    // After the size only whitespace, an extension or the line's end (`0x5` is no size).
+    if digits == 0 || !matches!(buf[i], b' ' | b'\t' | b';' | b'\r') {
         return Err(BodyError);
     }
     while i < buf.len() {
@@ -224,6 +230,22 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
         i += 1;
     }
     Ok(None)
+}
+
+/// Whether a trailer line (without its CRLF) is one Envoy's codec takes: `name: value` with a
+/// token for a name, or a continuation of the one before (it starts with a space or tab), and
+/// no control character but HTAB in the value.
+fn trailer_line_ok(line: &[u8]) -> bool {
+    let value = match line.first() {
+        Some(b' ' | b'\t') => line,
+        _ => match memchr::memchr(b':', line) {
+            Some(c) if c > 0 && line[..c].iter().all(|&b| is_tchar(b)) => &line[c + 1..],
+            _ => return false,
+        },
+    };
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Appends `data` as one chunk of a chunked body.
@@ -304,12 +326,43 @@ mod tests {
             b"11111111111111111\r\n",
             b"2\r\nab\r\n0\r\nx-t: 1\n\r\n",
             b"2\r\nabXX0\r\n\r\n",
+            // Regression: a size followed by anything but whitespace, `;` or CRLF was read
+            // as the digits before it: `0x5` as the last chunk, smuggling what followed.
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5x\r\nhello\r\n0\r\n\r\n",
+            // Trailer lines Envoy refuses: no colon, a bad name, a control byte.
+            b"0\r\nbad trailer\r\n\r\n",
+            b"0\r\nx t: 1\r\n\r\n",
+            b"0\r\nx-t : 1\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+            b"0\r\nx(t: 1\r\n\r\n",
+            b"0\r\nx-t: a\x01b\r\n\r\n",
+            b"0\r\nx-t: a\x7fb\r\n\r\n",
+            b"0\r\nx-t: a\rb\r\n\r\n",
         ];
         for wire in cases {
             let mut d = Decoder::new(Framing::Chunked);
             let mut b = BytesMut::from(*wire);
             let r = (0..8).try_for_each(|_| d.decode(&mut b, 100).map(|_| ()));
             assert_eq!(r, Err(BodyError), "{:?}", String::from_utf8_lossy(wire));
+        }
+    }
+
+    #[test]
+    fn chunk_lines_and_trailers_envoy_takes() {
+        for wire in [
+            &b"5 x\r\nhello\r\n0\r\n\r\n"[..],
+            b"5 ;a\r\nhello\r\n0\r\n\r\n",
+            b"5 \t ;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5;\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-t:\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-t: 1\r\n folded\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-t: a\x80b\tc\r\ny: 2\r\n\r\n",
+        ] {
+            let mut d = Decoder::new(Framing::Chunked);
+            let mut b = BytesMut::from(wire);
+            let (got, end) = drain(&mut d, &mut b);
+            assert_eq!((&got[..], end), (&b"hello"[..], true), "{wire:?}");
         }
     }
 

@@ -186,19 +186,49 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, conn: ConnectionTokens) {
     }
     // Read before the removals: a `te` the connection header names is still reduced, not lost.
     let te = if h.may_have_any(known::TE) {
-        te_lists_trailers(h)
+        te_rule(h)
     } else {
-        None
+        Te::Keep
     };
     if conn.nominates {
         remove_nominated(h);
     }
     h.remove_known(known::HOP_BY_HOP & !known::TE);
-    // `te` is reduced to its `trailers` token, in place, or dropped (Envoy).
     match te {
-        Some(true) => h.set(b"te", b"trailers"),
-        Some(false) => h.remove(b"te"),
-        None => {}
+        Te::Keep => {}
+        Te::Trailers => h.set(b"te", b"trailers"),
+        Te::Remove => h.remove(b"te"),
+    }
+}
+
+/// What becomes of a request's `te` headers (Envoy's rule, on their values joined by `,`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Te {
+    /// None, or one with an empty value: left as they are.
+    Keep,
+    /// A comma-separated token is exactly `trailers` (case and parameters count): `te: trailers`.
+    Trailers,
+    /// Anything else: removed.
+    Remove,
+}
+
+#[cold]
+fn te_rule(h: &HeaderMap) -> Te {
+    let mut values = 0;
+    let mut empty = true;
+    for v in h.get_all(b"te") {
+        values += 1;
+        empty &= v.is_empty();
+        if v.split(|b| *b == b',')
+            .any(|t| t.trim_ascii() == b"trailers")
+        {
+            return Te::Trailers;
+        }
+    }
+    match values {
+        0 => Te::Keep,
+        1 if empty => Te::Keep,
+        _ => Te::Remove,
     }
 }
 
@@ -220,23 +250,6 @@ fn remove_nominated(h: &mut HeaderMap) {
     // `connection` may nominate end-to-end headers for removal, but never `host` (a request
     // naming it is refused before this, see `ConnectionTokens::names_host`).
     h.remove_if(|n, _| n != b"host" && named.iter().any(|t| t.as_slice() == n));
-}
-
-/// Whether the `te` headers list `trailers` (`None`: there is none).
-#[cold]
-fn te_lists_trailers(h: &HeaderMap) -> Option<bool> {
-    let mut te: Option<bool> = None;
-    for v in h.get_all(b"te") {
-        let trailers = v.split(|b| *b == b',').any(|t| {
-            t.split(|b| *b == b';')
-                .next()
-                .unwrap_or(b"")
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"trailers")
-        });
-        te = Some(te.unwrap_or(false) || trailers);
-    }
-    te
 }
 
 /// Writes a content-length or transfer-encoding header for `framing`.
@@ -419,9 +432,16 @@ mod tests {
             ),
             ("connection: te\r\nte: gzip", vec!["host: h"]),
             (
-                "connection: te, x-a\r\nx-a: 1\r\nte: gzip, trailers;q=1",
+                "connection: te, x-a\r\nx-a: 1\r\nte: gzip, trailers",
                 vec!["host: h", "te: trailers"],
             ),
+            // Envoy matches `trailers` exactly: a parameter or another case removes `te`, and
+            // an empty `te` stays (Envoy 1.40, docs/envoy-behaviour.md section 3e).
+            ("te: trailers;q=1", vec!["host: h"]),
+            ("te: Trailers", vec!["host: h"]),
+            ("te: x, , trailers", vec!["host: h", "te: trailers"]),
+            ("te: \r\nte: gzip", vec!["host: h"]),
+            ("te: ", vec!["host: h", "te: "]),
         ] {
             let mut h = req(&format!("GET / HTTP/1.1\r\nhost: h\r\n{wire}\r\n\r\n")).headers;
             let conn = ConnectionTokens::of(&h);

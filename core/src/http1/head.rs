@@ -298,6 +298,16 @@ impl HeaderMap {
         self.entries[i].value = Val::new(value);
     }
 
+    /// Makes every `name` header one, in the place of the first, its value the values joined by
+    /// `,` (as Envoy's header map keeps a repeated inline header such as `host`).
+    #[cold]
+    pub fn join_all(&mut self, name: &[u8]) {
+        if self.contains(name) {
+            let joined = self.get_all(name).collect::<Vec<_>>().join(&b","[..]);
+            self.set(name, &joined);
+        }
+    }
+
     /// Writes `host` first (Envoy's codec writes `:authority` right after the request line),
     /// then every other header in order.
     pub fn write_host_first(&self, out: &mut Vec<u8>) {
@@ -433,9 +443,12 @@ impl RequestHead {
         if authority.is_empty() {
             return false;
         }
-        let path: Box<[u8]> = match path.first() {
-            Some(b'/') => path.into(),
-            _ => [b"/", path].concat().into(),
+        // No path is `/`; a query right after the authority stays the path as it is, as in
+        // Envoy (`http://x?y` routes by `?y`).
+        let path: Box<[u8]> = if path.is_empty() {
+            (*b"/").into()
+        } else {
+            path.into()
         };
         let authority = authority.to_vec();
         self.headers.set(b"host", &authority);
@@ -579,7 +592,7 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed),
+        Err(_) => return parse_request_lenient(buf, max_len),
     };
     if n > max_len {
         return Err(HeadError::TooLarge);
@@ -597,6 +610,141 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
         wire_len: n,
         target_override: None,
     }))
+}
+
+/// `RequestHead::minor` for a request line that names a version other than HTTP/1.0 and
+/// HTTP/1.1 (`HTTP/2.0`), or none at all (HTTP/0.9): Envoy's codec takes such a head whole
+/// and its connection manager answers 426.
+pub const UNSUPPORTED_VERSION: u8 = u8::MAX;
+
+/// Whether `c` may appear in an HTTP token (RFC 9110 section 5.6.2), such as a method or a
+/// header name.
+pub fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+/// The request lines httparse refuses but Envoy's codec takes: runs of spaces or tabs between
+/// the parts, spaces or tabs after the version, another `HTTP/x.y` version, or none (HTTP/0.9).
+/// Tried only once httparse has refused the head, so it costs the usual request nothing. A
+/// line not yet whole needs more bytes while what came of it could still be such a line.
+#[cold]
+#[inline(never)]
+fn parse_request_lenient(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<RequestHead>, HeadError> {
+    // Empty lines before the request line are skipped, as httparse does.
+    let mut start = 0;
+    loop {
+        match &buf[start..] {
+            [b'\r', b'\n', ..] => start += 2,
+            [b'\n', ..] => start += 1,
+            _ => break,
+        }
+    }
+    let need_more = |buf: &BytesMut| {
+        if buf.len() > max_len {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(lf) = memchr::memchr(b'\n', &buf[start..]).map(|i| start + i) else {
+        // The line so far, less a CR its LF may still follow.
+        let part = &buf[start..];
+        let part = part.strip_suffix(b"\r").unwrap_or(part);
+        return match line_parts(part, start, true) {
+            Some(_) => need_more(buf),
+            None => Err(HeadError::Malformed),
+        };
+    };
+    let line = &buf[start..lf];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some((parts, n)) = line_parts(line, start, false) else {
+        return Err(HeadError::Malformed);
+    };
+    let minor = match n {
+        2 => UNSUPPORTED_VERSION,
+        3 => match &buf[parts[2].0..parts[2].1] {
+            b"HTTP/1.1" => 1,
+            b"HTTP/1.0" => 0,
+            _ => UNSUPPORTED_VERSION,
+        },
+        _ => return Err(HeadError::Malformed),
+    };
+    let base = buf.as_ptr();
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (n, entries) = match httparse::parse_headers(&buf[lf + 1..], &mut hdrs) {
+        Ok(httparse::Status::Complete((used, headers))) => {
+            (lf + 1 + used, entries_of(base, headers))
+        }
+        Ok(httparse::Status::Partial) => return need_more(buf),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    if n > max_len {
+        return Err(HeadError::TooLarge);
+    }
+    let at = |(s, e): (usize, usize)| (s as u32, e as u32);
+    let headers = take_head(buf, n, entries);
+    Ok(Some(RequestHead {
+        method: at(parts[0]),
+        target: at(parts[1]),
+        minor,
+        headers,
+        wire_len: n,
+        target_override: None,
+    }))
+}
+
+/// Splits a request line at runs of spaces and tabs into its parts (as offsets from `offset`):
+/// a method token, a target of visible bytes, and optionally a version `HTTP/<digit>.<digit>`.
+/// `None` if it cannot be a request line; with `partial`, if no line it starts could be one.
+fn line_parts(line: &[u8], offset: usize, partial: bool) -> Option<([(usize, usize); 3], usize)> {
+    if matches!(line.first(), Some(b' ' | b'\t')) {
+        return None;
+    }
+    let mut parts = [(0, 0); 3];
+    let mut n = 0;
+    let mut i = 0;
+    while i < line.len() {
+        if matches!(line[i], b' ' | b'\t') {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < line.len() && !matches!(line[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if n == 3 {
+            return None;
+        }
+        parts[n] = (offset + s, offset + i);
+        n += 1;
+        let part = &line[s..i];
+        // The last part of a partial line may be cut short.
+        let cut = partial && i == line.len();
+        let ok = match n {
+            1 => part.iter().all(|&c| is_tchar(c)),
+            2 => part.iter().all(|&c| c > b' ' && c != 0x7f),
+            _ => {
+                let v = b"HTTP/0.0";
+                part.len() <= v.len()
+                    && (cut || part.len() == v.len())
+                    && part.iter().zip(v).all(|(&c, &p)| {
+                        if p == b'0' {
+                            c.is_ascii_digit()
+                        } else {
+                            c == p
+                        }
+                    })
+            }
+        };
+        if !ok {
+            return None;
+        }
+    }
+    (partial || n >= 2).then_some((parts, n))
 }
 
 /// Parses a response head from the front of `buf`, like [`parse_request`].
@@ -729,6 +877,61 @@ mod tests {
         assert_eq!(h.minor, 1);
         assert_eq!(h.headers.get(b"x-foo"), Some(&b"Bar"[..]));
         assert_eq!(&b[..], b"rest");
+    }
+
+    #[test]
+    fn request_lines_envoy_takes_that_httparse_does_not() {
+        // (line, method, target, minor): whole, and cut after every byte of the line.
+        type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], u8);
+        let cases: &[Case] = &[
+            (b"GET  /a  HTTP/1.1", b"GET", b"/a", 1),
+            (b"GET\t/a\tHTTP/1.1", b"GET", b"/a", 1),
+            (b"GET /a HTTP/1.1 \t ", b"GET", b"/a", 1),
+            (b"POST /a HTTP/1.0 ", b"POST", b"/a", 0),
+            (b"GET /a HTTP/2.0", b"GET", b"/a", UNSUPPORTED_VERSION),
+            (b"GET /a HTTP/1.2", b"GET", b"/a", UNSUPPORTED_VERSION),
+            (b"GET /a", b"GET", b"/a", UNSUPPORTED_VERSION),
+            (b"GET /a ", b"GET", b"/a", UNSUPPORTED_VERSION),
+        ];
+        for &(line, method, target, minor) in cases {
+            let wire = [line, b"\r\nhost: h\r\nx-a: b\r\n\r\nrest"].concat();
+            for cut in 1..wire.len() - 4 {
+                let mut b = BytesMut::from(&wire[..cut]);
+                assert_eq!(parse_request(&mut b, 1000).map(|h| h.is_some()), Ok(false));
+            }
+            let mut b = BytesMut::from(&wire[..]);
+            let h = parse_request(&mut b, 1000).unwrap().unwrap();
+            let got = (h.method(), h.target(), h.minor, h.wire_len);
+            assert_eq!(got, (method, target, minor, wire.len() - 4), "{line:?}");
+            assert_eq!(h.headers.get(b"x-a"), Some(&b"b"[..]));
+            assert_eq!(&b[..], b"rest");
+        }
+        for line in [
+            &b" GET / HTTP/1.1"[..],
+            b"GET / HTTP/1.1 x",
+            b"GET / HTTP/1.10",
+            b"GET / http/1.1",
+            b"GET / HTTP/1.1\x0b",
+            b"GET",
+            b"G(T / HTTP/1.1",
+            b"GET /a\x7f HTTP/1.1",
+        ] {
+            let wire = [line, b"\r\nhost: h\r\n\r\n"].concat();
+            let mut b = BytesMut::from(&wire[..]);
+            assert_eq!(
+                parse_request(&mut b, 1000).err(),
+                Some(HeadError::Malformed),
+                "{line:?}"
+            );
+        }
+        // A partial line that no more bytes could make valid is refused at once.
+        let mut b = BytesMut::from(&b"GET / HTTP/3"[..]);
+        assert_eq!(parse_request(&mut b, 1000).map(|h| h.is_some()), Ok(false));
+        let mut b = BytesMut::from(&b"GET / HTTPS"[..]);
+        assert_eq!(
+            parse_request(&mut b, 1000).err(),
+            Some(HeadError::Malformed)
+        );
     }
 
     #[test]

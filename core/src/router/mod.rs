@@ -15,7 +15,7 @@ use bytes::Bytes;
 use regex::bytes::Regex;
 
 use crate::config::{self, HeaderMutations, PathMatch, RouteAction, RouteConfiguration};
-use crate::http1::head::HeaderMap;
+use crate::http1::head::{is_tchar, HeaderMap};
 use crate::Error;
 use index::{Literal, RouteIndex};
 use matcher::{full_regex, ValueMatcher};
@@ -45,11 +45,6 @@ pub(crate) fn check_value(v: &str, path: &str) -> Result<(), Error> {
 /// Whether `v` holds a CR, LF or NUL: bytes that end a header line early.
 pub(crate) fn breaks_line(v: &[u8]) -> bool {
     v.iter().any(|c| matches!(c, b'\r' | b'\n' | 0))
-}
-
-/// Whether `c` may appear in an HTTP token (RFC 9110 section 5.6.2), such as a header name.
-pub(crate) fn is_tchar(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
 /// Refuses a header name that is not an HTTP token (RFC 9110 section 5.6.2).

@@ -22,7 +22,7 @@ use tokio::time::Instant as TInstant;
 
 use super::clock;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap, NO_DRAIN_KEY};
-use super::forward::forward;
+use super::forward::{forward, CONTINUE};
 use super::headers::redirect_location;
 use super::timer::{earliest, ConnTimer};
 use super::Shared;
@@ -31,6 +31,7 @@ use crate::http1::codec::{
     request_framing, write_framing, write_status_line, ConnectionTokens, FramingError,
 };
 use crate::http1::head::{parse_request, write_header, HeadError, HeaderMap, RequestHead};
+use crate::http1::request::{check_request, Refusal};
 use crate::router::Action;
 use crate::stats::HttpStats;
 
@@ -411,26 +412,6 @@ async fn read_head_more<R: AsyncRead + Unpin>(
     }
 }
 
-/// Whether a head that failed to parse names an HTTP version other than 1.0 and 1.1
-/// (`GET / HTTP/9.9`): Envoy answers those 426, not 400.
-fn unsupported_version(buf: &[u8]) -> bool {
-    let line_end = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
-    let line = buf[..line_end]
-        .strip_suffix(b"\r")
-        .unwrap_or(&buf[..line_end]);
-    let Some(sp) = memchr::memrchr(b' ', line) else {
-        return false;
-    };
-    let v = &line[sp + 1..];
-    v.len() == 8
-        && v.starts_with(b"HTTP/")
-        && v[5].is_ascii_digit()
-        && v[6] == b'.'
-        && v[7].is_ascii_digit()
-        && v != b"HTTP/1.1"
-        && v != b"HTTP/1.0"
-}
-
 /// Reads, routes and answers one request; `last`: the connection closes after it, and the
 /// answer says so.
 async fn request(
@@ -467,9 +448,6 @@ async fn request(
             Err(e) => {
                 l.http.downstream_cx_protocol_error.inc();
                 let (status, body): (u16, &[u8]) = match e {
-                    HeadError::Malformed if unsupported_version(&d.rbuf) => {
-                        (426, b"Upgrade Required")
-                    }
                     HeadError::Malformed => (400, b"Bad Request"),
                     HeadError::TooLarge => (431, b"Request Header Fields Too Large"),
                 };
@@ -529,6 +507,31 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     let out = local_reply(ctx, l, status, body, true, None, false);
     let _ = write_last(&d.stream, &out).await;
     Next::Close
+}
+
+/// Answers a request Envoy's codec refuses after parsing its head: counted as a protocol
+/// error, with the text body even to HEAD (Envoy's codec does not look at the method then),
+/// and closes. Whatever body follows is read and dropped (linger).
+async fn codec_refusal(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    status: u16,
+    body: &[u8],
+) -> (u16, Next) {
+    l.http.downstream_cx_protocol_error.inc();
+    d.body_unread = true;
+    d.head_request = false;
+    reply(ctx, l, d, status, body, false, None).await
+}
+
+/// Whether the request has one `expect` header and it says `100-continue` (any case).
+pub(super) fn expects_continue(h: &HeaderMap) -> bool {
+    let mut values = h.get_all(b"expect");
+    values
+        .next()
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+        && values.next().is_none()
 }
 
 /// Writes a connection's last bytes and half-closes it. The bytes go with `MSG_MORE`, so the
@@ -675,28 +678,56 @@ async fn handle(
 ) -> (u16, Next) {
     let conn = ConnectionTokens::of(&head.headers);
     let keep = conn.keep_alive(head.minor) && !last && !ctx.draining();
-    // Envoy's codec-level refusals, all answered with `connection: close`.
+    // Envoy's codec refuses first, its connection manager after, so a request line the codec
+    // takes but the connection manager refuses still gets its `100 Continue` (below).
+    let checked = match check_request(&head) {
+        Err(Refusal::BadRequest) => {
+            return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
+        }
+        later => later,
+    };
     let framing = match request_framing(&head) {
         Ok(f) => f,
         Err(e) => {
-            l.http.downstream_cx_protocol_error.inc();
-            // The body's length is unknown: whatever follows is read and dropped (linger).
-            d.body_unread = true;
             let (status, body): (u16, &[u8]) = match e {
                 FramingError::BadRequest => (400, b"Bad Request"),
                 FramingError::NotImplemented => (501, b"Not Implemented"),
             };
-            return reply(ctx, l, d, status, body, false, None).await;
+            return codec_refusal(ctx, l, d, status, body).await;
         }
     };
     // A local reply leaves an unread body behind, so the connection then closes.
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
     d.body_unread = body_pending;
     if !head.normalize_absolute_form() {
-        return reply(ctx, l, d, 400, b"Bad Request", false, None).await;
+        return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
     }
-    if head.minor == 0 {
-        return reply(ctx, l, d, 426, b"Upgrade Required", false, None).await;
+    if head.minor != 1 {
+        return codec_refusal(ctx, l, d, 426, b"Upgrade Required").await;
+    }
+    // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set, as soon as
+    // its codec has taken the head, whatever the answer will be. Two `expect` headers read as
+    // one joined value, which is not `100-continue`.
+    if !l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers) {
+        head.headers.remove(b"expect");
+        if d.stream.write_all(CONTINUE).await.is_err() {
+            return (0, Next::Close);
+        }
+    }
+    let checked = match checked {
+        Ok(c) => c,
+        Err(refusal) => {
+            let status = if refusal == Refusal::ConnectNotRouted {
+                404
+            } else {
+                400
+            };
+            return reply(ctx, l, d, status, b"", false, None).await;
+        }
+    };
+    if checked.several_hosts {
+        // Envoy keeps one `host`, its values joined by commas, and routes by that.
+        head.headers.join_all(b"host");
     }
     // No host, or a `connection` header that would remove it: 400 with no body, as Envoy.
     if !head.headers.contains(b"host") || conn.names_host() {

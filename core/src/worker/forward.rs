@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::clock;
-use super::conn::{read_more, reply, write_down, write_more, Down, Next, BODY_CHUNK, READ_CHUNK};
+use super::conn::{
+    expects_continue, read_more, reply, write_down, write_more, Down, Next, BODY_CHUNK, READ_CHUNK,
+};
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, mutate_request, rewrite_target};
 use super::timer::earliest;
@@ -30,7 +32,7 @@ use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 96 * 1024;
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const RESET_TERMINATION: &[u8] =
     b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 const RESET_PROTOCOL: &[u8] =
@@ -86,7 +88,7 @@ pub(super) async fn forward(
     ctx: &Rc<Ctx>,
     l: &Rc<ListenerRt>,
     d: &mut Down,
-    mut head: RequestHead,
+    head: RequestHead,
     conn: ConnectionTokens,
     framing: Framing,
     keep: bool,
@@ -112,18 +114,8 @@ pub(super) async fn forward(
         )
         .await;
     };
-    let expects_continue = head
-        .headers
-        .get(b"expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    let relay_continue = expects_continue && l.c.cfg.hcm.proxy_100_continue;
-    if expects_continue && !relay_continue {
-        // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set.
-        head.headers.remove(b"expect");
-        if body_pending && d.stream.write_all(CONTINUE).await.is_err() {
-            return (0, Next::Close);
-        }
-    }
+    // Without proxy_100_continue the connection already answered `Expect` and removed it.
+    let relay_continue = l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers);
     let is_head = head.method() == b"HEAD";
     let out = upstream_head(
         l,
