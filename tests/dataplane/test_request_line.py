@@ -323,3 +323,56 @@ def test_chunk_lines_and_trailers_envoy_takes(proxy: Any, upstream: Any, body: b
 def test_a_codec_refusal_of_head_still_carries_its_body(proxy: Any, upstream: Any, raw: bytes, expected: Any) -> None:
     # Envoy's codec answers before it looks at the method, so the text goes out even to HEAD.
     refused(proxy, upstream, raw, expected, 1)
+
+
+# --- the order of the codec's checks ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # the request line before the framing
+        (b"FOO / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", BAD_REQUEST),
+        # the framing before the version and the host
+        (b"GET / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+         text_reply("HTTP/1.1 501 Not Implemented", b"Not Implemented")),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\nTransfer-Encoding: chunked;q=1\r\n\r\n",
+         text_reply("HTTP/1.1 501 Not Implemented", b"Not Implemented")),
+        # the version before the host
+        (b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n", UPGRADE_REQUIRED),
+        (b"GET / HTTP/3.0\r\nHost: a b\r\n\r\n", UPGRADE_REQUIRED),
+    ],
+    ids=["method-then-te", "te-then-version", "te-then-host", "version-then-host", "other-version-then-host"],
+)
+def test_the_codec_refuses_for_the_first_problem_in_envoys_order(
+    proxy: Any, upstream: Any, raw: bytes, expected: Any
+) -> None:
+    refused(proxy, upstream, raw, expected, 1)
+
+
+# --- an empty x-forwarded-proto -----------------------------------------------------------------------
+
+
+NOT_FOUND = ("HTTP/1.1 404 Not Found", [DATE, SERVER, ("content-length", "0")], b"")
+
+
+@pytest.mark.parametrize("path", ["/", "/direct"])
+def test_an_empty_x_forwarded_proto_matches_no_route(make_proxy: Any, upstream: Any, path: str) -> None:
+    # Envoy takes the scheme from a kept x-forwarded-proto; an empty one matches no route, not
+    # even a direct response, and the connection stays.
+    routes = [{"match": {"path": "/direct"}, "direct_response": {"status": 200}}, route("/", "up")]
+    proxy = make_proxy(bootstrap(routes, [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, extra="X-Forwarded-Proto: \r\n"))
+        assert (r.status_line, shape(r.headers), r.body) == NOT_FOUND
+        assert c.request(get(path, extra="X-Forwarded-Proto: ftp\r\n")).status == 200
+        assert c.request(get(path, extra="X-Forwarded-Proto: \r\nX-Forwarded-Proto: http\r\n")).status == 200
+    wait_stat(proxy, "http.ingress_http.no_route", 1)
+
+
+def test_an_edge_listener_overwrites_an_empty_x_forwarded_proto(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)],
+                                 hcm={"use_remote_address": True}))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/", extra="X-Forwarded-Proto: \r\n")).status == 200
+    assert upstream.requests[0].header("x-forwarded-proto") == "http"

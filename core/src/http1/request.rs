@@ -17,13 +17,6 @@ pub enum Refusal {
     ConnectNotRouted,
 }
 
-/// What the checks learnt on the way, for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Checked {
-    /// More than one `host` header: Envoy routes and forwards their values joined by `,`.
-    pub several_hosts: bool,
-}
-
 /// The methods Envoy 1.40's HTTP/1 codec accepts (without `allow_custom_methods`), exactly as
 /// spelt: upper-case, and `MSEARCH` without the dash that UPnP's `M-SEARCH` has.
 const METHODS: [&[u8]; 35] = [
@@ -70,39 +63,48 @@ pub fn known_method(m: &[u8]) -> bool {
     matches!(m, b"GET" | b"POST" | b"HEAD" | b"PUT" | b"DELETE") || METHODS.contains(&m)
 }
 
-/// Checks the request line and the `host` headers as Envoy does, before anything else looks at
-/// the request. The target is checked as sent (before an absolute URI becomes origin form).
-pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
+/// Checks the request line as Envoy's codec does, before it reads the headers: its method and
+/// its target, as sent (before an absolute URI becomes origin form). What the codec takes, its
+/// connection manager may still refuse: that comes back as `Ok(Err(..))`, to be answered only
+/// after the codec's other checks ([`check_hosts`], framing, version) have passed.
+pub fn check_line(h: &RequestHead) -> Result<Result<(), Refusal>, Refusal> {
     let method = h.method();
     if !known_method(method) {
         return Err(Refusal::BadRequest);
     }
     let target = h.target();
-    let mut fragment = false;
-    let connect = method == b"CONNECT";
-    if connect {
-        if !authority_form(target) {
-            return Err(Refusal::BadRequest);
-        }
-    } else {
-        match target.first() {
-            Some(b'/') => {}
-            // `OPTIONS *` (and only OPTIONS) may name the server rather than a path.
-            Some(b'*') if method == b"OPTIONS" => {}
-            _ if !absolute_form(target) => return Err(Refusal::BadRequest),
-            _ => {}
-        }
-        // The parser let through visible ASCII and bytes of 0x80 and up; Envoy takes only
-        // the former.
-        // One pass without early exit, which the compiler vectorises.
-        let (high, hash) = target
-            .iter()
-            .fold((0u8, false), |(h, f), &b| (h | b, f | (b == b'#')));
-        if high >= 0x80 {
-            return Err(Refusal::BadRequest);
-        }
-        fragment = hash;
+    if method == b"CONNECT" {
+        return if authority_form(target) {
+            Ok(Err(Refusal::ConnectNotRouted))
+        } else {
+            Err(Refusal::BadRequest)
+        };
     }
+    match target.first() {
+        Some(b'/') => {}
+        // `OPTIONS *` (and only OPTIONS) may name the server rather than a path.
+        Some(b'*') if method == b"OPTIONS" => {}
+        _ if !absolute_form(target) => return Err(Refusal::BadRequest),
+        _ => {}
+    }
+    // The parser let through visible ASCII and bytes of 0x80 and up; Envoy takes only the
+    // former. One pass without early exit, which the compiler vectorises.
+    let (high, hash) = target
+        .iter()
+        .fold((0u8, false), |(h, f), &b| (h | b, f | (b == b'#')));
+    if high >= 0x80 {
+        return Err(Refusal::BadRequest);
+    }
+    Ok(if hash || method == b"QUERY" {
+        Err(Refusal::Rejected)
+    } else {
+        Ok(())
+    })
+}
+
+/// Checks the `host` values as Envoy's codec does: only authority characters. Returns whether
+/// there are several (Envoy routes and forwards their values joined by `,`).
+pub fn check_hosts(h: &RequestHead) -> Result<bool, Refusal> {
     let mut hosts = 0u32;
     for v in h.headers.get_all(b"host") {
         if !authority_chars(v) {
@@ -110,16 +112,7 @@ pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
         }
         hosts += 1;
     }
-    // What the codec took, the connection manager may still refuse.
-    if fragment || method == b"QUERY" {
-        return Err(Refusal::Rejected);
-    }
-    if connect {
-        return Err(Refusal::ConnectNotRouted);
-    }
-    Ok(Checked {
-        several_hosts: hosts > 1,
-    })
+    Ok(hosts > 1)
 }
 
 /// Bytes a `host` value may hold (Envoy checks it with nghttp2's authority rules): letters,
@@ -244,14 +237,18 @@ mod tests {
     use crate::http1::head::parse_request;
     use bytes::BytesMut;
 
-    /// The check's verdict; a head the parser already refuses reads as the codec's refusal.
-    fn check(line: &str, host: &str) -> Result<Checked, Refusal> {
+    /// The checks' verdict in Envoy's order (the codec's line and host checks, then the
+    /// connection manager's); a head the parser already refuses reads as the codec's refusal.
+    fn check(line: &str, host: &str) -> Result<bool, Refusal> {
         let wire = format!("{line}\r\nhost: {host}\r\n\r\n");
-        match parse_request(&mut BytesMut::from(wire.as_bytes()), 65536) {
-            Ok(Some(h)) => check_request(&h),
+        let h = match parse_request(&mut BytesMut::from(wire.as_bytes()), 65536) {
+            Ok(Some(h)) => h,
             Ok(None) => panic!("{line}: incomplete"),
-            Err(_) => Err(Refusal::BadRequest),
-        }
+            Err(_) => return Err(Refusal::BadRequest),
+        };
+        let later = check_line(&h)?;
+        let several = check_hosts(&h)?;
+        later.map(|()| several)
     }
 
     #[test]
@@ -263,9 +260,7 @@ mod tests {
             } else if m == b"QUERY" {
                 Err(Refusal::Rejected)
             } else {
-                Ok(Checked {
-                    several_hosts: false,
-                })
+                Ok(false)
             };
             assert_eq!(check(&line, "a"), want, "{line}");
         }
@@ -280,9 +275,7 @@ mod tests {
 
     #[test]
     fn target_forms() {
-        let ok = Ok(Checked {
-            several_hosts: false,
-        });
+        let ok = Ok(false);
         for t in [
             "/",
             "/a?b",
@@ -399,11 +392,6 @@ mod tests {
         let h = parse_request(&mut BytesMut::from(&wire[..]), 65536)
             .unwrap()
             .unwrap();
-        assert_eq!(
-            check_request(&h),
-            Ok(Checked {
-                several_hosts: true
-            })
-        );
+        assert_eq!(check_hosts(&h), Ok(true));
     }
 }

@@ -30,8 +30,8 @@ use crate::http1::body::Framing;
 use crate::http1::codec::{
     request_framing, write_framing, write_status_line, ConnectionTokens, FramingError,
 };
-use crate::http1::head::{parse_request, write_header, HeadError, HeaderMap, RequestHead};
-use crate::http1::request::{check_request, Refusal};
+use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
+use crate::http1::request::{check_hosts, check_line, Refusal};
 use crate::router::Action;
 use crate::stats::HttpStats;
 
@@ -525,6 +525,20 @@ async fn codec_refusal(
     reply(ctx, l, d, status, body, false, None).await
 }
 
+/// Whether the request keeps its client's `x-forwarded-proto` (not an edge listener that
+/// overwrites it) and that is one empty value: Envoy takes the request's scheme from it and
+/// then matches no route (404), whatever the route table holds.
+#[inline]
+fn empty_forwarded_proto(hcm: &crate::config::HttpConnectionManager, h: &HeaderMap) -> bool {
+    if !h.may_have_any(known::X_FORWARDED_PROTO)
+        || (hcm.use_remote_address && hcm.xff_num_trusted_hops == 0)
+    {
+        return false;
+    }
+    let mut values = h.get_all(b"x-forwarded-proto");
+    values.next().is_some_and(<[u8]>::is_empty) && values.next().is_none()
+}
+
 /// Whether the request has one `expect` header and it says `100-continue` (any case).
 pub(super) fn expects_continue(h: &HeaderMap) -> bool {
     let mut values = h.get_all(b"expect");
@@ -680,11 +694,9 @@ async fn handle(
     let keep = conn.keep_alive(head.minor) && !last && !ctx.draining();
     // Envoy's codec refuses first, its connection manager after, so a request line the codec
     // takes but the connection manager refuses still gets its `100 Continue` (below).
-    let checked = match check_request(&head) {
-        Err(Refusal::BadRequest) => {
-            return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
-        }
-        later => later,
+    let later = match check_line(&head) {
+        Ok(later) => later,
+        Err(_) => return codec_refusal(ctx, l, d, 400, b"Bad Request").await,
     };
     let framing = match request_framing(&head) {
         Ok(f) => f,
@@ -705,6 +717,9 @@ async fn handle(
     if head.minor != 1 {
         return codec_refusal(ctx, l, d, 426, b"Upgrade Required").await;
     }
+    let Ok(several_hosts) = check_hosts(&head) else {
+        return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
+    };
     // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set, as soon as
     // its codec has taken the head, whatever the answer will be. Two `expect` headers read as
     // one joined value, which is not `100-continue`.
@@ -714,18 +729,15 @@ async fn handle(
             return (0, Next::Close);
         }
     }
-    let checked = match checked {
-        Ok(c) => c,
-        Err(refusal) => {
-            let status = if refusal == Refusal::ConnectNotRouted {
-                404
-            } else {
-                400
-            };
-            return reply(ctx, l, d, status, b"", false, None).await;
-        }
-    };
-    if checked.several_hosts {
+    if let Err(refusal) = later {
+        let status = if refusal == Refusal::ConnectNotRouted {
+            404
+        } else {
+            400
+        };
+        return reply(ctx, l, d, status, b"", false, None).await;
+    }
+    if several_hosts {
         // Envoy keeps one `host`, its values joined by commas, and routes by that.
         head.headers.join_all(b"host");
     }
@@ -745,7 +757,12 @@ async fn handle(
     } else {
         std::borrow::Cow::Borrowed(&b""[..])
     };
-    let Some((vh, route)) = table.route(&host, head.target(), &head.headers) else {
+    let found = if empty_forwarded_proto(&l.c.cfg.hcm, &head.headers) {
+        None
+    } else {
+        table.route(&host, head.target(), &head.headers)
+    };
+    let Some((vh, route)) = found else {
         l.http.no_route.inc();
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     };
