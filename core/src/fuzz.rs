@@ -182,8 +182,23 @@ pub fn response_head(data: &[u8]) {
         Ok(Framing::Length(_)) => {
             assert!(!bodiless && !head.headers.contains(b"transfer-encoding"))
         }
-        Ok(Framing::Chunked | Framing::Close) => assert!(!bodiless),
-        Err(_) => assert!(head.headers.get_all(b"content-length").count() > 0),
+        Ok(Framing::Chunked) => {
+            let te: Vec<&[u8]> = head.headers.get_all(b"transfer-encoding").collect();
+            assert!(
+                !bodiless && te.len() == 1 && te[0].trim_ascii().eq_ignore_ascii_case(b"chunked")
+            );
+            assert!(!head.headers.contains(b"content-length"));
+        }
+        Ok(Framing::Close) => {
+            assert!(!bodiless && !head.headers.contains(b"transfer-encoding"));
+            assert!(!head.headers.contains(b"content-length"));
+        }
+        // Refused only for a framing header: a length, or a transfer coding (which a 304
+        // may carry).
+        Err(_) => assert!(
+            head.headers.contains(b"content-length")
+                || (head.status != 304 && head.headers.contains(b"transfer-encoding"))
+        ),
     }
 
     let ops = edits_of(wire, wire.len() - buf.len());

@@ -67,10 +67,13 @@ pub fn method_has_no_body(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"DELETE" | b"TRACE" | b"CONNECT")
 }
 
-/// The response body framing (RFC 9112 section 6.3), given the request method and status.
-/// Several `content-length` lines or an unparsable one are a protocol error: forwarding them
-/// would let the client frame the body differently from us (and leave bytes in a pooled
-/// upstream connection).
+/// The response body framing (RFC 9112 section 6.3), given the request method and status, with
+/// the checks of Envoy 1.40's codec (docs/envoy-behaviour.md section 10): several
+/// `content-length` lines or an unparsable one; `transfer-encoding` with `content-length`;
+/// a transfer coding other than exactly one `chunked`; a 1xx or 204 with a
+/// `transfer-encoding` or a `content-length` other than 0. Each is a protocol error: forwarding
+/// it would let the client frame the body differently from us (and leave bytes in a pooled
+/// upstream connection). A 304 is bodiless whatever it says.
 pub fn response_framing(
     head_request: bool,
     status: u16,
@@ -82,20 +85,32 @@ pub fn response_framing(
         (Some(v), None) => Some(parse_length(v.trim_ascii()).ok_or(FramingError::BadRequest)?),
         (Some(_), Some(_)) => return Err(FramingError::BadRequest),
     };
-    if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+    if status == 304 {
         return Ok(Framing::Empty);
     }
-    if let Some(te) = h.get(b"transfer-encoding") {
-        let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
-        return Ok(if last.eq_ignore_ascii_case(b"chunked") {
-            Framing::Chunked
+    let te = h.may_have_any(known::TRANSFER_ENCODING) && h.contains(b"transfer-encoding");
+    if (100..200).contains(&status) || status == 204 {
+        return if te || length.is_some_and(|n| n != 0) {
+            Err(FramingError::BadRequest)
         } else {
-            Framing::Close
-        });
+            Ok(Framing::Empty)
+        };
     }
-    Ok(match length {
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
+    if te {
+        let mut codings = h.get_all(b"transfer-encoding");
+        let chunked = codings
+            .next()
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !chunked || length.is_some() {
+            return Err(FramingError::NotImplemented);
+        }
+    }
+    Ok(match (head_request, te, length) {
+        (true, _, _) => Framing::Empty,
+        (false, true, _) => Framing::Chunked,
+        (false, false, Some(n)) => Framing::Length(n),
+        (false, false, None) => Framing::Close,
     })
 }
 

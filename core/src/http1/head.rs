@@ -767,7 +767,7 @@ pub fn parse_response(
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed),
+        Err(_) => return parse_response_lenient(buf, max_len),
     };
     // A head over the limit is refused however it arrived (the partial case above refuses it
     // only when it came in pieces).
@@ -787,6 +787,106 @@ pub fn parse_response(
         minor,
         headers,
     }))
+}
+
+/// The status lines httparse refuses but Envoy's codec takes: runs of spaces or tabs between
+/// the parts, and another `HTTP/<digit>.<digit>` version (read as HTTP/1.0: the connection is
+/// kept only if the response asks for it). Tried only once httparse has refused the head.
+#[cold]
+#[inline(never)]
+fn parse_response_lenient(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<ResponseHead>, HeadError> {
+    let need_more = |buf: &BytesMut| {
+        if buf.len() > max_len {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(lf) = memchr::memchr(b'\n', buf) else {
+        let part = buf.strip_suffix(b"\r").unwrap_or(buf);
+        return match status_line(part, true) {
+            Some(_) => need_more(buf),
+            None => Err(HeadError::Malformed),
+        };
+    };
+    let line = &buf[..lf];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some((minor, status)) = status_line(line, false) else {
+        return Err(HeadError::Malformed);
+    };
+    let base = buf.as_ptr();
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (n, entries) = match httparse::parse_headers(&buf[lf + 1..], &mut hdrs) {
+        Ok(httparse::Status::Complete((used, headers))) => {
+            (lf + 1 + used, entries_of(base, headers))
+        }
+        Ok(httparse::Status::Partial) => return need_more(buf),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    if n > max_len {
+        return Err(HeadError::TooLarge);
+    }
+    let headers = take_head(buf, n, entries);
+    Ok(Some(ResponseHead {
+        status,
+        minor,
+        headers,
+    }))
+}
+
+/// Reads a status line whose parts are separated by runs of spaces or tabs: `HTTP/x.y`, three
+/// digits from 100, then any reason without control characters but tabs. Returns (minor,
+/// status); with `partial`, `Some` while more bytes could still make such a line.
+fn status_line(line: &[u8], partial: bool) -> Option<(u8, u16)> {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t');
+    let v = b"HTTP/0.0";
+    let vlen = line.iter().position(ws).unwrap_or(line.len());
+    let version = &line[..vlen];
+    let version_ok = version.len() <= v.len()
+        && version.iter().zip(v).all(|(&c, &p)| {
+            if p == b'0' {
+                c.is_ascii_digit()
+            } else {
+                c == p
+            }
+        });
+    if !version_ok {
+        return None;
+    }
+    // Cut short: still a line, if the bytes end here.
+    let more = partial.then_some((0, 0));
+    if vlen < v.len() {
+        return if vlen == line.len() { more } else { None };
+    }
+    let after = &line[vlen..];
+    let skip = after.iter().take_while(|b| ws(b)).count();
+    let rest = &after[skip..];
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if rest.is_empty() {
+        return more;
+    }
+    if skip == 0 || digits > 3 {
+        return None;
+    }
+    if digits < 3 {
+        return if digits == rest.len() { more } else { None };
+    }
+    let reason = &rest[3..];
+    if reason.first().is_some_and(|b| !ws(b))
+        || reason
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return None;
+    }
+    let status = rest[..3]
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    (status >= 100).then_some((u8::from(version == b"HTTP/1.1"), status))
 }
 
 #[cfg(test)]
@@ -877,6 +977,47 @@ mod tests {
         assert_eq!(h.minor, 1);
         assert_eq!(h.headers.get(b"x-foo"), Some(&b"Bar"[..]));
         assert_eq!(&b[..], b"rest");
+    }
+
+    #[test]
+    fn status_lines_envoy_takes_that_httparse_does_not() {
+        for (line, status, minor) in [
+            (&b"HTTP/1.1  200  OK"[..], 200, 1),
+            (b"HTTP/1.1 200\tOK", 200, 1),
+            (b"HTTP/1.1\t404", 404, 1),
+            (b"HTTP/2.0 200 OK", 200, 0),
+            (b"HTTP/1.0  503 X", 503, 0),
+        ] {
+            let wire = [line, b"\r\ncontent-length: 2\r\n\r\nok"].concat();
+            for cut in 1..wire.len() - 2 {
+                let mut b = BytesMut::from(&wire[..cut]);
+                let got = parse_response(&mut b, 1000).map(|h| h.is_some());
+                assert_eq!(got, Ok(false), "{line:?} cut at {cut}");
+            }
+            let mut b = BytesMut::from(&wire[..]);
+            let h = parse_response(&mut b, 1000).unwrap().unwrap();
+            assert_eq!((h.status, h.minor), (status, minor), "{line:?}");
+            assert_eq!(h.headers.get(b"content-length"), Some(&b"2"[..]));
+            assert_eq!(&b[..], b"ok");
+        }
+        for line in [
+            &b"HTTP/1.1 20 X"[..],
+            b"HTTP/1.1 2000 X",
+            b"HTTP/1.1  099 X",
+            b"http/1.1 200 OK",
+            b"HTTP/1.10 200 OK",
+            b"HTTP/1.1  200X",
+            b"HTTP/1.1  200 O\x01K",
+            b" HTTP/1.1 200 OK",
+        ] {
+            let wire = [line, b"\r\ncontent-length: 0\r\n\r\n"].concat();
+            let mut b = BytesMut::from(&wire[..]);
+            assert_eq!(
+                parse_response(&mut b, 1000).err(),
+                Some(HeadError::Malformed),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::http1::codec::{
     method_has_no_body, response_framing, strip_hop_by_hop, write_framing, write_status_line,
     ConnectionTokens,
 };
-use crate::http1::head::{parse_response, RequestHead};
+use crate::http1::head::{known, parse_response, RequestHead};
 use crate::router::{Forward, Mutations};
 use crate::snapshot::Discovery;
 use crate::upstream::pool::UpConn;
@@ -539,6 +539,11 @@ impl Exchange<'_> {
                 .as_millis() as u64;
             let up_framing = response_framing(self.is_head, status, &head.headers)
                 .map_err(|_| RespErr::Protocol)?;
+            // A response to HEAD keeps the upstream's `transfer-encoding: chunked` (Envoy).
+            let head_chunked = self.is_head
+                && status != 304
+                && head.headers.may_have_any(known::TRANSFER_ENCODING)
+                && head.headers.contains(b"transfer-encoding");
             let conn = ConnectionTokens::of(&head.headers);
             let up_keep = conn.keep_alive(head.minor) && up_framing != Framing::Close;
             // A close-delimited upstream body goes to the (HTTP/1.1) client chunked, so the
@@ -567,7 +572,7 @@ impl Exchange<'_> {
             write_status_line(&mut out, status);
             h.write_to(&mut out);
             drop(h);
-            if down_framing == Framing::Chunked {
+            if down_framing == Framing::Chunked || head_chunked {
                 write_framing(&mut out, Framing::Chunked);
             }
             if !down_keep {
@@ -587,8 +592,14 @@ impl Exchange<'_> {
             // close-delimited bodies, which may stream, get their head at once.
             let mut hold_head = matches!(up_framing, Framing::Length(_));
             loop {
-                let pumped = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk)
-                    .map_err(|_| RespErr::AfterHeaders)?;
+                let Ok(pumped) = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk) else {
+                    // A malformed body: the client still gets the head and what came well
+                    // before the error (as from Envoy), then the connection ends unfinished.
+                    if !out.is_empty() {
+                        let _ = dw.write_all(&out).await;
+                    }
+                    return Err(RespErr::AfterHeaders);
+                };
                 let last = !down_keep && matches!(pumped, Pumped::Done);
                 let hold = std::mem::take(&mut hold_head) && matches!(pumped, Pumped::NeedMore);
                 // The last bytes on a connection that closes next go with its FIN (with no

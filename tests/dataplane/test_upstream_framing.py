@@ -1,0 +1,109 @@
+"""What the proxy takes from an upstream's status line and framing headers, and what it refuses
+as a protocol error (502). Found by the response mode of tests/support/envoy_diff.py and checked
+case by case against the `envoy` 1.40 binary (docs/envoy-behaviour.md §10); every case here
+passes against both (PYPROXY_DATAPLANE_TARGET=envoy)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from tests.dataplane.conftest import RawConn, get, wait_stat
+from tests.support.configs import bootstrap, cluster, route
+
+UPSTREAM_PROTOCOL_ERROR = b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+
+
+def through(make_proxy: Any, make_canned: Any, answer: bytes) -> Any:
+    up = make_canned({"*": answer})
+    return make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+
+
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nok"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\nok"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        ("GET", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+    ],
+    ids=["te-gzip", "te-identity", "te-chunked-gzip", "te-empty", "te-twice", "cl-and-te", "cl-and-te-http10",
+         "head-te-gzip", "head-cl-and-te", "204-te", "204-cl-5"],
+)
+def test_ambiguous_or_unsupported_upstream_framing_is_a_502(
+    make_proxy: Any, make_canned: Any, method: str, answer: bytes
+) -> None:
+    proxy = through(make_proxy, make_canned, answer)
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a", method=method), head=method == "HEAD")
+        assert r.status == 502
+        assert r.body == (b"" if method == "HEAD" else UPSTREAM_PROTOCOL_ERROR)
+    wait_stat(proxy, "cluster.up.upstream_cx_protocol_error", 1)
+
+
+@pytest.mark.parametrize(
+    "status_line",
+    [b"HTTP/1.1  200  OK", b"HTTP/1.1 200\tOK", b"HTTP/1.1\t200 OK", b"HTTP/2.0 200 OK", b"HTTP/3.0 200 OK"],
+    ids=["double-spaces", "tab-before-reason", "tab-before-code", "http-2.0", "http-3.0"],
+)
+def test_status_lines_envoy_takes(make_proxy: Any, make_canned: Any, status_line: bytes) -> None:
+    proxy = through(make_proxy, make_canned, status_line + b"\r\ncontent-length: 2\r\n\r\nok")
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a"))
+        assert (r.status_line, r.body) == ("HTTP/1.1 200 OK", b"ok")
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "names"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 200, ["transfer-encoding"]),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", 204, []),
+        (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", 304, []),
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", 304, ["content-length"]),
+    ],
+    ids=["te-chunked-any-case", "204-cl-0-dropped", "304-te-dropped", "304-cl-kept"],
+)
+def test_framing_headers_envoy_takes(
+    make_proxy: Any, make_canned: Any, answer: bytes, status: int, names: list[str]
+) -> None:
+    proxy = through(make_proxy, make_canned, answer)
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a"))
+        assert r.status == status
+        assert [k for k, _ in r.headers if k in ("content-length", "transfer-encoding")] == names
+        assert r.body == (b"ok" if status == 200 else b"")
+        assert c.request(get("/b")).status == status  # the connection stays usable
+
+
+def test_a_response_to_head_keeps_transfer_encoding_chunked(make_proxy: Any, make_canned: Any) -> None:
+    proxy = through(make_proxy, make_canned, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a", method="HEAD"), head=True)
+        assert (r.status, r.header("transfer-encoding"), r.body) == (200, "chunked", b"")
+        r = c.request(get("/b", method="HEAD"), head=True)  # nothing was left to read
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("body", [b"zz\r\n", b"0x2\r\nok\r\n0\r\n\r\n"], ids=["not-hex", "0x"])
+def test_a_malformed_chunked_body_still_sends_the_head_then_ends(
+    make_proxy: Any, make_canned: Any, body: bytes
+) -> None:
+    proxy = through(make_proxy, make_canned, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    s = socket.create_connection(("127.0.0.1", proxy.listener_port()), timeout=5)
+    s.sendall(get("/a"))
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    s.close()
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head
+    assert not rest.endswith(b"0\r\n\r\n")  # never the last chunk: the client sees the break
