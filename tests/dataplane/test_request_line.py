@@ -27,6 +27,7 @@ def text_reply(status_line: str, body: bytes) -> tuple[str, list[tuple[str, str]
 
 BAD_REQUEST = text_reply("HTTP/1.1 400 Bad Request", b"Bad Request")
 UPGRADE_REQUIRED = text_reply("HTTP/1.1 426 Upgrade Required", b"Upgrade Required")
+NOT_IMPLEMENTED = text_reply("HTTP/1.1 501 Not Implemented", b"Not Implemented")
 # A refusal of Envoy's connection manager, after its codec took the request: no body.
 EMPTY_400 = ("HTTP/1.1 400 Bad Request", [DATE, SERVER, CLOSE, ("content-length", "0")], b"")
 CONNECT_404 = ("HTTP/1.1 404 Not Found", [DATE, SERVER, CLOSE, ("content-length", "0")], b"")
@@ -341,8 +342,26 @@ def test_a_codec_refusal_of_head_still_carries_its_body(proxy: Any, upstream: An
         # the version before the host
         (b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n", UPGRADE_REQUIRED),
         (b"GET / HTTP/3.0\r\nHost: a b\r\n\r\n", UPGRADE_REQUIRED),
+        # the URL check of the request line before the framing ...
+        (b"GET x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", BAD_REQUEST),
+        (b"GET /a\xc3\xa9 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", BAD_REQUEST),
+        (b"GET http://a@@b/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", BAD_REQUEST),
+        # ... the target's form after it, and before the version
+        (b"GET * HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", NOT_IMPLEMENTED),
+        (b"GET http://a_b/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", NOT_IMPLEMENTED),
+        (b"GET ws://x/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", NOT_IMPLEMENTED),
+        (b"CONNECT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", NOT_IMPLEMENTED),
+        (b"GET * HTTP/1.0\r\nHost: a\r\n\r\n", BAD_REQUEST),
+        (b"GET http://a_b/ HTTP/1.0\r\nHost: a\r\n\r\n", BAD_REQUEST),
+        (b"CONNECT / HTTP/1.0\r\nHost: a\r\n\r\n", BAD_REQUEST),
+        # a CONNECT carries no body
+        (b"CONNECT a:1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", NOT_IMPLEMENTED),
+        (b"CONNECT a:1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab", BAD_REQUEST),
     ],
-    ids=["method-then-te", "te-then-version", "te-then-host", "version-then-host", "other-version-then-host"],
+    ids=["method-then-te", "te-then-version", "te-then-host", "version-then-host", "other-version-then-host",
+         "url-then-te", "high-byte-then-te", "double-at-then-te", "te-then-star", "te-then-authority",
+         "te-then-scheme", "te-then-connect-target", "star-then-version", "authority-then-version",
+         "connect-target-then-version", "connect-te", "connect-body"],
 )
 def test_the_codec_refuses_for_the_first_problem_in_envoys_order(
     proxy: Any, upstream: Any, raw: bytes, expected: Any

@@ -84,8 +84,13 @@ def test_framing_headers_envoy_takes(
         assert c.request(get("/b")).status == status  # the connection stays usable
 
 
-def test_a_response_to_head_keeps_transfer_encoding_chunked(make_proxy: Any, make_canned: Any) -> None:
-    proxy = through(make_proxy, make_canned, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+@pytest.mark.parametrize(
+    "answer", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n"],
+    ids=["chunked", "no-length"],
+)
+def test_a_response_to_head_without_a_length_says_chunked(make_proxy: Any, make_canned: Any, answer: bytes) -> None:
+    # As the response to a GET would; a HEAD response with content-length keeps that instead.
+    proxy = through(make_proxy, make_canned, answer)
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get("/a", method="HEAD"), head=True)
         assert (r.status, r.header("transfer-encoding"), r.body) == (200, "chunked", b"")
@@ -107,3 +112,17 @@ def test_a_malformed_chunked_body_still_sends_the_head_then_ends(
     head, _, rest = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head
     assert not rest.endswith(b"0\r\n\r\n")  # never the last chunk: the client sees the break
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 502),
+     (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0, 0\r\n\r\n", 304)],
+    ids=["cl-and-te", "cl-list-not-read"],
+)
+def test_a_304_length_is_not_read_but_never_with_a_transfer_coding(
+    make_proxy: Any, make_canned: Any, answer: bytes, status: int
+) -> None:
+    proxy = through(make_proxy, make_canned, answer)
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/a")).status == status

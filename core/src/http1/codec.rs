@@ -24,7 +24,8 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 
 /// The request body framing, refusing every ambiguous form (RFC 9112 section 6.3) as Envoy
 /// does: both `transfer-encoding` and `content-length`, more than one `content-length` (even
-/// with equal values), a non-numeric length, or a transfer coding other than exactly `chunked`.
+/// with equal values), a non-numeric length, a transfer coding other than exactly `chunked`,
+/// or a body on a CONNECT.
 pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
     let mut te = h.headers.get_all(b"transfer-encoding").peekable();
     let has_te = te.peek().is_some();
@@ -37,6 +38,10 @@ pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
     if has_te {
         if length.is_some() {
             return Err(FramingError::BadRequest);
+        }
+        // A CONNECT carries no body of its own (Envoy 1.40).
+        if h.method() == b"CONNECT" {
+            return Err(FramingError::NotImplemented);
         }
         let mut codings = 0;
         let mut chunked = false;
@@ -56,6 +61,7 @@ pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
         return Err(FramingError::NotImplemented);
     }
     Ok(match length {
+        Some(n) if n > 0 && h.method() == b"CONNECT" => return Err(FramingError::BadRequest),
         Some(n) => Framing::Length(n),
         None => Framing::Empty,
     })
@@ -73,22 +79,27 @@ pub fn method_has_no_body(method: &[u8]) -> bool {
 /// a transfer coding other than exactly one `chunked`; a 1xx or 204 with a
 /// `transfer-encoding` or a `content-length` other than 0. Each is a protocol error: forwarding
 /// it would let the client frame the body differently from us (and leave bytes in a pooled
-/// upstream connection). A 304 is bodiless whatever it says.
+/// upstream connection). A 304 is bodiless whatever length it gives, but not with both.
 pub fn response_framing(
     head_request: bool,
     status: u16,
     h: &HeaderMap,
 ) -> Result<Framing, FramingError> {
+    let te = h.may_have_any(known::TRANSFER_ENCODING) && h.contains(b"transfer-encoding");
+    if status == 304 {
+        // Its length is not read, only never given with a transfer coding.
+        return if te && h.contains(b"content-length") {
+            Err(FramingError::BadRequest)
+        } else {
+            Ok(Framing::Empty)
+        };
+    }
     let mut lengths = h.get_all(b"content-length");
     let length = match (lengths.next(), lengths.next()) {
         (None, _) => None,
         (Some(v), None) => Some(parse_length(v.trim_ascii()).ok_or(FramingError::BadRequest)?),
         (Some(_), Some(_)) => return Err(FramingError::BadRequest),
     };
-    if status == 304 {
-        return Ok(Framing::Empty);
-    }
-    let te = h.may_have_any(known::TRANSFER_ENCODING) && h.contains(b"transfer-encoding");
     if (100..200).contains(&status) || status == 204 {
         return if te || length.is_some_and(|n| n != 0) {
             Err(FramingError::BadRequest)

@@ -63,16 +63,71 @@ pub fn known_method(m: &[u8]) -> bool {
     matches!(m, b"GET" | b"POST" | b"HEAD" | b"PUT" | b"DELETE") || METHODS.contains(&m)
 }
 
-/// Checks the request line as Envoy's codec does, before it reads the headers: its method and
-/// its target, as sent (before an absolute URI becomes origin form). What the codec takes, its
-/// connection manager may still refuse: that comes back as `Ok(Err(..))`, to be answered only
-/// after the codec's other checks ([`check_hosts`], framing, version) have passed.
-pub fn check_line(h: &RequestHead) -> Result<Result<(), Refusal>, Refusal> {
-    let method = h.method();
-    if !known_method(method) {
+/// What [`check_line`] saw of the target, for [`check_target`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    fragment: bool,
+}
+
+/// Checks the request line as Envoy's codec does as soon as it has read it, before the headers:
+/// a known method and a target its URL check takes (origin form or `*`, or `scheme://`, an
+/// authority of URL characters and a path; for CONNECT an authority and a path), of visible
+/// ASCII only.
+pub fn check_line(h: &RequestHead) -> Result<Line, Refusal> {
+    if !known_method(h.method()) {
         return Err(Refusal::BadRequest);
     }
-    let target = h.target();
+    let t = h.target();
+    let path = match t.first() {
+        Some(b'/' | b'*') => t,
+        _ => {
+            let mut rest = t;
+            if h.method() != b"CONNECT" {
+                let scheme = t
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+                    .count();
+                if scheme == 0 || !t[0].is_ascii_alphabetic() {
+                    return Err(Refusal::BadRequest);
+                }
+                let Some(after) = t[scheme..].strip_prefix(b"://") else {
+                    return Err(Refusal::BadRequest);
+                };
+                rest = after;
+            }
+            let end = rest
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(rest.len());
+            let host = &rest[..end];
+            let host_ok = host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=@[]_~".contains(&b))
+                && !host.windows(2).any(|w| w == b"@@");
+            if !host_ok {
+                return Err(Refusal::BadRequest);
+            }
+            &rest[end..]
+        }
+    };
+    // The parser let through visible ASCII and bytes of 0x80 and up; Envoy takes only the
+    // former. One pass without early exit, which the compiler vectorises.
+    let (high, hash) = path
+        .iter()
+        .fold((0u8, false), |(h, f), &b| (h | b, f | (b == b'#')));
+    if high >= 0x80 || t.is_empty() {
+        return Err(Refusal::BadRequest);
+    }
+    Ok(Line { fragment: hash })
+}
+
+/// Checks the target's form as Envoy's codec does once the headers and their framing are
+/// read, before the version: `*` only for OPTIONS, an absolute URI only `http` or `https` with
+/// an authority its URL parser takes, CONNECT only to `host:port`. What the codec takes, its
+/// connection manager may still refuse: that comes back as `Ok(Err(..))`, to be answered after
+/// the codec's last checks ([`check_hosts`], version) and the `100 Continue`.
+pub fn check_target(h: &RequestHead, line: Line) -> Result<Result<(), Refusal>, Refusal> {
+    let (method, target) = (h.method(), h.target());
     if method == b"CONNECT" {
         return if authority_form(target) {
             Ok(Err(Refusal::ConnectNotRouted))
@@ -87,15 +142,7 @@ pub fn check_line(h: &RequestHead) -> Result<Result<(), Refusal>, Refusal> {
         _ if !absolute_form(target) => return Err(Refusal::BadRequest),
         _ => {}
     }
-    // The parser let through visible ASCII and bytes of 0x80 and up; Envoy takes only the
-    // former. One pass without early exit, which the compiler vectorises.
-    let (high, hash) = target
-        .iter()
-        .fold((0u8, false), |(h, f), &b| (h | b, f | (b == b'#')));
-    if high >= 0x80 {
-        return Err(Refusal::BadRequest);
-    }
-    Ok(if hash || method == b"QUERY" {
+    Ok(if line.fragment || method == b"QUERY" {
         Err(Refusal::Rejected)
     } else {
         Ok(())
@@ -246,7 +293,8 @@ mod tests {
             Ok(None) => panic!("{line}: incomplete"),
             Err(_) => return Err(Refusal::BadRequest),
         };
-        let later = check_line(&h)?;
+        let line = check_line(&h)?;
+        let later = check_target(&h, line)?;
         let several = check_hosts(&h)?;
         later.map(|()| several)
     }

@@ -31,7 +31,7 @@ use crate::http1::codec::{
     request_framing, write_framing, write_status_line, ConnectionTokens, FramingError,
 };
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
-use crate::http1::request::{check_hosts, check_line, Refusal};
+use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
 use crate::router::Action;
 use crate::stats::HttpStats;
 
@@ -694,9 +694,8 @@ async fn handle(
     let keep = conn.keep_alive(head.minor) && !last && !ctx.draining();
     // Envoy's codec refuses first, its connection manager after, so a request line the codec
     // takes but the connection manager refuses still gets its `100 Continue` (below).
-    let later = match check_line(&head) {
-        Ok(later) => later,
-        Err(_) => return codec_refusal(ctx, l, d, 400, b"Bad Request").await,
+    let Ok(line) = check_line(&head) else {
+        return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
     };
     let framing = match request_framing(&head) {
         Ok(f) => f,
@@ -711,9 +710,10 @@ async fn handle(
     // A local reply leaves an unread body behind, so the connection then closes.
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
     d.body_unread = body_pending;
-    if !head.normalize_absolute_form() {
-        return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
-    }
+    let later = match check_target(&head, line) {
+        Ok(later) if head.normalize_absolute_form() => later,
+        _ => return codec_refusal(ctx, l, d, 400, b"Bad Request").await,
+    };
     if head.minor != 1 {
         return codec_refusal(ctx, l, d, 426, b"Upgrade Required").await;
     }

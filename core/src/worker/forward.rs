@@ -24,7 +24,7 @@ use crate::http1::codec::{
     method_has_no_body, response_framing, strip_hop_by_hop, write_framing, write_status_line,
     ConnectionTokens,
 };
-use crate::http1::head::{known, parse_response, RequestHead};
+use crate::http1::head::{parse_response, RequestHead};
 use crate::router::{Forward, Mutations};
 use crate::snapshot::Discovery;
 use crate::upstream::pool::UpConn;
@@ -539,11 +539,13 @@ impl Exchange<'_> {
                 .as_millis() as u64;
             let up_framing = response_framing(self.is_head, status, &head.headers)
                 .map_err(|_| RespErr::Protocol)?;
-            // A response to HEAD keeps the upstream's `transfer-encoding: chunked` (Envoy).
+            // A response to HEAD without a length says `transfer-encoding: chunked`, as the
+            // response to a GET would (Envoy 1.40).
             let head_chunked = self.is_head
+                && status >= 200
+                && status != 204
                 && status != 304
-                && head.headers.may_have_any(known::TRANSFER_ENCODING)
-                && head.headers.contains(b"transfer-encoding");
+                && !head.headers.contains(b"content-length");
             let conn = ConnectionTokens::of(&head.headers);
             let up_keep = conn.keep_alive(head.minor) && up_framing != Framing::Close;
             // A close-delimited upstream body goes to the (HTTP/1.1) client chunked, so the
