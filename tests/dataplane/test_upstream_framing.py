@@ -117,10 +117,12 @@ def test_a_malformed_chunked_body_still_sends_the_head_then_ends(
 @pytest.mark.parametrize(
     ("answer", "status"),
     [(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 502),
+     (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n", 502),
+     (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip\r\n\r\n", 502),
      (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0, 0\r\n\r\n", 304)],
-    ids=["cl-and-te", "cl-list-not-read"],
+    ids=["cl-and-te", "two-cl", "te-gzip", "cl-list-not-read"],
 )
-def test_a_304_length_is_not_read_but_never_with_a_transfer_coding(
+def test_a_304_length_is_not_read_but_its_framing_headers_are_checked(
     make_proxy: Any, make_canned: Any, answer: bytes, status: int
 ) -> None:
     proxy = through(make_proxy, make_canned, answer)

@@ -79,29 +79,20 @@ pub fn method_has_no_body(method: &[u8]) -> bool {
 /// a transfer coding other than exactly one `chunked`; a 1xx or 204 with a
 /// `transfer-encoding` or a `content-length` other than 0. Each is a protocol error: forwarding
 /// it would let the client frame the body differently from us (and leave bytes in a pooled
-/// upstream connection). A 304 is bodiless whatever length it gives, but not with both.
+/// upstream connection). A 304 is bodiless, its one length relayed unread.
 pub fn response_framing(
     head_request: bool,
     status: u16,
     h: &HeaderMap,
 ) -> Result<Framing, FramingError> {
     let te = h.may_have_any(known::TRANSFER_ENCODING) && h.contains(b"transfer-encoding");
-    if status == 304 {
-        // Its length is not read, only never given with a transfer coding.
-        return if te && h.contains(b"content-length") {
-            Err(FramingError::BadRequest)
-        } else {
-            Ok(Framing::Empty)
-        };
-    }
     let mut lengths = h.get_all(b"content-length");
-    let length = match (lengths.next(), lengths.next()) {
-        (None, _) => None,
-        (Some(v), None) => Some(parse_length(v.trim_ascii()).ok_or(FramingError::BadRequest)?),
-        (Some(_), Some(_)) => return Err(FramingError::BadRequest),
-    };
+    let (first_length, more_lengths) = (lengths.next(), lengths.next().is_some());
+    if more_lengths {
+        return Err(FramingError::BadRequest);
+    }
     if (100..200).contains(&status) || status == 204 {
-        return if te || length.is_some_and(|n| n != 0) {
+        return if te || first_length.is_some_and(|v| v.trim_ascii() != b"0") {
             Err(FramingError::BadRequest)
         } else {
             Ok(Framing::Empty)
@@ -113,10 +104,18 @@ pub fn response_framing(
             .next()
             .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
             && codings.next().is_none();
-        if !chunked || length.is_some() {
+        if !chunked || first_length.is_some() {
             return Err(FramingError::NotImplemented);
         }
     }
+    // A 304's one length is relayed unread.
+    if status == 304 {
+        return Ok(Framing::Empty);
+    }
+    let length = match first_length {
+        Some(v) => Some(parse_length(v.trim_ascii()).ok_or(FramingError::BadRequest)?),
+        None => None,
+    };
     Ok(match (head_request, te, length) {
         (true, _, _) => Framing::Empty,
         (false, true, _) => Framing::Chunked,
