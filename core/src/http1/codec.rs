@@ -205,6 +205,17 @@ impl ConnectionTokens {
 /// nominated-headers path, which compares bytes and allocates, runs only when `connection`
 /// names something other than `close` / `keep-alive`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, conn: ConnectionTokens) {
+    strip(h, conn, true);
+}
+
+/// [`strip_hop_by_hop`] for a response: Envoy 1.40 removes the hop-by-hop headers from a
+/// response but keeps the ones its `connection` header names (`connection: x-foo` leaves
+/// `x-foo`; `connection: content-length` leaves the length).
+pub fn strip_hop_by_hop_response(h: &mut HeaderMap, conn: ConnectionTokens) {
+    strip(h, conn, false);
+}
+
+fn strip(h: &mut HeaderMap, conn: ConnectionTokens, nominated: bool) {
     debug_assert_eq!(conn, ConnectionTokens::of(h));
     if !h.may_have_any(known::HOP_BY_HOP) {
         return;
@@ -215,7 +226,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, conn: ConnectionTokens) {
     } else {
         Te::Keep
     };
-    if conn.nominates {
+    if nominated && conn.nominates {
         remove_nominated(h);
     }
     h.remove_known(known::HOP_BY_HOP & !known::TE);

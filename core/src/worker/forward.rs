@@ -21,8 +21,8 @@ use super::headers::{apply_response_extras, mutate_request, rewrite_target};
 use super::timer::earliest;
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
-    method_has_no_body, response_framing, strip_hop_by_hop, write_framing, write_status_line,
-    ConnectionTokens,
+    method_has_no_body, response_framing, strip_hop_by_hop_response, write_framing,
+    write_status_line, ConnectionTokens,
 };
 use crate::http1::head::{parse_response, RequestHead};
 use crate::router::{Forward, Mutations};
@@ -117,7 +117,7 @@ pub(super) async fn forward(
     // Without proxy_100_continue the connection already answered `Expect` and removed it.
     let relay_continue = l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers);
     let is_head = head.method() == b"HEAD";
-    let out = upstream_head(
+    let (out, chunk_up) = upstream_head(
         l,
         d,
         head,
@@ -175,6 +175,7 @@ pub(super) async fn forward(
         rq_start,
         up_chunk,
         relay_continue,
+        chunk_up,
     };
     let outcome = x.run(d, &mut up, out).await;
     match outcome {
@@ -276,7 +277,7 @@ fn upstream_head(
     host: &HostRt,
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
-) -> Vec<u8> {
+) -> (Vec<u8>, bool) {
     mutate_request(l, d.peer, &mut head.headers, conn, fwd);
     for m in chain {
         m.apply_request(&mut head.headers);
@@ -311,16 +312,26 @@ fn upstream_head(
     out.extend_from_slice(new_target.as_deref().unwrap_or(head.target()));
     out.extend_from_slice(b" HTTP/1.1\r\n");
     head.headers.write_host_first(&mut out);
-    match framing {
-        Framing::Chunked => write_framing(&mut out, Framing::Chunked),
+    // The body's framing is ours to write. A `content-length` that a `connection` header named
+    // or a header edit removed is gone from the head, but the body still comes: it goes
+    // chunked, as Envoy sends it, never unframed (the upstream would read it as a request).
+    let length_gone = || !head.headers.contains(b"content-length");
+    let chunk_up = match framing {
+        Framing::Chunked => true,
+        Framing::Length(n) => n > 0 && length_gone(),
+        _ => false,
+    };
+    if chunk_up {
+        write_framing(&mut out, Framing::Chunked);
+    } else if matches!(framing, Framing::Empty | Framing::Length(0))
+        && !method_has_no_body(head.method())
+        && length_gone()
+    {
         // Envoy's codec gives a bodiless POST/PUT/... an explicit `content-length: 0`.
-        Framing::Empty if !method_has_no_body(head.method()) => {
-            out.extend_from_slice(b"content-length: 0\r\n")
-        }
-        _ => {}
+        out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
+    (out, chunk_up)
 }
 
 async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFail> {
@@ -441,6 +452,8 @@ struct Exchange<'a> {
     up_chunk: usize,
     /// Relay the upstream's `100 Continue` (proxy_100_continue with a client Expect).
     relay_continue: bool,
+    /// The request body goes upstream chunked (it came chunked, or its length was removed).
+    chunk_up: bool,
 }
 
 impl Exchange<'_> {
@@ -473,7 +486,7 @@ impl Exchange<'_> {
         let mut req_fut = std::pin::pin!(async {
             let mut out = head_out;
             let mut dec = Decoder::new(framing);
-            let chunked = framing == Framing::Chunked;
+            let chunked = self.chunk_up;
             loop {
                 let pumped = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
                     .map_err(|_| ReqErr::BadBody)?;
@@ -550,7 +563,7 @@ impl Exchange<'_> {
             let up_keep = conn.keep_alive(head.minor) && up_framing != Framing::Close;
             // A close-delimited upstream body goes to the (HTTP/1.1) client chunked, so the
             // client connection can stay open.
-            let down_framing = if up_framing == Framing::Close {
+            let mut down_framing = if up_framing == Framing::Close {
                 Framing::Chunked
             } else {
                 up_framing
@@ -564,11 +577,17 @@ impl Exchange<'_> {
             }
             let down_keep = self.keep && rq_done && !ctx.draining();
             let mut h = head.headers;
-            strip_hop_by_hop(&mut h, conn);
+            strip_hop_by_hop_response(&mut h, conn);
+            apply_response_extras(ctx, l, &mut h, service_ms, self.chain);
+            // A length that a `connection` header named or a header edit removed: the body
+            // still comes, so it goes chunked, never unframed on a kept-alive connection.
+            if matches!(down_framing, Framing::Length(n) if n > 0) && !h.contains(b"content-length")
+            {
+                down_framing = Framing::Chunked;
+            }
             if down_framing == Framing::Chunked || status == 204 {
                 h.remove(b"content-length");
             }
-            apply_response_extras(ctx, l, &mut h, service_ms, self.chain);
             let mut out = ctx.take_write_buf();
             out.reserve(512 + up_chunk);
             write_status_line(&mut out, status);
