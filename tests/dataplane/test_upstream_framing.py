@@ -13,6 +13,7 @@ import pytest
 from tests.dataplane.conftest import RawConn, get, wait_stat
 from tests.support.configs import bootstrap, cluster, route
 
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 UPSTREAM_PROTOCOL_ERROR = b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 
 
@@ -35,9 +36,12 @@ def through(make_proxy: Any, make_canned: Any, answer: bytes) -> Any:
         ("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"),
         ("GET", b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"),
         ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+        ("GET", b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\n" + OK),
+        ("GET", b"HTTP/1.1 103 Early\r\nTransfer-Encoding: chunked\r\n\r\n" + OK),
+        ("GET", b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
     ],
     ids=["te-gzip", "te-identity", "te-chunked-gzip", "te-empty", "te-twice", "cl-and-te", "cl-and-te-http10",
-         "head-te-gzip", "head-cl-and-te", "204-te", "204-cl-5"],
+         "head-te-gzip", "head-cl-and-te", "204-te", "204-cl-5", "100-cl", "103-te", "empty-line-first"],
 )
 def test_ambiguous_or_unsupported_upstream_framing_is_a_502(
     make_proxy: Any, make_canned: Any, method: str, answer: bytes

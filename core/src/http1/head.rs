@@ -752,6 +752,10 @@ pub fn parse_response(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
+    // Envoy's codec wants `H` first: httparse would skip empty lines before the status line.
+    if matches!(buf.first(), Some(b'\r' | b'\n')) {
+        return Err(HeadError::Malformed);
+    }
     let mut hdrs = uninit_headers();
     let mut resp = httparse::Response::new(&mut []);
     let base = buf.as_ptr();

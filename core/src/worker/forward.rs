@@ -522,6 +522,13 @@ impl Exchange<'_> {
                 match parse_response(urbuf, MAX_RESPONSE_HEAD) {
                     // We never ask for an upgrade, so a 101 is a protocol error, not a switch.
                     Ok(Some(h)) if h.status == 101 => return Err(RespErr::Protocol),
+                    // An interim response may not carry framing headers either (Envoy).
+                    Ok(Some(h))
+                        if (100..200).contains(&h.status)
+                            && response_framing(false, h.status, &h.headers).is_err() =>
+                    {
+                        return Err(RespErr::Protocol)
+                    }
                     Ok(Some(h)) if (100..200).contains(&h.status) => {
                         // Informational responses are dropped, except the one 100 Continue
                         // a client that sent Expect waits for under proxy_100_continue.
