@@ -642,19 +642,12 @@ fn parse_request_lenient(
             _ => break,
         }
     }
-    let need_more = |buf: &BytesMut| {
-        if buf.len() > max_len {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
-        }
-    };
     let Some(lf) = memchr::memchr(b'\n', &buf[start..]).map(|i| start + i) else {
         // The line so far, less a CR its LF may still follow.
         let part = &buf[start..];
         let part = part.strip_suffix(b"\r").unwrap_or(part);
         return match line_parts(part, start, true) {
-            Some(_) => need_more(buf),
+            Some(_) => need_more(buf, max_len),
             None => Err(HeadError::Malformed),
         };
     };
@@ -672,19 +665,9 @@ fn parse_request_lenient(
         },
         _ => return Err(HeadError::Malformed),
     };
-    let base = buf.as_ptr();
-    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (n, entries) = match httparse::parse_headers(&buf[lf + 1..], &mut hdrs) {
-        Ok(httparse::Status::Complete((used, headers))) => {
-            (lf + 1 + used, entries_of(base, headers))
-        }
-        Ok(httparse::Status::Partial) => return need_more(buf),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed),
+    let Some((n, entries)) = headers_after_line(buf, lf, max_len)? else {
+        return Ok(None);
     };
-    if n > max_len {
-        return Err(HeadError::TooLarge);
-    }
     let at = |(s, e): (usize, usize)| (s as u32, e as u32);
     let headers = take_head(buf, n, entries);
     Ok(Some(RequestHead {
@@ -695,6 +678,36 @@ fn parse_request_lenient(
         wire_len: n,
         target_override: None,
     }))
+}
+
+/// `Ok(None)` while a partial head is within `max_len`, else too large.
+fn need_more<T>(buf: &[u8], max_len: usize) -> Result<Option<T>, HeadError> {
+    if buf.len() > max_len {
+        Err(HeadError::TooLarge)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The headers after a start line that ends at `lf`, for the lenient parsers: the head's
+/// length and its entries, or `None` while more bytes are needed.
+fn headers_after_line(
+    buf: &[u8],
+    lf: usize,
+    max_len: usize,
+) -> Result<Option<(usize, Vec<Entry>)>, HeadError> {
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&buf[lf + 1..], &mut hdrs) {
+        Ok(httparse::Status::Complete((used, _))) if lf + 1 + used > max_len => {
+            Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Complete((used, headers))) => {
+            Ok(Some((lf + 1 + used, entries_of(buf.as_ptr(), headers))))
+        }
+        Ok(httparse::Status::Partial) => need_more(buf, max_len),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed),
+    }
 }
 
 /// Splits a request line at runs of spaces and tabs into its parts (as offsets from `offset`):
@@ -802,17 +815,10 @@ fn parse_response_lenient(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let need_more = |buf: &BytesMut| {
-        if buf.len() > max_len {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
-        }
-    };
     let Some(lf) = memchr::memchr(b'\n', buf) else {
         let part = buf.strip_suffix(b"\r").unwrap_or(buf);
         return match status_line(part, true) {
-            Some(_) => need_more(buf),
+            Some(_) => need_more(buf, max_len),
             None => Err(HeadError::Malformed),
         };
     };
@@ -821,19 +827,9 @@ fn parse_response_lenient(
     let Some((minor, status)) = status_line(line, false) else {
         return Err(HeadError::Malformed);
     };
-    let base = buf.as_ptr();
-    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (n, entries) = match httparse::parse_headers(&buf[lf + 1..], &mut hdrs) {
-        Ok(httparse::Status::Complete((used, headers))) => {
-            (lf + 1 + used, entries_of(base, headers))
-        }
-        Ok(httparse::Status::Partial) => return need_more(buf),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed),
+    let Some((n, entries)) = headers_after_line(buf, lf, max_len)? else {
+        return Ok(None);
     };
-    if n > max_len {
-        return Err(HeadError::TooLarge);
-    }
     let headers = take_head(buf, n, entries);
     Ok(Some(ResponseHead {
         status,
