@@ -99,11 +99,9 @@ pub fn response_framing(
         };
     }
     if te {
-        let mut codings = h.get_all(b"transfer-encoding");
-        let chunked = codings
-            .next()
-            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-            && codings.next().is_none();
+        let chunked = h
+            .only(b"transfer-encoding")
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         if !chunked || first_length.is_some() {
             return Err(FramingError::NotImplemented);
         }
@@ -140,6 +138,12 @@ pub struct ConnectionTokens {
 }
 
 impl ConnectionTokens {
+    /// Whether it names a header for removal (a token other than `close` and `keep-alive`).
+    #[inline]
+    pub fn nominates(self) -> bool {
+        self.nominates
+    }
+
     #[inline]
     pub fn of(h: &HeaderMap) -> ConnectionTokens {
         let mut t = ConnectionTokens::default();
@@ -215,6 +219,7 @@ pub fn strip_hop_by_hop_response(h: &mut HeaderMap, conn: ConnectionTokens) {
     strip(h, conn, false);
 }
 
+#[inline(always)]
 fn strip(h: &mut HeaderMap, conn: ConnectionTokens, nominated: bool) {
     debug_assert_eq!(conn, ConnectionTokens::of(h));
     if !h.may_have_any(known::HOP_BY_HOP) {

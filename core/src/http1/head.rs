@@ -213,6 +213,15 @@ impl HeaderMap {
             .map(|e| self.bytes(&e.value))
     }
 
+    /// The value of `name` when exactly one header has it: how Envoy reads a header it keeps
+    /// as one (several are joined by `,`, which no single expected value equals).
+    #[inline(always)]
+    pub fn only<'a>(&'a self, name: &'a [u8]) -> Option<&'a [u8]> {
+        let mut values = self.get_all(name);
+        let first = values.next()?;
+        values.next().is_none().then_some(first)
+    }
+
     /// Whether `name` is present.
     #[inline(always)]
     pub fn contains(&self, name: &[u8]) -> bool {
@@ -710,6 +719,21 @@ fn headers_after_line(
     }
 }
 
+/// Length of `HTTP/<digit>.<digit>`.
+const VERSION_LEN: usize = 8;
+
+/// Whether `part` is `HTTP/<digit>.<digit>` or the start of one.
+fn version_prefix(part: &[u8]) -> bool {
+    part.len() <= VERSION_LEN
+        && part.iter().zip(b"HTTP/0.0").all(|(&c, &p)| {
+            if p == b'0' {
+                c.is_ascii_digit()
+            } else {
+                c == p
+            }
+        })
+}
+
 /// Splits a request line at runs of spaces and tabs into its parts (as offsets from `offset`):
 /// a method token, a target of visible bytes, and optionally a version `HTTP/<digit>.<digit>`.
 /// `None` if it cannot be a request line; with `partial`, if no line it starts could be one.
@@ -740,18 +764,7 @@ fn line_parts(line: &[u8], offset: usize, partial: bool) -> Option<([(usize, usi
         let ok = match n {
             1 => part.iter().all(|&c| is_tchar(c)),
             2 => part.iter().all(|&c| c > b' ' && c != 0x7f),
-            _ => {
-                let v = b"HTTP/0.0";
-                part.len() <= v.len()
-                    && (cut || part.len() == v.len())
-                    && part.iter().zip(v).all(|(&c, &p)| {
-                        if p == b'0' {
-                            c.is_ascii_digit()
-                        } else {
-                            c == p
-                        }
-                    })
-            }
+            _ => version_prefix(part) && (cut || part.len() == VERSION_LEN),
         };
         if !ok {
             return None;
@@ -843,23 +856,14 @@ fn parse_response_lenient(
 /// status); with `partial`, `Some` while more bytes could still make such a line.
 fn status_line(line: &[u8], partial: bool) -> Option<(u8, u16)> {
     let ws = |b: &u8| matches!(b, b' ' | b'\t');
-    let v = b"HTTP/0.0";
     let vlen = line.iter().position(ws).unwrap_or(line.len());
     let version = &line[..vlen];
-    let version_ok = version.len() <= v.len()
-        && version.iter().zip(v).all(|(&c, &p)| {
-            if p == b'0' {
-                c.is_ascii_digit()
-            } else {
-                c == p
-            }
-        });
-    if !version_ok {
+    if !version_prefix(version) {
         return None;
     }
     // Cut short: still a line, if the bytes end here.
     let more = partial.then_some((0, 0));
-    if vlen < v.len() {
+    if vlen < VERSION_LEN {
         return if vlen == line.len() { more } else { None };
     }
     let after = &line[vlen..];

@@ -100,10 +100,9 @@ pub fn check_line(h: &RequestHead) -> Result<Line, Refusal> {
                 .position(|&b| b == b'/' || b == b'?')
                 .unwrap_or(rest.len());
             let host = &rest[..end];
-            let host_ok = host
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=@[]_~".contains(&b))
-                && !host.windows(2).any(|w| w == b"@@");
+            // The URL parser takes the characters a `host` value may hold, `@` never twice in a
+            // row.
+            let host_ok = authority_chars(host) && !host.windows(2).any(|w| w == b"@@");
             if !host_ok {
                 return Err(Refusal::BadRequest);
             }

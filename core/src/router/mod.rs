@@ -100,6 +100,18 @@ impl Mutations {
         })
     }
 
+    /// Whether the request edits remove `name` (lower-case).
+    #[inline]
+    pub fn removes_from_request(&self, name: &[u8]) -> bool {
+        self.request_remove.iter().any(|n| n == name)
+    }
+
+    /// Whether the response edits remove `name` (lower-case).
+    #[inline]
+    pub fn removes_from_response(&self, name: &[u8]) -> bool {
+        self.response_remove.iter().any(|n| n == name)
+    }
+
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.request_add.is_empty()

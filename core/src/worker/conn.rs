@@ -535,17 +535,13 @@ fn empty_forwarded_proto(hcm: &crate::config::HttpConnectionManager, h: &HeaderM
     {
         return false;
     }
-    let mut values = h.get_all(b"x-forwarded-proto");
-    values.next().is_some_and(<[u8]>::is_empty) && values.next().is_none()
+    h.only(b"x-forwarded-proto").is_some_and(<[u8]>::is_empty)
 }
 
 /// Whether the request has one `expect` header and it says `100-continue` (any case).
 pub(super) fn expects_continue(h: &HeaderMap) -> bool {
-    let mut values = h.get_all(b"expect");
-    values
-        .next()
+    h.only(b"expect")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
-        && values.next().is_none()
 }
 
 /// Writes a connection's last bytes and half-closes it. The bytes go with `MSG_MORE`, so the

@@ -315,7 +315,14 @@ fn upstream_head(
     // The body's framing is ours to write. A `content-length` that a `connection` header named
     // or a header edit removed is gone from the head, but the body still comes: it goes
     // chunked, as Envoy sends it, never unframed (the upstream would read it as a request).
-    let length_gone = || !head.headers.contains(b"content-length");
+    // Only a nomination or an edit can have removed it: look only then.
+    let length_gone = || {
+        (conn.nominates()
+            || chain
+                .iter()
+                .any(|m| m.removes_from_request(b"content-length")))
+            && !head.headers.contains(b"content-length")
+    };
     let chunk_up = match framing {
         Framing::Chunked => true,
         Framing::Length(n) => n > 0 && length_gone(),
@@ -323,9 +330,12 @@ fn upstream_head(
     };
     if chunk_up {
         write_framing(&mut out, Framing::Chunked);
-    } else if matches!(framing, Framing::Empty | Framing::Length(0))
-        && !method_has_no_body(head.method())
-        && length_gone()
+    } else if !method_has_no_body(head.method())
+        && match framing {
+            Framing::Empty => true,
+            Framing::Length(0) => length_gone(),
+            _ => false,
+        }
     {
         // Envoy's codec gives a bodiless POST/PUT/... an explicit `content-length: 0`.
         out.extend_from_slice(b"content-length: 0\r\n");
@@ -586,9 +596,14 @@ impl Exchange<'_> {
             let mut h = head.headers;
             strip_hop_by_hop_response(&mut h, conn);
             apply_response_extras(ctx, l, &mut h, service_ms, self.chain);
-            // A length that a `connection` header named or a header edit removed: the body
-            // still comes, so it goes chunked, never unframed on a kept-alive connection.
-            if matches!(down_framing, Framing::Length(n) if n > 0) && !h.contains(b"content-length")
+            // A length that a header edit removed (a response's `connection` removes none): the
+            // body still comes, so it goes chunked, never unframed on a kept-alive connection.
+            if matches!(down_framing, Framing::Length(n) if n > 0)
+                && self
+                    .chain
+                    .iter()
+                    .any(|m| m.removes_from_response(b"content-length"))
+                && !h.contains(b"content-length")
             {
                 down_framing = Framing::Chunked;
             }
