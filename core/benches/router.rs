@@ -10,10 +10,19 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pyproxy_core::config::RouteConfiguration;
 use pyproxy_core::http1::head::{parse_request, HeaderMap};
-use pyproxy_core::router::RouteTable;
+use pyproxy_core::router::{RouteRequest, RouteTable};
 use serde_json::{json, Value};
 
 const N: usize = 1000;
+
+fn rq<'a>(target: &'a [u8], headers: &'a HeaderMap) -> RouteRequest<'a> {
+    RouteRequest {
+        method: b"GET",
+        target,
+        headers,
+        absolute_https: None,
+    }
+}
 
 fn clusters() -> HashMap<&'static str, usize> {
     [("web", 0), ("api", 1), ("static", 2), ("canary", 3)]
@@ -125,13 +134,16 @@ fn bench_route(c: &mut Criterion) {
     let t = compile(&small());
     g.bench_function("small_3/first", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/api/v1/users?id=7"), &plain)
-                .is_some()
+            t.route(
+                b"www.example.com",
+                &rq(black_box(b"/api/v1/users?id=7"), &plain),
+            )
+            .is_some()
         })
     });
     g.bench_function("small_3/last", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/index.html"), &plain)
+            t.route(b"www.example.com", &rq(black_box(b"/index.html"), &plain))
                 .is_some()
         })
     });
@@ -139,19 +151,25 @@ fn bench_route(c: &mut Criterion) {
     let t = compile(&many_prefixes());
     g.bench_function("prefix_1000/first", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/svc0000/items/42"), &plain)
-                .is_some()
+            t.route(
+                b"www.example.com",
+                &rq(black_box(b"/svc0000/items/42"), &plain),
+            )
+            .is_some()
         })
     });
     g.bench_function("prefix_1000/last", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/svc0999/items/42"), &plain)
-                .is_some()
+            t.route(
+                b"www.example.com",
+                &rq(black_box(b"/svc0999/items/42"), &plain),
+            )
+            .is_some()
         })
     });
     g.bench_function("prefix_1000/miss", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/nothing/here"), &plain)
+            t.route(b"www.example.com", &rq(black_box(b"/nothing/here"), &plain))
                 .is_none()
         })
     });
@@ -160,13 +178,13 @@ fn bench_route(c: &mut Criterion) {
     let last = headers("X-Tenant: tenant-099\r\n");
     g.bench_function("header_100/last", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/orders"), &last)
+            t.route(b"www.example.com", &rq(black_box(b"/orders"), &last))
                 .is_some()
         })
     });
     g.bench_function("header_100/fallthrough", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/orders"), &plain)
+            t.route(b"www.example.com", &rq(black_box(b"/orders"), &plain))
                 .is_some()
         })
     });
@@ -174,14 +192,20 @@ fn bench_route(c: &mut Criterion) {
     let t = compile(&regex_routes());
     g.bench_function("regex_100/first", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/v2/svc00/items/42"), &plain)
-                .is_some()
+            t.route(
+                b"www.example.com",
+                &rq(black_box(b"/v2/svc00/items/42"), &plain),
+            )
+            .is_some()
         })
     });
     g.bench_function("regex_100/last", |b| {
         b.iter(|| {
-            t.route(b"www.example.com", black_box(b"/v2/svc99/items/42"), &plain)
-                .is_some()
+            t.route(
+                b"www.example.com",
+                &rq(black_box(b"/v2/svc99/items/42"), &plain),
+            )
+            .is_some()
         })
     });
     g.finish();
@@ -190,32 +214,32 @@ fn bench_route(c: &mut Criterion) {
     let t = compile(&many_vhosts(false));
     g.bench_function("exact_1000/hit", |b| {
         b.iter(|| {
-            t.route(black_box(b"svc0999.example.com"), b"/", &plain)
+            t.route(black_box(b"svc0999.example.com"), &rq(b"/", &plain))
                 .is_some()
         })
     });
     g.bench_function("exact_1000/default", |b| {
         b.iter(|| {
-            t.route(black_box(b"unknown.example.org"), b"/", &plain)
+            t.route(black_box(b"unknown.example.org"), &rq(b"/", &plain))
                 .is_some()
         })
     });
     let t = compile(&many_vhosts(true));
     g.bench_function("suffix_1000/first", |b| {
         b.iter(|| {
-            t.route(black_box(b"a.svc0000.example.com"), b"/", &plain)
+            t.route(black_box(b"a.svc0000.example.com"), &rq(b"/", &plain))
                 .is_some()
         })
     });
     g.bench_function("suffix_1000/last", |b| {
         b.iter(|| {
-            t.route(black_box(b"a.svc0999.example.com"), b"/", &plain)
+            t.route(black_box(b"a.svc0999.example.com"), &rq(b"/", &plain))
                 .is_some()
         })
     });
     g.bench_function("suffix_1000/default", |b| {
         b.iter(|| {
-            t.route(black_box(b"unknown.example.org"), b"/", &plain)
+            t.route(black_box(b"unknown.example.org"), &rq(b"/", &plain))
                 .is_some()
         })
     });

@@ -235,6 +235,9 @@ pub struct HeaderMatcher {
     /// Envoy `string_match.ignore_case` (default false).
     #[serde(default)]
     pub ignore_case: bool,
+    /// Envoy `treat_missing_header_as_empty` (default false).
+    #[serde(default)]
+    pub treat_missing_header_as_empty: bool,
 }
 
 /// Envoy `QueryParameterMatcher`.

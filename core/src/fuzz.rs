@@ -24,7 +24,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::config::{Cluster, PathMatch, Snapshot};
 use crate::lb::{Balancer, LbHost, Policy};
-use crate::router::{breaks_line, Action};
+use crate::router::{breaks_line, Action, RouteRequest};
 use crate::snapshot::{compile_with, Resolver};
 use crate::worker::headers::redirect_location;
 
@@ -340,7 +340,13 @@ pub fn snapshot(data: &[u8]) {
                 else {
                     continue;
                 };
-                let Some((vh, r)) = l.routes.route(host, target, &head.headers) else {
+                let req = RouteRequest {
+                    method: head.method(),
+                    target,
+                    headers: &head.headers,
+                    absolute_https: None,
+                };
+                let Some((vh, r)) = l.routes.route(host, &req) else {
                     continue;
                 };
                 l.routes.mutations.apply_request(&mut head.headers);

@@ -207,6 +207,7 @@ def _header_matcher(hm: m.HeaderMatcher) -> Json:
         "match": match,
         "invert_match": hm.invert_match,
         "ignore_case": ignore_case,
+        "treat_missing_header_as_empty": hm.treat_missing_header_as_empty,
     }
 
 

@@ -159,6 +159,7 @@ class HeaderMatcher(_Message, kw_only=True):
     safe_regex_match: RegexMatcher | None = None
     present_match: bool | None = None
     invert_match: bool = False
+    treat_missing_header_as_empty: bool = False
 
 
 class QueryParameterMatcher(_Message, kw_only=True):

@@ -224,6 +224,9 @@ def _check_header_matcher(hm: m.HeaderMatcher, path: str) -> None:
         raise ConfigError(path, f"set only one header match specifier; got {', '.join(specs)}")
     if hm.string_match is not None:
         _check_string_match(hm.string_match, f"{path}.string_match")
+    for legacy in ("prefix_match", "suffix_match", "contains_match"):
+        if getattr(hm, legacy) == "":
+            raise ConfigError(f"{path}.{legacy}", "must not be empty (Envoy: at least 1 character)")
     if hm.safe_regex_match is not None:
         check_regex(hm.safe_regex_match.regex, f"{path}.safe_regex_match.regex")
 
@@ -237,8 +240,13 @@ def _check_string_match(sm: m.StringMatcher, path: str) -> None:
             "needs exactly one of exact, prefix, suffix, contains, safe_regex"
             + (f"; got {', '.join(tests)}" if tests else ""),
         )
+    for test in ("prefix", "suffix", "contains"):
+        if getattr(sm, test) == "":
+            raise ConfigError(f"{path}.{test}", "must not be empty (Envoy: at least 1 character)")
     if sm.safe_regex is not None:
         check_regex(sm.safe_regex.regex, f"{path}.safe_regex.regex")
+        if sm.ignore_case:
+            raise ConfigError(f"{path}.ignore_case", "has no effect for safe_regex; leave it out")
 
 
 def _check_no_line_breaks(value: str | None, path: str) -> None:

@@ -129,9 +129,10 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
     # header matchers
     ("header_string_match", lambda c: route(c)["match"].update(headers=[
         {"name": "X-Env", "string_match": {"prefix": "Prod", "ignore_case": True},
-         "invert_match": True}]),
+         "invert_match": True, "treat_missing_header_as_empty": True}]),
      lambda s: snap_route(s)["match"]["headers"],
-     [{"name": "x-env", "match": {"prefix": "Prod"}, "invert_match": True, "ignore_case": True}]),
+     [{"name": "x-env", "match": {"prefix": "Prod"}, "invert_match": True, "ignore_case": True,
+       "treat_missing_header_as_empty": True}]),
     ("header_legacy", lambda c: route(c)["match"].update(headers=[
         {"name": "a", "exact_match": "1"}, {"name": "b", "prefix_match": "2"},
         {"name": "c", "suffix_match": "3"}, {"name": "d", "contains_match": "4"},

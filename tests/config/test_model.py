@@ -94,6 +94,8 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
     ("legacy_header_match", lambda c: route(c)["match"].update(
         headers=[{"name": "X-A", "exact_match": "1"}])),
     ("header_present_by_default", lambda c: route(c)["match"].update(headers=[{"name": "x"}])),
+    ("header_exact_empty_missing_as_empty", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "string_match": {"exact": ""}, "treat_missing_header_as_empty": True}])),
     ("query_no_matcher", lambda c: route(c)["match"].update(query_parameters=[{"name": "q"}])),
     ("regex_google_re2", lambda c: route(c).update(
         match={"safe_regex": {"google_re2": {}, "regex": "/a.*"}})),
@@ -254,6 +256,19 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("string_match_empty", lambda c: route(c)["match"].update(headers=[
         {"name": "x", "string_match": {}}]), f"{ROUTE}.match.headers[0].string_match",
      "exactly one of exact, prefix, suffix, contains, safe_regex"),
+    # Envoy 1.40 refuses these too (StringMatcher and HeaderMatcher min_len 1; checked with
+    # `envoy --mode validate`)
+    ("string_match_empty_prefix", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "string_match": {"prefix": ""}}]),
+     f"{ROUTE}.match.headers[0].string_match.prefix", "must not be empty"),
+    ("query_string_match_empty_contains", lambda c: route(c)["match"].update(query_parameters=[
+        {"name": "x", "string_match": {"contains": ""}}]),
+     f"{ROUTE}.match.query_parameters[0].string_match.contains", "must not be empty"),
+    ("legacy_suffix_match_empty", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "suffix_match": ""}]), f"{ROUTE}.match.headers[0].suffix_match", "must not be empty"),
+    ("regex_ignore_case", lambda c: route(c)["match"].update(headers=[
+        {"name": "x", "string_match": {"safe_regex": {"regex": "a"}, "ignore_case": True}}]),
+     f"{ROUTE}.match.headers[0].string_match.ignore_case", "has no effect for safe_regex"),
     ("range_match", lambda c: route(c)["match"].update(headers=[
         {"name": "x", "range_match": {"start": 1, "end": 2}}]),
      f"{ROUTE}.match.headers[0].range_match", "unknown field 'range_match'"),

@@ -107,6 +107,26 @@ def test_absolute_targets_envoy_takes(make_proxy: Any, upstream: Any, target: st
     assert rec.header("host") == host
 
 
+FORBIDDEN = text_reply("HTTP/1.1 403 Forbidden", b"Forbidden")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["GET https://x/y HTTP/1.1", "GET HTTPS://x/y HTTP/1.1", "GET https://x/y HTTP/1.0", "GET https://x/#f HTTP/1.1"],
+)
+def test_an_edge_listener_refuses_https_targets_in_the_clear(make_proxy: Any, upstream: Any, line: str) -> None:
+    # Envoy's codec validates the scheme where use_remote_address is set: "https in the clear"
+    # is a 403 protocol error, before the version and the fragment are looked at.
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm={"use_remote_address": True}))
+    refused(proxy, upstream, f"{line}\r\nHost: example.com\r\n\r\n".encode(), FORBIDDEN, 1)
+
+
+def test_an_edge_listener_takes_http_targets(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm={"use_remote_address": True}))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(b"GET http://x/y HTTP/1.1\r\nHost: example.com\r\n\r\n").status == 200
+
+
 def test_a_query_right_after_the_authority_is_the_path(proxy: Any, upstream: Any) -> None:
     # Envoy routes `http://x?y` by the path `?y`, which no `/` prefix matches.
     with RawConn(proxy.listener_port()) as c:

@@ -114,6 +114,13 @@ HEADER_ROUTES = [
     header_route("contains", {"name": "x-contains", "string_match": {"contains": "mid"}}),
     header_route("ignore-case", {"name": "x-icase", "string_match": {"exact": "abc", "ignore_case": True}}),
     header_route("inverted", {"name": "x-not", "string_match": {"exact": "yes"}, "invert_match": True}, "/inv"),
+    header_route("absent-inverted", {"name": "x-gone", "present_match": True, "invert_match": True}, "/absent"),
+    header_route("absent", {"name": "x-gone", "present_match": False}, "/not-present"),
+    header_route("inverted-absent", {"name": "x-gone", "present_match": False, "invert_match": True}, "/both"),
+    header_route("missing-empty", {"name": "x-e", "string_match": {"exact": ""},
+                                   "treat_missing_header_as_empty": True}, "/empty"),
+    header_route("missing-inverted", {"name": "x-e", "string_match": {"exact": "yes"}, "invert_match": True,
+                                      "treat_missing_header_as_empty": True}, "/minv"),
     {"match": {"prefix": "/"}, "direct_response": direct("none")},
 ]
 
@@ -138,6 +145,20 @@ HEADER_ROUTES = [
         ("/h", "x-unrelated: a", "none"),
         ("/inv", "x-not: no", "inverted"),
         ("/inv", "x-not: yes", "none"),
+        # An absent header fails every test but present_match, and invert_match does not turn
+        # that into a match (route_diff, checked against Envoy 1.40).
+        ("/inv", "x-unrelated: a", "none"),
+        ("/absent", "x-unrelated: a", "absent-inverted"),
+        ("/absent", "x-gone: 1", "none"),
+        ("/not-present", "x-unrelated: a", "absent"),
+        ("/not-present", "x-gone: 1", "none"),
+        ("/both", "x-unrelated: a", "none"),
+        ("/both", "x-gone: 1", "inverted-absent"),
+        ("/empty", "x-unrelated: a", "missing-empty"),
+        ("/empty", "x-e: ", "missing-empty"),
+        ("/empty", "x-e: a", "none"),
+        ("/minv", "x-unrelated: a", "missing-inverted"),
+        ("/minv", "x-e: yes", "none"),
         ("/other", "x-exact: a", "none"),  # headers only narrow the path match
     ],
 )
@@ -146,6 +167,86 @@ def test_header_matchers(make_proxy: Any, path: str, header: str, expected: str)
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get(path, extra=header + "\r\n"))
     assert r.body == expected.encode()
+
+
+def body_route(body: str, *headers: dict[str, Any]) -> dict[str, Any]:
+    return {"match": {"prefix": "/", "headers": list(headers)}, "direct_response": direct(body)}
+
+
+PSEUDO_ROUTES = [
+    body_route("post", {"name": ":method", "string_match": {"exact": "POST"}}),
+    body_route("path-query", {"name": ":path", "string_match": {"prefix": "/p?"}}),
+    body_route("authority", {"name": ":authority", "string_match": {"exact": "a.com:80"}}),
+    body_route("https", {"name": ":scheme", "string_match": {"exact": "https"}}),
+    body_route("protocol", {"name": ":protocol", "present_match": True}),
+    body_route("http", {"name": ":scheme", "string_match": {"exact": "http"}}, {"name": ":path", "exact_match": "/s"}),
+    body_route("none"),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_line", "extra", "expected"),
+    [
+        ("POST /x", "content-length: 0", "post"),
+        ("GET /p?x", "", "path-query"),
+        ("GET /p", "", "none"),
+        ("GET /x", "Host: a.com:80", "authority"),
+        ("GET /x", "Host: A.com:80", "none"),  # the authority as sent: not lower-cased
+        ("GET http://a.com:80/x", "", "authority"),  # an absolute target's authority
+        ("GET /s", "", "http"),
+        # :scheme: an absolute target's scheme, else one x-forwarded-proto of http or https
+        # (any case), else http
+        ("GET /x", "x-forwarded-proto: HTTPS", "https"),
+        ("GET https://q/x", "x-forwarded-proto: http", "https"),
+        ("GET HTTPS://q/s", "", "https"),
+        ("GET http://q/s", "x-forwarded-proto: https", "http"),
+        ("GET /s", "x-forwarded-proto: ftp", "http"),
+        ("GET /s", "x-forwarded-proto: https\r\nx-forwarded-proto: https", "http"),
+    ],
+)
+def test_header_matchers_on_pseudo_headers(make_proxy: Any, request_line: str, extra: str, expected: str) -> None:
+    # An HTTP/1 request's request line and Host are Envoy's :method, :path, :authority and
+    # :scheme; an HTTP/2-only pseudo-header such as :protocol is absent.
+    proxy = make_proxy(bootstrap(PSEUDO_ROUTES, []))
+    lines = ("" if extra.startswith("Host:") else "Host: example.com\r\n") + (extra + "\r\n" if extra else "")
+    raw = f"{request_line} HTTP/1.1\r\n{lines}\r\n".encode()
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(raw).body == expected.encode()
+
+
+EDITED_ROUTES = [
+    {"match": {"prefix": "/xfp", "headers": [{"name": "x-forwarded-proto", "exact_match": "http"}]},
+     "direct_response": direct("xfp")},
+    {"match": {"prefix": "/rid", "headers": [{"name": "x-request-id", "present_match": True}]},
+     "direct_response": direct("request-id")},
+    {"match": {"prefix": "/te", "headers": [{"name": "te", "present_match": True}]}, "direct_response": direct("te")},
+    {"match": {"prefix": "/conn", "headers": [{"name": "connection", "present_match": True}]},
+     "direct_response": direct("connection")},
+    {"match": {"prefix": "/ka", "headers": [{"name": "keep-alive", "present_match": True}]},
+     "direct_response": direct("keep-alive")},
+    {"match": {"prefix": "/"}, "direct_response": direct("none")},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "expected"),
+    [
+        ("/xfp", "", "xfp"),  # added before routing
+        ("/rid", "", "request-id"),  # generated before routing
+        ("/te", "TE: trailers", "te"),
+        ("/te", "TE: gzip", "none"),  # stripped before routing
+        ("/conn", "Connection: keep-alive", "none"),
+        ("/ka", "Keep-Alive: timeout=5", "none"),
+    ],
+)
+def test_routes_match_the_headers_the_connection_manager_leaves(
+    make_proxy: Any, path: str, extra: str, expected: str
+) -> None:
+    # Envoy's connection manager edits the request headers (hop-by-hop headers stripped,
+    # x-forwarded-proto and x-request-id set) before the route is chosen.
+    proxy = make_proxy(bootstrap(EDITED_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get(path, extra=extra + "\r\n" if extra else "")).body == expected.encode()
 
 
 QUERY_ROUTES = [

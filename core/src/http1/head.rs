@@ -416,6 +416,8 @@ pub struct RequestHead {
     pub wire_len: usize,
     /// The origin-form target when the request line carried an absolute URI.
     target_override: Option<Box<[u8]>>,
+    /// Whether that URI was `https` (`None`: origin form).
+    absolute_https: Option<bool>,
 }
 
 impl RequestHead {
@@ -437,10 +439,10 @@ impl RequestHead {
     /// authority the `host` header, as Envoy does. Returns false for a malformed URI.
     pub fn normalize_absolute_form(&mut self) -> bool {
         let t = &self.headers.raw[self.target.0 as usize..self.target.1 as usize];
-        let rest = if t.len() > 7 && t[..7].eq_ignore_ascii_case(b"http://") {
-            &t[7..]
+        let (rest, https) = if t.len() > 7 && t[..7].eq_ignore_ascii_case(b"http://") {
+            (&t[7..], false)
         } else if t.len() > 8 && t[..8].eq_ignore_ascii_case(b"https://") {
-            &t[8..]
+            (&t[8..], true)
         } else {
             return true;
         };
@@ -462,7 +464,14 @@ impl RequestHead {
         let authority = authority.to_vec();
         self.headers.set(b"host", &authority);
         self.target_override = Some(path);
+        self.absolute_https = Some(https);
         true
+    }
+
+    /// The scheme of an absolute-form target once [`RequestHead::normalize_absolute_form`] has
+    /// run (`Some(true)`: https); `None` for origin form.
+    pub fn absolute_https(&self) -> Option<bool> {
+        self.absolute_https
     }
 }
 
@@ -618,6 +627,7 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
         headers,
         wire_len: n,
         target_override: None,
+        absolute_https: None,
     }))
 }
 
@@ -686,6 +696,7 @@ fn parse_request_lenient(
         headers,
         wire_len: n,
         target_override: None,
+        absolute_https: None,
     }))
 }
 

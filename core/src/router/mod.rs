@@ -159,12 +159,89 @@ enum PathMatcher {
     Regex(Regex),
 }
 
+/// What a header matcher tests: a header, or one of the request's pseudo-headers, which an
+/// HTTP/1 request carries in its request line and `host` (Envoy's HTTP/1 codec makes them
+/// `:method`, `:path`, `:authority` and `:scheme`).
+#[derive(Debug, Clone)]
+enum HeaderSource {
+    /// A header by (lower-case) name; `host` is `:authority`, as in Envoy.
+    Header(Vec<u8>),
+    Method,
+    /// The target as routed: path and query.
+    Path,
+    Scheme,
+    /// A pseudo-header an HTTP/1 request never has (`:protocol`, `:status`, ...).
+    Absent,
+}
+
+impl HeaderSource {
+    fn of(name: &str) -> HeaderSource {
+        match name.to_ascii_lowercase().as_str() {
+            ":method" => HeaderSource::Method,
+            ":path" => HeaderSource::Path,
+            ":authority" => HeaderSource::Header(b"host".to_vec()),
+            ":scheme" => HeaderSource::Scheme,
+            n if n.starts_with(':') => HeaderSource::Absent,
+            n => HeaderSource::Header(n.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// What routing reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRequest<'a> {
+    pub method: &'a [u8],
+    /// Path and query, in origin form.
+    pub target: &'a [u8],
+    /// The headers, after the connection manager's own edits (Envoy routes on those).
+    pub headers: &'a HeaderMap,
+    /// The scheme of an absolute-form target (`Some(true)`: https), `None` for origin form.
+    pub absolute_https: Option<bool>,
+}
+
+impl RouteRequest<'_> {
+    /// Envoy's `:scheme` for an HTTP/1 request on a plaintext listener: an absolute-form
+    /// target's scheme, else one `x-forwarded-proto` of `http` or `https` (any case), else
+    /// `http`.
+    fn scheme(&self) -> &'static [u8] {
+        let https = self.absolute_https.unwrap_or_else(|| {
+            self.headers
+                .only(b"x-forwarded-proto")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"https"))
+        });
+        if https {
+            b"https"
+        } else {
+            b"http"
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct HeaderMatch {
-    name: Vec<u8>,
+    source: HeaderSource,
     m: ValueMatcher,
     invert: bool,
     ignore_case: bool,
+    /// Envoy `treat_missing_header_as_empty`: an absent header is tested as an empty value.
+    missing_as_empty: bool,
+}
+
+impl HeaderMatch {
+    /// Tests a value (`None`: absent).
+    #[inline]
+    fn test(&self, value: Option<&[u8]>) -> bool {
+        match value {
+            Some(v) => self.m.matches(Some(v), self.ignore_case) != self.invert,
+            None if self.missing_as_empty => {
+                self.m.matches(Some(b""), self.ignore_case) != self.invert
+            }
+            // An absent header fails every test but `present_match`, and `invert_match` does
+            // not turn that failure into a match: Envoy 1.40 takes an absent header only for
+            // `present_match: false`, or `present_match: true` inverted.
+            None => matches!(self.m, ValueMatcher::Present(p) if p == self.invert),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -402,20 +479,19 @@ impl RouteTable {
         Some(&self.vhosts[i])
     }
 
-    /// Finds the route for a request; `host` must be lower-case, `target` is the request
-    /// target (path and query).
+    /// Finds the route for a request; `host` must be lower-case.
     pub fn route<'a>(
         &'a self,
         host: &[u8],
-        target: &[u8],
-        headers: &HeaderMap,
+        req: &RouteRequest<'_>,
     ) -> Option<(&'a VirtualHost, &'a Route)> {
         let vh = self.virtual_host(host)?;
+        let target = req.target;
         let (path, query) = match memchr::memchr(b'?', target) {
             Some(i) => (&target[..i], Some(&target[i + 1..])),
             None => (target, None),
         };
-        let full_match = |r: &Route| r.matches(path, query, headers);
+        let full_match = |r: &Route| r.matches(path, query, req);
         let r = if vh.routes.len() <= LINEAR_MAX {
             vh.routes.iter().find(|r| full_match(r))?
         } else {
@@ -449,7 +525,7 @@ fn compile_route(
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
         headers.push(HeaderMatch {
-            name: h.name.to_ascii_lowercase().into_bytes(),
+            source: HeaderSource::of(&h.name),
             m: ValueMatcher::compile(
                 &h.value_match,
                 h.ignore_case,
@@ -457,6 +533,7 @@ fn compile_route(
             )?,
             invert: h.invert_match,
             ignore_case: h.ignore_case,
+            missing_as_empty: h.treat_missing_header_as_empty,
         });
     }
     let mut query = Vec::new();
@@ -588,7 +665,7 @@ impl Route {
     }
 
     #[inline(always)]
-    fn matches(&self, path: &[u8], query: Option<&[u8]>, headers: &HeaderMap) -> bool {
+    fn matches(&self, path: &[u8], query: Option<&[u8]>, req: &RouteRequest<'_>) -> bool {
         let ok = match &self.path {
             PathMatcher::Prefix(p) => {
                 path.len() >= p.len()
@@ -611,24 +688,34 @@ impl Route {
             return false;
         }
         for h in &self.headers {
-            // Several values of one header are matched as one comma-joined value, as Envoy.
-            let mut vals = headers.get_all(&h.name);
-            let first = vals.next();
-            let joined;
-            let value = match (first, vals.next()) {
-                (None, _) => None,
-                (Some(v), None) => Some(v),
-                (Some(v), Some(second)) => {
-                    let mut j = v.to_vec();
-                    for x in std::iter::once(second).chain(vals) {
-                        j.push(b',');
-                        j.extend_from_slice(x);
+            let name = match &h.source {
+                HeaderSource::Header(name) => name,
+                pseudo => {
+                    let value = match pseudo {
+                        HeaderSource::Method => Some(req.method),
+                        HeaderSource::Path => Some(req.target),
+                        HeaderSource::Scheme => Some(req.scheme()),
+                        _ => None,
+                    };
+                    if !h.test(value) {
+                        return false;
                     }
-                    joined = j;
-                    Some(&joined[..])
+                    continue;
                 }
             };
-            if h.m.matches(value, h.ignore_case) == h.invert {
+            // A header sent several times matches when any one of its values does (then
+            // `invert_match` applies), as in Envoy 1.40: the values are not joined.
+            let mut vals = req.headers.get_all(name);
+            let ok = match vals.next() {
+                None => h.test(None),
+                Some(first) => {
+                    let any = std::iter::once(first)
+                        .chain(vals)
+                        .any(|v| h.m.matches(Some(v), h.ignore_case));
+                    any != h.invert
+                }
+            };
+            if !ok {
                 return false;
             }
         }
@@ -660,6 +747,15 @@ mod tests {
         let rc: RouteConfiguration = serde_json::from_str(json).unwrap();
         let clusters: HashMap<&str, usize> = [("a", 0), ("b", 1)].into_iter().collect();
         RouteTable::compile(&rc, &clusters, "route_config").unwrap()
+    }
+
+    fn get<'a>(target: &'a [u8], headers: &'a HeaderMap) -> RouteRequest<'a> {
+        RouteRequest {
+            method: b"GET",
+            target,
+            headers,
+            absolute_https: None,
+        }
     }
 
     fn headers(h: &str) -> HeaderMap {
@@ -824,7 +920,8 @@ mod tests {
             ("/q?debug=2", "", "all"),
         ];
         for (target, hdrs, want) in cases {
-            let (_, r) = t.route(b"x", target.as_bytes(), &headers(hdrs)).unwrap();
+            let hs = headers(hdrs);
+            let (_, r) = t.route(b"x", &get(target.as_bytes(), &hs)).unwrap();
             let got = t.vhosts[0]
                 .routes
                 .iter()
@@ -881,13 +978,14 @@ mod tests {
                     Some((p, q)) => (p.as_bytes(), Some(q.as_bytes())),
                     None => (target.as_bytes(), None),
                 };
-                let want = vh.routes.iter().position(|r| r.matches(path, query, hs));
+                let req = get(target.as_bytes(), hs);
+                let want = vh.routes.iter().position(|r| r.matches(path, query, &req));
                 let indexed = vh
                     .index
-                    .first(path, |i| vh.routes[i].matches(path, query, hs));
+                    .first(path, |i| vh.routes[i].matches(path, query, &req));
                 assert_eq!(indexed, want, "{target:?} in {json}");
                 let got = t
-                    .route(b"x", target.as_bytes(), hs)
+                    .route(b"x", &req)
                     .map(|(_, r)| vh.routes.iter().position(|x| std::ptr::eq(x, r)).unwrap());
                 assert_eq!(got, want, "{target:?} in {json}");
             }

@@ -23,7 +23,7 @@ use tokio::time::Instant as TInstant;
 use super::clock;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap, NO_DRAIN_KEY};
 use super::forward::{forward, CONTINUE};
-use super::headers::redirect_location;
+use super::headers::{mutate_request, redirect_location};
 use super::timer::{earliest, ConnTimer};
 use super::Shared;
 use crate::http1::body::Framing;
@@ -32,7 +32,7 @@ use crate::http1::codec::{
 };
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
-use crate::router::Action;
+use crate::router::{Action, RouteRequest};
 use crate::stats::HttpStats;
 
 /// Read size for message heads.
@@ -710,6 +710,11 @@ async fn handle(
         Ok(later) if head.normalize_absolute_form() => later,
         _ => return codec_refusal(ctx, l, d, 400, b"Bad Request").await,
     };
+    // An edge listener (use_remote_address) takes no `https://` target over plain TCP: Envoy's
+    // codec answers 403 ("https in the clear"), before it looks at the version.
+    if head.absolute_https() == Some(true) && l.c.cfg.hcm.use_remote_address {
+        return codec_refusal(ctx, l, d, 403, b"Forbidden").await;
+    }
     if head.minor != 1 {
         return codec_refusal(ctx, l, d, 426, b"Upgrade Required").await;
     }
@@ -745,6 +750,10 @@ async fn handle(
         // No `upgrade_configs` support yet: Envoy answers 403 without contacting the upstream.
         return reply(ctx, l, d, 403, b"", false, None).await;
     }
+    // The connection manager's own edits come before routing: routes match on the headers as
+    // they leave them (hop-by-hop headers gone, `x-forwarded-proto` and `x-request-id` set),
+    // as in Envoy.
+    mutate_request(l, d.peer, &mut head.headers, conn);
     let keep_after_local = keep && !body_pending;
     let table = &l.c.routes;
     // Routing by `*` alone never looks at the host: no lower-casing.
@@ -756,7 +765,15 @@ async fn handle(
     let found = if empty_forwarded_proto(&l.c.cfg.hcm, &head.headers) {
         None
     } else {
-        table.route(&host, head.target(), &head.headers)
+        table.route(
+            &host,
+            &RouteRequest {
+                method: head.method(),
+                target: head.target(),
+                headers: &head.headers,
+                absolute_https: head.absolute_https(),
+            },
+        )
     };
     let Some((vh, route)) = found else {
         l.http.no_route.inc();

@@ -17,7 +17,7 @@ use super::conn::{
     expects_continue, read_more, reply, write_down, write_more, Down, Next, BODY_CHUNK, READ_CHUNK,
 };
 use super::ctx::{Ctx, ListenerRt};
-use super::headers::{apply_response_extras, mutate_request, rewrite_target};
+use super::headers::{apply_response_extras, rewrite_target, router_request_headers};
 use super::timer::earliest;
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
@@ -119,7 +119,6 @@ pub(super) async fn forward(
     let is_head = head.method() == b"HEAD";
     let (out, chunk_up) = upstream_head(
         l,
-        d,
         head,
         conn,
         framing,
@@ -262,12 +261,11 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
     }
 }
 
-/// Builds the upstream request head: Envoy's own headers, the configured edits, then the host
+/// Builds the upstream request head: the router's own header, the configured edits, then the host
 /// and path rewrites with their `x-envoy-original-*` records, `host` written first.
 #[allow(clippy::too_many_arguments)]
 fn upstream_head(
     l: &ListenerRt,
-    d: &Down,
     mut head: RequestHead,
     conn: ConnectionTokens,
     framing: Framing,
@@ -278,7 +276,7 @@ fn upstream_head(
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
 ) -> (Vec<u8>, bool) {
-    mutate_request(l, d.peer, &mut head.headers, conn, fwd);
+    router_request_headers(l, &mut head.headers, fwd);
     for m in chain {
         m.apply_request(&mut head.headers);
     }

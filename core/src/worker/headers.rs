@@ -103,18 +103,13 @@ fn local_address(v4: bool) -> Option<IpAddr> {
     }
 }
 
-/// Adds and rewrites the proxy's own request headers as Envoy's connection manager and router
-/// do (docs/envoy-behaviour.md, sections 1 and 2), in-place edits and order included: hop-by-hop
-/// and control headers stripped; `x-forwarded-for`, `x-forwarded-proto`,
-/// `x-envoy-external-address`, `x-request-id`; then `x-envoy-expected-rq-timeout-ms` last.
-/// `conn` is what the request's `connection` header said, read when the request was checked.
-pub fn mutate_request(
-    l: &ListenerRt,
-    peer: SocketAddr,
-    h: &mut HeaderMap,
-    conn: ConnectionTokens,
-    fwd: &Forward,
-) {
+/// Adds and rewrites the proxy's own request headers as Envoy's connection manager does
+/// before routing (docs/envoy-behaviour.md, sections 1 and 2), in-place edits and order
+/// included: hop-by-hop and control headers stripped; `x-forwarded-for`, `x-forwarded-proto`,
+/// `x-envoy-external-address`, `x-request-id`. Routes match on the headers as these leave
+/// them, as in Envoy. `conn` is what the request's `connection` header said, read when the
+/// request was checked.
+pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, conn: ConnectionTokens) {
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
     strip_hop_by_hop(h, conn);
@@ -178,7 +173,13 @@ pub fn mutate_request(
             h.append(b"x-request-id", &uuid4());
         }
     }
-    if !hcm.suppress_envoy_headers && fwd.timeout_ms > 0 {
+}
+
+/// The router's own request header, after the connection manager's: the route's timeout in
+/// `x-envoy-expected-rq-timeout-ms`, appended last.
+#[inline]
+pub fn router_request_headers(l: &ListenerRt, h: &mut HeaderMap, fwd: &Forward) {
+    if !l.c.cfg.hcm.suppress_envoy_headers && fwd.timeout_ms > 0 {
         h.append(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header);
     }
 }
