@@ -43,7 +43,7 @@ HEADER_NAMES = ["x-h", "x-k", "X-Up"]
 # Matched on, not sent as such: the pseudo-headers, and headers the connection manager edits
 # before routing.
 MATCHED_ONLY = [":method", ":path", ":authority", ":scheme", ":protocol", "host", "te", "x-forwarded-proto",
-                "x-request-id", "connection"]
+                "connection"]
 HEADER_VALUES = ["v1", "V1", "va", "abz", "", "v1,v2", "xv1", " v1", "v1 "]
 QUERY_NAMES = ["debug", "x", "Debug", "a b"]
 QUERY_STRINGS = ["", "debug", "debug=", "debug=1", "debug=true", "debug=TRUE", "x=1&debug=0", "debug=1&debug=2",

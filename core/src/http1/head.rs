@@ -422,6 +422,7 @@ pub struct RequestHead {
 
 impl RequestHead {
     /// The method, as sent.
+    #[inline]
     pub fn method(&self) -> &[u8] {
         &self.headers.raw[self.method.0 as usize..self.method.1 as usize]
     }

@@ -750,6 +750,9 @@ async fn handle(
         // No `upgrade_configs` support yet: Envoy answers 403 without contacting the upstream.
         return reply(ctx, l, d, 403, b"", false, None).await;
     }
+    // Read before the edits below add an `x-forwarded-proto` (they never change one a
+    // non-edge listener keeps), so that a request without one skips the look.
+    let no_scheme = empty_forwarded_proto(&l.c.cfg.hcm, &head.headers);
     // The connection manager's own edits come before routing: routes match on the headers as
     // they leave them (hop-by-hop headers gone, `x-forwarded-proto` and `x-request-id` set),
     // as in Envoy.
@@ -762,7 +765,7 @@ async fn handle(
     } else {
         std::borrow::Cow::Borrowed(&b""[..])
     };
-    let found = if empty_forwarded_proto(&l.c.cfg.hcm, &head.headers) {
+    let found = if no_scheme {
         None
     } else {
         table.route(
