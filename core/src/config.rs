@@ -122,12 +122,15 @@ fn default_idle_ms() -> u64 {
 pub struct HeaderValueOption {
     /// Lower-case header name.
     pub key: String,
-    /// Value, sent as is (no `%...%` substitution yet).
+    /// Value, with Envoy's `%...%` commands (router/format.rs).
     pub value: String,
     /// `true`: append another value (`APPEND_IF_EXISTS_OR_ADD`, Envoy's default);
     /// `false`: replace existing values (`OVERWRITE_IF_EXISTS_OR_ADD`).
     #[serde(default = "default_true")]
     pub append: bool,
+    /// Envoy `keep_empty_value`: add the header even when its value is empty.
+    #[serde(default)]
+    pub keep_empty_value: bool,
 }
 
 /// The four header-manipulation lists shared by route config, virtual host and route.

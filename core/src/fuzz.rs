@@ -24,7 +24,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::config::{Cluster, PathMatch, Snapshot};
 use crate::lb::{Balancer, LbHost, Policy};
-use crate::router::{breaks_line, Action, RouteRequest};
+use crate::router::{breaks_line, Action, Cx, ReqView, RouteRequest};
 use crate::snapshot::{compile_with, Resolver};
 use crate::worker::headers::redirect_location;
 
@@ -349,10 +349,26 @@ pub fn snapshot(data: &[u8]) {
                 let Some((vh, r)) = l.routes.route(host, &req) else {
                     continue;
                 };
-                l.routes.mutations.apply_request(&mut head.headers);
-                vh.mutations.apply_request(&mut head.headers);
-                r.mutations.apply_request(&mut head.headers);
+                let local = || Some(SocketAddr::from(([127, 0, 0, 1], 8080)));
+                let line = (head.method().to_vec(), target.to_vec());
+                let mut cx = Cx {
+                    peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+                    local: &local,
+                    minor: 1,
+                    request: Some(ReqView {
+                        method: &line.0,
+                        target: &line.1,
+                        headers: None,
+                        https: false,
+                    }),
+                    status: 0,
+                    upstream: None,
+                };
+                l.routes.mutations.apply_request(&mut head.headers, &cx);
+                vh.mutations.apply_request(&mut head.headers, &cx);
+                r.mutations.apply_request(&mut head.headers, &cx);
                 check_map(&head.headers);
+                let sent = head.headers.clone();
                 let mut resp = parse_response(
                     &mut BytesMut::from(
                         &b"HTTP/1.1 200 OK\r\nserver: up\r\ncontent-length: 0\r\n\r\n"[..],
@@ -361,9 +377,17 @@ pub fn snapshot(data: &[u8]) {
                 )
                 .unwrap()
                 .unwrap();
-                r.mutations.apply_response(&mut resp.headers);
-                vh.mutations.apply_response(&mut resp.headers);
-                l.routes.mutations.apply_response(&mut resp.headers);
+                cx.request = Some(ReqView {
+                    method: &line.0,
+                    target: &line.1,
+                    headers: Some(&sent),
+                    https: false,
+                });
+                cx.status = 200;
+                cx.upstream = Some(SocketAddr::from(([127, 0, 0, 1], 9)));
+                r.mutations.apply_response(&mut resp.headers, &cx);
+                vh.mutations.apply_response(&mut resp.headers, &cx);
+                l.routes.mutations.apply_response(&mut resp.headers, &cx);
                 check_map(&resp.headers);
                 match &r.action {
                     Action::Forward(f) => {
@@ -373,7 +397,8 @@ pub fn snapshot(data: &[u8]) {
                         let (ci, w, m) = f.pick();
                         assert!(*ci < compiled.clusters.len(), "cluster index {ci}");
                         assert!(*w > 0 || f.clusters.len() == 1);
-                        m.apply_request(&mut head.headers);
+                        cx.request = None;
+                        m.apply_request(&mut head.headers, &cx);
                         check_map(&head.headers);
                     }
                     Action::Redirect(rd) => {

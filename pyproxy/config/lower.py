@@ -128,7 +128,12 @@ def _headers_to_add(options: list[m.HeaderValueOption]) -> list[Json]:
             append = o.append_action == "APPEND_IF_EXISTS_OR_ADD"
         else:
             append = _or(o.append, True)
-        out.append({"key": o.header.key.lower(), "value": o.header.value, "append": append})
+        out.append({
+            "key": o.header.key.lower(),
+            "value": o.header.value,  # `%...%` commands are compiled by the engine
+            "append": append,
+            "keep_empty_value": o.keep_empty_value,
+        })
     return out
 
 

@@ -327,6 +327,11 @@ def _check_header_value_option(hvo: m.HeaderValueOption, path: str) -> None:
         raise ConfigError(
             f"{path}.header.key", f"{key!r}: ':'-prefixed or host headers may not be modified"
         )
+    if key.lower() in ("content-length", "transfer-encoding"):
+        raise ConfigError(
+            f"{path}.header.key",
+            f"{key!r} frames the body and is the proxy's to write; it may not be added",
+        )
     _check_no_line_breaks(hvo.header.value, f"{path}.header.value")
     if hvo.append is not None and hvo.append_action is not None:
         raise ConfigError(path, "set only one of append (deprecated), append_action")

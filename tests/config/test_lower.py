@@ -164,7 +164,7 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
      {"route": {"weighted_clusters": [{
          "name": "demo", "weight": 3, "request_headers_to_add": [],
          "request_headers_to_remove": [], "response_headers_to_remove": [],
-         "response_headers_to_add": [{"key": "x-w", "value": "3", "append": True}]}],
+         "response_headers_to_add": [{"key": "x-w", "value": "3", "append": True, "keep_empty_value": False}]}],
          "auto_host_rewrite": False, "timeout_ms": 15_000}}),
     ("redirect_https", lambda c: (route(c).pop("route"), route(c).update(redirect={
         "https_redirect": True, "host_redirect": "a.com", "port_redirect": 8443,
@@ -196,9 +196,8 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
         {"header": {"key": "e", "value": ""}},
         {"header": {"key": "f", "value": ""}, "keep_empty_value": True}]),
      lambda s: snap_route(s)["request_headers_to_add"],
-     [{"key": "a", "value": "1", "append": True}, {"key": "b", "value": "2", "append": False},
-      {"key": "c", "value": "3", "append": False}, {"key": "d", "value": "4", "append": True},
-      {"key": "f", "value": "", "append": True}]),
+     [{"key": k, "value": v, "append": a, "keep_empty_value": k == "f"}
+      for k, v, a in [("a", "1", True), ("b", "2", False), ("c", "3", False), ("d", "4", True), ("f", "", True)]]),
     ("headers_to_remove_lowercased", lambda c: hcm(c)["route_config"].update(
         response_headers_to_remove=["X-Powered-By"]),
      lambda s: snap_hcm(s)["route_config"]["response_headers_to_remove"], ["x-powered-by"]),

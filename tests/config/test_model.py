@@ -322,6 +322,12 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{ROUTE}.request_headers_to_remove[0]", "may not be removed"),
     ("bad_header_name", lambda c: route(c).update(response_headers_to_remove=["a b"]),
      f"{ROUTE}.response_headers_to_remove[0]", "'a b' is not a valid header name"),
+    ("add_content_length", lambda c: route(c).update(response_headers_to_add=[
+        {"header": {"key": "Content-Length", "value": "7"}}]),
+     f"{ROUTE}.response_headers_to_add[0].header.key", "frames the body"),
+    ("add_transfer_encoding", lambda c: vhost(c).update(request_headers_to_add=[
+        {"header": {"key": "transfer-encoding", "value": "chunked"}}]),
+     f"{VHOST}.request_headers_to_add[0].header.key", "frames the body"),
     ("header_value_newline", lambda c: route(c).update(response_headers_to_add=[
         {"header": {"key": "a", "value": "x\r\ny: z"}}]),
      f"{ROUTE}.response_headers_to_add[0].header.value", "must not contain CR, LF or NUL"),

@@ -156,11 +156,21 @@ class Client:
         self.buf = b""
 
     def ask(self, raw: bytes) -> str:
+        """Sends `raw`; the status code and the start of the body, or the error."""
+        got = self.exchange(raw)
+        if isinstance(got, str):
+            return got
+        head, _, body = got.partition(b"\r\n\r\n")
+        return f"{head[9:12].decode('latin-1')} {body[:60].decode('latin-1')}"
+
+    def exchange(self, raw: bytes) -> bytes | str:
+        """Sends `raw`; the whole response, or the error's name. A response is framed by its
+        `content-length` (none: no body)."""
         if self.sock is None:
             self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=3)
             self.buf = b""
-        self.sock.sendall(raw)
         try:
+            self.sock.sendall(raw)
             while b"\r\n\r\n" not in self.buf:
                 d = self.sock.recv(65536)
                 if not d:
@@ -169,7 +179,7 @@ class Client:
             head, _, self.buf = self.buf.partition(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             hs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-            n = int(hs.get("content-length", "0"))
+            n = int(hs.get("content-length", "0")) if not raw.startswith(b"HEAD ") else 0
             while len(self.buf) < n:
                 d = self.sock.recv(65536)
                 if not d:
@@ -178,7 +188,7 @@ class Client:
             body, self.buf = self.buf[:n], self.buf[n:]
             if hs.get("connection", "").lower() == "close":
                 self.close()
-            return f"{lines[0][9:12]} {body[:60].decode('latin-1')}"
+            return head + b"\r\n\r\n" + body
         except (OSError, ValueError) as e:
             self.close()
             return f"<{type(e).__name__}>"

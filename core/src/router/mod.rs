@@ -6,6 +6,7 @@
 //! order, whose path, header and query matchers all pass wins; [`index`] finds it without trying
 //! the routes whose path cannot match.
 
+pub mod format;
 mod index;
 pub mod matcher;
 
@@ -17,17 +18,36 @@ use regex::bytes::Regex;
 use crate::config::{self, HeaderMutations, PathMatch, RouteAction, RouteConfiguration};
 use crate::http1::head::{is_tchar, HeaderMap};
 use crate::Error;
+pub use format::{Cx, ReqView, Value};
 use index::{Literal, RouteIndex};
 use matcher::{full_regex, ValueMatcher};
+
+/// A header to add, compiled.
+#[derive(Debug, Clone)]
+pub struct Add {
+    /// Lower-case name.
+    pub name: Vec<u8>,
+    pub value: Value,
+    /// `false`: replace the existing values.
+    pub append: bool,
+    /// Envoy `keep_empty_value`: add the header even when the value comes out empty.
+    pub keep_empty: bool,
+}
 
 /// Header edits compiled from a [`HeaderMutations`].
 #[derive(Debug, Clone, Default)]
 pub struct Mutations {
-    /// (name, value, append).
-    pub request_add: Vec<(Vec<u8>, Vec<u8>, bool)>,
+    pub request_add: Vec<Add>,
     pub request_remove: Vec<Vec<u8>>,
-    pub response_add: Vec<(Vec<u8>, Vec<u8>, bool)>,
+    pub response_add: Vec<Add>,
     pub response_remove: Vec<Vec<u8>>,
+    /// Whether a request value reads the request line (`%REQ(:path)%` and the like).
+    pub request_reads_request: bool,
+    /// Whether a response value reads the request (`%REQ(...)%`), which must then be kept
+    /// until the response.
+    pub response_reads_request: bool,
+    /// Whether a response value has commands at all.
+    pub response_commands: bool,
 }
 
 /// Refuses a string that would go out in a header value or the request line with a CR, LF or
@@ -59,15 +79,39 @@ fn check_name(n: &str, path: &str) -> Result<(), Error> {
 
 impl Mutations {
     fn compile(m: &HeaderMutations, path: &str) -> Result<Mutations, Error> {
-        for (field, list) in [
-            ("request_headers_to_add", &m.request_headers_to_add),
-            ("response_headers_to_add", &m.response_headers_to_add),
-        ] {
+        let add = |field: &str, list: &[config::HeaderValueOption]| -> Result<Vec<Add>, Error> {
+            let mut out = Vec::with_capacity(list.len());
             for (i, h) in list.iter().enumerate() {
                 check_name(&h.key, &format!("{path}.{field}[{i}].header.key"))?;
                 check_value(&h.value, &format!("{path}.{field}[{i}].header.value"))?;
+                let name = h.key.to_ascii_lowercase();
+                // The body's framing is the proxy's to write: a configured length or coding
+                // would contradict it (Envoy then sends `content-length: 2,7`).
+                if matches!(name.as_str(), "content-length" | "transfer-encoding") {
+                    return Err(Error::config(format!(
+                        "{path}.{field}[{i}].header.key: {name:?} frames the body and is the \
+                         proxy's to write; it may not be added"
+                    )));
+                }
+                // Envoy's codec drops these from a response it writes.
+                if field == "response_headers_to_add"
+                    && matches!(name.as_str(), "connection" | "upgrade")
+                {
+                    continue;
+                }
+                let value = Value::compile(&h.value, &format!("{path}.{field}[{i}].header.value"))?;
+                if value == Value::Static(Vec::new()) && !h.keep_empty_value {
+                    continue;
+                }
+                out.push(Add {
+                    name: name.into_bytes(),
+                    value,
+                    append: h.append,
+                    keep_empty: h.keep_empty_value,
+                });
             }
-        }
+            Ok(out)
+        };
         for (field, list) in [
             ("request_headers_to_remove", &m.request_headers_to_remove),
             ("response_headers_to_remove", &m.response_headers_to_remove),
@@ -76,26 +120,22 @@ impl Mutations {
                 check_name(n, &format!("{path}.{field}[{i}]"))?;
             }
         }
-        let add = |v: &[config::HeaderValueOption]| {
-            v.iter()
-                .map(|h| {
-                    (
-                        h.key.to_ascii_lowercase().into_bytes(),
-                        h.value.clone().into_bytes(),
-                        h.append,
-                    )
-                })
-                .collect()
-        };
         let rm = |v: &[String]| {
             v.iter()
                 .map(|h| h.to_ascii_lowercase().into_bytes())
                 .collect()
         };
+        let response_add = add("response_headers_to_add", &m.response_headers_to_add)?;
+        let request_add = add("request_headers_to_add", &m.request_headers_to_add)?;
         Ok(Mutations {
-            request_add: add(&m.request_headers_to_add),
+            request_reads_request: request_add.iter().any(|a| a.value.reads_request()),
+            request_add,
             request_remove: rm(&m.request_headers_to_remove),
-            response_add: add(&m.response_headers_to_add),
+            response_reads_request: response_add.iter().any(|a| a.value.reads_request()),
+            response_commands: response_add
+                .iter()
+                .any(|a| matches!(a.value, Value::Template(_))),
+            response_add,
             response_remove: rm(&m.response_headers_to_remove),
         })
     }
@@ -121,34 +161,46 @@ impl Mutations {
     }
 
     /// Applies the request edits: removals first, then additions, as Envoy. Inlined, so that
-    /// the usual case, no edits at this level, costs two compares instead of a call.
+    /// the usual case, no edits at this level, costs two compares instead of a call. `cx`
+    /// answers the values' commands; its `request` is read before the edits start.
     #[inline]
-    pub fn apply_request(&self, h: &mut HeaderMap) {
+    pub fn apply_request(&self, h: &mut HeaderMap, cx: &Cx<'_>) {
         if !(self.request_remove.is_empty() && self.request_add.is_empty()) {
-            apply(h, &self.request_remove, &self.request_add);
+            apply(h, &self.request_remove, &self.request_add, cx);
         }
     }
 
     /// Applies the response edits.
     #[inline]
-    pub fn apply_response(&self, h: &mut HeaderMap) {
+    pub fn apply_response(&self, h: &mut HeaderMap, cx: &Cx<'_>) {
         if !(self.response_remove.is_empty() && self.response_add.is_empty()) {
-            apply(h, &self.response_remove, &self.response_add);
+            apply(h, &self.response_remove, &self.response_add, cx);
         }
     }
 }
 
 /// Removals first, then additions. An overwrite removes every existing line of the header and
-/// appends the new one at the end, as Envoy's header parser does (not an in-place edit).
-fn apply(h: &mut HeaderMap, remove: &[Vec<u8>], add: &[(Vec<u8>, Vec<u8>, bool)]) {
+/// appends the new one at the end, as Envoy's header parser does (not an in-place edit). A
+/// value whose commands come out empty is not added, unless `keep_empty_value` (Envoy).
+fn apply(h: &mut HeaderMap, remove: &[Vec<u8>], add: &[Add], cx: &Cx<'_>) {
     for n in remove {
         h.remove(n);
     }
-    for (n, v, append) in add {
-        if !*append {
-            h.remove(n);
+    for a in add {
+        let v = match &a.value {
+            Value::Static(v) => std::borrow::Cow::Borrowed(&v[..]),
+            t => {
+                let v = t.render(cx, h);
+                if v.is_empty() && !a.keep_empty {
+                    continue;
+                }
+                v
+            }
+        };
+        if !a.append {
+            h.remove(&a.name);
         }
-        h.append(n, v);
+        h.append(&a.name, &v);
     }
 }
 

@@ -32,7 +32,7 @@ use crate::http1::codec::{
 };
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
-use crate::router::{Action, RouteRequest};
+use crate::router::{Action, Cx, ReqView, RouteRequest};
 use crate::stats::HttpStats;
 
 /// Read size for message heads.
@@ -782,16 +782,32 @@ async fn handle(
         l.http.no_route.inc();
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     };
-    let response_mutations = |h: &mut HeaderMap| {
-        route.mutations.apply_response(h);
-        vh.mutations.apply_response(h);
-        table.mutations.apply_response(h);
+    // A local reply's edits: their commands read the request. As in Envoy, the reply's code
+    // is not set yet when they run: `%RESPONSE_CODE%` is 0 and `%RESP(...)%` empty.
+    let response_mutations = |h: &mut HeaderMap, d: &Down| {
+        let local = || d.stream.local_addr().ok();
+        let cx = Cx {
+            peer: d.peer,
+            local: &local,
+            minor: head.minor,
+            request: Some(ReqView {
+                method: head.method(),
+                target: head.target(),
+                headers: Some(&head.headers),
+                https: head.absolute_https() == Some(true),
+            }),
+            status: 0,
+            upstream: None,
+        };
+        route.mutations.apply_response(h, &cx);
+        vh.mutations.apply_response(h, &cx);
+        table.mutations.apply_response(h, &cx);
     };
     match &route.action {
         Action::Direct { status, body } => {
             l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
-            response_mutations(&mut h);
+            response_mutations(&mut h, d);
             reply(ctx, l, d, *status, body, keep_after_local, Some(&h)).await
         }
         Action::Redirect(r) => {
@@ -801,7 +817,7 @@ async fn handle(
             // The location keeps the host as the client spelled it (Envoy).
             let host = head.headers.get(b"host").unwrap_or_default();
             h.append(b"location", &redirect_location(r, host, head.target()));
-            response_mutations(&mut h);
+            response_mutations(&mut h, d);
             reply(
                 ctx,
                 l,

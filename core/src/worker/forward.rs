@@ -4,6 +4,7 @@
 //! the exchange), and return the connection to the pool only at a clean message boundary.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,8 @@ use crate::http1::codec::{
     method_has_no_body, response_framing, strip_hop_by_hop_response, write_framing,
     write_status_line, ConnectionTokens,
 };
-use crate::http1::head::{parse_response, RequestHead};
-use crate::router::{Forward, Mutations};
+use crate::http1::head::{parse_response, HeaderMap, RequestHead};
+use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
 use crate::upstream::pool::UpConn;
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
@@ -117,9 +118,26 @@ pub(super) async fn forward(
     // Without proxy_100_continue the connection already answered `Expect` and removed it.
     let relay_continue = l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers);
     let is_head = head.method() == b"HEAD";
+    let minor = head.minor;
+    // A response edit that reads the request (`%REQ(...)%`) needs it after it went upstream.
+    let saved = chain
+        .iter()
+        .any(|m| m.response_reads_request)
+        .then(|| SavedRequest::of(&head));
+    let peer = d.peer;
+    let stream = &d.stream;
+    let local = || stream.local_addr().ok();
+    // Response edits' commands may ask for the local address once the stream is split.
+    let response_local = if chain.iter().any(|m| m.response_commands) {
+        local()
+    } else {
+        None
+    };
     let (out, chunk_up) = upstream_head(
         l,
         head,
+        peer,
+        &local,
         conn,
         framing,
         fwd,
@@ -175,6 +193,10 @@ pub(super) async fn forward(
         up_chunk,
         relay_continue,
         chunk_up,
+        minor,
+        upstream: host.addr,
+        saved,
+        local: response_local,
     };
     let outcome = x.run(d, &mut up, out).await;
     match outcome {
@@ -267,6 +289,8 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
 fn upstream_head(
     l: &ListenerRt,
     mut head: RequestHead,
+    peer: SocketAddr,
+    local: &dyn Fn() -> Option<SocketAddr>,
     conn: ConnectionTokens,
     framing: Framing,
     fwd: &Forward,
@@ -277,8 +301,28 @@ fn upstream_head(
     mut out: Vec<u8>,
 ) -> (Vec<u8>, bool) {
     router_request_headers(l, &mut head.headers, fwd);
+    // The request edits' commands read the headers they edit; the request line is copied
+    // only for a value that reads it.
+    let line = chain
+        .iter()
+        .any(|m| m.request_reads_request)
+        .then(|| (head.method().to_vec(), head.target().to_vec()));
+    let local_fn = local;
+    let cx = Cx {
+        peer,
+        local: local_fn,
+        minor: head.minor,
+        request: line.as_ref().map(|(method, target)| ReqView {
+            method,
+            target,
+            headers: None,
+            https: head.absolute_https() == Some(true),
+        }),
+        status: 0,
+        upstream: None,
+    };
     for m in chain {
-        m.apply_request(&mut head.headers);
+        m.apply_request(&mut head.headers, &cx);
     }
     let keep_original = !l.c.cfg.hcm.suppress_envoy_headers;
     let new_host = match &fwd.host_rewrite {
@@ -462,6 +506,33 @@ struct Exchange<'a> {
     relay_continue: bool,
     /// The request body goes upstream chunked (it came chunked, or its length was removed).
     chunk_up: bool,
+    /// The request's HTTP minor version, for `%PROTOCOL%`.
+    minor: u8,
+    /// The upstream host's address, for `%UPSTREAM_HOST%`.
+    upstream: SocketAddr,
+    /// The request, for response edits that read it.
+    saved: Option<SavedRequest>,
+    /// The client connection's local address, when response edits have commands.
+    local: Option<SocketAddr>,
+}
+
+/// What response edits read of a request that has gone upstream.
+struct SavedRequest {
+    method: Vec<u8>,
+    target: Vec<u8>,
+    headers: HeaderMap,
+    https: bool,
+}
+
+impl SavedRequest {
+    fn of(head: &RequestHead) -> SavedRequest {
+        SavedRequest {
+            method: head.method().to_vec(),
+            target: head.target().to_vec(),
+            headers: head.headers.clone(),
+            https: head.absolute_https() == Some(true),
+        }
+    }
 }
 
 impl Exchange<'_> {
@@ -593,7 +664,21 @@ impl Exchange<'_> {
             let down_keep = self.keep && rq_done && !ctx.draining();
             let mut h = head.headers;
             strip_hop_by_hop_response(&mut h, conn);
-            apply_response_extras(ctx, l, &mut h, service_ms, self.chain);
+            let local = || self.local;
+            let cx = Cx {
+                peer: d.peer,
+                local: &local,
+                minor: self.minor,
+                request: self.saved.as_ref().map(|r| ReqView {
+                    method: &r.method,
+                    target: &r.target,
+                    headers: Some(&r.headers),
+                    https: r.https,
+                }),
+                status,
+                upstream: Some(self.upstream),
+            };
+            apply_response_extras(ctx, l, &mut h, service_ms, self.chain, &cx);
             // A length that a header edit removed (a response's `connection` removes none): the
             // body still comes, so it goes chunked, never unframed on a kept-alive connection.
             if matches!(down_framing, Framing::Length(n) if n > 0)

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use super::ctx::{Ctx, ListenerRt};
 use crate::http1::codec::{strip_hop_by_hop, ConnectionTokens};
 use crate::http1::head::{known, HeaderMap};
-use crate::router::{Forward, Mutations, Redirect};
+use crate::router::{Cx, Forward, Mutations, Redirect};
 
 /// `x-envoy-*` request headers Envoy removes from every request: controls a client must not
 /// be able to set (docs/envoy-behaviour.md, section 2b).
@@ -212,6 +212,7 @@ pub fn apply_response_extras(
     h: &mut HeaderMap,
     service_ms: u64,
     chain: &[&Mutations; 4],
+    cx: &Cx<'_>,
 ) {
     let hcm = &l.c.cfg.hcm;
     let transformation = hcm.server_header_transformation.as_str();
@@ -222,7 +223,7 @@ pub fn apply_response_extras(
         );
     }
     for m in chain {
-        m.apply_response(h);
+        m.apply_response(h, cx);
     }
     if !h.contains(b"date") {
         h.append(b"date", &ctx.date());
