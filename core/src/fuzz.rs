@@ -402,7 +402,7 @@ pub fn snapshot(data: &[u8]) {
                         check_map(&head.headers);
                     }
                     Action::Redirect(rd) => {
-                        let loc = redirect_location(rd, host, target);
+                        let loc = redirect_location(rd, host, target, b"http", b"http");
                         assert!(!breaks_line(&loc), "location {loc:?}");
                     }
                     Action::Direct { status, .. } => {

@@ -249,7 +249,7 @@ def _forward(action: m.RouteAction) -> Json:
             {"name": cw.name, "weight": cw.weight, **_mutations(cw)}
             for cw in action.weighted_clusters.clusters
         ]
-    if action.prefix_rewrite is not None:
+    if action.prefix_rewrite:  # Envoy: an empty prefix_rewrite rewrites nothing
         out["prefix_rewrite"] = action.prefix_rewrite
     if action.host_rewrite_literal is not None:
         out["host_rewrite_literal"] = action.host_rewrite_literal
@@ -262,11 +262,12 @@ def _redirect(r: m.RedirectAction) -> Json:
     out: Json = {}
     if r.https_redirect:
         out["scheme_redirect"] = "https"
-    elif r.scheme_redirect is not None:
+    elif r.scheme_redirect:
         out["scheme_redirect"] = r.scheme_redirect.lower()
+    # As in Envoy, an empty string or a port of 0 leaves that part of the URL as it was.
     for field in ("host_redirect", "port_redirect", "path_redirect", "prefix_rewrite"):
         value = getattr(r, field)
-        if value is not None:
+        if value:
             out[field] = value
     out["response_code"] = _REDIRECT_CODES[r.response_code]
     out["strip_query"] = r.strip_query

@@ -296,7 +296,8 @@ def _check_redirect(r: m.RedirectAction, path: str) -> None:
         raise ConfigError(path, "set only one of path_redirect, prefix_rewrite")
     for name in ("host_redirect", "path_redirect", "prefix_rewrite"):
         _check_no_line_breaks(getattr(r, name), f"{path}.{name}")
-    if r.scheme_redirect is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*",
+    # An empty scheme_redirect is proto3's default: unset, as in Envoy.
+    if r.scheme_redirect and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*",
                                                           r.scheme_redirect):
         raise ConfigError(f"{path}.scheme_redirect", f"{r.scheme_redirect!r} is not a URI scheme")
 

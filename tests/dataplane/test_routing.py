@@ -313,6 +313,8 @@ def test_weighted_clusters_split_1_to_3_and_weight_0_never_chosen(make_proxy: An
         # the matched prefix is replaced as a plain string: "/old/" -> "/v2" gives "/v2users"
         ({"prefix_rewrite": "/v2"}, "/old/users", "/v2users", "example.com",
          [("x-envoy-original-path", "/old/users")]),
+        # an empty prefix_rewrite rewrites nothing (envoy binary: no x-envoy-original-path either)
+        ({"prefix_rewrite": ""}, "/old/a?x=1", "/old/a?x=1", "example.com", []),
         ({"host_rewrite_literal": "rewritten.internal"}, "/old/a", "/old/a", "rewritten.internal",
          [("x-envoy-original-host", "example.com")]),
         ({"prefix_rewrite": "/n/", "host_rewrite_literal": "h.internal"}, "/old/z?q", "/n/z?q", "h.internal",
@@ -404,6 +406,55 @@ def test_redirect(make_proxy: Any, path: str, host: str, status_line: str, locat
         assert c.open_after(0.3)
 
 
+PORT_SCHEME_ROUTES = [
+    {"match": {"prefix": "/to-https-port"}, "redirect": {"https_redirect": True, "port_redirect": 8443}},
+    {"match": {"prefix": "/to-port"}, "redirect": {"port_redirect": 8443}},
+    {"match": {"prefix": "/to-host-port"}, "redirect": {"host_redirect": "h.example:1", "port_redirect": 8443}},
+    {"match": {"prefix": "/to-http"}, "redirect": {"scheme_redirect": "http"}},
+    {"match": {"prefix": "/to-ftp"}, "redirect": {"scheme_redirect": "ftp"}},
+    {"match": {"prefix": "/to-bare-path"}, "redirect": {"path_redirect": "p"}},
+    {"match": {"prefix": "/to-empty-path"}, "redirect": {"path_redirect": ""}},
+    {"match": {"prefix": "/to-empty"}, "redirect": {"host_redirect": "", "port_redirect": 0, "scheme_redirect": "",
+                                                    "prefix_rewrite": ""}},
+    {"match": {"prefix": "/to-same"}, "redirect": {"host_redirect": "h.example"}},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "extra", "location"),
+    [
+        # A port_redirect replaces the request's port, and is appended to a host_redirect as is.
+        ("/to-port/a?b=1", "example.com:8080", "", "http://example.com:8443/to-port/a?b=1"),
+        ("/to-port", "example.com", "", "http://example.com:8443/to-port"),
+        ("/to-port", "[::1]:80", "", "http://[::1]:8443/to-port"),
+        ("/to-host-port", "example.com:8080", "", "http://h.example:1:8443/to-host-port"),
+        ("/to-https-port", "example.com:80", "", "https://example.com:8443/to-https-port"),
+        # Without a scheme redirect the location keeps the request's scheme (a kept
+        # x-forwarded-proto here: the listener is not an edge one).
+        ("/to-same", "example.com", "x-forwarded-proto: https\r\n", "https://h.example/to-same"),
+        # The port is dropped when it is the default of the request's protocol
+        # (x-forwarded-proto) and the scheme changes, whatever the new scheme is.
+        ("/to-http", "example.com:443", "x-forwarded-proto: https\r\n", "http://example.com/to-http"),
+        ("/to-http", "example.com:80", "x-forwarded-proto: https\r\n", "http://example.com:80/to-http"),
+        ("/to-http", "example.com:443", "", "http://example.com:443/to-http"),
+        ("/to-ftp", "example.com:80", "", "ftp://example.com/to-ftp"),
+        ("/to-ftp", "example.com:8080", "", "ftp://example.com:8080/to-ftp"),
+        ("/to-ftp", "[::1]:80", "", "ftp://[::1]/to-ftp"),
+        ("/to-ftp", "[::1]", "", "ftp://[::1]/to-ftp"),
+        # A path without its leading slash gets one.
+        ("/to-bare-path?q=1", "example.com", "", "http://example.com/p?q=1"),
+        # Empty strings and a port of 0 change nothing.
+        ("/to-empty/x?q=1", "example.com:81", "", "http://example.com:81/to-empty/x?q=1"),
+        ("/to-empty-path/x?q=1", "example.com", "", "http://example.com/to-empty-path/x?q=1"),
+    ],
+)
+def test_redirect_port_and_scheme(make_proxy: Any, path: str, host: str, extra: str, location: str) -> None:
+    proxy = make_proxy(bootstrap(PORT_SCHEME_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, host=host, extra=extra))
+        assert (r.status, dict(r.headers).get("location")) == (301, location)
+
+
 def test_redirect_is_counted_as_direct_response(make_proxy: Any) -> None:
     # Envoy counts a redirect in rq_direct_response; rq_redirect is for internal redirects only
     # (observed with the envoy binary: rq_direct_response 1, rq_redirect 0).
@@ -450,6 +501,82 @@ def test_direct_response(
         assert (r.status_line, shape(r.headers), r.body) == (status_line, headers, body)
         # the connection stays usable after a direct response
         assert c.request(get("/direct")).body == b"hello direct"
+
+
+LOCATION_ROUTES = [
+    {"match": {"prefix": "/d201"}, "direct_response": direct("made", 201)},
+    {"match": {"prefix": "/d301"}, "direct_response": {"status": 301}},
+    {"match": {"prefix": "/d399"}, "direct_response": direct("x", 399)},
+    {"match": {"prefix": "/d200"}, "direct_response": direct("ok")},
+    {"match": {"prefix": "/d400"}, "direct_response": {"status": 400}},
+    {"match": {"prefix": "/d204"}, "direct_response": {"status": 204}},
+    {"match": {"prefix": "/d304"}, "direct_response": {"status": 304}},
+    {"match": {"prefix": "/d425"}, "direct_response": {"status": 425}},
+    {"match": {"prefix": "/d599"}, "direct_response": {"status": 599}},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "extra", "headers"),
+    [
+        # Envoy (RFC 9110 section 10.2.2): a direct response of 201 or 3xx says where the request
+        # went: the request's own URL, built as a redirect's location with nothing changed.
+        ("/d201/a?b=1", "example.com", "",
+         [("location", "http://example.com/d201/a?b=1"), *bodyful(4)]),
+        ("/d301", "Example.com:80", "", [("location", "http://Example.com:80/d301"), *BODYLESS]),
+        ("/d399?q", "h.example", "x-forwarded-proto: https\r\n",
+         [("location", "https://h.example/d399?q"), *bodyful(1)]),
+        ("/d200", "example.com", "", bodyful(2)),
+    ],
+)
+def test_direct_response_location(
+    make_proxy: Any, path: str, host: str, extra: str, headers: list[tuple[str, str]]
+) -> None:
+    proxy = make_proxy(bootstrap(LOCATION_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, host=host, extra=extra))
+        assert shape(r.headers) == headers
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    ("path", "status_line", "headers"),
+    [
+        # No body by definition: no content-length, and no chunked quirk for HEAD (envoy binary).
+        ("/d204", "HTTP/1.1 204 No Content", [("date", "<date>"), ("server", "envoy")]),
+        ("/d304", "HTTP/1.1 304 Not Modified",
+         [("location", "http://example.com/d304"), ("date", "<date>"), ("server", "envoy")]),
+        # Envoy's reason phrases for two codes outside the usual table.
+        ("/d425", "HTTP/1.1 425 Too Early", BODYLESS),
+        ("/d599", "HTTP/1.1 599 Last Unassigned Server Error Code", BODYLESS),
+    ],
+)
+def test_direct_response_without_body_framing(
+    make_proxy: Any, method: str, path: str, status_line: str, headers: list[tuple[str, str]]
+) -> None:
+    if method == "HEAD" and headers is BODYLESS:
+        headers = [*BODYLESS[:2], ("transfer-encoding", "chunked")]
+    proxy = make_proxy(bootstrap(LOCATION_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path, method=method), head=True)
+        assert (r.status_line, shape(r.headers)) == (status_line, headers)
+        # the next response starts right after the head: nothing was framed as a body
+        assert c.request(get("/d200")).body == b"ok"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_direct_response_400_closes_the_connection(make_proxy: Any, method: str) -> None:
+    # Envoy's connection manager closes an HTTP/1 connection after a local 400, a configured
+    # direct response too (envoy binary); an upstream's 400 leaves it open.
+    proxy = make_proxy(bootstrap(LOCATION_ROUTES, []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/d400", method=method), head=method == "HEAD")
+        framing = ("content-length", "0") if method == "GET" else ("transfer-encoding", "chunked")
+        assert (r.status_line, shape(r.headers)) == (
+            "HTTP/1.1 400 Bad Request",
+            [("date", "<date>"), ("server", "envoy"), ("connection", "close"), framing],
+        )
+        assert c.closed_within(3)
 
 
 # --- no route -----------------------------------------------------------------------------------

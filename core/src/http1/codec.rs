@@ -364,6 +364,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         422 => "Unprocessable Entity",
         423 => "Locked",
         424 => "Failed Dependency",
+        425 => "Too Early",
         426 => "Upgrade Required",
         428 => "Precondition Required",
         429 => "Too Many Requests",
@@ -379,6 +380,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         508 => "Loop Detected",
         510 => "Not Extended",
         511 => "Network Authentication Required",
+        // Envoy 1.40's name for it (checked against the binary, as is the whole table).
+        599 => "Last Unassigned Server Error Code",
         _ => "Unknown",
     }
 }

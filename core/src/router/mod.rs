@@ -255,7 +255,7 @@ impl RouteRequest<'_> {
     /// Envoy's `:scheme` for an HTTP/1 request on a plaintext listener: an absolute-form
     /// target's scheme, else one `x-forwarded-proto` of `http` or `https` (any case), else
     /// `http`.
-    fn scheme(&self) -> &'static [u8] {
+    pub fn scheme(&self) -> &'static [u8] {
         let https = self.absolute_https.unwrap_or_else(|| {
             self.headers
                 .only(b"x-forwarded-proto")

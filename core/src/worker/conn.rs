@@ -23,7 +23,7 @@ use tokio::time::Instant as TInstant;
 use super::clock;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap, NO_DRAIN_KEY};
 use super::forward::{forward, CONTINUE};
-use super::headers::{mutate_request, redirect_location};
+use super::headers::{mutate_request, redirect_location, request_location};
 use super::timer::{earliest, ConnTimer};
 use super::Shared;
 use crate::http1::body::Framing;
@@ -618,8 +618,11 @@ fn local_reply(
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
+        // A 204 or 304 has no body by definition: Envoy's codec writes no framing for it.
         // Envoy 1.40 quirk, kept for parity: a bodiless local reply to HEAD says chunked.
-        out.extend_from_slice(if head_request {
+        out.extend_from_slice(if status == 204 || status == 304 {
+            &b"\r\n"[..]
+        } else if head_request {
             &b"transfer-encoding: chunked\r\n\r\n"[..]
         } else {
             b"content-length: 0\r\n\r\n"
@@ -765,18 +768,16 @@ async fn handle(
     } else {
         std::borrow::Cow::Borrowed(&b""[..])
     };
+    let rq = RouteRequest {
+        method: head.method(),
+        target: head.target(),
+        headers: &head.headers,
+        absolute_https: head.absolute_https(),
+    };
     let found = if no_scheme {
         None
     } else {
-        table.route(
-            &host,
-            &RouteRequest {
-                method: head.method(),
-                target: head.target(),
-                headers: &head.headers,
-                absolute_https: head.absolute_https(),
-            },
-        )
+        table.route(&host, &rq)
     };
     let Some((vh, route)) = found else {
         l.http.no_route.inc();
@@ -807,8 +808,21 @@ async fn handle(
         Action::Direct { status, body } => {
             l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
+            // As in Envoy (RFC 9110 section 10.2.2), a 201 or 3xx says where: the request's
+            // own URL, built as a redirect's location that changes nothing.
+            if *status == 201 || (300..400).contains(status) {
+                let host = head.headers.get(b"host").unwrap_or_default();
+                let proto = head.headers.get(b"x-forwarded-proto").unwrap_or_default();
+                h.append(
+                    b"location",
+                    &request_location(host, head.target(), rq.scheme(), proto),
+                );
+            }
             response_mutations(&mut h, d);
-            reply(ctx, l, d, *status, body, keep_after_local, Some(&h)).await
+            // Envoy's connection manager closes an HTTP/1 connection after any local 400,
+            // a configured one too (`connection: close`).
+            let keep = keep_after_local && *status != 400;
+            reply(ctx, l, d, *status, body, keep, Some(&h)).await
         }
         Action::Redirect(r) => {
             // Envoy's router counts a redirect as a direct response.
@@ -816,7 +830,11 @@ async fn handle(
             let mut h = HeaderMap::default();
             // The location keeps the host as the client spelled it (Envoy).
             let host = head.headers.get(b"host").unwrap_or_default();
-            h.append(b"location", &redirect_location(r, host, head.target()));
+            let proto = head.headers.get(b"x-forwarded-proto").unwrap_or_default();
+            h.append(
+                b"location",
+                &redirect_location(r, host, head.target(), rq.scheme(), proto),
+            );
             response_mutations(&mut h, d);
             reply(
                 ctx,

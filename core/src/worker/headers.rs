@@ -235,38 +235,46 @@ pub fn apply_response_extras(
     }
 }
 
-/// The `location` of a redirect: scheme, host and port from the redirect or the request,
-/// then the path (`path_redirect`, `prefix_rewrite` or the original) and the query unless
-/// `strip_query` (or the new path brings its own).
-pub fn redirect_location(r: &Redirect, host: &[u8], target: &[u8]) -> Vec<u8> {
+/// The `location` of a redirect, as Envoy 1.40 builds it (`Http::Utility::newUri`):
+/// - the scheme: the redirect's, else the request's `:scheme` (`scheme`);
+/// - the host: `host_redirect` as configured (its port too), else the request's `host`, whose
+///   port is dropped when there is a `port_redirect`, or when the new scheme differs from the
+///   request's `x-forwarded-proto` (`forwarded_proto`) and the port is that protocol's default
+///   (`:80` for http, `:443` for https): `http://h:80` redirected to https becomes `https://h`;
+/// - then `:port_redirect`, if set (appended even to a `host_redirect` that has a port);
+/// - then the path (`path_redirect`, `prefix_rewrite` or the original), with a `/` put in
+///   front if it lacks one, and the request's query unless `strip_query` (or the new path
+///   brings its own query, which is never stripped).
+pub fn redirect_location(
+    r: &Redirect,
+    host: &[u8],
+    target: &[u8],
+    scheme: &[u8],
+    forwarded_proto: &[u8],
+) -> Vec<u8> {
     let c = &r.cfg;
     let (path, query) = match memchr::memchr(b'?', target) {
         Some(i) => (&target[..i], &target[i..]),
         None => (target, &b""[..]),
     };
-    let mut out = Vec::new();
-    out.extend_from_slice(c.scheme_redirect.as_deref().unwrap_or("http").as_bytes());
+    let mut out = Vec::with_capacity(16 + host.len() + target.len());
+    let scheme = c.scheme_redirect.as_deref().map_or(scheme, str::as_bytes);
+    out.extend_from_slice(scheme);
     out.extend_from_slice(b"://");
-    let (req_host, req_port) = match memchr::memrchr(b':', host) {
-        Some(i) if !host.ends_with(b"]") => (&host[..i], Some(&host[i..])),
-        _ => (host, None),
-    };
     match &c.host_redirect {
         Some(h) => out.extend_from_slice(h.as_bytes()),
-        None => out.extend_from_slice(req_host),
+        None => out.extend_from_slice(request_host(
+            host,
+            scheme,
+            c.port_redirect.is_some(),
+            forwarded_proto,
+        )),
     }
-    match c.port_redirect {
-        Some(p) => {
-            out.push(b':');
-            out.extend_from_slice(itoa::Buffer::new().format(p).as_bytes());
-        }
-        None if c.host_redirect.is_none() && c.scheme_redirect.is_none() => {
-            if let Some(p) = req_port {
-                out.extend_from_slice(p);
-            }
-        }
-        None => {}
+    if let Some(p) = c.port_redirect {
+        out.push(b':');
+        out.extend_from_slice(itoa::Buffer::new().format(p).as_bytes());
     }
+    let path_at = out.len();
     let query_in_path = match (&c.path_redirect, &c.prefix_rewrite) {
         (Some(p), _) => {
             out.extend_from_slice(p.as_bytes());
@@ -282,8 +290,59 @@ pub fn redirect_location(r: &Redirect, host: &[u8], target: &[u8]) -> Vec<u8> {
             false
         }
     };
+    if out.get(path_at) != Some(&b'/') {
+        out.insert(path_at, b'/');
+    }
     if !c.strip_query && !query_in_path {
         out.extend_from_slice(query);
     }
     out
+}
+
+/// The `location` of a direct response of 201 or 3xx (Envoy's `newUri` with no redirect): the
+/// request's scheme, its host (see [`redirect_location`] for when the port goes) and target.
+pub fn request_location(
+    host: &[u8],
+    target: &[u8],
+    scheme: &[u8],
+    forwarded_proto: &[u8],
+) -> Vec<u8> {
+    let host = request_host(host, scheme, false, forwarded_proto);
+    let mut out = Vec::with_capacity(scheme.len() + 4 + host.len() + target.len());
+    out.extend_from_slice(scheme);
+    out.extend_from_slice(b"://");
+    out.extend_from_slice(host);
+    if target.first() != Some(&b'/') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target);
+    out
+}
+
+/// Envoy's `processRequestHost`: the request's host for a redirect's location, without its
+/// port when a new port comes (`new_port`) or when the port is the default of the request's
+/// protocol (`x-forwarded-proto`) and the redirect changes the scheme.
+fn request_host<'a>(
+    host: &'a [u8],
+    new_scheme: &[u8],
+    new_port: bool,
+    forwarded_proto: &[u8],
+) -> &'a [u8] {
+    let port_at = if host.first() == Some(&b'[') {
+        // An IPv6 literal: only a colon after the closing bracket starts a port.
+        memchr::memmem::rfind(host, b"]:").map(|i| i + 1)
+    } else {
+        memchr::memrchr(b':', host)
+    };
+    let Some(i) = port_at else { return host };
+    let port = &host[i..];
+    let remove = new_port
+        || (new_scheme != forwarded_proto
+            && ((forwarded_proto.eq_ignore_ascii_case(b"https") && port == b":443")
+                || (forwarded_proto.eq_ignore_ascii_case(b"http") && port == b":80")));
+    if remove {
+        &host[..i]
+    } else {
+        host
+    }
 }
