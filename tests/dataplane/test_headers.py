@@ -536,3 +536,105 @@ def test_framing_and_connection_headers_in_edits(make_proxy: Any, upstream: Any)
         assert (r.status, r.body, r.header("connection"), r.header("upgrade"), r.header("keep-alive")) == (
             200, b"hi", None, None, "5")
         assert c.request(get("/")).status == 200  # the connection stays
+
+
+# --- one level's edits as Envoy's header parser applies them (action_diff, session 11) ----------
+
+
+def test_client_certificate_header_is_dropped(make_proxy: Any, upstream: Any) -> None:
+    # forward_client_cert_details defaults to SANITIZE (the only mode pyproxy takes): a client
+    # cannot claim a certificate identity towards the upstream (envoy binary: dropped).
+    got = upstream_headers(make_proxy, upstream,
+                           get("/", extra="x-forwarded-client-cert: By=spiffe://evil\r\nx-a: 1\r\n"))
+    assert shape_request(got) == [("host", "example.com"), ("x-a", "1"), *TAIL]
+
+
+@pytest.mark.parametrize(
+    ("adds", "extra", "expected"),
+    [
+        # Overwrites first, then appends, whatever the config order (x-b: a,b then x-b: added).
+        ([hv("x-b", "added", APPEND), hv("x-b", "a,b", OVERWRITE)], "x-b: client\r\n",
+         [*TAIL, ("x-b", "a,b"), ("x-b", "added")]),
+        # Every value is rendered before any edit lands: the append reads the client's x-c.
+        ([hv("x-c", "new", OVERWRITE), hv("x-d", "%REQ(x-c)%", APPEND)], "x-c: old\r\n",
+         [*TAIL, ("x-c", "new"), ("x-d", "old")]),
+        # Inline headers (one entry in Envoy's map) are joined with ',' when appended to...
+        ([hv("user-agent", "a", APPEND), hv("user-agent", "b", APPEND)], "user-agent: c\r\n",
+         [("user-agent", "c,a,b"), *TAIL]),
+        ([hv("x-forwarded-proto", "two", APPEND)], "", [("x-forwarded-proto", "http,two"), *TAIL[1:]]),
+        # ...but an empty part adds no separator.
+        ([hv("user-agent", "%REQ(x-none)%", APPEND), hv("cache-control", "v", APPEND)],
+         "user-agent: \r\ncache-control: \r\n", [("user-agent", ""), ("cache-control", "v"), *TAIL]),
+        # Other names get a line each.
+        ([hv("x-a", "a", APPEND), hv("x-a", "b", APPEND)], "", [*TAIL, ("x-a", "a"), ("x-a", "b")]),
+        # The router's retry headers never reach the upstream, not even from an edit.
+        ([hv("x-envoy-retry-on", "5xx", APPEND), hv("x-envoy-max-retries", "3", APPEND)], "", TAIL),
+    ],
+    ids=["overwrite-then-append", "render-first", "inline-join", "inline-join-xfp", "inline-empty",
+         "plain-lines", "router-consumed"],
+)
+def test_request_edits_as_envoys_header_parser(
+    make_proxy: Any, upstream: Any, adds: list[dict[str, Any]], extra: str, expected: H
+) -> None:
+    got = upstream_headers(make_proxy, upstream, get("/", extra=extra),
+                           **mutation_levels("request_headers_to_add", {"route": adds}))
+    assert shape_request(got) == [("host", "example.com"), *expected]
+
+
+def test_response_edits_join_inline_headers(make_proxy: Any, make_canned: Any) -> None:
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\nX-Up: 1\r\n\r\nok"})
+    adds = [hv("cache-control", "private", APPEND), hv("vary", "a", APPEND), hv("vary", "b", APPEND),
+            hv("x-up", "2", APPEND)]
+    proxy = make_proxy(bootstrap([], [cluster("up", up.port)], **mutation_levels("response_headers_to_add",
+                                                                               {"route": adds})))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/"))
+    assert shape(r.headers) == [("content-length", "2"), ("cache-control", "no-store,private"), ("x-up", "1"), UST,
+                                ("vary", "a,b"), ("x-up", "2"), DATE, ("server", "envoy")]
+
+
+def test_response_edits_read_the_request_as_sent_upstream(make_proxy: Any, upstream: Any) -> None:
+    # Envoy's router edits the request in place: a response edit's %REQ(...)% sees the request
+    # edits and the path rewrite.
+    rt = {"match": {"prefix": "/old/"}, "route": {"cluster": "up", "prefix_rewrite": "/new/"},
+          "request_headers_to_add": [hv("x-added", "yes")],
+          "response_headers_to_add": [hv("x-s-path", "%REQ(:path)%"), hv("x-s-added", "%REQ(x-added)%")]}
+    proxy = make_proxy(bootstrap([rt], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/old/a?q"))
+    assert [(k, v) for k, v in r.headers if k.startswith("x-s-")] == [("x-s-path", "/new/a?q"), ("x-s-added", "yes")]
+
+
+@pytest.mark.parametrize(
+    ("rt", "path", "expected"),
+    [
+        # A local reply's server is Envoy's, whatever an edit says; a bodiless one has no
+        # content-type, a configured one neither.
+        ({"direct_response": {"status": 200},
+          "response_headers_to_add": [hv("server", "1", APPEND), hv("content-type", "x/y"), hv("x-e", "1")]},
+         "/", [("server", "envoy"), ("x-e", "1"), DATE, ("content-length", "0")]),
+        ({"redirect": {"path_redirect": "/p"},
+          "response_headers_to_add": [hv("content-type", "x/y"), hv("x-e", "1")]},
+         "/", [("location", "http://example.com/p"), ("x-e", "1"), DATE, ("server", "envoy"),
+               ("content-length", "0")]),
+        # A redirect's prefix_rewrite is the request's path by the time its edits run.
+        ({"redirect": {"prefix_rewrite": "/n/"}, "response_headers_to_add": [hv("x-e", "%REQ(:path)%")]},
+         "/o/a?q", [("location", "http://example.com/n/o/a?q"), ("x-e", "/n/o/a?q"), DATE, ("server", "envoy"),
+                    ("content-length", "0")]),
+        ({"direct_response": {"status": 200, "body": {"inline_string": "hi"}},
+          "response_headers_to_add": [hv("server", "1", APPEND), hv("x-e", "1")]},
+         "/", [("server", "envoy"), ("x-e", "1"), ("content-length", "2"), ("content-type", "text/plain"), DATE]),
+        ({"direct_response": {"status": 200, "body": {"inline_string": "hi"}},
+          "response_headers_to_add": [hv("content-type", "x/y"), hv("x-e", "1")]},
+         "/", [("content-type", "x/y"), ("x-e", "1"), ("content-length", "2"), DATE, ("server", "envoy")]),
+        ({"direct_response": {"status": 200}, "response_headers_to_add": [hv("date", OLD_DATE[1], APPEND)]},
+         "/", [OLD_DATE, ("server", "envoy"), ("content-length", "0")]),
+    ],
+    ids=["direct-server-content-type", "redirect-content-type", "redirect-path", "direct-body-server",
+         "direct-body-content-type", "direct-date"],
+)
+def test_local_reply_edits(make_proxy: Any, rt: dict[str, Any], path: str, expected: H) -> None:
+    proxy = make_proxy(bootstrap([{"match": {"prefix": "/"}, **rt}], []))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get(path))
+    assert shape(r.headers) == expected

@@ -68,6 +68,7 @@ pub mod known {
     pub const CONTENT_TYPE: u32 = 1 << 14;
     /// Any name starting with `x-envoy-`.
     pub const X_ENVOY: u32 = 1 << 15;
+    pub const X_FORWARDED_CLIENT_CERT: u32 = 1 << 16;
     /// The hop-by-hop headers, and `te` (reduced, not dropped). `content-length` is
     /// end-to-end.
     pub const HOP_BY_HOP: u32 =
@@ -97,6 +98,7 @@ pub fn known_bit(n: &[u8]) -> u32 {
         16 if n == b"proxy-connection" => PROXY_CONNECTION,
         17 if n == b"transfer-encoding" => TRANSFER_ENCODING,
         17 if n == b"x-forwarded-proto" => X_FORWARDED_PROTO,
+        23 if n == b"x-forwarded-client-cert" => X_FORWARDED_CLIENT_CERT,
         _ => 0,
     };
     if exact == 0 && n.len() > 8 && n.starts_with(b"x-envoy-") {

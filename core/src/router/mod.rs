@@ -32,7 +32,105 @@ pub struct Add {
     pub append: bool,
     /// Envoy `keep_empty_value`: add the header even when the value comes out empty.
     pub keep_empty: bool,
+    /// An appended value joins an existing header's line with `,` instead of adding a line:
+    /// Envoy keeps the names of [`REQUEST_INLINE`] / [`RESPONSE_INLINE`] as one entry each.
+    pub join: bool,
 }
+
+/// The request headers Envoy 1.40's header map holds inline, one entry each: a value added to
+/// one already present is joined to it with `,` (found by adding `a` and `b` to each of about
+/// a hundred names through the envoy binary; the `x-envoy-` retry and timeout headers the
+/// router consumes are left out).
+pub const REQUEST_INLINE: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "access-control-request-headers",
+    "access-control-request-method",
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-type",
+    "grpc-accept-encoding",
+    "grpc-timeout",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "origin",
+    "pragma",
+    "proxy-status",
+    "referer",
+    "user-agent",
+    "via",
+    "x-client-trace-id",
+    "x-envoy-attempt-count",
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-is-timeout-retry",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+/// The retry and timeout headers Envoy's router takes from a request and removes, after the
+/// route's edits (an edit that adds one is dropped; the client's are dropped earlier).
+const ROUTER_CONSUMED: &[&str] = &[
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-max-retries",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-stream-duration-ms",
+];
+
+/// The response headers Envoy 1.40's header map holds inline (found as [`REQUEST_INLINE`]).
+pub const RESPONSE_INLINE: &[&str] = &[
+    "access-control-allow-credentials",
+    "access-control-allow-headers",
+    "access-control-allow-methods",
+    "access-control-allow-origin",
+    "access-control-expose-headers",
+    "access-control-max-age",
+    "age",
+    "cache-control",
+    "content-encoding",
+    "content-type",
+    "date",
+    "etag",
+    "expires",
+    "grpc-message",
+    "grpc-status",
+    "last-modified",
+    "location",
+    "proxy-status",
+    "vary",
+    "via",
+    "x-envoy-attempt-count",
+    "x-envoy-decorator-operation",
+    "x-envoy-degraded",
+    "x-envoy-immediate-health-check-fail",
+    "x-envoy-ratelimited",
+    "x-envoy-upstream-canary",
+    "x-envoy-upstream-healthchecked-cluster",
+    "x-envoy-upstream-service-time",
+    "x-request-id",
+];
 
 /// Header edits compiled from a [`HeaderMutations`].
 #[derive(Debug, Clone, Default)]
@@ -100,10 +198,21 @@ impl Mutations {
                     continue;
                 }
                 let value = Value::compile(&h.value, &format!("{path}.{field}[{i}].header.value"))?;
+                // Envoy's router reads these after the edits and removes them (checked against
+                // the envoy binary): an edit that adds one never reaches the upstream.
+                if field == "request_headers_to_add" && ROUTER_CONSUMED.contains(&name.as_str()) {
+                    continue;
+                }
                 if value == Value::Static(Vec::new()) && !h.keep_empty_value {
                     continue;
                 }
+                let inline = if field == "request_headers_to_add" {
+                    REQUEST_INLINE
+                } else {
+                    RESPONSE_INLINE
+                };
                 out.push(Add {
+                    join: inline.contains(&name.as_str()),
                     name: name.into_bytes(),
                     value,
                     append: h.append,
@@ -179,28 +288,63 @@ impl Mutations {
     }
 }
 
-/// Removals first, then additions. An overwrite removes every existing line of the header and
-/// appends the new one at the end, as Envoy's header parser does (not an in-place edit). A
-/// value whose commands come out empty is not added, unless `keep_empty_value` (Envoy).
+/// Removals first, then additions, as Envoy's header parser applies one level's edits: every
+/// value is rendered against the headers as they stand before any is added; then the
+/// overwrites, each removing every line of its header and adding one at the end (not an
+/// in-place edit); then the appends, in config order. A value whose commands come out empty
+/// is not added, unless `keep_empty_value`. An append to an inline header that is present
+/// joins its line (see [`Add::join`]).
 fn apply(h: &mut HeaderMap, remove: &[Vec<u8>], add: &[Add], cx: &Cx<'_>) {
     for n in remove {
         h.remove(n);
     }
-    for a in add {
-        let v = match &a.value {
-            Value::Static(v) => std::borrow::Cow::Borrowed(&v[..]),
-            t => {
-                let v = t.render(cx, h);
-                if v.is_empty() && !a.keep_empty {
-                    continue;
-                }
-                v
-            }
+    // Static values (the usual case) need no rendering pass and no allocation.
+    let rendered: Vec<Option<std::borrow::Cow<'_, [u8]>>> =
+        if add.iter().all(|a| matches!(a.value, Value::Static(_))) {
+            Vec::new()
+        } else {
+            add.iter()
+                .map(|a| {
+                    let v = a.value.render(cx, h);
+                    (!v.is_empty() || a.keep_empty).then_some(v)
+                })
+                .collect()
         };
-        if !a.append {
-            h.remove(&a.name);
+    let value = |i: usize| -> Option<&[u8]> {
+        match (&add[i].value, rendered.get(i)) {
+            (Value::Static(v), _) => Some(v),
+            (_, Some(v)) => v.as_deref(),
+            (_, None) => None,
         }
-        h.append(&a.name, &v);
+    };
+    for (i, a) in add.iter().enumerate() {
+        if !a.append {
+            if let Some(v) = value(i) {
+                h.remove(&a.name);
+                h.append(&a.name, v);
+            }
+        }
+    }
+    for (i, a) in add.iter().enumerate() {
+        if a.append {
+            if let Some(v) = value(i) {
+                if a.join && h.contains(&a.name) {
+                    // Envoy's `appendToHeader`: an empty part adds nothing, not even a `,`.
+                    let mut joined = Vec::new();
+                    for part in h.get_all(&a.name).chain([v]) {
+                        if !part.is_empty() {
+                            if !joined.is_empty() {
+                                joined.push(b',');
+                            }
+                            joined.extend_from_slice(part);
+                        }
+                    }
+                    h.set(&a.name, &joined);
+                } else {
+                    h.append(&a.name, v);
+                }
+            }
+        }
     }
 }
 

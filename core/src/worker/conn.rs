@@ -23,7 +23,9 @@ use tokio::time::Instant as TInstant;
 use super::clock;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap, NO_DRAIN_KEY};
 use super::forward::{forward, CONTINUE};
-use super::headers::{mutate_request, redirect_location, request_location};
+use super::headers::{
+    mutate_request, redirect_location, redirect_rewritten_target, request_location,
+};
 use super::timer::{earliest, ConnTimer};
 use super::Shared;
 use crate::http1::body::Framing;
@@ -609,12 +611,37 @@ fn local_reply(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     write_status_line(&mut out, status);
+    // Envoy's connection manager writes its own `server` over an edit's, in the edit's place,
+    // adds a `date` only if an edit has not, and a local reply without a body has no
+    // `content-type`, an edit's neither.
+    let mut server_written = false;
+    let mut date_given = false;
     if let Some(h) = extra {
-        h.write_to(&mut out);
+        date_given = h.may_have_any(known::DATE) && h.contains(b"date");
+        if h.may_have_any(known::SERVER | known::CONTENT_TYPE) {
+            let mut h = h.clone();
+            if body.is_empty() {
+                h.remove(b"content-type");
+            }
+            if h.contains(b"server") {
+                h.set(b"server", &l.c.server_name);
+                server_written = true;
+            }
+            h.write_to(&mut out);
+        } else {
+            h.write_to(&mut out);
+        }
     }
+    let date_server = |out: &mut Vec<u8>| {
+        if !date_given {
+            write_header(out, b"date", &ctx.date());
+        }
+        if !server_written {
+            write_header(out, b"server", &l.c.server_name);
+        }
+    };
     if body.is_empty() {
-        write_header(&mut out, b"date", &ctx.date());
-        write_header(&mut out, b"server", &l.c.server_name);
+        date_server(&mut out);
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -633,8 +660,7 @@ fn local_reply(
     if !extra.is_some_and(|h| h.contains(b"content-type")) {
         out.extend_from_slice(b"content-type: text/plain\r\n");
     }
-    write_header(&mut out, b"date", &ctx.date());
-    write_header(&mut out, b"server", &l.c.server_name);
+    date_server(&mut out);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -785,7 +811,9 @@ async fn handle(
     };
     // A local reply's edits: their commands read the request. As in Envoy, the reply's code
     // is not set yet when they run: `%RESPONSE_CODE%` is 0 and `%RESP(...)%` empty.
-    let response_mutations = |h: &mut HeaderMap, d: &Down| {
+    // `target`: the request's `:path` as the edits see it (a redirect's prefix_rewrite has
+    // changed it by then, in Envoy).
+    let response_mutations = |h: &mut HeaderMap, d: &Down, target: &[u8]| {
         let local = || d.stream.local_addr().ok();
         let cx = Cx {
             peer: d.peer,
@@ -793,7 +821,7 @@ async fn handle(
             minor: head.minor,
             request: Some(ReqView {
                 method: head.method(),
-                target: head.target(),
+                target,
                 headers: Some(&head.headers),
                 https: head.absolute_https() == Some(true),
             }),
@@ -818,7 +846,7 @@ async fn handle(
                     &request_location(host, head.target(), rq.scheme(), proto),
                 );
             }
-            response_mutations(&mut h, d);
+            response_mutations(&mut h, d, head.target());
             // Envoy's connection manager closes an HTTP/1 connection after any local 400,
             // a configured one too (`connection: close`).
             let keep = keep_after_local && *status != 400;
@@ -835,7 +863,15 @@ async fn handle(
                 b"location",
                 &redirect_location(r, host, head.target(), rq.scheme(), proto),
             );
-            response_mutations(&mut h, d);
+            if route.mutations.response_reads_request
+                || vh.mutations.response_reads_request
+                || table.mutations.response_reads_request
+            {
+                let path = redirect_rewritten_target(r, head.target());
+                response_mutations(&mut h, d, path.as_deref().unwrap_or(head.target()));
+            } else {
+                response_mutations(&mut h, d, head.target());
+            }
             reply(
                 ctx,
                 l,

@@ -119,11 +119,9 @@ pub(super) async fn forward(
     let relay_continue = l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers);
     let is_head = head.method() == b"HEAD";
     let minor = head.minor;
-    // A response edit that reads the request (`%REQ(...)%`) needs it after it went upstream.
-    let saved = chain
-        .iter()
-        .any(|m| m.response_reads_request)
-        .then(|| SavedRequest::of(&head));
+    // A response edit that reads the request (`%REQ(...)%`) sees it as it went upstream:
+    // Envoy's router edits the request in place (its edits, the path and host rewrites).
+    let save = chain.iter().any(|m| m.response_reads_request);
     let peer = d.peer;
     let stream = &d.stream;
     let local = || stream.local_addr().ok();
@@ -133,9 +131,10 @@ pub(super) async fn forward(
     } else {
         None
     };
-    let (out, chunk_up) = upstream_head(
+    let (out, chunk_up, saved) = upstream_head(
         l,
         head,
+        save,
         peer,
         &local,
         conn,
@@ -289,6 +288,7 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
 fn upstream_head(
     l: &ListenerRt,
     mut head: RequestHead,
+    save: bool,
     peer: SocketAddr,
     local: &dyn Fn() -> Option<SocketAddr>,
     conn: ConnectionTokens,
@@ -299,7 +299,7 @@ fn upstream_head(
     host: &HostRt,
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
-) -> (Vec<u8>, bool) {
+) -> (Vec<u8>, bool, Option<SavedRequest>) {
     router_request_headers(l, &mut head.headers, fwd);
     // The request edits' commands read the headers they edit; the request line is copied
     // only for a value that reads it.
@@ -348,6 +348,12 @@ fn upstream_head(
         let orig = head.target().to_vec();
         head.headers.append(b"x-envoy-original-path", &orig);
     }
+    let saved = save.then(|| SavedRequest {
+        method: head.method().to_vec(),
+        target: new_target.as_deref().unwrap_or(head.target()).to_vec(),
+        headers: head.headers.clone(),
+        https: head.absolute_https() == Some(true),
+    });
     out.reserve(head.wire_len + 256);
     out.extend_from_slice(head.method());
     out.push(b' ');
@@ -383,7 +389,7 @@ fn upstream_head(
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    (out, chunk_up)
+    (out, chunk_up, saved)
 }
 
 async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFail> {
@@ -522,17 +528,6 @@ struct SavedRequest {
     target: Vec<u8>,
     headers: HeaderMap,
     https: bool,
-}
-
-impl SavedRequest {
-    fn of(head: &RequestHead) -> SavedRequest {
-        SavedRequest {
-            method: head.method().to_vec(),
-            target: head.target().to_vec(),
-            headers: head.headers.clone(),
-            https: head.absolute_https() == Some(true),
-        }
-    }
 }
 
 impl Exchange<'_> {

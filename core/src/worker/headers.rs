@@ -122,6 +122,10 @@ pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, conn:
                         || (edge && ENVOY_EDGE_HEADERS.contains(&n)))
         });
     }
+    // Envoy's `forward_client_cert_details` default, SANITIZE (the only mode taken): a
+    // client certificate's details come from the proxy's own TLS handshake, never from the
+    // client, so a client's `x-forwarded-client-cert` is dropped.
+    h.remove_known(known::X_FORWARDED_CLIENT_CERT);
     if edge {
         let peer = peer.ip();
         if !hcm.skip_xff_append {
@@ -297,6 +301,16 @@ pub fn redirect_location(
         out.extend_from_slice(query);
     }
     out
+}
+
+/// The request target after a redirect's `prefix_rewrite` (`None`: none), which Envoy writes
+/// into the request's `:path` before the redirect's edits run: the matched prefix replaced,
+/// query and all.
+pub fn redirect_rewritten_target(r: &Redirect, target: &[u8]) -> Option<Vec<u8>> {
+    let p = r.cfg.prefix_rewrite.as_deref()?;
+    let mut out = p.as_bytes().to_vec();
+    out.extend_from_slice(&target[r.prefix_len.min(target.len())..]);
+    Some(out)
 }
 
 /// The `location` of a direct response of 201 or 3xx (Envoy's `newUri` with no redirect): the
