@@ -299,7 +299,7 @@ fn upstream_head(
     host: &HostRt,
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
-) -> (Vec<u8>, bool, Option<SavedRequest>) {
+) -> (Vec<u8>, bool, Option<Box<SavedRequest>>) {
     router_request_headers(l, &mut head.headers, fwd);
     // The request edits' commands read the headers they edit; the request line is copied
     // only for a value that reads it.
@@ -348,11 +348,14 @@ fn upstream_head(
         let orig = head.target().to_vec();
         head.headers.append(b"x-envoy-original-path", &orig);
     }
-    let saved = save.then(|| SavedRequest {
-        method: head.method().to_vec(),
-        target: new_target.as_deref().unwrap_or(head.target()).to_vec(),
-        headers: head.headers.clone(),
-        https: head.absolute_https() == Some(true),
+    // Boxed: the usual request saves nothing and moves one pointer, not a header map.
+    let saved = save.then(|| {
+        Box::new(SavedRequest {
+            method: head.method().to_vec(),
+            target: new_target.as_deref().unwrap_or(head.target()).to_vec(),
+            headers: head.headers.clone(),
+            https: head.absolute_https() == Some(true),
+        })
     });
     out.reserve(head.wire_len + 256);
     out.extend_from_slice(head.method());
@@ -517,7 +520,7 @@ struct Exchange<'a> {
     /// The upstream host's address, for `%UPSTREAM_HOST%`.
     upstream: SocketAddr,
     /// The request, for response edits that read it.
-    saved: Option<SavedRequest>,
+    saved: Option<Box<SavedRequest>>,
     /// The client connection's local address, when response edits have commands.
     local: Option<SocketAddr>,
 }

@@ -125,7 +125,9 @@ pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, conn:
     // Envoy's `forward_client_cert_details` default, SANITIZE (the only mode taken): a
     // client certificate's details come from the proxy's own TLS handshake, never from the
     // client, so a client's `x-forwarded-client-cert` is dropped.
-    h.remove_known(known::X_FORWARDED_CLIENT_CERT);
+    if h.may_have_any(known::X_FORWARDED_CLIENT_CERT) {
+        h.remove_known(known::X_FORWARDED_CLIENT_CERT);
+    }
     if edge {
         let peer = peer.ip();
         if !hcm.skip_xff_append {
