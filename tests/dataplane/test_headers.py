@@ -638,3 +638,59 @@ def test_local_reply_edits(make_proxy: Any, rt: dict[str, Any], path: str, expec
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get(path))
     assert shape(r.headers) == expected
+
+
+# --- repeated headers: Envoy's codec keeps an inline header as one entry (session 11) ------------
+
+RID = ("x-request-id", "<uuid>")
+EXP_MS = ("x-envoy-expected-rq-timeout-ms", "15000")
+
+
+@pytest.mark.parametrize(
+    ("hcm", "extra", "expected"),
+    [
+        ({}, "user-agent: a\r\nx-a: 1\r\nuser-agent: b\r\nUser-Agent: c\r\n",
+         [("user-agent", "a,b,c"), ("x-a", "1"), ("x-forwarded-proto", "http"), RID, EXP_MS]),
+        # an empty line adds no ',' (and two empty ones stay one empty header)
+        ({}, "cache-control: \r\ncache-control: no-cache\r\nuser-agent: \r\nuser-agent: \r\n",
+         [("cache-control", "no-cache"), ("user-agent", ""), ("x-forwarded-proto", "http"), RID, EXP_MS]),
+        # names outside Envoy's inline set keep their lines
+        ({}, "cookie: a=1\r\ncookie: b=2\r\nx-a: 1\r\nx-a: 2\r\n",
+         [("cookie", "a=1"), ("cookie", "b=2"), ("x-a", "1"), ("x-a", "2"), ("x-forwarded-proto", "http"), RID,
+          EXP_MS]),
+        # x-forwarded-for: every value the client sent stays, then the edge appends the peer
+        ({}, "x-forwarded-for: 1.2.3.4\r\nx-forwarded-for: 5.6.7.8\r\n",
+         [("x-forwarded-for", "1.2.3.4,5.6.7.8"), ("x-forwarded-proto", "http"), RID, EXP_MS]),
+        (URA, "x-forwarded-for: 1.2.3.4\r\nx-forwarded-for: 5.6.7.8\r\n",
+         [("x-forwarded-for", "1.2.3.4,5.6.7.8,<self>"), ("x-forwarded-proto", "http"), EXT, RID, EXP_MS]),
+        ({}, "x-forwarded-proto: \r\nx-forwarded-proto: https\r\n", [("x-forwarded-proto", "https"), RID, EXP_MS]),
+        ({}, "x-request-id: a\r\nx-request-id: b\r\n",
+         [("x-request-id", "a,b"), ("x-forwarded-proto", "http"), EXP_MS]),
+    ],
+    ids=["user-agent", "empty-parts", "not-inline", "xff", "xff-edge", "xfp", "request-id"],
+)
+def test_repeated_inline_request_headers_are_joined(
+    make_proxy: Any, upstream: Any, hcm: dict[str, Any], extra: str, expected: H
+) -> None:
+    got = upstream_headers(make_proxy, upstream, get("/", extra=extra), hcm=hcm)
+    assert self_address(shape_request(got)) == [("host", "example.com"), *expected]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (b"vary: a\r\nx-a: 1\r\nVary: b\r\n", [("vary", "a,b"), ("x-a", "1")]),
+        (b"content-type: a\r\ncontent-type: \r\ncontent-type: b\r\n", [("content-type", "a,b")]),
+        (b"set-cookie: a=1\r\nset-cookie: b=2\r\n", [("set-cookie", "a=1"), ("set-cookie", "b=2")]),
+        (b"cache-control: no-store\r\ncache-control: private\r\n", [("cache-control", "no-store,private")]),
+    ],
+    ids=["vary", "content-type-empty-part", "set-cookie", "cache-control"],
+)
+def test_repeated_inline_response_headers_are_joined(
+    make_proxy: Any, make_canned: Any, lines: bytes, expected: H
+) -> None:
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\n" + lines + b"content-length: 0\r\n\r\n"})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/"))
+    assert shape(r.headers) == [*expected, ("content-length", "0"), UST, DATE, ("server", "envoy")]

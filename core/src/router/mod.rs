@@ -16,7 +16,7 @@ use bytes::Bytes;
 use regex::bytes::Regex;
 
 use crate::config::{self, HeaderMutations, PathMatch, RouteAction, RouteConfiguration};
-use crate::http1::head::{is_tchar, HeaderMap};
+use crate::http1::head::{is_tchar, join_values, HeaderMap, REQUEST_INLINE, RESPONSE_INLINE};
 use crate::Error;
 pub use format::{Cx, ReqView, Value};
 use index::{Literal, RouteIndex};
@@ -37,54 +37,6 @@ pub struct Add {
     pub join: bool,
 }
 
-/// The request headers Envoy 1.40's header map holds inline, one entry each: a value added to
-/// one already present is joined to it with `,` (found by adding `a` and `b` to each of about
-/// a hundred names through the envoy binary; the `x-envoy-` retry and timeout headers the
-/// router consumes are left out).
-pub const REQUEST_INLINE: &[&str] = &[
-    "accept",
-    "accept-encoding",
-    "access-control-request-headers",
-    "access-control-request-method",
-    "authorization",
-    "cache-control",
-    "content-encoding",
-    "content-type",
-    "grpc-accept-encoding",
-    "grpc-timeout",
-    "if-match",
-    "if-modified-since",
-    "if-none-match",
-    "if-range",
-    "if-unmodified-since",
-    "origin",
-    "pragma",
-    "proxy-status",
-    "referer",
-    "user-agent",
-    "via",
-    "x-client-trace-id",
-    "x-envoy-attempt-count",
-    "x-envoy-decorator-operation",
-    "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node",
-    "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-external-address",
-    "x-envoy-force-trace",
-    "x-envoy-internal",
-    "x-envoy-ip-tags",
-    "x-envoy-is-timeout-retry",
-    "x-envoy-original-path",
-    "x-envoy-original-url",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-forwarded-client-cert",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-request-id",
-];
-
 /// The retry and timeout headers Envoy's router takes from a request and removes, after the
 /// route's edits (an edit that adds one is dropped; the client's are dropped earlier).
 const ROUTER_CONSUMED: &[&str] = &[
@@ -97,39 +49,6 @@ const ROUTER_CONSUMED: &[&str] = &[
     "x-envoy-upstream-rq-per-try-timeout-ms",
     "x-envoy-upstream-rq-timeout-alt-response",
     "x-envoy-upstream-stream-duration-ms",
-];
-
-/// The response headers Envoy 1.40's header map holds inline (found as [`REQUEST_INLINE`]).
-pub const RESPONSE_INLINE: &[&str] = &[
-    "access-control-allow-credentials",
-    "access-control-allow-headers",
-    "access-control-allow-methods",
-    "access-control-allow-origin",
-    "access-control-expose-headers",
-    "access-control-max-age",
-    "age",
-    "cache-control",
-    "content-encoding",
-    "content-type",
-    "date",
-    "etag",
-    "expires",
-    "grpc-message",
-    "grpc-status",
-    "last-modified",
-    "location",
-    "proxy-status",
-    "vary",
-    "via",
-    "x-envoy-attempt-count",
-    "x-envoy-decorator-operation",
-    "x-envoy-degraded",
-    "x-envoy-immediate-health-check-fail",
-    "x-envoy-ratelimited",
-    "x-envoy-upstream-canary",
-    "x-envoy-upstream-healthchecked-cluster",
-    "x-envoy-upstream-service-time",
-    "x-request-id",
 ];
 
 /// Header edits compiled from a [`HeaderMutations`].
@@ -329,16 +248,7 @@ fn apply(h: &mut HeaderMap, remove: &[Vec<u8>], add: &[Add], cx: &Cx<'_>) {
         if a.append {
             if let Some(v) = value(i) {
                 if a.join && h.contains(&a.name) {
-                    // Envoy's `appendToHeader`: an empty part adds nothing, not even a `,`.
-                    let mut joined = Vec::new();
-                    for part in h.get_all(&a.name).chain([v]) {
-                        if !part.is_empty() {
-                            if !joined.is_empty() {
-                                joined.push(b',');
-                            }
-                            joined.extend_from_slice(part);
-                        }
-                    }
+                    let joined = join_values(h.get_all(&a.name).chain([v]));
                     h.set(&a.name, &joined);
                 } else {
                     h.append(&a.name, v);
