@@ -76,6 +76,60 @@ def test_rejected_request_exact_reply_and_close(
     assert upstream.requests == []
 
 
+UPGRADE_ROUTES = [{"name": "v", "domains": ["example.com"], "routes": [
+    {"match": {"prefix": "/d"}, "direct_response": {"status": 200}}, route("/", "up")]}]
+WS = b"Connection: upgrade\r\nUpgrade: websocket\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status_line"),
+    [
+        # No route: 404 first, and the connection closes as after the 403 (envoy binary).
+        (b"GET / HTTP/1.1\r\nHost: nomatch.example\r\n" + WS + b"\r\n", "HTTP/1.1 404 Not Found"),
+        (b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-Proto: \r\n" + WS + b"\r\n", "HTTP/1.1 404 Not Found"),
+        # A route, even a direct response: 403.
+        (b"GET /d HTTP/1.1\r\nHost: example.com\r\n" + WS + b"\r\n", "HTTP/1.1 403 Forbidden"),
+        # Not only h2c: refused as any upgrade.
+        (b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n",
+         "HTTP/1.1 403 Forbidden"),
+    ],
+    ids=["no-vhost", "empty-xfp", "direct-response", "h2c-and-more"],
+)
+def test_refused_upgrade_after_routing(make_proxy: Any, upstream: Any, raw: bytes, status_line: str) -> None:
+    proxy = make_proxy(bootstrap([], [cluster("up", upstream.port)], virtual_hosts=UPGRADE_ROUTES))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(raw)
+        assert (r.status_line, shape(r.headers), r.body) == (
+            status_line, [DATE, SERVER, CLOSE, ("content-length", "0")], b"")
+        assert c.closed_within(3.0)
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "forwarded"),
+    [
+        ("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n", []),
+        ("Connection: keep-alive, Upgrade\r\nUpgrade: H2C\r\nx-a: 1\r\n", [("x-a", "1")]),
+        # what else Connection names is still removed
+        ("Connection: upgrade, x-b\r\nUpgrade: h2c\r\nx-b: 2\r\nx-a: 1\r\n", [("x-a", "1")]),
+    ],
+    ids=["with-settings", "keep-alive-upper-case", "nominated"],
+)
+def test_h2c_upgrade_offer_is_dropped_and_the_request_served(
+    make_proxy: Any, upstream: Any, extra: str, forwarded: list[tuple[str, str]]
+) -> None:
+    # Envoy's codec removes an HTTP/1.1 offer to switch to HTTP/2 in the clear and serves the
+    # request as a plain one (envoy binary).
+    proxy = make_proxy(bootstrap([], [cluster("up", upstream.port)], virtual_hosts=UPGRADE_ROUTES))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(f"GET /x HTTP/1.1\r\nHost: example.com\r\n{extra}\r\n".encode()).status == 200
+        assert c.open_after(0.2)
+    (rec,) = upstream.requests
+    assert [(k, v) for k, v in rec.headers if k.startswith("x-") and not k.startswith("x-envoy")
+            and k not in ("x-forwarded-proto", "x-request-id")] == forwarded
+    assert not any(k.lower() in ("upgrade", "http2-settings", "connection") for k, _ in rec.headers)
+
+
 def test_header_block_over_max_request_headers_kb_is_431(make_proxy: Any, upstream: Any) -> None:
     # §6j: listener with max_request_headers_kb: 1 and a ~1.5 KiB header
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm={"max_request_headers_kb": 1}))

@@ -198,6 +198,37 @@ impl ConnectionTokens {
     }
 }
 
+/// Envoy's codec drops an HTTP/1.1 request's offer to upgrade to HTTP/2 in the clear
+/// (`upgrade: h2c`, one token in any case, with `connection: upgrade`): the `upgrade` and
+/// `http2-settings` headers go, and so do those two tokens of `connection` (the header too if
+/// nothing is left), and the request is served as a plain one. Returns whether it did; the
+/// caller then reads the `connection` tokens again. Checked against the envoy binary.
+#[cold]
+pub fn strip_h2c_upgrade(h: &mut HeaderMap) -> bool {
+    if !h
+        .only(b"upgrade")
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    {
+        return false;
+    }
+    h.remove(b"upgrade");
+    h.remove(b"http2-settings");
+    let kept: Vec<Vec<u8>> = h
+        .get_all(b"connection")
+        .flat_map(list_tokens)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"upgrade") && !t.eq_ignore_ascii_case(b"http2-settings")
+        })
+        .map(<[u8]>::to_vec)
+        .collect();
+    if kept.is_empty() {
+        h.remove(b"connection");
+    } else {
+        h.set(b"connection", &kept.join(&b","[..]));
+    }
+    true
+}
+
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1: `connection`, `keep-alive`,
 /// `transfer-encoding`, `upgrade`, plus `proxy-connection`, which Envoy also strips: the
 /// [`known::HOP_BY_HOP`] bits less `te`) and the headers the `connection` header names

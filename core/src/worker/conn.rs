@@ -30,7 +30,8 @@ use super::timer::{earliest, ConnTimer};
 use super::Shared;
 use crate::http1::body::Framing;
 use crate::http1::codec::{
-    request_framing, write_framing, write_status_line, ConnectionTokens, FramingError,
+    request_framing, strip_h2c_upgrade, write_framing, write_status_line, ConnectionTokens,
+    FramingError,
 };
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
@@ -715,7 +716,10 @@ async fn handle(
     mut head: RequestHead,
     last: bool,
 ) -> (u16, Next) {
-    let conn = ConnectionTokens::of(&head.headers);
+    let mut conn = ConnectionTokens::of(&head.headers);
+    if head.minor == 1 && conn.is_upgrade(&head.headers) && strip_h2c_upgrade(&mut head.headers) {
+        conn = ConnectionTokens::of(&head.headers);
+    }
     let keep = conn.keep_alive(head.minor) && !last && !ctx.draining();
     // Envoy's codec refuses first, its connection manager after, so a request line the codec
     // takes but the connection manager refuses still gets its `100 Continue` (below).
@@ -775,10 +779,9 @@ async fn handle(
     if !head.headers.contains(b"host") || conn.names_host() {
         return reply(ctx, l, d, 400, b"", false, None).await;
     }
-    if conn.is_upgrade(&head.headers) {
-        // No `upgrade_configs` support yet: Envoy answers 403 without contacting the upstream.
-        return reply(ctx, l, d, 403, b"", false, None).await;
-    }
+    // No `upgrade_configs` support yet: Envoy answers an upgrade 403 once a route is found (a
+    // 404 before that), and closes the connection either way.
+    let upgrade = conn.is_upgrade(&head.headers);
     // Read before the edits below add an `x-forwarded-proto` (they never change one a
     // non-edge listener keeps), so that a request without one skips the look.
     let no_scheme = empty_forwarded_proto(&l.c.cfg.hcm, &head.headers);
@@ -807,8 +810,11 @@ async fn handle(
     };
     let Some((vh, route)) = found else {
         l.http.no_route.inc();
-        return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
+        return reply(ctx, l, d, 404, b"", keep_after_local && !upgrade, None).await;
     };
+    if upgrade {
+        return reply(ctx, l, d, 403, b"", false, None).await;
+    }
     // A local reply's edits: their commands read the request. As in Envoy, the reply's code
     // is not set yet when they run: `%RESPONSE_CODE%` is 0 and `%RESP(...)%` empty.
     // `target`: the request's `:path` as the edits see it (a redirect's prefix_rewrite has
