@@ -26,7 +26,7 @@ use crate::config::{Cluster, PathMatch, Snapshot};
 use crate::lb::{Balancer, LbHost, Policy};
 use crate::router::{breaks_line, Action, Cx, ReqView, RouteRequest};
 use crate::snapshot::{compile_with, Resolver};
-use crate::worker::headers::redirect_location;
+use crate::worker::headers::{redirect_location, redirect_rewritten_target, request_location};
 
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
@@ -402,11 +402,17 @@ pub fn snapshot(data: &[u8]) {
                         check_map(&head.headers);
                     }
                     Action::Redirect(rd) => {
-                        let loc = redirect_location(rd, host, target, b"http", b"http");
-                        assert!(!breaks_line(&loc), "location {loc:?}");
+                        for (scheme, proto) in [(&b"http"[..], &b"http"[..]), (b"https", b"http")] {
+                            let loc = redirect_location(rd, host, target, scheme, proto);
+                            assert!(!breaks_line(&loc), "location {loc:?}");
+                            let path = redirect_rewritten_target(rd, target);
+                            assert!(!path.is_some_and(|p| breaks_line(&p)));
+                        }
                     }
                     Action::Direct { status, .. } => {
-                        assert!((200..=599).contains(status), "status {status}")
+                        assert!((200..=599).contains(status), "status {status}");
+                        let loc = request_location(host, target, b"https", b"http");
+                        assert!(!breaks_line(&loc), "location {loc:?}");
                     }
                 }
             }

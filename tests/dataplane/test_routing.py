@@ -616,3 +616,55 @@ def test_no_route_head_is_404_with_chunked_and_no_body(make_proxy: Any) -> None:
         )
         assert c.open_after(0.3)
         assert c.buf == b""  # nothing after the header block
+
+
+# --- prefix_rewrite on path and regex routes (review finding, session 11) ------------------------
+
+
+def test_prefix_rewrite_replaces_the_whole_path_of_path_and_regex_routes(make_proxy: Any, upstream: Any) -> None:
+    # envoy binary: for a `path` or `safe_regex` match the "prefix" is the whole path (the query
+    # stays), forwarded or redirected.
+    routes = [
+        {"match": {"path": "/fwd-path"}, "route": {"cluster": "up", "prefix_rewrite": "/p"}},
+        {"match": {"safe_regex": {"regex": "/fwd-re/[a-z]+"}}, "route": {"cluster": "up", "prefix_rewrite": "/r"}},
+        {"match": {"path": "/red-path"}, "redirect": {"prefix_rewrite": "/bar"}},
+        {"match": {"safe_regex": {"regex": "/red-re/[a-z]+"}}, "redirect": {"prefix_rewrite": "/baz"}},
+    ]
+    proxy = make_proxy(bootstrap(routes, [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/fwd-path?x=1")).status == 200
+        assert c.request(get("/fwd-re/abc?y")).status == 200
+        assert dict(c.request(get("/red-path?x")).headers)["location"] == "http://example.com/bar?x"
+        assert dict(c.request(get("/red-re/zz")).headers)["location"] == "http://example.com/baz"
+    assert [r.target for r in upstream.requests] == ["/p?x=1", "/r?y"]
+
+
+def test_direct_204_and_304_send_no_configured_body(make_proxy: Any) -> None:
+    # A difference kept on purpose (docs/envoy-behaviour.md): Envoy 1.40 sends the configured
+    # body with its content-length after a 204 or 304, and a client reads it as the start of the
+    # next response. pyproxy sends neither.
+    routes = [
+        {"match": {"prefix": "/d204"}, "direct_response": direct("x", 204)},
+        {"match": {"prefix": "/d304"}, "direct_response": direct("yy", 304)},
+        {"match": {"prefix": "/"}, "direct_response": direct("next")},
+    ]
+    proxy = make_proxy(bootstrap(routes, []))
+    with RawConn(proxy.listener_port()) as c:
+        for path, names in (("/d204", ["date", "server"]), ("/d304", ["location", "date", "server"])):
+            r = c.request(get(path), head=True)
+            assert [k for k, _ in r.headers] == names
+            assert c.request(get("/")).body == b"next"
+
+
+def test_upgrade_request_routes_on_its_connection_and_upgrade_headers(make_proxy: Any, upstream: Any) -> None:
+    # envoy binary: the connection manager keeps an upgrade request's `connection` and
+    # `upgrade`, so a route can match them (and then refuses the upgrade: 403, not 404).
+    routes = [{"match": {"prefix": "/", "headers": [{"name": "upgrade", "string_match": {"exact": "websocket"}}]},
+               "route": {"cluster": "up"}}]
+    proxy = make_proxy(bootstrap(routes, [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/", extra="Connection: Upgrade\r\nUpgrade: websocket\r\n"))
+        assert r.status_line == "HTTP/1.1 403 Forbidden"
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/", extra="Upgrade: websocket\r\n")).status == 404  # not an upgrade
+    assert upstream.requests == []

@@ -395,7 +395,9 @@ impl Forward {
 #[derive(Debug, Clone)]
 pub struct Redirect {
     pub cfg: config::RedirectAction,
-    pub prefix_len: usize,
+    /// What `prefix_rewrite` replaces: the matched prefix, or the whole path for a `path`
+    /// match; `None`: the request's whole path (a regex match).
+    pub prefix_len: Option<usize>,
 }
 
 /// What a route does.
@@ -727,9 +729,11 @@ fn compile_route(
                     check_value(v, &format!("{path}.redirect.{field}"))?;
                 }
             }
+            // What `prefix_rewrite` replaces, as in Envoy: the matched prefix, the whole
+            // path for a `path` match (`None`: the request's path, for a regex match).
             let prefix_len = match &m.path {
-                PathMatch::Prefix(p) => p.len(),
-                _ => 0,
+                PathMatch::Prefix(p) | PathMatch::Path(p) => Some(p.len()),
+                _ => None,
             };
             Action::Redirect(Redirect {
                 cfg: rd.clone(),
@@ -761,12 +765,12 @@ fn compile_route(
 }
 
 impl Route {
-    /// Length of the path that `prefix_rewrite` replaces: the matched prefix, or the whole
-    /// path for a `path` match; `None` for regex routes.
-    pub fn prefix_len(&self) -> Option<usize> {
+    /// Length of the start of `target` that `prefix_rewrite` replaces, as in Envoy: the
+    /// matched prefix, or the whole path (not the query) for a `path` or regex match.
+    pub fn prefix_len(&self, target: &[u8]) -> usize {
         match &self.path {
-            PathMatcher::Prefix(p) | PathMatcher::Path(p) => Some(p.len()),
-            PathMatcher::Regex(_) => None,
+            PathMatcher::Prefix(p) | PathMatcher::Path(p) => p.len(),
+            PathMatcher::Regex(_) => memchr::memchr(b'?', target).unwrap_or(target.len()),
         }
     }
 

@@ -610,6 +610,14 @@ fn local_reply(
     extra: Option<&HeaderMap>,
     head_request: bool,
 ) -> Vec<u8> {
+    // A 204 or 304 has no body by definition (RFC 9110 sections 15.3.5 and 15.4.5): a
+    // configured one is not sent, nor framed. (Envoy 1.40 sends it, with its length, and the
+    // client reads it as the start of the next response.)
+    let body = if status == 204 || status == 304 {
+        &b""[..]
+    } else {
+        body
+    };
     let mut out = Vec::with_capacity(160 + body.len());
     write_status_line(&mut out, status);
     // Envoy's connection manager writes its own `server` over an edit's, in the edit's place,
@@ -788,7 +796,7 @@ async fn handle(
     // The connection manager's own edits come before routing: routes match on the headers as
     // they leave them (hop-by-hop headers gone, `x-forwarded-proto` and `x-request-id` set),
     // as in Envoy.
-    mutate_request(l, d.peer, &mut head.headers, conn);
+    mutate_request(l, d.peer, &mut head.headers, conn, upgrade);
     let keep_after_local = keep && !body_pending;
     let table = &l.c.routes;
     // Routing by `*` alone never looks at the host: no lower-casing.
@@ -895,18 +903,9 @@ async fn handle(
             // Header edits, most specific first (weighted cluster, route, virtual host, route
             // config), as Envoy applies them, after Envoy's own headers.
             let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
+            let prefix_len = route.prefix_len(head.target());
             forward(
-                ctx,
-                l,
-                d,
-                head,
-                conn,
-                framing,
-                keep,
-                fwd,
-                route.prefix_len(),
-                &cluster,
-                &chain,
+                ctx, l, d, head, conn, framing, keep, fwd, prefix_len, &cluster, &chain,
             )
             .await
         }

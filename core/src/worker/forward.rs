@@ -94,7 +94,7 @@ pub(super) async fn forward(
     framing: Framing,
     keep: bool,
     fwd: &Forward,
-    prefix_len: Option<usize>,
+    prefix_len: usize,
     cluster: &Rc<ClusterRt>,
     chain: &[&Mutations; 4],
 ) -> (u16, Next) {
@@ -294,7 +294,7 @@ fn upstream_head(
     conn: ConnectionTokens,
     framing: Framing,
     fwd: &Forward,
-    prefix_len: Option<usize>,
+    prefix_len: usize,
     cluster: &ClusterRt,
     host: &HostRt,
     chain: &[&Mutations; 4],

@@ -36,6 +36,22 @@ const ENVOY_EDGE_HEADERS: [&[u8]; 4] = [
     b"x-envoy-decorator-operation",
 ];
 
+/// The hop-by-hop strip for an upgrade request: Envoy's connection manager keeps its
+/// `connection` and `upgrade` for the routes to match (pyproxy never forwards one: it gets a
+/// 403 or 404 after routing).
+#[cold]
+#[inline(never)]
+fn strip_keeping_upgrade(h: &mut HeaderMap, conn: ConnectionTokens) {
+    let kept: Vec<(&[u8], Vec<u8>)> = [&b"connection"[..], b"upgrade"]
+        .into_iter()
+        .flat_map(|n| h.get_all(n).map(move |v| (n, v.to_vec())))
+        .collect();
+    strip_hop_by_hop(h, conn);
+    for (n, v) in kept {
+        h.append(n, &v);
+    }
+}
+
 /// A random UUID v4 in its 36-character text form (Envoy's `x-request-id`).
 pub fn uuid4() -> [u8; 36] {
     let mut b = fastrand::u128(..).to_be_bytes();
@@ -108,11 +124,22 @@ fn local_address(v4: bool) -> Option<IpAddr> {
 /// included: hop-by-hop and control headers stripped; `x-forwarded-for`, `x-forwarded-proto`,
 /// `x-envoy-external-address`, `x-request-id`. Routes match on the headers as these leave
 /// them, as in Envoy. `conn` is what the request's `connection` header said, read when the
-/// request was checked.
-pub fn mutate_request(l: &ListenerRt, peer: SocketAddr, h: &mut HeaderMap, conn: ConnectionTokens) {
+/// request was checked; `upgrade`: the request asks for an upgrade (its `connection` and
+/// `upgrade` stay).
+pub fn mutate_request(
+    l: &ListenerRt,
+    peer: SocketAddr,
+    h: &mut HeaderMap,
+    conn: ConnectionTokens,
+    upgrade: bool,
+) {
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
-    strip_hop_by_hop(h, conn);
+    if upgrade {
+        strip_keeping_upgrade(h, conn);
+    } else {
+        strip_hop_by_hop(h, conn);
+    }
     if h.may_have_any(known::X_ENVOY) {
         h.remove_if(|n, _| {
             // The router sets its own expected-timeout header, appended last.
@@ -191,13 +218,10 @@ pub fn router_request_headers(l: &ListenerRt, h: &mut HeaderMap, fwd: &Forward) 
 }
 
 /// The target after `prefix_rewrite`, or `None` when the route does not rewrite it.
-pub fn rewrite_target(
-    fwd: &Forward,
-    route_prefix_len: Option<usize>,
-    target: &[u8],
-) -> Option<Vec<u8>> {
-    match (&fwd.prefix_rewrite, route_prefix_len) {
-        (Some(p), Some(n)) if target.len() >= n => {
+pub fn rewrite_target(fwd: &Forward, route_prefix_len: usize, target: &[u8]) -> Option<Vec<u8>> {
+    let n = route_prefix_len;
+    match &fwd.prefix_rewrite {
+        Some(p) if target.len() >= n => {
             let mut out = Vec::with_capacity(p.len() + target.len() - n);
             out.extend_from_slice(p);
             out.extend_from_slice(&target[n..]);
@@ -288,7 +312,7 @@ pub fn redirect_location(
         }
         (None, Some(p)) => {
             out.extend_from_slice(p.as_bytes());
-            out.extend_from_slice(&path[r.prefix_len.min(path.len())..]);
+            out.extend_from_slice(&path[r.prefix_len.unwrap_or(path.len()).min(path.len())..]);
             false
         }
         (None, None) => {
@@ -311,7 +335,8 @@ pub fn redirect_location(
 pub fn redirect_rewritten_target(r: &Redirect, target: &[u8]) -> Option<Vec<u8>> {
     let p = r.cfg.prefix_rewrite.as_deref()?;
     let mut out = p.as_bytes().to_vec();
-    out.extend_from_slice(&target[r.prefix_len.min(target.len())..]);
+    let path_len = memchr::memchr(b'?', target).unwrap_or(target.len());
+    out.extend_from_slice(&target[r.prefix_len.unwrap_or(path_len).min(target.len())..]);
     Some(out)
 }
 
