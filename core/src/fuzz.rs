@@ -363,6 +363,7 @@ pub fn snapshot(data: &[u8]) {
                     }),
                     status: 0,
                     upstream: None,
+                    response: false,
                 };
                 l.routes.mutations.apply_request(&mut head.headers, &cx);
                 vh.mutations.apply_request(&mut head.headers, &cx);
@@ -384,6 +385,7 @@ pub fn snapshot(data: &[u8]) {
                     https: false,
                 });
                 cx.status = 200;
+                cx.response = true;
                 cx.upstream = Some(SocketAddr::from(([127, 0, 0, 1], 9)));
                 r.mutations.apply_response(&mut resp.headers, &cx);
                 vh.mutations.apply_response(&mut resp.headers, &cx);
@@ -398,6 +400,7 @@ pub fn snapshot(data: &[u8]) {
                         assert!(*ci < compiled.clusters.len(), "cluster index {ci}");
                         assert!(*w > 0 || f.clusters.len() == 1);
                         cx.request = None;
+                        cx.response = false;
                         m.apply_request(&mut head.headers, &cx);
                         check_map(&head.headers);
                     }

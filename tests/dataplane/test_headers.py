@@ -666,8 +666,11 @@ EXP_MS = ("x-envoy-expected-rq-timeout-ms", "15000")
         ({}, "x-forwarded-proto: \r\nx-forwarded-proto: https\r\n", [("x-forwarded-proto", "https"), RID, EXP_MS]),
         ({}, "x-request-id: a\r\nx-request-id: b\r\n",
          [("x-request-id", "a,b"), ("x-forwarded-proto", "http"), EXP_MS]),
+        # no 100 Continue for the joined value, which is not `100-continue` alone
+        ({}, "Expect: 100-continue\r\nExpect: foo\r\n",
+         [("expect", "100-continue,foo"), ("x-forwarded-proto", "http"), RID, EXP_MS]),
     ],
-    ids=["user-agent", "empty-parts", "not-inline", "xff", "xff-edge", "xfp", "request-id"],
+    ids=["user-agent", "empty-parts", "not-inline", "xff", "xff-edge", "xfp", "request-id", "expect"],
 )
 def test_repeated_inline_request_headers_are_joined(
     make_proxy: Any, upstream: Any, hcm: dict[str, Any], extra: str, expected: H
@@ -694,3 +697,23 @@ def test_repeated_inline_response_headers_are_joined(
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get("/"))
     assert shape(r.headers) == [*expected, ("content-length", "0"), UST, DATE, ("server", "envoy")]
+
+
+def test_local_reply_edits_read_the_reply_as_built_so_far(make_proxy: Any) -> None:
+    # envoy binary (action_diff seed 9): in a redirect's or direct response's edits,
+    # %RESP(...)% reads the reply's headers as the more specific levels left them.
+    vh = {"name": "vh", "domains": ["*"],
+          "routes": [{"match": {"prefix": "/r"}, "redirect": {"path_redirect": "/p"},
+                      "response_headers_to_add": [hv("x-route", "<%RESP(x-up)%><%RESP(location)%>")]},
+                     {"match": {"prefix": "/d"}, "direct_response": {"status": 200},
+                      "response_headers_to_add": [hv("x-route", "<%RESP(x-up)%>")]}],
+          "response_headers_to_add": [hv("x-up", "a,b")]}
+    rc = {"response_headers_to_add": [hv("x-global", "<%RESP(x-up)%>")]}
+    proxy = make_proxy(bootstrap([], [], virtual_hosts=[vh], route_config_extra=rc))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/r"))
+        assert [(k, v) for k, v in r.headers if k.startswith("x-")] == [
+            ("x-route", "<><http://example.com/p>"), ("x-up", "a,b"), ("x-global", "<a,b>")]
+        r = c.request(get("/d"))
+        assert [(k, v) for k, v in r.headers if k.startswith("x-")] == [
+            ("x-route", "<>"), ("x-up", "a,b"), ("x-global", "<a,b>")]

@@ -346,6 +346,26 @@ def test_a_codec_refusal_of_head_still_carries_its_body(proxy: Any, upstream: An
     refused(proxy, upstream, raw, expected, 1)
 
 
+# --- HTTP/0.9 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /\r\n\r\n",
+        b"GET /\r\nBad Header: x\r\n\r\n",
+        b"GET /\r\nHost: e\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /#frag\r\nBad Header: x\r\n\r\n",
+        b"HEAD /\r\nHost: example.com\r\n folded\r\n\r\n",
+    ],
+    ids=["line-only", "bad-header", "cl-and-te", "fragment", "folded"],
+)
+def test_an_http_0_9_request_is_its_line_alone(proxy: Any, upstream: Any, raw: bytes) -> None:
+    # envoy binary (envoy_diff seed 12): no version, no headers: whatever follows the line is
+    # not read, and the answer is the 426.
+    refused(proxy, upstream, raw, UPGRADE_REQUIRED, 1)
+
+
 # --- the order of the codec's checks ------------------------------------------------------------------
 
 

@@ -61,6 +61,7 @@ pub const REQUEST_INLINE: &[&str] = &[
     "cache-control",
     "content-encoding",
     "content-type",
+    "expect",
     "grpc-accept-encoding",
     "grpc-timeout",
     "if-match",
@@ -893,8 +894,16 @@ fn parse_request_lenient(
         },
         _ => return Err(HeadError::Malformed),
     };
-    let Some((n, entries)) = headers_after_line(buf, lf, max_len)? else {
-        return Ok(None);
+    // An HTTP/0.9 request is its line alone: Envoy's codec reads nothing after it and answers
+    // 426 whatever follows (bad header lines, conflicting framing; checked against the envoy
+    // binary).
+    let (n, entries) = if minor == UNSUPPORTED_VERSION && n == 2 {
+        (lf + 1, entry_list(ADDED_HEADERS))
+    } else {
+        match headers_after_line(buf, lf, max_len)? {
+            Some(found) => found,
+            None => return Ok(None),
+        }
     };
     let at = |(s, e): (usize, usize)| (s as u32, e as u32);
     let headers = take_head(buf, n, entries, REQUEST_INLINE, REQUEST_INLINE_LENGTHS);
@@ -1312,8 +1321,6 @@ mod tests {
             (b"POST /a HTTP/1.0 ", b"POST", b"/a", 0),
             (b"GET /a HTTP/2.0", b"GET", b"/a", UNSUPPORTED_VERSION),
             (b"GET /a HTTP/1.2", b"GET", b"/a", UNSUPPORTED_VERSION),
-            (b"GET /a", b"GET", b"/a", UNSUPPORTED_VERSION),
-            (b"GET /a ", b"GET", b"/a", UNSUPPORTED_VERSION),
         ];
         for &(line, method, target, minor) in cases {
             let wire = [line, b"\r\nhost: h\r\nx-a: b\r\n\r\nrest"].concat();
@@ -1327,6 +1334,23 @@ mod tests {
             assert_eq!(got, (method, target, minor, wire.len() - 4), "{line:?}");
             assert_eq!(h.headers.get(b"x-a"), Some(&b"b"[..]));
             assert_eq!(&b[..], b"rest");
+        }
+        // HTTP/0.9: the line alone, complete once it ends; what follows stays unread.
+        for line in [&b"GET /a"[..], b"GET /a "] {
+            let wire = [line, b"\r\nbad header\r\n\r\n"].concat();
+            for cut in 1..line.len() + 1 {
+                let mut b = BytesMut::from(&wire[..cut]);
+                assert_eq!(parse_request(&mut b, 1000).map(|h| h.is_some()), Ok(false));
+            }
+            let mut b = BytesMut::from(&wire[..]);
+            let h = parse_request(&mut b, 1000).unwrap().unwrap();
+            let got = (h.method(), h.target(), h.minor, h.wire_len);
+            assert_eq!(
+                got,
+                (&b"GET"[..], &b"/a"[..], UNSUPPORTED_VERSION, line.len() + 2)
+            );
+            assert_eq!(h.headers.iter().count(), 0);
+            assert_eq!(&b[..], b"bad header\r\n\r\n");
         }
         for line in [
             &b" GET / HTTP/1.1"[..],

@@ -66,6 +66,9 @@ pub struct Cx<'a> {
     /// The response code; 0 before there is one.
     pub status: u16,
     pub upstream: Option<SocketAddr>,
+    /// The edits are a response's (a forwarded one or a local reply): `%RESP(...)%` reads
+    /// the response headers as the edits so far leave them. Request edits have no response.
+    pub response: bool,
 }
 
 const COMMANDS: &str = "DOWNSTREAM_REMOTE_ADDRESS, DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, \
@@ -260,7 +263,7 @@ fn render_cmd(c: &Cmd, cx: &Cx<'_>, own: &HeaderMap, out: &mut Vec<u8>) {
             }
         }
         Cmd::Resp(h, alt) => {
-            if cx.status != 0 {
+            if cx.response {
                 let v = own.get(h).or_else(|| alt.as_ref().and_then(|a| own.get(a)));
                 out.extend_from_slice(v.unwrap_or_default());
             }
@@ -345,6 +348,7 @@ mod tests {
             }),
             status: 503,
             upstream: Some("127.0.0.1:9".parse().unwrap()),
+            response: true,
         };
         let cases = [
             ("%DOWNSTREAM_REMOTE_ADDRESS%", "[::1]:5000"),

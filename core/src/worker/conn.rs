@@ -824,7 +824,8 @@ async fn handle(
         return reply(ctx, l, d, 403, b"", false, None).await;
     }
     // A local reply's edits: their commands read the request. As in Envoy, the reply's code
-    // is not set yet when they run: `%RESPONSE_CODE%` is 0 and `%RESP(...)%` empty.
+    // is not set yet when they run: `%RESPONSE_CODE%` is 0; `%RESP(...)%` reads the reply's
+    // headers as the edits so far leave them (a `location`, a less specific level's edits).
     // `target`: the request's `:path` as the edits see it (a redirect's prefix_rewrite has
     // changed it by then, in Envoy).
     let response_mutations = |h: &mut HeaderMap, d: &Down, target: &[u8]| {
@@ -841,6 +842,7 @@ async fn handle(
             }),
             status: 0,
             upstream: None,
+            response: true,
         };
         route.mutations.apply_response(h, &cx);
         vh.mutations.apply_response(h, &cx);

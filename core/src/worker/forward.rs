@@ -320,6 +320,7 @@ fn upstream_head(
         }),
         status: 0,
         upstream: None,
+        response: false,
     };
     for m in chain {
         m.apply_request(&mut head.headers, &cx);
@@ -675,6 +676,7 @@ impl Exchange<'_> {
                 }),
                 status,
                 upstream: Some(self.upstream),
+                response: true,
             };
             apply_response_extras(ctx, l, &mut h, service_ms, self.chain, &cx);
             // A length that a header edit removed (a response's `connection` removes none): the
