@@ -717,3 +717,33 @@ def test_local_reply_edits_read_the_reply_as_built_so_far(make_proxy: Any) -> No
         r = c.request(get("/d"))
         assert [(k, v) for k, v in r.headers if k.startswith("x-")] == [
             ("x-route", "<>"), ("x-up", "a,b"), ("x-global", "<a,b>")]
+
+
+def many(n_unique: int, dup_line: str, dups: int) -> str:
+    return "".join(f"x-h{i:03d}: v\r\n" for i in range(n_unique)) + dup_line * dups
+
+
+@pytest.mark.parametrize(
+    ("n_unique", "dups", "status"),
+    [(98, 1, 200), (99, 1, 431), (98, 3, 200), (99, 0, 200), (100, 0, 431), (97, 4, 200)],
+)
+def test_the_header_count_limit_counts_joined_headers_once(
+    make_proxy: Any, upstream: Any, n_unique: int, dups: int, status: int
+) -> None:
+    # envoy binary: max_headers_count (100) bounds the headers after repeated inline ones are
+    # joined (host counts), not the lines.
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/", extra=many(n_unique, "user-agent: a\r\n", dups))).status == status
+
+
+@pytest.mark.parametrize(("n_unique", "dups", "status"), [(99, 0, 200), (100, 0, 502), (98, 2, 200), (99, 2, 502)])
+def test_the_upstream_header_count_limit_counts_joined_headers_once(
+    make_proxy: Any, make_canned: Any, n_unique: int, dups: int, status: int
+) -> None:
+    # content-length is one of the 100 (envoy binary).
+    up = make_canned({"*": ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + many(n_unique, "vary: a\r\n", dups)
+                            + "\r\nok").encode()})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/")).status == status

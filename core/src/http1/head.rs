@@ -8,8 +8,14 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// Envoy's default `max_headers_count`.
+/// Envoy's default `max_headers_count`. As in Envoy, it bounds the headers a head has once
+/// repeated inline headers are joined, not its lines.
 pub const MAX_HEADERS: usize = 100;
+
+/// Lines the lenient parsers take for one head: room for repeated inline headers that join
+/// into at most [`MAX_HEADERS`] headers. The fast parse keeps [`MAX_HEADERS`] slots and hands
+/// a head with more lines to the lenient one, so the usual head pays nothing for this.
+const PARSE_SLOTS: usize = 2 * MAX_HEADERS;
 
 /// Longest name or value stored inline in a header entry: covers every header the proxy adds
 /// itself (a UUID is 36 bytes, an IMF-fixdate 29), so adding one allocates nothing.
@@ -819,7 +825,7 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
                 Ok(None)
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        // More lines than slots: repeated inline headers may join into few enough.
         Err(_) => return parse_request_lenient(buf, max_len),
     };
     if n > max_len {
@@ -829,6 +835,7 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
     let target = span(base, req.path.unwrap_or("").as_bytes());
     let minor = req.version.unwrap_or(1);
     let entries = entries_of(base, req.headers);
+    // At most MAX_HEADERS lines came, so at most as many headers: no count to check.
     let headers = take_head(buf, n, entries, REQUEST_INLINE, REQUEST_INLINE_LENGTHS);
     Ok(Some(RequestHead {
         method,
@@ -907,6 +914,9 @@ fn parse_request_lenient(
     };
     let at = |(s, e): (usize, usize)| (s as u32, e as u32);
     let headers = take_head(buf, n, entries, REQUEST_INLINE, REQUEST_INLINE_LENGTHS);
+    if headers.entries.len() > MAX_HEADERS {
+        return Err(HeadError::TooLarge);
+    }
     Ok(Some(RequestHead {
         method: at(parts[0]),
         target: at(parts[1]),
@@ -934,7 +944,7 @@ fn headers_after_line(
     lf: usize,
     max_len: usize,
 ) -> Result<Option<(usize, Vec<Entry>)>, HeadError> {
-    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut hdrs = [httparse::EMPTY_HEADER; PARSE_SLOTS];
     match httparse::parse_headers(&buf[lf + 1..], &mut hdrs) {
         Ok(httparse::Status::Complete((used, _))) if lf + 1 + used > max_len => {
             Err(HeadError::TooLarge)
@@ -1025,7 +1035,7 @@ pub fn parse_response(
                 Ok(None)
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        // More lines than slots: repeated inline headers may join into few enough.
         Err(_) => return parse_response_lenient(buf, max_len),
     };
     // A head over the limit is refused however it arrived (the partial case above refuses it
@@ -1079,6 +1089,9 @@ fn parse_response_lenient(
         return Ok(None);
     };
     let headers = take_head(buf, n, entries, RESPONSE_INLINE, RESPONSE_INLINE_LENGTHS);
+    if headers.entries.len() > MAX_HEADERS {
+        return Err(HeadError::TooLarge);
+    }
     Ok(Some(ResponseHead {
         status,
         minor,
