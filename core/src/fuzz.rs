@@ -405,10 +405,11 @@ pub fn snapshot(data: &[u8]) {
                         check_map(&head.headers);
                     }
                     Action::Redirect(rd) => {
+                        let n = r.prefix_len(target);
                         for (scheme, proto) in [(&b"http"[..], &b"http"[..]), (b"https", b"http")] {
-                            let loc = redirect_location(rd, host, target, scheme, proto);
+                            let loc = redirect_location(rd, n, host, target, scheme, proto);
                             assert!(!breaks_line(&loc), "location {loc:?}");
-                            let path = redirect_rewritten_target(rd, target);
+                            let path = redirect_rewritten_target(rd, n, target);
                             assert!(!path.is_some_and(|p| breaks_line(&p)));
                         }
                     }

@@ -37,12 +37,13 @@ HEADER_NAMES = ["x-a", "x-b", "x-up", "server", "content-type", "x-envoy-upstrea
                 "x-forwarded-proto", "user-agent", "cache-control", "accept", "via", "location", "vary",
                 "x-request-id", "x-forwarded-client-cert"]
 
-
-def header_name(rng: random.Random) -> str:
-    return "host" if rng.random() < 0.01 else rng.choice(HEADER_NAMES)
 # (No command whose value differs between the two runs, such as a port.)
 VALUES = ["1", "two", "", " spaced ", "a,b", "%%", "50%%", "%REQ(x-a)%", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
           "%PROTOCOL%", "%RESPONSE_CODE%", "%REQ(:path)%", "<%RESP(x-up)%>"]
+
+
+def header_name(rng: random.Random) -> str:
+    return "host" if rng.random() < 0.01 else rng.choice(HEADER_NAMES)
 
 
 def header_option(rng: random.Random) -> dict[str, Any]:

@@ -58,7 +58,7 @@ fn val<'a>(raw: &'a [u8], v: &'a Val) -> &'a [u8] {
 /// edits alike (found by sending, and adding, `a` and `b` for each of about a hundred names
 /// through the envoy binary; the `x-envoy-` retry and timeout headers the router consumes are
 /// left out). `host` is joined too, but after the codec's own host checks (worker/conn.rs).
-pub const REQUEST_INLINE: &[&str] = &[
+pub const REQUEST_INLINE: Inline = Inline::new(&[
     "accept",
     "accept-encoding",
     "access-control-request-headers",
@@ -101,28 +101,43 @@ pub const REQUEST_INLINE: &[&str] = &[
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-request-id",
-];
+]);
 
-/// One bit per length (modulo 64) of the names in `names`: a head whose repeated name lengths
-/// miss these bits repeats no inline name.
-const fn length_bits(names: &[&str]) -> u64 {
-    let mut bits = 0u64;
-    let mut i = 0;
-    while i < names.len() {
-        bits |= 1u64 << (names[i].len() & 63);
-        i += 1;
-    }
-    bits
+/// A one-bit digest of a header name's length (`len`): two names with different digests
+/// differ, so a head whose names' digests are all distinct repeats no name, and only a head
+/// with two names of one length (modulo 64) pays for the exact look.
+#[inline(always)]
+const fn name_digest(len: usize) -> u64 {
+    1u64 << (len & 63)
 }
 
-/// [`length_bits`] of [`REQUEST_INLINE`].
-pub const REQUEST_INLINE_LENGTHS: u64 = length_bits(REQUEST_INLINE);
+/// A set of names Envoy's header map holds inline, with the [`name_digest`]s of their lengths:
+/// a head whose repeated name lengths miss these bits repeats none of the names.
+#[derive(Debug, Clone, Copy)]
+pub struct Inline {
+    pub names: &'static [&'static str],
+    lengths: u64,
+}
 
-/// [`length_bits`] of [`RESPONSE_INLINE`].
-pub const RESPONSE_INLINE_LENGTHS: u64 = length_bits(RESPONSE_INLINE);
+impl Inline {
+    const fn new(names: &'static [&'static str]) -> Inline {
+        let mut lengths = 0u64;
+        let mut i = 0;
+        while i < names.len() {
+            lengths |= name_digest(names[i].len());
+            i += 1;
+        }
+        Inline { names, lengths }
+    }
+
+    /// Whether `name` (lower-case) is one of the set.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.names.iter().any(|n| n.as_bytes() == name)
+    }
+}
 
 /// The response headers Envoy 1.40's header map holds inline (found as [`REQUEST_INLINE`]).
-pub const RESPONSE_INLINE: &[&str] = &[
+pub const RESPONSE_INLINE: Inline = Inline::new(&[
     "access-control-allow-credentials",
     "access-control-allow-headers",
     "access-control-allow-methods",
@@ -152,7 +167,7 @@ pub const RESPONSE_INLINE: &[&str] = &[
     "x-envoy-upstream-healthchecked-cluster",
     "x-envoy-upstream-service-time",
     "x-request-id",
-];
+]);
 
 /// Bits of [`HeaderMap`]'s presence mask: one per header name the request path looks up on
 /// every request, and one for the whole `x-envoy-` family. Most of those lookups are for
@@ -430,66 +445,49 @@ impl HeaderMap {
     /// [`HeaderMap::join_inline`], by value.
     #[cold]
     #[inline(never)]
-    fn joined(mut self, inline: &[&str], lengths: u64) -> HeaderMap {
+    fn joined(mut self, inline: Inline, lengths: u64) -> HeaderMap {
         self.join_inline(inline, lengths);
         self
     }
 
     /// Joins each name of `inline` that comes more than once into one header (see
-    /// [`HeaderMap::join_all`]), looking only at names whose length has a bit in `lengths`:
-    /// those are gathered first (a browser's request has four: `connection`, `user-agent`,
-    /// `accept-encoding`, `accept-language`), then compared pairwise by length, then bytes.
-    fn join_inline(&mut self, inline: &[&str], lengths: u64) {
-        const MAX: usize = 16;
-        let mut cand = [(0usize, 0usize); MAX];
+    /// [`HeaderMap::join_all`]), looking only at names whose length digest is in `lengths`
+    /// (a browser's request has four: `connection`, `user-agent`, `accept-encoding`,
+    /// `accept-language`). Sorted, a repeat sits next to its twin: n log n compares however
+    /// many names a client sends of one length, and no allocation for up to 16 of them.
+    fn join_inline(&mut self, inline: Inline, lengths: u64) {
+        const SMALL: usize = 16;
+        let mut small: [&[u8]; SMALL] = [&[]; SMALL];
+        let mut more: Vec<&[u8]> = Vec::new();
         let mut n = 0;
-        for (i, e) in self.entries.iter().enumerate() {
-            let len = self.bytes(&e.name).len();
-            if lengths & (1u64 << (len & 63)) != 0 {
-                if n == MAX {
-                    // Many names of these lengths: compare them all.
-                    n = usize::MAX;
-                    break;
+        for e in &self.entries {
+            let name = self.bytes(&e.name);
+            if lengths & name_digest(name.len()) == 0 {
+                continue;
+            }
+            if n < SMALL {
+                small[n] = name;
+            } else {
+                if more.is_empty() {
+                    more.extend_from_slice(&small);
                 }
-                cand[n] = (i, len);
-                n += 1;
+                more.push(name);
             }
+            n += 1;
         }
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        let mut repeated = |a: &[u8], b: &[u8]| {
-            if a == b
-                && !names.iter().any(|n| n[..] == *a)
-                && inline.iter().any(|n| n.as_bytes() == a)
-            {
-                names.push(a.to_vec());
-            }
-        };
-        if n == usize::MAX {
-            // Sorted, a repeat sits next to its twin: n log n compares, not n squared, however
-            // many names a client sends of one length.
-            let mut all: Vec<&[u8]> = self
-                .entries
-                .iter()
-                .map(|e| self.bytes(&e.name))
-                .filter(|n| lengths & (1u64 << (n.len() & 63)) != 0)
-                .collect();
-            all.sort_unstable();
-            for w in all.windows(2) {
-                repeated(w[0], w[1]);
-            }
+        let names: &mut [&[u8]] = if n <= SMALL {
+            &mut small[..n]
         } else {
-            for a in 0..n {
-                for b in a + 1..n {
-                    if cand[a].1 == cand[b].1 {
-                        repeated(
-                            self.bytes(&self.entries[cand[a].0].name),
-                            self.bytes(&self.entries[cand[b].0].name),
-                        );
-                    }
-                }
-            }
-        }
-        for name in names {
+            &mut more
+        };
+        names.sort_unstable();
+        let mut repeated: Vec<Vec<u8>> = names
+            .windows(2)
+            .filter(|w| w[0] == w[1] && inline.contains(w[0]))
+            .map(|w| w[0].to_vec())
+            .collect();
+        repeated.dedup();
+        for name in repeated {
             self.join_all(&name);
         }
     }
@@ -759,24 +757,10 @@ pub fn join_values<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     out
 }
 
-/// A one-bit digest of a header name's length (`len`): two names with different digests
-/// differ, so a head whose names' digests are all distinct repeats no name, and only a head
-/// with two names of one length (modulo 64) pays for the exact look.
-#[inline(always)]
-fn name_digest(len: u32) -> u64 {
-    1u64 << (len & 63)
-}
-
 /// Splits the head off `buf`, lower-cases the header names in place, classifies them and
 /// builds the map with its presence mask. A name of `inline` that comes more than once becomes
 /// one header, as in Envoy's codec (see [`HeaderMap::join_inline`]).
-fn take_head(
-    buf: &mut BytesMut,
-    n: usize,
-    mut entries: Vec<Entry>,
-    inline: &[&str],
-    inline_lengths: u64,
-) -> HeaderMap {
+fn take_head(buf: &mut BytesMut, n: usize, mut entries: Vec<Entry>, inline: Inline) -> HeaderMap {
     let mut raw = buf.split_to(n);
     let mut mask = 0;
     // One bit per name length seen, and the bits seen twice.
@@ -787,7 +771,7 @@ fn take_head(
             name.make_ascii_lowercase();
             e.bit = known_bit(name);
             mask |= e.bit;
-            let d = name_digest(end - s);
+            let d = name_digest((end - s) as usize);
             twice |= seen & d;
             seen |= d;
         }
@@ -795,8 +779,8 @@ fn take_head(
     let raw = raw.freeze();
     // Only names of a length seen twice that an inline name has can need a join: browsers send
     // `accept-encoding` and `accept-language` (15), `user-agent` and `connection` (10).
-    if twice & inline_lengths != 0 {
-        return HeaderMap { raw, entries, mask }.joined(inline, twice & inline_lengths);
+    if twice & inline.lengths != 0 {
+        return HeaderMap { raw, entries, mask }.joined(inline, twice & inline.lengths);
     }
     // Built where it is returned: a map built first and returned after the test above was
     // moved, 17 instructions a head (callgrind).
@@ -836,7 +820,7 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
     let minor = req.version.unwrap_or(1);
     let entries = entries_of(base, req.headers);
     // At most MAX_HEADERS lines came, so at most as many headers: no count to check.
-    let headers = take_head(buf, n, entries, REQUEST_INLINE, REQUEST_INLINE_LENGTHS);
+    let headers = take_head(buf, n, entries, REQUEST_INLINE);
     Ok(Some(RequestHead {
         method,
         target,
@@ -913,7 +897,7 @@ fn parse_request_lenient(
         }
     };
     let at = |(s, e): (usize, usize)| (s as u32, e as u32);
-    let headers = take_head(buf, n, entries, REQUEST_INLINE, REQUEST_INLINE_LENGTHS);
+    let headers = take_head(buf, n, entries, REQUEST_INLINE);
     if headers.entries.len() > MAX_HEADERS {
         return Err(HeadError::TooLarge);
     }
@@ -1050,13 +1034,7 @@ pub fn parse_response(
         return Err(HeadError::Malformed);
     }
     let minor = resp.version.unwrap_or(1);
-    let headers = take_head(
-        buf,
-        n,
-        entries_of(base, resp.headers),
-        RESPONSE_INLINE,
-        RESPONSE_INLINE_LENGTHS,
-    );
+    let headers = take_head(buf, n, entries_of(base, resp.headers), RESPONSE_INLINE);
     Ok(Some(ResponseHead {
         status,
         minor,
@@ -1088,7 +1066,7 @@ fn parse_response_lenient(
     let Some((n, entries)) = headers_after_line(buf, lf, max_len)? else {
         return Ok(None);
     };
-    let headers = take_head(buf, n, entries, RESPONSE_INLINE, RESPONSE_INLINE_LENGTHS);
+    let headers = take_head(buf, n, entries, RESPONSE_INLINE);
     if headers.entries.len() > MAX_HEADERS {
         return Err(HeadError::TooLarge);
     }
@@ -1221,34 +1199,24 @@ mod tests {
 
     #[test]
     fn repeated_inline_headers_become_one_and_others_keep_their_lines() {
+        fn all(h: &HeaderMap) -> Vec<(&[u8], &[u8])> {
+            h.iter().collect()
+        }
         let head = b"GET / HTTP/1.1\r\nAccept: a\r\nx-a: 1\r\naccept: \r\nACCEPT: b\r\nx-a: 2\r\nhost: h\r\n\r\n";
-        let h = parse_request(&mut BytesMut::from(&head[..]), 1 << 16)
-            .unwrap()
-            .unwrap();
-        let all: Vec<(&[u8], &[u8])> = h.headers.iter().collect();
-        assert_eq!(
-            all,
-            [
-                (&b"accept"[..], &b"a,b"[..]),
-                (b"x-a", b"1"),
-                (b"x-a", b"2"),
-                (b"host", b"h")
-            ]
-        );
+        let h = parse_request(&mut BytesMut::from(&head[..]), 1 << 16);
+        let expected: [(&[u8], &[u8]); 4] = [
+            (b"accept", b"a,b"),
+            (b"x-a", b"1"),
+            (b"x-a", b"2"),
+            (b"host", b"h"),
+        ];
+        assert_eq!(all(&h.unwrap().unwrap().headers), expected);
         // In a response, `accept` is not inline, `vary` is.
         let head = b"HTTP/1.1 200 OK\r\naccept: a\r\nvary: x\r\naccept: b\r\nvary: y\r\n\r\n";
-        let r = parse_response(&mut BytesMut::from(&head[..]), 1 << 16)
-            .unwrap()
-            .unwrap();
-        let all: Vec<(&[u8], &[u8])> = r.headers.iter().collect();
-        assert_eq!(
-            all,
-            [
-                (&b"accept"[..], &b"a"[..]),
-                (b"vary", b"x,y"),
-                (b"accept", b"b")
-            ]
-        );
+        let r = parse_response(&mut BytesMut::from(&head[..]), 1 << 16);
+        let expected: [(&[u8], &[u8]); 3] =
+            [(b"accept", b"a"), (b"vary", b"x,y"), (b"accept", b"b")];
+        assert_eq!(all(&r.unwrap().unwrap().headers), expected);
     }
 
     #[test]

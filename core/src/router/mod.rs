@@ -131,7 +131,7 @@ impl Mutations {
                     RESPONSE_INLINE
                 };
                 out.push(Add {
-                    join: inline.contains(&name.as_str()),
+                    join: inline.contains(name.as_bytes()),
                     name: name.into_bytes(),
                     value,
                     append: h.append,
@@ -395,9 +395,6 @@ impl Forward {
 #[derive(Debug, Clone)]
 pub struct Redirect {
     pub cfg: config::RedirectAction,
-    /// What `prefix_rewrite` replaces: the matched prefix, or the whole path for a `path`
-    /// match; `None`: the request's whole path (a regex match).
-    pub prefix_len: Option<usize>,
 }
 
 /// What a route does.
@@ -729,16 +726,7 @@ fn compile_route(
                     check_value(v, &format!("{path}.redirect.{field}"))?;
                 }
             }
-            // What `prefix_rewrite` replaces, as in Envoy: the matched prefix, the whole
-            // path for a `path` match (`None`: the request's path, for a regex match).
-            let prefix_len = match &m.path {
-                PathMatch::Prefix(p) | PathMatch::Path(p) => Some(p.len()),
-                _ => None,
-            };
-            Action::Redirect(Redirect {
-                cfg: rd.clone(),
-                prefix_len,
-            })
+            Action::Redirect(Redirect { cfg: rd.clone() })
         }
         RouteAction::DirectResponse(d) => {
             // Envoy's range for `direct_response.status`; the control plane checks it first.

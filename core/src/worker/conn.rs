@@ -613,11 +613,8 @@ fn local_reply(
     // A 204 or 304 has no body by definition (RFC 9110 sections 15.3.5 and 15.4.5): a
     // configured one is not sent, nor framed. (Envoy 1.40 sends it, with its length, and the
     // client reads it as the start of the next response.)
-    let body = if status == 204 || status == 304 {
-        &b""[..]
-    } else {
-        body
-    };
+    let bodiless = status == 204 || status == 304;
+    let body = if bodiless { &b""[..] } else { body };
     let mut out = Vec::with_capacity(160 + body.len());
     write_status_line(&mut out, status);
     // Envoy's connection manager writes its own `server` over an edit's, in the edit's place,
@@ -656,7 +653,7 @@ fn local_reply(
         }
         // A 204 or 304 has no body by definition: Envoy's codec writes no framing for it.
         // Envoy 1.40 quirk, kept for parity: a bodiless local reply to HEAD says chunked.
-        out.extend_from_slice(if status == 204 || status == 304 {
+        out.extend_from_slice(if bodiless {
             &b"\r\n"[..]
         } else if head_request {
             &b"transfer-encoding: chunked\r\n\r\n"[..]
@@ -725,8 +722,12 @@ async fn handle(
     last: bool,
 ) -> (u16, Next) {
     let mut conn = ConnectionTokens::of(&head.headers);
-    if head.minor == 1 && conn.is_upgrade(&head.headers) && strip_h2c_upgrade(&mut head.headers) {
+    // No `upgrade_configs` support yet: Envoy answers an upgrade 403 once a route is found (a
+    // 404 before that), and closes the connection either way; an h2c offer it drops.
+    let mut upgrade = conn.is_upgrade(&head.headers);
+    if upgrade && head.minor == 1 && strip_h2c_upgrade(&mut head.headers) {
         conn = ConnectionTokens::of(&head.headers);
+        upgrade = false;
     }
     let keep = conn.keep_alive(head.minor) && !last && !ctx.draining();
     // Envoy's codec refuses first, its connection manager after, so a request line the codec
@@ -787,9 +788,6 @@ async fn handle(
     if !head.headers.contains(b"host") || conn.names_host() {
         return reply(ctx, l, d, 400, b"", false, None).await;
     }
-    // No `upgrade_configs` support yet: Envoy answers an upgrade 403 once a route is found (a
-    // 404 before that), and closes the connection either way.
-    let upgrade = conn.is_upgrade(&head.headers);
     // Read before the edits below add an `x-forwarded-proto` (they never change one a
     // non-edge listener keeps), so that a request without one skips the look.
     let no_scheme = empty_forwarded_proto(&l.c.cfg.hcm, &head.headers);
@@ -875,15 +873,16 @@ async fn handle(
             // The location keeps the host as the client spelled it (Envoy).
             let host = head.headers.get(b"host").unwrap_or_default();
             let proto = head.headers.get(b"x-forwarded-proto").unwrap_or_default();
+            let prefix_len = route.prefix_len(head.target());
             h.append(
                 b"location",
-                &redirect_location(r, host, head.target(), rq.scheme(), proto),
+                &redirect_location(r, prefix_len, host, head.target(), rq.scheme(), proto),
             );
             if route.mutations.response_reads_request
                 || vh.mutations.response_reads_request
                 || table.mutations.response_reads_request
             {
-                let path = redirect_rewritten_target(r, head.target());
+                let path = redirect_rewritten_target(r, prefix_len, head.target());
                 response_mutations(&mut h, d, path.as_deref().unwrap_or(head.target()));
             } else {
                 response_mutations(&mut h, d, head.target());

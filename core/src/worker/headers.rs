@@ -218,17 +218,24 @@ pub fn router_request_headers(l: &ListenerRt, h: &mut HeaderMap, fwd: &Forward) 
 }
 
 /// The target after `prefix_rewrite`, or `None` when the route does not rewrite it.
+/// `route_prefix_len`: what the rewrite replaces ([`crate::router::Route::prefix_len`]).
 pub fn rewrite_target(fwd: &Forward, route_prefix_len: usize, target: &[u8]) -> Option<Vec<u8>> {
-    let n = route_prefix_len;
     match &fwd.prefix_rewrite {
-        Some(p) if target.len() >= n => {
-            let mut out = Vec::with_capacity(p.len() + target.len() - n);
-            out.extend_from_slice(p);
-            out.extend_from_slice(&target[n..]);
-            Some(out)
+        Some(p) if target.len() >= route_prefix_len => {
+            Some(replace_prefix(p, route_prefix_len, target))
         }
         _ => None,
     }
+}
+
+/// `rewrite` followed by what `target` has after its first `n` bytes (a forwarded route's or a
+/// redirect's `prefix_rewrite`).
+fn replace_prefix(rewrite: &[u8], n: usize, target: &[u8]) -> Vec<u8> {
+    let rest = &target[n.min(target.len())..];
+    let mut out = Vec::with_capacity(rewrite.len() + rest.len());
+    out.extend_from_slice(rewrite);
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Response headers the proxy sets, in Envoy's order: `x-envoy-upstream-service-time`
@@ -272,11 +279,12 @@ pub fn apply_response_extras(
 ///   request's `x-forwarded-proto` (`forwarded_proto`) and the port is that protocol's default
 ///   (`:80` for http, `:443` for https): `http://h:80` redirected to https becomes `https://h`;
 /// - then `:port_redirect`, if set (appended even to a `host_redirect` that has a port);
-/// - then the path (`path_redirect`, `prefix_rewrite` or the original), with a `/` put in
-///   front if it lacks one, and the request's query unless `strip_query` (or the new path
-///   brings its own query, which is never stripped).
+/// - then the path (`path_redirect`, `prefix_rewrite` of the first `prefix_len` bytes, or the
+///   original), with a `/` put in front if it lacks one, and the request's query unless
+///   `strip_query` (or the new path brings its own query, which is never stripped).
 pub fn redirect_location(
     r: &Redirect,
+    prefix_len: usize,
     host: &[u8],
     target: &[u8],
     scheme: &[u8],
@@ -311,8 +319,7 @@ pub fn redirect_location(
             p.contains('?')
         }
         (None, Some(p)) => {
-            out.extend_from_slice(p.as_bytes());
-            out.extend_from_slice(&path[r.prefix_len.unwrap_or(path.len()).min(path.len())..]);
+            out.extend_from_slice(&replace_prefix(p.as_bytes(), prefix_len, path));
             false
         }
         (None, None) => {
@@ -330,14 +337,15 @@ pub fn redirect_location(
 }
 
 /// The request target after a redirect's `prefix_rewrite` (`None`: none), which Envoy writes
-/// into the request's `:path` before the redirect's edits run: the matched prefix replaced,
-/// query and all.
-pub fn redirect_rewritten_target(r: &Redirect, target: &[u8]) -> Option<Vec<u8>> {
+/// into the request's `:path` before the redirect's edits run: the first `prefix_len` bytes
+/// replaced, query and all.
+pub fn redirect_rewritten_target(
+    r: &Redirect,
+    prefix_len: usize,
+    target: &[u8],
+) -> Option<Vec<u8>> {
     let p = r.cfg.prefix_rewrite.as_deref()?;
-    let mut out = p.as_bytes().to_vec();
-    let path_len = memchr::memchr(b'?', target).unwrap_or(target.len());
-    out.extend_from_slice(&target[r.prefix_len.unwrap_or(path_len).min(target.len())..]);
-    Some(out)
+    Some(replace_prefix(p.as_bytes(), prefix_len, target))
 }
 
 /// The `location` of a direct response of 201 or 3xx (Envoy's `newUri` with no redirect): the
