@@ -1221,7 +1221,7 @@ mod tests {
 
     #[test]
     fn a_repeat_among_many_names_of_its_length_is_joined() {
-        // More same-length names than the pairwise look takes: the sorted look finds it.
+        // More same-length names than the stack array holds: the look continues in a Vec.
         let mut head = b"GET / HTTP/1.1\r\nuser-agent: a\r\n".to_vec();
         for i in 0..20 {
             head.extend_from_slice(format!("x-name-{i:03}: v\r\n").as_bytes());
