@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.dataplane.conftest import UUID4, RawConn, get, shape, shape_request
-from tests.support.configs import bootstrap, cluster, route
+from tests.support.configs import ROUTER_TYPE, bootstrap, cluster, route
 
 H = list[tuple[str, str]]
 TAIL: H = [("x-forwarded-proto", "http"), ("x-request-id", "<uuid>"), ("x-envoy-expected-rq-timeout-ms", "15000")]
@@ -638,6 +638,24 @@ def test_local_reply_edits(make_proxy: Any, rt: dict[str, Any], path: str, expec
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get(path))
     assert shape(r.headers) == expected
+
+
+@pytest.mark.parametrize("suppress", [False, True], ids=["envoy-headers", "suppressed"])
+def test_redirect_edits_see_the_original_path(make_proxy: Any, suppress: bool) -> None:
+    # Envoy's router rewrites a redirect's request path before the edits run and, unless it
+    # suppresses its own headers, keeps the old one in x-envoy-original-path (checked with the
+    # envoy binary); an edit whose command comes out empty is not added.
+    rt = {"match": {"prefix": "/o/"}, "redirect": {"prefix_rewrite": "/n/"},
+          "response_headers_to_add": [hv("x-e", "%REQ(:path)%"), hv("x-o", "%REQ(x-envoy-original-path)%")]}
+    router = {"@type": ROUTER_TYPE, **({"suppress_envoy_headers": True} if suppress else {})}
+    hcm = {"http_filters": [{"name": "envoy.filters.http.router", "typed_config": router}]}
+    proxy = make_proxy(bootstrap([rt], [], hcm=hcm))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/o/a?q"))
+    assert r.status == 301
+    got = [(k, v) for k, v in r.headers if k in ("location", "x-e", "x-o")]
+    expected = [("location", "http://example.com/n/a?q"), ("x-e", "/n/a?q")]
+    assert got == expected + ([] if suppress else [("x-o", "/o/a?q")])
 
 
 # --- repeated headers: Envoy's codec keeps an inline header as one entry (session 11) ------------

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.dataplane.conftest import RawConn, get, shape, shape_request, wait_stat
-from tests.support.configs import bootstrap, cluster, route
+from tests.support.configs import ROUTER_TYPE, bootstrap, cluster, route
 
 
 def direct(body: str, status: int = 200) -> dict[str, Any]:
@@ -340,6 +340,24 @@ def test_prefix_and_host_rewrite(
         ("x-envoy-expected-rq-timeout-ms", "15000"),
         *added,
     ]
+
+
+def test_suppress_envoy_headers_adds_none_of_the_routers_headers(make_proxy: Any, upstream: Any) -> None:
+    # The router's `suppress_envoy_headers`: the rewrites happen, but neither the expected
+    # timeout nor the original host and path go upstream, and the client gets no
+    # x-envoy-upstream-service-time (checked with the envoy binary).
+    router = {"@type": ROUTER_TYPE, "suppress_envoy_headers": True}
+    hcm = {"http_filters": [{"name": "envoy.filters.http.router", "typed_config": router}]}
+    rt = route("/old/", "up", prefix_rewrite="/n/", host_rewrite_literal="h.internal")
+    proxy = make_proxy(bootstrap([rt], [cluster("up", upstream.port)], hcm=hcm))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/old/z?q"))
+    assert r.status == 200
+    assert not [k for k, _ in r.headers if k.startswith("x-envoy-")], r.headers
+    (rec,) = upstream.requests
+    assert rec.target == "/n/z?q"
+    assert shape_request(rec.headers) == [("host", "h.internal"), ("x-forwarded-proto", "http"),
+                                          ("x-request-id", "<uuid>")]
 
 
 @pytest.mark.parametrize(

@@ -826,7 +826,7 @@ async fn handle(
     // headers as the edits so far leave them (a `location`, a less specific level's edits).
     // `target`: the request's `:path` as the edits see it (a redirect's prefix_rewrite has
     // changed it by then, in Envoy).
-    let response_mutations = |h: &mut HeaderMap, d: &Down, target: &[u8]| {
+    let response_mutations = |h: &mut HeaderMap, d: &Down, target: &[u8], headers: &HeaderMap| {
         let local = || d.stream.local_addr().ok();
         let cx = Cx {
             peer: d.peer,
@@ -835,7 +835,7 @@ async fn handle(
             request: Some(ReqView {
                 method: head.method(),
                 target,
-                headers: Some(&head.headers),
+                headers: Some(headers),
                 https: head.absolute_https() == Some(true),
             }),
             status: 0,
@@ -860,7 +860,7 @@ async fn handle(
                     &request_location(host, head.target(), rq.scheme(), proto),
                 );
             }
-            response_mutations(&mut h, d, head.target());
+            response_mutations(&mut h, d, head.target(), &head.headers);
             // Envoy's connection manager closes an HTTP/1 connection after any local 400,
             // a configured one too (`connection: close`).
             let keep = keep_after_local && *status != 400;
@@ -882,10 +882,19 @@ async fn handle(
                 || vh.mutations.response_reads_request
                 || table.mutations.response_reads_request
             {
-                let path = redirect_rewritten_target(r, prefix_len, head.target());
-                response_mutations(&mut h, d, path.as_deref().unwrap_or(head.target()));
+                // Envoy rewrites the request's `:path` and, unless the router suppresses its
+                // headers, records the old one in `x-envoy-original-path` before the edits run.
+                match redirect_rewritten_target(r, prefix_len, head.target()) {
+                    Some(path) if !l.c.cfg.hcm.suppress_envoy_headers => {
+                        let mut seen = head.headers.clone();
+                        seen.set(b"x-envoy-original-path", head.target());
+                        response_mutations(&mut h, d, &path, &seen);
+                    }
+                    Some(path) => response_mutations(&mut h, d, &path, &head.headers),
+                    None => response_mutations(&mut h, d, head.target(), &head.headers),
+                }
             } else {
-                response_mutations(&mut h, d, head.target());
+                response_mutations(&mut h, d, head.target(), &head.headers);
             }
             reply(
                 ctx,
