@@ -246,6 +246,40 @@ def test_stalled_request_gets_408_and_connection_closed(
     wait_stat(proxy, f"http.ingress_http.{stat}", 1)
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [b"GET / HTTP/1.1\r\nHost: exa", b"POST /b HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\nab"],
+    ids=["in-head", "in-body"],
+)
+def test_request_timeout_is_408_while_the_request_is_incomplete(
+    make_proxy: Any, upstream: Any, sent: bytes
+) -> None:
+    # HCM request_timeout: the whole request must arrive in time, head and body.
+    proxy = timed_proxy(make_proxy, upstream, request_timeout="0.5s")
+    with RawConn(proxy.listener_port()) as c:
+        start = time.monotonic()
+        c.send(sent)
+        r = c.read_response()
+        assert time.monotonic() - start >= 0.45
+        assert (r.status_line, shape(r.headers), r.body) == (
+            "HTTP/1.1 408 Request Timeout", text_reply(b"request timeout", close=True), b"request timeout")
+        assert c.closed_within(3.0)
+    wait_stat(proxy, "http.ingress_http.downstream_rq_timeout", 1)
+
+
+def test_request_timeout_ends_with_the_request(make_proxy: Any, upstream: Any) -> None:
+    # Once the request is in, request_timeout no longer runs: a slower upstream answer still
+    # comes, on a connection that stays open.
+    proxy = timed_proxy(make_proxy, upstream, request_timeout="0.3s")
+    with RawConn(proxy.listener_port()) as c:
+        start = time.monotonic()
+        r = c.request(b"POST /delay/800/x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nab")
+        assert time.monotonic() - start >= 0.75
+        assert r.status == 200
+        assert c.request(get("/x")).status == 200
+    assert [rq.body_len for rq in upstream.requests] == [2, 0]
+
+
 def test_stream_idle_timeout_waiting_for_upstream_is_504(make_proxy: Any, upstream: Any) -> None:
     proxy = timed_proxy(make_proxy, upstream, stream_idle_timeout="0.5s")
     with RawConn(proxy.listener_port()) as c:

@@ -361,11 +361,19 @@ pub(super) enum ReadErr {
     /// readiness left from a read that filled its buffer, which tokio does not clear. The
     /// connection is idle, not in a request.
     Idle,
-    /// The wait's deadline passed: `header` if it was request_headers_timeout's, else the
-    /// stream idle timeout's.
-    Timeout {
-        header: bool,
-    },
+    /// The wait's deadline passed: which timer's.
+    Timeout(HeadTimer),
+}
+
+/// The timers a request head waits under (all three start with the request's first bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeadTimer {
+    /// HCM `request_headers_timeout`.
+    Headers,
+    /// HCM `request_timeout`: the whole request.
+    Request,
+    /// HCM `stream_idle_timeout`: no bytes for that long.
+    Idle,
 }
 
 /// Reads at most `max` more bytes into `buf`.
@@ -382,13 +390,14 @@ pub(super) async fn read_more<R: AsyncRead + Unpin>(
     }
 }
 
-/// [`read_more`] for a request head: gives up with [`ReadErr::Timeout`] at `header_deadline`
-/// or after `idle_ms` (0: none) without bytes, whichever comes first.
+/// [`read_more`] for a request head: gives up with [`ReadErr::Timeout`] at `header_deadline`,
+/// at `request_deadline` or after `idle_ms` (0: none) without bytes, whichever comes first.
 async fn read_head_more<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     timer: &mut ConnTimer,
     header_deadline: Option<TInstant>,
+    request_deadline: Option<TInstant>,
     idle_ms: u64,
 ) -> Result<usize, ReadErr> {
     let first = buf.is_empty();
@@ -403,15 +412,20 @@ async fn read_head_more<R: AsyncRead + Unpin>(
         return Err(ReadErr::Idle);
     }
     let idle_deadline = (idle_ms > 0).then(|| clock::tnow() + Duration::from_millis(idle_ms));
-    let Some(dl) = earliest([header_deadline, idle_deadline]) else {
+    let Some(dl) = earliest([header_deadline, request_deadline, idle_deadline]) else {
         return read.await;
+    };
+    let which = if header_deadline == Some(dl) {
+        HeadTimer::Headers
+    } else if request_deadline == Some(dl) {
+        HeadTimer::Request
+    } else {
+        HeadTimer::Idle
     };
     tokio::select! {
         biased;
         res = &mut read => res,
-        () = timer.until(Some(dl)) => Err(ReadErr::Timeout {
-            header: header_deadline == Some(dl),
-        }),
+        () = timer.until(Some(dl)) => Err(ReadErr::Timeout(which)),
     }
 }
 
@@ -463,6 +477,7 @@ async fn request(
             &mut d.rbuf,
             &mut d.timer,
             header_deadline,
+            d.request_deadline,
             idle,
         );
         match read.await {
@@ -470,15 +485,21 @@ async fn request(
             Err(ReadErr::Closed) => return Next::Close,
             // Back to the idle wait, under the connection's idle timeout.
             Err(ReadErr::Idle) => return Next::KeepAlive,
-            // Which deadline ended the wait decides the reply: request_headers_timeout or
-            // stream idle.
-            Err(ReadErr::Timeout { header }) => {
-                let body: &[u8] = if header {
-                    l.http.downstream_rq_header_timeout.inc();
-                    b"request header timeout"
-                } else {
-                    l.http.downstream_rq_idle_timeout.inc();
-                    b"stream timeout"
+            // Which deadline ended the wait decides the reply, as in Envoy.
+            Err(ReadErr::Timeout(which)) => {
+                let body: &[u8] = match which {
+                    HeadTimer::Headers => {
+                        l.http.downstream_rq_header_timeout.inc();
+                        b"request header timeout"
+                    }
+                    HeadTimer::Request => {
+                        l.http.downstream_rq_timeout.inc();
+                        b"request timeout"
+                    }
+                    HeadTimer::Idle => {
+                        l.http.downstream_rq_idle_timeout.inc();
+                        b"stream timeout"
+                    }
                 };
                 return early_reply(ctx, l, d, 408, body).await;
             }
