@@ -41,6 +41,6 @@ class Engine:
     def reset_counters(self) -> None:
         """Envoy's `/reset_counters`: counters read as zero from now on."""
     def clusters(self) -> list[dict]:
-        """One dict per cluster: {"name", "hosts": [{"address", "port", "weight", "cx_active",
+        """One dict per cluster: {"name", "hosts": [{"address", "port", "weight", "hostname", "cx_active",
         "cx_connect_fail", "cx_total", "rq_active", "rq_error", "rq_success", "rq_timeout",
         "rq_total", "healthy"}]} for `/clusters`."""

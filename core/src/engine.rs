@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Snapshot;
-use crate::snapshot::{compile_with, system_resolver, Compiled, Discovery, Resolver};
+use crate::snapshot::{compile_with, system_resolver, Compiled, Discovery, HostAddr, Resolver};
 use crate::stats::render::{render, Format, RenderOptions};
 use crate::stats::{StatKind, StatsSnapshot};
 use crate::worker::{Cmd, Stores, Worker};
@@ -44,6 +44,8 @@ pub struct HostInfo {
     pub addr: String,
     /// Envoy `load_balancing_weight`.
     pub weight: u32,
+    /// Envoy's `hostname`: a STRICT_DNS host's endpoint name, empty for a STATIC one.
+    pub hostname: String,
     /// Stat name (`cx_active`, `rq_total`, ...) to value, summed over workers.
     pub stats: Vec<(String, u64)>,
 }
@@ -408,16 +410,27 @@ impl Engine {
             None => return Vec::new(),
         };
         let snap = self.stores.hosts.snapshot(&[]);
-        let mut by_host: HashMap<(String, String, u32), Vec<(String, u64)>> = HashMap::new();
+        // A host's stats are named `cluster\0address\0weight\0endpoint\0stat`.
+        type HostKey = (String, String, u32, u32);
+        let mut by_host: HashMap<HostKey, Vec<(String, u64)>> = HashMap::new();
         for s in snap.stats {
-            let mut parts = s.name.splitn(4, '\0');
-            let (Some(c), Some(a), Some(w), Some(stat)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let mut parts = s.name.splitn(5, '\0');
+            let (Some(c), Some(a), Some(w), Some(e), Some(stat)) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
                 continue;
             };
             by_host
-                .entry((c.to_string(), a.to_string(), w.parse().unwrap_or(1)))
+                .entry((
+                    c.to_string(),
+                    a.to_string(),
+                    w.parse().unwrap_or(1),
+                    e.parse().unwrap_or(0),
+                ))
                 .or_default()
                 .push((stat.to_string(), s.value));
         }
@@ -425,25 +438,39 @@ impl Engine {
             .clusters
             .iter()
             .map(|c| {
-                let mut hosts: Vec<HostInfo> = by_host
+                let mut hosts: Vec<(u32, HostInfo)> = by_host
                     .iter()
-                    .filter(|((cn, _, _), _)| *cn == c.cfg.name)
-                    .map(|((_, a, w), stats)| HostInfo {
-                        addr: a.clone(),
-                        weight: *w,
-                        stats: stats.clone(),
+                    .filter(|((cn, ..), _)| *cn == c.cfg.name)
+                    .map(|((_, a, w, e), stats)| {
+                        let hostname = match c.discovery {
+                            Discovery::StrictDns => c
+                                .cfg
+                                .endpoints
+                                .get(*e as usize)
+                                .map(|ep| ep.address.clone())
+                                .unwrap_or_default(),
+                            Discovery::Static => String::new(),
+                        };
+                        let info = HostInfo {
+                            addr: a.clone(),
+                            weight: *w,
+                            hostname,
+                            stats: stats.clone(),
+                        };
+                        (*e, info)
                     })
                     .collect();
-                let order = |h: &HostInfo| {
+                let order = |(e, h): &(u32, HostInfo)| {
                     c.hosts
                         .iter()
-                        .position(|(a, _)| a.to_string() == h.addr)
+                        .position(|ha| ha.endpoint == *e && ha.addr.to_string() == h.addr)
                         .unwrap_or(usize::MAX)
                 };
                 hosts.sort_by_key(order);
                 if c.discovery == Discovery::Static {
                     hosts.retain(|h| order(h) != usize::MAX);
                 }
+                let hosts = hosts.into_iter().map(|(_, h)| h).collect();
                 ClusterInfo {
                     name: c.cfg.name.clone(),
                     hosts,
@@ -486,7 +513,7 @@ fn spawn_dns(
     let thread = std::thread::Builder::new()
         .name("pyproxy-dns".into())
         .spawn(move || {
-            let mut last: HashMap<String, (usize, Vec<(SocketAddr, u32)>)> = HashMap::new();
+            let mut last: HashMap<String, (usize, Vec<HostAddr>)> = HashMap::new();
             let mut next_due: HashMap<String, Instant> = HashMap::new();
             loop {
                 let c = compiled.lock().unwrap_or_else(|e| e.into_inner()).clone();

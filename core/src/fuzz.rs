@@ -25,7 +25,7 @@ use bytes::{Buf, BytesMut};
 use crate::config::{Cluster, PathMatch, Snapshot};
 use crate::lb::{Balancer, LbHost, Policy};
 use crate::router::{breaks_line, Action, Cx, ReqView, RouteRequest};
-use crate::snapshot::{compile_with, Resolver};
+use crate::snapshot::{compile_with, HostAddr, Resolver};
 use crate::worker::headers::{redirect_location, redirect_rewritten_target, request_location};
 
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
@@ -282,7 +282,12 @@ pub fn snapshot(data: &[u8]) {
     let resolver: Resolver = Arc::new(|c: &Cluster| {
         c.endpoints
             .iter()
-            .map(|e| (SocketAddr::from(([127, 0, 0, 1], e.port)), e.weight))
+            .enumerate()
+            .map(|(i, e)| HostAddr {
+                addr: SocketAddr::from(([127, 0, 0, 1], e.port)),
+                weight: e.weight,
+                endpoint: i as u32,
+            })
             .collect()
     });
     let Ok(compiled) = compile_with(&s, &resolver) else {
@@ -438,11 +443,11 @@ impl LbHost for Host {
 /// Picks over a cluster's hosts stay in range, and weighted round robin, over one round of the
 /// total weight, picks each host exactly its weight's times (when that round is short enough to
 /// run here).
-fn balance(policy: Policy, hosts: &[(SocketAddr, u32)]) {
+fn balance(policy: Policy, hosts: &[HostAddr]) {
     let hs: Vec<Host> = hosts
         .iter()
         .enumerate()
-        .map(|(i, (_, w))| Host(*w, i as u32 % 3))
+        .map(|(i, h)| Host(h.weight, i as u32 % 3))
         .collect();
     let b = Balancer::new(policy, &hs);
     let total: u64 = hs.iter().map(|h| u64::from(h.0)).sum();

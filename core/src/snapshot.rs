@@ -45,7 +45,7 @@ pub struct CompiledCluster {
     /// STATIC or STRICT_DNS.
     pub discovery: Discovery,
     /// Hosts at compile time (resolved once for STRICT_DNS).
-    pub hosts: Vec<(SocketAddr, u32)>,
+    pub hosts: Vec<HostAddr>,
     /// `connect_timeout`.
     pub connect_timeout: Duration,
 }
@@ -96,9 +96,22 @@ pub fn resolve(host: &str, port: u16, family: &str) -> Vec<SocketAddr> {
     }
 }
 
+/// One host of a cluster: where it is, its weight and the endpoint it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostAddr {
+    /// Its address (a STRICT_DNS endpoint's name resolved).
+    pub addr: SocketAddr,
+    /// Envoy `load_balancing_weight`.
+    pub weight: u32,
+    /// The index of its endpoint in the cluster's config. Two STRICT_DNS endpoints whose names
+    /// resolve to the same address are two hosts, each with its own name (Envoy's `hostname`,
+    /// which `auto_host_rewrite` and `/clusters` use).
+    pub endpoint: u32,
+}
+
 /// Turns a STRICT_DNS cluster's endpoints into hosts: the system resolver in production
 /// ([`system_resolver`]); tests substitute one whose answers change.
-pub type Resolver = Arc<dyn Fn(&Cluster) -> Vec<(SocketAddr, u32)> + Send + Sync>;
+pub type Resolver = Arc<dyn Fn(&Cluster) -> Vec<HostAddr> + Send + Sync>;
 
 /// The resolver backed by `getaddrinfo` ([`resolve_cluster`]).
 pub fn system_resolver() -> Resolver {
@@ -106,11 +119,15 @@ pub fn system_resolver() -> Resolver {
 }
 
 /// Resolves every endpoint of a STRICT_DNS cluster (each address found becomes a host).
-pub fn resolve_cluster(c: &Cluster) -> Vec<(SocketAddr, u32)> {
+pub fn resolve_cluster(c: &Cluster) -> Vec<HostAddr> {
     let mut out = Vec::new();
-    for e in &c.endpoints {
-        for a in resolve(&e.address, e.port, &c.dns_lookup_family) {
-            out.push((a, e.weight));
+    for (i, e) in c.endpoints.iter().enumerate() {
+        for addr in resolve(&e.address, e.port, &c.dns_lookup_family) {
+            out.push(HostAddr {
+                addr,
+                weight: e.weight,
+                endpoint: i as u32,
+            });
         }
     }
     out
@@ -142,7 +159,11 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
                         e.address
                     ))
                 })?;
-                hosts.push((SocketAddr::new(ip, e.port), e.weight));
+                hosts.push(HostAddr {
+                    addr: SocketAddr::new(ip, e.port),
+                    weight: e.weight,
+                    endpoint: i as u32,
+                });
             }
             hosts
         }

@@ -298,7 +298,11 @@ fn strict_dns_cluster_follows_re_resolution() {
         ans.lock()
             .unwrap()
             .iter()
-            .map(|p| (std::net::SocketAddr::from(([127, 0, 0, 1], *p)), 1))
+            .map(|p| pyproxy_core::snapshot::HostAddr {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], *p)),
+                weight: 1,
+                endpoint: 0,
+            })
             .collect()
     });
     let snap = r#"{"listeners": [{"name": "l", "address": "127.0.0.1", "port": 0, "hcm": {"stat_prefix": "ingress_http",

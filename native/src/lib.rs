@@ -129,6 +129,7 @@ impl Engine {
                 hd.set_item("address", ip)?;
                 hd.set_item("port", port)?;
                 hd.set_item("weight", h.weight)?;
+                hd.set_item("hostname", h.hostname)?;
                 hd.set_item("healthy", true)?;
                 for (k, v) in h.stats {
                     hd.set_item(k, v)?;

@@ -576,6 +576,12 @@ def _host_config(
     return hosts
 
 
+def _hostname(host: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
+    """Envoy's host `hostname`: the engine's (a STRICT_DNS host's endpoint name), else the
+    endpoint's configured one."""
+    return str(host.get("hostname") or extra.get("hostname", ""))
+
+
 def cluster_configs(raw: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {str(c.get("name")): c for c in static_resources(raw, "clusters")}
 
@@ -617,7 +623,7 @@ def clusters_text(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
             h = f"{name}::{host['address']}:{host['port']}::"
             lines += [f"{h}{stat}::{int(host.get(stat, 0))}" for stat in _HOST_TEXT_STATS]
             lines += [
-                f"{h}hostname::{extra.get('hostname', '')}",
+                f"{h}hostname::{_hostname(host, extra)}",
                 f"{h}health_flags::{'healthy' if host.get('healthy', True) else '/failed_active_hc'}",
                 f"{h}weight::{int(host.get('weight', 1))}",
                 f"{h}region::{locality.get('region', '')}",
@@ -666,8 +672,8 @@ def clusters_json(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
                 "health_status": health,
                 "weight": int(host.get("weight", 1)),
             }
-            if extra.get("hostname"):
-                status["hostname"] = extra["hostname"]
+            if hostname := _hostname(host, extra):
+                status["hostname"] = hostname
             if extra.get("priority"):
                 status["priority"] = extra["priority"]
             status["locality"] = extra.get("locality", {})

@@ -342,6 +342,44 @@ def test_prefix_and_host_rewrite(
     ]
 
 
+@pytest.mark.parametrize("dns", [True, False], ids=["strict-dns", "static"])
+def test_auto_host_rewrite_takes_the_endpoints_name(make_proxy: Any, upstream: Any, dns: bool) -> None:
+    # auto_host_rewrite: the host becomes the chosen endpoint's DNS name (STRICT_DNS), without
+    # its port; a STATIC endpoint has no name, and the host stays (checked with the envoy binary).
+    if dns:
+        c = cluster("up", upstream.port, type="STRICT_DNS", dns_lookup_family="V4_ONLY")
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "address"] = "localhost"
+    else:
+        c = cluster("up", upstream.port)
+    proxy = make_proxy(bootstrap([route("/", "up", auto_host_rewrite=True)], [c]))
+    with RawConn(proxy.listener_port()) as conn:
+        assert conn.request(get("/a", host="example.com:8080")).status == 200
+    (rec,) = upstream.requests
+    added = [("x-envoy-original-host", "example.com:8080")] if dns else []
+    assert shape_request(rec.headers) == [
+        ("host", "localhost" if dns else "example.com:8080"), ("x-forwarded-proto", "http"),
+        ("x-request-id", "<uuid>"), ("x-envoy-expected-rq-timeout-ms", "15000"), *added]
+
+
+def test_auto_host_rewrite_follows_the_picked_endpoint(make_proxy: Any, upstream: Any) -> None:
+    # Two STRICT_DNS endpoints whose names resolve to the same address and port are two hosts,
+    # each with its own name: round robin alternates them, and so does the rewritten host
+    # (checked with the envoy binary).
+    c = cluster("up", upstream.port, type="STRICT_DNS", dns_lookup_family="V4_ONLY")
+    lb = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    lb[0]["endpoint"]["address"]["socket_address"]["address"] = "localhost"
+    second = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream.port}}}}
+    lb.append(second)
+    proxy = make_proxy(bootstrap([route("/", "up", auto_host_rewrite=True)], [c]))
+    with RawConn(proxy.listener_port()) as conn:
+        for _ in range(4):
+            assert conn.request(get("/a")).status == 200
+    hosts = [rq.header("host") for rq in upstream.requests]
+    assert sorted(hosts) == ["127.0.0.1", "127.0.0.1", "localhost", "localhost"], hosts
+    assert hosts[0] != hosts[1] and hosts[2] != hosts[3], hosts
+
+
 def test_suppress_envoy_headers_adds_none_of_the_routers_headers(make_proxy: Any, upstream: Any) -> None:
     # The router's `suppress_envoy_headers`: the rewrites happen, but neither the expected
     # timeout nor the original host and path go upstream, and the client gets no

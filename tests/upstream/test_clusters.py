@@ -133,3 +133,36 @@ def test_clusters_api_reports_per_host_stats(make_upstream, make_proxy):
     assert info["name"] == "c"
     assert set(hosts) == {a.port, b.port}
     assert all(h["rq_total"] == 2 and h["rq_success"] == 2 and h["cx_total"] == 1 for h in hosts.values()), hosts
+
+
+def test_strict_dns_endpoints_resolving_alike_are_separate_named_hosts(make_upstream, make_proxy):
+    # Two STRICT_DNS endpoints whose names resolve to the same address and port are two hosts
+    # in Envoy, each named after its endpoint: balanced apart, counted apart, and listed apart
+    # by /clusters with their `hostname` (the lines below are Envoy 1.40's for this config).
+    up = make_upstream()
+    c = cluster("dns", up.port, up.port, type="STRICT_DNS", dns_lookup_family="V4_ONLY")
+    lb = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    lb[0]["endpoint"]["address"]["socket_address"]["address"] = "localhost"
+    p = make_proxy(bootstrap([route("/", "dns")], [c]))
+    assert served_by(p, 4) == {up.port: 4}
+
+    def counted() -> dict | None:
+        (info,) = p.engine.clusters()
+        return info if sum(h["rq_total"] for h in info["hosts"]) == 4 else None
+
+    info = wait_for(counted, what="4 requests in the per-host stats")
+    assert [(h["hostname"], h["rq_total"]) for h in info["hosts"]] == [("localhost", 2), ("127.0.0.1", 2)]
+    host, admin_port = p.admin_address
+    text = httpx.get(f"http://{host}:{admin_port}/clusters").text
+    names = [line.rsplit("::", 1)[1] for line in text.splitlines() if "::hostname::" in line]
+    assert names == ["localhost", "127.0.0.1"], text
+    body = httpx.get(f"http://{host}:{admin_port}/clusters?format=json").json()
+    statuses = body["cluster_statuses"][0]["host_statuses"]
+    assert [s.get("hostname") for s in statuses] == ["localhost", "127.0.0.1"]
+
+
+def test_static_hosts_have_no_hostname(make_upstream, make_proxy):
+    up = make_upstream()
+    p = make_proxy(bootstrap([route("/", "c")], [cluster("c", up.port)]))
+    (info,) = p.engine.clusters()
+    assert [h["hostname"] for h in info["hosts"]] == [""]

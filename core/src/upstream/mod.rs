@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::lb::{Balancer, LbHost};
-use crate::snapshot::CompiledCluster;
+use crate::snapshot::{CompiledCluster, HostAddr};
 use crate::stats::ClusterScope;
 use pool::Pool;
 
@@ -86,6 +86,8 @@ pub struct HostRt {
     pub addr: SocketAddr,
     /// Envoy `load_balancing_weight`.
     pub weight: u32,
+    /// The index of its endpoint in the cluster's config (its name, for a STRICT_DNS host).
+    pub endpoint: u32,
     /// Idle keep-alive connections to this host.
     pub pool: Pool,
     /// Per-host stats; this worker's `rq_active` is also the least-request input.
@@ -94,10 +96,11 @@ pub struct HostRt {
 
 impl HostRt {
     /// A host with an empty pool.
-    pub fn new(addr: SocketAddr, weight: u32, stats: Arc<HostStats>) -> HostRt {
+    pub fn new(a: HostAddr, stats: Arc<HostStats>) -> HostRt {
         HostRt {
-            addr,
-            weight,
+            addr: a.addr,
+            weight: a.weight,
+            endpoint: a.endpoint,
             pool: Pool::default(),
             stats,
         }

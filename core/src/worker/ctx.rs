@@ -2,7 +2,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -13,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::{Shared, Stores};
-use crate::snapshot::{Compiled, CompiledListener};
+use crate::snapshot::{Compiled, CompiledListener, HostAddr};
 use crate::stats::{ClusterScope, HttpStats, ListenerStats, ListenerWorkerStats, Scope};
 use crate::upstream::{ClusterRt, HostRt, HostStats};
 
@@ -126,7 +125,7 @@ pub struct Ctx {
     listener_scopes: RefCell<HashMap<String, Arc<ListenerStats>>>,
     listener_worker_scopes: RefCell<HashMap<String, Arc<ListenerWorkerStats>>>,
     cluster_scopes: RefCell<HashMap<String, Arc<ClusterScope>>>,
-    hosts: RefCell<HashMap<(String, SocketAddr, u32), Rc<HostRt>>>,
+    hosts: RefCell<HashMap<(String, HostAddr), Rc<HostRt>>>,
     listener_addrs: RefCell<HashMap<Arc<str>, String>>,
     accepts: RefCell<HashMap<Arc<str>, JoinHandle<()>>>,
     date: RefCell<(u64, Vec<u8>)>,
@@ -216,18 +215,22 @@ impl Ctx {
     fn host(
         &self,
         cluster: &str,
-        addr: SocketAddr,
-        weight: u32,
-        keep: &mut HashMap<(String, SocketAddr, u32), Rc<HostRt>>,
+        a: HostAddr,
+        keep: &mut HashMap<(String, HostAddr), Rc<HostRt>>,
     ) -> Rc<HostRt> {
-        let key = (cluster.to_string(), addr, weight);
+        let key = (cluster.to_string(), a);
         let h = self.hosts.borrow().get(&key).cloned().unwrap_or_else(|| {
             let stats = Arc::new(HostStats::default());
             let d: Arc<dyn Scope> = stats.clone();
+            let HostAddr {
+                addr,
+                weight,
+                endpoint,
+            } = a;
             self.stores
                 .hosts
-                .register(format!("{cluster}\0{addr}\0{weight}\0"), &d);
-            Rc::new(HostRt::new(addr, weight, stats))
+                .register(format!("{cluster}\0{addr}\0{weight}\0{endpoint}\0"), &d);
+            Rc::new(HostRt::new(a, stats))
         });
         keep.insert(key, h.clone());
         h
@@ -279,7 +282,7 @@ impl Ctx {
             let hosts = c
                 .hosts
                 .iter()
-                .map(|(a, w)| self.host(name, *a, *w, &mut keep_hosts))
+                .map(|a| self.host(name, *a, &mut keep_hosts))
                 .collect();
             clusters.push(Rc::new(ClusterRt::new(
                 c.clone(),
@@ -335,7 +338,7 @@ impl Ctx {
     }
 
     /// Replaces the hosts of a DNS cluster in the current view.
-    pub fn set_hosts(&self, cluster: &str, hosts: &[(SocketAddr, u32)]) {
+    pub fn set_hosts(&self, cluster: &str, hosts: &[HostAddr]) {
         let snap = self.current();
         let Some(c) = snap.clusters.iter().find(|c| c.cfg.cfg.name == cluster) else {
             return;
@@ -343,10 +346,10 @@ impl Ctx {
         let mut keep = HashMap::new();
         let new: Vec<_> = hosts
             .iter()
-            .map(|(a, w)| self.host(cluster, *a, *w, &mut keep))
+            .map(|a| self.host(cluster, *a, &mut keep))
             .collect();
         let mut all = self.hosts.borrow_mut();
-        all.retain(|(c, _, _), _| c != cluster);
+        all.retain(|(c, _), _| c != cluster);
         all.extend(keep);
         drop(all);
         c.set_hosts(new);

@@ -328,12 +328,12 @@ fn upstream_head(
     let keep_original = !l.c.cfg.hcm.suppress_envoy_headers;
     let new_host = match &fwd.host_rewrite {
         Some(h) => Some(h.clone()),
+        // The picked host's name: its endpoint's, for a STRICT_DNS host (a STATIC host has none).
         None if fwd.auto_host_rewrite && cluster.cfg.discovery == Discovery::StrictDns => cluster
             .cfg
             .cfg
             .endpoints
-            .iter()
-            .find(|e| e.port == host.addr.port())
+            .get(host.endpoint as usize)
             .map(|e| e.address.clone().into_bytes()),
         None => None,
     };

@@ -10,7 +10,6 @@ pub(crate) mod headers;
 mod slots;
 mod timer;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,7 +19,7 @@ use tokio::sync::mpsc;
 
 pub use ctx::{Ctx, ListenerRt, WorkerSnap};
 
-use crate::snapshot::Compiled;
+use crate::snapshot::{Compiled, HostAddr};
 use crate::stats::Store;
 
 /// The stat stores every worker registers its scopes in.
@@ -44,7 +43,7 @@ pub enum Cmd {
     /// New host list for a STRICT_DNS cluster.
     Hosts {
         cluster: String,
-        hosts: Arc<Vec<(SocketAddr, u32)>>,
+        hosts: Arc<Vec<HostAddr>>,
     },
     /// Stop accepting; close connections after their current request.
     Drain,
