@@ -290,3 +290,78 @@ def test_stream_idle_timeout_waiting_for_upstream_is_504(make_proxy: Any, upstre
             "HTTP/1.1 504 Gateway Timeout", text_reply(b"stream timeout"), b"stream timeout")
         assert c.open_after(0.5)
     wait_stat(proxy, "http.ingress_http.downstream_rq_idle_timeout", 1)
+
+
+# --- timeouts once the response has started -------------------------------------------------------
+
+
+class SlowBody:
+    """An upstream reply whose head and first body bytes come at once and the rest in `pieces`,
+    `gap_s` apart; with `stall`, the body stops after the first bytes (until `stop()`)."""
+
+    def __init__(self, pieces: int = 0, gap_s: float = 0.0, stall: bool = False) -> None:
+        import threading
+
+        self.pieces, self.gap_s, self.stall = pieces, gap_s, stall
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __call__(self, sock: Any, _extra: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n012\r\n")
+        if self.stall:
+            self._stop.wait(10)
+            return
+        for _ in range(self.pieces):
+            time.sleep(self.gap_s)
+            sock.sendall(b"1\r\nx\r\n")
+        sock.sendall(b"0\r\n\r\n")
+
+
+def read_to_eof(c: RawConn, timeout_s: float = 5.0) -> bytes:
+    c.sock.settimeout(timeout_s)
+    data = b""
+    while chunk := c.sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("rt", "hcm", "stat"),
+    [({"timeout": "0.5s"}, {}, "cluster.up.upstream_rq_timeout"),
+     ({"timeout": "0s"}, {"stream_idle_timeout": "0.5s"}, "http.ingress_http.downstream_rq_idle_timeout")],
+    ids=["route-timeout", "stream-idle-timeout"],
+)
+def test_timeout_after_the_response_started_ends_the_connection(
+    make_proxy: Any, make_canned: Any, rt: dict[str, Any], hcm: dict[str, Any], stat: str
+) -> None:
+    # The response head and its first bytes went out; when the route timeout or the stream
+    # idle timeout fires then, there is no reply left to send: the client gets what came, and
+    # the connection closes without the last chunk (checked with the envoy binary).
+    reply = SlowBody(stall=True)
+    up = make_canned({"*": reply})
+    proxy = make_proxy(bootstrap([route("/", "up", **rt)], [cluster("up", up.port)], hcm=hcm))
+    try:
+        with RawConn(proxy.listener_port()) as c:
+            start = time.monotonic()
+            c.send(get("/"))
+            data = read_to_eof(c)
+            assert time.monotonic() - start >= 0.45
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert body == b"3\r\n012\r\n"
+        wait_stat(proxy, stat, 1)
+    finally:
+        reply.stop()
+
+
+def test_stream_idle_timeout_is_reset_by_each_body_piece(make_proxy: Any, make_canned: Any) -> None:
+    # A body that keeps coming, each piece within the idle timeout, outlives it (1.2 s against
+    # 0.5 s).
+    up = make_canned({"*": SlowBody(pieces=4, gap_s=0.3)})
+    proxy = make_proxy(bootstrap([route("/", "up", timeout="0s")], [cluster("up", up.port)],
+                                 hcm={"stream_idle_timeout": "0.5s"}))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/"))
+        assert (r.status, r.body) == (200, b"012xxxx")
