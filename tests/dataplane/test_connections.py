@@ -200,3 +200,74 @@ def test_http10_rejected_with_426(proxy: Any, upstream: Any, raw: bytes) -> None
             "HTTP/1.1 426 Upgrade Required", UPGRADE_REQUIRED, b"Upgrade Required")
         assert c.closed_within(3.0)  # Envoy: delayed close, ~1 s
     assert upstream.requests == []
+
+
+# --- a client that goes away mid-exchange (session 12) --------------------------------------------
+
+
+class Silent:
+    """An upstream reply that never comes: `head` (if any) is sent, then the upstream waits for
+    the proxy to close the connection and sets `gone`."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        import threading
+
+        self.head = head
+        self.got, self.gone = threading.Event(), threading.Event()
+
+    def __call__(self, sock: Any, _extra: bytes) -> None:
+        if self.head:
+            sock.sendall(self.head)
+        self.got.set()
+        sock.settimeout(10)
+        try:
+            if sock.recv(1) == b"":
+                self.gone.set()
+        except OSError:
+            self.gone.set()
+
+
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_client_gone_while_waiting_ends_the_upstream_request(make_proxy: Any, make_canned: Any, how: str) -> None:
+    # The request is in and the upstream is slow (no route timeout). When the client closes,
+    # or half-closes (Envoy's HTTP/1 takes that for a close: no response), the proxy closes the
+    # upstream connection at once instead of waiting for an answer nobody will read, and counts
+    # downstream_rq_rx_reset; no response code is counted (checked with the envoy binary).
+    import socket
+
+    reply = Silent()
+    up = make_canned({"*": reply})
+    proxy = make_proxy(bootstrap([route("/", "up", timeout="0s")], [cluster("up", up.port)]))
+    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+    s.sendall(get("/"))
+    assert reply.got.wait(5)
+    if how == "close":
+        s.close()
+    else:
+        s.shutdown(socket.SHUT_WR)
+    assert reply.gone.wait(5), "the upstream connection stayed open"
+    if how == "half-close":
+        s.settimeout(5)
+        assert s.recv(100) == b""
+        s.close()
+    wait_stat(proxy, "http.ingress_http.downstream_rq_rx_reset", 1)
+    stats = proxy.stats()
+    assert stats.get("http.ingress_http.downstream_rq_completed", 0) == 0
+    assert stats.get("cluster.up.upstream_rq_5xx", 0) == 0
+
+
+def test_client_gone_while_the_response_streams_ends_the_upstream_request(
+    make_proxy: Any, make_canned: Any
+) -> None:
+    import socket
+
+    reply = Silent(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    up = make_canned({"*": reply})
+    proxy = make_proxy(bootstrap([route("/", "up", timeout="0s")], [cluster("up", up.port)]))
+    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+    s.sendall(get("/"))
+    s.settimeout(5)
+    assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    s.close()
+    assert reply.gone.wait(5), "the upstream connection stayed open"
+    wait_stat(proxy, "http.ingress_http.downstream_rq_rx_reset", 1)

@@ -19,7 +19,7 @@ crate::stat_scope! {
             downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,
             downstream_rq_5xx, downstream_rq_completed, downstream_rq_timeout,
             downstream_rq_idle_timeout, downstream_rq_header_timeout,
-            downstream_rq_response_before_rq_complete,
+            downstream_rq_response_before_rq_complete, downstream_rq_rx_reset,
             no_route, rq_direct_response, rq_redirect,
         }
         gauges { downstream_cx_active, downstream_cx_http1_active, downstream_rq_active }

@@ -6,10 +6,12 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -51,8 +53,10 @@ enum Cause {
     RouteTimeout,
     /// Nothing moved for `stream_idle_timeout` while waiting on the upstream.
     UpstreamIdle,
-    /// The client stalled, went away or sent a malformed body.
+    /// The client stalled or sent a malformed body.
     Downstream,
+    /// The client closed or reset its connection mid-exchange.
+    ClientGone,
 }
 
 /// How an exchange with an upstream ended.
@@ -250,6 +254,9 @@ pub(super) async fn forward(
         }
         Outcome::Abort { status, cause } => {
             close_upstream(ctx, up);
+            if matches!(cause, Cause::ClientGone) {
+                l.http.downstream_rq_rx_reset.inc();
+            }
             count_failure(cluster, &host, cause, status);
             (status, Next::Close)
         }
@@ -276,6 +283,9 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
             host.stats.rq_timeout.inc();
         }
         Cause::UpstreamIdle | Cause::Downstream => cs.s.upstream_rq_tx_reset.inc(),
+        // Envoy counts the client's reset downstream (`downstream_rq_rx_reset`) and closes the
+        // upstream connection; no upstream reset is counted (checked with the envoy binary).
+        Cause::ClientGone => {}
     }
     if upstream_code != 0 {
         cs.count_response(upstream_code);
@@ -426,6 +436,30 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
             Err(ConnectFail::Timeout)
         }
     }
+}
+
+/// Waits, once a request is in, for its client to close the connection ([`ReqErr::Downstream`]).
+/// The bytes of a pipelined request are read and kept for after the exchange, and the watch
+/// then stops, as Envoy stops reading a connection that holds a request it cannot start yet.
+/// It waits on readiness alone (no read buffer is readied for a read that does not come).
+async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut) -> ReqErr {
+    let s: &TcpStream = r.as_ref();
+    while buf.is_empty() {
+        if std::future::poll_fn(|cx| s.poll_read_ready(cx))
+            .await
+            .is_err()
+        {
+            return ReqErr::Downstream;
+        }
+        buf.reserve(READ_CHUNK);
+        match s.try_read_buf(buf) {
+            Ok(0) => return ReqErr::Downstream,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return ReqErr::Downstream,
+        }
+    }
+    std::future::pending().await
 }
 
 /// Why the exchange loop stopped before the response finished.
@@ -580,7 +614,15 @@ impl Exchange<'_> {
                     Pumped::Done => {
                         req_complete.set(true);
                         ctx.put_write_buf(out);
-                        return Ok::<(), ReqErr>(());
+                        // The request is in (the loop below sees `req_complete`). Watch the
+                        // client connection while the response is awaited and relayed, as
+                        // Envoy does: a client that goes away (or half-closes, which Envoy's
+                        // HTTP/1 takes for a close) ends the exchange and its upstream
+                        // request at once. Readiness was cleared by the request's last short
+                        // read, so an idle watch costs no syscall.
+                        return Err::<std::convert::Infallible, ReqErr>(
+                            watch_client(&dr, drbuf).await,
+                        );
                     }
                     // Body bytes are still buffered: never wait on the socket for them.
                     Pumped::Full => {}
@@ -774,7 +816,19 @@ impl Exchange<'_> {
         // exchange registers nothing with tokio's timer wheel.
         let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
         let mut route_deadline = None;
+        // `req_done`: the request went upstream whole (or the upstream stopped reading it);
+        // `req_live`: `req_fut` (reading the request, then watching the client) still runs.
         let mut req_done = false;
+        let mut req_live = true;
+        let request_in = || {
+            std::future::poll_fn(|_| {
+                if req_complete.get() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        };
         let next_deadline = |req_done: bool, route: Option<tokio::time::Instant>| {
             earliest([
                 idle.map(|i| activity.get() + i),
@@ -792,16 +846,29 @@ impl Exchange<'_> {
                 biased;
                 // The request first: body bytes that came in with the response are forwarded
                 // before the response head is written, so the request is complete there.
-                r = &mut req_fut, if !req_done => {
-                    // The request's last write stamped `activity` when it succeeded; a failed
-                    // one may have waited long, so the route timeout then starts from now.
+                r = &mut req_fut, if req_live => {
+                    req_live = false;
                     let sent = match r {
-                        Ok(()) => activity.get(),
+                        Ok(never) => match never {},
                         Err(ReqErr::Downstream) => break Err(Stop::DownstreamGone),
                         Err(ReqErr::BadBody) => break Err(Stop::BadRequestBody),
                         // The upstream stopped reading: it may still answer (an early error).
-                        Err(ReqErr::Upstream) => clock::tnow(),
+                        // The failed write may have waited long: the route timeout starts now.
+                        Err(ReqErr::Upstream) if !req_done => clock::tnow(),
+                        Err(ReqErr::Upstream) => continue,
                     };
+                    req_done = true;
+                    if self.timeout_ms > 0 {
+                        let dl = sent + Duration::from_millis(self.timeout_ms);
+                        route_deadline = Some(dl);
+                        timer.arm_by(dl);
+                    }
+                    deadline = next_deadline(req_done, route_deadline);
+                }
+                // Polled right after `req_fut`, which sets the flag in the same turn.
+                () = request_in(), if !req_done => {
+                    // The request's last write stamped `activity`.
+                    let sent = activity.get();
                     req_done = true;
                     if self.timeout_ms > 0 {
                         let dl = sent + Duration::from_millis(self.timeout_ms);
@@ -869,9 +936,9 @@ impl Exchange<'_> {
             Ok(Err(RespErr::BeforeHeaders | RespErr::Protocol)) if !started => {
                 local(502, RESET_PROTOCOL, keep_ok, Cause::UpstreamProtocol)
             }
-            Ok(Err(RespErr::Downstream)) => Outcome::Abort {
+            Ok(Err(RespErr::Downstream)) | Err(Stop::DownstreamGone) => Outcome::Abort {
                 status: sent,
-                cause: Cause::Downstream,
+                cause: Cause::ClientGone,
             },
             Ok(Err(_)) => Outcome::Abort {
                 status: sent,
