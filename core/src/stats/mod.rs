@@ -86,8 +86,9 @@ crate::stat_scope! {
             upstream_cx_max_requests, upstream_cx_protocol_error,
             upstream_rq_total, upstream_rq_completed, upstream_rq_timeout,
             upstream_rq_rx_reset, upstream_rq_tx_reset, upstream_rq_pending_total,
+            upstream_rq_pending_failure_eject,
             upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx,
-            upstream_cx_none_healthy,
+            upstream_cx_none_healthy, lb_healthy_panic,
         }
         gauges { upstream_cx_active, upstream_rq_active, membership_total, membership_healthy }
         histograms { upstream_rq_time, upstream_cx_connect_ms }
@@ -104,11 +105,13 @@ pub struct ClusterScope {
 }
 
 impl ClusterScope {
-    /// Counts a completed upstream response by code and class.
+    /// Counts a completed upstream response by code and class (`upstream_rq_completed` too:
+    /// Envoy charges it with every code, its own 503 and 504 included).
     #[inline]
     pub fn count_response(&self, code: u16) {
         self.codes.inc(code);
         let s = &self.s;
+        s.upstream_rq_completed.inc();
         match code / 100 {
             1 => s.upstream_rq_1xx.inc(),
             2 => s.upstream_rq_2xx.inc(),

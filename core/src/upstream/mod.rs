@@ -37,10 +37,9 @@ pub struct CxGuard {
 }
 
 impl CxGuard {
-    /// Counts an established connection (`upstream_cx_active`, `upstream_cx_http1_total`);
-    /// `upstream_cx_total` counts the attempt, before connecting.
+    /// Counts an established connection (`upstream_cx_active`); `upstream_cx_total` and
+    /// `upstream_cx_http1_total` count the attempt, before connecting.
     pub fn new(cluster: Arc<ClusterScope>, host: Arc<HostStats>) -> CxGuard {
-        cluster.s.upstream_cx_http1_total.inc();
         cluster.s.upstream_cx_active.inc();
         host.cx_active.inc();
         CxGuard { cluster, host }
@@ -56,9 +55,8 @@ pub struct RqGuard {
 }
 
 impl RqGuard {
-    /// Counts a request started on `host`.
+    /// Counts a request started on `host` (`rq_total` is counted once it has a connection).
     pub fn new(host: Rc<HostRt>, cluster: Arc<ClusterScope>) -> RqGuard {
-        host.stats.rq_total.inc();
         host.stats.rq_active.inc();
         cluster.s.upstream_rq_active.inc();
         RqGuard { host, cluster }

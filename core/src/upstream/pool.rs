@@ -36,11 +36,8 @@ impl Pool {
         while let Some(c) = idle.pop() {
             // A closed keep-alive connection reads EOF (or unexpected bytes): drop it rather
             // than send a request into it.
-            let mut probe = [0u8; 1];
-            if let Err(e) = c.stream.try_read(&mut probe) {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Some(c);
-                }
+            if still_open(&c) {
+                return Some(c);
             }
         }
         None
@@ -63,18 +60,34 @@ impl Pool {
         Ok(buf)
     }
 
-    /// Closes connections idle for longer than `max_idle`, returning how many were closed.
-    pub fn sweep(&self, now: Instant, max_idle: std::time::Duration) -> usize {
+    /// Closes connections idle for longer than `max_idle` (`None`: no limit), returning how
+    /// many, and drops those the upstream has closed meanwhile (Envoy sees that at once; here
+    /// it waits for the next sweep or checkout, not for the idle timeout, so no socket lingers
+    /// half-closed for an hour).
+    pub fn sweep(&self, now: Instant, max_idle: Option<std::time::Duration>) -> usize {
         let mut idle = self.idle.borrow_mut();
-        let before = idle.len();
-        idle.retain(|c| now.duration_since(c.idle_since) < max_idle);
-        before - idle.len()
+        let mut expired = 0;
+        idle.retain(|c| {
+            if max_idle.is_some_and(|m| now.duration_since(c.idle_since) >= m) {
+                expired += 1;
+                return false;
+            }
+            still_open(c)
+        });
+        expired
     }
 
     /// Closes every idle connection.
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
     }
+}
+
+/// Whether an idle connection has nothing to read: a closed one reads EOF (or an error), a
+/// broken one unexpected bytes. No syscall unless the socket was reported readable.
+fn still_open(c: &UpConn) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(c.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 #[cfg(test)]

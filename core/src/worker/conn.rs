@@ -526,8 +526,15 @@ async fn request(
 
 /// Answers a request whose head never completed (parse error, timeout) and closes.
 async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body: &[u8]) -> Next {
-    l.http.downstream_rq_total.inc();
-    l.http.count_response(status);
+    // As Envoy's connection manager counts a stream its codec ended: answered before the
+    // request was whole, then reset with the connection.
+    let h = &l.http;
+    h.downstream_rq_total.inc();
+    h.downstream_rq_http1_total.inc();
+    h.count_response(status);
+    h.downstream_rq_completed.inc();
+    h.downstream_rq_response_before_rq_complete.inc();
+    h.downstream_rq_rx_reset.inc();
     let out = local_reply(ctx, l, status, body, true, None, false);
     let _ = write_last(&d.stream, &out).await;
     Next::Close
@@ -544,6 +551,8 @@ async fn codec_refusal(
     body: &[u8],
 ) -> (u16, Next) {
     l.http.downstream_cx_protocol_error.inc();
+    // The codec's error resets the stream (Envoy).
+    l.http.downstream_rq_rx_reset.inc();
     d.body_unread = true;
     d.head_request = false;
     reply(ctx, l, d, status, body, false, None).await

@@ -459,7 +459,8 @@ async fn accept_loop(ctx: Rc<Ctx>, name: Arc<str>, l: TcpListener) {
     }
 }
 
-/// Once a second: closes upstream connections idle past their cluster's idle timeout.
+/// Once a second: closes upstream connections idle past their cluster's idle timeout, and
+/// drops those their upstream closed.
 pub async fn housekeeping(ctx: Rc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -470,12 +471,10 @@ pub async fn housekeeping(ctx: Rc<Ctx>) {
         let now = Instant::now();
         for c in &snap.clusters {
             let idle = c.cfg.cfg.idle_timeout_ms;
-            if idle == 0 {
-                continue;
-            }
+            let max_idle = (idle > 0).then(|| Duration::from_millis(idle));
             let set = c.hosts.borrow().clone();
             for h in &set.hosts {
-                let n = h.pool.sweep(now, Duration::from_millis(idle));
+                let n = h.pool.sweep(now, max_idle);
                 c.stats.s.upstream_cx_idle_timeout.add(n as u64);
             }
         }

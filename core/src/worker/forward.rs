@@ -103,10 +103,11 @@ pub(super) async fn forward(
     chain: &[&Mutations; 4],
 ) -> (u16, Next) {
     let cs = &cluster.stats;
-    cs.s.upstream_rq_total.inc();
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
     let Some(host) = cluster.pick() else {
         cs.s.upstream_cx_none_healthy.inc();
+        // No host at all is below any healthy-panic threshold (Envoy counts it so).
+        cs.s.lb_healthy_panic.inc();
         cs.count_response(503);
         return reply(
             ctx,
@@ -165,6 +166,9 @@ pub(super) async fn forward(
                     c
                 }
                 Err(reason) => {
+                    // The request waited on a connection that failed (Envoy's pending
+                    // request ejected); it never went upstream (no upstream_rq_total).
+                    cs.s.upstream_rq_pending_failure_eject.inc();
                     host.stats.rq_error.inc();
                     cs.count_response(503);
                     let body: &'static [u8] = match reason {
@@ -180,6 +184,9 @@ pub(super) async fn forward(
             }
         }
     };
+    // Envoy counts a request upstream once it has a connection to go on.
+    cs.s.upstream_rq_total.inc();
+    host.stats.rq_total.inc();
     up.requests += 1;
     up.rbuf = ctx.take_read_buf();
     let up_chunk =
@@ -211,7 +218,6 @@ pub(super) async fn forward(
         } => {
             d.done_at = Some(end);
             cs.count_response(status);
-            cs.s.upstream_rq_completed.inc();
             cs.s.upstream_rq_time.record_ms_until(rq_start, end);
             if status >= 500 {
                 host.stats.rq_error.inc();
@@ -276,7 +282,9 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
     let cs = &cluster.stats;
     host.stats.rq_error.inc();
     match cause {
-        Cause::UpstreamReset => cs.s.upstream_rq_rx_reset.inc(),
+        // An HTTP/1 upstream that closes mid-exchange resets no stream: Envoy counts no
+        // upstream_rq_rx_reset for it (that is HTTP/2's RST_STREAM).
+        Cause::UpstreamReset => {}
         Cause::UpstreamProtocol => cs.s.upstream_cx_protocol_error.inc(),
         Cause::RouteTimeout => {
             cs.s.upstream_rq_timeout.inc();
@@ -410,6 +418,7 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
     let cs = &cluster.stats;
     // Envoy counts the attempt in upstream_cx_total, failed or not.
     cs.s.upstream_cx_total.inc();
+    cs.s.upstream_cx_http1_total.inc();
     host.stats.cx_total.inc();
     let t0 = Instant::now();
     match timeout(cluster.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
@@ -424,14 +433,17 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
                 guard: CxGuard::new(cs.clone(), host.stats.clone()),
             })
         }
+        // A connection that never came up is destroyed all the same (Envoy).
         Ok(Err(_)) => {
             cs.s.upstream_cx_connect_fail.inc();
+            cs.s.upstream_cx_destroy.inc();
             host.stats.cx_connect_fail.inc();
             Err(ConnectFail::Refused)
         }
         Err(_) => {
             cs.s.upstream_cx_connect_fail.inc();
             cs.s.upstream_cx_connect_timeout.inc();
+            cs.s.upstream_cx_destroy.inc();
             host.stats.cx_connect_fail.inc();
             Err(ConnectFail::Timeout)
         }
@@ -955,6 +967,7 @@ impl Exchange<'_> {
             }
             Err(Stop::BadRequestBody) if !started => {
                 l.http.downstream_cx_protocol_error.inc();
+                l.http.downstream_rq_rx_reset.inc();
                 local(400, b"Bad Request", false, Cause::Downstream)
             }
             // Idle while the client still owed request bytes: 408; while waiting on the upstream: 504.

@@ -1,0 +1,123 @@
+"""Which stats a request moves, and by how much, in the cases where a request fails: found in
+session 12 by comparing `/stats` after the same traffic through pyproxy and the envoy binary,
+and pinned here. Every test passes against both (`PYPROXY_DATAPLANE_TARGET=envoy`)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.dataplane.conftest import RawConn, get, wait_for
+from tests.support.configs import bootstrap, cluster, route
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port bound but never listened on: connects to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+def settled(proxy: Any, expected: dict[str, int]) -> dict[str, int]:
+    """Waits until every stat in `expected` has its value (stats are merged when read), then
+    returns them all."""
+    def check() -> dict[str, int] | None:
+        st = proxy.stats()
+        return st if all(st.get(k, 0) == v for k, v in expected.items()) else None
+
+    try:
+        return wait_for(check, timeout=5, what="the stats")
+    except AssertionError:
+        st = proxy.stats()
+        raise AssertionError({k: (st.get(k, 0), v) for k, v in expected.items() if st.get(k, 0) != v}) from None
+
+
+def test_refused_connect_charges_a_503_but_sends_no_request(make_proxy: Any, dead_port: int) -> None:
+    # The request waited on a connection that failed: it is ejected from the pending queue, the
+    # 503 is charged (upstream_rq_completed with it), and it never counts as sent upstream. The
+    # connection counts as made and destroyed.
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", dead_port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/")).status == 503
+    settled(proxy, {
+        "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_pending_total": 1,
+        "cluster.up.upstream_rq_pending_failure_eject": 1, "cluster.up.upstream_rq_503": 1,
+        "cluster.up.upstream_rq_completed": 1, "cluster.up.upstream_cx_total": 1,
+        "cluster.up.upstream_cx_http1_total": 1, "cluster.up.upstream_cx_connect_fail": 1,
+        "cluster.up.upstream_cx_destroy": 1, "cluster.up.upstream_cx_active": 0,
+    })
+
+
+def test_no_host_is_a_healthy_panic_and_a_charged_503(make_proxy: Any) -> None:
+    c = cluster("up")
+    c["load_assignment"]["endpoints"] = []
+    proxy = make_proxy(bootstrap([route("/", "up")], [c]))
+    with RawConn(proxy.listener_port()) as conn:
+        assert conn.request(get("/")).status == 503
+    settled(proxy, {
+        "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_cx_none_healthy": 1,
+        "cluster.up.lb_healthy_panic": 1, "cluster.up.upstream_rq_503": 1, "cluster.up.upstream_rq_completed": 1,
+    })
+
+
+@pytest.mark.parametrize(
+    ("path", "rt", "code"),
+    [("/hang", {"timeout": "0.3s"}, 504), ("/reset", {}, 503)],
+    ids=["route-timeout", "upstream-reset"],
+)
+def test_routers_own_answer_is_charged_as_completed(
+    make_proxy: Any, upstream: Any, path: str, rt: dict[str, Any], code: int
+) -> None:
+    # Envoy charges its own 504 (timeout) or 503 (upstream closed before answering) like an
+    # upstream's code; an HTTP/1 upstream that closes resets no stream (no upstream_rq_rx_reset).
+    proxy = make_proxy(bootstrap([route("/", "up", **rt)], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get(path)).status == code
+    settled(proxy, {
+        "cluster.up.upstream_rq_total": 1, f"cluster.up.upstream_rq_{code}": 1, "cluster.up.upstream_rq_5xx": 1,
+        "cluster.up.upstream_rq_completed": 1, "cluster.up.upstream_rq_rx_reset": 0,
+        "cluster.up.upstream_rq_timeout": 1 if code == 504 else 0,
+    })
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nbad header\r\n\r\n", 400),  # the head does not parse
+        (b"GET / HTTP/1.0\r\n\r\n", 426),                           # the codec refuses the head
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    ],
+    ids=["unparsable-head", "http10", "unknown-transfer-coding"],
+)
+def test_codec_refusal_counts_an_answered_then_reset_stream(make_proxy: Any, upstream: Any, raw: bytes,
+                                                             code: int) -> None:
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(raw)
+        assert c.read_response().status == code
+    settled(proxy, {
+        "http.ingress_http.downstream_rq_total": 1, "http.ingress_http.downstream_rq_http1_total": 1,
+        f"http.ingress_http.downstream_rq_{code // 100}xx": 1, "http.ingress_http.downstream_rq_completed": 1,
+        "http.ingress_http.downstream_rq_rx_reset": 1, "http.ingress_http.downstream_cx_protocol_error": 1,
+    })
+
+
+def test_upstream_closing_an_idle_pooled_connection_is_noticed(make_proxy: Any, make_canned: Any) -> None:
+    # The upstream closes a kept-alive connection while it sits in the pool: the connection is
+    # dropped (upstream_cx_active back to 0) without waiting for the next request or the
+    # cluster's idle timeout (an hour by default). Envoy sees it at once; pyproxy within its
+    # once-a-second sweep.
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/")).status == 200
+    settled(proxy, {"cluster.up.upstream_cx_active": 1})
+    up.stop()
+    start = time.monotonic()
+    settled(proxy, {"cluster.up.upstream_cx_active": 0, "cluster.up.upstream_cx_destroy": 1})
+    assert time.monotonic() - start < 3
