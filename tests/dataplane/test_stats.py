@@ -121,3 +121,42 @@ def test_upstream_closing_an_idle_pooled_connection_is_noticed(make_proxy: Any, 
     start = time.monotonic()
     settled(proxy, {"cluster.up.upstream_cx_active": 0, "cluster.up.upstream_cx_destroy": 1})
     assert time.monotonic() - start < 3
+
+
+def test_byte_counters_count_what_crossed_each_connection(make_proxy: Any, make_canned: Any) -> None:
+    # downstream_cx_rx/tx_bytes_total and upstream_cx_rx/tx_bytes_total: every byte read and
+    # written on each side, heads and bodies, as the peers saw them.
+    resp = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-up: 1\r\n\r\nhello"
+    up = make_canned({"*": resp})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    req = b"POST /a HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\n\r\nabc"
+    got = b""
+    with socket.create_connection(("127.0.0.1", proxy.listener_port())) as s:
+        s.settimeout(5)
+        s.sendall(req)
+        while not (b"\r\n\r\n" in got and got.endswith(b"hello")):
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        (head,) = up.heads
+        settled(proxy, {
+            "http.ingress_http.downstream_cx_rx_bytes_total": len(req),
+            "http.ingress_http.downstream_cx_tx_bytes_total": len(got),
+            "cluster.up.upstream_cx_tx_bytes_total": len(head) + 3,
+            "cluster.up.upstream_cx_rx_bytes_total": len(resp),
+        })
+
+
+def test_byte_counters_count_local_replies_and_refused_requests(make_proxy: Any) -> None:
+    proxy = make_proxy(bootstrap([{"match": {"prefix": "/"}, "direct_response": {"status": 200}}], []))
+    sent, got = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + b"GET / HTTP/1.0\r\n\r\n", b""
+    with socket.create_connection(("127.0.0.1", proxy.listener_port())) as s:
+        s.settimeout(5)
+        s.sendall(sent)
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.count(b"HTTP/1.1 ") == 2  # the direct 200, then the 426 that closes
+    settled(proxy, {
+        "http.ingress_http.downstream_cx_rx_bytes_total": len(sent),
+        "http.ingress_http.downstream_cx_tx_bytes_total": len(got),
+    })

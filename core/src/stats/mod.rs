@@ -14,6 +14,7 @@ crate::stat_scope! {
     pub struct HttpStats {
         counters {
             downstream_cx_total, downstream_cx_destroy, downstream_cx_protocol_error,
+            downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total,
             downstream_cx_idle_timeout, downstream_cx_http1_total,
             downstream_rq_total, downstream_rq_http1_total,
             downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,
@@ -82,6 +83,7 @@ crate::stat_scope! {
     pub struct ClusterStats {
         counters {
             upstream_cx_total, upstream_cx_http1_total, upstream_cx_connect_fail,
+            upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total,
             upstream_cx_connect_timeout, upstream_cx_destroy, upstream_cx_idle_timeout,
             upstream_cx_max_requests, upstream_cx_protocol_error,
             upstream_rq_total, upstream_rq_completed, upstream_rq_timeout,

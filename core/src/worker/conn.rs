@@ -36,7 +36,7 @@ use crate::http1::codec::{
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
 use crate::router::{Action, Cx, ReqView, RouteRequest};
-use crate::stats::HttpStats;
+use crate::stats::{Counter, HttpStats};
 
 /// Read size for message heads.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -241,7 +241,7 @@ impl Conn {
             let next = fut.as_mut().await;
             ctx.request_slots.recycle(fut);
             if next == Next::Linger {
-                linger(d).await;
+                linger(d, &l.http.downstream_cx_rx_bytes_total).await;
                 break;
             }
             if next == Next::Close || last || ctx.draining() {
@@ -335,7 +335,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// (`write_last`); closing a socket with unread bytes would answer them with a reset, which can
 /// destroy the reply in the client before it reads it (a request body the response came
 /// before, a local reply to a request whose body was never read).
-async fn linger(d: &mut Down) {
+async fn linger(d: &mut Down, rx: &Counter) {
     let deadline = Some(clock::tnow() + LINGER);
     // Polled by hand, like `Idle`: a `select!` here made the connection's future the larger.
     // The bytes go to the stack of each poll, not into the future.
@@ -346,7 +346,7 @@ async fn linger(d: &mut Down) {
         let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
         let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
         match Pin::new(&mut d.stream).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => rx.add(buf.filled().len() as u64),
             Poll::Ready(_) => return Poll::Ready(()),
             Poll::Pending => return Poll::Pending,
         }
@@ -481,7 +481,7 @@ async fn request(
             idle,
         );
         match read.await {
-            Ok(_) => {}
+            Ok(n) => l.http.downstream_cx_rx_bytes_total.add(n as u64),
             Err(ReadErr::Closed) => return Next::Close,
             // Back to the idle wait, under the connection's idle timeout.
             Err(ReadErr::Idle) => return Next::KeepAlive,
@@ -536,7 +536,9 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     h.downstream_rq_response_before_rq_complete.inc();
     h.downstream_rq_rx_reset.inc();
     let out = local_reply(ctx, l, status, body, true, None, false);
-    let _ = write_last(&d.stream, &out).await;
+    if write_last(&d.stream, &out).await.is_ok() {
+        h.downstream_cx_tx_bytes_total.add(out.len() as u64);
+    }
     Next::Close
 }
 
@@ -727,6 +729,7 @@ pub(super) async fn reply(
     if write_down(&mut w, &out, !keep).await.is_err() {
         return (status, Next::Close);
     }
+    l.http.downstream_cx_tx_bytes_total.add(out.len() as u64);
     (status, d.next(keep))
 }
 
@@ -798,6 +801,9 @@ async fn handle(
     // one joined value, which is not `100-continue`.
     if !l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers) {
         head.headers.remove(b"expect");
+        l.http
+            .downstream_cx_tx_bytes_total
+            .add(CONTINUE.len() as u64);
         if d.stream.write_all(CONTINUE).await.is_err() {
             return (0, Next::Close);
         }

@@ -30,6 +30,7 @@ use crate::http1::codec::{
 use crate::http1::head::{parse_response, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
+use crate::stats::{ClusterScope, Counter};
 use crate::upstream::pool::UpConn;
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
@@ -194,6 +195,7 @@ pub(super) async fn forward(
     let x = Exchange {
         ctx,
         l,
+        cs,
         framing,
         is_head,
         keep,
@@ -454,7 +456,7 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
 /// The bytes of a pipelined request are read and kept for after the exchange, and the watch
 /// then stops, as Envoy stops reading a connection that holds a request it cannot start yet.
 /// It waits on readiness alone (no read buffer is readied for a read that does not come).
-async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut) -> ReqErr {
+async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter) -> ReqErr {
     let s: &TcpStream = r.as_ref();
     while buf.is_empty() {
         if std::future::poll_fn(|cx| s.poll_read_ready(cx))
@@ -466,7 +468,7 @@ async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut) -> ReqErr {
         buf.reserve(READ_CHUNK);
         match s.try_read_buf(buf) {
             Ok(0) => return ReqErr::Downstream,
-            Ok(_) => {}
+            Ok(n) => rx.add(n as u64),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return ReqErr::Downstream,
         }
@@ -551,6 +553,8 @@ fn pump(
 struct Exchange<'a> {
     ctx: &'a Ctx,
     l: &'a ListenerRt,
+    /// The cluster's stats (the upstream connection's byte counts).
+    cs: &'a ClusterScope,
     framing: Framing,
     is_head: bool,
     keep: bool,
@@ -605,6 +609,15 @@ impl Exchange<'_> {
         let drbuf = &mut d.rbuf;
         let urbuf = &mut up.rbuf;
         let framing = self.framing;
+        // Bytes read and written on each side (Envoy's `*_cx_rx_bytes_total`, `*_cx_tx_...`).
+        let (down_rx, down_tx) = (
+            &l.http.downstream_cx_rx_bytes_total,
+            &l.http.downstream_cx_tx_bytes_total,
+        );
+        let (up_rx, up_tx) = (
+            &self.cs.s.upstream_cx_rx_bytes_total,
+            &self.cs.s.upstream_cx_tx_bytes_total,
+        );
 
         // Pinned where they are built: `tokio::pin!` of a built future copied it whole.
         let mut req_fut = std::pin::pin!(async {
@@ -619,6 +632,7 @@ impl Exchange<'_> {
                 }
                 if !out.is_empty() {
                     uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
+                    up_tx.add(out.len() as u64);
                     out.clear();
                     touch();
                 }
@@ -633,15 +647,16 @@ impl Exchange<'_> {
                         // request at once. Readiness was cleared by the request's last short
                         // read, so an idle watch costs no syscall.
                         return Err::<std::convert::Infallible, ReqErr>(
-                            watch_client(&dr, drbuf).await,
+                            watch_client(&dr, drbuf, down_rx).await,
                         );
                     }
                     // Body bytes are still buffered: never wait on the socket for them.
                     Pumped::Full => {}
                     Pumped::NeedMore => {
-                        read_more(&mut dr, drbuf, down_chunk)
+                        let n = read_more(&mut dr, drbuf, down_chunk)
                             .await
                             .map_err(|_| ReqErr::Downstream)?;
+                        down_rx.add(n as u64);
                         touch();
                     }
                 }
@@ -669,6 +684,7 @@ impl Exchange<'_> {
                             dw.write_all(CONTINUE)
                                 .await
                                 .map_err(|_| RespErr::Downstream)?;
+                            down_tx.add(CONTINUE.len() as u64);
                         }
                         continue;
                     }
@@ -676,9 +692,10 @@ impl Exchange<'_> {
                     Ok(None) => {}
                     Err(_) => return Err(RespErr::Protocol),
                 }
-                read_more(&mut ur, urbuf, READ_CHUNK.min(up_chunk))
+                let n = read_more(&mut ur, urbuf, READ_CHUNK.min(up_chunk))
                     .await
                     .map_err(|_| RespErr::BeforeHeaders)?;
+                up_rx.add(n as u64);
                 upstream_sent_bytes.set(true);
                 touch();
             };
@@ -779,8 +796,8 @@ impl Exchange<'_> {
                     // the error is dropped: Envoy's codec passes a read's body on only once the
                     // read parsed whole (checked against the envoy binary).
                     out.truncate(body_at);
-                    if !out.is_empty() {
-                        let _ = dw.write_all(&out).await;
+                    if !out.is_empty() && dw.write_all(&out).await.is_ok() {
+                        down_tx.add(out.len() as u64);
                     }
                     return Err(RespErr::AfterHeaders);
                 };
@@ -797,6 +814,7 @@ impl Exchange<'_> {
                         dw.write_all(&out).await
                     };
                     written.map_err(|_| RespErr::Downstream)?;
+                    down_tx.add(out.len() as u64);
                     out.clear();
                     touch();
                 }
@@ -805,12 +823,16 @@ impl Exchange<'_> {
                     // Body bytes are still buffered: never wait on the socket for them.
                     Pumped::Full => {}
                     Pumped::NeedMore => match read_more(&mut ur, urbuf, up_chunk).await {
-                        Ok(_) => touch(),
+                        Ok(n) => {
+                            up_rx.add(n as u64);
+                            touch();
+                        }
                         Err(_) if dec.is_close_delimited() => {
                             if chunked_out {
                                 write_down(&mut dw, LAST_CHUNK, !down_keep)
                                     .await
                                     .map_err(|_| RespErr::Downstream)?;
+                                down_tx.add(LAST_CHUNK.len() as u64);
                             }
                             // The body ended with the close, maybe long after its last bytes.
                             touch();
