@@ -49,7 +49,8 @@ def test_refused_connect_charges_a_503_but_sends_no_request(make_proxy: Any, dea
         "cluster.up.upstream_rq_pending_failure_eject": 1, "cluster.up.upstream_rq_503": 1,
         "cluster.up.upstream_rq_completed": 1, "cluster.up.upstream_cx_total": 1,
         "cluster.up.upstream_cx_http1_total": 1, "cluster.up.upstream_cx_connect_fail": 1,
-        "cluster.up.upstream_cx_destroy": 1, "cluster.up.upstream_cx_active": 0,
+        "cluster.up.upstream_cx_destroy": 1, "cluster.up.upstream_cx_destroy_remote": 1,
+        "cluster.up.upstream_cx_active": 0,
     })
 
 
@@ -82,6 +83,10 @@ def test_routers_own_answer_is_charged_as_completed(
         "cluster.up.upstream_rq_total": 1, f"cluster.up.upstream_rq_{code}": 1, "cluster.up.upstream_rq_5xx": 1,
         "cluster.up.upstream_rq_completed": 1, "cluster.up.upstream_rq_rx_reset": 0,
         "cluster.up.upstream_rq_timeout": 1 if code == 504 else 0,
+        # the timeout closes the connection from our side, the reset from the upstream's
+        "cluster.up.upstream_cx_destroy_with_active_rq": 1,
+        "cluster.up.upstream_cx_destroy_local_with_active_rq": 1 if code == 504 else 0,
+        "cluster.up.upstream_cx_destroy_remote_with_active_rq": 0 if code == 504 else 1,
     })
 
 
@@ -160,3 +165,59 @@ def test_byte_counters_count_local_replies_and_refused_requests(make_proxy: Any)
         "http.ingress_http.downstream_cx_rx_bytes_total": len(sent),
         "http.ingress_http.downstream_cx_tx_bytes_total": len(got),
     })
+
+
+@pytest.mark.parametrize(
+    ("resp", "side"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok", "local"),
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nclose-delimited", "remote"),
+    ],
+    ids=["connection-close", "close-delimited"],
+)
+def test_upstream_that_says_close(make_proxy: Any, make_canned: Any, resp: bytes, side: str) -> None:
+    # An upstream's `connection: close` is a close notification. A response with a length
+    # ends on its own and the proxy closes the connection; a close-delimited one ends with the
+    # upstream's close. Neither has a request on it then.
+    up = make_canned({"*": resp})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/")).status == 200
+    settled(proxy, {
+        "cluster.up.upstream_cx_close_notify": 1, "cluster.up.upstream_cx_destroy": 1,
+        f"cluster.up.upstream_cx_destroy_{side}": 1, "cluster.up.upstream_cx_destroy_with_active_rq": 0,
+    })
+
+
+@pytest.mark.parametrize("how", ["client-closes-idle", "request-says-close", "client-gone-mid-request"])
+def test_client_connection_end_is_counted_by_side(make_proxy: Any, make_canned: Any, how: str) -> None:
+    import threading
+
+    hold = threading.Event()
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                      "/hang": lambda sock, _extra: hold.wait(10)})
+    proxy = make_proxy(bootstrap([route("/", "up", timeout="0s")], [cluster("up", up.port)]))
+    try:
+        s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+        s.settimeout(5)
+        if how == "client-gone-mid-request":
+            s.sendall(get("/hang"))
+            wait_for(lambda: up.heads, what="the request upstream")
+            s.close()
+            expected = {"remote": 1, "remote_active_rq": 1, "active_rq": 1, "local": 0}
+        else:
+            extra = "connection: close\r\n" if how == "request-says-close" else ""
+            s.sendall(get("/", extra=extra))
+            got = b""
+            while not got.endswith(b"ok"):
+                got += s.recv(65536)
+            if how == "request-says-close":
+                assert s.recv(100) == b""  # the proxy closes
+                expected = {"local": 1, "remote": 0, "active_rq": 0}
+            else:
+                expected = {"remote": 1, "local": 0, "active_rq": 0}
+            s.close()
+        settled(proxy, {"http.ingress_http.downstream_cx_destroy": 1,
+                        **{f"http.ingress_http.downstream_cx_destroy_{k}": v for k, v in expected.items()}})
+    finally:
+        hold.set()

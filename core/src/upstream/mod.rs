@@ -30,10 +30,14 @@ impl crate::stats::Scope for HostStats {
     }
 }
 
-/// Counts an upstream connection open for as long as it lives.
+/// Counts an upstream connection open for as long as it lives, and how it ended.
 pub struct CxGuard {
     cluster: Arc<ClusterScope>,
     host: Arc<HostStats>,
+    /// The upstream closed it (`upstream_cx_destroy_remote`), else we did (`_local`).
+    pub remote: bool,
+    /// It ended with a request on it (`upstream_cx_destroy_with_active_rq`).
+    pub active_rq: bool,
 }
 
 impl CxGuard {
@@ -42,7 +46,12 @@ impl CxGuard {
     pub fn new(cluster: Arc<ClusterScope>, host: Arc<HostStats>) -> CxGuard {
         cluster.s.upstream_cx_active.inc();
         host.cx_active.inc();
-        CxGuard { cluster, host }
+        CxGuard {
+            cluster,
+            host,
+            remote: false,
+            active_rq: false,
+        }
     }
 }
 
@@ -72,8 +81,23 @@ impl Drop for RqGuard {
 
 impl Drop for CxGuard {
     fn drop(&mut self) {
-        self.cluster.s.upstream_cx_active.dec();
-        self.cluster.s.upstream_cx_destroy.inc();
+        let s = &self.cluster.s;
+        s.upstream_cx_active.dec();
+        s.upstream_cx_destroy.inc();
+        match (self.remote, self.active_rq) {
+            (true, false) => s.upstream_cx_destroy_remote.inc(),
+            (false, false) => s.upstream_cx_destroy_local.inc(),
+            (true, true) => {
+                s.upstream_cx_destroy_remote.inc();
+                s.upstream_cx_destroy_with_active_rq.inc();
+                s.upstream_cx_destroy_remote_with_active_rq.inc();
+            }
+            (false, true) => {
+                s.upstream_cx_destroy_local.inc();
+                s.upstream_cx_destroy_with_active_rq.inc();
+                s.upstream_cx_destroy_local_with_active_rq.inc();
+            }
+        }
         self.host.cx_active.dec();
     }
 }

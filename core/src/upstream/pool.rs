@@ -33,12 +33,13 @@ impl Pool {
     /// have unexpected bytes to read). It comes without a read buffer.
     pub fn checkout(&self) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
-        while let Some(c) = idle.pop() {
+        while let Some(mut c) = idle.pop() {
             // A closed keep-alive connection reads EOF (or unexpected bytes): drop it rather
             // than send a request into it.
             if still_open(&c) {
                 return Some(c);
             }
+            c.guard.remote = true;
         }
         None
     }
@@ -67,12 +68,14 @@ impl Pool {
     pub fn sweep(&self, now: Instant, max_idle: Option<std::time::Duration>) -> usize {
         let mut idle = self.idle.borrow_mut();
         let mut expired = 0;
-        idle.retain(|c| {
+        idle.retain_mut(|c| {
             if max_idle.is_some_and(|m| now.duration_since(c.idle_since) >= m) {
                 expired += 1;
                 return false;
             }
-            still_open(c)
+            let open = still_open(c);
+            c.guard.remote = !open;
+            open
         });
         expired
     }

@@ -70,6 +70,10 @@ pub(super) struct Down {
     /// Whether the current request has body bytes not yet read: a reply then closes the
     /// connection after lingering (see [`linger`]).
     pub(super) body_unread: bool,
+    /// How the connection ended, for its destroy stats: the client closed it (else we did),
+    /// and whether a request was under way then.
+    pub(super) peer_closed: bool,
+    pub(super) ended_in_request: bool,
     /// This connection's place on the worker's drain list (`Ctx::watch_drain`).
     drain_key: u32,
     /// When the current request's head was parsed.
@@ -100,6 +104,9 @@ struct DownGuard {
     l: Rc<ListenerRt>,
     shared: Arc<Shared>,
     start: Instant,
+    /// Set from the connection's end (`Down::peer_closed`, `Down::ended_in_request`).
+    remote: bool,
+    active_rq: bool,
 }
 
 impl DownGuard {
@@ -118,6 +125,8 @@ impl DownGuard {
             l,
             shared,
             start: clock::now(),
+            remote: false,
+            active_rq: false,
         }
     }
 }
@@ -131,8 +140,23 @@ impl Drop for DownGuard {
         l.worker.downstream_cx_active.dec();
         l.http.downstream_cx_active.dec();
         l.http.downstream_cx_http1_active.dec();
-        l.http.downstream_cx_destroy.inc();
-        l.http.downstream_cx_length_ms.record_ms(self.start);
+        let h = &l.http;
+        h.downstream_cx_destroy.inc();
+        match (self.remote, self.active_rq) {
+            (true, false) => h.downstream_cx_destroy_remote.inc(),
+            (false, false) => h.downstream_cx_destroy_local.inc(),
+            (true, true) => {
+                h.downstream_cx_destroy_remote.inc();
+                h.downstream_cx_destroy_active_rq.inc();
+                h.downstream_cx_destroy_remote_active_rq.inc();
+            }
+            (false, true) => {
+                h.downstream_cx_destroy_local.inc();
+                h.downstream_cx_destroy_active_rq.inc();
+                h.downstream_cx_destroy_local_active_rq.inc();
+            }
+        }
+        h.downstream_cx_length_ms.record_ms(self.start);
         let a = &self.shared.active_connections;
         a.store(a.load(Relaxed).saturating_sub(1), Relaxed);
     }
@@ -178,6 +202,8 @@ pub fn serve(
             request_deadline: None,
             head_request: false,
             body_unread: false,
+            peer_closed: false,
+            ended_in_request: false,
             drain_key: NO_DRAIN_KEY,
             started: clock::now(),
             done_at: None,
@@ -205,6 +231,8 @@ struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        self._guard.remote = self.d.peer_closed;
+        self._guard.active_rq = self.d.ended_in_request;
         self.ctx.unwatch_drain(self.d.drain_key);
     }
 }
@@ -347,7 +375,10 @@ async fn linger(d: &mut Down, rx: &Counter) {
         let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
         match Pin::new(&mut d.stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if !buf.filled().is_empty() => rx.add(buf.filled().len() as u64),
-            Poll::Ready(_) => return Poll::Ready(()),
+            Poll::Ready(_) => {
+                d.peer_closed = true;
+                return Poll::Ready(());
+            }
             Poll::Pending => return Poll::Pending,
         }
     })
@@ -482,7 +513,12 @@ async fn request(
         );
         match read.await {
             Ok(n) => l.http.downstream_cx_rx_bytes_total.add(n as u64),
-            Err(ReadErr::Closed) => return Next::Close,
+            Err(ReadErr::Closed) => {
+                // The client closed: between requests, or inside a head it had begun.
+                d.peer_closed = true;
+                d.ended_in_request = !d.rbuf.is_empty();
+                return Next::Close;
+            }
             // Back to the idle wait, under the connection's idle timeout.
             Err(ReadErr::Idle) => return Next::KeepAlive,
             // Which deadline ended the wait decides the reply, as in Envoy.

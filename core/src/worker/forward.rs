@@ -247,6 +247,7 @@ pub(super) async fn forward(
             keep,
             cause,
         } => {
+            up.guard.active_rq = true;
             close_upstream(ctx, up);
             let upstream_fault = matches!(
                 cause,
@@ -261,8 +262,13 @@ pub(super) async fn forward(
             reply(ctx, l, d, status, body, keep, None).await
         }
         Outcome::Abort { status, cause } => {
+            up.guard.active_rq = true;
             close_upstream(ctx, up);
+            // The client connection ends with this request under way: closed by the client,
+            // or by us after a response that cannot be finished.
+            d.ended_in_request = true;
             if matches!(cause, Cause::ClientGone) {
+                d.peer_closed = true;
                 l.http.downstream_rq_rx_reset.inc();
             }
             count_failure(cluster, &host, cause, status);
@@ -439,6 +445,7 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
         Ok(Err(_)) => {
             cs.s.upstream_cx_connect_fail.inc();
             cs.s.upstream_cx_destroy.inc();
+            cs.s.upstream_cx_destroy_remote.inc();
             host.stats.cx_connect_fail.inc();
             Err(ConnectFail::Refused)
         }
@@ -446,6 +453,7 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
             cs.s.upstream_cx_connect_fail.inc();
             cs.s.upstream_cx_connect_timeout.inc();
             cs.s.upstream_cx_destroy.inc();
+            cs.s.upstream_cx_destroy_local.inc();
             host.stats.cx_connect_fail.inc();
             Err(ConnectFail::Timeout)
         }
@@ -609,6 +617,8 @@ impl Exchange<'_> {
         let drbuf = &mut d.rbuf;
         let urbuf = &mut up.rbuf;
         let framing = self.framing;
+        // The upstream closed (or reset) its connection: how it is counted when it goes.
+        let up_eof = Cell::new(false);
         // Bytes read and written on each side (Envoy's `*_cx_rx_bytes_total`, `*_cx_tx_...`).
         let (down_rx, down_tx) = (
             &l.http.downstream_cx_rx_bytes_total,
@@ -694,7 +704,10 @@ impl Exchange<'_> {
                 }
                 let n = read_more(&mut ur, urbuf, READ_CHUNK.min(up_chunk))
                     .await
-                    .map_err(|_| RespErr::BeforeHeaders)?;
+                    .map_err(|_| {
+                        up_eof.set(true);
+                        RespErr::BeforeHeaders
+                    })?;
                 up_rx.add(n as u64);
                 upstream_sent_bytes.set(true);
                 touch();
@@ -717,6 +730,11 @@ impl Exchange<'_> {
                 && !head.headers.contains(b"content-length");
             let conn = ConnectionTokens::of(&head.headers);
             let up_keep = conn.keep_alive(head.minor) && up_framing != Framing::Close;
+            if !conn.keep_alive(head.minor) {
+                // The upstream said it closes (`connection: close`, or HTTP/1.0 without
+                // keep-alive): Envoy's close notification.
+                self.cs.s.upstream_cx_close_notify.inc();
+            }
             // A close-delimited upstream body goes to the (HTTP/1.1) client chunked, so the
             // client connection can stay open.
             let mut down_framing = if up_framing == Framing::Close {
@@ -828,6 +846,7 @@ impl Exchange<'_> {
                             touch();
                         }
                         Err(_) if dec.is_close_delimited() => {
+                            up_eof.set(true);
                             if chunked_out {
                                 write_down(&mut dw, LAST_CHUNK, !down_keep)
                                     .await
@@ -838,7 +857,10 @@ impl Exchange<'_> {
                             touch();
                             break;
                         }
-                        Err(_) => return Err(RespErr::AfterHeaders),
+                        Err(_) => {
+                            up_eof.set(true);
+                            return Err(RespErr::AfterHeaders);
+                        }
                     },
                 }
             }
@@ -938,6 +960,7 @@ impl Exchange<'_> {
                 }
             }
         };
+        up.guard.remote = up_eof.get();
         let sent = resp_status.get();
         let started = sent != 0;
         // The upstream connection is reusable only if the request went out whole; the client
