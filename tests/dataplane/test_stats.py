@@ -221,3 +221,22 @@ def test_client_connection_end_is_counted_by_side(make_proxy: Any, make_canned: 
                         **{f"http.ingress_http.downstream_cx_destroy_{k}": v for k, v in expected.items()}})
     finally:
         hold.set()
+
+
+def test_router_and_per_listener_counts(make_proxy: Any, upstream: Any) -> None:
+    # The router's rq_total counts every request that reaches routing, found or not (a codec
+    # refusal never gets there); the listener keeps its own copy of the response classes.
+    proxy = make_proxy(bootstrap([route("/x", "up")], [cluster("up", upstream.port)]))
+    port = proxy.listener_port()
+    with RawConn(port) as c:
+        assert c.request(get("/x")).status == 200
+        assert c.request(get("/nope")).status == 404
+    with RawConn(port) as c:
+        c.send(b"GET / HTTP/1.0\r\n\r\n")
+        assert c.read_response().status == 426
+    lst = "listener.127.0.0.1_0.http.ingress_http"  # named after the configured address, as Envoy
+    settled(proxy, {
+        "http.ingress_http.rq_total": 2, "http.ingress_http.no_route": 1,
+        f"{lst}.downstream_rq_2xx": 1, f"{lst}.downstream_rq_4xx": 2, f"{lst}.downstream_rq_completed": 3,
+        "http.ingress_http.downstream_rq_completed": 3,
+    })

@@ -24,7 +24,7 @@ crate::stat_scope! {
             downstream_rq_5xx, downstream_rq_completed, downstream_rq_timeout,
             downstream_rq_idle_timeout, downstream_rq_header_timeout,
             downstream_rq_response_before_rq_complete, downstream_rq_rx_reset,
-            no_route, rq_direct_response, rq_redirect,
+            no_route, rq_direct_response, rq_redirect, rq_total,
         }
         gauges { downstream_cx_active, downstream_cx_http1_active, downstream_rq_active }
         histograms { downstream_rq_time, downstream_cx_length_ms }
@@ -57,6 +57,40 @@ crate::stat_scope! {
         counters { downstream_cx_total, downstream_cx_destroy }
         gauges { downstream_cx_active }
         histograms { downstream_cx_length_ms }
+    }
+}
+
+crate::stat_scope! {
+    /// `listener.<address>.http.<stat_prefix>.*`: the connection manager's responses as
+    /// counted per listener (Envoy's per-listener copy of `downstream_rq_<class>xx`).
+    pub struct ListenerHttpStats {
+        counters {
+            downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,
+            downstream_rq_5xx, downstream_rq_completed,
+        }
+        gauges {}
+        histograms {}
+    }
+}
+
+impl Scope for ListenerHttpStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        self.visit_declared(v);
+    }
+}
+
+impl ListenerHttpStats {
+    /// Counts a response by class, and as completed.
+    #[inline]
+    pub fn count_response(&self, code: u16) {
+        match code / 100 {
+            1 => self.downstream_rq_1xx.inc(),
+            2 => self.downstream_rq_2xx.inc(),
+            3 => self.downstream_rq_3xx.inc(),
+            4 => self.downstream_rq_4xx.inc(),
+            _ => self.downstream_rq_5xx.inc(),
+        }
+        self.downstream_rq_completed.inc();
     }
 }
 

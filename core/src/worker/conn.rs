@@ -552,8 +552,7 @@ async fn request(
     let (status, next) = handle(ctx, snap, l, d, head, last).await;
     drop(active);
     if status != 0 {
-        l.http.count_response(status);
-        l.http.downstream_rq_completed.inc();
+        l.count_completed(status);
         let end = d.done_at.unwrap_or_else(clock::now);
         l.http.downstream_rq_time.record_ms_until(start, end);
     }
@@ -567,8 +566,7 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     let h = &l.http;
     h.downstream_rq_total.inc();
     h.downstream_rq_http1_total.inc();
-    h.count_response(status);
-    h.downstream_rq_completed.inc();
+    l.count_completed(status);
     h.downstream_rq_response_before_rq_complete.inc();
     h.downstream_rq_rx_reset.inc();
     let out = local_reply(ctx, l, status, body, true, None, false);
@@ -875,6 +873,8 @@ async fn handle(
     } else {
         std::borrow::Cow::Borrowed(&b""[..])
     };
+    // Every request that reaches routing counts as the router's (found or not).
+    l.http.rq_total.inc();
     let rq = RouteRequest {
         method: head.method(),
         target: head.target(),

@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 
 use super::{Shared, Stores};
 use crate::snapshot::{Compiled, CompiledListener, HostAddr};
-use crate::stats::{ClusterScope, HttpStats, ListenerStats, ListenerWorkerStats, Scope};
+use crate::stats::{
+    ClusterScope, HttpStats, ListenerHttpStats, ListenerStats, ListenerWorkerStats, Scope,
+};
 use crate::upstream::{ClusterRt, HostRt, HostStats};
 
 /// A listener as a worker serves it.
@@ -26,6 +28,19 @@ pub struct ListenerRt {
     pub stats: Arc<ListenerStats>,
     /// `listener.<address>.worker_<n>.*`.
     pub worker: Arc<ListenerWorkerStats>,
+    /// `listener.<address>.http.<stat_prefix>.*`.
+    pub lhttp: Arc<ListenerHttpStats>,
+}
+
+impl ListenerRt {
+    /// Counts a response sent to a client (`downstream_rq_<class>xx`, `downstream_rq_completed`)
+    /// in the connection manager's stats and in the listener's copy of them.
+    #[inline]
+    pub fn count_completed(&self, status: u16) {
+        self.http.count_response(status);
+        self.http.downstream_rq_completed.inc();
+        self.lhttp.count_response(status);
+    }
 }
 
 /// A worker's view of one snapshot. Requests hold an `Rc` to the view they started on, so a
@@ -124,6 +139,7 @@ pub struct Ctx {
     http_scopes: RefCell<HashMap<String, Arc<HttpStats>>>,
     listener_scopes: RefCell<HashMap<String, Arc<ListenerStats>>>,
     listener_worker_scopes: RefCell<HashMap<String, Arc<ListenerWorkerStats>>>,
+    listener_http_scopes: RefCell<HashMap<String, Arc<ListenerHttpStats>>>,
     cluster_scopes: RefCell<HashMap<String, Arc<ClusterScope>>>,
     hosts: RefCell<HashMap<(String, HostAddr), Rc<HostRt>>>,
     listener_addrs: RefCell<HashMap<Arc<str>, String>>,
@@ -183,6 +199,7 @@ impl Ctx {
             http_scopes: RefCell::default(),
             listener_scopes: RefCell::default(),
             listener_worker_scopes: RefCell::default(),
+            listener_http_scopes: RefCell::default(),
             cluster_scopes: RefCell::default(),
             hosts: RefCell::default(),
             listener_addrs: RefCell::default(),
@@ -295,6 +312,7 @@ impl Ctx {
         let mut new_http = HashMap::new();
         let mut new_lis = HashMap::new();
         let mut new_lw = HashMap::new();
+        let mut new_lh = HashMap::new();
         for l in &compiled.listeners {
             let Some(addr) = self.listener_addrs.borrow().get(&l.name).cloned() else {
                 continue;
@@ -315,6 +333,10 @@ impl Ctx {
                 register(&self.listener_worker_scopes, &self.stores.stats, wp.clone());
             new_lis.insert(format!("listener.{addr}."), stats.clone());
             new_lw.insert(wp, worker.clone());
+            let lp = format!("listener.{addr}.http.{}.", l.cfg.hcm.stat_prefix);
+            let lhttp: Arc<ListenerHttpStats> =
+                register(&self.listener_http_scopes, &self.stores.stats, lp.clone());
+            new_lh.insert(lp, lhttp.clone());
             listeners.insert(
                 l.name.clone(),
                 Rc::new(ListenerRt {
@@ -322,6 +344,7 @@ impl Ctx {
                     http,
                     stats,
                     worker,
+                    lhttp,
                 }),
             );
         }
@@ -329,6 +352,7 @@ impl Ctx {
         *self.http_scopes.borrow_mut() = new_http;
         *self.listener_scopes.borrow_mut() = new_lis;
         *self.listener_worker_scopes.borrow_mut() = new_lw;
+        *self.listener_http_scopes.borrow_mut() = new_lh;
         *self.hosts.borrow_mut() = keep_hosts;
         *self.snap.borrow_mut() = Rc::new(WorkerSnap {
             compiled,
