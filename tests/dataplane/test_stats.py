@@ -240,3 +240,24 @@ def test_router_and_per_listener_counts(make_proxy: Any, upstream: Any) -> None:
         f"{lst}.downstream_rq_2xx": 1, f"{lst}.downstream_rq_4xx": 2, f"{lst}.downstream_rq_completed": 3,
         "http.ingress_http.downstream_rq_completed": 3,
     })
+
+
+def test_external_copies_of_the_response_counts(make_proxy: Any, upstream: Any, dead_port: int) -> None:
+    # Every request is external here (no internal_address_config; a client's x-envoy-internal
+    # is dropped): Envoy charges each code to cluster.<name>.external.* as well, its own 503
+    # and 504 included.
+    empty = cluster("none")
+    empty["load_assignment"]["endpoints"] = []
+    routes = [route("/hang", "up", timeout="0.3s"), route("/dead", "dead"), route("/none", "none"), route("/", "up")]
+    proxy = make_proxy(bootstrap(routes, [cluster("up", upstream.port), cluster("dead", dead_port), empty]))
+    with RawConn(proxy.listener_port()) as c:
+        for path, code in (("/x", 200), ("/x", 200), ("/hang", 504), ("/dead", 503), ("/none", 503)):
+            assert c.request(get(path, extra="x-envoy-internal: true\r\n")).status == code
+    settled(proxy, {
+        "cluster.up.external.upstream_rq_200": 2, "cluster.up.external.upstream_rq_2xx": 2,
+        "cluster.up.external.upstream_rq_504": 1, "cluster.up.external.upstream_rq_5xx": 1,
+        "cluster.up.external.upstream_rq_completed": 3,
+        "cluster.dead.external.upstream_rq_503": 1, "cluster.dead.external.upstream_rq_completed": 1,
+        "cluster.none.upstream_rq_503": 1, "cluster.none.external.upstream_rq_503": 1,
+    })
+    assert "cluster.up.internal.upstream_rq_200" not in proxy.stats()

@@ -144,13 +144,56 @@ pub struct ClusterScope {
     pub s: ClusterStats,
     /// `upstream_rq_<code>`.
     pub codes: CodeCounters,
+    /// `external.upstream_rq_*`.
+    pub external: ExternalCodes,
+}
+
+/// `external.upstream_rq_<code>`, `_<N>xx` and `_completed`: Envoy's copy of the response
+/// counts for requests from outside, which every request is here (pyproxy has no
+/// `internal_address_config`, and drops a client's `x-envoy-internal`). Created on first use.
+#[derive(Debug, Default)]
+pub struct ExternalCodes {
+    codes: CodeCounters,
+    class: [Counter; 5],
+    completed: Counter,
+}
+
+impl ExternalCodes {
+    fn visit(&self, v: &mut dyn Visitor) {
+        if !self.codes.used() {
+            return;
+        }
+        self.codes.visit("external.upstream_rq_", v);
+        for (i, c) in self.class.iter().enumerate() {
+            let n = c.get();
+            if n > 0 {
+                v.stat(
+                    &format!("external.upstream_rq_{}xx", i + 1),
+                    StatKind::Counter,
+                    n,
+                    true,
+                );
+            }
+        }
+        let n = self.completed.get();
+        v.stat(
+            "external.upstream_rq_completed",
+            StatKind::Counter,
+            n,
+            n > 0,
+        );
+    }
 }
 
 impl ClusterScope {
     /// Counts a completed upstream response by code and class (`upstream_rq_completed` too:
-    /// Envoy charges it with every code, its own 503 and 504 included).
+    /// Envoy charges it with every code, its own 503 and 504 included), and its external copy.
     #[inline]
     pub fn count_response(&self, code: u16) {
+        let e = &self.external;
+        e.codes.inc(code);
+        e.class[(code / 100).clamp(1, 5) as usize - 1].inc();
+        e.completed.inc();
         self.codes.inc(code);
         let s = &self.s;
         s.upstream_rq_completed.inc();
@@ -168,5 +211,6 @@ impl Scope for ClusterScope {
     fn visit(&self, v: &mut dyn Visitor) {
         self.s.visit_declared(v);
         self.codes.visit("upstream_rq_", v);
+        self.external.visit(v);
     }
 }

@@ -191,6 +191,11 @@ impl CodeCounters {
         }
     }
 
+    /// Whether any code was counted (the counters exist, as Envoy's once created).
+    pub fn used(&self) -> bool {
+        self.0.get().is_some()
+    }
+
     /// Visits `<prefix><code>` for every code seen.
     pub fn visit(&self, prefix: &str, v: &mut dyn Visitor) {
         if let Some(slots) = self.0.get() {
