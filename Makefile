@@ -67,6 +67,7 @@ envoy-diff: $(STAMP)  ## the same generated odd requests, upstream responses, ro
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.envoy_diff responses $(or $(N),300) $(or $(SEED),1)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.route_diff 30 $(or $(N),300) $(or $(SEED),1)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.action_diff 30 30 $(or $(SEED),1)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.stats_diff
 
 perf:  ## the benchmark suite against Envoy, HAProxy and nginx (see perf/README.md)
 	perf/run $(PERF_ARGS)

@@ -375,10 +375,8 @@ async fn linger(d: &mut Down, rx: &Counter) {
         let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
         match Pin::new(&mut d.stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if !buf.filled().is_empty() => rx.add(buf.filled().len() as u64),
-            Poll::Ready(_) => {
-                d.peer_closed = true;
-                return Poll::Ready(());
-            }
+            // The client closing now answers our FIN: the close was ours (Envoy: local).
+            Poll::Ready(_) => return Poll::Ready(()),
             Poll::Pending => return Poll::Pending,
         }
     })
