@@ -227,7 +227,7 @@ class Silent:
             self.gone.set()
 
 
-@pytest.mark.parametrize("how", ["close", "half-close"])
+@pytest.mark.parametrize("how", ["close", "half-close", "pipelined-close", "pipelined-half-close"])
 def test_client_gone_while_waiting_ends_the_upstream_request(make_proxy: Any, make_canned: Any, how: str) -> None:
     # The request is in and the upstream is slow (no route timeout). When the client closes,
     # or half-closes (Envoy's HTTP/1 takes that for a close: no response), the proxy closes the
@@ -239,14 +239,15 @@ def test_client_gone_while_waiting_ends_the_upstream_request(make_proxy: Any, ma
     up = make_canned({"*": reply})
     proxy = make_proxy(bootstrap([route("/", "up", timeout="0s")], [cluster("up", up.port)]))
     s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
-    s.sendall(get("/"))
+    # A pipelining client's second request waits behind the first; its close is seen all the same.
+    s.sendall(get("/") + (get("/next") if how.startswith("pipelined") else b""))
     assert reply.got.wait(5)
-    if how == "close":
-        s.close()
-    else:
+    if how.endswith("half-close"):
         s.shutdown(socket.SHUT_WR)
+    else:
+        s.close()
     assert reply.gone.wait(5), "the upstream connection stayed open"
-    if how == "half-close":
+    if how.endswith("half-close"):
         s.settimeout(5)
         assert s.recv(100) == b""
         s.close()

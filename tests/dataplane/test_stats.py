@@ -261,3 +261,25 @@ def test_external_copies_of_the_response_counts(make_proxy: Any, upstream: Any, 
         "cluster.none.upstream_rq_503": 1, "cluster.none.external.upstream_rq_503": 1,
     })
     assert "cluster.up.internal.upstream_rq_200" not in proxy.stats()
+
+
+def test_malformed_upstream_body_is_a_protocol_error(make_proxy: Any, make_canned: Any) -> None:
+    # The head went to the client; the chunked body that follows is malformed: Envoy's codec
+    # counts an upstream protocol error and closes the connection from its side.
+    def reply(sock: Any, _extra: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"zz\r\n")
+        time.sleep(1)
+
+    up = make_canned({"*": reply})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with socket.create_connection(("127.0.0.1", proxy.listener_port())) as s:
+        s.settimeout(5)
+        s.sendall(get("/"))
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200 OK")
+    settled(proxy, {"cluster.up.upstream_cx_protocol_error": 1,
+                    "cluster.up.upstream_cx_destroy_local_with_active_rq": 1})

@@ -759,6 +759,8 @@ pub(super) async fn reply(
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
     let (_, mut w) = d.stream.split();
     if write_down(&mut w, &out, !keep).await.is_err() {
+        // The client is gone (as a failed write in an exchange counts it).
+        d.peer_closed = true;
         return (status, Next::Close);
     }
     l.http.downstream_cx_tx_bytes_total.add(out.len() as u64);
@@ -833,12 +835,14 @@ async fn handle(
     // one joined value, which is not `100-continue`.
     if !l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers) {
         head.headers.remove(b"expect");
+        if d.stream.write_all(CONTINUE).await.is_err() {
+            // The client is gone.
+            d.peer_closed = true;
+            return (0, Next::Close);
+        }
         l.http
             .downstream_cx_tx_bytes_total
             .add(CONTINUE.len() as u64);
-        if d.stream.write_all(CONTINUE).await.is_err() {
-            return (0, Next::Close);
-        }
     }
     if let Err(refusal) = later {
         let status = if refusal == Refusal::ConnectNotRouted {

@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -481,7 +481,30 @@ async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter) -> Req
             Err(_) => return ReqErr::Downstream,
         }
     }
-    std::future::pending().await
+    // A pipelined request is held: read no more, but still notice the client's close (Envoy
+    // keeps its early-close detection on a connection it stopped reading). A peek tells a
+    // close (0) from more bytes, which stay in the kernel: the readiness is then cleared so
+    // that the wait goes on until the next event.
+    let sock = socket2::SockRef::from(s);
+    std::future::poll_fn(|cx| loop {
+        match s.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(ReqErr::Downstream),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match s.try_io(Interest::READABLE, || sock.peek(&mut probe)) {
+            Ok(0) => return Poll::Ready(ReqErr::Downstream),
+            Ok(_) => {
+                let _ = s.try_io(Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Poll::Ready(ReqErr::Downstream),
+        }
+    })
+    .await
 }
 
 /// Why the exchange loop stopped before the response finished.
@@ -619,6 +642,8 @@ impl Exchange<'_> {
         let framing = self.framing;
         // The upstream closed (or reset) its connection: how it is counted when it goes.
         let up_eof = Cell::new(false);
+        // The upstream stopped reading a request the client had sent whole.
+        let up_stopped = Cell::new(false);
         // Bytes read and written on each side (Envoy's `*_cx_rx_bytes_total`, `*_cx_tx_...`).
         let (down_rx, down_tx) = (
             &l.http.downstream_cx_rx_bytes_total,
@@ -641,7 +666,15 @@ impl Exchange<'_> {
                     req_read.set(true);
                 }
                 if !out.is_empty() {
-                    uw.write_all(&out).await.map_err(|_| ReqErr::Upstream)?;
+                    if uw.write_all(&out).await.is_err() {
+                        if !req_read.get() {
+                            return Err(ReqErr::Upstream);
+                        }
+                        // The client sent it all: the upstream may still answer (an early
+                        // error), and the client is watched meanwhile, as below.
+                        up_stopped.set(true);
+                        return Err(watch_client(&dr, drbuf, down_rx).await);
+                    }
                     up_tx.add(out.len() as u64);
                     out.clear();
                     touch();
@@ -817,7 +850,7 @@ impl Exchange<'_> {
                     if !out.is_empty() && dw.write_all(&out).await.is_ok() {
                         down_tx.add(out.len() as u64);
                     }
-                    return Err(RespErr::AfterHeaders);
+                    return Err(RespErr::Protocol);
                 };
                 let last = !down_keep && matches!(pumped, Pumped::Done);
                 let hold = std::mem::take(&mut hold_head) && matches!(pumped, Pumped::NeedMore);
@@ -878,7 +911,7 @@ impl Exchange<'_> {
         let mut req_live = true;
         let request_in = || {
             std::future::poll_fn(|_| {
-                if req_complete.get() {
+                if req_complete.get() || up_stopped.get() {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
@@ -923,8 +956,9 @@ impl Exchange<'_> {
                 }
                 // Polled right after `req_fut`, which sets the flag in the same turn.
                 () = request_in(), if !req_done => {
-                    // The request's last write stamped `activity`.
-                    let sent = activity.get();
+                    // The request's last write stamped `activity`; a failed one may have
+                    // waited long, so the route timeout then starts from now.
+                    let sent = if req_complete.get() { activity.get() } else { clock::tnow() };
                     req_done = true;
                     if self.timeout_ms > 0 {
                         let dl = sent + Duration::from_millis(self.timeout_ms);
@@ -997,6 +1031,10 @@ impl Exchange<'_> {
                 status: sent,
                 cause: Cause::ClientGone,
             },
+            Ok(Err(RespErr::Protocol)) => Outcome::Abort {
+                status: sent,
+                cause: Cause::UpstreamProtocol,
+            },
             Ok(Err(_)) => Outcome::Abort {
                 status: sent,
                 cause: Cause::UpstreamReset,
@@ -1010,10 +1048,17 @@ impl Exchange<'_> {
             Err(Stop::RequestTimeout) if !started => {
                 local(408, b"request timeout", false, Cause::Downstream)
             }
-            Err(Stop::BadRequestBody) if !started => {
+            Err(Stop::BadRequestBody) => {
                 l.http.downstream_cx_protocol_error.inc();
                 l.http.downstream_rq_rx_reset.inc();
-                local(400, b"Bad Request", false, Cause::Downstream)
+                if started {
+                    Outcome::Abort {
+                        status: sent,
+                        cause: Cause::Downstream,
+                    }
+                } else {
+                    local(400, b"Bad Request", false, Cause::Downstream)
+                }
             }
             // Idle while the client still owed request bytes: 408; while waiting on the upstream: 504.
             Err(Stop::StreamIdle) if !started && !complete => {
