@@ -283,3 +283,21 @@ def test_malformed_upstream_body_is_a_protocol_error(make_proxy: Any, make_canne
     assert got.startswith(b"HTTP/1.1 200 OK")
     settled(proxy, {"cluster.up.upstream_cx_protocol_error": 1,
                     "cluster.up.upstream_cx_destroy_local_with_active_rq": 1})
+
+
+def test_early_response_has_no_service_time_and_resets_both_sides(make_proxy: Any, make_canned: Any) -> None:
+    # The upstream answers before the request body came: Envoy sets x-envoy-upstream-service-time
+    # only once the whole request has gone upstream, so this response has none; the upstream
+    # connection closes with the request on it, and the client's unread request is reset.
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"}, early=True)
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 10\r\n\r\nab")
+        r = c.read_response()
+        assert (r.status, r.body, r.header("connection")) == (200, b"ok", "close")
+        assert r.header("x-envoy-upstream-service-time") is None, r.headers
+    settled(proxy, {
+        "http.ingress_http.downstream_rq_response_before_rq_complete": 1,
+        "http.ingress_http.downstream_rq_rx_reset": 1,
+        "cluster.up.upstream_cx_destroy_local_with_active_rq": 1,
+    })

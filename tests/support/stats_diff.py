@@ -95,6 +95,9 @@ SCENARIOS: dict[str, Scenario] = {
     "cd": ({"canned": True}, lambda p: send(p, get("/cd"))),
     "bad": ({"canned": True}, lambda p: send(p, get("/bad"))),
     "maxreq": ({"max_requests_per_connection": 1}, lambda p: (send(p, get("/x")), send(p, get("/x")))),
+    # The upstream answers before the request body is in (early response).
+    "early": ({"canned": True, "early": True},
+              lambda p: send(p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab", wait=0.3)),
 }
 
 
@@ -113,7 +116,7 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
 
 def measure(kind: str, name: str, work: Path) -> dict[str, int] | str:
     settings, traffic = SCENARIOS[name]
-    up: Any = CannedUpstream(CANNED) if settings.get("canned") else Upstream().start()
+    up: Any = CannedUpstream(CANNED, settings.get("early", False)) if settings.get("canned") else Upstream().start()
     port = dead_port() if settings.get("dead") else up.port
     started = start(kind, config(port, settings), work)
     if isinstance(started, str):

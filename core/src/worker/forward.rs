@@ -800,6 +800,8 @@ impl Exchange<'_> {
                 upstream: Some(self.upstream),
                 response: true,
             };
+            // Envoy sets the service time only once the whole request has gone upstream.
+            let service_ms = req_complete.get().then_some(service_ms);
             apply_response_extras(ctx, l, &mut h, service_ms, self.chain, &cx);
             // A length that a header edit removed (a response's `connection` removes none): the
             // body still comes, so it goes chunked, never unframed on a kept-alive connection.
@@ -1002,6 +1004,15 @@ impl Exchange<'_> {
         let complete = req_complete.get();
         let read_whole = req_read.get();
         d.body_unread = !read_whole;
+        if matches!(result, Ok(Ok(_))) && !complete {
+            // Answered before the request had all gone upstream (an early response): the
+            // upstream connection closes with the request on it, and the client's request,
+            // never read whole, is reset with its connection (Envoy counts both).
+            up.guard.active_rq = true;
+            if !read_whole {
+                l.http.downstream_rq_rx_reset.inc();
+            }
+        }
         // After a routing-level failure the client connection stays usable (as Envoy's) when the
         // whole request was read.
         let keep_ok = self.keep && read_whole && !ctx.draining();

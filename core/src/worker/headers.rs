@@ -239,7 +239,8 @@ fn replace_prefix(rewrite: &[u8], n: usize, target: &[u8]) -> Vec<u8> {
 }
 
 /// Response headers the proxy sets, in Envoy's order: `x-envoy-upstream-service-time`
-/// appended, the configured response edits, then `date` if absent and `server` per
+/// appended (`service_ms`: none when the request had not all gone upstream, as Envoy sets it
+/// only then), the configured response edits, then `date` if absent and `server` per
 /// `server_header_transformation`: under `OVERWRITE` an upstream `server` is replaced in place
 /// (a configured one too; the edits only remove and append, so replacing it once, last, gives
 /// the same head as replacing it before them as well).
@@ -247,16 +248,16 @@ pub fn apply_response_extras(
     ctx: &Ctx,
     l: &ListenerRt,
     h: &mut HeaderMap,
-    service_ms: u64,
+    service_ms: Option<u64>,
     chain: &[&Mutations; 4],
     cx: &Cx<'_>,
 ) {
     let hcm = &l.c.cfg.hcm;
     let transformation = hcm.server_header_transformation.as_str();
-    if !hcm.suppress_envoy_headers {
+    if let (false, Some(ms)) = (hcm.suppress_envoy_headers, service_ms) {
         h.set(
             b"x-envoy-upstream-service-time",
-            itoa::Buffer::new().format(service_ms).as_bytes(),
+            itoa::Buffer::new().format(ms).as_bytes(),
         );
     }
     for m in chain {
