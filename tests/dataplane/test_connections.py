@@ -272,3 +272,24 @@ def test_client_gone_while_the_response_streams_ends_the_upstream_request(
     s.close()
     assert reply.gone.wait(5), "the upstream connection stayed open"
     wait_stat(proxy, "http.ingress_http.downstream_rq_rx_reset", 1)
+
+
+def test_pipelined_request_arriving_in_pieces_during_a_slow_exchange(make_proxy: Any, upstream: Any) -> None:
+    # The client watch reads what comes while the first request is served; a pipelined head
+    # that arrives in two pieces meanwhile is served whole afterwards (nothing is left waiting
+    # for a readiness event that will not come again).
+    import time
+
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        second = get("/second")
+        c.send(get("/delay/400/first") + second[:10])
+        time.sleep(0.1)
+        c.send(second[10:20])
+        time.sleep(0.1)
+        c.send(second[20:])
+        c.sock.settimeout(5)
+        first = c.read_response()
+        assert first.status == 200 and b"/delay/400/first" in first.body
+        again = c.read_response()
+        assert again.status == 200 and b"/second" in again.body

@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -461,19 +461,21 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
 }
 
 /// Waits, once a request is in, for its client to close the connection ([`ReqErr::Downstream`]).
-/// The bytes of a pipelined request are read and kept for after the exchange, and the watch
-/// then stops, as Envoy stops reading a connection that holds a request it cannot start yet.
 /// It waits on readiness alone (no read buffer is readied for a read that does not come).
+/// Bytes that come meanwhile (a pipelined request) are read and kept for after the exchange,
+/// up to [`READ_CHUNK`]; the watch then stops, as Envoy stops reading at its buffer limit.
+/// (Readiness is never cleared by hand: the next read of the connection must find what the
+/// kernel holds.)
 async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter) -> ReqErr {
     let s: &TcpStream = r.as_ref();
-    while buf.is_empty() {
+    while buf.len() < READ_CHUNK {
         if std::future::poll_fn(|cx| s.poll_read_ready(cx))
             .await
             .is_err()
         {
             return ReqErr::Downstream;
         }
-        buf.reserve(READ_CHUNK);
+        buf.reserve(READ_CHUNK - buf.len());
         match s.try_read_buf(buf) {
             Ok(0) => return ReqErr::Downstream,
             Ok(n) => rx.add(n as u64),
@@ -481,30 +483,7 @@ async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter) -> Req
             Err(_) => return ReqErr::Downstream,
         }
     }
-    // A pipelined request is held: read no more, but still notice the client's close (Envoy
-    // keeps its early-close detection on a connection it stopped reading). A peek tells a
-    // close (0) from more bytes, which stay in the kernel: the readiness is then cleared so
-    // that the wait goes on until the next event.
-    let sock = socket2::SockRef::from(s);
-    std::future::poll_fn(|cx| loop {
-        match s.poll_read_ready(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(ReqErr::Downstream),
-            Poll::Ready(Ok(())) => {}
-        }
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        match s.try_io(Interest::READABLE, || sock.peek(&mut probe)) {
-            Ok(0) => return Poll::Ready(ReqErr::Downstream),
-            Ok(_) => {
-                let _ = s.try_io(Interest::READABLE, || {
-                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return Poll::Ready(ReqErr::Downstream),
-        }
-    })
-    .await
+    std::future::pending().await
 }
 
 /// Why the exchange loop stopped before the response finished.
