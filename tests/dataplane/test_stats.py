@@ -301,3 +301,35 @@ def test_early_response_has_no_service_time_and_resets_both_sides(make_proxy: An
         "http.ingress_http.downstream_rq_rx_reset": 1,
         "cluster.up.upstream_cx_destroy_local_with_active_rq": 1,
     })
+
+
+def test_client_gone_while_connecting_cancels_the_request(make_proxy: Any) -> None:
+    # The upstream's accept queue is full, so the connect hangs; the client gives up and
+    # closes: the pending request is cancelled, never sent (Envoy: upstream_rq_cancelled).
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    try:
+        proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", port, connect_timeout="5s")]))
+        s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+        s.sendall(get("/"))
+        wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
+        s.close()
+        start = time.monotonic()
+        settled(proxy, {"cluster.up.upstream_rq_cancelled": 1, "http.ingress_http.downstream_rq_rx_reset": 1,
+                        "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_completed": 0})
+        assert time.monotonic() - start < 3
+    finally:
+        for f in fillers:
+            f.close()
+        lst.close()

@@ -128,7 +128,7 @@ crate::stat_scope! {
             upstream_cx_max_requests, upstream_cx_protocol_error,
             upstream_rq_total, upstream_rq_completed, upstream_rq_timeout,
             upstream_rq_rx_reset, upstream_rq_tx_reset, upstream_rq_pending_total,
-            upstream_rq_pending_failure_eject,
+            upstream_rq_pending_failure_eject, upstream_rq_cancelled,
             upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx,
             upstream_cx_none_healthy, lb_healthy_panic,
         }

@@ -161,7 +161,30 @@ pub(super) async fn forward(
         Some(c) => c,
         None => {
             cs.s.upstream_rq_pending_total.inc();
-            match connect(cluster, &host).await {
+            let connected = if body_pending {
+                // (The body is the exchange's to read: the client is watched once it is in.)
+                connect(cluster, &host).await
+            } else {
+                // A client that goes away while the connection is being made cancels the
+                // request before it is sent, as Envoy cancels a pending request.
+                let (dr, _) = d.stream.split();
+                let rx = &l.http.downstream_cx_rx_bytes_total;
+                tokio::select! {
+                    biased;
+                    r = connect(cluster, &host) => r,
+                    _ = watch_client(&dr, &mut d.rbuf, rx) => {
+                        cs.s.upstream_rq_cancelled.inc();
+                        // The connection attempt is dropped from our side.
+                        cs.s.upstream_cx_destroy.inc();
+                        cs.s.upstream_cx_destroy_local.inc();
+                        l.http.downstream_rq_rx_reset.inc();
+                        d.peer_closed = true;
+                        d.ended_in_request = true;
+                        return (0, Next::Close);
+                    }
+                }
+            };
+            match connected {
                 Ok(c) => {
                     rq_start = clock::now();
                     c
