@@ -277,16 +277,16 @@ def test_client_gone_while_the_response_streams_ends_the_upstream_request(
 def test_pipelined_request_arriving_in_pieces_during_a_slow_exchange(make_proxy: Any, upstream: Any) -> None:
     # The client watch reads what comes while the first request is served; a pipelined head
     # that arrives in two pieces meanwhile is served whole afterwards (nothing is left waiting
-    # for a readiness event that will not come again).
-    import time
-
+    # for a readiness event that will not come again). Each piece is sent once the proxy has
+    # read the bytes before it (its byte counter says so).
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    rx = "http.ingress_http.downstream_cx_rx_bytes_total"
     with RawConn(proxy.listener_port()) as c:
-        second = get("/second")
-        c.send(get("/delay/400/first") + second[:10])
-        time.sleep(0.1)
+        first_head, second = get("/delay/400/first"), get("/second")
+        c.send(first_head + second[:10])
+        wait_stat(proxy, rx, len(first_head) + 10)
         c.send(second[10:20])
-        time.sleep(0.1)
+        wait_stat(proxy, rx, len(first_head) + 20)
         c.send(second[20:])
         c.sock.settimeout(5)
         first = c.read_response()

@@ -265,12 +265,23 @@ def test_external_copies_of_the_response_counts(make_proxy: Any, upstream: Any, 
 
 def test_malformed_upstream_body_is_a_protocol_error(make_proxy: Any, make_canned: Any) -> None:
     # The head went to the client; the chunked body that follows is malformed: Envoy's codec
-    # counts an upstream protocol error and closes the connection from its side.
+    # counts an upstream protocol error and closes the connection from its side. The bad line
+    # is sent once the client has the head (a read of its own), then the upstream waits for
+    # the proxy's close.
+    import threading
+
+    head_seen = threading.Event()
+
     def reply(sock: Any, _extra: bytes) -> None:
         sock.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        time.sleep(0.2)
+        assert head_seen.wait(5)
         sock.sendall(b"zz\r\n")
-        time.sleep(1)
+        sock.settimeout(5)
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
 
     up = make_canned({"*": reply})
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
@@ -278,6 +289,9 @@ def test_malformed_upstream_body_is_a_protocol_error(make_proxy: Any, make_canne
         s.settimeout(5)
         s.sendall(get("/"))
         got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        head_seen.set()
         while chunk := s.recv(65536):
             got += chunk
     assert got.startswith(b"HTTP/1.1 200 OK")

@@ -18,7 +18,6 @@ import re
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,18 @@ from tests.dataplane.conftest import CannedUpstream
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.route_diff import start
 from tests.support.upstream import Upstream
+from tests.support.wait import wait_for
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+POST = b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
 CANNED = {
     "/cc": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
     "/cd": b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nclose-delimited",
     "/bad": b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\nok",
     "*": OK,
 }
+QUIET = ("http.ingress_http.downstream_cx_active", "cluster.up.upstream_rq_active",
+         "http.ingress_http.downstream_rq_active")
 KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_0\.)")
 # Stats of features pyproxy does not have (yet): not reported as missing.
 LACKS = re.compile(
@@ -58,12 +61,13 @@ def dead_port() -> int:
     return port
 
 
-def send(port: int, raw: bytes, then_close: bool = True, wait: float = 0.0) -> None:
+def send(port: int, raw: bytes, then_close: bool = True, until: Callable[[], bool] | None = None) -> None:
+    """Sends `raw`; then, unless `until` is given (wait for it, then close), reads to the end."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.settimeout(3)
         s.sendall(raw)
-        if wait:
-            time.sleep(wait)
+        if until:
+            wait_for(until, 5, "the scenario's state")
         if then_close:
             try:
                 while s.recv(65536):
@@ -77,27 +81,29 @@ def get(path: str, extra: str = "") -> bytes:
 
 
 # name -> (cluster settings, traffic)
-Scenario = tuple[dict[str, Any], Callable[[int], None]]
+Scenario = tuple[dict[str, Any], Callable[[int, Any], None]]
 SCENARIOS: dict[str, Scenario] = {
-    "ok": ({}, lambda p: send(p, get("/x"))),
-    "post": ({}, lambda p: send(p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")),
-    "status500": ({}, lambda p: send(p, get("/status/500/x"))),
-    "timeout": ({}, lambda p: send(p, get("/hang"))),
-    "reset": ({}, lambda p: send(p, get("/reset"))),
-    "refused": ({"dead": True}, lambda p: send(p, get("/x"))),
-    "nohealthy": ({"empty": True}, lambda p: send(p, get("/x"))),
-    "noroute": ({}, lambda p: send(p, get("/nope"))),
-    "direct": ({}, lambda p: send(p, get("/d"))),
-    "codec400": ({}, lambda p: send(p, b"GET / HTTP/1.1\r\nHost: a\r\nbad header\r\n\r\n")),
-    "http10": ({}, lambda p: send(p, b"GET / HTTP/1.0\r\n\r\n")),
-    "clientgone": ({}, lambda p: send(p, get("/hang"), then_close=False, wait=0.1)),
-    "cc": ({"canned": True}, lambda p: send(p, get("/cc"))),
-    "cd": ({"canned": True}, lambda p: send(p, get("/cd"))),
-    "bad": ({"canned": True}, lambda p: send(p, get("/bad"))),
-    "maxreq": ({"max_requests_per_connection": 1}, lambda p: (send(p, get("/x")), send(p, get("/x")))),
+    "ok": ({}, lambda p, _: send(p, get("/x"))),
+    "post": ({}, lambda p, _: send(p, POST)),
+    "status500": ({}, lambda p, _: send(p, get("/status/500/x"))),
+    "timeout": ({}, lambda p, _: send(p, get("/hang"))),
+    "reset": ({}, lambda p, _: send(p, get("/reset"))),
+    "refused": ({"dead": True}, lambda p, _: send(p, get("/x"))),
+    "nohealthy": ({"empty": True}, lambda p, _: send(p, get("/x"))),
+    "noroute": ({}, lambda p, _: send(p, get("/nope"))),
+    "direct": ({}, lambda p, _: send(p, get("/d"))),
+    "codec400": ({}, lambda p, _: send(p, b"GET / HTTP/1.1\r\nHost: a\r\nbad header\r\n\r\n")),
+    "http10": ({}, lambda p, _: send(p, b"GET / HTTP/1.0\r\n\r\n")),
+    # The client goes once its request is on an upstream connection.
+    "clientgone": ({}, lambda p, proxy: send(p, get("/hang"), then_close=False,
+                                            until=lambda: proxy.stats().get("cluster.up.upstream_rq_active") == 1)),
+    "cc": ({"canned": True}, lambda p, _: send(p, get("/cc"))),
+    "cd": ({"canned": True}, lambda p, _: send(p, get("/cd"))),
+    "bad": ({"canned": True}, lambda p, _: send(p, get("/bad"))),
+    "maxreq": ({"max_requests_per_connection": 1}, lambda p, _: (send(p, get("/x")), send(p, get("/x")))),
     # The upstream answers before the request body is in (early response).
     "early": ({"canned": True, "early": True},
-              lambda p: send(p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab", wait=0.3)),
+              lambda p, _: send(p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab")),
 }
 
 
@@ -124,8 +130,10 @@ def measure(kind: str, name: str, work: Path) -> dict[str, int] | str:
         return started
     proxy, listener = started
     try:
-        traffic(listener)
-        time.sleep(0.8)  # merged when read: let the workers' last counts land
+        traffic(listener, proxy)
+        # Done once no client connection and no upstream request is left (the last counts
+        # land as they end).
+        wait_for(lambda: not any(proxy.stats().get(k) for k in QUIET), 10, "the proxy to go quiet")
         return {k: v for k, v in proxy.stats().items() if KEEP.match(k)}
     finally:
         proxy.stop()

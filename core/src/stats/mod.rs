@@ -31,17 +31,33 @@ crate::stat_scope! {
     }
 }
 
+/// The counter of `code`'s class among the five given for 1xx to 5xx (anything else counts as
+/// 5xx). A match, not an array: the counters stay where they are.
+macro_rules! of_class {
+    ($code:expr, $c1:expr, $c2:expr, $c3:expr, $c4:expr, $c5:expr $(,)?) => {
+        match $code / 100 {
+            1 => $c1,
+            2 => $c2,
+            3 => $c3,
+            4 => $c4,
+            _ => $c5,
+        }
+    };
+}
+
 impl HttpStats {
     /// Counts a response by class (`downstream_rq_2xx`).
     #[inline]
     pub fn count_response(&self, code: u16) {
-        match code / 100 {
-            1 => self.downstream_rq_1xx.inc(),
-            2 => self.downstream_rq_2xx.inc(),
-            3 => self.downstream_rq_3xx.inc(),
-            4 => self.downstream_rq_4xx.inc(),
-            _ => self.downstream_rq_5xx.inc(),
-        }
+        of_class!(
+            code,
+            &self.downstream_rq_1xx,
+            &self.downstream_rq_2xx,
+            &self.downstream_rq_3xx,
+            &self.downstream_rq_4xx,
+            &self.downstream_rq_5xx
+        )
+        .inc();
     }
 }
 
@@ -83,13 +99,15 @@ impl ListenerHttpStats {
     /// Counts a response by class, and as completed.
     #[inline]
     pub fn count_response(&self, code: u16) {
-        match code / 100 {
-            1 => self.downstream_rq_1xx.inc(),
-            2 => self.downstream_rq_2xx.inc(),
-            3 => self.downstream_rq_3xx.inc(),
-            4 => self.downstream_rq_4xx.inc(),
-            _ => self.downstream_rq_5xx.inc(),
-        }
+        of_class!(
+            code,
+            &self.downstream_rq_1xx,
+            &self.downstream_rq_2xx,
+            &self.downstream_rq_3xx,
+            &self.downstream_rq_4xx,
+            &self.downstream_rq_5xx
+        )
+        .inc();
         self.downstream_rq_completed.inc();
     }
 }
@@ -192,18 +210,28 @@ impl ClusterScope {
     pub fn count_response(&self, code: u16) {
         let e = &self.external;
         e.codes.inc(code);
-        e.class[(code / 100).clamp(1, 5) as usize - 1].inc();
+        of_class!(
+            code,
+            &e.class[0],
+            &e.class[1],
+            &e.class[2],
+            &e.class[3],
+            &e.class[4]
+        )
+        .inc();
         e.completed.inc();
         self.codes.inc(code);
         let s = &self.s;
         s.upstream_rq_completed.inc();
-        match code / 100 {
-            1 => s.upstream_rq_1xx.inc(),
-            2 => s.upstream_rq_2xx.inc(),
-            3 => s.upstream_rq_3xx.inc(),
-            4 => s.upstream_rq_4xx.inc(),
-            _ => s.upstream_rq_5xx.inc(),
-        }
+        of_class!(
+            code,
+            &s.upstream_rq_1xx,
+            &s.upstream_rq_2xx,
+            &s.upstream_rq_3xx,
+            &s.upstream_rq_4xx,
+            &s.upstream_rq_5xx
+        )
+        .inc();
     }
 }
 

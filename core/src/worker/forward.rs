@@ -935,41 +935,28 @@ impl Exchange<'_> {
             timer.arm_by(dl);
         }
         let result = loop {
-            tokio::select! {
+            // When the request went upstream (or the upstream stopped reading it), if it did
+            // in this turn: the route timeout starts then.
+            let went_up = tokio::select! {
                 biased;
                 // The request first: body bytes that came in with the response are forwarded
                 // before the response head is written, so the request is complete there.
                 r = &mut req_fut, if req_live => {
                     req_live = false;
-                    let sent = match r {
+                    match r {
                         Ok(never) => match never {},
                         Err(ReqErr::Downstream) => break Err(Stop::DownstreamGone),
                         Err(ReqErr::BadBody) => break Err(Stop::BadRequestBody),
                         // The upstream stopped reading: it may still answer (an early error).
                         // The failed write may have waited long: the route timeout starts now.
-                        Err(ReqErr::Upstream) if !req_done => clock::tnow(),
-                        Err(ReqErr::Upstream) => continue,
-                    };
-                    req_done = true;
-                    if self.timeout_ms > 0 {
-                        let dl = sent + Duration::from_millis(self.timeout_ms);
-                        route_deadline = Some(dl);
-                        timer.arm_by(dl);
+                        Err(ReqErr::Upstream) => (!req_done).then(clock::tnow),
                     }
-                    deadline = next_deadline(req_done, route_deadline);
                 }
                 // Polled right after `req_fut`, which sets the flag in the same turn.
                 () = request_in(), if !req_done => {
                     // The request's last write stamped `activity`; a failed one may have
                     // waited long, so the route timeout then starts from now.
-                    let sent = if req_complete.get() { activity.get() } else { clock::tnow() };
-                    req_done = true;
-                    if self.timeout_ms > 0 {
-                        let dl = sent + Duration::from_millis(self.timeout_ms);
-                        route_deadline = Some(dl);
-                        timer.arm_by(dl);
-                    }
-                    deadline = next_deadline(req_done, route_deadline);
+                    Some(if req_complete.get() { activity.get() } else { clock::tnow() })
                 }
                 r = &mut resp_fut => break Ok(r),
                 () = timer.fired(), if deadline.is_some() => {
@@ -995,7 +982,17 @@ impl Exchange<'_> {
                     if let Some(dl) = deadline {
                         timer.arm_by(dl);
                     }
+                    None
                 }
+            };
+            if let Some(sent) = went_up {
+                req_done = true;
+                if self.timeout_ms > 0 {
+                    let dl = sent + Duration::from_millis(self.timeout_ms);
+                    route_deadline = Some(dl);
+                    timer.arm_by(dl);
+                }
+                deadline = next_deadline(req_done, route_deadline);
             }
         };
         up.guard.remote = up_eof.get();
