@@ -223,6 +223,27 @@ def test_client_connection_end_is_counted_by_side(make_proxy: Any, make_canned: 
         hold.set()
 
 
+@pytest.mark.parametrize("client_closes", [False, True], ids=["client-stays", "client-closes"])
+def test_delayed_close_timeout_counts_a_client_that_stays(make_proxy: Any, client_closes: bool) -> None:
+    # A reply to a request whose body is not read closes the connection after a delay that
+    # reads what the client still sends (Envoy's delayed close, 1 s). A client that has not
+    # closed by then is closed on, counted as downstream_cx_delayed_close_timeout; one that
+    # closes first is not. (pyproxy sends its FIN with the reply, Envoy after the delay: the
+    # client here neither waits for it nor answers it.)
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", 9)]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(b"POST /p HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: gzip\r\n\r\nxx")
+        assert c.read_response().status == 501
+        if client_closes:
+            c.sock.shutdown(socket.SHUT_WR)
+            settled(proxy, {"http.ingress_http.downstream_cx_destroy": 1})
+        else:
+            settled(proxy, {"http.ingress_http.downstream_cx_delayed_close_timeout": 1,
+                            "http.ingress_http.downstream_cx_destroy": 1,
+                            "http.ingress_http.downstream_cx_destroy_local": 1})
+    assert proxy.stats().get("http.ingress_http.downstream_cx_delayed_close_timeout", 0) == (0 if client_closes else 1)
+
+
 def test_router_and_per_listener_counts(make_proxy: Any, upstream: Any) -> None:
     # The router's rq_total counts every request that reaches routing, found or not (a codec
     # refusal never gets there); the listener keeps its own copy of the response classes.
@@ -317,9 +338,11 @@ def test_early_response_has_no_service_time_and_resets_both_sides(make_proxy: An
     })
 
 
-def test_client_gone_while_connecting_cancels_the_request(make_proxy: Any) -> None:
-    # The upstream's accept queue is full, so the connect hangs; the client gives up and
-    # closes: the pending request is cancelled, never sent (Envoy: upstream_rq_cancelled).
+@pytest.fixture
+def stalled_port() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
+    """A listener whose accept queue is full: a connect to it hangs (its SYNs are dropped and
+    sent again) until the queue is drained. Yields the listener and the connections filling
+    the queue."""
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(0)
@@ -334,16 +357,75 @@ def test_client_gone_while_connecting_cancels_the_request(make_proxy: Any) -> No
             pass
         fillers.append(f)
     try:
-        proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", port, connect_timeout="5s")]))
-        s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
-        s.sendall(get("/"))
-        wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
-        s.close()
-        start = time.monotonic()
-        settled(proxy, {"cluster.up.upstream_rq_cancelled": 1, "http.ingress_http.downstream_rq_rx_reset": 1,
-                        "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_completed": 0})
-        assert time.monotonic() - start < 3
+        yield lst, fillers
     finally:
         for f in fillers:
             f.close()
         lst.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        get("/"),
+        b"POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 10\r\n\r\nhalf",
+        b"POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwiki\r\n",
+    ],
+    ids=["no-body", "part-of-the-body", "whole-body", "chunked-part"],
+)
+def test_client_gone_while_connecting_cancels_the_request(
+    make_proxy: Any, stalled_port: tuple[socket.socket, list[socket.socket]], request_bytes: bytes
+) -> None:
+    # The upstream's accept queue is full, so the connect hangs; the client gives up and
+    # closes: the pending request is cancelled, never sent (Envoy: upstream_rq_cancelled),
+    # with or without a body under way.
+    port = stalled_port[0].getsockname()[1]
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", port, connect_timeout="5s")]))
+    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+    s.sendall(request_bytes)
+    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
+    s.close()
+    start = time.monotonic()
+    settled(proxy, {"cluster.up.upstream_rq_cancelled": 1, "http.ingress_http.downstream_rq_rx_reset": 1,
+                    "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_completed": 0})
+    assert time.monotonic() - start < 3
+
+
+def test_body_sent_while_connecting_goes_upstream_whole(
+    make_proxy: Any, stalled_port: tuple[socket.socket, list[socket.socket]]
+) -> None:
+    # The body comes while the upstream connection is being made: it is read ahead (the
+    # proxy's rx byte counter shows it) and then sent upstream with the head once connected.
+    lst, fillers = stalled_port
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="10s")]))
+    head = b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 6000\r\n\r\n"
+    body = bytes(range(256)) * 23 + b"x" * 112
+    with RawConn(proxy.listener_port()) as c:
+        c.send(head)
+        wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
+        c.send(body[:3000])
+        c.send(body[3000:])
+        rx = "http.ingress_http.downstream_cx_rx_bytes_total"
+        wait_for(lambda: proxy.stats().get(rx) == len(head) + len(body), what="the body read ahead")
+        # Let the connect through: accept (and close) the fillers as they come; the proxy's
+        # connection is the one from none of them.
+        filler_addrs = {f.getsockname() for f in fillers}
+        lst.settimeout(10)
+        while True:
+            up, peer = lst.accept()
+            if peer not in filler_addrs:
+                break
+            up.close()
+        up.settimeout(10)
+        got = b""
+        while not (b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= len(body)):
+            chunk = up.recv(65536)
+            assert chunk, got
+            got += chunk
+        with up:
+            assert got.endswith(b"\r\n\r\n" + body)
+            assert got.startswith(b"POST /p HTTP/1.1\r\n")
+            up.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            r = c.read_response()
+            assert (r.status, r.body) == (200, b"ok")

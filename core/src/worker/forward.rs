@@ -9,15 +9,15 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::clock;
 use super::conn::{
-    expects_continue, read_more, reply, write_down, write_more, Down, Next, BODY_CHUNK, READ_CHUNK,
+    expects_continue, read_more, reply, write_all, write_down, write_more, Down, Next, BODY_CHUNK,
+    READ_CHUNK,
 };
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, rewrite_target, router_request_headers};
@@ -161,27 +161,25 @@ pub(super) async fn forward(
         Some(c) => c,
         None => {
             cs.s.upstream_rq_pending_total.inc();
-            let connected = if body_pending {
-                // (The body is the exchange's to read: the client is watched once it is in.)
-                connect(cluster, &host).await
-            } else {
-                // A client that goes away while the connection is being made cancels the
-                // request before it is sent, as Envoy cancels a pending request.
-                let (dr, _) = d.stream.split();
-                let rx = &l.http.downstream_cx_rx_bytes_total;
-                tokio::select! {
-                    biased;
-                    r = connect(cluster, &host) => r,
-                    _ = watch_client(&dr, &mut d.rbuf, rx) => {
-                        cs.s.upstream_rq_cancelled.inc();
-                        // The connection attempt is dropped from our side.
-                        cs.s.upstream_cx_destroy.inc();
-                        cs.s.upstream_cx_destroy_local.inc();
-                        l.http.downstream_rq_rx_reset.inc();
-                        d.peer_closed = true;
-                        d.ended_in_request = true;
-                        return (0, Next::Close);
-                    }
+            // A client that goes away while the connection is being made cancels the request
+            // before it is sent, as Envoy cancels a pending request. Body bytes that come
+            // meanwhile are read ahead for the exchange, as far as the connection's buffer
+            // limit (Envoy buffers them likewise), and the watch then waits on that.
+            let (dr, _) = d.stream.split();
+            let rx = &l.http.downstream_cx_rx_bytes_total;
+            let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+            let connected = tokio::select! {
+                biased;
+                r = connect(cluster, &host) => r,
+                _ = watch_client(&dr, &mut d.rbuf, rx, ahead) => {
+                    cs.s.upstream_rq_cancelled.inc();
+                    // The connection attempt is dropped from our side.
+                    cs.s.upstream_cx_destroy.inc();
+                    cs.s.upstream_cx_destroy_local.inc();
+                    l.http.downstream_rq_rx_reset.inc();
+                    d.peer_closed = true;
+                    d.ended_in_request = true;
+                    return (0, Next::Close);
                 }
             };
             match connected {
@@ -483,23 +481,25 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
     }
 }
 
-/// Waits, once a request is in, for its client to close the connection ([`ReqErr::Downstream`]).
+/// Waits for the client to close the connection ([`ReqErr::Downstream`]) while its request
+/// waits on the upstream: on a connection being made, or once the request is in.
 /// It waits on readiness alone (no read buffer is readied for a read that does not come).
-/// Bytes that come meanwhile (a pipelined request) are read and kept for after the exchange,
-/// up to [`READ_CHUNK`]; the watch then stops, as Envoy stops reading at its buffer limit.
-/// (Readiness is never cleared by hand: the next read of the connection must find what the
-/// kernel holds.)
-async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter) -> ReqErr {
+/// Bytes that come meanwhile (the body, a pipelined request) are read and kept for the
+/// exchange or after it, until `buf` holds `cap`; the watch then stops, as Envoy stops reading
+/// at its buffer limit. (Readiness is never cleared by hand: the next read of the connection
+/// must find what the kernel holds.)
+async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter, cap: usize) -> ReqErr {
     let s: &TcpStream = r.as_ref();
-    while buf.len() < READ_CHUNK {
+    while buf.len() < cap {
         if std::future::poll_fn(|cx| s.poll_read_ready(cx))
             .await
             .is_err()
         {
             return ReqErr::Downstream;
         }
-        buf.reserve(READ_CHUNK - buf.len());
-        match s.try_read_buf(buf) {
+        let room = cap - buf.len();
+        buf.reserve(room);
+        match s.try_read_buf(&mut (&mut *buf).limit(room)) {
             Ok(0) => return ReqErr::Downstream,
             Ok(n) => rx.add(n as u64),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -668,16 +668,15 @@ impl Exchange<'_> {
                     req_read.set(true);
                 }
                 if !out.is_empty() {
-                    if uw.write_all(&out).await.is_err() {
+                    if write_all(&mut uw, &out, up_tx).await.is_err() {
                         if !req_read.get() {
                             return Err(ReqErr::Upstream);
                         }
                         // The client sent it all: the upstream may still answer (an early
                         // error), and the client is watched meanwhile, as below.
                         up_stopped.set(true);
-                        return Err(watch_client(&dr, drbuf, down_rx).await);
+                        return Err(watch_client(&dr, drbuf, down_rx, READ_CHUNK).await);
                     }
-                    up_tx.add(out.len() as u64);
                     out.clear();
                     touch();
                 }
@@ -692,7 +691,7 @@ impl Exchange<'_> {
                         // request at once. Readiness was cleared by the request's last short
                         // read, so an idle watch costs no syscall.
                         return Err::<std::convert::Infallible, ReqErr>(
-                            watch_client(&dr, drbuf, down_rx).await,
+                            watch_client(&dr, drbuf, down_rx, READ_CHUNK).await,
                         );
                     }
                     // Body bytes are still buffered: never wait on the socket for them.
@@ -726,10 +725,9 @@ impl Exchange<'_> {
                         // a client that sent Expect waits for under proxy_100_continue.
                         if h.status == 100 && self.relay_continue && !continued {
                             continued = true;
-                            dw.write_all(CONTINUE)
+                            write_all(&mut dw, CONTINUE, down_tx)
                                 .await
                                 .map_err(|_| RespErr::Downstream)?;
-                            down_tx.add(CONTINUE.len() as u64);
                         }
                         continue;
                     }
@@ -851,8 +849,8 @@ impl Exchange<'_> {
                     // the error is dropped: Envoy's codec passes a read's body on only once the
                     // read parsed whole (checked against the envoy binary).
                     out.truncate(body_at);
-                    if !out.is_empty() && dw.write_all(&out).await.is_ok() {
-                        down_tx.add(out.len() as u64);
+                    if !out.is_empty() {
+                        let _ = write_all(&mut dw, &out, down_tx).await;
                     }
                     return Err(RespErr::Protocol);
                 };
@@ -862,14 +860,13 @@ impl Exchange<'_> {
                 // bytes left, when the body ended on a full piece, the FIN alone).
                 if !out.is_empty() || last {
                     let written = if last {
-                        write_down(&mut dw, &out, true).await
+                        write_down(&mut dw, &out, true, down_tx).await
                     } else if hold {
-                        write_more(dw.as_ref(), &out).await
+                        write_more(dw.as_ref(), &out, down_tx).await
                     } else {
-                        dw.write_all(&out).await
+                        write_all(&mut dw, &out, down_tx).await
                     };
                     written.map_err(|_| RespErr::Downstream)?;
-                    down_tx.add(out.len() as u64);
                     out.clear();
                     touch();
                 }
@@ -885,10 +882,9 @@ impl Exchange<'_> {
                         Err(_) if dec.is_close_delimited() => {
                             up_eof.set(true);
                             if chunked_out {
-                                write_down(&mut dw, LAST_CHUNK, !down_keep)
+                                write_down(&mut dw, LAST_CHUNK, !down_keep, down_tx)
                                     .await
                                     .map_err(|_| RespErr::Downstream)?;
-                                down_tx.add(LAST_CHUNK.len() as u64);
                             }
                             // The body ended with the close, maybe long after its last bytes.
                             touch();
