@@ -953,6 +953,10 @@ def header_lines(data: dict) -> list[str]:
              f"proxies alternated {' '.join(o['proxies'])}, medians reported"]
     if o.get("cpu_quota"):
         lines.append("**CPU share: " + o["cpu_quota"] + "**")
+    if len(data.get("parts", [])) > 1:
+        lines.append("Merged from runs made apart (the header above is the first's): " + "; ".join(
+            f"workers {p['options']['workers']} on {p['date']} with pyproxy {p['versions'].get('pyproxy', '?')}"
+            for p in data["parts"]))
     return lines
 
 
@@ -1101,7 +1105,7 @@ def chart(data: dict, png: Path) -> str | None:
         ax.tick_params(axis="x", labelsize=8)
     head = header_lines(data)
     fig.suptitle("pyproxy perf suite — " + " | ".join(head[:2]) + "\n" + head[2][:250] + "\n" + head[4][:250]
-                 + "\n" + head[5][:250],
+                 + "\n" + head[5][:250] + "".join("\n" + line[:250] for line in head[6:]),
                  fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(png, dpi=90)
@@ -1169,7 +1173,8 @@ def merge(out: Path, parts: list[Path]) -> None:
     first part's, with every part's date and options kept under "parts"."""
     datas = [json.loads(p.read_text()) for p in parts]
     data = datas[0]
-    data["parts"] = [{"date": d["date"], "options": d["options"], "versions": d["versions"]} for d in datas]
+    data["parts"] = [json.loads(json.dumps({"date": d["date"], "options": d["options"], "versions": d["versions"]}))
+                     for d in datas]  # copies: the first part's options grow below
     for d in datas[1:]:
         data["options"]["proxies"] += [p for p in d["options"]["proxies"] if p not in data["options"]["proxies"]]
         data["options"]["scenarios"] = sorted(set(data["options"]["scenarios"]) | set(d["options"]["scenarios"]))
