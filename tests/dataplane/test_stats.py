@@ -380,16 +380,48 @@ def test_client_gone_while_connecting_cancels_the_request(
     # The upstream's accept queue is full, so the connect hangs; the client gives up and
     # closes: the pending request is cancelled, never sent (Envoy: upstream_rq_cancelled),
     # with or without a body under way.
-    port = stalled_port[0].getsockname()[1]
-    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", port, connect_timeout="5s")]))
+    lst, fillers = stalled_port
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="10s")]))
     s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
     s.sendall(request_bytes)
     wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
     s.close()
     start = time.monotonic()
+    # The connection being made goes on (active from the attempt on, as in Envoy)...
     settled(proxy, {"cluster.up.upstream_rq_cancelled": 1, "http.ingress_http.downstream_rq_rx_reset": 1,
-                    "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_completed": 0})
+                    "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_completed": 0,
+                    "cluster.up.upstream_cx_active": 1, "cluster.up.upstream_cx_destroy": 0})
     assert time.monotonic() - start < 3
+    # ... and once it is up, it waits in the pool: the next request goes on it.
+    up = accept_proxy(lst, fillers)
+    with up, RawConn(proxy.listener_port()) as c:
+        c.send(get("/again"))
+        assert read_head(up).startswith(b"GET /again HTTP/1.1\r\n")
+        up.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert c.read_response().status == 200
+    settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_rq_total": 1})
+
+
+def accept_proxy(lst: socket.socket, fillers: list[socket.socket]) -> socket.socket:
+    """Accepts the proxy's connection to a stalled listener: the fillers' connections come
+    first or between (as their SYNs are sent again) and are closed."""
+    filler_addrs = {f.getsockname() for f in fillers}
+    lst.settimeout(10)
+    while True:
+        up, peer = lst.accept()
+        if peer not in filler_addrs:
+            up.settimeout(10)
+            return up
+        up.close()
+
+
+def read_head(up: socket.socket) -> bytes:
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = up.recv(65536)
+        assert chunk, got
+        got += chunk
+    return got
 
 
 def test_body_sent_while_connecting_goes_upstream_whole(
@@ -408,16 +440,8 @@ def test_body_sent_while_connecting_goes_upstream_whole(
         c.send(body[3000:])
         rx = "http.ingress_http.downstream_cx_rx_bytes_total"
         wait_for(lambda: proxy.stats().get(rx) == len(head) + len(body), what="the body read ahead")
-        # Let the connect through: accept (and close) the fillers as they come; the proxy's
-        # connection is the one from none of them.
-        filler_addrs = {f.getsockname() for f in fillers}
-        lst.settimeout(10)
-        while True:
-            up, peer = lst.accept()
-            if peer not in filler_addrs:
-                break
-            up.close()
-        up.settimeout(10)
+        # Let the connect through.
+        up = accept_proxy(lst, fillers)
         got = b""
         while not (b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= len(body)):
             chunk = up.recv(65536)

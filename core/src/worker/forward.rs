@@ -4,6 +4,7 @@
 //! the exchange), and return the connection to the pool only at a clean message boundary.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
@@ -168,14 +169,14 @@ pub(super) async fn forward(
             let (dr, _) = d.stream.split();
             let rx = &l.http.downstream_cx_rx_bytes_total;
             let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+            // Boxed (once per new connection, not per request): it may outlive this request.
+            let mut attempt = Box::pin(connect(cluster.clone(), host.clone()));
             let connected = tokio::select! {
                 biased;
-                r = connect(cluster, &host) => r,
+                r = &mut attempt => r,
                 _ = watch_client(&dr, &mut d.rbuf, rx, ahead) => {
                     cs.s.upstream_rq_cancelled.inc();
-                    // The connection attempt is dropped from our side.
-                    cs.s.upstream_cx_destroy.inc();
-                    cs.s.upstream_cx_destroy_local.inc();
+                    finish_connect(host.clone(), attempt);
                     l.http.downstream_rq_rx_reset.inc();
                     d.peer_closed = true;
                     d.ended_in_request = true;
@@ -443,12 +444,17 @@ fn upstream_head(
     (out, chunk_up, saved)
 }
 
-async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFail> {
+/// Makes a new connection to `host`. It owns what it needs, so that a connection whose
+/// request went away can be left to finish on its own ([`finish_connect`]).
+async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, ConnectFail> {
     let cs = &cluster.stats;
-    // Envoy counts the attempt in upstream_cx_total, failed or not.
+    // Envoy counts the attempt in upstream_cx_total, failed or not, and the connection as
+    // active (`upstream_cx_active`) from the attempt on; one that never came up is destroyed
+    // all the same (the guard's drop), remote when refused, local when it timed out.
     cs.s.upstream_cx_total.inc();
     cs.s.upstream_cx_http1_total.inc();
     host.stats.cx_total.inc();
+    let mut guard = CxGuard::new(cs.clone(), host.stats.clone());
     let t0 = Instant::now();
     match timeout(cluster.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
         Ok(Ok(stream)) => {
@@ -459,26 +465,37 @@ async fn connect(cluster: &ClusterRt, host: &HostRt) -> Result<UpConn, ConnectFa
                 rbuf: BytesMut::new(),
                 requests: 0,
                 idle_since: Instant::now(),
-                guard: CxGuard::new(cs.clone(), host.stats.clone()),
+                guard,
             })
         }
-        // A connection that never came up is destroyed all the same (Envoy).
         Ok(Err(_)) => {
             cs.s.upstream_cx_connect_fail.inc();
-            cs.s.upstream_cx_destroy.inc();
-            cs.s.upstream_cx_destroy_remote.inc();
             host.stats.cx_connect_fail.inc();
+            guard.remote = true;
             Err(ConnectFail::Refused)
         }
         Err(_) => {
             cs.s.upstream_cx_connect_fail.inc();
             cs.s.upstream_cx_connect_timeout.inc();
-            cs.s.upstream_cx_destroy.inc();
-            cs.s.upstream_cx_destroy_local.inc();
             host.stats.cx_connect_fail.inc();
             Err(ConnectFail::Timeout)
         }
     }
+}
+
+/// Lets a connection being made for a request that went away come up and wait in the pool
+/// for the next request, as Envoy's pool keeps a connection whose pending request was
+/// cancelled (or fail and be counted as any failed connect).
+fn finish_connect<F: Future<Output = Result<UpConn, ConnectFail>> + 'static>(
+    host: Rc<HostRt>,
+    attempt: std::pin::Pin<Box<F>>,
+) {
+    tokio::task::spawn_local(async move {
+        if let Ok(c) = attempt.await {
+            // A fresh connection has no read buffer: the pool takes it.
+            let _ = host.pool.checkin(c, clock::now());
+        }
+    });
 }
 
 /// Waits for the client to close the connection ([`ReqErr::Downstream`]) while its request
