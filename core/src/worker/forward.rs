@@ -3,7 +3,7 @@
 //! bounded buffers until both are complete (or a timeout, a reset or a client going away ends
 //! the exchange), and return the connection to the pool only at a clean message boundary.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -674,7 +674,7 @@ impl Exchange<'_> {
         );
 
         // Pinned where they are built: `tokio::pin!` of a built future copied it whole.
-        let mut req_fut = std::pin::pin!(async {
+        let req_pinned = std::pin::pin!(async {
             let mut out = head_out;
             let mut dec = Decoder::new(framing);
             let chunked = self.chunk_up;
@@ -723,6 +723,9 @@ impl Exchange<'_> {
                 }
             }
         });
+        // Polled from two arms of the loop below: reading and sending the request before the
+        // response, watching the client after it.
+        let req_fut = RefCell::new(req_pinned);
 
         let mut resp_fut = std::pin::pin!(async {
             let mut continued = false;
@@ -926,15 +929,6 @@ impl Exchange<'_> {
         // `req_live`: `req_fut` (reading the request, then watching the client) still runs.
         let mut req_done = false;
         let mut req_live = true;
-        let request_in = || {
-            std::future::poll_fn(|_| {
-                if req_complete.get() || up_stopped.get() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-        };
         let next_deadline = |req_done: bool, route: Option<tokio::time::Instant>| {
             earliest([
                 idle.map(|i| activity.get() + i),
@@ -947,14 +941,25 @@ impl Exchange<'_> {
         if let Some(dl) = deadline {
             timer.arm_by(dl);
         }
+        // `req_fut` passed from reading the request to watching the client in this poll: the
+        // watch has just registered, so the watch arm leaves it be until the next poll.
+        let watch_fresh = Cell::new(false);
         let result = loop {
-            // When the request went upstream (or the upstream stopped reading it), if it did
-            // in this turn: the route timeout starts then.
-            let went_up = tokio::select! {
+            // The route timeout starts when the request has gone upstream (or the upstream
+            // stopped reading it): from the timer arm in the turn it did, or from here.
+            let mut went_up = None;
+            tokio::select! {
                 biased;
                 // The request first: body bytes that came in with the response are forwarded
                 // before the response head is written, so the request is complete there.
-                r = &mut req_fut, if req_live => {
+                r = std::future::poll_fn(|cx| {
+                    if req_complete.get() {
+                        return Poll::Pending;
+                    }
+                    let r = req_fut.borrow_mut().as_mut().poll(cx);
+                    watch_fresh.set(r.is_pending() && req_complete.get());
+                    r
+                }), if req_live => {
                     req_live = false;
                     match r {
                         Ok(never) => match never {},
@@ -962,17 +967,41 @@ impl Exchange<'_> {
                         Err(ReqErr::BadBody) => break Err(Stop::BadRequestBody),
                         // The upstream stopped reading: it may still answer (an early error).
                         // The failed write may have waited long: the route timeout starts now.
-                        Err(ReqErr::Upstream) => (!req_done).then(clock::tnow),
+                        Err(ReqErr::Upstream) => went_up = (!req_done).then(clock::tnow),
                     }
                 }
-                // Polled right after `req_fut`, which sets the flag in the same turn.
-                () = request_in(), if !req_done => {
-                    // The request's last write stamped `activity`; a failed one may have
-                    // waited long, so the route timeout then starts from now.
-                    Some(if req_complete.get() { activity.get() } else { clock::tnow() })
-                }
                 r = &mut resp_fut => break Ok(r),
-                () = timer.fired(), if deadline.is_some() => {
+                // The watch on the client once the request is in, after the response: the
+                // poll that finishes the response does not also poll an idle watch.
+                r = std::future::poll_fn(|cx| {
+                    if !req_complete.get() || watch_fresh.replace(false) {
+                        return Poll::Pending;
+                    }
+                    req_fut.borrow_mut().as_mut().poll(cx)
+                }), if req_live => match r {
+                    Ok(never) => match never {},
+                    // Once the request is in, only the watch runs: the client went away.
+                    Err(_) => break Err(Stop::DownstreamGone),
+                },
+                () = std::future::poll_fn(|cx| {
+                    // The request went upstream in this poll (the arms above ran first): the
+                    // route timeout starts from its last write (a failed one may have waited
+                    // long: then from now).
+                    if !req_done && (req_complete.get() || up_stopped.get()) {
+                        req_done = true;
+                        let sent = if req_complete.get() { activity.get() } else { clock::tnow() };
+                        if self.timeout_ms > 0 {
+                            let dl = sent + Duration::from_millis(self.timeout_ms);
+                            route_deadline = Some(dl);
+                            timer.arm_by(dl);
+                        }
+                        deadline = next_deadline(true, route_deadline);
+                    }
+                    if deadline.is_none() {
+                        return Poll::Pending;
+                    }
+                    timer.poll_fired(cx)
+                }), if deadline.is_some() || !req_done => {
                     // The timer fired by tokio's clock: compare with a fresh read, not the turn's.
                     let now = tokio::time::Instant::now();
                     if idle.is_some_and(|i| now >= activity.get() + i) {
@@ -995,9 +1024,8 @@ impl Exchange<'_> {
                     if let Some(dl) = deadline {
                         timer.arm_by(dl);
                     }
-                    None
                 }
-            };
+            }
             if let Some(sent) = went_up {
                 req_done = true;
                 if self.timeout_ms > 0 {

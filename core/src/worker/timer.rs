@@ -75,9 +75,15 @@ impl ConnTimer {
         }
     }
 
-    /// Waits until the timer goes off. Only await this after [`ConnTimer::arm_by`]: the wait
+    /// Polls for the timer going off. Only poll this after [`ConnTimer::arm_by`]: the wait
     /// then checks its own deadlines, which may not be due yet (an earlier wait armed the
     /// timer), and arms it again for them.
+    pub(super) fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_sleep(cx)
+    }
+
+    /// [`ConnTimer::poll_fired`] as a future.
+    #[cfg(test)]
     pub(super) async fn fired(&mut self) {
         poll_fn(|cx| self.poll_sleep(cx)).await
     }
