@@ -244,6 +244,23 @@ def test_delayed_close_timeout_counts_a_client_that_stays(make_proxy: Any, clien
     assert proxy.stats().get("http.ingress_http.downstream_cx_delayed_close_timeout", 0) == (0 if client_closes else 1)
 
 
+def test_delayed_close_ends_a_client_that_keeps_sending(make_proxy: Any) -> None:
+    # The delay ends at its deadline even while the client's bytes keep coming: the connection
+    # is closed on it (its sends then fail) and counted as a delayed close timeout.
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", 9)]))
+    with RawConn(proxy.listener_port()) as c:
+        c.send(b"POST /p HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: gzip\r\n\r\nxx")
+        assert c.read_response().status == 501
+        start = time.monotonic()
+        c.sock.settimeout(10)
+        with pytest.raises(OSError):
+            while time.monotonic() - start < 10:
+                c.sock.sendall(b"x" * 65536)
+        assert time.monotonic() - start < 5
+    settled(proxy, {"http.ingress_http.downstream_cx_delayed_close_timeout": 1,
+                    "http.ingress_http.downstream_cx_destroy": 1})
+
+
 def test_router_and_per_listener_counts(make_proxy: Any, upstream: Any) -> None:
     # The router's rq_total counts every request that reaches routing, found or not (a codec
     # refusal never gets there); the listener keeps its own copy of the response classes.
@@ -453,3 +470,5 @@ def test_body_sent_while_connecting_goes_upstream_whole(
             up.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             r = c.read_response()
             assert (r.status, r.body) == (200, b"ok")
+    # Nothing more went upstream than the head and the body, once each.
+    settled(proxy, {"cluster.up.upstream_cx_tx_bytes_total": len(got)})

@@ -41,8 +41,9 @@ pub struct CxGuard {
 }
 
 impl CxGuard {
-    /// Counts an established connection (`upstream_cx_active`); `upstream_cx_total` and
-    /// `upstream_cx_http1_total` count the attempt, before connecting.
+    /// Counts a connection from its attempt on (`upstream_cx_active`, as Envoy's); its drop
+    /// counts the destroy, also of an attempt that never came up. `upstream_cx_total` and
+    /// `upstream_cx_http1_total` are counted by the caller.
     pub fn new(cluster: Arc<ClusterScope>, host: Arc<HostStats>) -> CxGuard {
         cluster.s.upstream_cx_active.inc();
         host.cx_active.inc();

@@ -368,20 +368,28 @@ async fn linger(d: &mut Down, h: &HttpStats) {
     let rx = &h.downstream_cx_rx_bytes_total;
     // Polled by hand, like `Idle`: a `select!` here made the connection's future the larger.
     // The bytes go to the stack of each poll, not into the future.
+    // A client's close found by the same poll that finds the deadline passed counts as a close
+    // (the task may be polled only after the deadline); the timer is looked at first in each
+    // pass, while the task has budget left for it.
     poll_fn(|cx| loop {
-        if d.timer.poll_until(cx, deadline).is_ready() {
-            // The client did not close within the linger (Envoy's delayed close timeout).
-            h.downstream_cx_delayed_close_timeout.inc();
-            return Poll::Ready(());
-        }
+        let due = d.timer.poll_until(cx, deadline).is_ready();
         let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
         let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
         match Pin::new(&mut d.stream).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if !buf.filled().is_empty() => rx.add(buf.filled().len() as u64),
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                rx.add(buf.filled().len() as u64);
+                if !due {
+                    continue;
+                }
+            }
             // The client closing now answers our FIN: the close was ours (Envoy: local).
             Poll::Ready(_) => return Poll::Ready(()),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending if !due => return Poll::Pending,
+            Poll::Pending => {}
         }
+        // The client did not close within the linger (Envoy's delayed close timeout).
+        h.downstream_cx_delayed_close_timeout.inc();
+        return Poll::Ready(());
     })
     .await
 }

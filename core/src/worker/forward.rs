@@ -176,7 +176,7 @@ pub(super) async fn forward(
                 r = &mut attempt => r,
                 _ = watch_client(&dr, &mut d.rbuf, rx, ahead) => {
                     cs.s.upstream_rq_cancelled.inc();
-                    finish_connect(host.clone(), attempt);
+                    finish_connect(ctx.clone(), host.clone(), attempt);
                     l.http.downstream_rq_rx_reset.inc();
                     d.peer_closed = true;
                     d.ended_in_request = true;
@@ -485,15 +485,19 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
 
 /// Lets a connection being made for a request that went away come up and wait in the pool
 /// for the next request, as Envoy's pool keeps a connection whose pending request was
-/// cancelled (or fail and be counted as any failed connect).
+/// cancelled (or fail and be counted as any failed connect). A worker draining by then closes
+/// it instead, as it does every connection a request leaves.
 fn finish_connect<F: Future<Output = Result<UpConn, ConnectFail>> + 'static>(
+    ctx: Rc<Ctx>,
     host: Rc<HostRt>,
     attempt: std::pin::Pin<Box<F>>,
 ) {
     tokio::task::spawn_local(async move {
         if let Ok(c) = attempt.await {
-            // A fresh connection has no read buffer: the pool takes it.
-            let _ = host.pool.checkin(c, clock::now());
+            if !ctx.draining() {
+                // A fresh connection has no read buffer: the pool takes it.
+                let _ = host.pool.checkin(c, clock::now());
+            }
         }
     });
 }
