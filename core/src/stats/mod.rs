@@ -46,6 +46,34 @@ macro_rules! of_class {
     };
 }
 
+/// The counters of Envoy's split of a connection's `*_cx_destroy`, by who closed it and
+/// whether a request was on it then (the names differ upstream and downstream).
+pub struct DestroySplit<'a> {
+    pub local: &'a Counter,
+    pub remote: &'a Counter,
+    pub active_rq: &'a Counter,
+    pub local_active_rq: &'a Counter,
+    pub remote_active_rq: &'a Counter,
+}
+
+impl DestroySplit<'_> {
+    /// Counts a connection's end: closed by the peer (`remote`, else by us), with a request
+    /// under way (`active_rq`) or not.
+    #[inline]
+    pub fn count(&self, remote: bool, active_rq: bool) {
+        if remote { self.remote } else { self.local }.inc();
+        if active_rq {
+            self.active_rq.inc();
+            if remote {
+                self.remote_active_rq
+            } else {
+                self.local_active_rq
+            }
+            .inc();
+        }
+    }
+}
+
 impl HttpStats {
     /// Counts a response by class (`downstream_rq_2xx`).
     #[inline]

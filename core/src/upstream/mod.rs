@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::lb::{Balancer, LbHost};
 use crate::snapshot::{CompiledCluster, HostAddr};
-use crate::stats::ClusterScope;
+use crate::stats::{ClusterScope, DestroySplit};
 use pool::Pool;
 
 crate::stat_scope! {
@@ -85,20 +85,14 @@ impl Drop for CxGuard {
         let s = &self.cluster.s;
         s.upstream_cx_active.dec();
         s.upstream_cx_destroy.inc();
-        match (self.remote, self.active_rq) {
-            (true, false) => s.upstream_cx_destroy_remote.inc(),
-            (false, false) => s.upstream_cx_destroy_local.inc(),
-            (true, true) => {
-                s.upstream_cx_destroy_remote.inc();
-                s.upstream_cx_destroy_with_active_rq.inc();
-                s.upstream_cx_destroy_remote_with_active_rq.inc();
-            }
-            (false, true) => {
-                s.upstream_cx_destroy_local.inc();
-                s.upstream_cx_destroy_with_active_rq.inc();
-                s.upstream_cx_destroy_local_with_active_rq.inc();
-            }
+        DestroySplit {
+            local: &s.upstream_cx_destroy_local,
+            remote: &s.upstream_cx_destroy_remote,
+            active_rq: &s.upstream_cx_destroy_with_active_rq,
+            local_active_rq: &s.upstream_cx_destroy_local_with_active_rq,
+            remote_active_rq: &s.upstream_cx_destroy_remote_with_active_rq,
         }
+        .count(self.remote, self.active_rq);
         self.host.cx_active.dec();
     }
 }

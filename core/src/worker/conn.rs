@@ -36,7 +36,7 @@ use crate::http1::codec::{
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
 use crate::router::{Action, Cx, ReqView, RouteRequest};
-use crate::stats::{Counter, HttpStats};
+use crate::stats::{Counter, DestroySplit, HttpStats};
 
 /// Read size for message heads.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -142,20 +142,14 @@ impl Drop for DownGuard {
         l.http.downstream_cx_http1_active.dec();
         let h = &l.http;
         h.downstream_cx_destroy.inc();
-        match (self.remote, self.active_rq) {
-            (true, false) => h.downstream_cx_destroy_remote.inc(),
-            (false, false) => h.downstream_cx_destroy_local.inc(),
-            (true, true) => {
-                h.downstream_cx_destroy_remote.inc();
-                h.downstream_cx_destroy_active_rq.inc();
-                h.downstream_cx_destroy_remote_active_rq.inc();
-            }
-            (false, true) => {
-                h.downstream_cx_destroy_local.inc();
-                h.downstream_cx_destroy_active_rq.inc();
-                h.downstream_cx_destroy_local_active_rq.inc();
-            }
+        DestroySplit {
+            local: &h.downstream_cx_destroy_local,
+            remote: &h.downstream_cx_destroy_remote,
+            active_rq: &h.downstream_cx_destroy_active_rq,
+            local_active_rq: &h.downstream_cx_destroy_local_active_rq,
+            remote_active_rq: &h.downstream_cx_destroy_remote_active_rq,
         }
+        .count(self.remote, self.active_rq);
         h.downstream_cx_length_ms.record_ms(self.start);
         let a = &self.shared.active_connections;
         a.store(a.load(Relaxed).saturating_sub(1), Relaxed);

@@ -665,7 +665,8 @@ impl Exchange<'_> {
         let framing = self.framing;
         // The upstream closed (or reset) its connection: how it is counted when it goes.
         let up_eof = Cell::new(false);
-        // The upstream stopped reading a request the client had sent whole.
+        // The upstream stopped reading the request (its write failed): the request has gone
+        // upstream as far as it will, for the route timeout.
         let up_stopped = Cell::new(false);
         // Bytes read and written on each side (Envoy's `*_cx_rx_bytes_total`, `*_cx_tx_...`).
         let (down_rx, down_tx) = (
@@ -949,9 +950,6 @@ impl Exchange<'_> {
         // watch has just registered, so the watch arm leaves it be until the next poll.
         let watch_fresh = Cell::new(false);
         let result = loop {
-            // The route timeout starts when the request has gone upstream (or the upstream
-            // stopped reading it): from the timer arm in the turn it did, or from here.
-            let mut went_up = None;
             tokio::select! {
                 biased;
                 // The request first: body bytes that came in with the response are forwarded
@@ -970,8 +968,8 @@ impl Exchange<'_> {
                         Err(ReqErr::Downstream) => break Err(Stop::DownstreamGone),
                         Err(ReqErr::BadBody) => break Err(Stop::BadRequestBody),
                         // The upstream stopped reading: it may still answer (an early error).
-                        // The failed write may have waited long: the route timeout starts now.
-                        Err(ReqErr::Upstream) => went_up = (!req_done).then(clock::tnow),
+                        // The timer arm starts the route timeout in this same poll.
+                        Err(ReqErr::Upstream) => up_stopped.set(true),
                     }
                 }
                 r = &mut resp_fut => break Ok(r),
@@ -988,9 +986,9 @@ impl Exchange<'_> {
                     Err(_) => break Err(Stop::DownstreamGone),
                 },
                 () = std::future::poll_fn(|cx| {
-                    // The request went upstream in this poll (the arms above ran first): the
-                    // route timeout starts from its last write (a failed one may have waited
-                    // long: then from now).
+                    // The request went upstream in this poll (the arms above ran first), or
+                    // the upstream stopped reading it: the route timeout starts from its last
+                    // write (a failed one may have waited long: then from now).
                     if !req_done && (req_complete.get() || up_stopped.get()) {
                         req_done = true;
                         let sent = if req_complete.get() { activity.get() } else { clock::tnow() };
@@ -1029,15 +1027,6 @@ impl Exchange<'_> {
                         timer.arm_by(dl);
                     }
                 }
-            }
-            if let Some(sent) = went_up {
-                req_done = true;
-                if self.timeout_ms > 0 {
-                    let dl = sent + Duration::from_millis(self.timeout_ms);
-                    route_deadline = Some(dl);
-                    timer.arm_by(dl);
-                }
-                deadline = next_deadline(req_done, route_deadline);
             }
         };
         up.guard.remote = up_eof.get();
