@@ -30,6 +30,8 @@ def through(make_proxy: Any, make_canned: Any, answer: bytes) -> Any:
         ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
         ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\nok"),
         ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
         ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
         ("GET", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
         ("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
@@ -40,7 +42,8 @@ def through(make_proxy: Any, make_canned: Any, answer: bytes) -> Any:
         ("GET", b"HTTP/1.1 103 Early\r\nTransfer-Encoding: chunked\r\n\r\n" + OK),
         ("GET", b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
     ],
-    ids=["te-gzip", "te-identity", "te-chunked-gzip", "te-empty", "te-twice", "cl-and-te", "cl-and-te-http10",
+    ids=["te-gzip", "te-identity", "te-chunked-gzip", "te-empty", "te-twice", "te-empty-element-after",
+         "te-empty-element-before", "cl-and-te", "cl-and-te-http10",
          "head-te-gzip", "head-cl-and-te", "204-te", "204-cl-5", "100-cl", "103-te", "empty-line-first"],
 )
 def test_ambiguous_or_unsupported_upstream_framing_is_a_502(
@@ -219,3 +222,21 @@ def test_a_response_whose_length_a_header_edit_removes_goes_chunked(make_proxy: 
         r1 = c.request(get("/a"))
         assert (r1.status, r1.header("content-length"), r1.body) == (200, None, b"hello")
         assert c.request(get("/b")).body == b"hello"
+
+
+@pytest.mark.parametrize(
+    ("te_lines", "body"),
+    [(["", "chunked"], b"hello"), (["chunked", ""], b"5\r\nhello\r\n0\r\n\r\n"),
+     (["CHUNKED", " "], b"5\r\nhello\r\n0\r\n\r\n")],
+    ids=["blank-then-chunked", "chunked-then-blank", "chunked-then-space"],
+)
+def test_blank_transfer_encoding_lines(make_proxy: Any, make_canned: Any, te_lines: list[str], body: bytes) -> None:
+    # Envoy 1.40 drops a blank `transfer-encoding` value but frames by the last line: after a
+    # blank last line the response has no transfer coding, so its bytes are a body read to the
+    # upstream's close (chunk lines included), relayed chunked (checked with the envoy binary).
+    te = "".join(f"Transfer-Encoding: {v}\r\n" for v in te_lines).encode()
+    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n" + te + b"\r\n5\r\nhello\r\n0\r\n\r\n"
+    proxy = through(make_proxy, make_canned, answer)
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/a"))
+        assert (r.status, r.header("transfer-encoding"), r.body) == (200, "chunked", body)

@@ -43,28 +43,40 @@ pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
         if h.method() == b"CONNECT" {
             return Err(FramingError::NotImplemented);
         }
-        let mut codings = 0;
-        let mut chunked = false;
-        for v in te {
-            for c in v.split(|b| *b == b',') {
-                let c = c.trim_ascii();
-                if c.is_empty() {
-                    continue;
-                }
-                codings += 1;
-                chunked = c.eq_ignore_ascii_case(b"chunked");
-            }
-        }
-        if codings == 1 && chunked {
-            return Ok(Framing::Chunked);
-        }
-        return Err(FramingError::NotImplemented);
+        return match te_chunked(te) {
+            Some(true) => Ok(Framing::Chunked),
+            // Framed as if it had no `transfer-encoding`: no body.
+            Some(false) => Ok(Framing::Empty),
+            None => Err(FramingError::NotImplemented),
+        };
     }
     Ok(match length {
         Some(n) if n > 0 && h.method() == b"CONNECT" => return Err(FramingError::BadRequest),
         Some(n) => Framing::Length(n),
         None => Framing::Empty,
     })
+}
+
+/// Envoy 1.40's reading of a message's `transfer-encoding` lines (checked with the envoy
+/// binary, both ways): its header map joins the non-blank lines (a blank value is dropped),
+/// and exactly `chunked`, any case, is taken; a list (`gzip, chunked`, or `chunked,` with an
+/// empty element), a second line or only blank ones is refused (`None`: 501, or 502 for a
+/// response). Its parser frames by the last line, though: after a blank one the message is
+/// framed as if it had no `transfer-encoding` (`Some(false)`), so a request is bodiless and
+/// the bytes after its head are read as the next request.
+fn te_chunked<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
+    let mut nonblank = 0;
+    let mut chunked = false;
+    let mut last_blank = false;
+    for v in lines {
+        let v = v.trim_ascii();
+        last_blank = v.is_empty();
+        if !last_blank {
+            nonblank += 1;
+            chunked = v.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    (nonblank == 1 && chunked).then_some(!last_blank)
 }
 
 /// Whether a request with this method is expected to carry no body (Envoy's
@@ -85,7 +97,7 @@ pub fn response_framing(
     status: u16,
     h: &HeaderMap,
 ) -> Result<Framing, FramingError> {
-    let te = h.may_have_any(known::TRANSFER_ENCODING) && h.contains(b"transfer-encoding");
+    let mut te = h.may_have_any(known::TRANSFER_ENCODING) && h.contains(b"transfer-encoding");
     let mut lengths = h.get_all(b"content-length");
     let (first_length, more_lengths) = (lengths.next(), lengths.next().is_some());
     if more_lengths {
@@ -99,12 +111,11 @@ pub fn response_framing(
         };
     }
     if te {
-        let chunked = h
-            .only(b"transfer-encoding")
-            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if !chunked || first_length.is_some() {
+        if first_length.is_some() {
             return Err(FramingError::NotImplemented);
         }
+        // A blank last line frames it as if it had none: by its length, else by the close.
+        te = te_chunked(h.get_all(b"transfer-encoding")).ok_or(FramingError::NotImplemented)?;
     }
     // A 304's one length is relayed unread.
     if status == 304 {
@@ -475,6 +486,36 @@ mod tests {
             ),
             (
                 "POST / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n",
+                Err(FramingError::NotImplemented),
+            ),
+            // Envoy 1.40: an empty element is a list, not `chunked`; blank lines are dropped,
+            // but a blank last line leaves the request bodiless.
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked, \r\n\r\n",
+                Err(FramingError::NotImplemented),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: , chunked\r\n\r\n",
+                Err(FramingError::NotImplemented),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+                Err(FramingError::NotImplemented),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: \r\n\r\n",
+                Err(FramingError::NotImplemented),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: \r\ntransfer-encoding: chunked\r\n\r\n",
+                Ok(Framing::Chunked),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: CHUNKED\r\ntransfer-encoding: \r\n\r\n",
+                Ok(Framing::Empty),
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: \r\ntransfer-encoding: chunked\r\n\r\n",
                 Err(FramingError::NotImplemented),
             ),
         ];
