@@ -349,3 +349,32 @@ def test_stream_idle_timeout_is_reset_by_each_body_piece(make_proxy: Any, make_c
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get("/"))
         assert (r.status, r.body) == (200, b"012xxxx")
+
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "partial"])
+def test_dead_upstream_after_the_whole_body_keeps_the_connection(make_proxy: Any, upstream: Any, dead_port: int,
+                                                                 framing: str) -> None:
+    """The body comes with the head, so it is whole by the time the connect fails: the 503 answers
+    a complete request and the connection stays. A body still incomplete then closes it."""
+    proxy = make_proxy(bootstrap([route("/refused", "refused"), route("/", "up")],
+                                 [cluster("refused", dead_port), cluster("up", upstream.port)]))
+    head = b"POST /refused HTTP/1.1\r\nHost: example.com\r\n"
+    post = {"length": head + b"content-length: 5\r\n\r\nhello",
+            "chunked": head + b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+            "partial": head + b"content-length: 10\r\n\r\nhello"}[framing]
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(post)
+        assert (r.status_line, r.body) == ("HTTP/1.1 503 Service Unavailable", CONNECT_FAIL)
+        if framing == "partial":
+            assert r.header("connection") == "close"
+            assert c.closed_within(3.0)
+        else:
+            assert r.header("connection") is None
+            assert c.request(get("/x")).status == 200
+    wait_stat(proxy, "cluster.refused.upstream_rq_pending_failure_eject", 1)
+    before = proxy.stats()["http.ingress_http.downstream_rq_response_before_rq_complete"]
+    assert before == (1 if framing == "partial" else 0)
+    # The dropped body never reaches the next request: the upstream saw only `GET /x`, whole.
+    seen = [(q.method, q.target, q.body_len) for q in upstream.requests]
+    assert seen == ([] if framing == "partial" else [("GET", "/x", 0)])

@@ -355,24 +355,35 @@ def test_early_response_has_no_service_time_and_resets_both_sides(make_proxy: An
     })
 
 
+# A connect to a stalled listener gets through only when one of its SYNs, sent again 1, 3, 7,
+# 15 and 31 s after the first, finds the accept queue drained: a connect timeout of 40 s keeps
+# the later ones, so a test slowed down (a busy machine) before it drains the queue still
+# gets the connection, at the next of them.
+STALLED_CONNECT_TIMEOUT = "40s"
+
+
+def stalled_proxy(make_proxy: Any, lst: socket.socket) -> Any:
+    return make_proxy(bootstrap([route("/", "up")],
+                                [cluster("up", lst.getsockname()[1], connect_timeout=STALLED_CONNECT_TIMEOUT)]))
+
+
 @pytest.fixture
 def stalled_port() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
     """A listener whose accept queue is full: a connect to it hangs (its SYNs are dropped and
     sent again) until the queue is drained. Yields the listener and the connections filling
-    the queue."""
+    the queue.
+
+    With a backlog of 0 the queue holds one connection, and every SYN that finds it empty is
+    answered with a SYN cookie. One filler, connected at once, fills it. (With more, a
+    filler's SYN sent again could meet the proxy's once `accept_proxy` drains the queue: both
+    get a cookie, and the ACK that comes second finds the queue full and is dropped, so that
+    client takes itself for connected while the listener never sees it until it sends.)"""
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(0)
     port = lst.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        f = socket.socket()
-        f.setblocking(False)
-        try:
-            f.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(f)
+    f = socket.create_connection(("127.0.0.1", port), timeout=5)
+    fillers = [f]
     try:
         yield lst, fillers
     finally:
@@ -398,7 +409,7 @@ def test_client_gone_while_connecting_cancels_the_request(
     # closes: the pending request is cancelled, never sent (Envoy: upstream_rq_cancelled),
     # with or without a body under way.
     lst, fillers = stalled_port
-    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="10s")]))
+    proxy = stalled_proxy(make_proxy, lst)
     s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
     s.sendall(request_bytes)
     wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
@@ -409,13 +420,14 @@ def test_client_gone_while_connecting_cancels_the_request(
                     "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_completed": 0,
                     "cluster.up.upstream_cx_active": 1, "cluster.up.upstream_cx_destroy": 0})
     assert time.monotonic() - start < 3
-    # ... and once it is up, it waits in the pool: the next request goes on it.
-    up = accept_proxy(lst, fillers)
-    with up, RawConn(proxy.listener_port()) as c:
+    # ... and the next request, come while it still hangs, waits for it rather than making a
+    # connection of its own.
+    with RawConn(proxy.listener_port()) as c:
         c.send(get("/again"))
-        assert read_head(up).startswith(b"GET /again HTTP/1.1\r\n")
-        up.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        assert c.read_response().status == 200
+        with accept_proxy(lst, fillers) as up:
+            assert read_head(up).startswith(b"GET /again HTTP/1.1\r\n")
+            up.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            assert c.read_response().status == 200
     settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_rq_total": 1})
 
 
@@ -423,7 +435,7 @@ def accept_proxy(lst: socket.socket, fillers: list[socket.socket]) -> socket.soc
     """Accepts the proxy's connection to a stalled listener: the fillers' connections come
     first or between (as their SYNs are sent again) and are closed."""
     filler_addrs = {f.getsockname() for f in fillers}
-    lst.settimeout(10)
+    lst.settimeout(20)
     while True:
         up, peer = lst.accept()
         if peer not in filler_addrs:
@@ -447,7 +459,7 @@ def test_body_sent_while_connecting_goes_upstream_whole(
     # The body comes while the upstream connection is being made: it is read ahead (the
     # proxy's rx byte counter shows it) and then sent upstream with the head once connected.
     lst, fillers = stalled_port
-    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="10s")]))
+    proxy = stalled_proxy(make_proxy, lst)
     head = b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 6000\r\n\r\n"
     body = bytes(range(256)) * 23 + b"x" * 112
     with RawConn(proxy.listener_port()) as c:
@@ -472,3 +484,78 @@ def test_body_sent_while_connecting_goes_upstream_whole(
             assert (r.status, r.body) == (200, b"ok")
     # Nothing more went upstream than the head and the body, once each.
     settled(proxy, {"cluster.up.upstream_cx_tx_bytes_total": len(got)})
+
+
+def test_request_while_a_cancelled_connect_goes_on_takes_that_connection(
+    make_proxy: Any, stalled_port: tuple[socket.socket, list[socket.socket]]
+) -> None:
+    # A request whose client left is cancelled while its connection is being made; the next
+    # request, come while that connect still hangs, waits for that connection rather than
+    # opening a second one (Envoy's pool counts the attempt's capacity for pending requests).
+    lst, fillers = stalled_port
+    proxy = stalled_proxy(make_proxy, lst)
+    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+    s.sendall(get("/gone"))
+    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
+    s.close()
+    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_cancelled") == 1, what="the cancel")
+    with RawConn(proxy.listener_port()) as c:
+        c.send(get("/again"))
+        wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 2, what="the second request")
+        settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_cx_active": 1})
+        up = accept_proxy(lst, fillers)
+        with up:
+            assert read_head(up).startswith(b"GET /again HTTP/1.1\r\n")
+            up.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            assert c.read_response().status == 200
+    settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_rq_total": 1,
+                    "cluster.up.upstream_rq_cancelled": 1})
+
+
+def test_request_waiting_on_a_cancelled_connect_that_times_out_gets_503(
+    make_proxy: Any, stalled_port: tuple[socket.socket, list[socket.socket]]
+) -> None:
+    # The connection the second request waits for never comes up: its connect timeout fails
+    # that request too (Envoy ejects the pending requests of a failed connect), and no second
+    # connection is tried.
+    lst, _fillers = stalled_port
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="2s")]))
+    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+    s.sendall(get("/gone"))
+    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
+    s.close()
+    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_cancelled") == 1, what="the cancel")
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(get("/again"))
+        assert (r.status, r.body) == (
+            503, b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout")
+        assert r.header("connection") is None
+    settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_cx_connect_timeout": 1,
+                    "cluster.up.upstream_rq_pending_total": 2, "cluster.up.upstream_rq_pending_failure_eject": 1,
+                    "cluster.up.upstream_rq_cancelled": 1, "cluster.up.upstream_rq_total": 0,
+                    "cluster.up.upstream_cx_active": 0})
+
+
+def test_connection_whose_waiting_request_also_left_waits_in_the_pool(
+    make_proxy: Any, stalled_port: tuple[socket.socket, list[socket.socket]]
+) -> None:
+    # Two requests in turn give up on the same connection being made; once up, it waits in
+    # the pool and serves the third.
+    lst, fillers = stalled_port
+    proxy = stalled_proxy(make_proxy, lst)
+    for n in (1, 2):
+        s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+        s.sendall(get(f"/gone{n}"))
+        wait_for(lambda n=n: proxy.stats().get("cluster.up.upstream_rq_pending_total") == n, what="the pending request")
+        s.close()
+        wait_for(lambda n=n: proxy.stats().get("cluster.up.upstream_rq_cancelled") == n, what="the cancel")
+    # Up, and pooled: the third request goes on it without waiting or another connect.
+    with accept_proxy(lst, fillers) as up:
+        settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_cx_active": 1})
+        with RawConn(proxy.listener_port()) as c:
+            c.send(get("/third"))
+            assert read_head(up).startswith(b"GET /third HTTP/1.1\r\n")
+            up.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            assert c.read_response().status == 200
+    settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_rq_total": 1,
+                    "cluster.up.upstream_rq_cancelled": 2, "cluster.up.upstream_rq_pending_total": 2})

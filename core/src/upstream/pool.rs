@@ -1,11 +1,26 @@
 //! A per-worker, per-host pool of idle upstream HTTP/1.1 connections.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// Why a connection could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFail {
+    /// The connect timeout passed.
+    Timeout,
+    /// The host refused (or the connect failed otherwise).
+    Refused,
+}
+
+/// What a request waiting on another request's connection attempt gets: the connection, or
+/// why it failed.
+pub type Handoff = oneshot::Receiver<Result<UpConn, ConnectFail>>;
 
 /// An upstream connection between requests.
 pub struct UpConn {
@@ -26,6 +41,10 @@ pub struct UpConn {
 #[derive(Default)]
 pub struct Pool {
     idle: RefCell<Vec<UpConn>>,
+    /// Connections still being made whose request went away ([`Pool::orphan_started`]).
+    orphans: Cell<usize>,
+    /// Requests waiting for one of those, oldest first.
+    waiters: RefCell<VecDeque<oneshot::Sender<Result<UpConn, ConnectFail>>>>,
 }
 
 impl Pool {
@@ -80,6 +99,57 @@ impl Pool {
         expired
     }
 
+    /// Counts a connection attempt whose request went away and that goes on: until it ends
+    /// ([`Pool::orphan_done`]) a request that finds no idle connection waits for it rather
+    /// than making its own, as Envoy's pool counts a connection being made as room for a
+    /// pending request.
+    pub fn orphan_started(&self) {
+        self.orphans.set(self.orphans.get() + 1);
+    }
+
+    /// A place in line for a connection being made for a request that went away, if one has
+    /// room for another request (none when every such attempt already has a request waiting).
+    pub fn wait_for_orphan(&self) -> Option<Handoff> {
+        if self.orphans.get() == 0 {
+            return None;
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        // Requests whose client left meanwhile no longer wait.
+        waiters.retain(|w| !w.is_closed());
+        if waiters.len() >= self.orphans.get() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.push_back(tx);
+        Some(rx)
+    }
+
+    /// Ends an attempt counted by [`Pool::orphan_started`]: a connection goes to the oldest
+    /// request waiting, or comes back for the pool when none waits. A failure fails every
+    /// waiting request, as Envoy's pool ejects its pending requests when a connect fails.
+    pub fn orphan_done(&self, r: Result<UpConn, ConnectFail>) -> Option<UpConn> {
+        self.orphans.set(self.orphans.get() - 1);
+        let mut waiters = self.waiters.borrow_mut();
+        match r {
+            Ok(mut c) => {
+                while let Some(w) = waiters.pop_front() {
+                    match w.send(Ok(c)) {
+                        Ok(()) => return None,
+                        // That request went away too: the next one, if any.
+                        Err(back) => c = back.unwrap_or_else(|_| unreachable!("sent Ok")),
+                    }
+                }
+                Some(c)
+            }
+            Err(fail) => {
+                for w in waiters.drain(..) {
+                    let _ = w.send(Err(fail));
+                }
+                None
+            }
+        }
+    }
+
     /// Closes every idle connection.
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
@@ -128,5 +198,49 @@ mod tests {
         let refused = pool.checkin(conn(c.stream, dirty), Instant::now());
         assert!(refused.is_err_and(|c| c.rbuf.len() == 17));
         assert!(pool.checkout().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_made_for_a_request_that_left_goes_to_the_next_waiting() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (a, _peer) = (a.unwrap(), b.unwrap());
+        let pool = Pool::default();
+        assert!(
+            pool.wait_for_orphan().is_none(),
+            "nothing being made: connect"
+        );
+
+        pool.orphan_started();
+        let first = pool.wait_for_orphan().expect("room for one request");
+        assert!(pool.wait_for_orphan().is_none(), "one attempt, one request");
+        // The first request leaves: its place is free again.
+        drop(first);
+        let mut second = pool.wait_for_orphan().expect("the place given up");
+        assert!(pool.orphan_done(Ok(conn(a, BytesMut::new()))).is_none());
+        let got = second.try_recv().expect("handed over");
+        assert!(got.is_ok());
+        assert!(
+            pool.wait_for_orphan().is_none(),
+            "nothing being made any more"
+        );
+
+        // No request waits (the one that did left): the connection comes back, for the pool.
+        pool.orphan_started();
+        drop(pool.wait_for_orphan());
+        let back = pool.orphan_done(got);
+        assert!(back.is_some());
+
+        // A failure fails every waiting request.
+        pool.orphan_started();
+        pool.orphan_started();
+        let (mut w1, mut w2) = (
+            pool.wait_for_orphan().unwrap(),
+            pool.wait_for_orphan().unwrap(),
+        );
+        assert!(pool.orphan_done(Err(ConnectFail::Timeout)).is_none());
+        assert_eq!(w1.try_recv().unwrap().err(), Some(ConnectFail::Timeout));
+        assert_eq!(w2.try_recv().unwrap().err(), Some(ConnectFail::Timeout));
     }
 }

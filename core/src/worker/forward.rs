@@ -32,7 +32,7 @@ use crate::http1::head::{parse_response, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
 use crate::stats::{ClusterScope, Counter};
-use crate::upstream::pool::UpConn;
+use crate::upstream::pool::{ConnectFail, UpConn};
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
 /// Largest upstream response head accepted.
@@ -81,11 +81,6 @@ enum Outcome {
     /// Failed after the response head went downstream (`status` is that head's), or the client
     /// went away (`status` 0): close the connection.
     Abort { status: u16, cause: Cause },
-}
-
-enum ConnectFail {
-    Timeout,
-    Refused,
 }
 
 /// Forwards a routed request and writes the response; returns the status sent (0 if none) and
@@ -169,14 +164,30 @@ pub(super) async fn forward(
             let (dr, _) = d.stream.split();
             let rx = &l.http.downstream_cx_rx_bytes_total;
             let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+            // A connection still being made for a request that went away is taken before a
+            // new one is made (Envoy's pool counts it as room for a pending request).
+            let mut handoff = host.pool.wait_for_orphan();
             // Boxed (once per new connection, not per request): it may outlive this request.
-            let mut attempt = Box::pin(connect(cluster.clone(), host.clone()));
+            let mut attempt = handoff
+                .is_none()
+                .then(|| Box::pin(connect(cluster.clone(), host.clone())));
+            let pending = std::future::poll_fn(|cx| match (&mut attempt, &mut handoff) {
+                (Some(a), _) => a.as_mut().poll(cx),
+                // Its attempt ended without an answer only if the worker is stopping.
+                (None, Some(h)) => std::pin::Pin::new(h)
+                    .poll(cx)
+                    .map(|r| r.unwrap_or(Err(ConnectFail::Refused))),
+                (None, None) => unreachable!("a request waits on an attempt"),
+            });
             let connected = tokio::select! {
                 biased;
-                r = &mut attempt => r,
+                r = pending => r,
                 _ = watch_client(&dr, &mut d.rbuf, rx, ahead) => {
                     cs.s.upstream_rq_cancelled.inc();
-                    finish_connect(ctx.clone(), host.clone(), attempt);
+                    // Its own attempt goes on for the pool; a place in line is given up.
+                    if let Some(attempt) = attempt {
+                        finish_connect(ctx.clone(), host.clone(), attempt);
+                    }
                     l.http.downstream_rq_rx_reset.inc();
                     d.peer_closed = true;
                     d.ended_in_request = true;
@@ -202,7 +213,15 @@ pub(super) async fn forward(
                             b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
                         }
                     };
-                    return reply(ctx, l, d, 503, body, keep && !body_pending, None).await;
+                    // A body read ahead whole while the connection was being made is
+                    // complete, as Envoy has it by then: the reply answers a whole request and
+                    // the client connection stays, with the body dropped from the buffer.
+                    let whole = body_pending && take_buffered_body(&mut d.rbuf, framing);
+                    if whole {
+                        d.body_unread = false;
+                    }
+                    let keep = keep && (whole || !body_pending);
+                    return reply(ctx, l, d, 503, body, keep, None).await;
                 }
             }
         }
@@ -483,6 +502,23 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
     }
 }
 
+/// Drops a request body from the front of `buf` when the whole of it is there, saying whether
+/// it was; otherwise `buf` is left as it was (a malformed chunked body counts as not whole).
+fn take_buffered_body(buf: &mut BytesMut, framing: Framing) -> bool {
+    let mut rest = buf.clone();
+    let mut body = Decoder::new(framing);
+    loop {
+        match body.decode(&mut rest, usize::MAX) {
+            Ok(Decoded::Data(n)) => rest.advance(n),
+            Ok(Decoded::End) => {
+                *buf = rest;
+                return true;
+            }
+            Ok(Decoded::NeedMore) | Err(_) => return false,
+        }
+    }
+}
+
 /// Lets a connection being made for a request that went away come up and wait in the pool
 /// for the next request, as Envoy's pool keeps a connection whose pending request was
 /// cancelled (or fail and be counted as any failed connect). A worker draining by then closes
@@ -492,8 +528,10 @@ fn finish_connect<F: Future<Output = Result<UpConn, ConnectFail>> + 'static>(
     host: Rc<HostRt>,
     attempt: std::pin::Pin<Box<F>>,
 ) {
+    host.pool.orphan_started();
     tokio::task::spawn_local(async move {
-        if let Ok(c) = attempt.await {
+        // A request that came meanwhile takes it; else it waits in the pool.
+        if let Some(c) = host.pool.orphan_done(attempt.await) {
             if !ctx.draining() {
                 // A fresh connection has no read buffer: the pool takes it.
                 let _ = host.pool.checkin(c, clock::now());
