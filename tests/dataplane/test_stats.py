@@ -559,3 +559,89 @@ def test_connection_whose_waiting_request_also_left_waits_in_the_pool(
             assert c.read_response().status == 200
     settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_rq_total": 1,
                     "cluster.up.upstream_rq_cancelled": 2, "cluster.up.upstream_rq_pending_total": 2})
+
+
+# --- *_bytes_buffered ---------------------------------------------------------------------------
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+RX_BUF = "http.ingress_http.downstream_cx_rx_bytes_buffered"
+TX_BUF = "http.ingress_http.downstream_cx_tx_bytes_buffered"
+UP_RX_BUF = "cluster.up.upstream_cx_rx_bytes_buffered"
+UP_TX_BUF = "cluster.up.upstream_cx_tx_bytes_buffered"
+
+
+def test_read_buffers_count_their_last_read_until_the_connection_goes(make_proxy: Any, make_canned: Any) -> None:
+    # Envoy's rx_bytes_buffered is the read buffer's length right after the connection's last
+    # read (it does not look again once the codec has taken the bytes), so an idle keep-alive
+    # connection counts its last request, and a pooled upstream connection its last response.
+    up = make_canned({"*": OK})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    one, longer = get("/"), get("/", extra="x-pad: 0123456789\r\n")
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(one).status == 200
+        settled(proxy, {RX_BUF: len(one), UP_RX_BUF: len(OK), TX_BUF: 0, UP_TX_BUF: 0})
+        assert c.request(longer).status == 200
+        settled(proxy, {RX_BUF: len(longer)})
+        # Pipelined: Envoy looks again as its codec takes each next request up, so the last
+        # one's bytes are what counts.
+        c.send(one + longer + one)
+        assert [c.read_response().status for _ in range(3)] == [200, 200, 200]
+        settled(proxy, {RX_BUF: len(one)})
+    # The client connection ends: its share goes; the pooled upstream one keeps its own.
+    settled(proxy, {RX_BUF: 0, UP_RX_BUF: len(OK)})
+
+
+def test_a_client_that_does_not_read_leaves_response_bytes_buffered(make_proxy: Any, make_canned: Any) -> None:
+    # What waits for the client's socket to take it counts in tx_bytes_buffered (pyproxy holds
+    # at most a read's worth, Envoy up to its buffer limit), and is gone once the client reads.
+    size = 8 << 20
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with socket.socket() as s:
+        # A small window, set before the connect, so that the kernel takes less of it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", proxy.listener_port()))
+        s.sendall(get("/big"))
+        wait_for(lambda: proxy.stats().get(TX_BUF, 0) > 0 and proxy.stats().get(UP_RX_BUF, 0) > 0,
+                 what="the response to back up")
+        s.settimeout(10)
+        got = 0
+        while got < size:
+            chunk = s.recv(1 << 20)
+            assert chunk
+            got += len(chunk)
+        wait_for(lambda: proxy.stats().get(TX_BUF) == 0, what="the buffered bytes to go")
+    settled(proxy, {TX_BUF: 0, RX_BUF: 0})
+
+
+def test_an_upstream_that_does_not_read_leaves_request_bytes_buffered(make_proxy: Any) -> None:
+    # The request body waits for the upstream's socket: upstream_cx_tx_bytes_buffered. It is
+    # taken off once that connection ends.
+    import threading
+
+    lst = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    ready = threading.Event()
+
+    def accept() -> None:
+        s, _ = lst.accept()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        accepted.append(s)
+        ready.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1])]))
+    size = 8 << 20
+    with socket.create_connection(("127.0.0.1", proxy.listener_port())) as c:
+        c.sendall(b"POST /sink HTTP/1.1\r\nhost: example.com\r\ncontent-length: %d\r\n\r\n" % size)
+        c.settimeout(0.2)
+        try:
+            for _ in range(size // 65536):
+                c.sendall(b"y" * 65536)
+        except TimeoutError:
+            pass  # the proxy stopped reading: its buffer towards the upstream is full
+        wait_for(lambda: proxy.stats().get(UP_TX_BUF, 0) > 0, what="the body to back up")
+        assert ready.wait(5)
+        accepted[0].close()
+        lst.close()
+        settled(proxy, {UP_TX_BUF: 0})

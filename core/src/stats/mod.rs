@@ -7,7 +7,7 @@ pub mod render;
 pub mod store;
 
 pub use model::{HistValue, StatKind, StatValue, StatsSnapshot};
-pub use store::{CodeCounters, Counter, Gauge, Histogram, Scope, Store, Visitor};
+pub use store::{CodeCounters, Counter, Flow, Gauge, Histogram, Scope, Store, Visitor};
 
 crate::stat_scope! {
     /// `http.<stat_prefix>.*`: one per listener's connection manager per worker.
@@ -27,8 +27,73 @@ crate::stat_scope! {
             downstream_rq_response_before_rq_complete, downstream_rq_rx_reset,
             no_route, rq_direct_response, rq_redirect, rq_total,
         }
-        gauges { downstream_cx_active, downstream_cx_http1_active, downstream_rq_active }
+        gauges {
+            downstream_cx_active, downstream_cx_http1_active, downstream_rq_active,
+            downstream_cx_rx_bytes_buffered, downstream_cx_tx_bytes_buffered,
+        }
         histograms { downstream_rq_time, downstream_cx_length_ms }
+    }
+}
+
+/// What one connection's buffers count in the `*_bytes_buffered` gauges ([`Flow`]), taken off
+/// them when the connection ends.
+/// (`u32`: a connection's buffers hold far less than 4 GiB, and an upstream connection is
+/// moved in and out of its pool by value, so it is kept small.)
+#[derive(Debug, Default)]
+pub struct Buffered {
+    pub rx: std::cell::Cell<u32>,
+    pub tx: std::cell::Cell<u32>,
+}
+
+impl Buffered {
+    /// Takes this connection's share off the gauges.
+    pub fn release(&self, rx: &Gauge, tx: &Gauge) {
+        rx.add_sub(0, u64::from(self.rx.take()));
+        tx.add_sub(0, u64::from(self.tx.take()));
+    }
+}
+
+impl HttpStats {
+    /// A client connection's reads.
+    #[inline]
+    pub fn down_rx<'a>(&'a self, b: &'a Buffered) -> Flow<'a> {
+        Flow {
+            total: &self.downstream_cx_rx_bytes_total,
+            buffered: &self.downstream_cx_rx_bytes_buffered,
+            held: &b.rx,
+        }
+    }
+
+    /// A client connection's writes.
+    #[inline]
+    pub fn down_tx<'a>(&'a self, b: &'a Buffered) -> Flow<'a> {
+        Flow {
+            total: &self.downstream_cx_tx_bytes_total,
+            buffered: &self.downstream_cx_tx_bytes_buffered,
+            held: &b.tx,
+        }
+    }
+}
+
+impl ClusterStats {
+    /// An upstream connection's reads.
+    #[inline]
+    pub fn up_rx<'a>(&'a self, b: &'a Buffered) -> Flow<'a> {
+        Flow {
+            total: &self.upstream_cx_rx_bytes_total,
+            buffered: &self.upstream_cx_rx_bytes_buffered,
+            held: &b.rx,
+        }
+    }
+
+    /// An upstream connection's writes.
+    #[inline]
+    pub fn up_tx<'a>(&'a self, b: &'a Buffered) -> Flow<'a> {
+        Flow {
+            total: &self.upstream_cx_tx_bytes_total,
+            buffered: &self.upstream_cx_tx_bytes_buffered,
+            held: &b.tx,
+        }
     }
 }
 
@@ -179,7 +244,10 @@ crate::stat_scope! {
             upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx,
             upstream_cx_none_healthy, lb_healthy_panic,
         }
-        gauges { upstream_cx_active, upstream_rq_active, membership_total, membership_healthy }
+        gauges {
+            upstream_cx_active, upstream_rq_active, membership_total, membership_healthy,
+            upstream_cx_rx_bytes_buffered, upstream_cx_tx_bytes_buffered,
+        }
         histograms { upstream_rq_time, upstream_cx_connect_ms }
     }
 }

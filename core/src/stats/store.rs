@@ -56,6 +56,12 @@ impl Gauge {
         self.set(self.value.load(Relaxed).wrapping_sub(1));
     }
 
+    /// Adds `add` and subtracts `sub`.
+    #[inline]
+    pub fn add_sub(&self, add: u64, sub: u64) {
+        self.set(self.value.load(Relaxed).wrapping_add(add).wrapping_sub(sub));
+    }
+
     /// Sets the value.
     #[inline]
     pub fn set(&self, v: u64) {
@@ -73,6 +79,54 @@ impl Gauge {
     /// Whether the gauge was ever written (Envoy's `used` flag).
     pub fn used(&self) -> bool {
         self.used.load(Relaxed) != 0
+    }
+}
+
+/// One direction of one connection as Envoy's connection counts it: every byte moved
+/// (`*_cx_rx_bytes_total`, `*_cx_tx_bytes_total`), and the connection's share of the
+/// `*_bytes_buffered` gauge, which is what its buffer held when it was last looked at. For the
+/// read side that is the read buffer's length right after the last read (Envoy does not look
+/// again once its codec has consumed it, so an idle keep-alive connection still counts the
+/// size of its last read); for the write side, the bytes a write has yet to hand to the kernel.
+/// `held` is the connection's own, taken off the gauge when the connection ends.
+pub struct Flow<'a> {
+    pub total: &'a Counter,
+    pub buffered: &'a Gauge,
+    pub held: &'a std::cell::Cell<u32>,
+}
+
+impl Flow<'_> {
+    /// Counts `n` bytes read, after which the read buffer holds `now`.
+    #[inline]
+    pub fn read(&self, n: usize, now: usize) {
+        self.total.add(n as u64);
+        self.hold(now);
+    }
+
+    /// Counts `n` bytes written (taken by the kernel).
+    #[inline]
+    pub fn wrote(&self, n: usize) {
+        self.total.add(n as u64);
+    }
+
+    /// The connection's buffer is empty again (a write went whole): a load, no gauge write,
+    /// unless bytes had been left waiting.
+    #[inline]
+    pub fn drained(&self) {
+        if self.held.get() != 0 {
+            self.hold(0);
+        }
+    }
+
+    /// The connection's buffer now holds `now` bytes. No gauge write when that has not changed
+    /// (the usual case: requests of one size, writes the kernel takes whole).
+    #[inline]
+    pub fn hold(&self, now: usize) {
+        let now = now as u32;
+        let was = self.held.replace(now);
+        if was != now {
+            self.buffered.add_sub(u64::from(now), u64::from(was));
+        }
     }
 }
 

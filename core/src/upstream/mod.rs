@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::lb::{Balancer, LbHost};
 use crate::snapshot::{CompiledCluster, HostAddr};
-use crate::stats::{ClusterScope, DestroySplit};
+use crate::stats::{Buffered, ClusterScope, DestroySplit};
 use pool::Pool;
 
 crate::stat_scope! {
@@ -38,6 +38,8 @@ pub struct CxGuard {
     pub remote: bool,
     /// It ended with a request on it (`upstream_cx_destroy_with_active_rq`).
     pub active_rq: bool,
+    /// Its share of `upstream_cx_{rx,tx}_bytes_buffered`.
+    pub held: Buffered,
 }
 
 impl CxGuard {
@@ -52,6 +54,7 @@ impl CxGuard {
             host,
             remote: false,
             active_rq: false,
+            held: Buffered::default(),
         }
     }
 }
@@ -83,6 +86,10 @@ impl Drop for RqGuard {
 impl Drop for CxGuard {
     fn drop(&mut self) {
         let s = &self.cluster.s;
+        self.held.release(
+            &s.upstream_cx_rx_bytes_buffered,
+            &s.upstream_cx_tx_bytes_buffered,
+        );
         s.upstream_cx_active.dec();
         s.upstream_cx_destroy.inc();
         DestroySplit {

@@ -27,7 +27,6 @@ use super::headers::{
     mutate_request, redirect_location, redirect_rewritten_target, request_location,
 };
 use super::timer::{earliest, ConnTimer};
-use super::Shared;
 use crate::http1::body::Framing;
 use crate::http1::codec::{
     request_framing, strip_h2c_upgrade, write_framing, write_status_line, ConnectionTokens,
@@ -36,7 +35,7 @@ use crate::http1::codec::{
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
 use crate::router::{Action, Cx, ReqView, RouteRequest};
-use crate::stats::{Counter, DestroySplit, HttpStats};
+use crate::stats::{Buffered, DestroySplit, Flow, HttpStats};
 
 /// Read size for message heads.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -83,6 +82,8 @@ pub(super) struct Down {
     pub(super) done_at: Option<Instant>,
     /// The connection's one timer, for every wait (see `timer.rs`).
     pub(super) timer: ConnTimer,
+    /// Its share of `downstream_cx_{rx,tx}_bytes_buffered`.
+    pub(super) held: Buffered,
 }
 
 impl Down {
@@ -102,7 +103,6 @@ impl Down {
 /// Counts a downstream connection open for as long as it lives.
 struct DownGuard {
     l: Rc<ListenerRt>,
-    shared: Arc<Shared>,
     start: Instant,
     /// Set from the connection's end (`Down::peer_closed`, `Down::ended_in_request`).
     remote: bool,
@@ -110,7 +110,7 @@ struct DownGuard {
 }
 
 impl DownGuard {
-    fn new(shared: Arc<Shared>, l: Rc<ListenerRt>) -> DownGuard {
+    fn new(l: Rc<ListenerRt>) -> DownGuard {
         l.stats.downstream_cx_total.inc();
         l.stats.downstream_cx_active.inc();
         l.worker.downstream_cx_total.inc();
@@ -119,11 +119,10 @@ impl DownGuard {
         l.http.downstream_cx_http1_total.inc();
         l.http.downstream_cx_active.inc();
         l.http.downstream_cx_http1_active.inc();
-        let a = &shared.active_connections;
+        let a = &l.shared.active_connections;
         a.store(a.load(Relaxed) + 1, Relaxed);
         DownGuard {
             l,
-            shared,
             start: clock::now(),
             remote: false,
             active_rq: false,
@@ -151,7 +150,7 @@ impl Drop for DownGuard {
         }
         .count(self.remote, self.active_rq);
         h.downstream_cx_length_ms.record_ms(self.start);
-        let a = &self.shared.active_connections;
+        let a = &self.l.shared.active_connections;
         a.store(a.load(Relaxed).saturating_sub(1), Relaxed);
     }
 }
@@ -202,8 +201,9 @@ pub fn serve(
             started: clock::now(),
             done_at: None,
             timer: ConnTimer::new(),
+            held: Buffered::default(),
         },
-        _guard: DownGuard::new(ctx.shared.clone(), l),
+        _guard: DownGuard::new(l),
         ctx,
         lname,
     });
@@ -227,6 +227,11 @@ impl Drop for Conn {
     fn drop(&mut self) {
         self._guard.remote = self.d.peer_closed;
         self._guard.active_rq = self.d.ended_in_request;
+        let h = &self._guard.l.http;
+        self.d.held.release(
+            &h.downstream_cx_rx_bytes_buffered,
+            &h.downstream_cx_tx_bytes_buffered,
+        );
         self.ctx.unwatch_drain(self.d.drain_key);
     }
 }
@@ -258,6 +263,10 @@ impl Conn {
                 }
                 d.rbuf = ctx.take_read_buf();
                 last = !refresh(ctx, lname, &mut snap, &mut l);
+            } else {
+                // A pipelined request: Envoy looks at its read buffer again when its codec
+                // takes the next request up (`downstream_cx_rx_bytes_buffered`).
+                l.http.down_rx(&d.held).hold(d.rbuf.len());
             }
             let mut fut = ctx.request_slots.boxed(|| request(ctx, &snap, &l, d, last));
             let next = fut.as_mut().await;
@@ -359,7 +368,6 @@ const LINGER: Duration = Duration::from_secs(1);
 /// before, a local reply to a request whose body was never read).
 async fn linger(d: &mut Down, h: &HttpStats) {
     let deadline = Some(clock::tnow() + LINGER);
-    let rx = &h.downstream_cx_rx_bytes_total;
     // Polled by hand, like `Idle`: a `select!` here made the connection's future the larger.
     // The bytes go to the stack of each poll, not into the future.
     // A client's close found by the same poll that finds the deadline passed counts as a close
@@ -371,7 +379,10 @@ async fn linger(d: &mut Down, h: &HttpStats) {
         let mut buf = tokio::io::ReadBuf::uninit(&mut sink);
         match Pin::new(&mut d.stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                rx.add(buf.filled().len() as u64);
+                let n = buf.filled().len();
+                // (The flow is made here, not held across the wait: it would widen every
+                // connection's future, idle ones included.)
+                h.down_rx(&d.held).read(n, n);
                 if !due {
                     continue;
                 }
@@ -515,7 +526,7 @@ async fn request(
             idle,
         );
         match read.await {
-            Ok(n) => l.http.downstream_cx_rx_bytes_total.add(n as u64),
+            Ok(n) => l.http.down_rx(&d.held).read(n, d.rbuf.len()),
             Err(ReadErr::Closed) => {
                 // The client closed: between requests, or inside a head it had begun.
                 d.peer_closed = true;
@@ -573,7 +584,7 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     h.downstream_rq_response_before_rq_complete.inc();
     h.downstream_rq_rx_reset.inc();
     let out = local_reply(ctx, l, status, body, true, None, false);
-    let _ = write_last(&d.stream, &out, &h.downstream_cx_tx_bytes_total).await;
+    let _ = write_last(&d.stream, &out, &h.down_tx(&d.held)).await;
     Next::Close
 }
 
@@ -624,37 +635,49 @@ pub(super) fn expects_continue(h: &HeaderMap) -> bool {
 /// own failure (the client reset meanwhile) is not the write's: the bytes were handed over.
 /// Like every write here, it counts the bytes into `tx` as the kernel takes them, so a write
 /// cut short by the client's reset still counts what went (Envoy's `*_cx_tx_bytes_total`).
-async fn write_last(s: &TcpStream, buf: &[u8], tx: &Counter) -> std::io::Result<()> {
+async fn write_last(s: &TcpStream, buf: &[u8], tx: &Flow<'_>) -> std::io::Result<()> {
     write_more(s, buf, tx).await?;
     let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
     Ok(())
 }
 
 /// Writes all of `buf`, counting the bytes into `tx` as each write takes them (`write_all`
-/// would lose the count of a write cut short).
+/// would lose the count of a write cut short), and what waits for the socket to take it as
+/// buffered meanwhile (Envoy's `*_tx_bytes_buffered`).
 pub(super) fn write_all<'a, W: AsyncWrite + Unpin>(
     w: &'a mut W,
     mut buf: &'a [u8],
-    tx: &'a Counter,
+    tx: &'a Flow<'a>,
 ) -> impl Future<Output = std::io::Result<()>> + 'a {
     // A poll loop, not an `async fn`: an `.await` per write, or the async fn's own state
     // around it, made a request ~80 instructions dearer than tokio's `write_all` (callgrind).
     poll_fn(move |cx| {
         while !buf.is_empty() {
-            let n = std::task::ready!(Pin::new(&mut *w).poll_write(cx, buf))?;
+            let n = match Pin::new(&mut *w).poll_write(cx, buf) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    tx.hold(buf.len());
+                    return Poll::Pending;
+                }
+            };
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-            tx.add(n as u64);
+            tx.wrote(n);
             buf = &buf[n..];
         }
+        tx.drained();
         Poll::Ready(Ok(()))
     })
 }
 
 /// Writes `buf` with `MSG_MORE`: the kernel holds back its last partial segment until the
 /// socket's next write (or shutdown), which then goes out with it. The caller must write again.
-pub(super) async fn write_more(s: &TcpStream, mut buf: &[u8], tx: &Counter) -> std::io::Result<()> {
+pub(super) async fn write_more(
+    s: &TcpStream,
+    mut buf: &[u8],
+    tx: &Flow<'_>,
+) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(s);
     #[cfg(target_os = "linux")]
     const FLAGS: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
@@ -667,13 +690,17 @@ pub(super) async fn write_more(s: &TcpStream, mut buf: &[u8], tx: &Counter) -> s
         match sent {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => {
-                tx.add(n as u64);
+                tx.wrote(n);
                 buf = &buf[n..];
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => s.writable().await?,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tx.hold(buf.len());
+                s.writable().await?;
+            }
             Err(e) => return Err(e),
         }
     }
+    tx.drained();
     Ok(())
 }
 
@@ -684,7 +711,7 @@ pub(super) async fn write_down(
     w: &mut WriteHalf<'_>,
     buf: &[u8],
     last: bool,
-    tx: &Counter,
+    tx: &Flow<'_>,
 ) -> std::io::Result<()> {
     if last {
         write_last(w.as_ref(), buf, tx).await
@@ -789,8 +816,8 @@ pub(super) async fn reply(
     }
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
     let (_, mut w) = d.stream.split();
-    let tx = &l.http.downstream_cx_tx_bytes_total;
-    if write_down(&mut w, &out, !keep, tx).await.is_err() {
+    let tx = l.http.down_tx(&d.held);
+    if write_down(&mut w, &out, !keep, &tx).await.is_err() {
         // The client is gone (as a failed write in an exchange counts it).
         d.peer_closed = true;
         return (status, Next::Close);
@@ -866,8 +893,8 @@ async fn handle(
     // one joined value, which is not `100-continue`.
     if !l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers) {
         head.headers.remove(b"expect");
-        let tx = &l.http.downstream_cx_tx_bytes_total;
-        if write_all(&mut d.stream, CONTINUE, tx).await.is_err() {
+        let tx = l.http.down_tx(&d.held);
+        if write_all(&mut d.stream, CONTINUE, &tx).await.is_err() {
             // The client is gone.
             d.peer_closed = true;
             return (0, Next::Close);
@@ -1071,19 +1098,94 @@ mod tests {
             .block_on(f)
     }
 
+    /// A connection's flows over fresh stats.
+    fn flow_parts() -> (crate::stats::Counter, crate::stats::Gauge, Buffered) {
+        Default::default()
+    }
+
     #[test]
     fn a_write_cut_short_still_counts_what_went() {
-        let tx = Counter::default();
+        let (total, gauge, held) = flow_parts();
+        let tx = Flow {
+            total: &total,
+            buffered: &gauge,
+            held: &held.tx,
+        };
         let mut w = Cut { take: 4, room: 10 };
         assert!(run(write_all(&mut w, b"0123456789abcdef", &tx)).is_err());
-        assert_eq!(tx.get(), 10);
+        assert_eq!(total.get(), 10);
     }
 
     #[test]
     fn a_whole_write_counts_every_byte_once() {
-        let tx = Counter::default();
+        let (total, gauge, held) = flow_parts();
+        let tx = Flow {
+            total: &total,
+            buffered: &gauge,
+            held: &held.tx,
+        };
         let mut w = Cut { take: 3, room: 100 };
         run(write_all(&mut w, b"0123456789", &tx)).unwrap();
-        assert_eq!(tx.get(), 10);
+        assert_eq!((total.get(), gauge.get()), (10, 0));
+    }
+
+    /// A writer that takes `room` bytes and then waits (a client that stopped reading).
+    struct Full {
+        room: usize,
+    }
+
+    impl AsyncWrite for Full {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.room == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn what_waits_for_the_socket_counts_as_buffered_until_it_goes() {
+        let (total, gauge, held) = flow_parts();
+        let tx = Flow {
+            total: &total,
+            buffered: &gauge,
+            held: &held.tx,
+        };
+        let mut w = Full { room: 6 };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        {
+            let mut f = std::pin::pin!(write_all(&mut w, b"0123456789", &tx));
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+            assert_eq!((total.get(), gauge.get()), (6, 4));
+        }
+        // The socket takes the rest.
+        w.room = 100;
+        run(write_all(&mut w, b"6789", &tx)).unwrap();
+        assert_eq!((total.get(), gauge.get()), (10, 0));
+        // A connection that ends with bytes waiting takes them off the gauge.
+        let mut w = Full { room: 0 };
+        let mut f = std::pin::pin!(write_all(&mut w, b"abc", &tx));
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(gauge.get(), 3);
+        held.release(&gauge, &gauge);
+        assert_eq!(gauge.get(), 0);
     }
 }

@@ -30,6 +30,9 @@ pub struct ListenerRt {
     pub worker: Arc<ListenerWorkerStats>,
     /// `listener.<address>.http.<stat_prefix>.*`.
     pub lhttp: Arc<ListenerHttpStats>,
+    /// The worker's counters the engine reads (open connections): reached from here so that a
+    /// connection does not hold a pointer of its own to them.
+    pub shared: Arc<super::Shared>,
 }
 
 impl ListenerRt {
@@ -345,6 +348,7 @@ impl Ctx {
                     stats,
                     worker,
                     lhttp,
+                    shared: self.shared.clone(),
                 }),
             );
         }

@@ -31,7 +31,7 @@ use crate::http1::codec::{
 use crate::http1::head::{parse_response, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
-use crate::stats::{ClusterScope, Counter};
+use crate::stats::{ClusterScope, Flow};
 use crate::upstream::pool::{ConnectFail, UpConn};
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
@@ -162,7 +162,7 @@ pub(super) async fn forward(
             // meanwhile are read ahead for the exchange, as far as the connection's buffer
             // limit (Envoy buffers them likewise), and the watch then waits on that.
             let (dr, _) = d.stream.split();
-            let rx = &l.http.downstream_cx_rx_bytes_total;
+            let rx = l.http.down_rx(&d.held);
             let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
             // A connection still being made for a request that went away is taken before a
             // new one is made (Envoy's pool counts it as room for a pending request).
@@ -182,7 +182,7 @@ pub(super) async fn forward(
             let connected = tokio::select! {
                 biased;
                 r = pending => r,
-                _ = watch_client(&dr, &mut d.rbuf, rx, ahead) => {
+                _ = watch_client(&dr, &mut d.rbuf, &rx, ahead) => {
                     cs.s.upstream_rq_cancelled.inc();
                     // Its own attempt goes on for the pool; a place in line is given up.
                     if let Some(attempt) = attempt {
@@ -547,7 +547,7 @@ fn finish_connect<F: Future<Output = Result<UpConn, ConnectFail>> + 'static>(
 /// exchange or after it, until `buf` holds `cap`; the watch then stops, as Envoy stops reading
 /// at its buffer limit. (Readiness is never cleared by hand: the next read of the connection
 /// must find what the kernel holds.)
-async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter, cap: usize) -> ReqErr {
+async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Flow<'_>, cap: usize) -> ReqErr {
     let s: &TcpStream = r.as_ref();
     while buf.len() < cap {
         if std::future::poll_fn(|cx| s.poll_read_ready(cx))
@@ -560,7 +560,7 @@ async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Counter, cap: u
         buf.reserve(room);
         match s.try_read_buf(&mut (&mut *buf).limit(room)) {
             Ok(0) => return ReqErr::Downstream,
-            Ok(n) => rx.add(n as u64),
+            Ok(n) => rx.read(n, buf.len()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return ReqErr::Downstream,
         }
@@ -707,13 +707,11 @@ impl Exchange<'_> {
         // upstream as far as it will, for the route timeout.
         let up_stopped = Cell::new(false);
         // Bytes read and written on each side (Envoy's `*_cx_rx_bytes_total`, `*_cx_tx_...`).
-        let (down_rx, down_tx) = (
-            &l.http.downstream_cx_rx_bytes_total,
-            &l.http.downstream_cx_tx_bytes_total,
-        );
+        // and what the buffers hold (`*_bytes_buffered`).
+        let (down_rx, down_tx) = (&l.http.down_rx(&d.held), &l.http.down_tx(&d.held));
         let (up_rx, up_tx) = (
-            &self.cs.s.upstream_cx_rx_bytes_total,
-            &self.cs.s.upstream_cx_tx_bytes_total,
+            &self.cs.s.up_rx(&up.guard.held),
+            &self.cs.s.up_tx(&up.guard.held),
         );
 
         // Pinned where they are built: `tokio::pin!` of a built future copied it whole.
@@ -760,7 +758,7 @@ impl Exchange<'_> {
                         let n = read_more(&mut dr, drbuf, down_chunk)
                             .await
                             .map_err(|_| ReqErr::Downstream)?;
-                        down_rx.add(n as u64);
+                        down_rx.read(n, drbuf.len());
                         touch();
                     }
                 }
@@ -804,7 +802,7 @@ impl Exchange<'_> {
                         up_eof.set(true);
                         RespErr::BeforeHeaders
                     })?;
-                up_rx.add(n as u64);
+                up_rx.read(n, urbuf.len());
                 upstream_sent_bytes.set(true);
                 touch();
             };
@@ -939,7 +937,7 @@ impl Exchange<'_> {
                     Pumped::Full => {}
                     Pumped::NeedMore => match read_more(&mut ur, urbuf, up_chunk).await {
                         Ok(n) => {
-                            up_rx.add(n as u64);
+                            up_rx.read(n, urbuf.len());
                             touch();
                         }
                         Err(_) if dec.is_close_delimited() => {
