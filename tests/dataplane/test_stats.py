@@ -645,3 +645,16 @@ def test_an_upstream_that_does_not_read_leaves_request_bytes_buffered(make_proxy
         accepted[0].close()
         lst.close()
         settled(proxy, {UP_TX_BUF: 0})
+
+
+def test_cluster_response_classes_appear_once_counted(make_proxy: Any, make_canned: Any) -> None:
+    # Envoy creates a cluster's upstream_rq_<N>xx on first use (its connection manager's
+    # downstream_rq_<N>xx are there from the start, at 0).
+    up = make_canned({"*": OK})
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        assert c.request(get("/")).status == 200
+    st = settled(proxy, {"cluster.up.upstream_rq_2xx": 1, "cluster.up.upstream_rq_200": 1})
+    assert [k for k in st if k.startswith("cluster.up.upstream_rq_") and k.endswith("xx")] == [
+        "cluster.up.upstream_rq_2xx"]
+    assert st["http.ingress_http.downstream_rq_5xx"] == 0

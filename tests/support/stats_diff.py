@@ -34,6 +34,9 @@ CANNED = {
     "/cc": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
     "/cd": b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nclose-delimited",
     "/bad": b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\nok",
+    # The upstream closes after part of the body it announced.
+    "/cut": b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello",
+    "/cutchunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n",
     "*": OK,
 }
 QUIET = ("http.ingress_http.downstream_cx_active", "cluster.up.upstream_rq_active",
@@ -119,6 +122,8 @@ SCENARIOS: dict[str, Scenario] = {
     "cc": ({"canned": True}, lambda p, _: send(p, get("/cc"))),
     "cd": ({"canned": True}, lambda p, _: send(p, get("/cd"))),
     "bad": ({"canned": True}, lambda p, _: send(p, get("/bad"))),
+    "cut": ({"canned": True}, lambda p, _: send(p, get("/cut"))),
+    "cutchunked": ({"canned": True}, lambda p, _: send(p, get("/cutchunked"))),
     "maxreq": ({"max_requests_per_connection": 1}, lambda p, _: (send(p, get("/x")), send(p, get("/x")))),
     # The upstream answers before the request body is in (early response).
     "early": ({"canned": True, "early": True},

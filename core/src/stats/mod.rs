@@ -241,7 +241,6 @@ crate::stat_scope! {
             upstream_rq_total, upstream_rq_completed, upstream_rq_timeout,
             upstream_rq_rx_reset, upstream_rq_tx_reset, upstream_rq_pending_total,
             upstream_rq_pending_failure_eject, upstream_rq_cancelled,
-            upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx, upstream_rq_5xx,
             upstream_cx_none_healthy, lb_healthy_panic,
         }
         gauges {
@@ -259,8 +258,21 @@ pub struct ClusterScope {
     pub s: ClusterStats,
     /// `upstream_rq_<code>`.
     pub codes: CodeCounters,
+    /// `upstream_rq_1xx` to `_5xx`: shown once counted, as Envoy creates them on first use
+    /// (its static cluster stats do not include them).
+    pub class: [Counter; 5],
     /// `external.upstream_rq_*`.
     pub external: ExternalCodes,
+}
+
+/// Visits `<prefix><N>xx` for each class counted.
+fn visit_classes(class: &[Counter; 5], prefix: &str, v: &mut dyn Visitor) {
+    for (i, c) in class.iter().enumerate() {
+        let n = c.get();
+        if n > 0 {
+            v.stat(&format!("{prefix}{}xx", i + 1), StatKind::Counter, n, true);
+        }
+    }
 }
 
 /// `external.upstream_rq_<code>`, `_<N>xx` and `_completed`: Envoy's copy of the response
@@ -279,17 +291,7 @@ impl ExternalCodes {
             return;
         }
         self.codes.visit("external.upstream_rq_", v);
-        for (i, c) in self.class.iter().enumerate() {
-            let n = c.get();
-            if n > 0 {
-                v.stat(
-                    &format!("external.upstream_rq_{}xx", i + 1),
-                    StatKind::Counter,
-                    n,
-                    true,
-                );
-            }
-        }
+        visit_classes(&self.class, "external.upstream_rq_", v);
         let n = self.completed.get();
         v.stat(
             "external.upstream_rq_completed",
@@ -318,17 +320,9 @@ impl ClusterScope {
         .inc();
         e.completed.inc();
         self.codes.inc(code);
-        let s = &self.s;
-        s.upstream_rq_completed.inc();
-        of_class!(
-            code,
-            &s.upstream_rq_1xx,
-            &s.upstream_rq_2xx,
-            &s.upstream_rq_3xx,
-            &s.upstream_rq_4xx,
-            &s.upstream_rq_5xx
-        )
-        .inc();
+        self.s.upstream_rq_completed.inc();
+        let c = &self.class;
+        of_class!(code, &c[0], &c[1], &c[2], &c[3], &c[4]).inc();
     }
 }
 
@@ -336,6 +330,7 @@ impl Scope for ClusterScope {
     fn visit(&self, v: &mut dyn Visitor) {
         self.s.visit_declared(v);
         self.codes.visit("upstream_rq_", v);
+        visit_classes(&self.class, "upstream_rq_", v);
         self.external.visit(v);
     }
 }
