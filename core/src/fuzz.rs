@@ -111,9 +111,11 @@ pub fn request_head(data: &[u8]) {
             let v = std::str::from_utf8(lengths[0].trim_ascii()).ok();
             assert_eq!(v.and_then(|v| v.parse::<u64>().ok()), Some(n));
         }
-        Ok(Framing::Chunked) => assert!(lengths.is_empty()),
+        Ok(Framing::Chunked) => {
+            assert!(lengths.is_empty() && te_model(&head.headers) == Some(Ok(true)))
+        }
         Ok(Framing::Empty) => {
-            assert!(lengths.is_empty() && !head.headers.contains(b"transfer-encoding"))
+            assert!(lengths.is_empty() && matches!(te_model(&head.headers), None | Some(Ok(false))))
         }
         Ok(Framing::Close) => panic!("a request is never close-delimited"),
         Err(FramingError::BadRequest | FramingError::NotImplemented) => {}
@@ -184,14 +186,11 @@ pub fn response_head(data: &[u8]) {
             assert!(!bodiless && !head.headers.contains(b"transfer-encoding"))
         }
         Ok(Framing::Chunked) => {
-            let te: Vec<&[u8]> = head.headers.get_all(b"transfer-encoding").collect();
-            assert!(
-                !bodiless && te.len() == 1 && te[0].trim_ascii().eq_ignore_ascii_case(b"chunked")
-            );
+            assert!(!bodiless && te_model(&head.headers) == Some(Ok(true)));
             assert!(!head.headers.contains(b"content-length"));
         }
         Ok(Framing::Close) => {
-            assert!(!bodiless && !head.headers.contains(b"transfer-encoding"));
+            assert!(!bodiless && matches!(te_model(&head.headers), None | Some(Ok(false))));
             assert!(!head.headers.contains(b"content-length"));
         }
         // Refused only for a framing header: a length, or a transfer coding (which a 304
@@ -737,6 +736,23 @@ fn edit_and_check(h: &mut HeaderMap, ops: &[u8]) {
     }
 }
 
+/// What a message's `transfer-encoding` lines say, as Envoy 1.40 reads them, written plainly
+/// (the model `codec::te_chunked` is checked against): `None` without a line; refused unless
+/// the non-blank lines are exactly one `chunked`; then chunked, or framed as if there were no
+/// transfer coding when the last line is blank.
+fn te_model(h: &crate::http1::head::HeaderMap) -> Option<Result<bool, ()>> {
+    let lines: Vec<&[u8]> = h
+        .get_all(b"transfer-encoding")
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    let last = lines.last()?;
+    let nonblank: Vec<&&[u8]> = lines.iter().filter(|v| !v.is_empty()).collect();
+    if nonblank.len() != 1 || !nonblank[0].eq_ignore_ascii_case(b"chunked") {
+        return Some(Err(()));
+    }
+    Some(Ok(!last.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     //! The checks on the seed inputs (`core/fuzz/seeds/<target>/`) and on a fixed run of
@@ -772,6 +788,7 @@ mod tests {
         b"chunked",
         b"content-length: 5\r\n",
         b"transfer-encoding: chunked\r\n",
+        b"transfer-encoding: \r\n",
         b"connection: te, x-a, close\r\n",
         b"te: trailers\r\n",
         b"host: h\r\n",

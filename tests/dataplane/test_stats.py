@@ -519,7 +519,8 @@ def test_request_waiting_on_a_cancelled_connect_that_times_out_gets_503(
     # that request too (Envoy ejects the pending requests of a failed connect), and no second
     # connection is tried.
     lst, _fillers = stalled_port
-    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="2s")]))
+    # Room for the second request to come (two stats polls and a connect) on a busy machine.
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="5s")]))
     s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
     s.sendall(get("/gone"))
     wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
@@ -594,7 +595,7 @@ def test_read_buffers_count_their_last_read_until_the_connection_goes(make_proxy
 def test_a_client_that_does_not_read_leaves_response_bytes_buffered(make_proxy: Any, make_canned: Any) -> None:
     # What waits for the client's socket to take it counts in tx_bytes_buffered (pyproxy holds
     # at most a read's worth, Envoy up to its buffer limit), and is gone once the client reads.
-    size = 8 << 20
+    size = 16 << 20  # more than the kernel's socket buffers take (tcp_wmem max: 4 MiB)
     up = make_canned({"*": b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size})
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
     with socket.socket() as s:
@@ -631,7 +632,7 @@ def test_an_upstream_that_does_not_read_leaves_request_bytes_buffered(make_proxy
 
     threading.Thread(target=accept, daemon=True).start()
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1])]))
-    size = 8 << 20
+    size = 16 << 20  # more than the kernel's socket buffers take (tcp_wmem max: 4 MiB)
     with socket.create_connection(("127.0.0.1", proxy.listener_port())) as c:
         c.sendall(b"POST /sink HTTP/1.1\r\nhost: example.com\r\ncontent-length: %d\r\n\r\n" % size)
         c.settimeout(0.2)
@@ -658,3 +659,40 @@ def test_cluster_response_classes_appear_once_counted(make_proxy: Any, make_cann
     assert [k for k in st if k.startswith("cluster.up.upstream_rq_") and k.endswith("xx")] == [
         "cluster.up.upstream_rq_2xx"]
     assert st["http.ingress_http.downstream_rq_5xx"] == 0
+
+
+def test_request_waiting_on_a_cancelled_connect_takes_a_connection_given_back_first(make_proxy: Any) -> None:
+    # A request waits for a connection being made for a request that left; another request's
+    # connection to the same host comes back first: the waiting request goes on that one, at
+    # once, not on the connection still being made.
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    lst.settimeout(10)
+    proxy = stalled_proxy(make_proxy, lst)
+    with lst, RawConn(proxy.listener_port()) as first:
+        first.send(get("/first"))
+        busy, _ = lst.accept()  # the queue was empty: the first request's connection is up
+        with busy:
+            busy.settimeout(10)
+            assert read_head(busy).startswith(b"GET /first HTTP/1.1\r\n")
+            with socket.create_connection(lst.getsockname(), timeout=5):  # fills the queue
+                s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+                s.sendall(get("/gone"))
+                wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 2,
+                         what="the connect that hangs")
+                s.close()
+                wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_cancelled") == 1, what="the cancel")
+                with RawConn(proxy.listener_port()) as waiting:
+                    waiting.send(get("/waiting"))
+                    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 3,
+                             what="the request waiting")
+                    # The first answer gives its connection back, and the waiting request
+                    # comes on it.
+                    busy.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    assert first.read_response().status == 200
+                    assert read_head(busy).startswith(b"GET /waiting HTTP/1.1\r\n")
+                    busy.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    assert waiting.read_response().status == 200
+    settled(proxy, {"cluster.up.upstream_cx_total": 2, "cluster.up.upstream_rq_total": 2,
+                    "cluster.up.upstream_rq_cancelled": 1})

@@ -375,3 +375,32 @@ def test_apply_rebinding_listener_on_same_port_drops_no_connection(
         failures += hammer.failures
         proxy.stop(timeout_s=2.0)
     assert failures == [], f"{len(failures)} failed: {failures[:5]}"
+
+
+def test_a_new_stat_prefix_takes_a_kept_connections_buffered_share_along(
+    make_proxy: Callable[..., Any], upstream: Upstream
+) -> None:
+    # A keep-alive connection counts its last read in http.<prefix>.downstream_cx_rx_bytes_buffered;
+    # once an apply renames the prefix, its share moves to the new scope with its next request
+    # (the old one goes back to 0, not below), and goes when the connection closes.
+    config = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
+    proxy = make_proxy(config, concurrency=1)
+    port = proxy.listener_port()
+    old, new = "http.ingress_http.downstream_cx_rx_bytes_buffered", "http.renamed.downstream_cx_rx_bytes_buffered"
+    first = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+    second = b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as s:
+        s.sendall(first)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        poll(lambda: proxy.stats().get(old) == len(first), timeout=5, what="the first request's share")
+        renamed = pinned(config, port)
+        hcm = renamed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = "renamed"
+        proxy.apply(renamed)
+        poll(lambda: fresh_get(port, "/fresh") is None and new in proxy.stats(), timeout=APPLY_VISIBLE_S,
+             what="the renamed scope")
+        s.sendall(second)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        poll(lambda: (proxy.stats().get(old), proxy.stats().get(new)) == (0, len(second)), timeout=5,
+             what="the share moved")
+    poll(lambda: (proxy.stats().get(old), proxy.stats().get(new)) == (0, 0), timeout=5, what="the share gone")

@@ -51,6 +51,15 @@ impl Buffered {
         rx.add_sub(0, u64::from(self.rx.take()));
         tx.add_sub(0, u64::from(self.tx.take()));
     }
+
+    /// Moves this connection's share from one connection manager's gauges to another's.
+    pub fn move_to(&self, from: &HttpStats, to: &HttpStats) {
+        let (rx, tx) = (u64::from(self.rx.get()), u64::from(self.tx.get()));
+        from.downstream_cx_rx_bytes_buffered.add_sub(0, rx);
+        from.downstream_cx_tx_bytes_buffered.add_sub(0, tx);
+        to.downstream_cx_rx_bytes_buffered.add_sub(rx, 0);
+        to.downstream_cx_tx_bytes_buffered.add_sub(tx, 0);
+    }
 }
 
 impl HttpStats {

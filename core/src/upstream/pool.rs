@@ -75,9 +75,32 @@ impl Pool {
             return Err(c);
         }
         let buf = std::mem::take(&mut c.rbuf);
+        // A request waiting for a connection being made takes this one rather than wait on
+        // (Envoy gives a pending request the first connection ready). Only a request that
+        // found no idle connection while one was being made waits, so this is one load.
+        if self.orphans.get() != 0 {
+            match self.hand_over(c) {
+                None => return Ok(buf),
+                Some(back) => c = back,
+            }
+        }
         c.idle_since = now;
         self.idle.borrow_mut().push(c);
         Ok(buf)
+    }
+
+    /// Gives `c` to the oldest request still waiting ([`Pool::wait_for_orphan`]); back when
+    /// none is.
+    fn hand_over(&self, mut c: UpConn) -> Option<UpConn> {
+        let mut waiters = self.waiters.borrow_mut();
+        while let Some(w) = waiters.pop_front() {
+            match w.send(Ok(c)) {
+                Ok(()) => return None,
+                // That request went away too: the next one, if any.
+                Err(back) => c = back.unwrap_or_else(|_| unreachable!("sent Ok")),
+            }
+        }
+        Some(c)
     }
 
     /// Closes connections idle for longer than `max_idle` (`None`: no limit), returning how
@@ -126,23 +149,14 @@ impl Pool {
 
     /// Ends an attempt counted by [`Pool::orphan_started`]: a connection goes to the oldest
     /// request waiting, or comes back for the pool when none waits. A failure fails every
-    /// waiting request, as Envoy's pool ejects its pending requests when a connect fails.
+    /// waiting request (those counted against other attempts too), as Envoy's pool purges its
+    /// pending requests when a connect fails.
     pub fn orphan_done(&self, r: Result<UpConn, ConnectFail>) -> Option<UpConn> {
         self.orphans.set(self.orphans.get() - 1);
-        let mut waiters = self.waiters.borrow_mut();
         match r {
-            Ok(mut c) => {
-                while let Some(w) = waiters.pop_front() {
-                    match w.send(Ok(c)) {
-                        Ok(()) => return None,
-                        // That request went away too: the next one, if any.
-                        Err(back) => c = back.unwrap_or_else(|_| unreachable!("sent Ok")),
-                    }
-                }
-                Some(c)
-            }
+            Ok(c) => self.hand_over(c),
             Err(fail) => {
-                for w in waiters.drain(..) {
+                for w in self.waiters.borrow_mut().drain(..) {
                     let _ = w.send(Err(fail));
                 }
                 None
@@ -231,6 +245,18 @@ mod tests {
         drop(pool.wait_for_orphan());
         let back = pool.orphan_done(got);
         assert!(back.is_some());
+
+        // A connection another request gives back goes to a request waiting, not the pool.
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (a, _peer2) = (a.unwrap(), b.unwrap());
+        pool.orphan_started();
+        let mut waiting = pool.wait_for_orphan().unwrap();
+        let buf = pool.checkin(conn(a, BytesMut::with_capacity(64)), Instant::now());
+        assert!(buf.is_ok_and(|b| b.capacity() >= 64));
+        assert!(waiting.try_recv().unwrap().is_ok());
+        assert!(pool.checkout().is_none());
+        // The attempt, once up, finds no one waiting: for the pool.
+        assert!(pool.orphan_done(back.ok_or(ConnectFail::Refused)).is_some());
 
         // A failure fails every waiting request.
         pool.orphan_started();

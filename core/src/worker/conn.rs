@@ -249,7 +249,7 @@ impl Conn {
             // A request is served by the snapshot current when it arrives, also after an idle
             // wait. Once a snapshot removed the listener, the connection closes: at once if
             // idle, else after answering (with `connection: close`) the request it has.
-            let mut last = !refresh(ctx, lname, &mut snap, &mut l);
+            let mut last = !refresh(ctx, lname, &mut snap, &mut l, &d.held);
             if d.rbuf.is_empty() {
                 if last {
                     break;
@@ -262,7 +262,7 @@ impl Conn {
                     break;
                 }
                 d.rbuf = ctx.take_read_buf();
-                last = !refresh(ctx, lname, &mut snap, &mut l);
+                last = !refresh(ctx, lname, &mut snap, &mut l, &d.held);
             } else {
                 // A pipelined request: Envoy looks at its read buffer again when its codec
                 // takes the next request up (`downstream_cx_rx_bytes_buffered`).
@@ -283,14 +283,28 @@ impl Conn {
         // the other ends (the client closed, idle timeout, drain, an aborted exchange) close
         // without a shutdown() first. Bytes still unread are dropped with the connection.
         ctx.put_read_buf(std::mem::take(&mut d.rbuf));
+        // Its share of the buffered gauges goes from the scope it was last counted in (the
+        // drop releases what is left against the first one, should the task be dropped
+        // before this).
+        let h = &l.http;
+        d.held.release(
+            &h.downstream_cx_rx_bytes_buffered,
+            &h.downstream_cx_tx_bytes_buffered,
+        );
     }
 }
 
 /// Brings `snap` and `l` up to the worker's current snapshot (a pointer compare when it is
 /// still the same); false, leaving both as they are, when that snapshot removed the listener.
 #[inline(always)]
-fn refresh(ctx: &Ctx, lname: &str, snap: &mut Rc<WorkerSnap>, l: &mut Rc<ListenerRt>) -> bool {
-    ctx.is_current(snap) || refresh_changed(ctx, lname, snap, l)
+fn refresh(
+    ctx: &Ctx,
+    lname: &str,
+    snap: &mut Rc<WorkerSnap>,
+    l: &mut Rc<ListenerRt>,
+    held: &Buffered,
+) -> bool {
+    ctx.is_current(snap) || refresh_changed(ctx, lname, snap, l, held)
 }
 
 /// [`refresh`] once the snapshot has changed.
@@ -301,11 +315,17 @@ fn refresh_changed(
     lname: &str,
     snap: &mut Rc<WorkerSnap>,
     l: &mut Rc<ListenerRt>,
+    held: &Buffered,
 ) -> bool {
     let now = ctx.current();
     let Some(nl) = now.listeners.get(lname).cloned() else {
         return false;
     };
+    // A new `stat_prefix` is a new `http.*` scope: the connection's share of the buffered
+    // gauges moves with it (the next read adjusts the gauge it reads through).
+    if !Arc::ptr_eq(&l.http, &nl.http) {
+        held.move_to(&l.http, &nl.http);
+    }
     (*snap, *l) = (now, nl);
     true
 }
