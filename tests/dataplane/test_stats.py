@@ -413,12 +413,14 @@ def test_client_gone_while_connecting_cancels_the_request(
     s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
     s.sendall(request_bytes)
     wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
+    settled(proxy, {"cluster.up.upstream_rq_pending_active": 1})
     s.close()
     start = time.monotonic()
     # The connection being made goes on (active from the attempt on, as in Envoy)...
     settled(proxy, {"cluster.up.upstream_rq_cancelled": 1, "http.ingress_http.downstream_rq_rx_reset": 1,
                     "cluster.up.upstream_rq_total": 0, "cluster.up.upstream_rq_completed": 0,
-                    "cluster.up.upstream_cx_active": 1, "cluster.up.upstream_cx_destroy": 0})
+                    "cluster.up.upstream_cx_active": 1, "cluster.up.upstream_cx_destroy": 0,
+                    "cluster.up.upstream_rq_pending_active": 0})
     assert time.monotonic() - start < 3
     # ... and the next request, come while it still hangs, waits for it rather than making a
     # connection of its own.
@@ -502,7 +504,8 @@ def test_request_while_a_cancelled_connect_goes_on_takes_that_connection(
     with RawConn(proxy.listener_port()) as c:
         c.send(get("/again"))
         wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 2, what="the second request")
-        settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_cx_active": 1})
+        settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_cx_active": 1,
+                        "cluster.up.upstream_rq_pending_active": 1})
         up = accept_proxy(lst, fillers)
         with up:
             assert read_head(up).startswith(b"GET /again HTTP/1.1\r\n")
@@ -534,7 +537,7 @@ def test_request_waiting_on_a_cancelled_connect_that_times_out_gets_503(
     settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_cx_connect_timeout": 1,
                     "cluster.up.upstream_rq_pending_total": 2, "cluster.up.upstream_rq_pending_failure_eject": 1,
                     "cluster.up.upstream_rq_cancelled": 1, "cluster.up.upstream_rq_total": 0,
-                    "cluster.up.upstream_cx_active": 0})
+                    "cluster.up.upstream_cx_active": 0, "cluster.up.upstream_rq_pending_active": 0})
 
 
 def test_connection_whose_waiting_request_also_left_waits_in_the_pool(

@@ -253,7 +253,8 @@ crate::stat_scope! {
             upstream_cx_none_healthy, lb_healthy_panic,
         }
         gauges {
-            upstream_cx_active, upstream_rq_active, membership_total, membership_healthy,
+            upstream_cx_active, upstream_rq_active, upstream_rq_pending_active,
+            membership_total, membership_healthy,
             upstream_cx_rx_bytes_buffered, upstream_cx_tx_bytes_buffered,
         }
         histograms { upstream_rq_time, upstream_cx_connect_ms }

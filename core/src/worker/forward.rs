@@ -157,6 +157,8 @@ pub(super) async fn forward(
         Some(c) => c,
         None => {
             cs.s.upstream_rq_pending_total.inc();
+            // Pending until it has a connection, or fails, or its client leaves.
+            let pending_active = GaugeHold::new(&cs.s.upstream_rq_pending_active);
             // A client that goes away while the connection is being made cancels the request
             // before it is sent, as Envoy cancels a pending request. Body bytes that come
             // meanwhile are read ahead for the exchange, as far as the connection's buffer
@@ -194,6 +196,7 @@ pub(super) async fn forward(
                     return (0, Next::Close);
                 }
             };
+            drop(pending_active);
             match connected {
                 Ok(c) => {
                     rq_start = clock::now();
@@ -499,6 +502,22 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
             host.stats.cx_connect_fail.inc();
             Err(ConnectFail::Timeout)
         }
+    }
+}
+
+/// Counts one in a gauge for as long as it lives.
+struct GaugeHold<'a>(&'a crate::stats::Gauge);
+
+impl<'a> GaugeHold<'a> {
+    fn new(g: &'a crate::stats::Gauge) -> GaugeHold<'a> {
+        g.inc();
+        GaugeHold(g)
+    }
+}
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
