@@ -333,7 +333,7 @@ pub struct DirectResponseAction {
 }
 
 /// Envoy `Cluster`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
@@ -388,7 +388,7 @@ fn default_lookup_family() -> String {
 }
 
 /// One `lb_endpoint`: an IP literal for `STATIC`, a host name (or IP) for `STRICT_DNS`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub address: String,

@@ -699,3 +699,32 @@ def test_request_waiting_on_a_cancelled_connect_takes_a_connection_given_back_fi
                     assert waiting.read_response().status == 200
     settled(proxy, {"cluster.up.upstream_cx_total": 2, "cluster.up.upstream_rq_total": 2,
                     "cluster.up.upstream_rq_cancelled": 1})
+
+
+def test_membership_stats_at_start(make_proxy: Any) -> None:
+    # Envoy 1.40: a cluster's first hosts are a membership change (none for a cluster without
+    # hosts); max_host_weight is the largest weight of a STRICT_DNS cluster's hosts, and 0 for a
+    # STATIC one; nothing is degraded or excluded without health checking.
+    two = cluster("two", 1)
+    two["load_assignment"]["endpoints"][0]["lb_endpoints"].append(
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.2", "port_value": 1}}},
+         "load_balancing_weight": 3})
+    zero = {"name": "zero", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "zero", "endpoints": []}}
+    dns = cluster("dns", 1)
+    dns["type"] = "STRICT_DNS"
+    dns["dns_lookup_family"] = "V4_ONLY"
+    lb = dns["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    lb["endpoint"]["address"]["socket_address"]["address"] = "localhost"
+    lb["load_balancing_weight"] = 7
+    proxy = make_proxy(bootstrap([route("/", "two")], [two, zero, dns]))
+    st = settled(proxy, {
+        "cluster.two.membership_change": 1, "cluster.two.membership_total": 2,
+        "cluster.two.max_host_weight": 0, "cluster.two.membership_degraded": 0,
+        "cluster.two.membership_excluded": 0,
+        "cluster.zero.membership_change": 0, "cluster.zero.membership_total": 0,
+        "cluster.dns.membership_change": 1, "cluster.dns.membership_total": 1,
+        "cluster.dns.max_host_weight": 7,
+    })
+    present = {"cluster.zero.membership_degraded", "cluster.zero.membership_excluded", "cluster.zero.max_host_weight"}
+    assert present <= set(st)

@@ -250,11 +250,12 @@ crate::stat_scope! {
             upstream_rq_total, upstream_rq_completed, upstream_rq_timeout,
             upstream_rq_rx_reset, upstream_rq_tx_reset, upstream_rq_pending_total,
             upstream_rq_pending_failure_eject, upstream_rq_cancelled,
-            upstream_cx_none_healthy, lb_healthy_panic,
+            upstream_cx_none_healthy, lb_healthy_panic, membership_change,
         }
         gauges {
             upstream_cx_active, upstream_rq_active, upstream_rq_pending_active,
-            membership_total, membership_healthy,
+            membership_total, membership_healthy, membership_degraded, membership_excluded,
+            max_host_weight,
             upstream_cx_rx_bytes_buffered, upstream_cx_tx_bytes_buffered,
         }
         histograms { upstream_rq_time, upstream_cx_connect_ms }

@@ -162,12 +162,15 @@ pub struct ClusterRt {
 }
 
 impl ClusterRt {
-    /// A cluster runtime with `hosts`.
+    /// A cluster runtime with `hosts`; `changed`: whether they count as a membership change
+    /// (a new or changed cluster's first hosts, if any, or an unchanged cluster's that differ
+    /// from those it had).
     pub fn new(
         cfg: Arc<CompiledCluster>,
         stats: Arc<ClusterScope>,
         hosts: Vec<Rc<HostRt>>,
         publishes_membership: bool,
+        changed: bool,
     ) -> ClusterRt {
         let empty = Rc::new(HostSet {
             lb: Balancer::new(cfg.policy, &[] as &[Rc<HostRt>]),
@@ -179,19 +182,40 @@ impl ClusterRt {
             hosts: RefCell::new(empty),
             publishes_membership,
         };
-        c.set_hosts(hosts);
+        c.replace_hosts(hosts, changed);
         c
     }
 
-    /// Replaces the host set (DNS refresh).
+    /// Replaces the host set with a different one (a DNS refresh that changed it).
     pub fn set_hosts(&self, hosts: Vec<Rc<HostRt>>) {
+        self.replace_hosts(hosts, true);
+    }
+
+    fn replace_hosts(&self, hosts: Vec<Rc<HostRt>>, changed: bool) {
         let set = Rc::new(HostSet {
             lb: Balancer::new(self.cfg.policy, &hosts),
             hosts,
         });
         if self.publishes_membership {
-            self.stats.s.membership_total.set(set.hosts.len() as u64);
-            self.stats.s.membership_healthy.set(set.hosts.len() as u64);
+            let s = &self.stats.s;
+            let n = set.hosts.len() as u64;
+            // No host is ever degraded or excluded here (no health checking yet).
+            if changed {
+                s.membership_change.inc();
+            }
+            s.membership_total.set(n);
+            s.membership_healthy.set(n);
+            s.membership_degraded.set(0);
+            s.membership_excluded.set(0);
+            // Envoy 1.40 reports a STRICT_DNS cluster's largest weight and 0 for a STATIC one
+            // (checked with the envoy binary).
+            let max_weight = match self.cfg.discovery {
+                crate::snapshot::Discovery::StrictDns => {
+                    set.hosts.iter().map(|h| h.weight).max().unwrap_or(0)
+                }
+                _ => 0,
+            };
+            s.max_host_weight.set(u64::from(max_weight));
         }
         *self.hosts.borrow_mut() = set;
     }

@@ -288,6 +288,7 @@ impl Ctx {
         }
         let mut keep_hosts = HashMap::new();
         let mut clusters = Vec::with_capacity(compiled.clusters.len());
+        let before = self.current();
         let mut new_cluster_scopes = HashMap::new();
         for c in &compiled.clusters {
             let name = &c.cfg.name;
@@ -304,11 +305,32 @@ impl Ctx {
                 .iter()
                 .map(|a| self.host(name, *a, &mut keep_hosts))
                 .collect();
+            // Envoy keeps a cluster an update leaves as it was, hosts and all: its membership
+            // changes only if its hosts did. A new or changed cluster starts from none, so
+            // its first hosts are a change if there are any.
+            let changed = match before.clusters.iter().find(|o| o.cfg.cfg.name == *name) {
+                Some(o) if o.cfg.cfg == c.cfg => {
+                    let was: Vec<_> = o
+                        .hosts
+                        .borrow()
+                        .hosts
+                        .iter()
+                        .map(|h| (h.addr, h.weight, h.endpoint))
+                        .collect();
+                    was != c
+                        .hosts
+                        .iter()
+                        .map(|h| (h.addr, h.weight, h.endpoint))
+                        .collect::<Vec<_>>()
+                }
+                _ => !c.hosts.is_empty(),
+            };
             clusters.push(Rc::new(ClusterRt::new(
                 c.clone(),
                 scope,
                 hosts,
                 self.id == 0,
+                changed,
             )));
         }
         let mut listeners = HashMap::new();
