@@ -12,7 +12,7 @@
 use serde::Deserialize;
 
 /// A whole validated configuration.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// Listeners, each served by every worker through its own SO_REUSEPORT socket.
@@ -24,7 +24,7 @@ pub struct Snapshot {
 }
 
 /// One listener with its single HTTP connection manager.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Envoy `name`; unique. A listener is identified across snapshots by name.
@@ -46,7 +46,7 @@ fn default_buffer_limit() -> u32 {
 }
 
 /// HTTP connection manager settings (Envoy `HttpConnectionManager`), defaults as Envoy's.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConnectionManager {
     /// Stats prefix: stats are `http.<stat_prefix>.*`.
@@ -117,7 +117,7 @@ fn default_idle_ms() -> u64 {
 }
 
 /// A header to add (Envoy `HeaderValueOption`, lowered).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderValueOption {
     /// Lower-case header name.
@@ -134,7 +134,7 @@ pub struct HeaderValueOption {
 }
 
 /// The four header-manipulation lists shared by route config, virtual host and route.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMutations {
     #[serde(default)]
@@ -150,7 +150,7 @@ pub struct HeaderMutations {
 }
 
 /// Envoy `RouteConfiguration`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfiguration {
     #[serde(default)]
@@ -162,7 +162,7 @@ pub struct RouteConfiguration {
 }
 
 /// Envoy `VirtualHost`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHost {
     pub name: String,
@@ -176,7 +176,7 @@ pub struct VirtualHost {
 }
 
 /// Envoy `Route`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     #[serde(default)]
@@ -189,7 +189,7 @@ pub struct Route {
 }
 
 /// Envoy `RouteMatch`: exactly one path specifier plus optional header/query matchers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     pub path: PathMatch,
@@ -204,7 +204,7 @@ pub struct RouteMatch {
 
 /// The path specifier, externally tagged: `{"prefix": "/"}`, `{"path": "/x"}`,
 /// `{"safe_regex": "^/v[0-9]+/.*"}` (the regex must match the whole path, as Envoy's).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PathMatch {
     Prefix(String),
@@ -215,7 +215,7 @@ pub enum PathMatch {
 /// A string test, externally tagged, shared by header and query matchers.
 /// `{"exact": "v"}`, `{"prefix": "v"}`, `{"suffix": "v"}`, `{"contains": "v"}`,
 /// `{"safe_regex": "re"}` (whole-value match), `{"present": true}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ValueMatch {
     Exact(String),
@@ -227,7 +227,7 @@ pub enum ValueMatch {
 }
 
 /// Envoy `HeaderMatcher` (name lower-case).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatcher {
     pub name: String,
@@ -244,7 +244,7 @@ pub struct HeaderMatcher {
 }
 
 /// Envoy `QueryParameterMatcher`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryParameterMatcher {
     pub name: String,
@@ -256,7 +256,7 @@ pub struct QueryParameterMatcher {
 
 /// What a matched route does, externally tagged: `{"route": {...}}`, `{"redirect": {...}}`,
 /// `{"direct_response": {...}}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RouteAction {
     Route(ForwardAction),
@@ -265,7 +265,7 @@ pub enum RouteAction {
 }
 
 /// Envoy `RouteAction` (forward to a cluster).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAction {
     /// Exactly one of `cluster` and `weighted_clusters` is set.
@@ -289,7 +289,7 @@ fn default_route_timeout_ms() -> u64 {
 }
 
 /// One entry of Envoy `weighted_clusters.clusters`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedCluster {
     pub name: String,
@@ -299,7 +299,7 @@ pub struct WeightedCluster {
 }
 
 /// Envoy `RedirectAction`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectAction {
     #[serde(default)]
@@ -324,7 +324,7 @@ fn default_redirect_code() -> u16 {
 }
 
 /// Envoy `DirectResponseAction`; `body` is the inline body (`inline_string`), if any.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponseAction {
     pub status: u16,

@@ -66,6 +66,68 @@ pub struct Engine {
     stores: Arc<Stores>,
     started: Instant,
     state: Mutex<Option<Running>>,
+    /// `cluster_manager.*` and `listener_manager.*` counters (the gauges are read off the
+    /// running state).
+    managers: Mutex<Managers>,
+}
+
+/// What Envoy's cluster and listener managers count of config changes: every cluster and
+/// listener of the first config is added, and each apply adds, modifies (same name, another
+/// config) and removes by name, as CDS and LDS updates do.
+#[derive(Debug, Default)]
+struct Managers {
+    cluster_added: u64,
+    cluster_modified: u64,
+    cluster_removed: u64,
+    listener_added: u64,
+    listener_modified: u64,
+    listener_in_place_updated: u64,
+    listener_removed: u64,
+    /// Listeners added to workers: one per worker per added or modified listener.
+    listener_create_success: u64,
+}
+
+impl Managers {
+    /// Counts the change from `old` (none at start) to `new`, on `workers` workers.
+    fn count(&mut self, old: Option<&Compiled>, new: &Compiled, workers: usize) {
+        let old_clusters = old.map_or(&[][..], |o| &o.clusters[..]);
+        for c in &new.clusters {
+            match old_clusters.iter().find(|o| o.cfg.name == c.cfg.name) {
+                None => self.cluster_added += 1,
+                Some(o) if o.cfg != c.cfg => self.cluster_modified += 1,
+                Some(_) => {}
+            }
+        }
+        self.cluster_removed += old_clusters
+            .iter()
+            .filter(|o| !new.clusters.iter().any(|c| c.cfg.name == o.cfg.name))
+            .count() as u64;
+        let old_listeners = old.map_or(&[][..], |o| &o.listeners[..]);
+        for l in &new.listeners {
+            match old_listeners.iter().find(|o| o.cfg.name == l.cfg.name) {
+                None => self.listener_added += 1,
+                Some(o) if o.cfg != l.cfg => {
+                    self.listener_modified += 1;
+                    // Only its filter chain (the connection manager) changed: Envoy updates
+                    // such a listener in place, keeping its sockets and connections.
+                    let (a, b) = (&o.cfg, &l.cfg);
+                    if a.address == b.address
+                        && a.port == b.port
+                        && a.per_connection_buffer_limit_bytes
+                            == b.per_connection_buffer_limit_bytes
+                    {
+                        self.listener_in_place_updated += 1;
+                    }
+                }
+                Some(_) => continue,
+            }
+            self.listener_create_success += workers as u64;
+        }
+        self.listener_removed += old_listeners
+            .iter()
+            .filter(|o| !new.listeners.iter().any(|l| l.cfg.name == o.cfg.name))
+            .count() as u64;
+    }
 }
 
 /// Creates the `count` SO_REUSEPORT sockets of one listener on one port (the first bind picks
@@ -137,6 +199,7 @@ impl Engine {
             stores: Arc::new(Stores::default()),
             started: Instant::now(),
             state: Mutex::new(None),
+            managers: Mutex::new(Managers::default()),
         }
     }
 
@@ -176,6 +239,10 @@ impl Engine {
                 .map_err(|e| Error::engine(format!("cannot start worker {id}: {e}")))?;
             workers.push(w);
         }
+        self.managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(None, &compiled, self.concurrency);
         let compiled = Arc::new(Mutex::new(compiled));
         let dns = spawn_dns(
             self.resolver.clone(),
@@ -248,7 +315,13 @@ impl Engine {
                 remove: remove.clone(),
             });
         }
-        *run.compiled.lock().unwrap_or_else(|e| e.into_inner()) = compiled;
+        let mut current = run.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        self.managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(Some(&current), &compiled, run.workers.len());
+        *current = compiled;
+        drop(current);
         run.bound = new_bound;
         Ok(())
     }
@@ -308,17 +381,56 @@ impl Engine {
 
     /// Every stat, merged across workers, with the `server.*` stats computed now.
     pub fn stats_snapshot(&self) -> StatsSnapshot {
-        let (draining, total) = {
+        let (draining, total, clusters, listeners, running) = {
             let g = self.lock();
+            let (clusters, listeners) = g.as_ref().map_or((0, 0), |r| {
+                let c = r.compiled.lock().unwrap_or_else(|e| e.into_inner());
+                (c.clusters.len() as u64, r.bound.len() as u64)
+            });
             (
                 g.as_ref().is_some_and(|r| r.draining),
                 g.as_ref()
                     .map(|r| r.workers.iter().map(|w| w.shared.active()).sum())
                     .unwrap_or(0),
+                clusters,
+                listeners,
+                g.is_some(),
             )
         };
+        let m = self.managers.lock().unwrap_or_else(|e| e.into_inner());
+        let (c, g) = (StatKind::Counter, StatKind::Gauge);
+        let managers = [
+            ("cluster_manager.active_clusters", g, clusters),
+            // Clusters take their hosts when compiled: none waits to warm.
+            ("cluster_manager.warming_clusters", g, 0),
+            ("cluster_manager.cluster_added", c, m.cluster_added),
+            ("cluster_manager.cluster_modified", c, m.cluster_modified),
+            ("cluster_manager.cluster_removed", c, m.cluster_removed),
+            ("listener_manager.total_listeners_active", g, listeners),
+            ("listener_manager.total_listeners_warming", g, 0),
+            ("listener_manager.listener_added", c, m.listener_added),
+            ("listener_manager.listener_modified", c, m.listener_modified),
+            (
+                "listener_manager.listener_in_place_updated",
+                c,
+                m.listener_in_place_updated,
+            ),
+            ("listener_manager.listener_removed", c, m.listener_removed),
+            (
+                "listener_manager.listener_create_success",
+                c,
+                m.listener_create_success,
+            ),
+            ("listener_manager.listener_create_failure", c, 0),
+            ("listener_manager.workers_started", g, u64::from(running)),
+        ];
+        drop(m);
         let (allocated, heap) = memory();
-        let extra = vec![
+        let mut extra: Vec<(String, StatKind, u64)> = managers
+            .into_iter()
+            .map(|(n, k, v)| (n.to_string(), k, v))
+            .collect();
+        extra.extend([
             (
                 "server.concurrency".to_string(),
                 StatKind::Gauge,
@@ -350,7 +462,7 @@ impl Engine {
                 StatKind::Gauge,
                 self.started.elapsed().as_secs(),
             ),
-        ];
+        ]);
         self.stores.stats.snapshot(&extra)
     }
 

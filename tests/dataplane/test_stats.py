@@ -728,3 +728,26 @@ def test_membership_stats_at_start(make_proxy: Any) -> None:
     })
     present = {"cluster.zero.membership_degraded", "cluster.zero.membership_excluded", "cluster.zero.max_host_weight"}
     assert present <= set(st)
+
+
+def test_manager_stats_at_start(make_proxy: Any) -> None:
+    # Envoy 1.40 with two listeners and two clusters on two workers: each is added, and each
+    # listener is created on each worker.
+    import copy
+
+    config = bootstrap([route("/", "a")], [cluster("a", 1), cluster("b", 2)])
+    second = copy.deepcopy(config["static_resources"]["listeners"][0])
+    second["name"] = "listener_1"
+    config["static_resources"]["listeners"].append(second)
+    proxy = make_proxy(config, concurrency=2)
+    st = settled(proxy, {
+        "cluster_manager.active_clusters": 2, "cluster_manager.warming_clusters": 0,
+        "cluster_manager.cluster_added": 2, "cluster_manager.cluster_modified": 0,
+        "cluster_manager.cluster_removed": 0,
+        "listener_manager.total_listeners_active": 2, "listener_manager.total_listeners_warming": 0,
+        "listener_manager.listener_added": 2, "listener_manager.listener_modified": 0,
+        "listener_manager.listener_in_place_updated": 0, "listener_manager.listener_removed": 0,
+        "listener_manager.listener_create_success": 4, "listener_manager.listener_create_failure": 0,
+        "listener_manager.workers_started": 1,
+    })
+    assert {"cluster_manager.cluster_removed", "listener_manager.listener_create_failure"} <= set(st)

@@ -428,3 +428,49 @@ def test_membership_change_counts_only_clusters_whose_hosts_changed(
     proxy.apply(pinned(bootstrap([route("/", "a")], [cluster("a", b.port), cluster("b", b.port)]), port))
     poll(lambda: proxy.stats().get(change.format("a")) == 2, timeout=APPLY_VISIBLE_S, what="a's new hosts")
     assert proxy.stats()[change.format("b")] == 1
+
+
+def test_apply_counts_added_modified_and_removed_like_envoys_managers(
+    make_proxy: Callable[..., Any], two_upstreams: tuple[Upstream, Upstream]
+) -> None:
+    # As Envoy's CDS and LDS updates count them: by name, a changed config is a modification,
+    # and a listener whose connection manager alone changed is updated in place (its sockets
+    # kept); each listener added or modified is created again on every worker.
+    a, b = two_upstreams
+    config = bootstrap([route("/", "a")], [cluster("a", a.port), cluster("b", b.port)])
+    proxy = make_proxy(config, concurrency=2)
+    port = proxy.listener_port()
+    # Routes changed, cluster b changed, cluster a removed, cluster c added.
+    changed = pinned(bootstrap([route("/", "b")], [cluster("b", a.port), cluster("c", b.port)]), port)
+    proxy.apply(changed)
+    expected = {
+        "cluster_manager.active_clusters": 2, "cluster_manager.cluster_added": 3,
+        "cluster_manager.cluster_modified": 1, "cluster_manager.cluster_removed": 1,
+        "listener_manager.total_listeners_active": 1, "listener_manager.listener_added": 1,
+        # The port went from 0 to the one bound: the address changed, so not in place.
+        "listener_manager.listener_modified": 1, "listener_manager.listener_in_place_updated": 0,
+        "listener_manager.listener_create_success": 4, "listener_manager.listener_removed": 0,
+    }
+    poll(lambda: {k: proxy.stats().get(k) for k in expected} == expected, timeout=5,
+         what="the first apply's counts")
+    # The same config again: nothing changes.
+    proxy.apply(changed)
+    # Only the routes change now (same address): in place.
+    proxy.apply(pinned(bootstrap([route("/", "c")], [cluster("b", a.port), cluster("c", b.port)]), port))
+    expected.update({"listener_manager.listener_modified": 2, "listener_manager.listener_in_place_updated": 1,
+                     "listener_manager.listener_create_success": 6})
+    poll(lambda: {k: proxy.stats().get(k) for k in expected} == expected, timeout=5, what="the in-place update")
+    # A second listener added, then the first removed.
+    two = pinned(bootstrap([route("/", "c")], [cluster("b", a.port), cluster("c", b.port)]), port)
+    extra = copy.deepcopy(two["static_resources"]["listeners"][0])
+    extra["name"] = "listener_1"
+    extra["address"]["socket_address"]["port_value"] = 0
+    two["static_resources"]["listeners"].append(extra)
+    proxy.apply(two)
+    only_second = copy.deepcopy(two)
+    del only_second["static_resources"]["listeners"][0]
+    proxy.apply(only_second)
+    expected.update({"listener_manager.listener_added": 2, "listener_manager.listener_removed": 1,
+                     "listener_manager.listener_create_success": 8, "listener_manager.total_listeners_active": 1})
+    poll(lambda: {k: proxy.stats().get(k) for k in expected} == expected, timeout=5,
+         what="the added and removed listener")

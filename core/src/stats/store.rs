@@ -347,7 +347,9 @@ impl Store {
     pub fn snapshot(&self, extra: &[(String, StatKind, u64)]) -> StatsSnapshot {
         let (mut merged, hists) = self.merge();
         for (name, kind, value) in extra {
-            merged.insert(name.clone(), (*kind, *value, true));
+            // A counter is used once counted (Envoy's `usedonly`); these gauges are set.
+            let used = *kind != StatKind::Counter || *value > 0;
+            merged.insert(name.clone(), (*kind, *value, used));
         }
         let baseline = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
         let stats = merged
