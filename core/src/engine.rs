@@ -88,8 +88,15 @@ struct Managers {
 }
 
 impl Managers {
-    /// Counts the change from `old` (none at start) to `new`, on `workers` workers.
-    fn count(&mut self, old: Option<&Compiled>, new: &Compiled, workers: usize) {
+    /// Counts the change from `old` (none at start) to `new`, on `workers` workers; a listener
+    /// not `bound` (a new one while the engine drains) was not added.
+    fn count(
+        &mut self,
+        old: Option<&Compiled>,
+        new: &Compiled,
+        workers: usize,
+        bound: &dyn Fn(&str) -> bool,
+    ) {
         let old_clusters = old.map_or(&[][..], |o| &o.clusters[..]);
         for c in &new.clusters {
             match old_clusters.iter().find(|o| o.cfg.name == c.cfg.name) {
@@ -103,7 +110,7 @@ impl Managers {
             .filter(|o| !new.clusters.iter().any(|c| c.cfg.name == o.cfg.name))
             .count() as u64;
         let old_listeners = old.map_or(&[][..], |o| &o.listeners[..]);
-        for l in &new.listeners {
+        for l in new.listeners.iter().filter(|l| bound(&l.cfg.name)) {
             match old_listeners.iter().find(|o| o.cfg.name == l.cfg.name) {
                 None => self.listener_added += 1,
                 Some(o) if o.cfg != l.cfg => {
@@ -242,7 +249,7 @@ impl Engine {
         self.managers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .count(None, &compiled, self.concurrency);
+            .count(None, &compiled, self.concurrency, &|_| true);
         let compiled = Arc::new(Mutex::new(compiled));
         let dns = spawn_dns(
             self.resolver.clone(),
@@ -319,7 +326,9 @@ impl Engine {
         self.managers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .count(Some(&current), &compiled, run.workers.len());
+            .count(Some(&current), &compiled, run.workers.len(), &|name| {
+                new_bound.iter().any(|b| &*b.name == name)
+            });
         *current = compiled;
         drop(current);
         run.bound = new_bound;
@@ -381,6 +390,11 @@ impl Engine {
 
     /// Every stat, merged across workers, with the `server.*` stats computed now.
     pub fn stats_snapshot(&self) -> StatsSnapshot {
+        self.stores.stats.snapshot(&self.engine_stats())
+    }
+
+    /// The stats the engine keeps beside the workers' (`server.*`, the managers'), now.
+    fn engine_stats(&self) -> Vec<(String, StatKind, u64)> {
         let (draining, total, clusters, listeners, running) = {
             let g = self.lock();
             let (clusters, listeners) = g.as_ref().map_or((0, 0), |r| {
@@ -463,7 +477,7 @@ impl Engine {
                 self.started.elapsed().as_secs(),
             ),
         ]);
-        self.stores.stats.snapshot(&extra)
+        extra
     }
 
     /// Renders every stat in an Envoy admin format; `filter` is a regex on the name.
@@ -512,7 +526,7 @@ impl Engine {
 
     /// Envoy's `/reset_counters`.
     pub fn reset_counters(&self) {
-        self.stores.stats.reset_counters();
+        self.stores.stats.reset_counters(&self.engine_stats());
     }
 
     /// Clusters and their hosts' stats, for `/clusters`.

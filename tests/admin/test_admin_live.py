@@ -147,8 +147,13 @@ def test_prometheus_names(live: Live, path: str) -> None:
 def test_usedonly_and_reset_counters(live: Live) -> None:
     _send(live, 1)
     eventually(lambda: "cluster.backend.upstream_rq_total: 1" in live.admin.get("/stats?usedonly").text)
+    assert "cluster_manager.cluster_added: 1\n" in live.admin.get("/stats").text
     assert live.admin.post("/reset_counters").text == "OK\n"
-    assert "cluster.backend.upstream_rq_total: 0\n" in live.admin.get("/stats").text
+    text = live.admin.get("/stats").text
+    assert "cluster.backend.upstream_rq_total: 0\n" in text
+    # The engine's own counters too (the managers'); gauges keep their values.
+    assert "cluster_manager.cluster_added: 0\n" in text
+    assert "cluster_manager.active_clusters: 1\n" in text
 
 
 def test_clusters_text_and_json(live: Live) -> None:

@@ -717,7 +717,8 @@ def test_membership_stats_at_start(make_proxy: Any) -> None:
     lb = dns["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     lb["endpoint"]["address"]["socket_address"]["address"] = "localhost"
     lb["load_balancing_weight"] = 7
-    proxy = make_proxy(bootstrap([route("/", "two")], [two, zero, dns]))
+    # Two workers: the cluster-wide figures are published once, not per worker.
+    proxy = make_proxy(bootstrap([route("/", "two")], [two, zero, dns]), concurrency=2)
     st = settled(proxy, {
         "cluster.two.membership_change": 1, "cluster.two.membership_total": 2,
         "cluster.two.max_host_weight": 0, "cluster.two.membership_degraded": 0,

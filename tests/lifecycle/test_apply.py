@@ -414,7 +414,7 @@ def test_membership_change_counts_only_clusters_whose_hosts_changed(
     # membership change); a cluster whose config changed starts again from its new hosts.
     a, b = two_upstreams
     config = bootstrap([route("/", "a")], [cluster("a", a.port), cluster("b", b.port)])
-    proxy = make_proxy(config, concurrency=1)
+    proxy = make_proxy(config, concurrency=2)
     port = proxy.listener_port()
     change = "cluster.{}.membership_change"
     poll(lambda: (proxy.stats().get(change.format("a")), proxy.stats().get(change.format("b"))) == (1, 1),

@@ -375,13 +375,19 @@ impl Store {
 
     /// Envoy's `/reset_counters`: every counter reads as zero from now on. The baseline lock is
     /// held throughout, so no reader sees a half-reset state.
-    pub fn reset_counters(&self) {
+    /// `extra`: the counters kept beside the workers' (as passed to [`Store::snapshot`]).
+    pub fn reset_counters(&self, extra: &[(String, StatKind, u64)]) {
         let mut b = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
         let (merged, _) = self.merge();
         b.clear();
         for (name, (kind, value, _)) in merged {
             if kind == StatKind::Counter {
                 b.insert(name, value);
+            }
+        }
+        for (name, kind, value) in extra {
+            if *kind == StatKind::Counter {
+                b.insert(name.clone(), *value);
             }
         }
     }
@@ -425,7 +431,7 @@ mod tests {
             snap.histograms[0].buckets[2], 1,
             "3ms falls in the (1, 5] bucket"
         );
-        store.reset_counters();
+        store.reset_counters(&[]);
         b.rq_total.inc();
         let snap = store.snapshot(&[]);
         assert_eq!(get(&snap, "x.rq_total"), 1);
@@ -441,7 +447,7 @@ mod tests {
         let a_dyn: Arc<dyn Scope> = a.clone();
         store.register("c.".into(), &a_dyn);
         a.rq_total.add(10);
-        store.reset_counters();
+        store.reset_counters(&[]);
         drop((a, a_dyn));
         let b = Arc::new(TestStats::default());
         let b_dyn: Arc<dyn Scope> = b.clone();

@@ -186,6 +186,22 @@ impl ClusterRt {
         c
     }
 
+    /// Whether the cluster has exactly `hosts`, in any order.
+    pub fn same_hosts(&self, hosts: &[crate::snapshot::HostAddr]) -> bool {
+        let key = |a: &crate::snapshot::HostAddr| (a.addr, a.weight, a.endpoint);
+        let mut have: Vec<_> = self
+            .hosts
+            .borrow()
+            .hosts
+            .iter()
+            .map(|h| (h.addr, h.weight, h.endpoint))
+            .collect();
+        let mut want: Vec<_> = hosts.iter().map(key).collect();
+        have.sort_unstable();
+        want.sort_unstable();
+        have == want
+    }
+
     /// Replaces the host set with a different one (a DNS refresh that changed it).
     pub fn set_hosts(&self, hosts: Vec<Rc<HostRt>>) {
         self.replace_hosts(hosts, true);

@@ -309,20 +309,7 @@ impl Ctx {
             // changes only if its hosts did. A new or changed cluster starts from none, so
             // its first hosts are a change if there are any.
             let changed = match before.clusters.iter().find(|o| o.cfg.cfg.name == *name) {
-                Some(o) if o.cfg.cfg == c.cfg => {
-                    let was: Vec<_> = o
-                        .hosts
-                        .borrow()
-                        .hosts
-                        .iter()
-                        .map(|h| (h.addr, h.weight, h.endpoint))
-                        .collect();
-                    was != c
-                        .hosts
-                        .iter()
-                        .map(|h| (h.addr, h.weight, h.endpoint))
-                        .collect::<Vec<_>>()
-                }
+                Some(o) if o.cfg.cfg == c.cfg => !o.same_hosts(&c.hosts),
                 _ => !c.hosts.is_empty(),
             };
             clusters.push(Rc::new(ClusterRt::new(
@@ -393,6 +380,11 @@ impl Ctx {
         let Some(c) = snap.clusters.iter().find(|c| c.cfg.cfg.name == cluster) else {
             return;
         };
+        // The same hosts in another order (DNS answers rotate), or an answer an apply has
+        // already taken: no change.
+        if c.same_hosts(hosts) {
+            return;
+        }
         let mut keep = HashMap::new();
         let new: Vec<_> = hosts
             .iter()
