@@ -97,44 +97,73 @@ impl Managers {
         workers: usize,
         bound: &dyn Fn(&str) -> bool,
     ) {
-        let old_clusters = old.map_or(&[][..], |o| &o.clusters[..]);
-        for c in &new.clusters {
-            match old_clusters.iter().find(|o| o.cfg.name == c.cfg.name) {
-                None => self.cluster_added += 1,
-                Some(o) if o.cfg != c.cfg => self.cluster_modified += 1,
-                Some(_) => {}
-            }
-        }
-        self.cluster_removed += old_clusters
+        let clusters = by_name(
+            old.map_or(&[][..], |o| &o.clusters[..]),
+            &new.clusters,
+            |c| (&c.cfg.name, &c.cfg),
+        );
+        self.cluster_added += clusters.added.len() as u64;
+        self.cluster_modified += clusters.modified.len() as u64;
+        self.cluster_removed += clusters.removed;
+        let mut listeners = by_name(
+            old.map_or(&[][..], |o| &o.listeners[..]),
+            &new.listeners,
+            |l| (&l.cfg.name, &l.cfg),
+        );
+        listeners.added.retain(|l| bound(&l.cfg.name));
+        listeners.modified.retain(|(_, l)| bound(&l.cfg.name));
+        let added = listeners.added.len();
+        self.listener_added += added as u64;
+        self.listener_modified += listeners.modified.len() as u64;
+        // Only its filter chain (the connection manager) changed: Envoy updates such a
+        // listener in place, keeping its sockets and connections.
+        self.listener_in_place_updated += listeners
+            .modified
             .iter()
-            .filter(|o| !new.clusters.iter().any(|c| c.cfg.name == o.cfg.name))
+            .filter(|(a, b)| {
+                let (a, b) = (&a.cfg, &b.cfg);
+                a.address == b.address
+                    && a.port == b.port
+                    && a.per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
+            })
             .count() as u64;
-        let old_listeners = old.map_or(&[][..], |o| &o.listeners[..]);
-        for l in new.listeners.iter().filter(|l| bound(&l.cfg.name)) {
-            match old_listeners.iter().find(|o| o.cfg.name == l.cfg.name) {
-                None => self.listener_added += 1,
-                Some(o) if o.cfg != l.cfg => {
-                    self.listener_modified += 1;
-                    // Only its filter chain (the connection manager) changed: Envoy updates
-                    // such a listener in place, keeping its sockets and connections.
-                    let (a, b) = (&o.cfg, &l.cfg);
-                    if a.address == b.address
-                        && a.port == b.port
-                        && a.per_connection_buffer_limit_bytes
-                            == b.per_connection_buffer_limit_bytes
-                    {
-                        self.listener_in_place_updated += 1;
-                    }
-                }
-                Some(_) => continue,
-            }
-            self.listener_create_success += workers as u64;
-        }
-        self.listener_removed += old_listeners
-            .iter()
-            .filter(|o| !new.listeners.iter().any(|l| l.cfg.name == o.cfg.name))
-            .count() as u64;
+        self.listener_create_success += ((added + listeners.modified.len()) * workers) as u64;
+        self.listener_removed += listeners.removed;
     }
+}
+
+/// What an update did to a list of named resources: the new ones, the (old, new) pairs whose
+/// config changed, and how many went.
+struct ByName<'a, T> {
+    added: Vec<&'a T>,
+    modified: Vec<(&'a T, &'a T)>,
+    removed: u64,
+}
+
+/// Compares `old` and `new` by name; `key` gives a resource's name and its config.
+fn by_name<'a, T, C: PartialEq + 'a>(
+    old: &'a [T],
+    new: &'a [T],
+    key: impl Fn(&'a T) -> (&'a String, &'a C),
+) -> ByName<'a, T> {
+    let mut d = ByName {
+        added: Vec::new(),
+        modified: Vec::new(),
+        removed: 0,
+    };
+    for n in new {
+        let (name, cfg) = key(n);
+        match old.iter().find(|o| key(o).0 == name) {
+            None => d.added.push(n),
+            Some(o) if key(o).1 != cfg => d.modified.push((o, n)),
+            Some(_) => {}
+        }
+    }
+    d.removed = old
+        .iter()
+        .filter(|o| !new.iter().any(|n| key(n).0 == key(o).0))
+        .count() as u64;
+    d
 }
 
 /// Creates the `count` SO_REUSEPORT sockets of one listener on one port (the first bind picks

@@ -433,6 +433,16 @@ def test_client_gone_while_connecting_cancels_the_request(
     settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_rq_total": 1})
 
 
+def cancel_while_connecting(proxy: Any, n: int) -> None:
+    """Sends a request whose connect hangs and closes its client once it is pending: the `n`th
+    such request, cancelled."""
+    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
+    s.sendall(get(f"/gone{n}"))
+    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == n, what="the pending request")
+    s.close()
+    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_cancelled") == n, what="the cancel")
+
+
 def accept_proxy(lst: socket.socket, fillers: list[socket.socket]) -> socket.socket:
     """Accepts the proxy's connection to a stalled listener: the fillers' connections come
     first or between (as their SYNs are sent again) and are closed."""
@@ -496,11 +506,7 @@ def test_request_while_a_cancelled_connect_goes_on_takes_that_connection(
     # opening a second one (Envoy's pool counts the attempt's capacity for pending requests).
     lst, fillers = stalled_port
     proxy = stalled_proxy(make_proxy, lst)
-    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
-    s.sendall(get("/gone"))
-    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
-    s.close()
-    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_cancelled") == 1, what="the cancel")
+    cancel_while_connecting(proxy, 1)
     with RawConn(proxy.listener_port()) as c:
         c.send(get("/again"))
         wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 2, what="the second request")
@@ -524,11 +530,7 @@ def test_request_waiting_on_a_cancelled_connect_that_times_out_gets_503(
     lst, _fillers = stalled_port
     # Room for the second request to come (two stats polls and a connect) on a busy machine.
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", lst.getsockname()[1], connect_timeout="5s")]))
-    s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
-    s.sendall(get("/gone"))
-    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1, what="the pending request")
-    s.close()
-    wait_for(lambda: proxy.stats().get("cluster.up.upstream_rq_cancelled") == 1, what="the cancel")
+    cancel_while_connecting(proxy, 1)
     with RawConn(proxy.listener_port()) as c:
         r = c.request(get("/again"))
         assert (r.status, r.body) == (
@@ -548,11 +550,7 @@ def test_connection_whose_waiting_request_also_left_waits_in_the_pool(
     lst, fillers = stalled_port
     proxy = stalled_proxy(make_proxy, lst)
     for n in (1, 2):
-        s = socket.create_connection(("127.0.0.1", proxy.listener_port()))
-        s.sendall(get(f"/gone{n}"))
-        wait_for(lambda n=n: proxy.stats().get("cluster.up.upstream_rq_pending_total") == n, what="the pending request")
-        s.close()
-        wait_for(lambda n=n: proxy.stats().get("cluster.up.upstream_rq_cancelled") == n, what="the cancel")
+        cancel_while_connecting(proxy, n)
     # Up, and pooled: the third request goes on it without waiting or another connect.
     with accept_proxy(lst, fillers) as up:
         settled(proxy, {"cluster.up.upstream_cx_total": 1, "cluster.up.upstream_cx_active": 1})

@@ -7,7 +7,7 @@ pub mod render;
 pub mod store;
 
 pub use model::{HistValue, StatKind, StatValue, StatsSnapshot};
-pub use store::{CodeCounters, Counter, Flow, Gauge, Histogram, Scope, Store, Visitor};
+pub use store::{CodeCounters, Counter, Flow, Gauge, GaugeHold, Histogram, Scope, Store, Visitor};
 
 crate::stat_scope! {
     /// `http.<stat_prefix>.*`: one per listener's connection manager per worker.
@@ -45,24 +45,35 @@ pub struct Buffered {
     pub tx: std::cell::Cell<u32>,
 }
 
+/// A scope's `*_rx_bytes_buffered` and `*_tx_bytes_buffered` gauges.
+pub type BufferedGauges<'a> = [&'a Gauge; 2];
+
 impl Buffered {
     /// Takes this connection's share off the gauges.
-    pub fn release(&self, rx: &Gauge, tx: &Gauge) {
-        rx.add_sub(0, u64::from(self.rx.take()));
-        tx.add_sub(0, u64::from(self.tx.take()));
+    pub fn release(&self, g: BufferedGauges<'_>) {
+        g[0].add_sub(0, u64::from(self.rx.take()));
+        g[1].add_sub(0, u64::from(self.tx.take()));
     }
 
-    /// Moves this connection's share from one connection manager's gauges to another's.
-    pub fn move_to(&self, from: &HttpStats, to: &HttpStats) {
-        let (rx, tx) = (u64::from(self.rx.get()), u64::from(self.tx.get()));
-        from.downstream_cx_rx_bytes_buffered.add_sub(0, rx);
-        from.downstream_cx_tx_bytes_buffered.add_sub(0, tx);
-        to.downstream_cx_rx_bytes_buffered.add_sub(rx, 0);
-        to.downstream_cx_tx_bytes_buffered.add_sub(tx, 0);
+    /// Moves this connection's share from one scope's gauges to another's.
+    pub fn move_to(&self, from: BufferedGauges<'_>, to: BufferedGauges<'_>) {
+        for (i, share) in [&self.rx, &self.tx].into_iter().enumerate() {
+            let v = u64::from(share.get());
+            from[i].add_sub(0, v);
+            to[i].add_sub(v, 0);
+        }
     }
 }
 
 impl HttpStats {
+    /// `downstream_cx_{rx,tx}_bytes_buffered`.
+    pub fn buffered(&self) -> BufferedGauges<'_> {
+        [
+            &self.downstream_cx_rx_bytes_buffered,
+            &self.downstream_cx_tx_bytes_buffered,
+        ]
+    }
+
     /// A client connection's reads.
     #[inline]
     pub fn down_rx<'a>(&'a self, b: &'a Buffered) -> Flow<'a> {
@@ -85,6 +96,14 @@ impl HttpStats {
 }
 
 impl ClusterStats {
+    /// `upstream_cx_{rx,tx}_bytes_buffered`.
+    pub fn buffered(&self) -> BufferedGauges<'_> {
+        [
+            &self.upstream_cx_rx_bytes_buffered,
+            &self.upstream_cx_tx_bytes_buffered,
+        ]
+    }
+
     /// An upstream connection's reads.
     #[inline]
     pub fn up_rx<'a>(&'a self, b: &'a Buffered) -> Flow<'a> {

@@ -82,6 +82,26 @@ impl Gauge {
     }
 }
 
+/// Counts one in a gauge for as long as it lives (a request in progress, a request waiting
+/// for a connection), however it ends.
+pub struct GaugeHold<'a>(&'a Gauge);
+
+impl<'a> GaugeHold<'a> {
+    /// Counts one in `g` until dropped.
+    #[inline]
+    pub fn new(g: &'a Gauge) -> GaugeHold<'a> {
+        g.inc();
+        GaugeHold(g)
+    }
+}
+
+impl Drop for GaugeHold<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One direction of one connection as Envoy's connection counts it: every byte moved
 /// (`*_cx_rx_bytes_total`, `*_cx_tx_bytes_total`), and the connection's share of the
 /// `*_bytes_buffered` gauge, which is what its buffer held when it was last looked at. For the
@@ -380,14 +400,10 @@ impl Store {
         let mut b = self.baseline.lock().unwrap_or_else(|e| e.into_inner());
         let (merged, _) = self.merge();
         b.clear();
-        for (name, (kind, value, _)) in merged {
+        let extra = extra.iter().map(|(n, k, v)| (n.clone(), (*k, *v, true)));
+        for (name, (kind, value, _)) in merged.into_iter().chain(extra) {
             if kind == StatKind::Counter {
                 b.insert(name, value);
-            }
-        }
-        for (name, kind, value) in extra {
-            if *kind == StatKind::Counter {
-                b.insert(name.clone(), *value);
             }
         }
     }

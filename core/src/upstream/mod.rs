@@ -86,10 +86,7 @@ impl Drop for RqGuard {
 impl Drop for CxGuard {
     fn drop(&mut self) {
         let s = &self.cluster.s;
-        self.held.release(
-            &s.upstream_cx_rx_bytes_buffered,
-            &s.upstream_cx_tx_bytes_buffered,
-        );
+        self.held.release(s.buffered());
         s.upstream_cx_active.dec();
         s.upstream_cx_destroy.inc();
         DestroySplit {
@@ -187,16 +184,17 @@ impl ClusterRt {
     }
 
     /// Whether the cluster has exactly `hosts`, in any order.
-    pub fn same_hosts(&self, hosts: &[crate::snapshot::HostAddr]) -> bool {
-        let key = |a: &crate::snapshot::HostAddr| (a.addr, a.weight, a.endpoint);
-        let mut have: Vec<_> = self
-            .hosts
-            .borrow()
+    pub fn same_hosts(&self, hosts: &[HostAddr]) -> bool {
+        let set = self.hosts.borrow();
+        let mut have: Vec<_> = set
             .hosts
             .iter()
             .map(|h| (h.addr, h.weight, h.endpoint))
             .collect();
-        let mut want: Vec<_> = hosts.iter().map(key).collect();
+        let mut want: Vec<_> = hosts
+            .iter()
+            .map(|a| (a.addr, a.weight, a.endpoint))
+            .collect();
         have.sort_unstable();
         want.sort_unstable();
         have == want

@@ -35,7 +35,7 @@ use crate::http1::codec::{
 use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
 use crate::router::{Action, Cx, ReqView, RouteRequest};
-use crate::stats::{Buffered, DestroySplit, Flow, HttpStats};
+use crate::stats::{Buffered, DestroySplit, Flow, GaugeHold, HttpStats};
 
 /// Read size for message heads.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -155,22 +155,6 @@ impl Drop for DownGuard {
     }
 }
 
-/// Counts a request in progress (`downstream_rq_active`), however it ends.
-struct RqActive<'a>(&'a HttpStats);
-
-impl<'a> RqActive<'a> {
-    fn new(s: &'a HttpStats) -> RqActive<'a> {
-        s.downstream_rq_active.inc();
-        RqActive(s)
-    }
-}
-
-impl Drop for RqActive<'_> {
-    fn drop(&mut self) {
-        self.0.downstream_rq_active.dec();
-    }
-}
-
 /// Serves one accepted connection until it closes.
 ///
 /// An idle keep-alive connection costs its task, whose size is this future's: so everything
@@ -227,11 +211,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         self._guard.remote = self.d.peer_closed;
         self._guard.active_rq = self.d.ended_in_request;
-        let h = &self._guard.l.http;
-        self.d.held.release(
-            &h.downstream_cx_rx_bytes_buffered,
-            &h.downstream_cx_tx_bytes_buffered,
-        );
+        self.d.held.release(self._guard.l.http.buffered());
         self.ctx.unwatch_drain(self.d.drain_key);
     }
 }
@@ -286,11 +266,7 @@ impl Conn {
         // Its share of the buffered gauges goes from the scope it was last counted in (the
         // drop releases what is left against the first one, should the task be dropped
         // before this).
-        let h = &l.http;
-        d.held.release(
-            &h.downstream_cx_rx_bytes_buffered,
-            &h.downstream_cx_tx_bytes_buffered,
-        );
+        d.held.release(l.http.buffered());
     }
 }
 
@@ -324,7 +300,7 @@ fn refresh_changed(
     // A new `stat_prefix` is a new `http.*` scope: the connection's share of the buffered
     // gauges moves with it (the next read adjusts the gauge it reads through).
     if !Arc::ptr_eq(&l.http, &nl.http) {
-        held.move_to(&l.http, &nl.http);
+        held.move_to(l.http.buffered(), nl.http.buffered());
     }
     (*snap, *l) = (now, nl);
     true
@@ -582,7 +558,7 @@ async fn request(
     d.done_at = None;
     l.http.downstream_rq_total.inc();
     l.http.downstream_rq_http1_total.inc();
-    let active = RqActive::new(&l.http);
+    let active = GaugeHold::new(&l.http.downstream_rq_active);
     let (status, next) = handle(ctx, snap, l, d, head, last).await;
     drop(active);
     if status != 0 {
@@ -1078,10 +1054,11 @@ mod tests {
     use std::io;
 
     /// A writer that takes `take` bytes a write, `room` in all, and then fails as a socket
-    /// the peer reset does.
+    /// the peer reset does, or, with `stall`, waits (a client that stopped reading).
     struct Cut {
         take: usize,
         room: usize,
+        stall: bool,
     }
 
     impl AsyncWrite for Cut {
@@ -1091,7 +1068,11 @@ mod tests {
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
             if self.room == 0 {
-                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+                return if self.stall {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+                };
             }
             let n = buf.len().min(self.take).min(self.room);
             self.room -= n;
@@ -1131,7 +1112,11 @@ mod tests {
             buffered: &gauge,
             held: &held.tx,
         };
-        let mut w = Cut { take: 4, room: 10 };
+        let mut w = Cut {
+            take: 4,
+            room: 10,
+            stall: false,
+        };
         assert!(run(write_all(&mut w, b"0123456789abcdef", &tx)).is_err());
         assert_eq!(total.get(), 10);
     }
@@ -1144,41 +1129,13 @@ mod tests {
             buffered: &gauge,
             held: &held.tx,
         };
-        let mut w = Cut { take: 3, room: 100 };
+        let mut w = Cut {
+            take: 3,
+            room: 100,
+            stall: false,
+        };
         run(write_all(&mut w, b"0123456789", &tx)).unwrap();
         assert_eq!((total.get(), gauge.get()), (10, 0));
-    }
-
-    /// A writer that takes `room` bytes and then waits (a client that stopped reading).
-    struct Full {
-        room: usize,
-    }
-
-    impl AsyncWrite for Full {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            if self.room == 0 {
-                return Poll::Pending;
-            }
-            let n = buf.len().min(self.room);
-            self.room -= n;
-            Poll::Ready(Ok(n))
-        }
-        fn poll_flush(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
     }
 
     #[test]
@@ -1189,7 +1146,11 @@ mod tests {
             buffered: &gauge,
             held: &held.tx,
         };
-        let mut w = Full { room: 6 };
+        let mut w = Cut {
+            take: usize::MAX,
+            room: 6,
+            stall: true,
+        };
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         {
             let mut f = std::pin::pin!(write_all(&mut w, b"0123456789", &tx));
@@ -1201,11 +1162,15 @@ mod tests {
         run(write_all(&mut w, b"6789", &tx)).unwrap();
         assert_eq!((total.get(), gauge.get()), (10, 0));
         // A connection that ends with bytes waiting takes them off the gauge.
-        let mut w = Full { room: 0 };
+        let mut w = Cut {
+            take: usize::MAX,
+            room: 0,
+            stall: true,
+        };
         let mut f = std::pin::pin!(write_all(&mut w, b"abc", &tx));
         assert!(f.as_mut().poll(&mut cx).is_pending());
         assert_eq!(gauge.get(), 3);
-        held.release(&gauge, &gauge);
+        held.release([&gauge, &gauge]);
         assert_eq!(gauge.get(), 0);
     }
 }

@@ -31,7 +31,7 @@ use crate::http1::codec::{
 use crate::http1::head::{parse_response, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
-use crate::stats::{ClusterScope, Flow};
+use crate::stats::{ClusterScope, Flow, GaugeHold};
 use crate::upstream::pool::{ConnectFail, UpConn};
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
@@ -502,22 +502,6 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
             host.stats.cx_connect_fail.inc();
             Err(ConnectFail::Timeout)
         }
-    }
-}
-
-/// Counts one in a gauge for as long as it lives.
-struct GaugeHold<'a>(&'a crate::stats::Gauge);
-
-impl<'a> GaugeHold<'a> {
-    fn new(g: &'a crate::stats::Gauge) -> GaugeHold<'a> {
-        g.inc();
-        GaugeHold(g)
-    }
-}
-
-impl Drop for GaugeHold<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
