@@ -27,6 +27,11 @@ class Engine:
     def drain_listeners(self) -> None:
         """Stops accepting on every listener. Open connections finish their current request;
         keep-alive responses carry `connection: close` from now on."""
+    def set_health_check_failed(self, failed: bool) -> None:
+        """While set (the admin's `/healthcheck/fail`), every response on a listener whose
+        `drain_type` is DEFAULT carries `connection: close` and ends its connection, counted as
+        `downstream_cx_drain_close` (Envoy's drain decision while health checks fail)."""
+    def health_check_failed(self) -> bool: ...
     def active_connections(self) -> int:
         """Downstream connections currently open, all workers."""
     def shutdown(self, timeout_s: float) -> None:

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for connections to finish on shutdown (default "
         f"{DEFAULT_DRAIN_TIME_S})",
     )
+    p.add_argument(
+        "--drain-strategy",
+        choices=("immediate",),
+        default="immediate",
+        type=str.lower,
+        help="how connections close while draining: immediate (every response closes its "
+        "connection at once; the only strategy pyproxy has, Envoy's default is gradual)",
+    )
     p.add_argument("--base-id", type=int, help="accepted for Envoy compatibility; ignored")
     p.add_argument("--version", action="version", version=f"pyproxy {__version__}")
     return p

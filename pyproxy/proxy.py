@@ -107,7 +107,7 @@ class Proxy:
         self.start_time: float = 0.0
         self.last_updated: float = 0.0
         self.state: str = "PRE_INITIALIZING"
-        self.healthcheck_failed: bool = False
+        self._healthcheck_failed = False
         self.admin_address: tuple[str, int] | None = None
         self._admin: Any = None
         self._shutdown = threading.Event()
@@ -154,6 +154,7 @@ class Proxy:
             native = _import_native()
             self.start_time = time.time()
             engine = native.Engine(self.concurrency)
+            engine.set_health_check_failed(self._healthcheck_failed)
             engine.start(self._snapshot)
             self.engine = engine
             try:
@@ -192,6 +193,20 @@ class Proxy:
             engine.apply(snapshot)
             self.raw_config, self.bootstrap, self._snapshot = raw, bootstrap, snapshot
             self.last_updated = time.time()
+
+    @property
+    def healthcheck_failed(self) -> bool:
+        """Whether health checks fail (the admin's `/healthcheck/fail` until `/healthcheck/ok`).
+        While they do, `/ready` says DRAINING and every response on a listener whose
+        `drain_type` is DEFAULT carries `connection: close` and ends its connection, as Envoy
+        drains while its health checks fail."""
+        return self._healthcheck_failed
+
+    @healthcheck_failed.setter
+    def healthcheck_failed(self, failed: bool) -> None:
+        self._healthcheck_failed = bool(failed)
+        if self.engine is not None:
+            self.engine.set_health_check_failed(self._healthcheck_failed)
 
     def drain_listeners(self) -> None:
         """Stops accepting; open connections finish their current request."""

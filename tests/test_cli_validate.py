@@ -90,6 +90,8 @@ def test_config_yaml_alone() -> None:
         (("--concurrency", "0", "-c", "x"), "must be at least 1"),
         (("--log-level", "loud", "-c", "x"), "invalid choice: 'loud'"),
         (("--drain-time-s", "-1", "-c", "x"), "must not be negative"),
+        # Envoy's default strategy; pyproxy has only `immediate`.
+        (("--drain-strategy", "gradual", "-c", "x"), "invalid choice: 'gradual' (choose from 'immediate')"),
     ],
 )
 def test_bad_command_line(args: tuple[str, ...], message: str) -> None:
@@ -101,7 +103,7 @@ def test_bad_command_line(args: tuple[str, ...], message: str) -> None:
 def test_envoy_flags_accepted() -> None:
     done = run("--mode", "validate", "-c", str(DEFAULT), "--concurrency", "2", "-l", "warn",
                "--service-cluster", "edge", "--service-node", "n1", "--drain-time-s", "5",
-               "--base-id", "3")
+               "--base-id", "3", "--drain-strategy", "immediate")
     assert done.returncode == 0, done.stderr
 
 

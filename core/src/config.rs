@@ -37,8 +37,23 @@ pub struct Listener {
     /// is held per connection before reading from the other side pauses.
     #[serde(default = "default_buffer_limit")]
     pub per_connection_buffer_limit_bytes: u32,
+    /// Envoy `drain_type`: which drains close this listener's connections.
+    #[serde(default)]
+    pub drain_type: DrainType,
     /// The `envoy.filters.network.http_connection_manager` settings.
     pub hcm: HttpConnectionManager,
+}
+
+/// Envoy `Listener.DrainType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DrainType {
+    /// Every drain: the server's (shutdown, `/drain_listeners`), the listener's removal, and a
+    /// failed health check (`/healthcheck/fail`).
+    #[default]
+    Default,
+    /// Not a failed health check.
+    ModifyOnly,
 }
 
 fn default_buffer_limit() -> u32 {

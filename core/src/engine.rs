@@ -14,7 +14,7 @@ use crate::config::Snapshot;
 use crate::snapshot::{compile_with, system_resolver, Compiled, Discovery, HostAddr, Resolver};
 use crate::stats::render::{render, Format, RenderOptions};
 use crate::stats::{StatKind, StatsSnapshot};
-use crate::worker::{Cmd, Stores, Worker};
+use crate::worker::{Cmd, DrainFlags, Stores, Worker};
 use crate::Error;
 
 /// A listener's bound sockets: one per worker, all on the same port.
@@ -69,6 +69,8 @@ pub struct Engine {
     /// `cluster_manager.*` and `listener_manager.*` counters (the gauges are read off the
     /// running state).
     managers: Mutex<Managers>,
+    /// Draining, health checks failing: every worker reads these.
+    drain: Arc<DrainFlags>,
 }
 
 /// What Envoy's cluster and listener managers count of config changes: every cluster and
@@ -125,6 +127,7 @@ impl Managers {
                 a.address == b.address
                     && a.port == b.port
                     && a.per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
+                    && a.drain_type == b.drain_type
             })
             .count() as u64;
         self.listener_create_success += ((added + listeners.modified.len()) * workers) as u64;
@@ -236,6 +239,7 @@ impl Engine {
             started: Instant::now(),
             state: Mutex::new(None),
             managers: Mutex::new(Managers::default()),
+            drain: Arc::default(),
         }
     }
 
@@ -255,6 +259,8 @@ impl Engine {
             return Err(Error::engine("the engine is already started"));
         }
         let compiled = Arc::new(compile_with(snapshot, &self.resolver)?);
+        // A start after a shutdown does not drain (health checks stay as they were set).
+        self.drain.set(DrainFlags::DRAINING, false);
         let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
             (0..self.concurrency).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
@@ -271,7 +277,8 @@ impl Engine {
         }
         let mut workers = Vec::with_capacity(self.concurrency);
         for (id, ls) in per_worker.into_iter().enumerate() {
-            let w = Worker::spawn(id, self.stores.clone(), compiled.clone(), ls)
+            let drain = self.drain.clone();
+            let w = Worker::spawn(id, self.stores.clone(), compiled.clone(), ls, drain)
                 .map_err(|e| Error::engine(format!("cannot start worker {id}: {e}")))?;
             workers.push(w);
         }
@@ -381,10 +388,24 @@ impl Engine {
     pub fn drain_listeners(&self) {
         if let Some(run) = self.lock().as_mut() {
             run.draining = true;
+            self.drain.set(DrainFlags::DRAINING, true);
             for w in &run.workers {
                 w.send(Cmd::Drain);
             }
         }
+    }
+
+    /// Sets whether a failed health check is in force (the admin's `/healthcheck/fail` and
+    /// `/healthcheck/ok`). While it is, every response on a listener whose `drain_type` is
+    /// DEFAULT closes its connection (`connection: close`, counted as
+    /// `downstream_cx_drain_close`), as Envoy's drain decision answers while health checks fail.
+    pub fn set_health_check_failed(&self, failed: bool) {
+        self.drain.set(DrainFlags::HEALTH_CHECK_FAILED, failed);
+    }
+
+    /// Whether a failed health check is in force.
+    pub fn health_check_failed(&self) -> bool {
+        self.drain.has(DrainFlags::HEALTH_CHECK_FAILED)
     }
 
     /// Open downstream connections, all workers.
@@ -400,6 +421,7 @@ impl Engine {
         let Some(mut run) = self.lock().take() else {
             return;
         };
+        self.drain.set(DrainFlags::DRAINING, true);
         {
             let (lock, cv) = &*run.dns.stop;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;

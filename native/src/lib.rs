@@ -84,6 +84,14 @@ impl Engine {
         py.allow_threads(|| self.inner.drain_listeners());
     }
 
+    fn set_health_check_failed(&self, py: Python<'_>, failed: bool) {
+        py.allow_threads(|| self.inner.set_health_check_failed(failed));
+    }
+
+    fn health_check_failed(&self) -> bool {
+        self.inner.health_check_failed()
+    }
+
     fn active_connections(&self) -> u64 {
         self.inner.active_connections()
     }

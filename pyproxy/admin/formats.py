@@ -147,7 +147,7 @@ def command_line_options(cmd: Mapping[str, Any]) -> dict[str, Any]:
         "ignore_unknown_dynamic_fields": False,
         "use_dynamic_base_id": False,
         "base_id_path": "",
-        "drain_strategy": "Gradual",
+        "drain_strategy": "Immediate",  # the only one pyproxy has (--drain-strategy)
         "enable_fine_grain_logging": False,
         "socket_path": "@envoy_domain_socket",
         "socket_mode": 0,

@@ -74,6 +74,7 @@ def _listener(listener: m.Listener) -> Json:
         "per_connection_buffer_limit_bytes": _or(
             listener.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
         ),
+        "drain_type": listener.drain_type,
         "hcm": _hcm(listener.filter_chains[0].filters[0].typed_config),
     }
 

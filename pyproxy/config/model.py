@@ -350,6 +350,9 @@ class Listener(_Message, kw_only=True):
     address: Address
     filter_chains: list[FilterChain]
     per_connection_buffer_limit_bytes: UInt32 | None = None
+    # Which drains close this listener's connections: DEFAULT every one, MODIFY_ONLY not a
+    # failed health check (/healthcheck/fail).
+    drain_type: Literal["DEFAULT", "MODIFY_ONLY"] = "DEFAULT"
 
 
 # --- clusters ---------------------------------------------------------------------------------

@@ -293,6 +293,11 @@ ENUMS = {  # externally tagged enums: variant (snake_case) -> payload struct or 
 }
 
 
+UNIT_ENUMS = {  # enums of unit variants, each a string (SCREAMING_SNAKE_CASE in config.rs)
+    "DrainType": {"DEFAULT", "MODIFY_ONLY"},
+}
+
+
 def check_against(value: Any, rtype: str, structs: dict, where: str) -> None:
     """Every key is a field of the Rust type, every required field is present, recursively."""
     rtype = rtype.strip()
@@ -312,6 +317,9 @@ def check_against(value: Any, rtype: str, structs: dict, where: str) -> None:
         (variant, payload), = value.items()
         assert variant in ENUMS[rtype], f"{where}: {variant} is no variant of {rtype}"
         check_against(payload, ENUMS[rtype][variant], structs, f"{where}.{variant}")
+        return
+    if rtype in UNIT_ENUMS:
+        assert value in UNIT_ENUMS[rtype], f"{where}: {value!r} is no variant of {rtype}"
         return
     if rtype in structs:
         assert isinstance(value, dict), where
@@ -339,6 +347,12 @@ def check_against(value: Any, rtype: str, structs: dict, where: str) -> None:
 
 def test_contract_parser_sees_config_rs() -> None:
     structs = rust_structs()
+    text = CONFIG_RS.read_text()
+    for name, variants in UNIT_ENUMS.items():
+        body = re.search(rf"pub enum {name} \{{(.*?)\n\}}", text, re.DOTALL)
+        assert body, name
+        names = re.findall(r"^\s*(\w+),$", body.group(1), re.MULTILINE)
+        assert {re.sub(r"(?<!^)([A-Z])", r"_\1", n).upper() for n in names} == variants, name
     assert {"Snapshot", "Listener", "HttpConnectionManager", "Cluster", "Endpoint"} <= set(structs)
     assert structs["Cluster"]["type"][0] == "String"
 

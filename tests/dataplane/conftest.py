@@ -213,7 +213,8 @@ def simple_proxy(make_proxy: Callable[..., Any], upstream: Upstream) -> Iterator
 
 
 class EnvoyProcess:
-    """`envoy -c <json>` with the Proxy methods the tests use (listener_port, stats, stop)."""
+    """`envoy -c <json>` with the Proxy methods the tests use (listener_port, stats, stop,
+    drain_listeners, healthcheck_failed)."""
 
     def __init__(self, config: dict[str, Any], workdir: Any, concurrency: int = 1) -> None:
         import json
@@ -226,8 +227,9 @@ class EnvoyProcess:
         self.admin_path = cfg.with_suffix(".admin")
         self.log = open(cfg.with_suffix(".log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
+            # pyproxy drains as Envoy's `--drain-strategy immediate` does (docs/admin.md).
             ["envoy", "-c", str(cfg), "--concurrency", str(concurrency), "--disable-hot-restart",
-             "-l", "warn", "--admin-address-path", str(self.admin_path)],
+             "-l", "warn", "--admin-address-path", str(self.admin_path), "--drain-strategy", "immediate"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for(lambda: self._ready(), 20, "envoy to become ready")
@@ -249,6 +251,24 @@ class EnvoyProcess:
 
         with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=5) as r:
             return r.read().decode()
+
+    def _admin_post(self, path: str) -> str:
+        import urllib.request
+
+        req = urllib.request.Request(f"http://{self.admin}{path}", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode()
+
+    def drain_listeners(self) -> None:
+        self._admin_post("/drain_listeners")
+
+    @property
+    def healthcheck_failed(self) -> bool:
+        return self._admin_get("/ready").strip() == "DRAINING"
+
+    @healthcheck_failed.setter
+    def healthcheck_failed(self, failed: bool) -> None:
+        self._admin_post("/healthcheck/fail" if failed else "/healthcheck/ok")
 
     def listener_port(self, name: str | None = None) -> int:
         import json

@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from pyproxy.errors import ConfigError
+from tests.dataplane.conftest import CannedUpstream, RawConn, get
+from tests.dataplane.test_drain import DRAIN_CLOSE, Held
 from tests.lifecycle.process import connect_refused, poll
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.upstream import Upstream
@@ -353,6 +355,37 @@ def test_keepalive_connection_of_a_removed_listener_is_answered_then_closed(
     assert head.startswith(b"HTTP/1.1 200 "), rest
     assert b"\r\nconnection: close" in head.lower(), "the answer says the connection closes"
     assert json.loads(body)["target"] == "/after"
+    # Envoy counts a connection its listener's drain closes.
+    poll(lambda: proxy.stats()[DRAIN_CLOSE] == 1, timeout=5.0, what="downstream_cx_drain_close 1")
+
+
+def test_a_request_in_flight_when_its_listener_is_removed_is_answered_with_connection_close(
+    make_proxy: Callable[..., Any],
+) -> None:
+    # The drain is looked at when the response head is written, not when the request came.
+    held = Held()
+    up = CannedUpstream({"*": held})
+    try:
+        one = bootstrap([route("/", "a")], [cluster("a", up.port)])
+        two = copy.deepcopy(one)
+        second = copy.deepcopy(two["static_resources"]["listeners"][0])
+        second["name"] = "listener_1"
+        two["static_resources"]["listeners"].append(second)
+        proxy = make_proxy(two, concurrency=1)
+        new_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
+        with RawConn(new_port) as c:
+            c.send(get("/"))
+            assert held.asked.wait(10)
+            proxy.apply(one)
+            poll(lambda: connect_refused("127.0.0.1", new_port), timeout=APPLY_VISIBLE_S,
+                 what="the removed listener to refuse connections")
+            held.release()
+            r = c.read_response()
+            assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
+            assert c.closed_within(5)
+        poll(lambda: proxy.stats()[DRAIN_CLOSE] == 1, timeout=5.0, what="downstream_cx_drain_close 1")
+    finally:
+        up.stop()
 
 
 def test_apply_rebinding_listener_on_same_port_drops_no_connection(

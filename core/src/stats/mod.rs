@@ -19,6 +19,7 @@ crate::stat_scope! {
             downstream_cx_destroy_active_rq, downstream_cx_destroy_local_active_rq,
             downstream_cx_destroy_remote_active_rq,
             downstream_cx_idle_timeout, downstream_cx_delayed_close_timeout,
+            downstream_cx_drain_close,
             downstream_cx_http1_total,
             downstream_rq_total, downstream_rq_http1_total,
             downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,

@@ -810,6 +810,9 @@ pub(super) async fn reply(
         // As Envoy, which counts every response head encoded before the request is complete.
         l.http.downstream_rq_response_before_rq_complete.inc();
     }
+    // Asked first: a drain is counted whatever else closes the connection.
+    let drain = drain_close(ctx, l);
+    let keep = keep && !drain;
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
     let (_, mut w) = d.stream.split();
     let tx = l.http.down_tx(&d.held);
@@ -819,6 +822,19 @@ pub(super) async fn reply(
         return (status, Next::Close);
     }
     (status, d.next(keep))
+}
+
+/// Whether the response about to be written ends its connection for a drain
+/// ([`Ctx::drain_close`]); counted as Envoy's `downstream_cx_drain_close`, which its connection
+/// manager counts once a connection, at the first response head that finds it draining (an
+/// HTTP/1 connection ends with that response).
+#[inline]
+pub(super) fn drain_close(ctx: &Ctx, l: &ListenerRt) -> bool {
+    let drain = ctx.drain_close(l);
+    if drain {
+        l.http.downstream_cx_drain_close.inc();
+    }
+    drain
 }
 
 /// The `host` header lower-cased for routing: the header itself when it has no upper-case

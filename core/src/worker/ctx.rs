@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::{Shared, Stores};
+use super::{DrainFlags, Shared, Stores};
 use crate::snapshot::{Compiled, CompiledListener, HostAddr};
 use crate::stats::{
     ClusterScope, HttpStats, ListenerHttpStats, ListenerStats, ListenerWorkerStats, Scope,
@@ -33,6 +33,8 @@ pub struct ListenerRt {
     /// The worker's counters the engine reads (open connections): reached from here so that a
     /// connection does not hold a pointer of its own to them.
     pub shared: Arc<super::Shared>,
+    /// A later snapshot removed this listener: its connections close after their request.
+    pub removed: Cell<bool>,
 }
 
 impl ListenerRt {
@@ -139,6 +141,8 @@ pub struct Ctx {
     stores: Arc<Stores>,
     /// Published to the engine.
     pub shared: Arc<Shared>,
+    /// The engine's drain state ([`Ctx::drain_close`]).
+    drain: Arc<DrainFlags>,
     http_scopes: RefCell<HashMap<String, Arc<HttpStats>>>,
     listener_scopes: RefCell<HashMap<String, Arc<ListenerStats>>>,
     listener_worker_scopes: RefCell<HashMap<String, Arc<ListenerWorkerStats>>>,
@@ -185,6 +189,7 @@ impl Ctx {
         id: usize,
         stores: Arc<Stores>,
         shared: Arc<Shared>,
+        drain: Arc<DrainFlags>,
         compiled: Arc<Compiled>,
     ) -> Rc<Ctx> {
         let empty = Rc::new(WorkerSnap {
@@ -199,6 +204,7 @@ impl Ctx {
             drain_waiters: RefCell::default(),
             stores,
             shared,
+            drain,
             http_scopes: RefCell::default(),
             listener_scopes: RefCell::default(),
             listener_worker_scopes: RefCell::default(),
@@ -224,6 +230,20 @@ impl Ctx {
     #[inline]
     pub fn is_current(&self, snap: &Rc<WorkerSnap>) -> bool {
         Rc::ptr_eq(&self.snap.borrow(), snap)
+    }
+
+    /// Whether a response written now on `l` ends its connection for a drain, as Envoy's
+    /// connection manager asks its drain decision at each response head: the server drains
+    /// (shutdown, `/drain_listeners`), a new snapshot removed the listener, or health checks
+    /// fail (`/healthcheck/fail`) and the listener's `drain_type` is DEFAULT. (Envoy's
+    /// `--drain-strategy immediate`: every response closes its connection at once.)
+    #[inline]
+    pub fn drain_close(&self, l: &ListenerRt) -> bool {
+        let f = self.drain.get();
+        l.removed.get()
+            || f & DrainFlags::DRAINING != 0
+            || (f & DrainFlags::HEALTH_CHECK_FAILED != 0
+                && l.c.cfg.drain_type == crate::config::DrainType::Default)
     }
 
     /// Whether the worker is draining.
@@ -358,6 +378,7 @@ impl Ctx {
                     worker,
                     lhttp,
                     shared: self.shared.clone(),
+                    removed: Cell::new(false),
                 }),
             );
         }
@@ -367,6 +388,11 @@ impl Ctx {
         *self.listener_worker_scopes.borrow_mut() = new_lw;
         *self.listener_http_scopes.borrow_mut() = new_lh;
         *self.hosts.borrow_mut() = keep_hosts;
+        for (name, l) in &before.listeners {
+            if !listeners.contains_key(name) {
+                l.removed.set(true);
+            }
+        }
         *self.snap.borrow_mut() = Rc::new(WorkerSnap {
             compiled,
             listeners,

@@ -17,8 +17,8 @@ use tokio::time::timeout;
 
 use super::clock;
 use super::conn::{
-    expects_continue, read_more, reply, write_all, write_down, write_more, Down, Next, BODY_CHUNK,
-    READ_CHUNK,
+    drain_close, expects_continue, read_more, reply, write_all, write_down, write_more, Down, Next,
+    BODY_CHUNK, READ_CHUNK,
 };
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, rewrite_target, router_request_headers};
@@ -846,7 +846,9 @@ impl Exchange<'_> {
             if !rq_done {
                 l.http.downstream_rq_response_before_rq_complete.inc();
             }
-            let down_keep = self.keep && rq_done && !ctx.draining();
+            // Asked first: a drain is counted whatever else closes the connection.
+            let drain = drain_close(ctx, l);
+            let down_keep = self.keep && rq_done && !drain;
             let mut h = head.headers;
             strip_hop_by_hop_response(&mut h, conn);
             let local = || self.local;

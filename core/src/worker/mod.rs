@@ -10,7 +10,7 @@ pub(crate) mod headers;
 mod slots;
 mod timer;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -65,6 +65,40 @@ impl Shared {
     }
 }
 
+/// The engine-wide drain state every worker reads at each response head
+/// ([`Ctx::drain_close`]): set by the engine, so a response written after the call that set it
+/// sees it on every worker (the worker's own drain, which stops accepting and closes idle
+/// connections, follows by command).
+#[derive(Default)]
+pub struct DrainFlags(AtomicU8);
+
+impl DrainFlags {
+    /// The server drains (shutdown, `/drain_listeners`).
+    pub const DRAINING: u8 = 1;
+    /// Health checks fail (`/healthcheck/fail`).
+    pub const HEALTH_CHECK_FAILED: u8 = 2;
+
+    /// Sets or clears `flag`.
+    pub fn set(&self, flag: u8, on: bool) {
+        if on {
+            self.0.fetch_or(flag, Relaxed);
+        } else {
+            self.0.fetch_and(!flag, Relaxed);
+        }
+    }
+
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: u8) -> bool {
+        self.get() & flag != 0
+    }
+
+    /// Every flag set.
+    #[inline]
+    pub fn get(&self) -> u8 {
+        self.0.load(Relaxed)
+    }
+}
+
 /// The engine's handle on a running worker.
 pub struct Worker {
     tx: mpsc::UnboundedSender<Cmd>,
@@ -74,12 +108,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts worker `id` on its own thread, serving `compiled` on `listeners`.
+    /// Starts worker `id` on its own thread, serving `compiled` on `listeners`;
+    /// `drain` is the engine's (see [`Ctx::drain_close`]).
     pub fn spawn(
         id: usize,
         stores: Arc<Stores>,
         compiled: Arc<Compiled>,
         listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
+        drain: Arc<DrainFlags>,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
@@ -99,7 +135,7 @@ impl Worker {
                 };
                 let local = tokio::task::LocalSet::new();
                 // The clock is read once per turn of the loop (clock.rs).
-                let tasks = local.run_until(run(id, stores, sh, compiled, listeners, rx));
+                let tasks = local.run_until(run(id, stores, sh, drain, compiled, listeners, rx));
                 rt.block_on(clock::Turns(Box::pin(tasks)));
             })?;
         Ok(Worker {
@@ -131,11 +167,12 @@ async fn run(
     id: usize,
     stores: Arc<Stores>,
     shared: Arc<Shared>,
+    drain: Arc<DrainFlags>,
     compiled: Arc<Compiled>,
     listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
-    let ctx = Ctx::new(id, stores, shared, compiled);
+    let ctx = Ctx::new(id, stores, shared, drain, compiled);
     ctx.apply(ctx.current().compiled.clone(), listeners, Vec::new());
     tokio::task::spawn_local(ctx::housekeeping(ctx.clone()));
     while let Some(cmd) = rx.recv().await {

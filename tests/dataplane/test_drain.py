@@ -1,0 +1,109 @@
+"""Drains as the connection manager sees them: while the server drains, or health checks fail
+(`/healthcheck/fail`) on a listener whose `drain_type` is DEFAULT, each response carries
+`connection: close`, its connection ends, and `downstream_cx_drain_close` counts it.
+
+Expected values: the `envoy` 1.40 binary with `--drain-strategy immediate` (pyproxy's only
+strategy; the Envoy harness in conftest.py passes it). pyproxy closes the connection as soon as
+that response is written; Envoy waits for the client to close for the connection manager's
+`drain_timeout` (5 s by default) before it closes, so its runs set that to 100 ms."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get, wait_for, wait_stat
+from tests.support.configs import bootstrap, cluster, route
+
+DRAIN_CLOSE = "http.ingress_http.downstream_cx_drain_close"
+
+
+def config(upstream_port: int, **listener: Any) -> dict[str, Any]:
+    vhosts = [{"name": "vh", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "direct"}}},
+        route("/", "up"),
+    ]}]
+    hcm = {"drain_timeout": "0.1s"} if TARGET_IS_ENVOY else None
+    b = bootstrap([], [cluster("up", upstream_port)], virtual_hosts=vhosts, hcm=hcm)
+    b["static_resources"]["listeners"][0].update(listener)
+    return b
+
+
+def test_failed_health_checks_close_each_connection_after_its_response(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(config(upstream.port))
+    port = proxy.listener_port()
+    with RawConn(port) as c:
+        assert c.request(get("/")).header("connection") is None
+        proxy.healthcheck_failed = True
+        # The connection that was kept alive closes after its next response, a proxied one or
+        # a local reply alike, and so does a new one.
+        r = c.request(get("/"))
+        assert (r.status, r.header("connection")) == (200, "close")
+        assert c.closed_within(5)
+    with RawConn(port) as c:
+        r = c.request(get("/direct"))
+        assert (r.status, r.header("connection"), r.body) == (200, "close", b"direct")
+        assert c.closed_within(5)
+    # A client that asked to close is counted too: the drain is looked at first.
+    with RawConn(port) as c:
+        r = c.request(get("/", extra="connection: close\r\n"))
+        assert r.header("connection") == "close"
+        assert c.closed_within(5)
+    wait_stat(proxy, DRAIN_CLOSE, 3)
+    proxy.healthcheck_failed = False
+    with RawConn(port) as c:
+        for _ in range(2):
+            assert c.request(get("/")).header("connection") is None
+    assert proxy.stats()[DRAIN_CLOSE] == 3
+
+
+def test_modify_only_listener_keeps_its_connections_while_health_checks_fail(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(config(upstream.port, drain_type="MODIFY_ONLY"))
+    proxy.healthcheck_failed = True
+    with RawConn(proxy.listener_port()) as c:
+        for path in ("/", "/direct", "/"):
+            assert c.request(get(path)).header("connection") is None
+    wait_stat(proxy, "http.ingress_http.downstream_rq_completed", 3)
+    assert proxy.stats()[DRAIN_CLOSE] == 0
+
+
+class Held:
+    """An upstream reply held back until `release()`; `asked` is set once the request came."""
+
+    def __init__(self) -> None:
+        self.asked, self._go = threading.Event(), threading.Event()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def __call__(self, sock: Any, _extra: bytes) -> None:
+        self.asked.set()
+        assert self._go.wait(10), "the test never released the reply"
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld")
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_drain_closes_the_connection_of_a_request_in_flight(make_proxy: Any, make_canned: Any) -> None:
+    held = Held()
+    up = make_canned({"*": held})
+    proxy = make_proxy(config(up.port))
+    port = proxy.listener_port()
+    with RawConn(port) as c:
+        c.send(get("/"))
+        assert held.asked.wait(10)
+        proxy.drain_listeners()
+        held.release()
+        r = c.read_response()
+        assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
+        assert c.closed_within(5)
+    wait_stat(proxy, DRAIN_CLOSE, 1)
+    # The listener no longer accepts.
+    wait_for(lambda: refused(port), 5, "the drained listener to refuse connections")
