@@ -32,6 +32,9 @@ class Engine:
         `drain_type` is DEFAULT carries `connection: close` and ends its connection, counted as
         `downstream_cx_drain_close` (Envoy's drain decision while health checks fail)."""
     def health_check_failed(self) -> bool: ...
+    def set_drain_time(self, seconds: float) -> None:
+        """`--drain-time-s`: once it has passed after an apply removed a listener, that
+        listener's idle connections are closed (ValueError if negative or not finite)."""
     def active_connections(self) -> int:
         """Downstream connections currently open, all workers."""
     def shutdown(self, timeout_s: float) -> None:

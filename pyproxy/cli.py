@@ -82,8 +82,10 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if value < 0:
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError("must be finite")
     return value
 
 

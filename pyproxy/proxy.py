@@ -77,8 +77,8 @@ class Proxy:
             concurrency = os.cpu_count() or 1
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        if drain_time_s < 0:
-            raise ValueError(f"drain_time_s must not be negative, got {drain_time_s}")
+        if not drain_time_s >= 0 or drain_time_s == float("inf"):
+            raise ValueError(f"drain_time_s must be a finite number of seconds, not negative, got {drain_time_s}")
         self.concurrency: int = concurrency
         self.drain_time_s: float = float(drain_time_s)
         self._admin_enabled = admin
@@ -155,6 +155,7 @@ class Proxy:
             self.start_time = time.time()
             engine = native.Engine(self.concurrency)
             engine.set_health_check_failed(self._healthcheck_failed)
+            engine.set_drain_time(self.drain_time_s)
             engine.start(self._snapshot)
             self.engine = engine
             try:

@@ -90,6 +90,8 @@ def test_config_yaml_alone() -> None:
         (("--concurrency", "0", "-c", "x"), "must be at least 1"),
         (("--log-level", "loud", "-c", "x"), "invalid choice: 'loud'"),
         (("--drain-time-s", "-1", "-c", "x"), "must not be negative"),
+        (("--drain-time-s", "nan", "-c", "x"), "must not be negative"),
+        (("--drain-time-s", "inf", "-c", "x"), "must be finite"),
         # Envoy's default strategy; pyproxy has only `immediate`.
         (("--drain-strategy", "gradual", "-c", "x"), "invalid choice: 'gradual' (choose from 'immediate')"),
     ],

@@ -14,7 +14,7 @@ use crate::config::Snapshot;
 use crate::snapshot::{compile_with, system_resolver, Compiled, Discovery, HostAddr, Resolver};
 use crate::stats::render::{render, Format, RenderOptions};
 use crate::stats::{StatKind, StatsSnapshot};
-use crate::worker::{Cmd, DrainFlags, Stores, Worker};
+use crate::worker::{Cmd, DrainState, Stores, Worker};
 use crate::Error;
 
 /// A listener's bound sockets: one per worker, all on the same port.
@@ -70,7 +70,7 @@ pub struct Engine {
     /// running state).
     managers: Mutex<Managers>,
     /// Draining, health checks failing: every worker reads these.
-    drain: Arc<DrainFlags>,
+    drain: Arc<DrainState>,
 }
 
 /// What Envoy's cluster and listener managers count of config changes: every cluster and
@@ -223,6 +223,9 @@ fn stat_address(a: SocketAddr) -> String {
     }
 }
 
+/// Envoy's default `--drain-time-s`.
+pub const DEFAULT_DRAIN_TIME: Duration = Duration::from_secs(600);
+
 impl Engine {
     /// An engine with `concurrency` workers; nothing runs until [`Engine::start`].
     pub fn new(concurrency: usize) -> Engine {
@@ -239,7 +242,11 @@ impl Engine {
             started: Instant::now(),
             state: Mutex::new(None),
             managers: Mutex::new(Managers::default()),
-            drain: Arc::default(),
+            drain: Arc::new({
+                let d = DrainState::default();
+                d.set_drain_time(DEFAULT_DRAIN_TIME);
+                d
+            }),
         }
     }
 
@@ -260,7 +267,7 @@ impl Engine {
         }
         let compiled = Arc::new(compile_with(snapshot, &self.resolver)?);
         // A start after a shutdown does not drain (health checks stay as they were set).
-        self.drain.set(DrainFlags::DRAINING, false);
+        self.drain.set(DrainState::DRAINING, false);
         let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
             (0..self.concurrency).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
@@ -388,7 +395,7 @@ impl Engine {
     pub fn drain_listeners(&self) {
         if let Some(run) = self.lock().as_mut() {
             run.draining = true;
-            self.drain.set(DrainFlags::DRAINING, true);
+            self.drain.set(DrainState::DRAINING, true);
             for w in &run.workers {
                 w.send(Cmd::Drain);
             }
@@ -400,12 +407,19 @@ impl Engine {
     /// DEFAULT closes its connection (`connection: close`, counted as
     /// `downstream_cx_drain_close`), as Envoy's drain decision answers while health checks fail.
     pub fn set_health_check_failed(&self, failed: bool) {
-        self.drain.set(DrainFlags::HEALTH_CHECK_FAILED, failed);
+        self.drain.set(DrainState::HEALTH_CHECK_FAILED, failed);
+    }
+
+    /// Sets the drain time (`--drain-time-s`, Envoy's default 600 s): the idle connections of
+    /// a listener an apply removes are closed once it has passed (the listener's responses
+    /// close their connections from the removal on).
+    pub fn set_drain_time(&self, t: Duration) {
+        self.drain.set_drain_time(t);
     }
 
     /// Whether a failed health check is in force.
     pub fn health_check_failed(&self) -> bool {
-        self.drain.has(DrainFlags::HEALTH_CHECK_FAILED)
+        self.drain.has(DrainState::HEALTH_CHECK_FAILED)
     }
 
     /// Open downstream connections, all workers.
@@ -421,7 +435,7 @@ impl Engine {
         let Some(mut run) = self.lock().take() else {
             return;
         };
-        self.drain.set(DrainFlags::DRAINING, true);
+        self.drain.set(DrainState::DRAINING, true);
         {
             let (lock, cv) = &*run.dns.stop;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;

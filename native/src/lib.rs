@@ -88,6 +88,13 @@ impl Engine {
         py.allow_threads(|| self.inner.set_health_check_failed(failed));
     }
 
+    fn set_drain_time(&self, seconds: f64) -> PyResult<()> {
+        let t = Duration::try_from_secs_f64(seconds)
+            .map_err(|e| PyValueError::new_err(format!("drain time {seconds}: {e}")))?;
+        self.inner.set_drain_time(t);
+        Ok(())
+    }
+
     fn health_check_failed(&self) -> bool {
         self.inner.health_check_failed()
     }

@@ -359,6 +359,28 @@ def test_keepalive_connection_of_a_removed_listener_is_answered_then_closed(
     poll(lambda: proxy.stats()[DRAIN_CLOSE] == 1, timeout=5.0, what="downstream_cx_drain_close 1")
 
 
+def test_idle_connection_of_a_removed_listener_closes_once_the_drain_time_has_passed(
+    make_proxy: Callable[..., Any], upstream: Upstream
+) -> None:
+    # Envoy drains a removed listener for --drain-time-s, then destroys it with its
+    # connections: an idle keep-alive connection does not outlive the drain time (with the
+    # default 600 s it would wait for the next request, as the test above shows).
+    one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
+    two = copy.deepcopy(one)
+    second = copy.deepcopy(two["static_resources"]["listeners"][0])
+    second["name"] = "listener_1"
+    two["static_resources"]["listeners"].append(second)
+    proxy = make_proxy(two, concurrency=2, drain_time_s=0.2)
+    ports = {name: p for name, _, p in proxy.listeners()}
+    with RawConn(ports["listener_1"]) as gone, RawConn(ports["listener_0"]) as kept:
+        for c in (gone, kept):
+            assert c.request(get("/")).header("connection") is None
+        proxy.apply(one)
+        assert gone.closed_within(10)
+        assert kept.request(get("/")).header("connection") is None
+    assert proxy.stats()[DRAIN_CLOSE] == 0
+
+
 def test_a_request_in_flight_when_its_listener_is_removed_is_answered_with_connection_close(
     make_proxy: Callable[..., Any],
 ) -> None:

@@ -307,7 +307,7 @@ fn refresh_changed(
 }
 
 /// Waits between requests until the client sends (true), or the connection's idle timeout
-/// passes or the worker starts draining (false).
+/// passes, the worker starts draining or its removed listener's drain time is over (false).
 fn idle<'a>(ctx: &'a Ctx, l: &'a ListenerRt, d: &'a mut Down) -> Idle<'a> {
     let idle_ms = l.c.cfg.hcm.idle_timeout_ms;
     let deadline = (idle_ms > 0).then(|| {
@@ -342,7 +342,7 @@ impl Future for Idle<'_> {
         }
         // Listed before the check: draining starts on this thread, between polls.
         this.ctx.watch_drain(&mut this.d.drain_key, cx.waker());
-        if this.ctx.draining() {
+        if this.ctx.draining() || this.l.removal.closed() {
             return Poll::Ready(false);
         }
         if this.d.timer.poll_until(cx, *this.deadline).is_ready() {

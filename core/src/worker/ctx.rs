@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::{DrainFlags, Shared, Stores};
+use super::{DrainState, Shared, Stores};
 use crate::snapshot::{Compiled, CompiledListener, HostAddr};
 use crate::stats::{
     ClusterScope, HttpStats, ListenerHttpStats, ListenerStats, ListenerWorkerStats, Scope,
@@ -33,8 +33,33 @@ pub struct ListenerRt {
     /// The worker's counters the engine reads (open connections): reached from here so that a
     /// connection does not hold a pointer of its own to them.
     pub shared: Arc<super::Shared>,
-    /// A later snapshot removed this listener: its connections close after their request.
-    pub removed: Cell<bool>,
+    /// Whether a later snapshot removed this listener, shared by every version of it the
+    /// worker has had (a connection may hold an older one).
+    pub removal: Rc<Removal>,
+}
+
+/// How far a listener's removal has gone. Draining: each of its connections closes after the
+/// response it is writing (as Envoy's listener drain with `--drain-strategy immediate`).
+/// Closed, once the drain time has passed (Envoy then destroys the listener and its
+/// connections): idle connections close too.
+#[derive(Debug, Default)]
+pub struct Removal(Cell<u8>);
+
+impl Removal {
+    const DRAINING: u8 = 1;
+    const CLOSED: u8 = 2;
+
+    /// Removed: responses close their connections.
+    #[inline]
+    pub fn draining(&self) -> bool {
+        self.0.get() != 0
+    }
+
+    /// Removed and the drain time has passed: idle connections close.
+    #[inline]
+    pub fn closed(&self) -> bool {
+        self.0.get() == Self::CLOSED
+    }
 }
 
 impl ListenerRt {
@@ -142,7 +167,7 @@ pub struct Ctx {
     /// Published to the engine.
     pub shared: Arc<Shared>,
     /// The engine's drain state ([`Ctx::drain_close`]).
-    drain: Arc<DrainFlags>,
+    drain: Arc<DrainState>,
     http_scopes: RefCell<HashMap<String, Arc<HttpStats>>>,
     listener_scopes: RefCell<HashMap<String, Arc<ListenerStats>>>,
     listener_worker_scopes: RefCell<HashMap<String, Arc<ListenerWorkerStats>>>,
@@ -189,7 +214,7 @@ impl Ctx {
         id: usize,
         stores: Arc<Stores>,
         shared: Arc<Shared>,
-        drain: Arc<DrainFlags>,
+        drain: Arc<DrainState>,
         compiled: Arc<Compiled>,
     ) -> Rc<Ctx> {
         let empty = Rc::new(WorkerSnap {
@@ -240,10 +265,23 @@ impl Ctx {
     #[inline]
     pub fn drain_close(&self, l: &ListenerRt) -> bool {
         let f = self.drain.get();
-        l.removed.get()
-            || f & DrainFlags::DRAINING != 0
-            || (f & DrainFlags::HEALTH_CHECK_FAILED != 0
+        l.removal.draining()
+            || f & DrainState::DRAINING != 0
+            || (f & DrainState::HEALTH_CHECK_FAILED != 0
                 && l.c.cfg.drain_type == crate::config::DrainType::Default)
+    }
+
+    /// Starts the drain of a listener a snapshot removed; once the drain time has passed, its
+    /// idle connections are closed.
+    fn remove_listener(self: &Rc<Self>, removal: Rc<Removal>) {
+        removal.0.set(Removal::DRAINING);
+        let ctx = self.clone();
+        let after = self.drain.drain_time();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(after).await;
+            removal.0.set(Removal::CLOSED);
+            ctx.drain_waiters.borrow().wake_all();
+        });
     }
 
     /// Whether the worker is draining.
@@ -378,7 +416,12 @@ impl Ctx {
                     worker,
                     lhttp,
                     shared: self.shared.clone(),
-                    removed: Cell::new(false),
+                    // The same listener (by name) as before keeps its removal state.
+                    removal: before
+                        .listeners
+                        .get(&l.name)
+                        .map(|o| o.removal.clone())
+                        .unwrap_or_default(),
                 }),
             );
         }
@@ -390,7 +433,7 @@ impl Ctx {
         *self.hosts.borrow_mut() = keep_hosts;
         for (name, l) in &before.listeners {
             if !listeners.contains_key(name) {
-                l.removed.set(true);
+                self.remove_listener(l.removal.clone());
             }
         }
         *self.snap.borrow_mut() = Rc::new(WorkerSnap {

@@ -68,11 +68,16 @@ impl Shared {
 /// The engine-wide drain state every worker reads at each response head
 /// ([`Ctx::drain_close`]): set by the engine, so a response written after the call that set it
 /// sees it on every worker (the worker's own drain, which stops accepting and closes idle
-/// connections, follows by command).
+/// connections, follows by command). Also the drain time a removed listener's connections get.
 #[derive(Default)]
-pub struct DrainFlags(AtomicU8);
+pub struct DrainState {
+    flags: AtomicU8,
+    /// `--drain-time-s` in milliseconds: how long the connections of a removed listener have
+    /// before its idle ones are closed.
+    drain_time_ms: AtomicU64,
+}
 
-impl DrainFlags {
+impl DrainState {
     /// The server drains (shutdown, `/drain_listeners`).
     pub const DRAINING: u8 = 1;
     /// Health checks fail (`/healthcheck/fail`).
@@ -81,9 +86,9 @@ impl DrainFlags {
     /// Sets or clears `flag`.
     pub fn set(&self, flag: u8, on: bool) {
         if on {
-            self.0.fetch_or(flag, Relaxed);
+            self.flags.fetch_or(flag, Relaxed);
         } else {
-            self.0.fetch_and(!flag, Relaxed);
+            self.flags.fetch_and(!flag, Relaxed);
         }
     }
 
@@ -95,7 +100,18 @@ impl DrainFlags {
     /// Every flag set.
     #[inline]
     pub fn get(&self) -> u8 {
-        self.0.load(Relaxed)
+        self.flags.load(Relaxed)
+    }
+
+    /// Sets the drain time (`--drain-time-s`).
+    pub fn set_drain_time(&self, t: Duration) {
+        self.drain_time_ms
+            .store(u64::try_from(t.as_millis()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// The drain time.
+    pub fn drain_time(&self) -> Duration {
+        Duration::from_millis(self.drain_time_ms.load(Relaxed))
     }
 }
 
@@ -115,7 +131,7 @@ impl Worker {
         stores: Arc<Stores>,
         compiled: Arc<Compiled>,
         listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
-        drain: Arc<DrainFlags>,
+        drain: Arc<DrainState>,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
@@ -167,7 +183,7 @@ async fn run(
     id: usize,
     stores: Arc<Stores>,
     shared: Arc<Shared>,
-    drain: Arc<DrainFlags>,
+    drain: Arc<DrainState>,
     compiled: Arc<Compiled>,
     listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
