@@ -35,6 +35,9 @@ struct Running {
     bound: Vec<Bound>,
     dns: Dns,
     draining: bool,
+    /// When the drain of each listener removed by an apply ends
+    /// (`listener_manager.total_listeners_draining` counts those still to come).
+    drains_end: Vec<Instant>,
 }
 
 /// Per-host figures for `/clusters`.
@@ -305,6 +308,7 @@ impl Engine {
             bound,
             dns,
             draining: false,
+            drains_end: Vec::new(),
         });
         Ok(())
     }
@@ -353,9 +357,12 @@ impl Engine {
                 bound: at,
             });
         }
+        let now = Instant::now();
+        run.drains_end.retain(|end| *end > now);
         for b in &run.bound {
             if compiled.listener(&b.name).is_none() {
                 remove.push(b.name.clone());
+                run.drains_end.push(now + self.drain.drain_time());
             }
         }
         for (w, a) in run.workers.iter().zip(add) {
@@ -460,7 +467,8 @@ impl Engine {
 
     /// The stats the engine keeps beside the workers' (`server.*`, the managers'), now.
     fn engine_stats(&self) -> Vec<(String, StatKind, u64)> {
-        let (draining, total, clusters, listeners, running) = {
+        let now = Instant::now();
+        let (draining, total, clusters, listeners, running, listeners_draining) = {
             let g = self.lock();
             let (clusters, listeners) = g.as_ref().map_or((0, 0), |r| {
                 let c = r.compiled.lock().unwrap_or_else(|e| e.into_inner());
@@ -474,6 +482,9 @@ impl Engine {
                 clusters,
                 listeners,
                 g.is_some(),
+                g.as_ref().map_or(0, |r| {
+                    r.drains_end.iter().filter(|end| **end > now).count() as u64
+                }),
             )
         };
         let m = self.managers.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,6 +498,11 @@ impl Engine {
             ("cluster_manager.cluster_removed", c, m.cluster_removed),
             ("listener_manager.total_listeners_active", g, listeners),
             ("listener_manager.total_listeners_warming", g, 0),
+            (
+                "listener_manager.total_listeners_draining",
+                g,
+                listeners_draining,
+            ),
             ("listener_manager.listener_added", c, m.listener_added),
             ("listener_manager.listener_modified", c, m.listener_modified),
             (

@@ -345,6 +345,8 @@ def test_keepalive_connection_of_a_removed_listener_is_answered_then_closed(
         assert first.status == 200
         first.read()
         proxy.apply(one)
+        # Draining for the drain time (600 s here), as Envoy's listener manager counts it.
+        assert proxy.stats()["listener_manager.total_listeners_draining"] == 1
         poll(lambda: connect_refused("127.0.0.1", new_port), timeout=APPLY_VISIBLE_S,
              what="the removed listener to refuse connections")
         s.sendall(b"GET /after HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -379,6 +381,8 @@ def test_idle_connection_of_a_removed_listener_closes_once_the_drain_time_has_pa
         assert gone.closed_within(10)
         assert kept.request(get("/")).header("connection") is None
     assert proxy.stats()[DRAIN_CLOSE] == 0
+    poll(lambda: proxy.stats()["listener_manager.total_listeners_draining"] == 0, timeout=5.0,
+         what="the drain to be over")
 
 
 def test_a_request_in_flight_when_its_listener_is_removed_is_answered_with_connection_close(
