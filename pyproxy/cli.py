@@ -185,7 +185,7 @@ def _serve(options: argparse.Namespace) -> int:
         # run; the event is set by request_shutdown() from a handler or /quitquitquit.
         while not proxy.wait(1.0):
             pass
-        proxy.drain_listeners()
+        proxy.drain_listeners(shutdown=True)
         log.info("waiting up to %gs for connections to finish", proxy.drain_time_s)
         # Wait here, in Python, rather than inside the blocking native shutdown: the main thread
         # keeps returning to the interpreter, so a second signal is handled at once.

@@ -209,10 +209,14 @@ class Proxy:
         if self.engine is not None:
             self.engine.set_health_check_failed(self._healthcheck_failed)
 
-    def drain_listeners(self) -> None:
-        """Stops accepting; open connections finish their current request."""
-        self._require_engine().drain_listeners()
-        self.state = "DRAINING"
+    def drain_listeners(self, shutdown: bool = False) -> None:
+        """Stops accepting; open connections finish their current request. With `shutdown`
+        (the drain before the process exits) the server also reports itself DRAINING (`/ready`
+        503, `server.state` 1); without (the admin's `/drain_listeners`) it stays LIVE, as
+        Envoy does."""
+        self._require_engine().drain_listeners(shutdown)
+        if shutdown:
+            self.state = "DRAINING"
 
     def request_shutdown(self) -> None:
         """Makes `wait()` return. Thread-safe; safe from a signal handler."""

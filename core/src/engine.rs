@@ -35,6 +35,10 @@ struct Running {
     bound: Vec<Bound>,
     dns: Dns,
     draining: bool,
+    /// The drain is the shutdown's: the server reports itself draining (`server.live` 0,
+    /// `server.state` 1), as it does while health checks fail. `/drain_listeners` alone
+    /// leaves it live, as in Envoy.
+    shutting_down: bool,
     /// When the drain of each listener removed by an apply ends
     /// (`listener_manager.total_listeners_draining` counts those still to come).
     drains_end: Vec<Instant>,
@@ -308,6 +312,7 @@ impl Engine {
             bound,
             dns,
             draining: false,
+            shutting_down: false,
             drains_end: Vec::new(),
         });
         Ok(())
@@ -398,10 +403,13 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Stops accepting everywhere; connections close after their current request.
-    pub fn drain_listeners(&self) {
+    /// Stops accepting everywhere; connections close after their current request. With
+    /// `shutdown` (the drain before the process exits) the server also reports itself
+    /// draining.
+    pub fn drain_listeners(&self, shutdown: bool) {
         if let Some(run) = self.lock().as_mut() {
             run.draining = true;
+            run.shutting_down |= shutdown;
             self.drain.set(DrainState::DRAINING, true);
             for w in &run.workers {
                 w.send(Cmd::Drain);
@@ -468,14 +476,15 @@ impl Engine {
     /// The stats the engine keeps beside the workers' (`server.*`, the managers'), now.
     fn engine_stats(&self) -> Vec<(String, StatKind, u64)> {
         let now = Instant::now();
-        let (draining, total, clusters, listeners, running, listeners_draining) = {
+        let (server_draining, total, clusters, listeners, running, listeners_draining) = {
             let g = self.lock();
             let (clusters, listeners) = g.as_ref().map_or((0, 0), |r| {
                 let c = r.compiled.lock().unwrap_or_else(|e| e.into_inner());
                 (c.clusters.len() as u64, r.bound.len() as u64)
             });
             (
-                g.as_ref().is_some_and(|r| r.draining),
+                g.as_ref().is_some_and(|r| r.shutting_down)
+                    || self.drain.has(DrainState::HEALTH_CHECK_FAILED),
                 g.as_ref()
                     .map(|r| r.workers.iter().map(|w| w.shared.active()).sum())
                     .unwrap_or(0),
@@ -534,7 +543,7 @@ impl Engine {
             (
                 "server.live".to_string(),
                 StatKind::Gauge,
-                u64::from(!draining),
+                u64::from(!server_draining),
             ),
             (
                 "server.memory_allocated".to_string(),
@@ -545,7 +554,7 @@ impl Engine {
             (
                 "server.state".to_string(),
                 StatKind::Gauge,
-                if draining { 1 } else { 0 },
+                if server_draining { 1 } else { 0 },
             ),
             (
                 "server.total_connections".to_string(),

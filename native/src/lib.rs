@@ -80,8 +80,9 @@ impl Engine {
             .collect()
     }
 
-    fn drain_listeners(&self, py: Python<'_>) {
-        py.allow_threads(|| self.inner.drain_listeners());
+    #[pyo3(signature = (shutdown = false))]
+    fn drain_listeners(&self, py: Python<'_>, shutdown: bool) {
+        py.allow_threads(|| self.inner.drain_listeners(shutdown));
     }
 
     fn set_health_check_failed(&self, py: Python<'_>, failed: bool) {

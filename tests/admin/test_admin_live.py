@@ -215,12 +215,22 @@ def test_mutating_get_is_405(live: Live, path: str) -> None:
     assert not live.proxy.wait(0)
 
 
+def server_state(live: Live) -> tuple[int, int]:
+    stats = live.admin.get("/stats?format=json&filter=^server\\.(live|state)$").json()["stats"]
+    return next(x["value"] for x in stats if x["name"] == "server.live"), next(
+        x["value"] for x in stats if x["name"] == "server.state")
+
+
 def test_healthcheck_fail_and_ok(live: Live) -> None:
+    # envoy binary: while health checks fail, server.live is 0 and server.state 1 (draining).
+    assert server_state(live) == (1, 0)
     assert live.admin.post("/healthcheck/fail").text == "OK\n"
     r = live.admin.get("/ready")
     assert (r.status_code, r.text) == (503, "DRAINING\n")
+    assert server_state(live) == (0, 1)
     assert live.admin.post("/healthcheck/ok").text == "OK\n"
     assert live.admin.get("/ready").text == "LIVE\n"
+    assert server_state(live) == (1, 0)
 
 
 def test_logging(live: Live) -> None:
@@ -235,6 +245,10 @@ def test_drain_listeners(live: Live) -> None:
     assert live.admin.post("/drain_listeners").text == "OK\n"
     with pytest.raises(httpx.TransportError):
         httpx.get(live.listener + "/x", timeout=2)
+    # envoy binary: the server stays live after /drain_listeners.
+    assert live.admin.get("/ready").text == "LIVE\n"
+    assert live.admin.get("/server_info").json()["state"] == "LIVE"
+    assert server_state(live) == (1, 0)
 
 
 def test_quitquitquit(live: Live) -> None:
