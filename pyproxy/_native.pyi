@@ -36,7 +36,8 @@ class Engine:
     def health_check_failed(self) -> bool: ...
     def set_drain_time(self, seconds: float) -> None:
         """`--drain-time-s`: once it has passed after an apply removed a listener, that
-        listener's idle connections are closed (ValueError if negative or not finite)."""
+        listener's idle connections are closed (ValueError if negative or not finite; a time too
+        long to represent never ends)."""
     def active_connections(self) -> int:
         """Downstream connections currently open, all workers."""
     def shutdown(self, timeout_s: float) -> None:

@@ -39,9 +39,12 @@ struct Running {
     /// `server.state` 1), as it does while health checks fail. `/drain_listeners` alone
     /// leaves it live, as in Envoy.
     shutting_down: bool,
-    /// When the drain of each listener removed by an apply ends
-    /// (`listener_manager.total_listeners_draining` counts those still to come).
-    drains_end: Vec<Instant>,
+    /// When the drain of each listener removed by an apply ends (None: a drain time too long
+    /// to reach); `listener_manager.total_listeners_draining` counts those still to come.
+    drains_end: Vec<Option<Instant>>,
+    /// This run's drain state, which its workers read (a later run has its own, so a shutdown
+    /// still draining never touches it).
+    drain: Arc<DrainState>,
 }
 
 /// Per-host figures for `/clusters`.
@@ -76,8 +79,9 @@ pub struct Engine {
     /// `cluster_manager.*` and `listener_manager.*` counters (the gauges are read off the
     /// running state).
     managers: Mutex<Managers>,
-    /// Draining, health checks failing: every worker reads these.
-    drain: Arc<DrainState>,
+    /// The drain state of the current run, or of the next one before a start: health checks
+    /// failing and the drain time carry over from one run to the next.
+    drain: Mutex<Arc<DrainState>>,
 }
 
 /// What Envoy's cluster and listener managers count of config changes: every cluster and
@@ -249,11 +253,11 @@ impl Engine {
             started: Instant::now(),
             state: Mutex::new(None),
             managers: Mutex::new(Managers::default()),
-            drain: Arc::new({
+            drain: Mutex::new(Arc::new({
                 let d = DrainState::default();
                 d.set_drain_time(DEFAULT_DRAIN_TIME);
                 d
-            }),
+            })),
         }
     }
 
@@ -273,8 +277,11 @@ impl Engine {
             return Err(Error::engine("the engine is already started"));
         }
         let compiled = Arc::new(compile_with(snapshot, &self.resolver)?);
-        // A start after a shutdown does not drain (health checks stay as they were set).
-        self.drain.set(DrainState::DRAINING, false);
+        let drain = {
+            let mut cur = self.drain.lock().unwrap_or_else(|e| e.into_inner());
+            *cur = Arc::new(cur.next_run());
+            cur.clone()
+        };
         let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
             (0..self.concurrency).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
@@ -291,8 +298,7 @@ impl Engine {
         }
         let mut workers = Vec::with_capacity(self.concurrency);
         for (id, ls) in per_worker.into_iter().enumerate() {
-            let drain = self.drain.clone();
-            let w = Worker::spawn(id, self.stores.clone(), compiled.clone(), ls, drain)
+            let w = Worker::spawn(id, self.stores.clone(), compiled.clone(), ls, drain.clone())
                 .map_err(|e| Error::engine(format!("cannot start worker {id}: {e}")))?;
             workers.push(w);
         }
@@ -314,6 +320,7 @@ impl Engine {
             draining: false,
             shutting_down: false,
             drains_end: Vec::new(),
+            drain,
         });
         Ok(())
     }
@@ -363,11 +370,11 @@ impl Engine {
             });
         }
         let now = Instant::now();
-        run.drains_end.retain(|end| *end > now);
+        run.drains_end.retain(|end| end.is_none_or(|e| e > now));
         for b in &run.bound {
             if compiled.listener(&b.name).is_none() {
                 remove.push(b.name.clone());
-                run.drains_end.push(now + self.drain.drain_time());
+                run.drains_end.push(now.checked_add(run.drain.drain_time()));
             }
         }
         for (w, a) in run.workers.iter().zip(add) {
@@ -410,7 +417,7 @@ impl Engine {
         if let Some(run) = self.lock().as_mut() {
             run.draining = true;
             run.shutting_down |= shutdown;
-            self.drain.set(DrainState::DRAINING, true);
+            run.drain.set(DrainState::DRAINING, true);
             for w in &run.workers {
                 w.send(Cmd::Drain);
             }
@@ -422,19 +429,24 @@ impl Engine {
     /// DEFAULT closes its connection (`connection: close`, counted as
     /// `downstream_cx_drain_close`), as Envoy's drain decision answers while health checks fail.
     pub fn set_health_check_failed(&self, failed: bool) {
-        self.drain.set(DrainState::HEALTH_CHECK_FAILED, failed);
+        self.current_drain()
+            .set(DrainState::HEALTH_CHECK_FAILED, failed);
     }
 
     /// Sets the drain time (`--drain-time-s`, Envoy's default 600 s): the idle connections of
     /// a listener an apply removes are closed once it has passed (the listener's responses
     /// close their connections from the removal on).
     pub fn set_drain_time(&self, t: Duration) {
-        self.drain.set_drain_time(t);
+        self.current_drain().set_drain_time(t);
     }
 
     /// Whether a failed health check is in force.
     pub fn health_check_failed(&self) -> bool {
-        self.drain.has(DrainState::HEALTH_CHECK_FAILED)
+        self.current_drain().has(DrainState::HEALTH_CHECK_FAILED)
+    }
+
+    fn current_drain(&self) -> Arc<DrainState> {
+        self.drain.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Open downstream connections, all workers.
@@ -450,7 +462,7 @@ impl Engine {
         let Some(mut run) = self.lock().take() else {
             return;
         };
-        self.drain.set(DrainState::DRAINING, true);
+        run.drain.set(DrainState::DRAINING, true);
         {
             let (lock, cv) = &*run.dns.stop;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -483,8 +495,7 @@ impl Engine {
                 (c.clusters.len() as u64, r.bound.len() as u64)
             });
             (
-                g.as_ref().is_some_and(|r| r.shutting_down)
-                    || self.drain.has(DrainState::HEALTH_CHECK_FAILED),
+                g.as_ref().is_some_and(|r| r.shutting_down) || self.health_check_failed(),
                 g.as_ref()
                     .map(|r| r.workers.iter().map(|w| w.shared.active()).sum())
                     .unwrap_or(0),
@@ -492,7 +503,10 @@ impl Engine {
                 listeners,
                 g.is_some(),
                 g.as_ref().map_or(0, |r| {
-                    r.drains_end.iter().filter(|end| **end > now).count() as u64
+                    r.drains_end
+                        .iter()
+                        .filter(|end| end.is_none_or(|e| e > now))
+                        .count() as u64
                 }),
             )
         };

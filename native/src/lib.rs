@@ -90,8 +90,13 @@ impl Engine {
     }
 
     fn set_drain_time(&self, seconds: f64) -> PyResult<()> {
-        let t = Duration::try_from_secs_f64(seconds)
-            .map_err(|e| PyValueError::new_err(format!("drain time {seconds}: {e}")))?;
+        if !(seconds >= 0.0 && seconds.is_finite()) {
+            return Err(PyValueError::new_err(format!(
+                "drain time {seconds}: must be a finite number of seconds, not negative"
+            )));
+        }
+        // Longer than a Duration holds: it never ends.
+        let t = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
         self.inner.set_drain_time(t);
         Ok(())
     }

@@ -107,3 +107,17 @@ def test_drain_closes_the_connection_of_a_request_in_flight(make_proxy: Any, mak
     wait_stat(proxy, DRAIN_CLOSE, 1)
     # The listener no longer accepts.
     wait_for(lambda: refused(port), 5, "the drained listener to refuse connections")
+
+
+def test_a_refused_head_counts_a_drain_too(make_proxy: Any, upstream: Any) -> None:
+    # envoy binary: the 400 for a head its codec refuses goes through the same response path,
+    # so it is counted while health checks fail (as well as the protocol error).
+    proxy = make_proxy(config(upstream.port))
+    proxy.healthcheck_failed = True
+    with RawConn(proxy.listener_port()) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: example.com\r\nbad header\r\n\r\n")
+        r = c.read_response()
+        assert (r.status, r.header("connection")) == (400, "close")
+        assert c.closed_within(5)
+    wait_stat(proxy, "http.ingress_http.downstream_cx_protocol_error", 1)
+    wait_stat(proxy, DRAIN_CLOSE, 1)

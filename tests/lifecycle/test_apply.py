@@ -385,6 +385,33 @@ def test_idle_connection_of_a_removed_listener_closes_once_the_drain_time_has_pa
          what="the drain to be over")
 
 
+def test_connection_of_a_listener_removed_then_added_again_stays_the_old_listeners(
+    make_proxy: Callable[..., Any], upstream: Upstream
+) -> None:
+    # listener_1 is removed, then added again under the same name (a new socket): a connection
+    # of the first one still drains (connection: close on its next response), it does not
+    # become the new listener's. (A drain time longer than a Duration holds never ends.)
+    one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
+    two = copy.deepcopy(one)
+    second = copy.deepcopy(two["static_resources"]["listeners"][0])
+    second["name"] = "listener_1"
+    two["static_resources"]["listeners"].append(second)
+    proxy = make_proxy(two, concurrency=1, drain_time_s=1e20)
+    old_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
+    with RawConn(old_port) as c:
+        assert c.request(get("/")).header("connection") is None
+        proxy.apply(one)
+        proxy.apply(two)
+        new_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
+        with RawConn(new_port) as n:
+            assert n.request(get("/")).header("connection") is None
+        r = c.request(get("/"))
+        assert (r.status, r.header("connection")) == (200, "close")
+        assert c.closed_within(5)
+    poll(lambda: proxy.stats()[DRAIN_CLOSE] == 1, timeout=5.0, what="downstream_cx_drain_close 1")
+    assert proxy.stats()["listener_manager.total_listeners_draining"] == 1
+
+
 def test_a_request_in_flight_when_its_listener_is_removed_is_answered_with_connection_close(
     make_proxy: Callable[..., Any],
 ) -> None:

@@ -297,6 +297,11 @@ fn refresh_changed(
     let Some(nl) = now.listeners.get(lname).cloned() else {
         return false;
     };
+    // Removed, then added again under the same name: this connection is the old listener's,
+    // which drains (the new one starts with a removal state of its own).
+    if !Rc::ptr_eq(&l.removal, &nl.removal) {
+        return false;
+    }
     // A new `stat_prefix` is a new `http.*` scope: the connection's share of the buffered
     // gauges moves with it (the next read adjusts the gauge it reads through).
     if !Arc::ptr_eq(&l.http, &nl.http) {
@@ -579,6 +584,9 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     l.count_completed(status);
     h.downstream_rq_response_before_rq_complete.inc();
     h.downstream_rq_rx_reset.inc();
+    // It closes anyway; a drain is still counted (envoy binary: a 400 for a bad header while
+    // health checks fail counts downstream_cx_drain_close).
+    drain_close(ctx, l);
     let out = local_reply(ctx, l, status, body, true, None, false);
     let _ = write_last(&d.stream, &out, &h.down_tx(&d.held)).await;
     Next::Close

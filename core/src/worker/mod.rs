@@ -103,6 +103,19 @@ impl DrainState {
         self.flags.load(Relaxed)
     }
 
+    /// A state for the next run: health checks failing and the drain time as here, not
+    /// draining.
+    pub fn next_run(&self) -> DrainState {
+        let d = DrainState::default();
+        d.set(
+            Self::HEALTH_CHECK_FAILED,
+            self.has(Self::HEALTH_CHECK_FAILED),
+        );
+        d.drain_time_ms
+            .store(self.drain_time_ms.load(Relaxed), Relaxed);
+        d
+    }
+
     /// Sets the drain time (`--drain-time-s`).
     pub fn set_drain_time(&self, t: Duration) {
         self.drain_time_ms
