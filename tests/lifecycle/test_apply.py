@@ -35,6 +35,16 @@ def header(name: str, value: str) -> dict[str, Any]:
     return {"header": {"key": name, "value": value}}
 
 
+def with_second_listener(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` plus listener_1, a copy of listener_0 on a port of its own (port 0)."""
+    two = copy.deepcopy(config)
+    second = copy.deepcopy(two["static_resources"]["listeners"][0])
+    second["name"] = "listener_1"
+    second["address"]["socket_address"]["port_value"] = 0
+    two["static_resources"]["listeners"].append(second)
+    return two
+
+
 def fresh_get(port: int, target: str) -> str | None:
     """GET on a new raw connection with `connection: close`; None if 200, else what went wrong.
     Raw sockets, not httpx: a new httpx.Client per request is too slow to keep connects coming."""
@@ -300,11 +310,7 @@ def test_apply_adds_then_removes_a_listener(
     proxy = make_proxy(config)
     port = proxy.listener_port()
     one = config
-    two = copy.deepcopy(one)
-    second = copy.deepcopy(two["static_resources"]["listeners"][0])
-    second["name"] = "listener_1"
-    second["address"]["socket_address"]["port_value"] = 0
-    two["static_resources"]["listeners"].append(second)
+    two = with_second_listener(one)
 
     proxy.apply(two)
     names = {name: p for name, _, p in proxy.listeners()}
@@ -332,10 +338,7 @@ def test_keepalive_connection_of_a_removed_listener_is_answered_then_closed(
     # then closes the connection: the client is never left with a request that got no answer,
     # nor told it may send another.
     one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
-    two = copy.deepcopy(one)
-    second = copy.deepcopy(two["static_resources"]["listeners"][0])
-    second["name"] = "listener_1"
-    two["static_resources"]["listeners"].append(second)
+    two = with_second_listener(one)
     proxy = make_proxy(two, concurrency=1)
     new_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
     with socket.create_connection(("127.0.0.1", new_port), timeout=5.0) as s:
@@ -368,10 +371,7 @@ def test_idle_connection_of_a_removed_listener_closes_once_the_drain_time_has_pa
     # connections: an idle keep-alive connection does not outlive the drain time (with the
     # default 600 s it would wait for the next request, as the test above shows).
     one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
-    two = copy.deepcopy(one)
-    second = copy.deepcopy(two["static_resources"]["listeners"][0])
-    second["name"] = "listener_1"
-    two["static_resources"]["listeners"].append(second)
+    two = with_second_listener(one)
     proxy = make_proxy(two, concurrency=2, drain_time_s=0.2)
     ports = {name: p for name, _, p in proxy.listeners()}
     with RawConn(ports["listener_1"]) as gone, RawConn(ports["listener_0"]) as kept:
@@ -392,10 +392,7 @@ def test_connection_of_a_listener_removed_then_added_again_stays_the_old_listene
     # of the first one still drains (connection: close on its next response), it does not
     # become the new listener's. (A drain time longer than a Duration holds never ends.)
     one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
-    two = copy.deepcopy(one)
-    second = copy.deepcopy(two["static_resources"]["listeners"][0])
-    second["name"] = "listener_1"
-    two["static_resources"]["listeners"].append(second)
+    two = with_second_listener(one)
     proxy = make_proxy(two, concurrency=1, drain_time_s=1e20)
     old_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
     with RawConn(old_port) as c:
@@ -420,10 +417,7 @@ def test_a_request_in_flight_when_its_listener_is_removed_is_answered_with_conne
     up = CannedUpstream({"*": held})
     try:
         one = bootstrap([route("/", "a")], [cluster("a", up.port)])
-        two = copy.deepcopy(one)
-        second = copy.deepcopy(two["static_resources"]["listeners"][0])
-        second["name"] = "listener_1"
-        two["static_resources"]["listeners"].append(second)
+        two = with_second_listener(one)
         proxy = make_proxy(two, concurrency=1)
         new_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
         with RawConn(new_port) as c:
