@@ -24,11 +24,12 @@ class Engine:
     def listeners(self) -> list[tuple[str, str, int]]:
         """(name, bound address, bound port) of each listener; the port is the real one when the
         config asked for port 0."""
-    def drain_listeners(self, shutdown: bool = False) -> None:
-        """Stops accepting on every listener. Open connections finish their current request;
-        keep-alive responses carry `connection: close` from now on. With `shutdown` (the drain
-        before exiting) `server.live` goes to 0 and `server.state` to 1 (draining); without, the
-        server stays live, as after Envoy's `/drain_listeners`."""
+    def drain_listeners(self, shutdown: bool = False, graceful: bool = False) -> None:
+        """Drains: responses carry `connection: close` from now on, and every listener stops
+        accepting (idle connections close then) at once or, with `graceful`, once the drain
+        time has passed. With `shutdown` (the drain before exiting) `server.live` goes to 0 and
+        `server.state` to 1 (draining); without, the server stays live, as after Envoy's
+        `/drain_listeners`."""
     def set_health_check_failed(self, failed: bool) -> None:
         """While set (the admin's `/healthcheck/fail`), every response on a listener whose
         `drain_type` is DEFAULT carries `connection: close` and ends its connection, counted as

@@ -42,6 +42,9 @@ struct Running {
     /// When the drain of each listener removed by an apply ends (None: a drain time too long
     /// to reach); `listener_manager.total_listeners_draining` counts those still to come.
     drains_end: Vec<Option<Instant>>,
+    /// When a drain stops the listeners (None: never, the drain time is too long to reach)
+    /// and how many it stops (`listener_manager.listener_stopped` once that time has come).
+    listeners_stop: Option<(Option<Instant>, u64)>,
     /// This run's drain state, which its workers read (a later run has its own, so a shutdown
     /// still draining never touches it).
     drain: Arc<DrainState>,
@@ -320,6 +323,7 @@ impl Engine {
             draining: false,
             shutting_down: false,
             drains_end: Vec::new(),
+            listeners_stop: None,
             drain,
         });
         Ok(())
@@ -410,16 +414,32 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Stops accepting everywhere; connections close after their current request. With
-    /// `shutdown` (the drain before the process exits) the server also reports itself
-    /// draining.
-    pub fn drain_listeners(&self, shutdown: bool) {
+    /// Drains: from now on each response closes its connection, and every listener stops
+    /// accepting (idle connections close then), at once or, `graceful`, once the drain time
+    /// has passed (Envoy's `/drain_listeners?graceful`). With `shutdown` (the drain before the
+    /// process exits) the server also reports itself draining.
+    pub fn drain_listeners(&self, shutdown: bool, graceful: bool) {
         if let Some(run) = self.lock().as_mut() {
             run.draining = true;
             run.shutting_down |= shutdown;
             run.drain.set(DrainState::DRAINING, true);
-            for w in &run.workers {
-                w.send(Cmd::Drain);
+            let now = Instant::now();
+            let after = if graceful {
+                run.drain.drain_time()
+            } else {
+                Duration::ZERO
+            };
+            // An earlier graceful drain that has not stopped the listeners yet is overtaken.
+            let at = now.checked_add(after);
+            let sooner = match run.listeners_stop {
+                None => true,
+                Some((prev, _)) => at.is_some_and(|at| prev.is_none_or(|p| at < p)),
+            };
+            if sooner {
+                run.listeners_stop = Some((at, run.bound.len() as u64));
+                for w in &run.workers {
+                    w.send(Cmd::Drain { after });
+                }
             }
         }
     }
@@ -488,7 +508,7 @@ impl Engine {
     /// The stats the engine keeps beside the workers' (`server.*`, the managers'), now.
     fn engine_stats(&self) -> Vec<(String, StatKind, u64)> {
         let now = Instant::now();
-        let (server_draining, total, clusters, listeners, running, listeners_draining) = {
+        let (server_draining, total, clusters, listeners, running, listeners_draining, stopped) = {
             let g = self.lock();
             let (clusters, listeners) = g.as_ref().map_or((0, 0), |r| {
                 let c = r.compiled.lock().unwrap_or_else(|e| e.into_inner());
@@ -508,6 +528,10 @@ impl Engine {
                         .filter(|end| end.is_none_or(|e| e > now))
                         .count() as u64
                 }),
+                g.as_ref()
+                    .and_then(|r| r.listeners_stop)
+                    .filter(|(at, _)| at.is_some_and(|at| at <= now))
+                    .map_or(0, |(_, n)| n),
             )
         };
         let m = self.managers.lock().unwrap_or_else(|e| e.into_inner());
@@ -540,6 +564,7 @@ impl Engine {
                 m.listener_create_success,
             ),
             ("listener_manager.listener_create_failure", c, 0),
+            ("listener_manager.listener_stopped", c, stopped),
             ("listener_manager.workers_started", g, u64::from(running)),
         ];
         drop(m);

@@ -80,9 +80,9 @@ impl Engine {
             .collect()
     }
 
-    #[pyo3(signature = (shutdown = false))]
-    fn drain_listeners(&self, py: Python<'_>, shutdown: bool) {
-        py.allow_threads(|| self.inner.drain_listeners(shutdown));
+    #[pyo3(signature = (shutdown = false, graceful = false))]
+    fn drain_listeners(&self, py: Python<'_>, shutdown: bool, graceful: bool) {
+        py.allow_threads(|| self.inner.drain_listeners(shutdown, graceful));
     }
 
     fn set_health_check_failed(&self, py: Python<'_>, failed: bool) {

@@ -10,6 +10,7 @@ responsive while the engine renders thousands of stats in one call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -216,8 +217,8 @@ def _inbound(listener: dict[str, Any]) -> bool:
 
 
 async def drain_listeners(ctx: Context, req: Request) -> Response:
-    # `graceful` and `skip_exit` are accepted; the engine's drain already lets open connections
-    # finish their request, and pyproxy never exits on its own after a drain.
+    # `graceful` keeps the listeners accepting for the drain time first; `skip_exit` is
+    # accepted: pyproxy never exits on its own after a drain.
     if "inboundonly" in req.params:
         configured = formats.static_resources(ctx.proxy.raw_config, "listeners")
         inbound = [x for x in configured if _inbound(x)]
@@ -229,7 +230,7 @@ async def drain_listeners(ctx: Context, req: Request) -> Response:
                 "inboundonly with both inbound and other listeners is not supported by pyproxy: "
                 "it drains every listener or none\n",
             )
-    await ctx.blocking(ctx.proxy.drain_listeners)
+    await ctx.blocking(functools.partial(ctx.proxy.drain_listeners, graceful="graceful" in req.params))
     return ok()
 
 

@@ -105,8 +105,9 @@ class FakeProxy:
         self.shutdown_requested = threading.Event()
         self._loggers = {"admin": "info", "http": "info", "upstream": "info"}
 
-    def drain_listeners(self) -> None:
+    def drain_listeners(self, graceful: bool = False) -> None:
         self.drained += 1
+        self.graceful = graceful
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
@@ -550,6 +551,8 @@ def test_drain_listeners(admin: httpx.Client, proxy: FakeProxy, query: str) -> N
     assert (r.status_code, r.content) == (200, capture("drain_listeners_post").body)
     # Envoy's inboundonly drains only listeners with traffic_direction: INBOUND; this one has none.
     assert proxy.drained == (0 if "inboundonly" in query else 1)
+    if proxy.drained:
+        assert proxy.graceful == ("graceful" in query)
 
 
 def test_drain_inboundonly_with_every_listener_inbound(admin: httpx.Client, proxy: FakeProxy) -> None:

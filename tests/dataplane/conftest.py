@@ -216,7 +216,9 @@ class EnvoyProcess:
     """`envoy -c <json>` with the Proxy methods the tests use (listener_port, stats, stop,
     drain_listeners, healthcheck_failed)."""
 
-    def __init__(self, config: dict[str, Any], workdir: Any, concurrency: int = 1) -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Any, concurrency: int = 1, drain_time_s: int | None = None
+    ) -> None:
         import json
         import os
         import subprocess
@@ -229,7 +231,8 @@ class EnvoyProcess:
         self.proc = subprocess.Popen(
             # pyproxy drains as Envoy's `--drain-strategy immediate` does (docs/admin.md).
             ["envoy", "-c", str(cfg), "--concurrency", str(concurrency), "--disable-hot-restart",
-             "-l", "warn", "--admin-address-path", str(self.admin_path), "--drain-strategy", "immediate"],
+             "-l", "warn", "--admin-address-path", str(self.admin_path), "--drain-strategy", "immediate"]
+            + ([] if drain_time_s is None else ["--drain-time-s", str(drain_time_s)]),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for(lambda: self._ready(), 20, "envoy to become ready")
@@ -259,8 +262,8 @@ class EnvoyProcess:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.read().decode()
 
-    def drain_listeners(self) -> None:
-        self._admin_post("/drain_listeners")
+    def drain_listeners(self, graceful: bool = False) -> None:
+        self._admin_post("/drain_listeners" + ("?graceful" if graceful else ""))
 
     @property
     def healthcheck_failed(self) -> bool:
@@ -307,7 +310,7 @@ if TARGET_IS_ENVOY:
         started: list[EnvoyProcess] = []
 
         def make(config: dict[str, Any], concurrency: int = 1, **kw: Any) -> EnvoyProcess:
-            p = EnvoyProcess(config, tmp_path, concurrency)
+            p = EnvoyProcess(config, tmp_path, concurrency, kw.get("drain_time_s"))
             started.append(p)
             return p
 

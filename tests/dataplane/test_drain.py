@@ -105,8 +105,25 @@ def test_drain_closes_the_connection_of_a_request_in_flight(make_proxy: Any, mak
         assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
         assert c.closed_within(5)
     wait_stat(proxy, DRAIN_CLOSE, 1)
-    # The listener no longer accepts.
+    # The listener no longer accepts, counted as stopped (once a listener, not per worker).
     wait_for(lambda: refused(port), 5, "the drained listener to refuse connections")
+    wait_stat(proxy, "listener_manager.listener_stopped", 1)
+
+
+def test_graceful_drain_accepts_for_the_drain_time_then_stops_the_listener(make_proxy: Any, upstream: Any) -> None:
+    # /drain_listeners?graceful: each response closes its connection at once, but the listener
+    # goes on accepting until the drain time (2 s; Envoy takes whole seconds) has passed.
+    proxy = make_proxy(config(upstream.port), concurrency=2, drain_time_s=2)
+    port = proxy.listener_port()
+    proxy.drain_listeners(graceful=True)
+    with RawConn(port) as c:
+        r = c.request(get("/"))
+        assert (r.status, r.header("connection")) == (200, "close")
+        assert c.closed_within(5)
+    assert proxy.stats()["listener_manager.listener_stopped"] == 0
+    wait_for(lambda: refused(port), 10, "the drained listener to refuse connections")
+    wait_stat(proxy, "listener_manager.listener_stopped", 1)
+    wait_stat(proxy, DRAIN_CLOSE, 1)
 
 
 def test_a_refused_head_counts_a_drain_too(make_proxy: Any, upstream: Any) -> None:

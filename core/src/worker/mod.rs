@@ -45,8 +45,9 @@ pub enum Cmd {
         cluster: String,
         hosts: Arc<Vec<HostAddr>>,
     },
-    /// Stop accepting; close connections after their current request.
-    Drain,
+    /// Stop accepting and close idle connections, `after` this long (a graceful drain keeps
+    /// accepting for the drain time first).
+    Drain { after: Duration },
     /// Drain, wait for connections until `deadline`, then stop.
     Shutdown { deadline: Instant },
 }
@@ -212,7 +213,14 @@ async fn run(
                 remove,
             } => ctx.apply(compiled, add, remove),
             Cmd::Hosts { cluster, hosts } => ctx.set_hosts(&cluster, &hosts),
-            Cmd::Drain => ctx.drain(),
+            Cmd::Drain { after } if after.is_zero() => ctx.drain(),
+            Cmd::Drain { after } => {
+                let ctx = ctx.clone();
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(after).await;
+                    ctx.drain();
+                });
+            }
             Cmd::Shutdown { deadline } => {
                 ctx.drain();
                 while ctx.shared.active() > 0 && Instant::now() < deadline {
