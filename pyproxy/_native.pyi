@@ -35,6 +35,10 @@ class Engine:
         `drain_type` is DEFAULT carries `connection: close` and ends its connection, counted as
         `downstream_cx_drain_close` (Envoy's drain decision while health checks fail)."""
     def health_check_failed(self) -> bool: ...
+    def set_drain_strategy(self, strategy: str) -> None:
+        """`--drain-strategy`: "gradual" (the default, as Envoy's) or "immediate" (ValueError
+        otherwise). Under gradual a drain closes a response's connection with a chance that
+        grows from 0 to 1 over the drain time; under immediate every response's."""
     def set_drain_time(self, seconds: float) -> None:
         """`--drain-time-s`: once it has passed after an apply removed a listener, that
         listener's idle connections are closed (ValueError if negative or not finite; a time too

@@ -62,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--drain-strategy",
-        choices=("immediate",),
-        default="immediate",
+        choices=("gradual", "immediate"),
+        default="gradual",
         type=str.lower,
-        help="how connections close while draining: immediate (every response closes its "
-        "connection at once; the only strategy pyproxy has, Envoy's default is gradual)",
+        help="how a drain closes connections: gradual (default, as Envoy: each response closes "
+        "its connection with a chance that grows over the drain time) or immediate",
     )
     p.add_argument("--base-id", type=int, help="accepted for Envoy compatibility; ignored")
     p.add_argument("--version", action="version", version=f"pyproxy {__version__}")

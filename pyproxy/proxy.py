@@ -70,6 +70,7 @@ class Proxy:
         service_cluster: str | None = None,
         service_node: str | None = None,
         drain_time_s: float = 600.0,
+        drain_strategy: str = "gradual",
         log_level: str = "info",
         admin: bool = True,
     ) -> None:
@@ -79,8 +80,12 @@ class Proxy:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         if not drain_time_s >= 0 or drain_time_s == float("inf"):
             raise ValueError(f"drain_time_s must be a finite number of seconds, not negative, got {drain_time_s}")
+        if drain_strategy not in ("gradual", "immediate"):
+            raise ValueError(f'drain_strategy must be "gradual" or "immediate", got {drain_strategy!r}')
         self.concurrency: int = concurrency
         self.drain_time_s: float = float(drain_time_s)
+        # Envoy's --drain-strategy: how a drain closes connections (docs/admin.md, "Drains").
+        self.drain_strategy: str = drain_strategy
         self._admin_enabled = admin
         self._service_cluster = service_cluster
         self._service_node = service_node
@@ -101,6 +106,7 @@ class Proxy:
             "service_cluster": service_cluster or "",
             "service_node": service_node or "",
             "drain_time_s": self.drain_time_s,
+            "drain_strategy": drain_strategy,
             "mode": "serve",
         }
         self.engine: _native.Engine | None = None
@@ -125,6 +131,7 @@ class Proxy:
             service_cluster=options.service_cluster,
             service_node=options.service_node,
             drain_time_s=options.drain_time_s,
+            drain_strategy=options.drain_strategy,
             log_level=options.log_level,
         )
         proxy.command_line["mode"] = options.mode
@@ -156,6 +163,7 @@ class Proxy:
             engine = native.Engine(self.concurrency)
             engine.set_health_check_failed(self._healthcheck_failed)
             engine.set_drain_time(self.drain_time_s)
+            engine.set_drain_strategy(self.drain_strategy)
             engine.start(self._snapshot)
             self.engine = engine
             try:

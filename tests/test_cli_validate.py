@@ -92,8 +92,7 @@ def test_config_yaml_alone() -> None:
         (("--drain-time-s", "-1", "-c", "x"), "must not be negative"),
         (("--drain-time-s", "nan", "-c", "x"), "must not be negative"),
         (("--drain-time-s", "inf", "-c", "x"), "must be finite"),
-        # Envoy's default strategy; pyproxy has only `immediate`.
-        (("--drain-strategy", "gradual", "-c", "x"), "invalid choice: 'gradual' (choose from 'immediate')"),
+        (("--drain-strategy", "slow", "-c", "x"), "invalid choice: 'slow' (choose from 'gradual', 'immediate')"),
     ],
 )
 def test_bad_command_line(args: tuple[str, ...], message: str) -> None:

@@ -259,6 +259,7 @@ impl Engine {
             drain: Mutex::new(Arc::new({
                 let d = DrainState::default();
                 d.set_drain_time(DEFAULT_DRAIN_TIME);
+                d.set(DrainState::GRADUAL, true);
                 d
             })),
         }
@@ -422,7 +423,7 @@ impl Engine {
         if let Some(run) = self.lock().as_mut() {
             run.draining = true;
             run.shutting_down |= shutdown;
-            run.drain.set(DrainState::DRAINING, true);
+            run.drain.start_drain(shutdown);
             let now = Instant::now();
             let after = if graceful {
                 run.drain.drain_time()
@@ -460,6 +461,14 @@ impl Engine {
         self.current_drain().set_drain_time(t);
     }
 
+    /// Sets the drain strategy (`--drain-strategy`): gradual (Envoy's default), where a drain
+    /// closes a response's connection with a chance that grows from 0 to 1 over the drain
+    /// time, or immediate, where every response closes it at once. A failed health check and
+    /// the drain before the process exits close at once either way.
+    pub fn set_drain_gradual(&self, gradual: bool) {
+        self.current_drain().set(DrainState::GRADUAL, gradual);
+    }
+
     /// Whether a failed health check is in force.
     pub fn health_check_failed(&self) -> bool {
         self.current_drain().has(DrainState::HEALTH_CHECK_FAILED)
@@ -482,7 +491,7 @@ impl Engine {
         let Some(mut run) = self.lock().take() else {
             return;
         };
-        run.drain.set(DrainState::DRAINING, true);
+        run.drain.start_drain(true);
         {
             let (lock, cv) = &*run.dns.stop;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;

@@ -101,6 +101,20 @@ impl Engine {
         Ok(())
     }
 
+    fn set_drain_strategy(&self, strategy: &str) -> PyResult<()> {
+        let gradual = match strategy {
+            "gradual" => true,
+            "immediate" => false,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "drain strategy {strategy:?}: must be \"gradual\" or \"immediate\""
+                )))
+            }
+        };
+        self.inner.set_drain_gradual(gradual);
+        Ok(())
+    }
+
     fn health_check_failed(&self) -> bool {
         self.inner.health_check_failed()
     }

@@ -147,7 +147,7 @@ def command_line_options(cmd: Mapping[str, Any]) -> dict[str, Any]:
         "ignore_unknown_dynamic_fields": False,
         "use_dynamic_base_id": False,
         "base_id_path": "",
-        "drain_strategy": "Immediate",  # the only one pyproxy has (--drain-strategy)
+        "drain_strategy": "Immediate" if cmd.get("drain_strategy") == "immediate" else "Gradual",
         "enable_fine_grain_logging": False,
         "socket_path": "@envoy_domain_socket",
         "socket_mode": 0,

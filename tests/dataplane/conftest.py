@@ -217,7 +217,12 @@ class EnvoyProcess:
     drain_listeners, healthcheck_failed)."""
 
     def __init__(
-        self, config: dict[str, Any], workdir: Any, concurrency: int = 1, drain_time_s: int | None = None
+        self,
+        config: dict[str, Any],
+        workdir: Any,
+        concurrency: int = 1,
+        drain_time_s: int | None = None,
+        drain_strategy: str = "gradual",
     ) -> None:
         import json
         import os
@@ -229,9 +234,8 @@ class EnvoyProcess:
         self.admin_path = cfg.with_suffix(".admin")
         self.log = open(cfg.with_suffix(".log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            # pyproxy drains as Envoy's `--drain-strategy immediate` does (docs/admin.md).
             ["envoy", "-c", str(cfg), "--concurrency", str(concurrency), "--disable-hot-restart",
-             "-l", "warn", "--admin-address-path", str(self.admin_path), "--drain-strategy", "immediate"]
+             "-l", "warn", "--admin-address-path", str(self.admin_path), "--drain-strategy", drain_strategy]
             + ([] if drain_time_s is None else ["--drain-time-s", str(drain_time_s)]),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -310,7 +314,8 @@ if TARGET_IS_ENVOY:
         started: list[EnvoyProcess] = []
 
         def make(config: dict[str, Any], concurrency: int = 1, **kw: Any) -> EnvoyProcess:
-            p = EnvoyProcess(config, tmp_path, concurrency, kw.get("drain_time_s"))
+            p = EnvoyProcess(config, tmp_path, concurrency, kw.get("drain_time_s"),
+                             kw.get("drain_strategy", "gradual"))
             started.append(p)
             return p
 

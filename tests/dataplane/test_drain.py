@@ -2,10 +2,14 @@
 (`/healthcheck/fail`) on a listener whose `drain_type` is DEFAULT, each response carries
 `connection: close`, its connection ends, and `downstream_cx_drain_close` counts it.
 
-Expected values: the `envoy` 1.40 binary with `--drain-strategy immediate` (pyproxy's only
-strategy; the Envoy harness in conftest.py passes it). pyproxy closes the connection as soon as
-that response is written; Envoy waits for the client to close for the connection manager's
-`drain_timeout` (5 s by default) before it closes, so its runs set that to 100 ms."""
+Under `--drain-strategy gradual` (the default, as Envoy's) a server drain closes a response's
+connection with a chance that grows from 0 to 1 over the drain time; under `immediate`, and
+while health checks fail, every response's.
+
+Expected values: the `envoy` 1.40 binary with the same `--drain-strategy` (the Envoy harness
+in conftest.py passes it). pyproxy closes the connection as soon as that response is written;
+Envoy waits for the client to close for the connection manager's `drain_timeout` (5 s by
+default) before it closes, so its runs set that to 100 ms."""
 
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ def refused(port: int) -> bool:
 def test_drain_closes_the_connection_of_a_request_in_flight(make_proxy: Any, make_canned: Any) -> None:
     held = Held()
     up = make_canned({"*": held})
-    proxy = make_proxy(config(up.port))
+    proxy = make_proxy(config(up.port), drain_strategy="immediate")
     port = proxy.listener_port()
     with RawConn(port) as c:
         c.send(get("/"))
@@ -113,7 +117,7 @@ def test_drain_closes_the_connection_of_a_request_in_flight(make_proxy: Any, mak
 def test_graceful_drain_accepts_for_the_drain_time_then_stops_the_listener(make_proxy: Any, upstream: Any) -> None:
     # /drain_listeners?graceful: each response closes its connection at once, but the listener
     # goes on accepting until the drain time (2 s; Envoy takes whole seconds) has passed.
-    proxy = make_proxy(config(upstream.port), concurrency=2, drain_time_s=2)
+    proxy = make_proxy(config(upstream.port), concurrency=2, drain_time_s=2, drain_strategy="immediate")
     port = proxy.listener_port()
     proxy.drain_listeners(graceful=True)
     with RawConn(port) as c:
@@ -137,4 +141,43 @@ def test_a_refused_head_counts_a_drain_too(make_proxy: Any, upstream: Any) -> No
         assert (r.status, r.header("connection")) == (400, "close")
         assert c.closed_within(5)
     wait_stat(proxy, "http.ingress_http.downstream_cx_protocol_error", 1)
+    wait_stat(proxy, DRAIN_CLOSE, 1)
+
+
+def test_gradual_drain_closes_few_connections_at_first(make_proxy: Any, upstream: Any) -> None:
+    # With the default 600 s drain time, a response right after the drain starts closes its
+    # connection with a chance of about 1/600 (Envoy counts whole seconds, so never less):
+    # of 20 fresh connections, hardly any close (more than 5 has a chance below 1e-9).
+    proxy = make_proxy(config(upstream.port))
+    port = proxy.listener_port()
+    proxy.drain_listeners(graceful=True)  # the listener goes on accepting
+    closed = 0
+    for _ in range(20):
+        with RawConn(port) as c:
+            r = c.request(get("/"))
+            assert r.status == 200
+            closed += r.header("connection") == "close"
+    assert closed <= 5, f"{closed} of 20 closed"
+    wait_stat(proxy, "http.ingress_http.downstream_rq_completed", 20)
+    assert proxy.stats()[DRAIN_CLOSE] == closed
+
+
+def test_gradual_drain_closes_every_connection_once_the_drain_time_is_over(
+    make_proxy: Any, make_canned: Any
+) -> None:
+    # A request in flight when the drain time (1 s) ends: its response closes the connection.
+    # (The graceful drain's listener stops then: the test waits for that.)
+    held = Held()
+    up = make_canned({"*": held})
+    proxy = make_proxy(config(up.port), drain_time_s=1)
+    port = proxy.listener_port()
+    with RawConn(port) as c:
+        c.send(get("/"))
+        assert held.asked.wait(10)
+        proxy.drain_listeners(graceful=True)
+        wait_for(lambda: refused(port), 10, "the drain time to end")
+        held.release()
+        r = c.read_response()
+        assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
+        assert c.closed_within(5)
     wait_stat(proxy, DRAIN_CLOSE, 1)

@@ -339,7 +339,7 @@ def test_keepalive_connection_of_a_removed_listener_is_answered_then_closed(
     # nor told it may send another.
     one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
     two = with_second_listener(one)
-    proxy = make_proxy(two, concurrency=1)
+    proxy = make_proxy(two, concurrency=1, drain_strategy="immediate")
     new_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
     with socket.create_connection(("127.0.0.1", new_port), timeout=5.0) as s:
         s.sendall(b"GET /before HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -393,7 +393,7 @@ def test_connection_of_a_listener_removed_then_added_again_stays_the_old_listene
     # become the new listener's. (A drain time longer than a Duration holds never ends.)
     one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
     two = with_second_listener(one)
-    proxy = make_proxy(two, concurrency=1, drain_time_s=1e20)
+    proxy = make_proxy(two, concurrency=1, drain_time_s=1e20, drain_strategy="immediate")
     old_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
     with RawConn(old_port) as c:
         assert c.request(get("/")).header("connection") is None
@@ -418,7 +418,7 @@ def test_a_request_in_flight_when_its_listener_is_removed_is_answered_with_conne
     try:
         one = bootstrap([route("/", "a")], [cluster("a", up.port)])
         two = with_second_listener(one)
-        proxy = make_proxy(two, concurrency=1)
+        proxy = make_proxy(two, concurrency=1, drain_strategy="immediate")
         new_port = {name: p for name, _, p in proxy.listeners()}["listener_1"]
         with RawConn(new_port) as c:
             c.send(get("/"))

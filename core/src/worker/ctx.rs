@@ -39,11 +39,15 @@ pub struct ListenerRt {
 }
 
 /// How far a listener's removal has gone. Draining: each of its connections closes after the
-/// response it is writing (as Envoy's listener drain with `--drain-strategy immediate`).
-/// Closed, once the drain time has passed (Envoy then destroys the listener and its
-/// connections): idle connections close too.
+/// response it is writing (with the gradual strategy, with a chance that grows over the drain
+/// time), as Envoy's listener drain. Closed, once the drain time has passed (Envoy then
+/// destroys the listener and its connections): idle connections close too.
 #[derive(Debug, Default)]
-pub struct Removal(Cell<u8>);
+pub struct Removal {
+    state: Cell<u8>,
+    /// When the listener was removed.
+    since: Cell<Option<Instant>>,
+}
 
 impl Removal {
     const DRAINING: u8 = 1;
@@ -52,13 +56,13 @@ impl Removal {
     /// Removed: responses close their connections.
     #[inline]
     pub fn draining(&self) -> bool {
-        self.0.get() != 0
+        self.state.get() != 0
     }
 
     /// Removed and the drain time has passed: idle connections close.
     #[inline]
     pub fn closed(&self) -> bool {
-        self.0.get() == Self::CLOSED
+        self.state.get() == Self::CLOSED
     }
 }
 
@@ -258,28 +262,57 @@ impl Ctx {
     }
 
     /// Whether a response written now on `l` ends its connection for a drain, as Envoy's
-    /// connection manager asks its drain decision at each response head: the server drains
-    /// (shutdown, `/drain_listeners`), a new snapshot removed the listener, or health checks
-    /// fail (`/healthcheck/fail`) and the listener's `drain_type` is DEFAULT. (Envoy's
-    /// `--drain-strategy immediate`: every response closes its connection at once.)
+    /// connection manager asks its drain decision at each response head: health checks fail
+    /// (`/healthcheck/fail`) and the listener's `drain_type` is DEFAULT, the server drains
+    /// (`/drain_listeners`, shutdown) or a new snapshot removed the listener. A drain closes
+    /// every response's connection under `--drain-strategy immediate` and before the process
+    /// exits, and under `gradual` (Envoy's default) with a chance that grows over the drain
+    /// time.
     #[inline]
     pub fn drain_close(&self, l: &ListenerRt) -> bool {
         let f = self.drain.get();
-        l.removal.draining()
-            || f & DrainState::DRAINING != 0
-            || (f & DrainState::HEALTH_CHECK_FAILED != 0
-                && l.c.cfg.drain_type == crate::config::DrainType::Default)
+        if f & DrainState::HEALTH_CHECK_FAILED != 0
+            && l.c.cfg.drain_type == crate::config::DrainType::Default
+        {
+            return true;
+        }
+        if f & DrainState::DRAINING == 0 && !l.removal.draining() {
+            return false;
+        }
+        self.drain_decision(f, l)
+    }
+
+    /// [`Ctx::drain_close`] once a drain is under way.
+    #[cold]
+    #[inline(never)]
+    fn drain_decision(&self, f: u8, l: &ListenerRt) -> bool {
+        let gradual = f & DrainState::GRADUAL != 0;
+        let now = super::clock::now();
+        let by_server = f & DrainState::DRAINING != 0
+            && (!gradual
+                || f & DrainState::SHUTDOWN != 0
+                || self
+                    .drain
+                    .gradual_close(now.saturating_duration_since(self.drain.started())));
+        by_server
+            || l.removal.since.get().is_some_and(|since| {
+                !gradual
+                    || self
+                        .drain
+                        .gradual_close(now.saturating_duration_since(since))
+            })
     }
 
     /// Starts the drain of a listener a snapshot removed; once the drain time has passed, its
     /// idle connections are closed.
     fn remove_listener(self: &Rc<Self>, removal: Rc<Removal>) {
-        removal.0.set(Removal::DRAINING);
+        removal.state.set(Removal::DRAINING);
+        removal.since.set(Some(super::clock::now()));
         let ctx = self.clone();
         let after = self.drain.drain_time();
         tokio::task::spawn_local(async move {
             tokio::time::sleep(after).await;
-            removal.0.set(Removal::CLOSED);
+            removal.state.set(Removal::CLOSED);
             ctx.drain_waiters.borrow().wake_all();
         });
     }

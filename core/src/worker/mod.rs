@@ -10,7 +10,10 @@ pub(crate) mod headers;
 mod slots;
 mod timer;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicU8,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -69,28 +72,58 @@ impl Shared {
 /// The engine-wide drain state every worker reads at each response head
 /// ([`Ctx::drain_close`]): set by the engine, so a response written after the call that set it
 /// sees it on every worker (the worker's own drain, which stops accepting and closes idle
-/// connections, follows by command). Also the drain time a removed listener's connections get.
-#[derive(Default)]
+/// connections, follows by command). Also the drain time and strategy.
 pub struct DrainState {
     flags: AtomicU8,
-    /// `--drain-time-s` in milliseconds: how long the connections of a removed listener have
-    /// before its idle ones are closed.
+    /// `--drain-time-s` in milliseconds.
     drain_time_ms: AtomicU64,
+    /// When the server's drain began, in milliseconds after `epoch` (the gradual strategy's
+    /// clock starts there).
+    started_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for DrainState {
+    fn default() -> Self {
+        DrainState {
+            flags: AtomicU8::new(0),
+            drain_time_ms: AtomicU64::new(0),
+            started_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl DrainState {
-    /// The server drains (shutdown, `/drain_listeners`).
+    /// The server drains (`/drain_listeners`, shutdown).
     pub const DRAINING: u8 = 1;
     /// Health checks fail (`/healthcheck/fail`).
     pub const HEALTH_CHECK_FAILED: u8 = 2;
+    /// `--drain-strategy gradual` (Envoy's default): while a drain lasts, a response closes its
+    /// connection with a chance that grows from 0 to 1 over the drain time.
+    pub const GRADUAL: u8 = 4;
+    /// The drain is the one before the process exits: every response closes its connection,
+    /// whatever the strategy.
+    pub const SHUTDOWN: u8 = 8;
 
     /// Sets or clears `flag`.
     pub fn set(&self, flag: u8, on: bool) {
         if on {
-            self.flags.fetch_or(flag, Relaxed);
+            self.flags.fetch_or(flag, Release);
         } else {
-            self.flags.fetch_and(!flag, Relaxed);
+            self.flags.fetch_and(!flag, Release);
         }
+    }
+
+    /// Starts the server's drain (once; a later call can only make it the shutdown's).
+    pub fn start_drain(&self, shutdown: bool) {
+        if !self.has(Self::DRAINING) {
+            let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.started_ms.store(since, Relaxed);
+        }
+        // Release: a worker that sees the flag sees the start time.
+        let shutdown = if shutdown { Self::SHUTDOWN } else { 0 };
+        self.set(Self::DRAINING | shutdown, true);
     }
 
     /// Whether `flag` is set.
@@ -101,16 +134,21 @@ impl DrainState {
     /// Every flag set.
     #[inline]
     pub fn get(&self) -> u8 {
-        self.flags.load(Relaxed)
+        self.flags.load(Acquire)
     }
 
-    /// A state for the next run: health checks failing and the drain time as here, not
-    /// draining.
+    /// When the server's drain began.
+    pub fn started(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.started_ms.load(Relaxed))
+    }
+
+    /// A state for the next run: health checks failing, the strategy and the drain time as
+    /// here, not draining.
     pub fn next_run(&self) -> DrainState {
         let d = DrainState::default();
-        d.set(
-            Self::HEALTH_CHECK_FAILED,
-            self.has(Self::HEALTH_CHECK_FAILED),
+        d.flags.store(
+            self.get() & (Self::HEALTH_CHECK_FAILED | Self::GRADUAL),
+            Relaxed,
         );
         d.drain_time_ms
             .store(self.drain_time_ms.load(Relaxed), Relaxed);
@@ -126,6 +164,16 @@ impl DrainState {
     /// The drain time.
     pub fn drain_time(&self) -> Duration {
         Duration::from_millis(self.drain_time_ms.load(Relaxed))
+    }
+
+    /// Whether a response closes its connection `elapsed` into a drain, under the gradual
+    /// strategy: always once the drain time is over (or if it is 0), before that with the
+    /// chance elapsed / drain time, as Envoy's drain manager decides (in milliseconds where
+    /// Envoy counts whole seconds).
+    pub fn gradual_close(&self, elapsed: Duration) -> bool {
+        let total = self.drain_time_ms.load(Relaxed);
+        let elapsed = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        elapsed >= total || fastrand::u64(0..total) < elapsed
     }
 }
 
@@ -231,4 +279,44 @@ async fn run(
         }
     }
     ctx.close_pools();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradual_close_grows_from_never_to_always_over_the_drain_time() {
+        let d = DrainState::default();
+        d.set_drain_time(Duration::from_secs(10));
+        let share = |elapsed_ms: u64| {
+            let n = 20_000;
+            let closed = (0..n)
+                .filter(|_| d.gradual_close(Duration::from_millis(elapsed_ms)))
+                .count();
+            closed as f64 / n as f64
+        };
+        assert_eq!(share(0), 0.0);
+        assert!((share(2_500) - 0.25).abs() < 0.03, "{}", share(2_500));
+        assert!((share(7_500) - 0.75).abs() < 0.03, "{}", share(7_500));
+        assert_eq!(share(10_000), 1.0);
+        assert_eq!(share(60_000), 1.0);
+        // No drain time: every response closes at once.
+        d.set_drain_time(Duration::ZERO);
+        assert_eq!(share(0), 1.0);
+    }
+
+    #[test]
+    fn the_next_run_keeps_health_checks_strategy_and_time_but_does_not_drain() {
+        let d = DrainState::default();
+        d.set_drain_time(Duration::from_secs(3));
+        d.set(DrainState::HEALTH_CHECK_FAILED | DrainState::GRADUAL, true);
+        d.start_drain(true);
+        let n = d.next_run();
+        assert_eq!(
+            n.get(),
+            DrainState::HEALTH_CHECK_FAILED | DrainState::GRADUAL
+        );
+        assert_eq!(n.drain_time(), Duration::from_secs(3));
+    }
 }
