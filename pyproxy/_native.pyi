@@ -24,12 +24,13 @@ class Engine:
     def listeners(self) -> list[tuple[str, str, int]]:
         """(name, bound address, bound port) of each listener; the port is the real one when the
         config asked for port 0."""
-    def drain_listeners(self, shutdown: bool = False, graceful: bool = False) -> None:
-        """Drains: responses carry `connection: close` from now on, and every listener stops
-        accepting (idle connections close then) at once or, with `graceful`, once the drain
-        time has passed. With `shutdown` (the drain before exiting) `server.live` goes to 0 and
-        `server.state` to 1 (draining); without, the server stays live, as after Envoy's
-        `/drain_listeners`."""
+    def drain_listeners(self, shutdown: bool = False, graceful: bool = False, skip_exit: bool = False) -> None:
+        """Drains: responses close their connections from now on (every one, or under the
+        gradual strategy more and more over the drain time), and every listener stops
+        accepting (idle connections close then) at once, with `graceful` once the drain time
+        has passed, with `skip_exit` never. With `shutdown` (the drain before exiting) every
+        response closes its connection, `server.live` goes to 0 and `server.state` to 1;
+        without, the server stays live, as after Envoy's `/drain_listeners`."""
     def set_health_check_failed(self, failed: bool) -> None:
         """While set (the admin's `/healthcheck/fail`), every response on a listener whose
         `drain_type` is DEFAULT carries `connection: close` and ends its connection, counted as

@@ -217,14 +217,15 @@ class Proxy:
         if self.engine is not None:
             self.engine.set_health_check_failed(self._healthcheck_failed)
 
-    def drain_listeners(self, shutdown: bool = False, graceful: bool = False) -> None:
-        """Drains: each response closes its connection from now on, and the listeners stop
-        accepting at once or, `graceful`, after drain_time_s (Envoy's
-        `/drain_listeners?graceful`); open connections finish their current request. With
-        `shutdown` (the drain before the process exits) the server also reports itself DRAINING
-        (`/ready` 503, `server.state` 1); without (the admin's `/drain_listeners`) it stays
-        LIVE, as Envoy does."""
-        self._require_engine().drain_listeners(shutdown, graceful)
+    def drain_listeners(self, shutdown: bool = False, graceful: bool = False, skip_exit: bool = False) -> None:
+        """Drains: from now on responses close their connections (as `drain_strategy` says),
+        and the listeners stop accepting at once, or with `graceful` after drain_time_s
+        (Envoy's `/drain_listeners?graceful`), or with `skip_exit` never. Open connections
+        finish their current request. With `shutdown` (the drain before the process exits)
+        every response closes its connection and the server reports itself DRAINING (`/ready`
+        503, `server.state` 1); without (the admin's `/drain_listeners`) it stays LIVE, as
+        Envoy does."""
+        self._require_engine().drain_listeners(shutdown, graceful, skip_exit)
         if shutdown:
             self.state = "DRAINING"
 

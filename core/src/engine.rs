@@ -34,7 +34,6 @@ struct Running {
     compiled: Arc<Mutex<Arc<Compiled>>>,
     bound: Vec<Bound>,
     dns: Dns,
-    draining: bool,
     /// The drain is the shutdown's: the server reports itself draining (`server.live` 0,
     /// `server.state` 1), as it does while health checks fail. `/drain_listeners` alone
     /// leaves it live, as in Envoy.
@@ -48,6 +47,25 @@ struct Running {
     /// This run's drain state, which its workers read (a later run has its own, so a shutdown
     /// still draining never touches it).
     drain: Arc<DrainState>,
+}
+
+/// When a drain stops the listeners ([`Engine::drain_listeners`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// At once.
+    Now,
+    /// Once the drain time has passed (`/drain_listeners?graceful`).
+    AfterDrainTime,
+    /// Never: the connections drain, the listeners go on accepting (`skip_exit`).
+    Never,
+}
+
+impl Running {
+    /// Whether a drain has stopped the listeners by now.
+    fn stopped(&self) -> bool {
+        self.listeners_stop
+            .is_some_and(|(at, _)| at.is_some_and(|at| at <= Instant::now()))
+    }
 }
 
 /// Per-host figures for `/clusters`.
@@ -321,7 +339,6 @@ impl Engine {
             compiled,
             bound,
             dns,
-            draining: false,
             shutting_down: false,
             drains_end: Vec::new(),
             listeners_stop: None,
@@ -361,7 +378,8 @@ impl Engine {
             if let Some(b) = run.bound.iter().find(|b| b.name == l.name) {
                 remove.push(b.name.clone());
             }
-            if run.draining {
+            // The listeners have stopped (a drain): nothing new is bound.
+            if run.stopped() {
                 continue;
             }
             let (at, socks) = bind_listener(&l.name, l.addr, run.workers.len())?;
@@ -399,6 +417,11 @@ impl Engine {
         *current = compiled;
         drop(current);
         run.bound = new_bound;
+        // A drain still waiting to stop the listeners stops the ones there are then.
+        let stopped = run.stopped();
+        if let Some((_, n)) = run.listeners_stop.as_mut().filter(|_| !stopped) {
+            *n = run.bound.len() as u64;
+        }
         Ok(())
     }
 
@@ -415,32 +438,34 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Drains: from now on each response closes its connection, and every listener stops
-    /// accepting (idle connections close then), at once or, `graceful`, once the drain time
-    /// has passed (Envoy's `/drain_listeners?graceful`). With `shutdown` (the drain before the
-    /// process exits) the server also reports itself draining.
-    pub fn drain_listeners(&self, shutdown: bool, graceful: bool) {
-        if let Some(run) = self.lock().as_mut() {
-            run.draining = true;
-            run.shutting_down |= shutdown;
-            run.drain.start_drain(shutdown);
-            let now = Instant::now();
-            let after = if graceful {
-                run.drain.drain_time()
-            } else {
-                Duration::ZERO
-            };
-            // An earlier graceful drain that has not stopped the listeners yet is overtaken.
-            let at = now.checked_add(after);
-            let sooner = match run.listeners_stop {
-                None => true,
-                Some((prev, _)) => at.is_some_and(|at| prev.is_none_or(|p| at < p)),
-            };
-            if sooner {
-                run.listeners_stop = Some((at, run.bound.len() as u64));
-                for w in &run.workers {
-                    w.send(Cmd::Drain { after });
-                }
+    /// Drains: from now on responses close their connections (all of them, or under the
+    /// gradual strategy more and more over the drain time), and the listeners stop accepting
+    /// (idle connections close then) as `stop` says: at once, once the drain time has passed
+    /// (Envoy's `/drain_listeners?graceful`), or never (`skip_exit`). With `shutdown` (the
+    /// drain before the process exits) every response closes its connection and the server
+    /// reports itself draining.
+    pub fn drain_listeners(&self, shutdown: bool, stop: Stop) {
+        let mut guard = self.lock();
+        let Some(run) = guard.as_mut() else {
+            return;
+        };
+        run.shutting_down |= shutdown;
+        run.drain.start_drain(shutdown);
+        let after = match stop {
+            Stop::Never => return,
+            Stop::Now => Duration::ZERO,
+            Stop::AfterDrainTime => run.drain.drain_time(),
+        };
+        // A later drain that stops sooner overtakes one still waiting for its drain time.
+        let at = Instant::now().checked_add(after);
+        let sooner = match run.listeners_stop {
+            None => true,
+            Some((prev, _)) => at.is_some_and(|at| prev.is_none_or(|p| at < p)),
+        };
+        if sooner {
+            run.listeners_stop = Some((at, run.bound.len() as u64));
+            for w in &run.workers {
+                w.send(Cmd::Drain { after });
             }
         }
     }

@@ -18,5 +18,5 @@ pub mod stats;
 pub mod upstream;
 pub mod worker;
 
-pub use engine::{ClusterInfo, Engine, HostInfo};
+pub use engine::{ClusterInfo, Engine, HostInfo, Stop};
 pub use error::{Error, ErrorKind};

@@ -7,7 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use pyproxy_core::{config::Snapshot, Engine as CoreEngine, Error, ErrorKind};
+use pyproxy_core::{config::Snapshot, Engine as CoreEngine, Error, ErrorKind, Stop};
 
 /// Maps a core error into the `pyproxy.errors` class for its kind.
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
@@ -80,9 +80,16 @@ impl Engine {
             .collect()
     }
 
-    #[pyo3(signature = (shutdown = false, graceful = false))]
-    fn drain_listeners(&self, py: Python<'_>, shutdown: bool, graceful: bool) {
-        py.allow_threads(|| self.inner.drain_listeners(shutdown, graceful));
+    #[pyo3(signature = (shutdown = false, graceful = false, skip_exit = false))]
+    fn drain_listeners(&self, py: Python<'_>, shutdown: bool, graceful: bool, skip_exit: bool) {
+        let stop = if skip_exit {
+            Stop::Never
+        } else if graceful {
+            Stop::AfterDrainTime
+        } else {
+            Stop::Now
+        };
+        py.allow_threads(|| self.inner.drain_listeners(shutdown, stop));
     }
 
     fn set_health_check_failed(&self, py: Python<'_>, failed: bool) {

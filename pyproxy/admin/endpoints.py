@@ -217,8 +217,8 @@ def _inbound(listener: dict[str, Any]) -> bool:
 
 
 async def drain_listeners(ctx: Context, req: Request) -> Response:
-    # `graceful` keeps the listeners accepting for the drain time first; `skip_exit` is
-    # accepted: pyproxy never exits on its own after a drain.
+    # `graceful` keeps the listeners accepting for the drain time first; `skip_exit` drains
+    # the connections and never stops the listeners (Envoy's help text).
     if "inboundonly" in req.params:
         configured = formats.static_resources(ctx.proxy.raw_config, "listeners")
         inbound = [x for x in configured if _inbound(x)]
@@ -230,7 +230,10 @@ async def drain_listeners(ctx: Context, req: Request) -> Response:
                 "inboundonly with both inbound and other listeners is not supported by pyproxy: "
                 "it drains every listener or none\n",
             )
-    await ctx.blocking(functools.partial(ctx.proxy.drain_listeners, graceful="graceful" in req.params))
+    drain = functools.partial(
+        ctx.proxy.drain_listeners, graceful="graceful" in req.params, skip_exit="skip_exit" in req.params
+    )
+    await ctx.blocking(drain)
     return ok()
 
 

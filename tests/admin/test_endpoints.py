@@ -105,9 +105,9 @@ class FakeProxy:
         self.shutdown_requested = threading.Event()
         self._loggers = {"admin": "info", "http": "info", "upstream": "info"}
 
-    def drain_listeners(self, graceful: bool = False) -> None:
+    def drain_listeners(self, graceful: bool = False, skip_exit: bool = False) -> None:
         self.drained += 1
-        self.graceful = graceful
+        self.graceful, self.skip_exit = graceful, skip_exit
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
@@ -552,7 +552,7 @@ def test_drain_listeners(admin: httpx.Client, proxy: FakeProxy, query: str) -> N
     # Envoy's inboundonly drains only listeners with traffic_direction: INBOUND; this one has none.
     assert proxy.drained == (0 if "inboundonly" in query else 1)
     if proxy.drained:
-        assert proxy.graceful == ("graceful" in query)
+        assert (proxy.graceful, proxy.skip_exit) == ("graceful" in query, "skip_exit" in query)
 
 
 def test_drain_inboundonly_with_every_listener_inbound(admin: httpx.Client, proxy: FakeProxy) -> None:

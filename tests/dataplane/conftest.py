@@ -266,8 +266,9 @@ class EnvoyProcess:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.read().decode()
 
-    def drain_listeners(self, graceful: bool = False) -> None:
-        self._admin_post("/drain_listeners" + ("?graceful" if graceful else ""))
+    def drain_listeners(self, graceful: bool = False, skip_exit: bool = False) -> None:
+        params = [p for p, on in (("graceful", graceful), ("skip_exit", skip_exit)) if on]
+        self._admin_post("/drain_listeners" + ("?" + "&".join(params) if params else ""))
 
     @property
     def healthcheck_failed(self) -> bool:

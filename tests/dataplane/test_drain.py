@@ -17,6 +17,8 @@ import socket
 import threading
 from typing import Any
 
+import pytest
+
 from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get, wait_for, wait_stat
 from tests.support.configs import bootstrap, cluster, route
 
@@ -176,6 +178,43 @@ def test_gradual_drain_closes_every_connection_once_the_drain_time_is_over(
         assert held.asked.wait(10)
         proxy.drain_listeners(graceful=True)
         wait_for(lambda: refused(port), 10, "the drain time to end")
+        held.release()
+        r = c.read_response()
+        assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
+        assert c.closed_within(5)
+    wait_stat(proxy, DRAIN_CLOSE, 1)
+
+
+def test_skip_exit_drains_the_connections_and_keeps_the_listener(make_proxy: Any, upstream: Any) -> None:
+    # Envoy's help: "drain the connections but never stop the listeners".
+    proxy = make_proxy(config(upstream.port), drain_strategy="immediate")
+    port = proxy.listener_port()
+    proxy.drain_listeners(skip_exit=True)
+    for _ in range(2):
+        with RawConn(port) as c:
+            r = c.request(get("/"))
+            assert (r.status, r.header("connection")) == (200, "close")
+            assert c.closed_within(5)
+    wait_stat(proxy, DRAIN_CLOSE, 2)
+    assert proxy.stats()["listener_manager.listener_stopped"] == 0
+
+
+@pytest.mark.skipif(TARGET_IS_ENVOY, reason="Envoy leaves the connections of a stopped listener open")
+def test_stopped_listener_says_its_connection_closes_whatever_the_strategy(
+    make_proxy: Any, make_canned: Any
+) -> None:
+    # A plain drain under the gradual strategy: the chance of a close is still tiny, but the
+    # listener has stopped and pyproxy ends its connections after their response, so the
+    # response says so (docs/admin.md, "Drains": pyproxy closes what Envoy leaves open).
+    held = Held()
+    up = make_canned({"*": held})
+    proxy = make_proxy(config(up.port))
+    port = proxy.listener_port()
+    with RawConn(port) as c:
+        c.send(get("/"))
+        assert held.asked.wait(10)
+        proxy.drain_listeners()
+        wait_for(lambda: refused(port), 5, "the drained listener to refuse connections")
         held.release()
         r = c.read_response()
         assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")

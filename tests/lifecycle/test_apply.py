@@ -554,3 +554,25 @@ def test_apply_counts_added_modified_and_removed_like_envoys_managers(
                      "listener_manager.listener_create_success": 8, "listener_manager.total_listeners_active": 1})
     poll(lambda: {k: proxy.stats().get(k) for k in expected} == expected, timeout=5,
          what="the added and removed listener")
+
+
+def test_apply_during_a_graceful_drains_accepting_time_adds_listeners(
+    make_proxy: Callable[..., Any], upstream: Upstream
+) -> None:
+    # The listeners stop only when the drain time is over: until then an apply takes effect
+    # (listeners added, as Envoy goes on taking listener changes), and the new one stops
+    # with the others.
+    one = bootstrap([route("/", "a")], [cluster("a", upstream.port)])
+    proxy = make_proxy(one, concurrency=2, drain_time_s=600)
+    proxy.drain_listeners(graceful=True)
+    proxy.apply(with_second_listener(one))
+    ports = {name: p for name, _, p in proxy.listeners()}
+    assert set(ports) == {"listener_0", "listener_1"}
+    r = poll(lambda: served_by(f"http://127.0.0.1:{ports['listener_1']}/new"), timeout=APPLY_VISIBLE_S,
+             what="the new listener to serve")
+    assert r.status_code == 200
+    assert proxy.stats()["listener_manager.listener_stopped"] == 0
+    proxy.drain_listeners()  # stops both now
+    for port in ports.values():
+        poll(lambda p=port: connect_refused("127.0.0.1", p), timeout=5.0, what="the listeners to stop")
+    poll(lambda: proxy.stats()["listener_manager.listener_stopped"] == 2, timeout=5.0, what="2 stopped")

@@ -286,6 +286,11 @@ impl Ctx {
     #[cold]
     #[inline(never)]
     fn drain_decision(&self, f: u8, l: &ListenerRt) -> bool {
+        // The worker has stopped its listeners: its connections end after their response,
+        // which says so, whatever the strategy.
+        if self.draining.get() {
+            return true;
+        }
         let gradual = f & DrainState::GRADUAL != 0;
         let now = super::clock::now();
         let by_server = f & DrainState::DRAINING != 0
