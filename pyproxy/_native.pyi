@@ -35,7 +35,6 @@ class Engine:
         """While set (the admin's `/healthcheck/fail`), every response on a listener whose
         `drain_type` is DEFAULT carries `connection: close` and ends its connection, counted as
         `downstream_cx_drain_close` (Envoy's drain decision while health checks fail)."""
-    def health_check_failed(self) -> bool: ...
     def set_drain_strategy(self, strategy: str) -> None:
         """`--drain-strategy`: "gradual" (the default, as Envoy's) or "immediate" (ValueError
         otherwise). Under gradual a drain closes a response's connection with a chance that

@@ -34,10 +34,6 @@ struct Running {
     compiled: Arc<Mutex<Arc<Compiled>>>,
     bound: Vec<Bound>,
     dns: Dns,
-    /// The drain is the shutdown's: the server reports itself draining (`server.live` 0,
-    /// `server.state` 1), as it does while health checks fail. `/drain_listeners` alone
-    /// leaves it live, as in Envoy.
-    shutting_down: bool,
     /// When the drain of each listener removed by an apply ends (None: a drain time too long
     /// to reach); `listener_manager.total_listeners_draining` counts those still to come.
     drains_end: Vec<Option<Instant>>,
@@ -339,7 +335,6 @@ impl Engine {
             compiled,
             bound,
             dns,
-            shutting_down: false,
             drains_end: Vec::new(),
             listeners_stop: None,
             drain,
@@ -449,7 +444,6 @@ impl Engine {
         let Some(run) = guard.as_mut() else {
             return;
         };
-        run.shutting_down |= shutdown;
         run.drain.start_drain(shutdown);
         let after = match stop {
             Stop::Never => return,
@@ -549,7 +543,11 @@ impl Engine {
                 (c.clusters.len() as u64, r.bound.len() as u64)
             });
             (
-                g.as_ref().is_some_and(|r| r.shutting_down) || self.health_check_failed(),
+                // The shutdown's drain reports the server draining, as failing health checks
+                // do; `/drain_listeners` alone leaves it live, as in Envoy.
+                g.as_ref()
+                    .is_some_and(|r| r.drain.has(DrainState::SHUTDOWN))
+                    || self.health_check_failed(),
                 g.as_ref()
                     .map(|r| r.workers.iter().map(|w| w.shared.active()).sum())
                     .unwrap_or(0),

@@ -122,10 +122,6 @@ impl Engine {
         Ok(())
     }
 
-    fn health_check_failed(&self) -> bool {
-        self.inner.health_check_failed()
-    }
-
     fn active_connections(&self) -> u64 {
         self.inner.active_connections()
     }

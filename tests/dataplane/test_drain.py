@@ -13,13 +13,14 @@ default) before it closes, so its runs set that to 100 ms."""
 
 from __future__ import annotations
 
-import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get, wait_for, wait_stat
+from tests.lifecycle.process import connect_refused
 from tests.support.configs import bootstrap, cluster, route
 
 DRAIN_CLOSE = "http.ingress_http.downstream_cx_drain_close"
@@ -90,27 +91,35 @@ class Held:
 
 
 def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
+    return connect_refused("127.0.0.1", port)
 
 
-def test_drain_closes_the_connection_of_a_request_in_flight(make_proxy: Any, make_canned: Any) -> None:
+def drained_in_flight(
+    make_proxy: Any, make_canned: Any, drain: Callable[[Any, int], None], **proxy_kw: Any
+) -> tuple[Any, int]:
+    """A proxy (`proxy_kw`) whose upstream holds its reply: a request goes out, `drain(proxy,
+    port)` runs while the reply is held, then the reply comes. Its response must close the
+    connection, and the drain is counted. Returns the proxy and its listener's port."""
     held = Held()
     up = make_canned({"*": held})
-    proxy = make_proxy(config(up.port), drain_strategy="immediate")
+    proxy = make_proxy(config(up.port), **proxy_kw)
     port = proxy.listener_port()
     with RawConn(port) as c:
         c.send(get("/"))
         assert held.asked.wait(10)
-        proxy.drain_listeners()
+        drain(proxy, port)
         held.release()
         r = c.read_response()
         assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
         assert c.closed_within(5)
     wait_stat(proxy, DRAIN_CLOSE, 1)
+    return proxy, port
+
+
+def test_drain_closes_the_connection_of_a_request_in_flight(make_proxy: Any, make_canned: Any) -> None:
+    proxy, port = drained_in_flight(
+        make_proxy, make_canned, lambda proxy, _port: proxy.drain_listeners(), drain_strategy="immediate"
+    )
     # The listener no longer accepts, counted as stopped (once a listener, not per worker).
     wait_for(lambda: refused(port), 5, "the drained listener to refuse connections")
     wait_stat(proxy, "listener_manager.listener_stopped", 1)
@@ -169,20 +178,11 @@ def test_gradual_drain_closes_every_connection_once_the_drain_time_is_over(
 ) -> None:
     # A request in flight when the drain time (1 s) ends: its response closes the connection.
     # (The graceful drain's listener stops then: the test waits for that.)
-    held = Held()
-    up = make_canned({"*": held})
-    proxy = make_proxy(config(up.port), drain_time_s=1)
-    port = proxy.listener_port()
-    with RawConn(port) as c:
-        c.send(get("/"))
-        assert held.asked.wait(10)
+    def drain(proxy: Any, port: int) -> None:
         proxy.drain_listeners(graceful=True)
         wait_for(lambda: refused(port), 10, "the drain time to end")
-        held.release()
-        r = c.read_response()
-        assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
-        assert c.closed_within(5)
-    wait_stat(proxy, DRAIN_CLOSE, 1)
+
+    drained_in_flight(make_proxy, make_canned, drain, drain_time_s=1)
 
 
 def test_skip_exit_drains_the_connections_and_keeps_the_listener(make_proxy: Any, upstream: Any) -> None:
@@ -206,17 +206,8 @@ def test_stopped_listener_says_its_connection_closes_whatever_the_strategy(
     # A plain drain under the gradual strategy: the chance of a close is still tiny, but the
     # listener has stopped and pyproxy ends its connections after their response, so the
     # response says so (docs/admin.md, "Drains": pyproxy closes what Envoy leaves open).
-    held = Held()
-    up = make_canned({"*": held})
-    proxy = make_proxy(config(up.port))
-    port = proxy.listener_port()
-    with RawConn(port) as c:
-        c.send(get("/"))
-        assert held.asked.wait(10)
+    def drain(proxy: Any, port: int) -> None:
         proxy.drain_listeners()
         wait_for(lambda: refused(port), 5, "the drained listener to refuse connections")
-        held.release()
-        r = c.read_response()
-        assert (r.status, r.header("connection"), r.body) == (200, "close", b"held")
-        assert c.closed_within(5)
-    wait_stat(proxy, DRAIN_CLOSE, 1)
+
+    drained_in_flight(make_proxy, make_canned, drain)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.dataplane.conftest import RawConn, get, wait_for
-from tests.support.configs import bootstrap, cluster, route
+from tests.support.configs import bootstrap, cluster, route, with_second_listener
 
 
 @pytest.fixture
@@ -732,12 +732,7 @@ def test_membership_stats_at_start(make_proxy: Any) -> None:
 def test_manager_stats_at_start(make_proxy: Any) -> None:
     # Envoy 1.40 with two listeners and two clusters on two workers: each is added, and each
     # listener is created on each worker.
-    import copy
-
-    config = bootstrap([route("/", "a")], [cluster("a", 1), cluster("b", 2)])
-    second = copy.deepcopy(config["static_resources"]["listeners"][0])
-    second["name"] = "listener_1"
-    config["static_resources"]["listeners"].append(second)
+    config = with_second_listener(bootstrap([route("/", "a")], [cluster("a", 1), cluster("b", 2)]))
     proxy = make_proxy(config, concurrency=2)
     st = settled(proxy, {
         "cluster_manager.active_clusters": 2, "cluster_manager.warming_clusters": 0,

@@ -18,7 +18,7 @@ from pyproxy.errors import ConfigError
 from tests.dataplane.conftest import CannedUpstream, RawConn, get
 from tests.dataplane.test_drain import DRAIN_CLOSE, Held
 from tests.lifecycle.process import connect_refused, poll
-from tests.support.configs import bootstrap, cluster, route
+from tests.support.configs import bootstrap, cluster, route, with_second_listener
 from tests.support.upstream import Upstream
 
 APPLY_VISIBLE_S = 5.0  # how long after apply() new requests may still see the old config
@@ -33,16 +33,6 @@ def pinned(config: dict[str, Any], port: int) -> dict[str, Any]:
 
 def header(name: str, value: str) -> dict[str, Any]:
     return {"header": {"key": name, "value": value}}
-
-
-def with_second_listener(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` plus listener_1, a copy of listener_0 on a port of its own (port 0)."""
-    two = copy.deepcopy(config)
-    second = copy.deepcopy(two["static_resources"]["listeners"][0])
-    second["name"] = "listener_1"
-    second["address"]["socket_address"]["port_value"] = 0
-    two["static_resources"]["listeners"].append(second)
-    return two
 
 
 def fresh_get(port: int, target: str) -> str | None:

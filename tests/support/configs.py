@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -77,3 +78,13 @@ def bootstrap(
 def route(prefix: str, cluster_name: str, **action: Any) -> dict[str, Any]:
     """A prefix route to a cluster; extra keyword arguments go into the route action."""
     return {"match": {"prefix": prefix}, "route": {"cluster": cluster_name, **action}}
+
+
+def with_second_listener(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` plus listener_1, a copy of listener_0 on a port of its own (port 0)."""
+    two = copy.deepcopy(config)
+    second = copy.deepcopy(two["static_resources"]["listeners"][0])
+    second["name"] = "listener_1"
+    second["address"]["socket_address"]["port_value"] = 0
+    two["static_resources"]["listeners"].append(second)
+    return two

@@ -192,12 +192,16 @@ mod tests {
         }
     }
 
+    /// A connection to `l`: our end and the peer's (which the caller keeps open).
+    async fn connected(l: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
+        let (a, b) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
     #[tokio::test]
     async fn pooled_connections_hold_no_read_buffer() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let (a, _peer) = (a.unwrap(), b.unwrap());
+        let (a, _peer) = connected(&l).await;
         let pool = Pool::default();
 
         // A clean connection goes in, and its buffer comes back to the caller, not kept.
@@ -217,9 +221,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_made_for_a_request_that_left_goes_to_the_next_waiting() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let (a, _peer) = (a.unwrap(), b.unwrap());
+        let (a, _peer) = connected(&l).await;
         let pool = Pool::default();
         assert!(
             pool.wait_for_orphan().is_none(),
@@ -247,8 +249,7 @@ mod tests {
         assert!(back.is_some());
 
         // A connection another request gives back goes to a request waiting, not the pool.
-        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let (a, _peer2) = (a.unwrap(), b.unwrap());
+        let (a, _peer2) = connected(&l).await;
         pool.orphan_started();
         let mut waiting = pool.wait_for_orphan().unwrap();
         let buf = pool.checkin(conn(a, BytesMut::with_capacity(64)), Instant::now());

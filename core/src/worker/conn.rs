@@ -1123,58 +1123,52 @@ mod tests {
             .block_on(f)
     }
 
-    /// A connection's flows over fresh stats.
-    fn flow_parts() -> (crate::stats::Counter, crate::stats::Gauge, Buffered) {
-        Default::default()
+    /// A connection's byte counter, buffered gauge and share of it, fresh.
+    #[derive(Default)]
+    struct Parts {
+        total: crate::stats::Counter,
+        gauge: crate::stats::Gauge,
+        held: Buffered,
+    }
+
+    impl Parts {
+        /// Its sending flow.
+        fn tx(&self) -> Flow<'_> {
+            Flow {
+                total: &self.total,
+                buffered: &self.gauge,
+                held: &self.held.tx,
+            }
+        }
+    }
+
+    fn cut(take: usize, room: usize, stall: bool) -> Cut {
+        Cut { take, room, stall }
     }
 
     #[test]
     fn a_write_cut_short_still_counts_what_went() {
-        let (total, gauge, held) = flow_parts();
-        let tx = Flow {
-            total: &total,
-            buffered: &gauge,
-            held: &held.tx,
-        };
-        let mut w = Cut {
-            take: 4,
-            room: 10,
-            stall: false,
-        };
+        let p = Parts::default();
+        let (total, tx) = (&p.total, p.tx());
+        let mut w = cut(4, 10, false);
         assert!(run(write_all(&mut w, b"0123456789abcdef", &tx)).is_err());
         assert_eq!(total.get(), 10);
     }
 
     #[test]
     fn a_whole_write_counts_every_byte_once() {
-        let (total, gauge, held) = flow_parts();
-        let tx = Flow {
-            total: &total,
-            buffered: &gauge,
-            held: &held.tx,
-        };
-        let mut w = Cut {
-            take: 3,
-            room: 100,
-            stall: false,
-        };
+        let p = Parts::default();
+        let (total, gauge, tx) = (&p.total, &p.gauge, p.tx());
+        let mut w = cut(3, 100, false);
         run(write_all(&mut w, b"0123456789", &tx)).unwrap();
         assert_eq!((total.get(), gauge.get()), (10, 0));
     }
 
     #[test]
     fn what_waits_for_the_socket_counts_as_buffered_until_it_goes() {
-        let (total, gauge, held) = flow_parts();
-        let tx = Flow {
-            total: &total,
-            buffered: &gauge,
-            held: &held.tx,
-        };
-        let mut w = Cut {
-            take: usize::MAX,
-            room: 6,
-            stall: true,
-        };
+        let p = Parts::default();
+        let (total, gauge, tx) = (&p.total, &p.gauge, p.tx());
+        let mut w = cut(usize::MAX, 6, true);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         {
             let mut f = std::pin::pin!(write_all(&mut w, b"0123456789", &tx));
@@ -1186,15 +1180,11 @@ mod tests {
         run(write_all(&mut w, b"6789", &tx)).unwrap();
         assert_eq!((total.get(), gauge.get()), (10, 0));
         // A connection that ends with bytes waiting takes them off the gauge.
-        let mut w = Cut {
-            take: usize::MAX,
-            room: 0,
-            stall: true,
-        };
+        let mut w = cut(usize::MAX, 0, true);
         let mut f = std::pin::pin!(write_all(&mut w, b"abc", &tx));
         assert!(f.as_mut().poll(&mut cx).is_pending());
         assert_eq!(gauge.get(), 3);
-        held.release([&gauge, &gauge]);
+        p.held.release([gauge, gauge]);
         assert_eq!(gauge.get(), 0);
     }
 }
