@@ -60,6 +60,25 @@ fn default_buffer_limit() -> u32 {
     1024 * 1024
 }
 
+/// Envoy `HttpProtocolOptions.HeadersWithUnderscoresAction`: what a request header whose name
+/// has an `_` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UnderscoresAction {
+    /// Passed on.
+    #[default]
+    Allow,
+    /// The request is refused with a 400 and the connection closed
+    /// (`http1.requests_rejected_with_underscores_in_headers`).
+    RejectRequest,
+    /// The header is dropped (`http1.dropped_headers_with_underscores`, once per header).
+    DropHeader,
+}
+
+fn default_max_headers_count() -> u32 {
+    crate::http1::head::MAX_HEADERS as u32
+}
+
 /// HTTP connection manager settings (Envoy `HttpConnectionManager`), defaults as Envoy's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +121,17 @@ pub struct HttpConnectionManager {
     /// Envoy `common_http_protocol_options.idle_timeout` in ms (default 3600000; 0 disables).
     #[serde(default = "default_idle_ms")]
     pub idle_timeout_ms: u64,
+    /// Envoy `common_http_protocol_options.max_requests_per_connection` (0: unlimited): the
+    /// response to the request that reaches it closes the connection.
+    #[serde(default)]
+    pub max_requests_per_connection: u32,
+    /// Envoy `common_http_protocol_options.max_headers_count` (default 100): a request with
+    /// more headers gets a 431.
+    #[serde(default = "default_max_headers_count")]
+    pub max_headers_count: u32,
+    /// Envoy `common_http_protocol_options.headers_with_underscores_action`.
+    #[serde(default)]
+    pub headers_with_underscores_action: UnderscoresAction,
     /// Envoy `proxy_100_continue` (default false: answer `100 Continue` locally).
     #[serde(default)]
     pub proxy_100_continue: bool,
@@ -370,6 +400,10 @@ pub struct Cluster {
     /// Envoy `max_requests_per_connection` (0: unlimited).
     #[serde(default)]
     pub max_requests_per_connection: u32,
+    /// Envoy `common_http_protocol_options.max_headers_count` (default 100): a response with
+    /// more headers is a protocol error (502).
+    #[serde(default = "default_max_headers_count")]
+    pub max_headers_count: u32,
     /// Envoy `common_http_protocol_options.idle_timeout` for upstream connections in ms
     /// (default 3600000; 0 disables).
     #[serde(default = "default_idle_ms")]

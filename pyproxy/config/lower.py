@@ -25,6 +25,7 @@ DEFAULT_BUFFER_LIMIT = 1024 * 1024
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_STREAM_IDLE_TIMEOUT_MS = 300_000
 DEFAULT_IDLE_TIMEOUT_MS = 3_600_000
+DEFAULT_MAX_HEADERS_COUNT = 100
 DEFAULT_ROUTE_TIMEOUT_MS = 15_000
 DEFAULT_CONNECT_TIMEOUT_MS = 5_000
 DEFAULT_CHOICE_COUNT = 2
@@ -98,6 +99,15 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
         "request_timeout_ms": _ms(hcm.request_timeout, 0),
         "idle_timeout_ms": _ms(
             common.idle_timeout if common is not None else None, DEFAULT_IDLE_TIMEOUT_MS
+        ),
+        "max_requests_per_connection": _or(
+            common.max_requests_per_connection if common is not None else None, 0
+        ),
+        "max_headers_count": _or(
+            common.max_headers_count if common is not None else None, DEFAULT_MAX_HEADERS_COUNT
+        ),
+        "headers_with_underscores_action": (
+            common.headers_with_underscores_action if common is not None else "ALLOW"
         ),
         "proxy_100_continue": hcm.proxy_100_continue,
         "suppress_envoy_headers": hcm.http_filters[0].typed_config.suppress_envoy_headers,
@@ -307,6 +317,9 @@ def _cluster(c: m.Cluster) -> Json:
             c.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
         ),
         "max_requests_per_connection": _or(max_requests, 0),
+        "max_headers_count": _or(
+            common.max_headers_count if common is not None else None, DEFAULT_MAX_HEADERS_COUNT
+        ),
         "idle_timeout_ms": _ms(
             common.idle_timeout if common is not None else None, DEFAULT_IDLE_TIMEOUT_MS
         ),

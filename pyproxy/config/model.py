@@ -295,6 +295,9 @@ class HcmProtocolOptions(_Message, kw_only=True):
     """The HCM's `common_http_protocol_options` (`envoy.config.core.v3.HttpProtocolOptions`)."""
 
     idle_timeout: Duration | None = None
+    max_requests_per_connection: UInt32 | None = None
+    max_headers_count: UInt32 | None = None
+    headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
 
 
 class HttpConnectionManager(_Message, kw_only=True):
@@ -395,6 +398,7 @@ class UpstreamCommonOptions(_Message, kw_only=True):
 
     idle_timeout: Duration | None = None
     max_requests_per_connection: UInt32 | None = None
+    max_headers_count: UInt32 | None = None
 
 
 class Http1ProtocolOptions(_Message, kw_only=True):

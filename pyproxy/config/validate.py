@@ -106,6 +106,11 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
         raise ConfigError(
             f"{path}.max_request_headers_kb", f"{kb} is out of range; expected 1..8192"
         )
+    if hcm.common_http_protocol_options is not None:
+        _check_max_headers_count(
+            hcm.common_http_protocol_options.max_headers_count,
+            f"{path}.common_http_protocol_options",
+        )
     _check_route_config(hcm.route_config, f"{path}.route_config", clusters)
 
 
@@ -386,9 +391,21 @@ def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
                 "typed_extension_protocol_options (HttpProtocolOptions."
                 "common_http_protocol_options), as Envoy requires",
             )
+        if hpo is not None and hpo.common_http_protocol_options is not None:
+            _check_max_headers_count(
+                hpo.common_http_protocol_options.max_headers_count,
+                f"{path}.typed_extension_protocol_options"
+                f'["{m.HTTP_PROTOCOL_OPTIONS_KEY}"].common_http_protocol_options',
+            )
         if cluster.load_assignment is not None:
             _check_load_assignment(cluster, f"{path}.load_assignment")
     return set(names)
+
+
+def _check_max_headers_count(count: int | None, path: str) -> None:
+    """Envoy's `max_headers_count` is at least 1 (a request or response has at least one)."""
+    if count is not None and count < 1:
+        raise ConfigError(f"{path}.max_headers_count", f"{count} is out of range; expected at least 1")
 
 
 def _check_load_assignment(cluster: m.Cluster, path: str) -> None:

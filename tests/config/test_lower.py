@@ -68,6 +68,9 @@ def test_default_snapshot() -> None:
         "request_headers_timeout_ms": 0,
         "request_timeout_ms": 0,
         "idle_timeout_ms": 3_600_000,
+        "max_requests_per_connection": 0,
+        "max_headers_count": 100,
+        "headers_with_underscores_action": "ALLOW",
         "proxy_100_continue": False,
         "suppress_envoy_headers": False,
     }
@@ -83,6 +86,7 @@ def test_default_snapshot() -> None:
         "choice_count": 2,
         "per_connection_buffer_limit_bytes": 1024 * 1024,
         "max_requests_per_connection": 0,
+        "max_headers_count": 100,
         "idle_timeout_ms": 3_600_000,
         "dns_refresh_rate_ms": 5000,
         "dns_lookup_family": "AUTO",
@@ -224,6 +228,25 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
      lambda s: (s["clusters"][0]["idle_timeout_ms"],
                 s["clusters"][0]["max_requests_per_connection"]),
      (0, 9)),
+    ("cluster_max_headers_count", lambda c: cluster(c).update(
+        typed_extension_protocol_options={HPO_KEY: {
+            "@type": "type.googleapis.com/" + HPO_KEY,
+            "common_http_protocol_options": {"max_headers_count": 150},
+            "explicit_http_config": {"http_protocol_options": {}}}}),
+     lambda s: s["clusters"][0]["max_headers_count"], 150),
+    ("hcm_protocol_options", lambda c: hcm(c).update(common_http_protocol_options={
+        "max_requests_per_connection": 3, "max_headers_count": 7,
+        "headers_with_underscores_action": "DROP_HEADER"}),
+     lambda s: {k: snap_hcm(s)[k] for k in ("max_requests_per_connection", "max_headers_count",
+                                            "headers_with_underscores_action")},
+     {"max_requests_per_connection": 3, "max_headers_count": 7,
+      "headers_with_underscores_action": "DROP_HEADER"}),
+    ("hcm_protocol_options_defaults", lambda c: None,
+     lambda s: ({k: snap_hcm(s)[k] for k in ("max_requests_per_connection", "max_headers_count",
+                                             "headers_with_underscores_action")},
+                s["clusters"][0]["max_headers_count"]),
+     ({"max_requests_per_connection": 0, "max_headers_count": 100,
+       "headers_with_underscores_action": "ALLOW"}, 100)),
     ("endpoints_flattened", lambda c: cluster(c)["load_assignment"].update(endpoints=[
         {"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1",
@@ -295,6 +318,7 @@ ENUMS = {  # externally tagged enums: variant (snake_case) -> payload struct or 
 
 UNIT_ENUMS = {  # enums of unit variants, each a string (SCREAMING_SNAKE_CASE in config.rs)
     "DrainType": {"DEFAULT", "MODIFY_ONLY"},
+    "UnderscoresAction": {"ALLOW", "REJECT_REQUEST", "DROP_HEADER"},
 }
 
 

@@ -107,6 +107,12 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
         explicit_http_config={"http_protocol_options": {}}))),
     ("total_weight_equal", lambda c: route(c).update(route={"weighted_clusters": {
         "total_weight": 5, "clusters": [{"name": "demo", "weight": 5}]}})),
+    ("hcm_protocol_options", lambda c: hcm(c).update(common_http_protocol_options={
+        "idle_timeout": "1s", "max_requests_per_connection": 0, "max_headers_count": 1,
+        "headers_with_underscores_action": "REJECT_REQUEST"})),
+    ("hpo_max_headers_count", lambda c: cluster(c).update(typed_extension_protocol_options=hpo(
+        common_http_protocol_options={"max_headers_count": 4294967295},
+        explicit_http_config={"http_protocol_options": {}}))),
 ]
 
 
@@ -169,7 +175,27 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("hpo_no_explicit", lambda c: cluster(c).update(typed_extension_protocol_options=hpo()),
      f'{CLUSTER}.typed_extension_protocol_options["{HPO_KEY}"].explicit_http_config',
      "required field is missing"),
+    ("hpo_max_headers_count_0", lambda c: cluster(c).update(typed_extension_protocol_options=hpo(
+        common_http_protocol_options={"max_headers_count": 0},
+        explicit_http_config={"http_protocol_options": {}})),
+     f'{CLUSTER}.typed_extension_protocol_options["{HPO_KEY}"].common_http_protocol_options.'
+     "max_headers_count", "0 is out of range; expected at least 1"),
     # listeners and HCM
+    ("hcm_max_headers_count_0", lambda c: hcm(c).update(
+        common_http_protocol_options={"max_headers_count": 0}),
+     f"{HCM}.common_http_protocol_options.max_headers_count",
+     "0 is out of range; expected at least 1"),
+    ("hcm_underscores_action", lambda c: hcm(c).update(
+        common_http_protocol_options={"headers_with_underscores_action": "DROP"}),
+     f"{HCM}.common_http_protocol_options.headers_with_underscores_action",
+     "'DROP' is not one of ALLOW, REJECT_REQUEST, DROP_HEADER"),
+    ("hcm_max_requests_negative", lambda c: hcm(c).update(
+        common_http_protocol_options={"max_requests_per_connection": -1}),
+     f"{HCM}.common_http_protocol_options.max_requests_per_connection", "-1 is out of range"),
+    ("hcm_max_connection_duration", lambda c: hcm(c).update(
+        common_http_protocol_options={"max_connection_duration": "1s"}),
+     f"{HCM}.common_http_protocol_options.max_connection_duration",
+     "unknown field 'max_connection_duration'"),
     ("listener_hostname", lambda c: listener(c)["address"]["socket_address"].update(
         address="localhost"), f"{LISTENER}.address.socket_address.address", "not an IP address"),
     ("duplicate_listener", lambda c: c["static_resources"]["listeners"].append(

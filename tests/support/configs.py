@@ -88,3 +88,15 @@ def with_second_listener(config: dict[str, Any]) -> dict[str, Any]:
     second["address"]["socket_address"]["port_value"] = 0
     two["static_resources"]["listeners"].append(second)
     return two
+
+
+def upstream_options(**common: Any) -> dict[str, Any]:
+    """A cluster's `typed_extension_protocol_options` (HTTP/1.1) with these
+    `common_http_protocol_options`, for `cluster(..., **upstream_options(...))`."""
+    return {"typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": common,
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    }}

@@ -26,6 +26,7 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// does: both `transfer-encoding` and `content-length`, more than one `content-length` (even
 /// with equal values), a non-numeric length, a transfer coding other than exactly `chunked`,
 /// or a body on a CONNECT.
+#[inline]
 pub fn request_framing(h: &RequestHead) -> Result<Framing, FramingError> {
     let mut te = h.headers.get_all(b"transfer-encoding").peekable();
     let has_te = te.peek().is_some();

@@ -12,9 +12,10 @@ use bytes::{Bytes, BytesMut};
 /// repeated inline headers are joined, not its lines.
 pub const MAX_HEADERS: usize = 100;
 
-/// Lines the lenient parsers take for one head: room for repeated inline headers that join
-/// into at most [`MAX_HEADERS`] headers. The fast parse keeps [`MAX_HEADERS`] slots and hands
-/// a head with more lines to the lenient one, so the usual head pays nothing for this.
+/// Lines the lenient parsers take for one head under the default limit: room for repeated
+/// inline headers that join into at most [`MAX_HEADERS`] headers. The fast parse keeps
+/// [`MAX_HEADERS`] slots and hands a head with more lines to the lenient one, so the usual
+/// head pays nothing for this. A higher configured limit takes twice its count.
 const PARSE_SLOTS: usize = 2 * MAX_HEADERS;
 
 /// Longest name or value stored inline in a header entry: covers every header the proxy adds
@@ -668,7 +669,8 @@ pub struct ResponseHead {
 pub enum HeadError {
     /// Not valid HTTP/1.x (bad token, bad character, bad version): 400.
     Malformed,
-    /// More than [`MAX_HEADERS`] headers or more bytes than the configured limit: 431.
+    /// More headers than the configured count ([`MAX_HEADERS`] by default) or more bytes than
+    /// the configured length: 431.
     TooLarge,
 }
 
@@ -796,7 +798,18 @@ fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEA
 
 /// Parses a request head from the front of `buf`. Returns `Ok(None)` when more bytes are
 /// needed (and `buf` is still within `max_len`); on success the head's bytes are split off `buf`.
+/// At most [`MAX_HEADERS`] headers (see [`parse_request_counted`]).
 pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_counted(buf, max_len, MAX_HEADERS)
+}
+
+/// [`parse_request`] with at most `max_headers` headers (Envoy's `max_headers_count`, counted
+/// once repeated inline headers are joined).
+pub fn parse_request_counted(
+    buf: &mut BytesMut,
+    max_len: usize,
+    max_headers: usize,
+) -> Result<Option<RequestHead>, HeadError> {
     let mut hdrs = uninit_headers();
     let mut req = httparse::Request::new(&mut []);
     let base = buf.as_ptr();
@@ -810,7 +823,7 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
             };
         }
         // More lines than slots: repeated inline headers may join into few enough.
-        Err(_) => return parse_request_lenient(buf, max_len),
+        Err(_) => return parse_request_lenient(buf, max_len, max_headers),
     };
     if n > max_len {
         return Err(HeadError::TooLarge);
@@ -819,8 +832,11 @@ pub fn parse_request(buf: &mut BytesMut, max_len: usize) -> Result<Option<Reques
     let target = span(base, req.path.unwrap_or("").as_bytes());
     let minor = req.version.unwrap_or(1);
     let entries = entries_of(base, req.headers);
-    // At most MAX_HEADERS lines came, so at most as many headers: no count to check.
     let headers = take_head(buf, n, entries, REQUEST_INLINE);
+    // At most MAX_HEADERS lines came: only a lower configured count needs a look.
+    if headers.entries.len() > max_headers {
+        return Err(HeadError::TooLarge);
+    }
     Ok(Some(RequestHead {
         method,
         target,
@@ -852,6 +868,7 @@ pub fn is_tchar(c: u8) -> bool {
 fn parse_request_lenient(
     buf: &mut BytesMut,
     max_len: usize,
+    max_headers: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
     // Empty lines before the request line are skipped, as httparse does.
     let mut start = 0;
@@ -891,14 +908,14 @@ fn parse_request_lenient(
     let (n, entries) = if minor == UNSUPPORTED_VERSION && n == 2 {
         (lf + 1, entry_list(ADDED_HEADERS))
     } else {
-        match headers_after_line(buf, lf, max_len)? {
+        match headers_after_line(buf, lf, max_len, max_headers)? {
             Some(found) => found,
             None => return Ok(None),
         }
     };
     let at = |(s, e): (usize, usize)| (s as u32, e as u32);
     let headers = take_head(buf, n, entries, REQUEST_INLINE);
-    if headers.entries.len() > MAX_HEADERS {
+    if headers.entries.len() > max_headers {
         return Err(HeadError::TooLarge);
     }
     Ok(Some(RequestHead {
@@ -922,14 +939,26 @@ fn need_more<T>(buf: &[u8], max_len: usize) -> Result<Option<T>, HeadError> {
 }
 
 /// The headers after a start line that ends at `lf`, for the lenient parsers: the head's
-/// length and its entries, or `None` while more bytes are needed.
+/// length and its entries, or `None` while more bytes are needed. Up to twice `max_headers`
+/// lines (at least [`PARSE_SLOTS`]), for repeated inline headers that join.
 fn headers_after_line(
     buf: &[u8],
     lf: usize,
     max_len: usize,
+    max_headers: usize,
 ) -> Result<Option<(usize, Vec<Entry>)>, HeadError> {
-    let mut hdrs = [httparse::EMPTY_HEADER; PARSE_SLOTS];
-    match httparse::parse_headers(&buf[lf + 1..], &mut hdrs) {
+    let mut fixed = [httparse::EMPTY_HEADER; PARSE_SLOTS];
+    let mut grown;
+    let hdrs: &mut [httparse::Header<'_>] = if max_headers > MAX_HEADERS {
+        // No more than the bytes at hand can hold (a line is at least `a:` and a LF), so a
+        // huge configured count costs no huge list.
+        let room = (buf.len() - lf) / 3 + 1;
+        grown = vec![httparse::EMPTY_HEADER; max_headers.saturating_mul(2).min(room)];
+        &mut grown
+    } else {
+        &mut fixed
+    };
+    match httparse::parse_headers(&buf[lf + 1..], hdrs) {
         Ok(httparse::Status::Complete((used, _))) if lf + 1 + used > max_len => {
             Err(HeadError::TooLarge)
         }
@@ -1001,6 +1030,15 @@ pub fn parse_response(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
+    parse_response_counted(buf, max_len, MAX_HEADERS)
+}
+
+/// [`parse_response`] with at most `max_headers` headers (the cluster's `max_headers_count`).
+pub fn parse_response_counted(
+    buf: &mut BytesMut,
+    max_len: usize,
+    max_headers: usize,
+) -> Result<Option<ResponseHead>, HeadError> {
     // Envoy's codec wants `H` first: httparse would skip empty lines before the status line.
     if matches!(buf.first(), Some(b'\r' | b'\n')) {
         return Err(HeadError::Malformed);
@@ -1020,7 +1058,7 @@ pub fn parse_response(
             };
         }
         // More lines than slots: repeated inline headers may join into few enough.
-        Err(_) => return parse_response_lenient(buf, max_len),
+        Err(_) => return parse_response_lenient(buf, max_len, max_headers),
     };
     // A head over the limit is refused however it arrived (the partial case above refuses it
     // only when it came in pieces).
@@ -1035,6 +1073,9 @@ pub fn parse_response(
     }
     let minor = resp.version.unwrap_or(1);
     let headers = take_head(buf, n, entries_of(base, resp.headers), RESPONSE_INLINE);
+    if headers.entries.len() > max_headers {
+        return Err(HeadError::TooLarge);
+    }
     Ok(Some(ResponseHead {
         status,
         minor,
@@ -1050,6 +1091,7 @@ pub fn parse_response(
 fn parse_response_lenient(
     buf: &mut BytesMut,
     max_len: usize,
+    max_headers: usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
     let Some(lf) = memchr::memchr(b'\n', buf) else {
         let part = buf.strip_suffix(b"\r").unwrap_or(buf);
@@ -1063,11 +1105,11 @@ fn parse_response_lenient(
     let Some((minor, status)) = status_line(line, false) else {
         return Err(HeadError::Malformed);
     };
-    let Some((n, entries)) = headers_after_line(buf, lf, max_len)? else {
+    let Some((n, entries)) = headers_after_line(buf, lf, max_len, max_headers)? else {
         return Ok(None);
     };
     let headers = take_head(buf, n, entries, RESPONSE_INLINE);
-    if headers.entries.len() > MAX_HEADERS {
+    if headers.entries.len() > max_headers {
         return Err(HeadError::TooLarge);
     }
     Ok(Some(ResponseHead {
@@ -1359,6 +1401,54 @@ mod tests {
             parse_request(&mut b, 1000).err(),
             Some(HeadError::Malformed)
         );
+    }
+
+    /// A head of `n` distinct headers after `start`, each line `h<i>: v`.
+    fn with_headers(start: &str, n: usize) -> Vec<u8> {
+        let mut h = start.as_bytes().to_vec();
+        for i in 0..n {
+            h.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
+        }
+        h.extend_from_slice(b"\r\n");
+        h
+    }
+
+    #[test]
+    fn a_configured_header_count_bounds_requests_and_responses_either_way_of_the_default() {
+        let req = |n: usize, max: usize| {
+            let head = with_headers("GET / HTTP/1.1\r\n", n);
+            parse_request_counted(&mut BytesMut::from(&head[..]), 1 << 20, max)
+                .map(|h| h.unwrap().headers.entries.len())
+        };
+        let resp = |n: usize, max: usize| {
+            let head = with_headers("HTTP/1.1 200 OK\r\n", n);
+            parse_response_counted(&mut BytesMut::from(&head[..]), 1 << 20, max)
+                .map(|h| h.unwrap().headers.entries.len())
+        };
+        for parse in [req, resp] {
+            assert_eq!(parse(5, 5), Ok(5));
+            assert_eq!(parse(6, 5), Err(HeadError::TooLarge));
+            assert_eq!(parse(100, MAX_HEADERS), Ok(100));
+            assert_eq!(parse(101, MAX_HEADERS), Err(HeadError::TooLarge));
+            // Past the fast parse's slots and past the lenient one's default lines.
+            assert_eq!(parse(450, 450), Ok(450));
+            assert_eq!(parse(451, 450), Err(HeadError::TooLarge));
+            // A huge count takes no more lines than the head's bytes can hold.
+            assert_eq!(parse(300, u32::MAX as usize), Ok(300));
+        }
+        // Lines that join count once; a head may have twice the count in lines (a bound on
+        // the work of parsing a partial head again as it grows).
+        let joined = |accepts: usize| {
+            let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+            for _ in 0..accepts {
+                head.extend_from_slice(b"accept: a\r\n");
+            }
+            head.extend_from_slice(b"host: h\r\n\r\n");
+            parse_request_counted(&mut BytesMut::from(&head[..]), 1 << 20, 150)
+                .map(|h| h.unwrap().headers.entries.len())
+        };
+        assert_eq!(joined(299), Ok(2));
+        assert_eq!(joined(300), Err(HeadError::TooLarge));
     }
 
     #[test]

@@ -19,7 +19,7 @@ crate::stat_scope! {
             downstream_cx_destroy_active_rq, downstream_cx_destroy_local_active_rq,
             downstream_cx_destroy_remote_active_rq,
             downstream_cx_idle_timeout, downstream_cx_delayed_close_timeout,
-            downstream_cx_drain_close,
+            downstream_cx_drain_close, downstream_cx_max_requests_reached,
             downstream_cx_http1_total,
             downstream_rq_total, downstream_rq_http1_total,
             downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,
@@ -185,6 +185,21 @@ impl HttpStats {
 }
 
 impl Scope for HttpStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        self.visit_declared(v);
+    }
+}
+
+crate::stat_scope! {
+    /// `http1.*`: the HTTP/1 codec's counts, one per worker (Envoy keeps them at the root).
+    pub struct Http1Stats {
+        counters { dropped_headers_with_underscores, requests_rejected_with_underscores_in_headers }
+        gauges {}
+        histograms {}
+    }
+}
+
+impl Scope for Http1Stats {
     fn visit(&self, v: &mut dyn Visitor) {
         self.visit_declared(v);
     }

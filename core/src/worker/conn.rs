@@ -27,12 +27,15 @@ use super::headers::{
     mutate_request, redirect_location, redirect_rewritten_target, request_location,
 };
 use super::timer::{earliest, ConnTimer};
+use crate::config::UnderscoresAction;
 use crate::http1::body::Framing;
 use crate::http1::codec::{
     request_framing, strip_h2c_upgrade, write_framing, write_status_line, ConnectionTokens,
     FramingError,
 };
-use crate::http1::head::{known, parse_request, write_header, HeadError, HeaderMap, RequestHead};
+use crate::http1::head::{
+    known, parse_request_counted, write_header, HeadError, HeaderMap, RequestHead,
+};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
 use crate::router::{Action, Cx, ReqView, RouteRequest};
 use crate::stats::{Buffered, DestroySplit, Flow, GaugeHold, HttpStats};
@@ -75,6 +78,9 @@ pub(super) struct Down {
     pub(super) ended_in_request: bool,
     /// This connection's place on the worker's drain list (`Ctx::watch_drain`).
     drain_key: u32,
+    /// Requests begun on it, counted while the connection manager has a
+    /// `max_requests_per_connection`.
+    requests: u32,
     /// When the current request's head was parsed.
     pub(super) started: Instant,
     /// When the last proxied response was written in full, if the exchange recorded it: the
@@ -87,6 +93,24 @@ pub(super) struct Down {
 }
 
 impl Down {
+    /// Counts a request begun on this connection against the connection manager's
+    /// `max_requests_per_connection`: true when it reaches the limit, so its response closes
+    /// the connection, counted as `downstream_cx_max_requests_reached` (Envoy counts when the
+    /// request begins, also one its codec then refuses).
+    #[inline]
+    fn count_request(&mut self, l: &ListenerRt) -> bool {
+        let max = l.c.cfg.hcm.max_requests_per_connection;
+        if max == 0 {
+            return false;
+        }
+        self.requests = self.requests.saturating_add(1);
+        let reached = self.requests >= max;
+        if reached {
+            l.http.downstream_cx_max_requests_reached.inc();
+        }
+        reached
+    }
+
     /// What follows a response: the connection is kept if `keep`, else closed, after a linger
     /// when request bytes may be unread.
     pub(super) fn next(&self, keep: bool) -> Next {
@@ -182,6 +206,7 @@ pub fn serve(
             peer_closed: false,
             ended_in_request: false,
             drain_key: NO_DRAIN_KEY,
+            requests: 0,
             started: clock::now(),
             done_at: None,
             timer: ConnTimer::new(),
@@ -496,10 +521,10 @@ async fn request(
     // new bytes could complete it (a line break arrived), so a client trickling a large head
     // costs no quadratic re-parsing.
     let mut scanned: usize = 0;
-    let head = loop {
+    let mut head = loop {
         let fresh = &d.rbuf[scanned.saturating_sub(3).min(d.rbuf.len())..];
         let parsed = if scanned == 0 || memchr::memchr(b'\n', fresh).is_some() {
-            parse_request(&mut d.rbuf, max_head)
+            parse_request_counted(&mut d.rbuf, max_head, hcm.max_headers_count as usize)
         } else if d.rbuf.len() > max_head {
             Err(HeadError::TooLarge)
         } else {
@@ -556,6 +581,11 @@ async fn request(
             }
         }
     };
+    if hcm.headers_with_underscores_action != UnderscoresAction::Allow
+        && underscores(ctx, l, &mut head.headers)
+    {
+        return early_reply(ctx, l, d, 400, b"Bad Request").await;
+    }
     d.head_request = head.method() == b"HEAD";
     d.body_unread = false;
     let start = clock::now();
@@ -563,6 +593,7 @@ async fn request(
     d.done_at = None;
     l.http.downstream_rq_total.inc();
     l.http.downstream_rq_http1_total.inc();
+    let last = d.count_request(l) || last;
     let active = GaugeHold::new(&l.http.downstream_rq_active);
     let (status, next) = handle(ctx, snap, l, d, head, last).await;
     drop(active);
@@ -574,6 +605,33 @@ async fn request(
     next
 }
 
+/// What Envoy's codec does with request headers whose names have an `_`, as the connection
+/// manager's `headers_with_underscores_action` says (not ALLOW): true to refuse the request
+/// (REJECT_REQUEST), else they are dropped (DROP_HEADER), each counted.
+#[cold]
+#[inline(never)]
+fn underscores(ctx: &Ctx, l: &ListenerRt, h: &mut HeaderMap) -> bool {
+    let has = |n: &[u8]| memchr::memchr(b'_', n).is_some();
+    if !h.iter().any(|(n, _)| has(n)) {
+        return false;
+    }
+    if l.c.cfg.hcm.headers_with_underscores_action == UnderscoresAction::RejectRequest {
+        ctx.http1
+            .requests_rejected_with_underscores_in_headers
+            .inc();
+        l.http.downstream_cx_protocol_error.inc();
+        return true;
+    }
+    let mut dropped = 0;
+    h.remove_if(|n, _| {
+        let drop = has(n);
+        dropped += u64::from(drop);
+        drop
+    });
+    ctx.http1.dropped_headers_with_underscores.add(dropped);
+    false
+}
+
 /// Answers a request whose head never completed (parse error, timeout) and closes.
 async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body: &[u8]) -> Next {
     // As Envoy's connection manager counts a stream its codec ended: answered before the
@@ -581,6 +639,7 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     let h = &l.http;
     h.downstream_rq_total.inc();
     h.downstream_rq_http1_total.inc();
+    d.count_request(l);
     l.count_completed(status);
     h.downstream_rq_response_before_rq_complete.inc();
     h.downstream_rq_rx_reset.inc();

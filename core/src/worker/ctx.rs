@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use super::{DrainState, Shared, Stores};
 use crate::snapshot::{Compiled, CompiledListener, HostAddr};
 use crate::stats::{
-    ClusterScope, HttpStats, ListenerHttpStats, ListenerStats, ListenerWorkerStats, Scope,
+    ClusterScope, Http1Stats, HttpStats, ListenerHttpStats, ListenerStats, ListenerWorkerStats,
+    Scope,
 };
 use crate::upstream::{ClusterRt, HostRt, HostStats};
 
@@ -172,6 +173,8 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     /// The engine's drain state ([`Ctx::drain_close`]).
     drain: Arc<DrainState>,
+    /// `http1.*`.
+    pub http1: Arc<Http1Stats>,
     http_scopes: RefCell<HashMap<String, Arc<HttpStats>>>,
     listener_scopes: RefCell<HashMap<String, Arc<ListenerStats>>>,
     listener_worker_scopes: RefCell<HashMap<String, Arc<ListenerWorkerStats>>>,
@@ -226,8 +229,12 @@ impl Ctx {
             listeners: HashMap::new(),
             clusters: Vec::new(),
         });
+        let http1 = Arc::new(Http1Stats::default());
+        let scope: Arc<dyn Scope> = http1.clone();
+        stores.stats.register("http1.".to_string(), &scope);
         Rc::new(Ctx {
             id,
+            http1,
             snap: RefCell::new(empty),
             draining: Cell::new(false),
             drain_waiters: RefCell::default(),

@@ -28,7 +28,7 @@ use crate::http1::codec::{
     method_has_no_body, response_framing, strip_hop_by_hop_response, write_framing,
     write_status_line, ConnectionTokens,
 };
-use crate::http1::head::{parse_response, HeaderMap, RequestHead};
+use crate::http1::head::{parse_response_counted, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
 use crate::stats::{ClusterScope, Flow, GaugeHold};
@@ -247,6 +247,7 @@ pub(super) async fn forward(
         chain,
         rq_start,
         up_chunk,
+        max_headers: cluster.cfg.cfg.max_headers_count as usize,
         relay_continue,
         chunk_up,
         minor,
@@ -657,6 +658,8 @@ struct Exchange<'a> {
     chain: &'a [&'a Mutations; 4],
     rq_start: Instant,
     up_chunk: usize,
+    /// The cluster's `max_headers_count` for the response.
+    max_headers: usize,
     /// Relay the upstream's `100 Continue` (proxy_100_continue with a client Expect).
     relay_continue: bool,
     /// The request body goes upstream chunked (it came chunked, or its length was removed).
@@ -774,7 +777,7 @@ impl Exchange<'_> {
         let mut resp_fut = std::pin::pin!(async {
             let mut continued = false;
             let head = loop {
-                match parse_response(urbuf, MAX_RESPONSE_HEAD) {
+                match parse_response_counted(urbuf, MAX_RESPONSE_HEAD, self.max_headers) {
                     // We never ask for an upgrade, so a 101 is a protocol error, not a switch.
                     Ok(Some(h)) if h.status == 101 => return Err(RespErr::Protocol),
                     // An interim response may not carry framing headers either (Envoy).
