@@ -75,6 +75,21 @@ pub enum UnderscoresAction {
     DropHeader,
 }
 
+/// Envoy's `path_with_escaped_slashes_action`: what `%2F` and `%5C` (either case) in a path get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EscapedSlashes {
+    /// Left as they are (Envoy's default).
+    #[default]
+    KeepUnchanged,
+    /// The request is refused (400).
+    RejectRequest,
+    /// Unescaped; the client is sent a 307 to the path that makes (once normalized).
+    UnescapeAndRedirect,
+    /// Unescaped, and the request goes on.
+    UnescapeAndForward,
+}
+
 fn default_max_headers_count() -> u32 {
     crate::http1::head::MAX_HEADERS as u32
 }
@@ -132,6 +147,15 @@ pub struct HttpConnectionManager {
     /// Envoy `common_http_protocol_options.headers_with_underscores_action`.
     #[serde(default)]
     pub headers_with_underscores_action: UnderscoresAction,
+    /// Envoy `normalize_path` (default false): RFC 3986 dot segments and escapes, as Envoy.
+    #[serde(default)]
+    pub normalize_path: bool,
+    /// Envoy `merge_slashes` (default false).
+    #[serde(default)]
+    pub merge_slashes: bool,
+    /// Envoy `path_with_escaped_slashes_action` (default `KEEP_UNCHANGED`).
+    #[serde(default)]
+    pub path_with_escaped_slashes_action: EscapedSlashes,
     /// Envoy `proxy_100_continue` (default false: answer `100 Continue` locally).
     #[serde(default)]
     pub proxy_100_continue: bool,
@@ -140,6 +164,18 @@ pub struct HttpConnectionManager {
     pub suppress_envoy_headers: bool,
     /// The inline `route_config`.
     pub route_config: RouteConfiguration,
+}
+
+impl HttpConnectionManager {
+    /// The path settings, together.
+    #[inline]
+    pub fn path_options(&self) -> crate::http1::path::PathOptions {
+        crate::http1::path::PathOptions {
+            normalize: self.normalize_path,
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: self.path_with_escaped_slashes_action,
+        }
+    }
 }
 
 fn default_server_name() -> String {

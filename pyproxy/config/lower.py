@@ -110,6 +110,14 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
             common.headers_with_underscores_action if common is not None else "ALLOW"
         ),
         "proxy_100_continue": hcm.proxy_100_continue,
+        "normalize_path": hcm.normalize_path,
+        "merge_slashes": hcm.merge_slashes,
+        # Envoy's implementation-specific default is to keep them.
+        "path_with_escaped_slashes_action": (
+            "KEEP_UNCHANGED"
+            if hcm.path_with_escaped_slashes_action == "IMPLEMENTATION_SPECIFIC_DEFAULT"
+            else hcm.path_with_escaped_slashes_action
+        ),
         "suppress_envoy_headers": hcm.http_filters[0].typed_config.suppress_envoy_headers,
         "route_config": _route_config(hcm.route_config),
     }

@@ -329,6 +329,15 @@ class HttpConnectionManager(_Message, kw_only=True):
     request_headers_timeout: Duration | None = None
     common_http_protocol_options: HcmProtocolOptions | None = None
     proxy_100_continue: bool = False
+    normalize_path: bool = False
+    merge_slashes: bool = False
+    path_with_escaped_slashes_action: Literal[
+        "IMPLEMENTATION_SPECIFIC_DEFAULT",
+        "KEEP_UNCHANGED",
+        "REJECT_REQUEST",
+        "UNESCAPE_AND_REDIRECT",
+        "UNESCAPE_AND_FORWARD",
+    ] = "IMPLEMENTATION_SPECIFIC_DEFAULT"
 
 
 class NetworkFilter(_Message, kw_only=True):

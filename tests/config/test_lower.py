@@ -72,6 +72,9 @@ def test_default_snapshot() -> None:
         "max_headers_count": 100,
         "headers_with_underscores_action": "ALLOW",
         "proxy_100_continue": False,
+        "normalize_path": False,
+        "merge_slashes": False,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         "suppress_envoy_headers": False,
     }
     assert snap_route(s)["match"] == {
@@ -241,6 +244,15 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
                                             "headers_with_underscores_action")},
      {"max_requests_per_connection": 3, "max_headers_count": 7,
       "headers_with_underscores_action": "DROP_HEADER"}),
+    ("hcm_paths", lambda c: hcm(c).update(normalize_path=True, merge_slashes=True,
+                                          path_with_escaped_slashes_action="UNESCAPE_AND_REDIRECT"),
+     lambda s: {k: snap_hcm(s)[k] for k in ("normalize_path", "merge_slashes",
+                                            "path_with_escaped_slashes_action")},
+     {"normalize_path": True, "merge_slashes": True,
+      "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT"}),
+    ("hcm_paths_envoy_default", lambda c: hcm(c).update(
+        path_with_escaped_slashes_action="IMPLEMENTATION_SPECIFIC_DEFAULT"),
+     lambda s: snap_hcm(s)["path_with_escaped_slashes_action"], "KEEP_UNCHANGED"),
     ("hcm_protocol_options_defaults", lambda c: None,
      lambda s: ({k: snap_hcm(s)[k] for k in ("max_requests_per_connection", "max_headers_count",
                                              "headers_with_underscores_action")},
@@ -319,6 +331,7 @@ ENUMS = {  # externally tagged enums: variant (snake_case) -> payload struct or 
 UNIT_ENUMS = {  # enums of unit variants, each a string (SCREAMING_SNAKE_CASE in config.rs)
     "DrainType": {"DEFAULT", "MODIFY_ONLY"},
     "UnderscoresAction": {"ALLOW", "REJECT_REQUEST", "DROP_HEADER"},
+    "EscapedSlashes": {"KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD"},
 }
 
 

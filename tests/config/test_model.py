@@ -192,6 +192,12 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("hcm_max_requests_negative", lambda c: hcm(c).update(
         common_http_protocol_options={"max_requests_per_connection": -1}),
      f"{HCM}.common_http_protocol_options.max_requests_per_connection", "-1 is out of range"),
+    ("hcm_escaped_slashes", lambda c: hcm(c).update(path_with_escaped_slashes_action="UNESCAPE"),
+     f"{HCM}.path_with_escaped_slashes_action",
+     "'UNESCAPE' is not one of IMPLEMENTATION_SPECIFIC_DEFAULT, KEEP_UNCHANGED, REJECT_REQUEST, "
+     "UNESCAPE_AND_REDIRECT, UNESCAPE_AND_FORWARD"),
+    ("hcm_normalize_path_string", lambda c: hcm(c).update(normalize_path="yes"),
+     f"{HCM}.normalize_path", "expected a boolean"),
     ("hcm_max_connection_duration", lambda c: hcm(c).update(
         common_http_protocol_options={"max_connection_duration": "1s"}),
      f"{HCM}.common_http_protocol_options.max_connection_duration",

@@ -127,15 +127,20 @@ def test_an_edge_listener_takes_http_targets(make_proxy: Any, upstream: Any) -> 
         assert c.request(b"GET http://x/y HTTP/1.1\r\nHost: example.com\r\n\r\n").status == 200
 
 
-def test_a_query_right_after_the_authority_is_the_path(proxy: Any, upstream: Any) -> None:
-    # Envoy routes `http://x?y` by the path `?y`, which no `/` prefix matches.
+def test_a_query_right_after_the_authority_is_the_path(make_proxy: Any, upstream: Any) -> None:
+    # Envoy takes `?y` as the path of `http://x?y`; a path that does not start with `/` is not
+    # routed, whatever the routes (here one that matches anything): 404.
+    routes = [{"match": {"safe_regex": {"regex": ".*"}}, "route": {"cluster": "up"}}]
+    proxy = make_proxy(bootstrap(routes, [cluster("up", upstream.port)]))
     with RawConn(proxy.listener_port()) as c:
         assert c.request(b"GET http://x?y HTTP/1.1\r\nHost: example.com\r\n\r\n").status == 404
     assert upstream.requests == []
+    wait_stat(proxy, "http.ingress_http.downstream_rq_non_relative_path", 1)
 
 
-def test_options_star_is_routed_by_its_path(proxy: Any, upstream: Any) -> None:
-    # `*` matches no `/` prefix: 404, and the connection stays.
+def test_options_star_is_not_routed(proxy: Any, upstream: Any) -> None:
+    # `*` is not a path: 404 (downstream_rq_non_relative_path, test_paths.py), and the
+    # connection stays.
     with RawConn(proxy.listener_port()) as c:
         assert c.request(b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n").status == 404
         assert c.request(get("/")).status == 200

@@ -605,11 +605,17 @@ impl RequestHead {
 
     /// The request target: path and query as sent, or the path and query of an absolute URI
     /// once [`RequestHead::normalize_absolute_form`] has run.
+    #[inline(always)]
     pub fn target(&self) -> &[u8] {
         match &self.target_override {
             Some(t) => t,
             None => &self.headers.raw[self.target.0 as usize..self.target.1 as usize],
         }
+    }
+
+    /// Replaces the target (the connection manager's path rules, `path.rs`).
+    pub fn set_target(&mut self, target: Vec<u8>) {
+        self.target_override = Some(target.into_boxed_slice());
     }
 
     /// Turns an absolute-form target (`http://host/path?q`) into origin form, making the URI's
@@ -632,7 +638,7 @@ impl RequestHead {
             return false;
         }
         // No path is `/`; a query right after the authority stays the path as it is, as in
-        // Envoy (`http://x?y` routes by `?y`).
+        // Envoy (`http://x?y` has the path `?y`, which is not relative: a 404, not routed).
         let path: Box<[u8]> = if path.is_empty() {
             (*b"/").into()
         } else {

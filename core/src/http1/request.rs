@@ -12,6 +12,9 @@ pub enum Refusal {
     BadRequest,
     /// Refused by Envoy's connection manager after the codec took it: `400` with no body.
     Rejected,
+    /// A target with a fragment (`#`): refused by the connection manager's path rules, as
+    /// `Rejected`, and counted as `downstream_rq_failed_path_normalization`.
+    Fragment,
     /// A well-formed `CONNECT host:port`. Envoy routes CONNECT only through `connect_matcher`
     /// routes, which the config does not support, so no route matches: `404` and close.
     ConnectNotRouted,
@@ -141,7 +144,9 @@ pub fn check_target(h: &RequestHead, line: Line) -> Result<Result<(), Refusal>, 
         _ if !absolute_form(target) => return Err(Refusal::BadRequest),
         _ => {}
     }
-    Ok(if line.fragment || method == b"QUERY" {
+    Ok(if line.fragment {
+        Err(Refusal::Fragment)
+    } else if method == b"QUERY" {
         Err(Refusal::Rejected)
     } else {
         Ok(())
@@ -373,10 +378,11 @@ mod tests {
         for t in ["/a#", "/#", "/a?b#c", "http://x/a#b"] {
             assert_eq!(
                 check(&format!("GET {t} HTTP/1.1"), "a"),
-                Err(Refusal::Rejected),
+                Err(Refusal::Fragment),
                 "{t}"
             );
         }
+        assert_eq!(check("QUERY /a HTTP/1.1", "a"), Err(Refusal::Rejected));
         assert_eq!(check("OPTIONS * HTTP/1.1", "a"), ok);
         assert_eq!(check("OPTIONS *x HTTP/1.1", "a"), ok);
         assert_eq!(check("POST * HTTP/1.1", "a"), Err(Refusal::BadRequest));

@@ -36,6 +36,7 @@ use crate::http1::codec::{
 use crate::http1::head::{
     known, parse_request_counted, write_header, HeadError, HeaderMap, RequestHead,
 };
+use crate::http1::path::{self, PathOptions};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
 use crate::router::{Action, Cx, ReqView, RouteRequest};
 use crate::stats::{Buffered, DestroySplit, Flow, GaugeHold, HttpStats};
@@ -632,6 +633,39 @@ fn underscores(ctx: &Ctx, l: &ListenerRt, h: &mut HeaderMap) -> bool {
     false
 }
 
+/// The connection manager's path rules (`normalize_path`, `merge_slashes`,
+/// `path_with_escaped_slashes_action`): the request goes on with its path as they leave it
+/// (`None`), or is answered here: a 400 that closes the connection for a path they refuse, a
+/// 307 to the rewritten path for an escaped slash under `UNESCAPE_AND_REDIRECT`.
+#[cold]
+#[inline(never)]
+async fn rewrite_path(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    head: &mut RequestHead,
+    paths: &PathOptions,
+    keep: bool,
+) -> Option<(u16, Next)> {
+    match path::apply(head.target(), paths) {
+        path::Outcome::Same => None,
+        path::Outcome::Changed(p) => {
+            head.set_target(p);
+            None
+        }
+        path::Outcome::Reject => {
+            l.http.downstream_rq_failed_path_normalization.inc();
+            Some(reply(ctx, l, d, 400, b"", false, None).await)
+        }
+        path::Outcome::Redirect(p) => {
+            l.http.downstream_rq_redirected_with_normalized_path.inc();
+            let mut h = HeaderMap::default();
+            h.append(b"location", &p);
+            Some(reply(ctx, l, d, 307, b"", keep, Some(&h)).await)
+        }
+    }
+}
+
 /// Answers a request whose head never completed (parse error, timeout) and closes.
 async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body: &[u8]) -> Next {
     // As Envoy's connection manager counts a stream its codec ended: answered before the
@@ -662,8 +696,8 @@ async fn codec_refusal(
     body: &[u8],
 ) -> (u16, Next) {
     l.http.downstream_cx_protocol_error.inc();
-    // The codec's error resets the stream (Envoy).
-    l.http.downstream_rq_rx_reset.inc();
+    // The codec's error resets the stream (Envoy): `reply` counts it, as for any answer
+    // before the request was read.
     d.body_unread = true;
     d.head_request = false;
     reply(ctx, l, d, status, body, false, None).await
@@ -874,8 +908,10 @@ pub(super) async fn reply(
     extra: Option<&HeaderMap>,
 ) -> (u16, Next) {
     if d.body_unread {
-        // As Envoy, which counts every response head encoded before the request is complete.
+        // As Envoy, which counts every response head encoded before the request is complete,
+        // and the request as reset when the connection then closes under it.
         l.http.downstream_rq_response_before_rq_complete.inc();
+        l.http.downstream_rq_rx_reset.inc();
     }
     // Asked first: a drain is counted whatever else closes the connection.
     let drain = drain_close(ctx, l);
@@ -980,10 +1016,13 @@ async fn handle(
         }
     }
     if let Err(refusal) = later {
-        let status = if refusal == Refusal::ConnectNotRouted {
-            404
-        } else {
-            400
+        let status = match refusal {
+            Refusal::ConnectNotRouted => 404,
+            Refusal::Fragment => {
+                l.http.downstream_rq_failed_path_normalization.inc();
+                400
+            }
+            _ => 400,
         };
         return reply(ctx, l, d, status, b"", false, None).await;
     }
@@ -995,6 +1034,18 @@ async fn handle(
     if !head.headers.contains(b"host") || conn.names_host() {
         return reply(ctx, l, d, 400, b"", false, None).await;
     }
+    let keep_after_local = keep && !body_pending;
+    // Only a path is routed (`OPTIONS *` is not): 404, as Envoy's connection manager.
+    if head.target().first() != Some(&b'/') {
+        l.http.downstream_rq_non_relative_path.inc();
+        return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
+    }
+    let paths = l.c.cfg.hcm.path_options();
+    if paths.active() {
+        if let Some(answer) = rewrite_path(ctx, l, d, &mut head, &paths, keep_after_local).await {
+            return answer;
+        }
+    }
     // Read before the edits below add an `x-forwarded-proto` (they never change one a
     // non-edge listener keeps), so that a request without one skips the look.
     let no_scheme = empty_forwarded_proto(&l.c.cfg.hcm, &head.headers);
@@ -1002,7 +1053,6 @@ async fn handle(
     // they leave them (hop-by-hop headers gone, `x-forwarded-proto` and `x-request-id` set),
     // as in Envoy.
     mutate_request(l, d.peer, &mut head.headers, conn, upgrade);
-    let keep_after_local = keep && !body_pending;
     let table = &l.c.routes;
     // Routing by `*` alone never looks at the host: no lower-casing.
     let host = if table.uses_host() {
