@@ -49,7 +49,7 @@ bench:  ## criterion micro-benchmarks of core
 	cargo bench -p pyproxy-core
 
 # cargo-fuzz wants a nightly compiler's -Z flags; RUSTC_BOOTSTRAP=1 lets the stable one take them.
-FUZZ_TARGETS := request_head response_head body snapshot
+FUZZ_TARGETS := request_head response_head body snapshot path
 FUZZ_SECONDS ?= 60
 fuzz:  ## run each libFuzzer target of core for FUZZ_SECONDS (or one: FUZZ_TARGET=body); docs/fuzzing.md
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

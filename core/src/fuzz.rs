@@ -156,6 +156,92 @@ pub fn request_head(data: &[u8]) {
     edit_and_check(&mut h, &ops);
 }
 
+/// A request target and the connection manager's path rules: the first input byte picks the
+/// rules (bit 0 `normalize_path`, bit 1 `merge_slashes`, bits 2-3
+/// `path_with_escaped_slashes_action`), the rest is the target.
+pub fn path(data: &[u8]) {
+    use crate::http1::path::{apply, canonicalize, EscapedSlashes, Outcome, PathOptions};
+    let Some((&b, target)) = data.split_first() else {
+        return;
+    };
+    let opts = PathOptions {
+        normalize: b & 1 != 0,
+        merge_slashes: b & 2 != 0,
+        escaped_slashes: [
+            EscapedSlashes::KeepUnchanged,
+            EscapedSlashes::RejectRequest,
+            EscapedSlashes::UnescapeAndRedirect,
+            EscapedSlashes::UnescapeAndForward,
+        ][usize::from(b >> 2 & 3)],
+    };
+    let q = target
+        .iter()
+        .position(|&c| c == b'?')
+        .unwrap_or(target.len());
+    let (path, query) = target.split_at(q);
+    let escaped_slash = path
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2] | 0x20), (b'2', b'f') | (b'5', b'c')));
+    let out = match apply(target, &opts) {
+        Outcome::Same => target.to_vec(),
+        Outcome::Changed(t) => {
+            assert_ne!(&t[..], target, "a change that changes nothing");
+            t
+        }
+        Outcome::Redirect(t) => {
+            assert!(opts.escaped_slashes == EscapedSlashes::UnescapeAndRedirect && escaped_slash);
+            t
+        }
+        Outcome::Reject => {
+            assert!(
+                (opts.escaped_slashes == EscapedSlashes::RejectRequest && escaped_slash)
+                    || (opts.normalize && canonicalize(path).is_none())
+            );
+            return;
+        }
+    };
+    // Only the path changes.
+    assert!(out.ends_with(query), "the query is kept");
+    let new_path = &out[..out.len() - query.len()];
+    if opts.escaped_slashes == EscapedSlashes::RejectRequest {
+        assert!(!escaped_slash);
+    }
+    if opts.normalize {
+        // A canonical path: rooted, visible ASCII, no byte a path may not hold raw, no `.` or
+        // `..` segment; canonical again it stays as it is (before merging).
+        assert_eq!(new_path.first(), Some(&b'/'));
+        assert!(new_path
+            .iter()
+            .all(|&c| (0x21..0x7f).contains(&c) && !b"\"<>^`{|}?#".contains(&c)));
+        for seg in new_path.split(|&c| c == b'/') {
+            let s = String::from_utf8_lossy(seg)
+                .to_ascii_lowercase()
+                .replace("%2e", ".");
+            assert!(
+                s != "." && s != "..",
+                "dot segment in {:?}",
+                String::from_utf8_lossy(new_path)
+            );
+        }
+        if !opts.merge_slashes {
+            assert_eq!(
+                canonicalize(new_path).as_deref(),
+                Some(new_path),
+                "not idempotent"
+            );
+        }
+    }
+    if opts.merge_slashes {
+        assert!(new_path == b"//" || !new_path.windows(2).any(|w| w == b"//"));
+    }
+    if !opts.normalize
+        && !opts.merge_slashes
+        && opts.escaped_slashes == EscapedSlashes::KeepUnchanged
+    {
+        assert_eq!(&out[..], target);
+    }
+}
+
 /// A response head as bytes on the wire; the first input byte picks the size limit and whether
 /// it answers a HEAD request.
 pub fn response_head(data: &[u8]) {
@@ -970,6 +1056,11 @@ mod tests {
             compiled > rounds / 4,
             "{compiled} of {rounds} mutations parsed"
         );
+    }
+
+    #[test]
+    fn paths_hold_their_properties() {
+        run("path", super::path, 3000);
     }
 
     #[test]

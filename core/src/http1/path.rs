@@ -76,7 +76,8 @@ pub fn apply(target: &[u8], opts: &PathOptions) -> Outcome {
     }
     if opts.merge_slashes {
         let cur = owned.as_deref().unwrap_or(path);
-        if let Some(p) = merge_slashes(cur) {
+        // `//` alone merges into itself.
+        if let Some(p) = merge_slashes(cur).filter(|p| p != cur) {
             owned = Some(p);
         }
     }
