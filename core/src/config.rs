@@ -363,6 +363,10 @@ pub struct ForwardAction {
     /// Envoy route `timeout` in ms (default 15000; 0 disables).
     #[serde(default = "default_route_timeout_ms")]
     pub timeout_ms: u64,
+    /// Envoy route `idle_timeout` in ms: the stream idle timeout once this route is chosen
+    /// (none: the connection manager's `stream_idle_timeout`; 0 disables).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 fn default_route_timeout_ms() -> u64 {

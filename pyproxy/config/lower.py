@@ -274,6 +274,8 @@ def _forward(action: m.RouteAction) -> Json:
         out["host_rewrite_literal"] = action.host_rewrite_literal
     out["auto_host_rewrite"] = bool(action.auto_host_rewrite)
     out["timeout_ms"] = _ms(action.timeout, DEFAULT_ROUTE_TIMEOUT_MS)
+    if action.idle_timeout is not None:
+        out["idle_timeout_ms"] = action.idle_timeout.ms
     return out
 
 

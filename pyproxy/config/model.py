@@ -209,6 +209,7 @@ class RouteAction(_Message, kw_only=True):
     host_rewrite_literal: str | None = None
     auto_host_rewrite: bool | None = None
     timeout: Duration | None = None
+    idle_timeout: Duration | None = None
 
 
 class RedirectAction(_Message, kw_only=True):

@@ -244,6 +244,11 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
                                             "headers_with_underscores_action")},
      {"max_requests_per_connection": 3, "max_headers_count": 7,
       "headers_with_underscores_action": "DROP_HEADER"}),
+    ("route_idle_timeout", lambda c: route(c)["route"].update(idle_timeout="1.5s"),
+     lambda s: (snap_route(s)["action"]["route"]["idle_timeout_ms"],
+                "idle_timeout_ms" in lowered()["listeners"][0]["hcm"]["route_config"]
+                ["virtual_hosts"][0]["routes"][0]["action"]["route"]),
+     (1500, False)),
     ("hcm_paths", lambda c: hcm(c).update(normalize_path=True, merge_slashes=True,
                                           path_with_escaped_slashes_action="UNESCAPE_AND_REDIRECT"),
      lambda s: {k: snap_hcm(s)[k] for k in ("normalize_path", "merge_slashes",

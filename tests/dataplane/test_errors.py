@@ -276,6 +276,25 @@ def test_stream_idle_timeout_waiting_for_upstream_is_504(make_proxy: Any, upstre
     wait_stat(proxy, "http.ingress_http.downstream_rq_idle_timeout", 1)
 
 
+def test_a_routes_idle_timeout_replaces_the_stream_idle_timeout(make_proxy: Any, upstream: Any) -> None:
+    # Route `idle_timeout`: shorter than the connection manager's, it ends the wait for the
+    # upstream; 0s turns the stream idle timeout off for that route.
+    routes = [route("/short/", "up", timeout="0s", idle_timeout="0.4s", prefix_rewrite="/"),
+              route("/off/", "up", timeout="0s", idle_timeout="0s", prefix_rewrite="/"),
+              route("/", "up", timeout="0s")]
+    proxy = make_proxy(bootstrap(routes, [cluster("up", upstream.port)], hcm={"stream_idle_timeout": "0.8s"}))
+    with RawConn(proxy.listener_port()) as c:
+        start = time.monotonic()
+        r = c.request(get("/short/hang"))
+        assert 0.35 <= time.monotonic() - start < 0.75
+        assert (r.status, r.body) == (504, b"stream timeout")
+        assert c.request(get("/off/delay/1200/x")).status == 200
+        start = time.monotonic()
+        assert c.request(get("/hang")).status == 504
+        assert time.monotonic() - start >= 0.75
+    wait_stat(proxy, "http.ingress_http.downstream_rq_idle_timeout", 2)
+
+
 # --- timeouts once the response has started -------------------------------------------------------
 
 

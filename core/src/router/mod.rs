@@ -371,6 +371,8 @@ pub struct Forward {
     pub timeout_ms: u64,
     /// `x-envoy-expected-rq-timeout-ms` value, pre-rendered.
     pub timeout_header: Vec<u8>,
+    /// The route's `idle_timeout` in ms, replacing the stream idle timeout (0 disables).
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl Forward {
@@ -713,6 +715,7 @@ fn compile_route(
                 auto_host_rewrite: f.auto_host_rewrite,
                 timeout_ms: f.timeout_ms,
                 timeout_header: f.timeout_ms.to_string().into_bytes(),
+                idle_timeout_ms: f.idle_timeout_ms,
             })
         }
         RouteAction::Redirect(rd) => {

@@ -244,6 +244,9 @@ pub(super) async fn forward(
         is_head,
         keep,
         timeout_ms: fwd.timeout_ms,
+        idle_ms: fwd
+            .idle_timeout_ms
+            .unwrap_or(l.c.cfg.hcm.stream_idle_timeout_ms),
         chain,
         rq_start,
         up_chunk,
@@ -655,6 +658,8 @@ struct Exchange<'a> {
     is_head: bool,
     keep: bool,
     timeout_ms: u64,
+    /// The stream idle timeout in ms (the route's, else the connection manager's; 0: none).
+    idle_ms: u64,
     chain: &'a [&'a Mutations; 4],
     rq_start: Instant,
     up_chunk: usize,
@@ -685,7 +690,7 @@ struct SavedRequest {
 impl Exchange<'_> {
     async fn run(&self, d: &mut Down, up: &mut UpConn, head_out: Vec<u8>) -> Outcome {
         let (ctx, l) = (self.ctx, self.l);
-        let idle_ms = l.c.cfg.hcm.stream_idle_timeout_ms;
+        let idle_ms = self.idle_ms;
         // Bodies move in pieces no larger than either side's per_connection_buffer_limit_bytes.
         let down_chunk = BODY_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
         let up_chunk = self.up_chunk;
