@@ -90,6 +90,10 @@ pub enum EscapedSlashes {
     UnescapeAndForward,
 }
 
+fn default_drain_timeout_ms() -> u64 {
+    5_000
+}
+
 fn default_max_headers_count() -> u32 {
     crate::http1::head::MAX_HEADERS as u32
 }
@@ -140,6 +144,15 @@ pub struct HttpConnectionManager {
     /// response to the request that reaches it closes the connection.
     #[serde(default)]
     pub max_requests_per_connection: u32,
+    /// Envoy `common_http_protocol_options.max_connection_duration` in ms (0: none): once a
+    /// connection is this old, its next response closes it, and an idle one closes after
+    /// `drain_timeout_ms`.
+    #[serde(default)]
+    pub max_connection_duration_ms: u64,
+    /// Envoy `drain_timeout` in ms (default 5000): how long a connection whose
+    /// `max_connection_duration` is over stays open, idle, for a last request.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Envoy `common_http_protocol_options.max_headers_count` (default 100): a request with
     /// more headers gets a 431.
     #[serde(default = "default_max_headers_count")]

@@ -26,6 +26,7 @@ DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 DEFAULT_STREAM_IDLE_TIMEOUT_MS = 300_000
 DEFAULT_IDLE_TIMEOUT_MS = 3_600_000
 DEFAULT_MAX_HEADERS_COUNT = 100
+DEFAULT_DRAIN_TIMEOUT_MS = 5_000
 DEFAULT_ROUTE_TIMEOUT_MS = 15_000
 DEFAULT_CONNECT_TIMEOUT_MS = 5_000
 DEFAULT_CHOICE_COUNT = 2
@@ -100,6 +101,10 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
         "idle_timeout_ms": _ms(
             common.idle_timeout if common is not None else None, DEFAULT_IDLE_TIMEOUT_MS
         ),
+        "max_connection_duration_ms": _ms(
+            common.max_connection_duration if common is not None else None, 0
+        ),
+        "drain_timeout_ms": _ms(hcm.drain_timeout, DEFAULT_DRAIN_TIMEOUT_MS),
         "max_requests_per_connection": _or(
             common.max_requests_per_connection if common is not None else None, 0
         ),

@@ -296,6 +296,7 @@ class HcmProtocolOptions(_Message, kw_only=True):
     """The HCM's `common_http_protocol_options` (`envoy.config.core.v3.HttpProtocolOptions`)."""
 
     idle_timeout: Duration | None = None
+    max_connection_duration: Duration | None = None
     max_requests_per_connection: UInt32 | None = None
     max_headers_count: UInt32 | None = None
     headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
@@ -329,6 +330,7 @@ class HttpConnectionManager(_Message, kw_only=True):
     request_timeout: Duration | None = None
     request_headers_timeout: Duration | None = None
     common_http_protocol_options: HcmProtocolOptions | None = None
+    drain_timeout: Duration | None = None
     proxy_100_continue: bool = False
     normalize_path: bool = False
     merge_slashes: bool = False

@@ -68,6 +68,8 @@ def test_default_snapshot() -> None:
         "request_headers_timeout_ms": 0,
         "request_timeout_ms": 0,
         "idle_timeout_ms": 3_600_000,
+        "max_connection_duration_ms": 0,
+        "drain_timeout_ms": 5000,
         "max_requests_per_connection": 0,
         "max_headers_count": 100,
         "headers_with_underscores_action": "ALLOW",
@@ -249,6 +251,10 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
                 "idle_timeout_ms" in lowered()["listeners"][0]["hcm"]["route_config"]
                 ["virtual_hosts"][0]["routes"][0]["action"]["route"]),
      (1500, False)),
+    ("hcm_connection_duration", lambda c: hcm(c).update(
+        drain_timeout="0.25s", common_http_protocol_options={"max_connection_duration": "90s"}),
+     lambda s: (snap_hcm(s)["max_connection_duration_ms"], snap_hcm(s)["drain_timeout_ms"]),
+     (90_000, 250)),
     ("hcm_paths", lambda c: hcm(c).update(normalize_path=True, merge_slashes=True,
                                           path_with_escaped_slashes_action="UNESCAPE_AND_REDIRECT"),
      lambda s: {k: snap_hcm(s)[k] for k in ("normalize_path", "merge_slashes",

@@ -107,8 +107,10 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
         explicit_http_config={"http_protocol_options": {}}))),
     ("total_weight_equal", lambda c: route(c).update(route={"weighted_clusters": {
         "total_weight": 5, "clusters": [{"name": "demo", "weight": 5}]}})),
+    ("hcm_drain_timeout", lambda c: hcm(c).update(drain_timeout="0s")),
     ("hcm_protocol_options", lambda c: hcm(c).update(common_http_protocol_options={
-        "idle_timeout": "1s", "max_requests_per_connection": 0, "max_headers_count": 1,
+        "idle_timeout": "1s", "max_connection_duration": "60s",
+        "max_requests_per_connection": 0, "max_headers_count": 1,
         "headers_with_underscores_action": "REJECT_REQUEST"})),
     ("hpo_max_headers_count", lambda c: cluster(c).update(typed_extension_protocol_options=hpo(
         common_http_protocol_options={"max_headers_count": 4294967295},
@@ -199,9 +201,10 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("hcm_normalize_path_string", lambda c: hcm(c).update(normalize_path="yes"),
      f"{HCM}.normalize_path", "expected a boolean"),
     ("hcm_max_connection_duration", lambda c: hcm(c).update(
-        common_http_protocol_options={"max_connection_duration": "1s"}),
-     f"{HCM}.common_http_protocol_options.max_connection_duration",
-     "unknown field 'max_connection_duration'"),
+        common_http_protocol_options={"max_connection_duration": "1"}),
+     f"{HCM}.common_http_protocol_options.max_connection_duration", "'1' is not a duration"),
+    ("hcm_drain_timeout_negative", lambda c: hcm(c).update(drain_timeout="-1s"),
+     f"{HCM}.drain_timeout", "must not be negative"),
     ("listener_hostname", lambda c: listener(c)["address"]["socket_address"].update(
         address="localhost"), f"{LISTENER}.address.socket_address.address", "not an IP address"),
     ("duplicate_listener", lambda c: c["static_resources"]["listeners"].append(

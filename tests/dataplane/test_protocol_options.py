@@ -1,11 +1,13 @@
 """The connection manager's and the cluster's `common_http_protocol_options` beyond the idle
 timeouts (test_idle_timeouts.py): `headers_with_underscores_action`,
-`max_requests_per_connection` and `max_headers_count`. Each test passes against the envoy
-binary too (PYPROXY_DATAPLANE_TARGET=envoy); docs/envoy-behaviour.md §17 has what was probed.
+`max_requests_per_connection`, `max_headers_count` and `max_connection_duration` (with the
+connection manager's `drain_timeout`). Each test passes against the envoy binary too
+(PYPROXY_DATAPLANE_TARGET=envoy); docs/envoy-behaviour.md §17 has what was probed.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -148,3 +150,44 @@ def test_cluster_max_headers_count_bounds_a_response(make_proxy: Any, make_canne
         assert r.status == 502
         assert r.body.endswith(b"reset reason: protocol error")
     settled(p, {"cluster.up.upstream_cx_protocol_error": 1})
+
+
+def duration_proxy(make_proxy: Any, upstream: Any, max_s: float, drain_s: float) -> Any:
+    hcm = {"common_http_protocol_options": {"max_connection_duration": f"{max_s}s"},
+           "drain_timeout": f"{drain_s}s"}
+    return make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm=hcm))
+
+
+def test_max_connection_duration_closes_an_idle_connection_after_the_drain_timeout(
+        make_proxy: Any, upstream: Any) -> None:
+    p = duration_proxy(make_proxy, upstream, 0.5, 0.3)
+    with RawConn(p.listener_port()) as c:
+        start = time.monotonic()
+        assert c.request(get("/")).header("connection") is None
+        assert c.closed_within(5)
+        # Envoy closes later still: its delayed close adds a second.
+        assert time.monotonic() - start >= 0.75
+    settled(p, {"http.ingress_http.downstream_cx_max_duration_reached": 1,
+                "http.ingress_http.downstream_cx_idle_timeout": 0,
+                "http.ingress_http.downstream_cx_drain_close": 0})
+
+
+def test_a_response_after_the_max_connection_duration_closes(make_proxy: Any, upstream: Any) -> None:
+    p = duration_proxy(make_proxy, upstream, 0.3, 5)
+    with RawConn(p.listener_port()) as c:
+        # In flight across the deadline.
+        r = c.request(get("/delay/700/x"))
+        assert (r.status, r.header("connection")) == (200, "close")
+        # pyproxy closes at once; Envoy once the drain timeout after the deadline is over.
+        assert c.closed_within(8)
+    with RawConn(p.listener_port()) as c:
+        assert c.request(get("/")).header("connection") is None
+        # Idle past the deadline, within the drain timeout: the next request is answered, and
+        # its response closes the connection.
+        settled(p, {"http.ingress_http.downstream_cx_max_duration_reached": 2})
+        r = c.request(get("/"))
+        assert (r.status, r.header("connection")) == (200, "close")
+        assert c.closed_within(8)
+    assert len(upstream.requests) == 3
+    settled(p, {"http.ingress_http.downstream_cx_max_duration_reached": 2,
+                "http.ingress_http.downstream_cx_drain_close": 0})

@@ -20,6 +20,7 @@ crate::stat_scope! {
             downstream_cx_destroy_remote_active_rq,
             downstream_cx_idle_timeout, downstream_cx_delayed_close_timeout,
             downstream_cx_drain_close, downstream_cx_max_requests_reached,
+            downstream_cx_max_duration_reached,
             downstream_cx_http1_total,
             downstream_rq_total, downstream_rq_http1_total,
             downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,

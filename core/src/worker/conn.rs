@@ -5,6 +5,7 @@
 //! allocates only when bytes arrive. The per-request state lives in a boxed future (in a heap
 //! slot the worker recycles, `FutureSlots`) so the long-lived connection future stays small.
 
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -82,6 +83,10 @@ pub(super) struct Down {
     /// Requests begun on it, counted while the connection manager has a
     /// `max_requests_per_connection`.
     requests: u32,
+    /// When the connection was accepted.
+    pub(super) opened: Instant,
+    /// Whether its `max_connection_duration` is over (and counted).
+    pub(super) max_reached: Cell<bool>,
     /// When the current request's head was parsed.
     pub(super) started: Instant,
     /// When the last proxied response was written in full, if the exchange recorded it: the
@@ -94,6 +99,14 @@ pub(super) struct Down {
 }
 
 impl Down {
+    /// Whether the connection manager's `max_connection_duration` is over for this connection
+    /// (a response then closes it); counted once, as Envoy's
+    /// `downstream_cx_max_duration_reached`.
+    #[inline]
+    pub(super) fn past_max_duration(&self, l: &ListenerRt) -> bool {
+        past_max_duration(l, self.opened, &self.max_reached)
+    }
+
     /// Counts a request begun on this connection against the connection manager's
     /// `max_requests_per_connection`: true when it reaches the limit, so its response closes
     /// the connection, counted as `downstream_cx_max_requests_reached` (Envoy counts when the
@@ -128,7 +141,6 @@ impl Down {
 /// Counts a downstream connection open for as long as it lives.
 struct DownGuard {
     l: Rc<ListenerRt>,
-    start: Instant,
     /// Set from the connection's end (`Down::peer_closed`, `Down::ended_in_request`).
     remote: bool,
     active_rq: bool,
@@ -148,7 +160,6 @@ impl DownGuard {
         a.store(a.load(Relaxed) + 1, Relaxed);
         DownGuard {
             l,
-            start: clock::now(),
             remote: false,
             active_rq: false,
         }
@@ -160,7 +171,6 @@ impl Drop for DownGuard {
         let l = &self.l;
         l.stats.downstream_cx_active.dec();
         l.stats.downstream_cx_destroy.inc();
-        l.stats.downstream_cx_length_ms.record_ms(self.start);
         l.worker.downstream_cx_active.dec();
         l.http.downstream_cx_active.dec();
         l.http.downstream_cx_http1_active.dec();
@@ -174,7 +184,6 @@ impl Drop for DownGuard {
             remote_active_rq: &h.downstream_cx_destroy_remote_active_rq,
         }
         .count(self.remote, self.active_rq);
-        h.downstream_cx_length_ms.record_ms(self.start);
         let a = &self.l.shared.active_connections;
         a.store(a.load(Relaxed).saturating_sub(1), Relaxed);
     }
@@ -208,6 +217,8 @@ pub fn serve(
             ended_in_request: false,
             drain_key: NO_DRAIN_KEY,
             requests: 0,
+            opened: clock::now(),
+            max_reached: Cell::new(false),
             started: clock::now(),
             done_at: None,
             timer: ConnTimer::new(),
@@ -237,6 +248,9 @@ impl Drop for Conn {
     fn drop(&mut self) {
         self._guard.remote = self.d.peer_closed;
         self._guard.active_rq = self.d.ended_in_request;
+        let l = &self._guard.l;
+        l.stats.downstream_cx_length_ms.record_ms(self.d.opened);
+        l.http.downstream_cx_length_ms.record_ms(self.d.opened);
         self.d.held.release(self._guard.l.http.buffered());
         self.ctx.unwatch_drain(self.d.drain_key);
     }
@@ -341,10 +355,17 @@ fn refresh_changed(
 /// passes, the worker starts draining or its removed listener's drain time is over (false).
 fn idle<'a>(ctx: &'a Ctx, l: &'a ListenerRt, d: &'a mut Down) -> Idle<'a> {
     let idle_ms = l.c.cfg.hcm.idle_timeout_ms;
-    let deadline = (idle_ms > 0).then(|| {
-        let since = d.done_at.map_or_else(clock::tnow, TInstant::from_std);
-        since + Duration::from_millis(idle_ms)
-    });
+    let deadline = if l.c.cfg.hcm.max_connection_duration_ms == 0 {
+        (idle_ms > 0).then(|| {
+            let since = d.done_at.map_or_else(clock::tnow, TInstant::from_std);
+            since + Duration::from_millis(idle_ms)
+        })
+    } else {
+        // The idle timeout runs from the last response's end (or from now).
+        d.done_at.get_or_insert_with(clock::now);
+        d.past_max_duration(l);
+        idle_until(l, d)
+    };
     Idle {
         d,
         l,
@@ -376,12 +397,47 @@ impl Future for Idle<'_> {
         if this.ctx.draining() || this.l.removal.closed() {
             return Poll::Ready(false);
         }
-        if this.d.timer.poll_until(cx, *this.deadline).is_ready() {
+        while this.d.timer.poll_until(cx, *this.deadline).is_ready() {
+            let ms = this.l.c.cfg.hcm.max_connection_duration_ms;
+            if ms > 0 {
+                let max_at = this.d.opened + Duration::from_millis(ms);
+                if !this.d.max_reached.get() && clock::now() >= max_at {
+                    // The connection's time is up: it stays for the connection manager's
+                    // drain_timeout, a request then answered with `connection: close`.
+                    this.d.past_max_duration(this.l);
+                    *this.deadline = idle_until(this.l, this.d);
+                    continue;
+                }
+                let drained = max_at + Duration::from_millis(this.l.c.cfg.hcm.drain_timeout_ms);
+                if this.d.max_reached.get() && clock::now() >= drained {
+                    return Poll::Ready(false);
+                }
+            }
             this.l.http.downstream_cx_idle_timeout.inc();
             return Poll::Ready(false);
         }
         Poll::Pending
     }
+}
+
+/// When the idle wait ends: the idle timeout after the last response, or the end of the
+/// `max_connection_duration` (once it is over, of the `drain_timeout` after it), whichever
+/// comes first.
+fn idle_until(l: &ListenerRt, d: &Down) -> Option<TInstant> {
+    let hcm = &l.c.cfg.hcm;
+    let idle = (hcm.idle_timeout_ms > 0).then(|| {
+        TInstant::from_std(d.done_at.unwrap_or_else(clock::now))
+            + Duration::from_millis(hcm.idle_timeout_ms)
+    });
+    if hcm.max_connection_duration_ms == 0 {
+        return idle;
+    }
+    let mut max =
+        TInstant::from_std(d.opened) + Duration::from_millis(hcm.max_connection_duration_ms);
+    if d.max_reached.get() {
+        max += Duration::from_millis(hcm.drain_timeout_ms);
+    }
+    Some(idle.map_or(max, |i| i.min(max)))
 }
 
 /// How long a closing connection keeps reading what the client still sends (Envoy's
@@ -680,6 +736,7 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     // It closes anyway; a drain is still counted (envoy binary: a 400 for a bad header while
     // health checks fail counts downstream_cx_drain_close).
     drain_close(ctx, l);
+    d.past_max_duration(l);
     let out = local_reply(ctx, l, status, body, true, None, false);
     let _ = write_last(&d.stream, &out, &h.down_tx(&d.held)).await;
     Next::Close
@@ -915,7 +972,8 @@ pub(super) async fn reply(
     }
     // Asked first: a drain is counted whatever else closes the connection.
     let drain = drain_close(ctx, l);
-    let keep = keep && !drain;
+    let over = d.past_max_duration(l);
+    let keep = keep && !drain && !over;
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
     let (_, mut w) = d.stream.split();
     let tx = l.http.down_tx(&d.held);
@@ -925,6 +983,23 @@ pub(super) async fn reply(
         return (status, Next::Close);
     }
     (status, d.next(keep))
+}
+
+/// [`Down::past_max_duration`] on the connection's fields (an exchange holds the others).
+#[inline]
+pub(super) fn past_max_duration(l: &ListenerRt, opened: Instant, reached: &Cell<bool>) -> bool {
+    let ms = l.c.cfg.hcm.max_connection_duration_ms;
+    if ms == 0 {
+        return false;
+    }
+    if !reached.get() {
+        if clock::now() < opened + Duration::from_millis(ms) {
+            return false;
+        }
+        reached.set(true);
+        l.http.downstream_cx_max_duration_reached.inc();
+    }
+    true
 }
 
 /// Whether the response about to be written ends its connection for a drain
