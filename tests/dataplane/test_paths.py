@@ -148,3 +148,4 @@ def test_a_local_reply_before_the_body_resets_the_request(make_proxy: Any, upstr
             assert r.header("connection") == "close"
     settled(p, {"http.ingress_http.downstream_rq_response_before_rq_complete": 2,
                 "http.ingress_http.downstream_rq_rx_reset": 2})
+

@@ -724,3 +724,13 @@ def test_upgrade_request_routes_on_its_connection_and_upgrade_headers(make_proxy
     with RawConn(proxy.listener_port()) as c:
         assert c.request(get("/", extra="Upgrade: websocket\r\n")).status == 404  # not an upgrade
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("kind", ["websocket", "foo"])
+def test_an_upgrade_a_route_refuses_is_counted(make_proxy: Any, upstream: Any, kind: str) -> None:
+    # No upgrade_configs: 403 once a route matched, counted under Envoy's websocket name.
+    p = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(p.listener_port()) as c:
+        r = c.request(f"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {kind}\r\n\r\n".encode())
+        assert (r.status, r.header("connection")) == (403, "close")
+    wait_stat(p, "http.ingress_http.downstream_rq_ws_on_non_ws_route", 1)

@@ -41,16 +41,17 @@ CANNED = {
 }
 QUIET = ("http.ingress_http.downstream_cx_active", "cluster.up.upstream_rq_active",
          "http.ingress_http.downstream_rq_active")
-KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_0\.)")
+KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_0\.|http1\.)")
 # Stats of features pyproxy does not have (yet): not reported as missing.
 LACKS = re.compile(
-    r"(circuit_breakers|lb_(?!healthy_panic)|_http[23]_|http[23]\.|http1\.|ssl|tracing|retry|"
+    r"(circuit_breakers|lb_(?!healthy_panic)|_http[23]_|http[23]\.|up\.http1\.|metadata_not_supported|"
+    r"response_flood|ssl|tracing|retry|"
     r"assignment_|update_|version|warming|membership_(degraded|excluded)|original_dst|bind_errors|"
-    r"_0rtt|internal_redirect|max_duration|overload|flow_control|shadow|maintenance|"
-    r"upgrades|ws_on_non_ws|premature_resets|path_normalization|normalized_path|ip_detection|"
-    r"non_relative_path|too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
+    r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)|overload|"
+    r"flow_control|shadow|maintenance|upgrades|ws_on_non_ws|premature_resets|ip_detection|"
+    r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
     r"extension_config|preconnect|_overflow|queue_overloaded|per_try|idle_timeout|"
-    r"max_requests_reached|drain_close|soft_drain|passthrough|no_cluster|rs_too_large|"
+    r"soft_drain|passthrough|no_cluster|rs_too_large|"
     r"total_match_count|membership_change|max_host_weight|close_notify_missing|rx_reset_no_error|"
     r"connect_attempts_exceeded|max_host|http3_broken)"
 )
@@ -132,6 +133,22 @@ SCENARIOS: dict[str, Scenario] = {
     "gonewhileconnecting": ({"stalled": True}, lambda p, proxy: send(
         p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab", then_close=False,
         until=lambda: proxy.stats().get("cluster.up.upstream_rq_pending_total") == 1)),
+    # The connection manager's options (session 16): path rules, header rules, limits.
+    "paths": ({"hcm": {"normalize_path": True, "merge_slashes": True,
+                       "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT"}},
+              lambda p, _: [send(p, get(path)) for path in ("/x/../x//y", "/x%2Fy", "/x%00", "/x#f")]),
+    "escapedreject": ({"hcm": {"path_with_escaped_slashes_action": "REJECT_REQUEST"}},
+                      lambda p, _: send(p, get("/x%2fy"))),
+    "nonrelative": ({}, lambda p, _: send(p, b"OPTIONS * HTTP/1.1\r\nHost: a\r\nconnection: close\r\n\r\n")),
+    "underscorereject": ({"hcm": {"common_http_protocol_options": {
+        "headers_with_underscores_action": "REJECT_REQUEST"}}}, lambda p, _: send(p, get("/x", "a_b: 1\r\n"))),
+    "underscoredrop": ({"hcm": {"common_http_protocol_options": {
+        "headers_with_underscores_action": "DROP_HEADER"}}}, lambda p, _: send(p, get("/x", "a_b: 1\r\nc_d: 2\r\n"))),
+    "maxheaders": ({"hcm": {"common_http_protocol_options": {"max_headers_count": 2}}},
+                   lambda p, _: send(p, get("/x", "a: 1\r\nb: 2\r\n"))),
+    "hcmmaxreq": ({"hcm": {"common_http_protocol_options": {"max_requests_per_connection": 1}}},
+                  lambda p, _: send(p, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n")),
+    "postnoroute": ({}, lambda p, _: send(p, b"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")),
     # A refused request whose body is never read; the client neither sends more nor closes
     # until the proxy has closed (the delayed close's timeout, 1 s).
     "lingerstay": ({}, lambda p, proxy: send(
@@ -150,7 +167,7 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
     routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               route("/hang", "up", timeout="0.3s")]
     routes += [route(prefix, "up") for prefix in ("/x", "/status", "/reset", "/cc", "/cd", "/bad")]
-    return bootstrap(routes, [c])
+    return bootstrap(routes, [c], hcm=settings.get("hcm"))
 
 
 def measure(kind: str, name: str, work: Path) -> dict[str, int] | str:

@@ -28,7 +28,7 @@ crate::stat_scope! {
             downstream_rq_idle_timeout, downstream_rq_header_timeout,
             downstream_rq_response_before_rq_complete, downstream_rq_rx_reset,
             downstream_rq_non_relative_path, downstream_rq_failed_path_normalization,
-            downstream_rq_redirected_with_normalized_path,
+            downstream_rq_redirected_with_normalized_path, downstream_rq_ws_on_non_ws_route,
             no_route, rq_direct_response, rq_redirect, rq_total,
         }
         gauges {

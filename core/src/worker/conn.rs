@@ -1153,6 +1153,8 @@ async fn handle(
         return reply(ctx, l, d, 404, b"", keep_after_local && !upgrade, None).await;
     };
     if upgrade {
+        // No `upgrade_configs`: a route refuses every upgrade (Envoy's name says websocket).
+        l.http.downstream_rq_ws_on_non_ws_route.inc();
         return reply(ctx, l, d, 403, b"", false, None).await;
     }
     // A local reply's edits: their commands read the request. As in Envoy, the reply's code
