@@ -191,3 +191,24 @@ def test_a_response_after_the_max_connection_duration_closes(make_proxy: Any, up
     assert len(upstream.requests) == 3
     settled(p, {"http.ingress_http.downstream_cx_max_duration_reached": 2,
                 "http.ingress_http.downstream_cx_drain_close": 0})
+
+
+def test_a_dropped_header_is_not_counted(make_proxy: Any, upstream: Any) -> None:
+    # Envoy's codec drops (or refuses) a header with an `_` before it counts the headers.
+    p = options_proxy(make_proxy, upstream.port, max_headers_count=3, headers_with_underscores_action="DROP_HEADER")
+    with RawConn(p.listener_port()) as c:
+        assert c.request(get("/", extra="x-a: 1\r\nx_b: 1\r\nx_c: 1\r\n")).status == 200
+        assert c.request(get("/", extra="x-a: 1\r\nx-b: 1\r\nx_c: 1\r\nx-d: 1\r\n")).status == 431
+    p = options_proxy(make_proxy, upstream.port, max_headers_count=2, headers_with_underscores_action="REJECT_REQUEST")
+    with RawConn(p.listener_port()) as c:
+        assert c.request(get("/", extra="x_a: 1\r\nx-b: 1\r\nx-c: 1\r\n")).status == 400
+
+
+def test_a_client_that_leaves_after_the_max_connection_duration_counts_it(
+        make_proxy: Any, upstream: Any) -> None:
+    p = duration_proxy(make_proxy, upstream, 0.3, 5)
+    with RawConn(p.listener_port()) as c:
+        c.send(get("/hang"))
+        time.sleep(0.6)  # the deadline passes with the request still waiting on the upstream
+    settled(p, {"http.ingress_http.downstream_cx_max_duration_reached": 1,
+                "http.ingress_http.downstream_rq_rx_reset": 1})

@@ -745,3 +745,14 @@ def test_manager_stats_at_start(make_proxy: Any) -> None:
         "listener_manager.workers_started": 1,
     })
     assert {"cluster_manager.cluster_removed", "listener_manager.listener_create_failure"} <= set(st)
+
+
+def test_a_bad_chunk_before_the_response_counts_one_reset(make_proxy: Any, upstream: Any) -> None:
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"5x\r\nhello\r\n0\r\n\r\n")
+        assert r.status == 400
+    settled(proxy, {"http.ingress_http.downstream_rq_rx_reset": 1,
+                    "http.ingress_http.downstream_cx_protocol_error": 1,
+                    "http.ingress_http.downstream_rq_response_before_rq_complete": 1})

@@ -353,6 +353,18 @@ impl HeaderMap {
         self.get(name).is_some()
     }
 
+    /// How many headers (a joined one counts once).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Removes every value of `name`.
     #[inline(always)]
     pub fn remove(&mut self, name: &[u8]) {

@@ -5,7 +5,8 @@
 //!
 //! `normalize_path` is RFC 3986 dot-segment removal as Envoy does it (its path canonicaliser
 //! comes from Chromium's URL library), byte by byte:
-//! - `.` and `..` segments, also spelled `%2e`, resolve; `..` never climbs above the root;
+//! - `.` and `..` segments, also spelled `%2e`, resolve; `..` never climbs above the root; a
+//!   raw `.` or `..` with parameters (`..;x`) is that segment, its parameters dropped;
 //! - `\` is a `/`;
 //! - an escaped letter, digit, `-`, `.`, `_` or `~` is unescaped (`%41` is `A`), every other
 //!   escape is kept as sent, hex case included; a `%` that starts no escape stays, unless
@@ -239,6 +240,23 @@ fn after_dot(s: &[u8], j: usize) -> (Option<bool>, usize) {
     (None, 0)
 }
 
+/// A segment of a raw `.` or `..` with parameters (`.;x`, `..;x`, up to the next slash): Envoy
+/// takes it for that dot segment, parameters dropped (so `/public/..;/admin` is `/admin`; an
+/// escaped dot does not count). `(up, where the next segment starts)`.
+fn dot_params(s: &[u8], i: usize) -> Option<(bool, usize)> {
+    let semi = if s.get(i + 1) == Some(&b'.') {
+        i + 2
+    } else {
+        i + 1
+    };
+    if s.get(semi) != Some(&b';') {
+        return None;
+    }
+    // Only `/` ends them (`..;x\b/c` is `/c`).
+    let end = memchr::memchr(b'/', &s[semi..]).map_or(s.len(), |p| semi + p + 1);
+    Some((semi == i + 2, end))
+}
+
 /// Drops the last segment of `out` (which ends with `/`), never the root.
 fn up_one(out: &mut Vec<u8>) {
     let mut i = out.len() - 1;
@@ -302,6 +320,13 @@ pub fn canonicalize(path: &[u8]) -> Option<Vec<u8>> {
                 let dot = dot_len(path, i);
                 if dot > 0 {
                     if out.last() == Some(&b'/') {
+                        if let Some((up, next)) = dot_params(path, i) {
+                            if up {
+                                up_one(&mut out);
+                            }
+                            i = next;
+                            continue;
+                        }
                         match after_dot(path, i + dot) {
                             (None, _) => {
                                 out.push(b'.');
@@ -400,10 +425,26 @@ mod tests {
             ("/a%3Fb", "/a%3Fb"),
             ("/.", "/"),
             ("/%2e", "/"),
+            // Dot segments with parameters.
+            ("/public/..;/admin", "/admin"),
+            ("/..;/..;/etc/passwd", "/etc/passwd"),
+            ("/a/.;x/b", "/a/b"),
+            ("/a/..;x;y/b", "/b"),
+            ("/a/..;x\\b/c", "/c"),
+            ("/a/..;x%2fy/b", "/b"),
+            ("/a/b/.;", "/a/b/"),
+            ("/..;", "/"),
+            ("/a/.%2e;x/b", "/a/..;x/b"),
+            ("/a/%2e;x/b", "/a/.;x/b"),
+            ("/a/...;x/b", "/a/...;x/b"),
+            ("/a/..x;y/b", "/a/..x;y/b"),
+            ("/a/x;/../b", "/a/b"),
+            ("/a/..;x%00/b", "/b"),
         ] {
             assert_eq!(canon(input).as_deref(), Some(expected), "{input}");
         }
         assert_eq!(canon("/%00"), None);
+        assert_eq!(canon("/a/..;x/%00"), None);
         assert_eq!(canon("/a\x7fb\u{e9}").as_deref(), Some("/a%7Fb%C3%A9"));
     }
 

@@ -249,6 +249,9 @@ impl Drop for Conn {
         self._guard.remote = self.d.peer_closed;
         self._guard.active_rq = self.d.ended_in_request;
         let l = &self._guard.l;
+        // A connection that ends after its max_connection_duration without having noticed
+        // (the client left mid-request) still counts it, as Envoy's timer would have.
+        self.d.past_max_duration(l);
         l.stats.downstream_cx_length_ms.record_ms(self.d.opened);
         l.http.downstream_cx_length_ms.record_ms(self.d.opened);
         self.d.held.release(self._guard.l.http.buffered());
@@ -400,16 +403,18 @@ impl Future for Idle<'_> {
         while this.d.timer.poll_until(cx, *this.deadline).is_ready() {
             let ms = this.l.c.cfg.hcm.max_connection_duration_ms;
             if ms > 0 {
+                // The real time, as the timer decided on (the turn's stamp may lag it).
+                let now = Instant::now();
                 let max_at = this.d.opened + Duration::from_millis(ms);
-                if !this.d.max_reached.get() && clock::now() >= max_at {
+                if !this.d.max_reached.get() && now >= max_at {
                     // The connection's time is up: it stays for the connection manager's
                     // drain_timeout, a request then answered with `connection: close`.
-                    this.d.past_max_duration(this.l);
+                    reach_max_duration(this.l, &this.d.max_reached);
                     *this.deadline = idle_until(this.l, this.d);
                     continue;
                 }
                 let drained = max_at + Duration::from_millis(this.l.c.cfg.hcm.drain_timeout_ms);
-                if this.d.max_reached.get() && clock::now() >= drained {
+                if this.d.max_reached.get() && now >= drained {
                     return Poll::Ready(false);
                 }
             }
@@ -568,6 +573,13 @@ async fn request(
 ) -> Next {
     let hcm = &l.c.cfg.hcm;
     let max_head = hcm.max_request_headers_kb as usize * 1024;
+    // Envoy's codec drops (or refuses) a header with an `_` before it counts the headers.
+    let underscores_looked_at = hcm.headers_with_underscores_action != UnderscoresAction::Allow;
+    let max_headers = if underscores_looked_at {
+        usize::MAX
+    } else {
+        hcm.max_headers_count as usize
+    };
     // Both request timers start with the request's first bytes, as Envoy's do.
     let header_deadline = (hcm.request_headers_timeout_ms > 0)
         .then(|| clock::tnow() + Duration::from_millis(hcm.request_headers_timeout_ms));
@@ -581,7 +593,7 @@ async fn request(
     let mut head = loop {
         let fresh = &d.rbuf[scanned.saturating_sub(3).min(d.rbuf.len())..];
         let parsed = if scanned == 0 || memchr::memchr(b'\n', fresh).is_some() {
-            parse_request_counted(&mut d.rbuf, max_head, hcm.max_headers_count as usize)
+            parse_request_counted(&mut d.rbuf, max_head, max_headers)
         } else if d.rbuf.len() > max_head {
             Err(HeadError::TooLarge)
         } else {
@@ -638,10 +650,14 @@ async fn request(
             }
         }
     };
-    if hcm.headers_with_underscores_action != UnderscoresAction::Allow
-        && underscores(ctx, l, &mut head.headers)
-    {
-        return early_reply(ctx, l, d, 400, b"Bad Request").await;
+    if underscores_looked_at {
+        if underscores(ctx, l, &mut head.headers) {
+            return early_reply(ctx, l, d, 400, b"Bad Request").await;
+        }
+        if head.headers.len() > hcm.max_headers_count as usize {
+            l.http.downstream_cx_protocol_error.inc();
+            return early_reply(ctx, l, d, 431, b"Request Header Fields Too Large").await;
+        }
     }
     d.head_request = head.method() == b"HEAD";
     d.body_unread = false;
@@ -996,10 +1012,16 @@ pub(super) fn past_max_duration(l: &ListenerRt, opened: Instant, reached: &Cell<
         if clock::now() < opened + Duration::from_millis(ms) {
             return false;
         }
-        reached.set(true);
-        l.http.downstream_cx_max_duration_reached.inc();
+        reach_max_duration(l, reached);
     }
     true
+}
+
+/// Marks the connection's `max_connection_duration` as over, counting it once.
+fn reach_max_duration(l: &ListenerRt, reached: &Cell<bool>) {
+    if !reached.replace(true) {
+        l.http.downstream_cx_max_duration_reached.inc();
+    }
 }
 
 /// Whether the response about to be written ends its connection for a drain

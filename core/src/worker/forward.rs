@@ -1144,13 +1144,14 @@ impl Exchange<'_> {
             }
             Err(Stop::BadRequestBody) => {
                 l.http.downstream_cx_protocol_error.inc();
-                l.http.downstream_rq_rx_reset.inc();
                 if started {
+                    l.http.downstream_rq_rx_reset.inc();
                     Outcome::Abort {
                         status: sent,
                         cause: Cause::Downstream,
                     }
                 } else {
+                    // The reply counts the reset (the body was not read whole).
                     local(400, b"Bad Request", false, Cause::Downstream)
                 }
             }
