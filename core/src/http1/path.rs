@@ -244,6 +244,10 @@ fn after_dot(s: &[u8], j: usize) -> (Option<bool>, usize) {
 /// takes it for that dot segment, parameters dropped (so `/public/..;/admin` is `/admin`; an
 /// escaped dot does not count). `(up, where the next segment starts)`.
 fn dot_params(s: &[u8], i: usize) -> Option<(bool, usize)> {
+    // After a `/` as sent: after a `\` the dots and `;` are a name (`\..;x` stays).
+    if i == 0 || s[i - 1] != b'/' {
+        return None;
+    }
     let semi = if s.get(i + 1) == Some(&b'.') {
         i + 2
     } else {
@@ -440,11 +444,13 @@ mod tests {
             ("/a/..x;y/b", "/a/..x;y/b"),
             ("/a/x;/../b", "/a/b"),
             ("/a/..;x%00/b", "/b"),
+            ("/a\\..;x|/b", "/a/..;x%7C/b"),
         ] {
             assert_eq!(canon(input).as_deref(), Some(expected), "{input}");
         }
         assert_eq!(canon("/%00"), None);
         assert_eq!(canon("/a/..;x/%00"), None);
+        assert_eq!(canon("/a\\.;x%00"), None);
         assert_eq!(canon("/a\x7fb\u{e9}").as_deref(), Some("/a%7Fb%C3%A9"));
     }
 
