@@ -231,10 +231,8 @@ pub fn path(data: &[u8]) {
         }
         // Idempotent, but for a dot segment with parameters that came after a backslash: it is a
         // name there, and a dot segment once the backslash is a `/` (so in Envoy too).
-        let params_after_slash = new_path
-            .windows(3)
-            .any(|w| w == b"/.;")
-            || new_path.windows(4).any(|w| w == b"/..;");
+        let params_after_slash =
+            new_path.windows(3).any(|w| w == b"/.;") || new_path.windows(4).any(|w| w == b"/..;");
         if !opts.merge_slashes && !params_after_slash {
             assert_eq!(
                 canonicalize(new_path).as_deref(),
