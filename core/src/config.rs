@@ -160,6 +160,12 @@ pub struct HttpConnectionManager {
     /// Envoy `common_http_protocol_options.headers_with_underscores_action`.
     #[serde(default)]
     pub headers_with_underscores_action: UnderscoresAction,
+    /// Envoy `strip_any_host_port` (default false): the `host` loses its port before routing.
+    #[serde(default)]
+    pub strip_any_host_port: bool,
+    /// Envoy `strip_matching_host_port` (default false): only a port that is the listener's.
+    #[serde(default)]
+    pub strip_matching_host_port: bool,
     /// Envoy `normalize_path` (default false): RFC 3986 dot segments and escapes, as Envoy.
     #[serde(default)]
     pub normalize_path: bool,

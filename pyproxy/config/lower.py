@@ -115,6 +115,8 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
             common.headers_with_underscores_action if common is not None else "ALLOW"
         ),
         "proxy_100_continue": hcm.proxy_100_continue,
+        "strip_any_host_port": hcm.strip_any_host_port,
+        "strip_matching_host_port": hcm.strip_matching_host_port,
         "normalize_path": hcm.normalize_path,
         "merge_slashes": hcm.merge_slashes,
         # Envoy's implementation-specific default is to keep them.

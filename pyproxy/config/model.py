@@ -332,6 +332,8 @@ class HttpConnectionManager(_Message, kw_only=True):
     common_http_protocol_options: HcmProtocolOptions | None = None
     drain_timeout: Duration | None = None
     proxy_100_continue: bool = False
+    strip_any_host_port: bool = False
+    strip_matching_host_port: bool = False
     normalize_path: bool = False
     merge_slashes: bool = False
     path_with_escaped_slashes_action: Literal[

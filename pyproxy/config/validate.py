@@ -106,6 +106,11 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
         raise ConfigError(
             f"{path}.max_request_headers_kb", f"{kb} is out of range; expected 1..8192"
         )
+    if hcm.strip_any_host_port and hcm.strip_matching_host_port:
+        raise ConfigError(
+            f"{path}.strip_any_host_port",
+            "set only one of strip_any_host_port and strip_matching_host_port, as Envoy requires",
+        )
     if hcm.common_http_protocol_options is not None:
         _check_max_headers_count(
             hcm.common_http_protocol_options.max_headers_count,

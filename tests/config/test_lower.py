@@ -74,6 +74,8 @@ def test_default_snapshot() -> None:
         "max_headers_count": 100,
         "headers_with_underscores_action": "ALLOW",
         "proxy_100_continue": False,
+        "strip_any_host_port": False,
+        "strip_matching_host_port": False,
         "normalize_path": False,
         "merge_slashes": False,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",

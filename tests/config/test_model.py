@@ -203,6 +203,8 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("hcm_max_connection_duration", lambda c: hcm(c).update(
         common_http_protocol_options={"max_connection_duration": "1"}),
      f"{HCM}.common_http_protocol_options.max_connection_duration", "'1' is not a duration"),
+    ("hcm_strip_both", lambda c: hcm(c).update(strip_any_host_port=True, strip_matching_host_port=True),
+     f"{HCM}.strip_any_host_port", "set only one of strip_any_host_port and strip_matching_host_port"),
     ("hcm_drain_timeout_negative", lambda c: hcm(c).update(drain_timeout="-1s"),
      f"{HCM}.drain_timeout", "must not be negative"),
     ("listener_hostname", lambda c: listener(c)["address"]["socket_address"].update(

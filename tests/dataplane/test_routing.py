@@ -734,3 +734,38 @@ def test_an_upgrade_a_route_refuses_is_counted(make_proxy: Any, upstream: Any, k
         r = c.request(f"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {kind}\r\n\r\n".encode())
         assert (r.status, r.header("connection")) == (403, "close")
     wait_stat(p, "http.ingress_http.downstream_rq_ws_on_non_ws_route", 1)
+
+
+# (host sent, port stripped under strip_any_host_port, under strip_matching_host_port); PORT is
+# the listener's. Observed with the envoy binary.
+HOST_PORTS = [
+    ("example.com:80", "example.com", "example.com:80"),
+    ("example.com:PORT", "example.com", "example.com"),
+    ("[::1]:80", "[::1]", "[::1]:80"),
+    ("[::1]", "[::1]", "[::1]"),
+    ("a:b:c", "a:b:c", "a:b:c"),
+    ("x:", "x:", "x:"),
+    ("x:0080", "x", "x:0080"),
+    (":80", "", ":80"),
+    ("example.com:99999", "example.com", "example.com:99999"),
+]
+
+
+@pytest.mark.parametrize("mode", ["strip_any_host_port", "strip_matching_host_port"])
+def test_host_port_stripped_before_routing(make_proxy: Any, upstream: Any, mode: str) -> None:
+    exact = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "exact"}}}
+    vhosts = [{"name": "exact", "domains": ["example.com"], "routes": [exact]},
+              {"name": "any", "domains": ["*"], "routes": [route("/", "up")]}]
+    p = make_proxy(bootstrap([], [cluster("up", upstream.port)], hcm={mode: True}, virtual_hosts=vhosts))
+    port = str(p.listener_port())
+    for sent, any_port, matching in HOST_PORTS:
+        sent = sent.replace("PORT", port)
+        expected = any_port if mode == "strip_any_host_port" else matching.replace("PORT", port)
+        before = len(upstream.requests)
+        with RawConn(p.listener_port()) as c:
+            r = c.request(f"GET /x HTTP/1.1\r\nhost: {sent}\r\n\r\n".encode())
+        assert r.status == 200, sent
+        if expected == "example.com":
+            assert r.body == b"exact", sent
+        else:
+            assert upstream.requests[before:] and upstream.requests[-1].header("host") == expected, sent

@@ -738,6 +738,37 @@ async fn rewrite_path(
     }
 }
 
+/// The connection manager's `strip_any_host_port` / `strip_matching_host_port`: the `host`
+/// loses a `:port` (any, or only the listener's) before routing and forwarding, as Envoy's: the
+/// port is what follows the last `:` unless a `]` comes after it (`[::1]` has none), read as
+/// an unsigned 32-bit number with an optional `+` (`x:` and `a:b:c` keep theirs).
+#[cold]
+#[inline(never)]
+fn strip_host_port(d: &Down, h: &mut HeaderMap, matching: bool) {
+    let Some(host) = h.get(b"host") else {
+        return;
+    };
+    let Some(colon) = memchr::memrchr(b':', host) else {
+        return;
+    };
+    if memchr::memrchr(b']', host).is_some_and(|b| b > colon) {
+        return;
+    }
+    let digits = &host[colon + 1..];
+    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
+    let port = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(digits).ok()?.parse::<u32>().ok())
+        .flatten();
+    let Some(port) = port else {
+        return;
+    };
+    if matching && d.stream.local_addr().map(|a| u32::from(a.port())).ok() != Some(port) {
+        return;
+    }
+    let bare = host[..colon].to_vec();
+    h.set(b"host", &bare);
+}
+
 /// Answers a request whose head never completed (parse error, timeout) and closes.
 async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body: &[u8]) -> Next {
     // As Envoy's connection manager counts a stream its codec ended: answered before the
@@ -1142,6 +1173,9 @@ async fn handle(
         if let Some(answer) = rewrite_path(ctx, l, d, &mut head, &paths, keep_after_local).await {
             return answer;
         }
+    }
+    if l.c.cfg.hcm.strip_any_host_port || l.c.cfg.hcm.strip_matching_host_port {
+        strip_host_port(d, &mut head.headers, l.c.cfg.hcm.strip_matching_host_port);
     }
     // Read before the edits below add an `x-forwarded-proto` (they never change one a
     // non-edge listener keeps), so that a request without one skips the look.
