@@ -789,12 +789,15 @@ fn strip_and_check(h: &mut HeaderMap) {
         .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
         .map(<[u8]>::to_ascii_lowercase)
         .collect();
-    want.retain(|(n, _)| n == b"host" || !named.contains(n));
+    // A `te` that keeps `trailers` is reduced where it stands, even when `connection` names it.
+    if te == Some(true) {
+        set(&mut want, b"te", b"trailers");
+    }
+    let kept_te = |n: &[u8]| te == Some(true) && n == b"te";
+    want.retain(|(n, _)| n == b"host" || kept_te(n) || !named.contains(n));
     want.retain(|(n, _)| !HOP.contains(&n.as_slice()));
-    match te {
-        Some(true) => set(&mut want, b"te", b"trailers"),
-        Some(false) => want.retain(|(n, _)| n != b"te"),
-        None => {}
+    if te == Some(false) {
+        want.retain(|(n, _)| n != b"te");
     }
     let conn = ConnectionTokens::of(h);
     strip_hop_by_hop(h, conn);

@@ -765,3 +765,16 @@ def test_the_upstream_header_count_limit_counts_joined_headers_once(
     proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", up.port)]))
     with RawConn(proxy.listener_port()) as c:
         assert c.request(get("/")).status == status
+
+
+def test_te_named_by_connection_is_reduced_where_it_stands(make_proxy: Any, upstream: Any) -> None:
+    # `connection: te` with `te: trailers`: Envoy keeps `te: trailers` in its place (found by
+    # tests/support/envoy_diff.py, seed 23).
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)]))
+    with RawConn(proxy.listener_port()) as c:
+        r = c.request(b"POST /a HTTP/1.1\r\nHost: example.com\r\nTE: trailers, gzip\r\nConnection: te\r\n"
+                      b"Content-Length: 5\r\n\r\nhello")
+        assert r.status == 200
+    names = [n.lower() for n, _ in upstream.requests[-1].headers]
+    assert names[:3] == ["host", "te", "content-length"]
+    assert upstream.requests[-1].header("te") == "trailers"

@@ -274,14 +274,16 @@ fn strip(h: &mut HeaderMap, conn: ConnectionTokens, nominated: bool) {
     } else {
         Te::Keep
     };
+    // Reduced in place, where the client sent it (also when `connection` names it).
+    if te == Te::Trailers {
+        h.set(b"te", b"trailers");
+    }
     if nominated && conn.nominates {
-        remove_nominated(h);
+        remove_nominated(h, te == Te::Trailers);
     }
     h.remove_known(known::HOP_BY_HOP & !known::TE);
-    match te {
-        Te::Keep => {}
-        Te::Trailers => h.set(b"te", b"trailers"),
-        Te::Remove => h.remove(b"te"),
+    if te == Te::Remove {
+        h.remove(b"te");
     }
 }
 
@@ -324,11 +326,12 @@ fn list_tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 #[cold]
-fn remove_nominated(h: &mut HeaderMap) {
+fn remove_nominated(h: &mut HeaderMap, keep_te: bool) {
     let named: Vec<Vec<u8>> = h
         .get_all(b"connection")
         .flat_map(list_tokens)
         .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .filter(|t| !(keep_te && t.eq_ignore_ascii_case(b"te")))
         .map(<[u8]>::to_ascii_lowercase)
         .collect();
     // `connection` may nominate end-to-end headers for removal, but never `host` (a request
