@@ -83,7 +83,7 @@ def _listener(listener: m.Listener) -> Json:
 
 def _hcm(hcm: m.HttpConnectionManager) -> Json:
     assert hcm.route_config is not None  # validate requires it
-    common = hcm.common_http_protocol_options
+    common = hcm.common_http_protocol_options or m.HcmProtocolOptions()
     return {
         "stat_prefix": hcm.stat_prefix,
         # Envoy sends `server: envoy` when server_name is unset or empty.
@@ -98,22 +98,12 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
         "stream_idle_timeout_ms": _ms(hcm.stream_idle_timeout, DEFAULT_STREAM_IDLE_TIMEOUT_MS),
         "request_headers_timeout_ms": _ms(hcm.request_headers_timeout, 0),
         "request_timeout_ms": _ms(hcm.request_timeout, 0),
-        "idle_timeout_ms": _ms(
-            common.idle_timeout if common is not None else None, DEFAULT_IDLE_TIMEOUT_MS
-        ),
-        "max_connection_duration_ms": _ms(
-            common.max_connection_duration if common is not None else None, 0
-        ),
+        "idle_timeout_ms": _ms(common.idle_timeout, DEFAULT_IDLE_TIMEOUT_MS),
+        "max_connection_duration_ms": _ms(common.max_connection_duration, 0),
         "drain_timeout_ms": _ms(hcm.drain_timeout, DEFAULT_DRAIN_TIMEOUT_MS),
-        "max_requests_per_connection": _or(
-            common.max_requests_per_connection if common is not None else None, 0
-        ),
-        "max_headers_count": _or(
-            common.max_headers_count if common is not None else None, DEFAULT_MAX_HEADERS_COUNT
-        ),
-        "headers_with_underscores_action": (
-            common.headers_with_underscores_action if common is not None else "ALLOW"
-        ),
+        "max_requests_per_connection": _or(common.max_requests_per_connection, 0),
+        "max_headers_count": _or(common.max_headers_count, DEFAULT_MAX_HEADERS_COUNT),
+        "headers_with_underscores_action": common.headers_with_underscores_action,
         "proxy_100_continue": hcm.proxy_100_continue,
         "strip_any_host_port": hcm.strip_any_host_port,
         "strip_matching_host_port": hcm.strip_matching_host_port,
@@ -307,10 +297,10 @@ def _redirect(r: m.RedirectAction) -> Json:
 
 def _cluster(c: m.Cluster) -> Json:
     teo = c.typed_extension_protocol_options
-    common = teo.http.common_http_protocol_options if teo is not None and teo.http else None
-    max_requests = c.max_requests_per_connection
-    if common is not None and common.max_requests_per_connection is not None:
-        max_requests = common.max_requests_per_connection
+    given = teo.http.common_http_protocol_options if teo is not None and teo.http else None
+    common = given or m.UpstreamCommonOptions()
+    # Validation lets at most one of the two be set.
+    max_requests = _or(common.max_requests_per_connection, c.max_requests_per_connection)
     lr = c.least_request_lb_config
     endpoints = []
     if c.load_assignment is not None:
@@ -334,12 +324,8 @@ def _cluster(c: m.Cluster) -> Json:
             c.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
         ),
         "max_requests_per_connection": _or(max_requests, 0),
-        "max_headers_count": _or(
-            common.max_headers_count if common is not None else None, DEFAULT_MAX_HEADERS_COUNT
-        ),
-        "idle_timeout_ms": _ms(
-            common.idle_timeout if common is not None else None, DEFAULT_IDLE_TIMEOUT_MS
-        ),
+        "max_headers_count": _or(common.max_headers_count, DEFAULT_MAX_HEADERS_COUNT),
+        "idle_timeout_ms": _ms(common.idle_timeout, DEFAULT_IDLE_TIMEOUT_MS),
         "dns_refresh_rate_ms": _ms(c.dns_refresh_rate, DEFAULT_DNS_REFRESH_RATE_MS),
         "dns_lookup_family": c.dns_lookup_family,
         "endpoints": endpoints,

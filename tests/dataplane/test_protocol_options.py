@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.dataplane.conftest import Closed, RawConn, get
+from tests.dataplane.conftest import Closed, RawConn, get, wait_for
 from tests.dataplane.test_stats import settled
 from tests.support.configs import bootstrap, cluster, route, upstream_options
 
@@ -208,7 +208,10 @@ def test_a_client_that_leaves_after_the_max_connection_duration_counts_it(
         make_proxy: Any, upstream: Any) -> None:
     p = duration_proxy(make_proxy, upstream, 0.3, 5)
     with RawConn(p.listener_port()) as c:
+        opened = time.monotonic()
         c.send(get("/hang"))
-        time.sleep(0.6)  # the deadline passes with the request still waiting on the upstream
+        # The client leaves once its request waits on the upstream and the deadline has passed.
+        wait_for(lambda: upstream.requests and time.monotonic() - opened > 0.45, 5,
+                 "the request upstream past the deadline")
     settled(p, {"http.ingress_http.downstream_cx_max_duration_reached": 1,
                 "http.ingress_http.downstream_rq_rx_reset": 1})

@@ -254,7 +254,7 @@ impl Drop for Conn {
         self.d.past_max_duration(l);
         l.stats.downstream_cx_length_ms.record_ms(self.d.opened);
         l.http.downstream_cx_length_ms.record_ms(self.d.opened);
-        self.d.held.release(self._guard.l.http.buffered());
+        self.d.held.release(l.http.buffered());
         self.ctx.unwatch_drain(self.d.drain_key);
     }
 }
@@ -357,18 +357,13 @@ fn refresh_changed(
 /// Waits between requests until the client sends (true), or the connection's idle timeout
 /// passes, the worker starts draining or its removed listener's drain time is over (false).
 fn idle<'a>(ctx: &'a Ctx, l: &'a ListenerRt, d: &'a mut Down) -> Idle<'a> {
-    let idle_ms = l.c.cfg.hcm.idle_timeout_ms;
-    let deadline = if l.c.cfg.hcm.max_connection_duration_ms == 0 {
-        (idle_ms > 0).then(|| {
-            let since = d.done_at.map_or_else(clock::tnow, TInstant::from_std);
-            since + Duration::from_millis(idle_ms)
-        })
-    } else {
-        // The idle timeout runs from the last response's end (or from now).
+    if l.c.cfg.hcm.max_connection_duration_ms > 0 {
+        // The idle timeout runs from the last response's end, or from now: kept, for the
+        // deadline to be worked out again once the connection's time is up.
         d.done_at.get_or_insert_with(clock::now);
         d.past_max_duration(l);
-        idle_until(l, d)
-    };
+    }
+    let deadline = idle_until(l, d);
     Idle {
         d,
         l,
@@ -401,11 +396,9 @@ impl Future for Idle<'_> {
             return Poll::Ready(false);
         }
         while this.d.timer.poll_until(cx, *this.deadline).is_ready() {
-            let ms = this.l.c.cfg.hcm.max_connection_duration_ms;
-            if ms > 0 {
+            if let Some(max_at) = max_duration_end(this.l, this.d.opened) {
                 // The real time, as the timer decided on (the turn's stamp may lag it).
                 let now = Instant::now();
-                let max_at = this.d.opened + Duration::from_millis(ms);
                 if !this.d.max_reached.get() && now >= max_at {
                     // The connection's time is up: it stays for the connection manager's
                     // drain_timeout, a request then answered with `connection: close`.
@@ -431,17 +424,16 @@ impl Future for Idle<'_> {
 fn idle_until(l: &ListenerRt, d: &Down) -> Option<TInstant> {
     let hcm = &l.c.cfg.hcm;
     let idle = (hcm.idle_timeout_ms > 0).then(|| {
-        TInstant::from_std(d.done_at.unwrap_or_else(clock::now))
-            + Duration::from_millis(hcm.idle_timeout_ms)
+        let since = d.done_at.map_or_else(clock::tnow, TInstant::from_std);
+        since + Duration::from_millis(hcm.idle_timeout_ms)
     });
-    if hcm.max_connection_duration_ms == 0 {
+    let Some(mut max) = max_duration_end(l, d.opened) else {
         return idle;
-    }
-    let mut max =
-        TInstant::from_std(d.opened) + Duration::from_millis(hcm.max_connection_duration_ms);
+    };
     if d.max_reached.get() {
         max += Duration::from_millis(hcm.drain_timeout_ms);
     }
+    let max = TInstant::from_std(max);
     Some(idle.map_or(max, |i| i.min(max)))
 }
 
@@ -602,14 +594,7 @@ async fn request(
         match parsed {
             Ok(Some(h)) => break h,
             Ok(None) => scanned = d.rbuf.len(),
-            Err(e) => {
-                l.http.downstream_cx_protocol_error.inc();
-                let (status, body): (u16, &[u8]) = match e {
-                    HeadError::Malformed => (400, b"Bad Request"),
-                    HeadError::TooLarge => (431, b"Request Header Fields Too Large"),
-                };
-                return early_reply(ctx, l, d, status, body).await;
-            }
+            Err(e) => return head_refused(ctx, l, d, e).await,
         }
         let idle = hcm.stream_idle_timeout_ms;
         let read = read_head_more(
@@ -652,11 +637,10 @@ async fn request(
     };
     if underscores_looked_at {
         if underscores(ctx, l, &mut head.headers) {
-            return early_reply(ctx, l, d, 400, b"Bad Request").await;
+            return head_refused(ctx, l, d, HeadError::Malformed).await;
         }
         if head.headers.len() > hcm.max_headers_count as usize {
-            l.http.downstream_cx_protocol_error.inc();
-            return early_reply(ctx, l, d, 431, b"Request Header Fields Too Large").await;
+            return head_refused(ctx, l, d, HeadError::TooLarge).await;
         }
     }
     d.head_request = head.method() == b"HEAD";
@@ -692,7 +676,6 @@ fn underscores(ctx: &Ctx, l: &ListenerRt, h: &mut HeaderMap) -> bool {
         ctx.http1
             .requests_rejected_with_underscores_in_headers
             .inc();
-        l.http.downstream_cx_protocol_error.inc();
         return true;
     }
     let mut dropped = 0;
@@ -769,6 +752,16 @@ fn strip_host_port(d: &Down, h: &mut HeaderMap, matching: bool) {
     h.set(b"host", &bare);
 }
 
+/// Answers a head the codec refuses (a protocol error): 400 or 431, and closes.
+async fn head_refused(ctx: &Ctx, l: &ListenerRt, d: &mut Down, e: HeadError) -> Next {
+    l.http.downstream_cx_protocol_error.inc();
+    let (status, body): (u16, &[u8]) = match e {
+        HeadError::Malformed => (400, b"Bad Request"),
+        HeadError::TooLarge => (431, b"Request Header Fields Too Large"),
+    };
+    early_reply(ctx, l, d, status, body).await
+}
+
 /// Answers a request whose head never completed (parse error, timeout) and closes.
 async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body: &[u8]) -> Next {
     // As Envoy's connection manager counts a stream its codec ended: answered before the
@@ -781,9 +774,8 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     h.downstream_rq_response_before_rq_complete.inc();
     h.downstream_rq_rx_reset.inc();
     // It closes anyway; a drain is still counted (envoy binary: a 400 for a bad header while
-    // health checks fail counts downstream_cx_drain_close).
-    drain_close(ctx, l);
-    d.past_max_duration(l);
+    // health checks fail counts downstream_cx_drain_close), and the connection's age.
+    response_closes(ctx, l, d.opened, &d.max_reached);
     let out = local_reply(ctx, l, status, body, true, None, false);
     let _ = write_last(&d.stream, &out, &h.down_tx(&d.held)).await;
     Next::Close
@@ -1018,9 +1010,7 @@ pub(super) async fn reply(
         l.http.downstream_rq_rx_reset.inc();
     }
     // Asked first: a drain is counted whatever else closes the connection.
-    let drain = drain_close(ctx, l);
-    let over = d.past_max_duration(l);
-    let keep = keep && !drain && !over;
+    let keep = !response_closes(ctx, l, d.opened, &d.max_reached) && keep;
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
     let (_, mut w) = d.stream.split();
     let tx = l.http.down_tx(&d.held);
@@ -1032,15 +1022,36 @@ pub(super) async fn reply(
     (status, d.next(keep))
 }
 
-/// [`Down::past_max_duration`] on the connection's fields (an exchange holds the others).
+/// Whether the response about to be written ends its connection: a drain
+/// ([`drain_close`]) or the connection's `max_connection_duration` being over
+/// ([`past_max_duration`]); both asked, so each is counted whatever else closes it. Takes the
+/// connection's fields (an exchange holds the others).
 #[inline]
-pub(super) fn past_max_duration(l: &ListenerRt, opened: Instant, reached: &Cell<bool>) -> bool {
+pub(super) fn response_closes(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    opened: Instant,
+    reached: &Cell<bool>,
+) -> bool {
+    let drain = drain_close(ctx, l);
+    past_max_duration(l, opened, reached) || drain
+}
+
+/// When the connection's `max_connection_duration` ends (none set: `None`).
+#[inline]
+fn max_duration_end(l: &ListenerRt, opened: Instant) -> Option<Instant> {
     let ms = l.c.cfg.hcm.max_connection_duration_ms;
-    if ms == 0 {
+    (ms > 0).then(|| opened + Duration::from_millis(ms))
+}
+
+/// [`Down::past_max_duration`] on the connection's fields.
+#[inline]
+fn past_max_duration(l: &ListenerRt, opened: Instant, reached: &Cell<bool>) -> bool {
+    let Some(end) = max_duration_end(l, opened) else {
         return false;
-    }
+    };
     if !reached.get() {
-        if clock::now() < opened + Duration::from_millis(ms) {
+        if clock::now() < end {
             return false;
         }
         reach_max_duration(l, reached);
@@ -1060,7 +1071,7 @@ fn reach_max_duration(l: &ListenerRt, reached: &Cell<bool>) {
 /// manager counts once a connection, at the first response head that finds it draining (an
 /// HTTP/1 connection ends with that response).
 #[inline]
-pub(super) fn drain_close(ctx: &Ctx, l: &ListenerRt) -> bool {
+fn drain_close(ctx: &Ctx, l: &ListenerRt) -> bool {
     let drain = ctx.drain_close(l);
     if drain {
         l.http.downstream_cx_drain_close.inc();

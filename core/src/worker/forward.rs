@@ -17,8 +17,8 @@ use tokio::time::timeout;
 
 use super::clock;
 use super::conn::{
-    drain_close, expects_continue, past_max_duration, read_more, reply, write_all, write_down,
-    write_more, Down, Next, BODY_CHUNK, READ_CHUNK,
+    expects_continue, read_more, reply, response_closes, write_all, write_down, write_more, Down,
+    Next, BODY_CHUNK, READ_CHUNK,
 };
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{apply_response_extras, rewrite_target, router_request_headers};
@@ -855,9 +855,8 @@ impl Exchange<'_> {
                 l.http.downstream_rq_response_before_rq_complete.inc();
             }
             // Asked first: a drain is counted whatever else closes the connection.
-            let drain = drain_close(ctx, l);
-            let over = past_max_duration(l, d.opened, &d.max_reached);
-            let down_keep = self.keep && rq_done && !drain && !over;
+            let closes = response_closes(ctx, l, d.opened, &d.max_reached);
+            let down_keep = self.keep && rq_done && !closes;
             let mut h = head.headers;
             strip_hop_by_hop_response(&mut h, conn);
             let local = || self.local;
