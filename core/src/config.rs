@@ -178,6 +178,10 @@ pub struct HttpConnectionManager {
     /// Envoy `proxy_100_continue` (default false: answer `100 Continue` locally).
     #[serde(default)]
     pub proxy_100_continue: bool,
+    /// Envoy `upgrade_configs`: the upgrade types (lower-case) forwarded unless a route says
+    /// otherwise; an entry with `enabled: false` is left out.
+    #[serde(default)]
+    pub upgrade_types: Vec<String>,
     /// Router filter `suppress_envoy_headers` (default false).
     #[serde(default)]
     pub suppress_envoy_headers: bool,
@@ -386,6 +390,20 @@ pub struct ForwardAction {
     /// (none: the connection manager's `stream_idle_timeout`; 0 disables).
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// Envoy route `upgrade_configs`: the route's own say on each upgrade type (lower-case),
+    /// over the connection manager's.
+    #[serde(default)]
+    pub upgrade_configs: Vec<RouteUpgrade>,
+}
+
+/// One entry of a route's `upgrade_configs`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteUpgrade {
+    /// The type, lower-case (matched in any case).
+    pub upgrade_type: String,
+    /// Whether the route forwards it (false refuses it, whatever the connection manager says).
+    pub enabled: bool,
 }
 
 fn default_route_timeout_ms() -> u64 {

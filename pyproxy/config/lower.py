@@ -105,6 +105,10 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
         "max_headers_count": _or(common.max_headers_count, DEFAULT_MAX_HEADERS_COUNT),
         "headers_with_underscores_action": common.headers_with_underscores_action,
         "proxy_100_continue": hcm.proxy_100_continue,
+        # The types it forwards (matched in any case); one `enabled: false` is as if absent.
+        "upgrade_types": [
+            u.upgrade_type.lower() for u in hcm.upgrade_configs if _or(u.enabled, True)
+        ],
         "strip_any_host_port": hcm.strip_any_host_port,
         "strip_matching_host_port": hcm.strip_matching_host_port,
         "normalize_path": hcm.normalize_path,
@@ -273,6 +277,11 @@ def _forward(action: m.RouteAction) -> Json:
     out["timeout_ms"] = _ms(action.timeout, DEFAULT_ROUTE_TIMEOUT_MS)
     if action.idle_timeout is not None:
         out["idle_timeout_ms"] = action.idle_timeout.ms
+    if action.upgrade_configs:
+        out["upgrade_configs"] = [
+            {"upgrade_type": u.upgrade_type.lower(), "enabled": _or(u.enabled, True)}
+            for u in action.upgrade_configs
+        ]
     return out
 
 

@@ -199,6 +199,15 @@ class WeightedClusters(_Message, kw_only=True):
     total_weight: UInt32 | None = None  # deprecated in Envoy; must equal the sum when given
 
 
+class RouteUpgradeConfig(_Message, kw_only=True):
+    """`envoy.config.route.v3.RouteAction.UpgradeConfig`: a route's own say on an upgrade type."""
+
+    upgrade_type: str
+    enabled: bool | None = None
+    # Known to Envoy, refused by validate (no CONNECT support).
+    connect_config: Any = None
+
+
 class RouteAction(_Message, kw_only=True):
     """`envoy.config.route.v3.RouteAction` (the `route` action): one of `cluster`,
     `weighted_clusters`."""
@@ -210,6 +219,7 @@ class RouteAction(_Message, kw_only=True):
     auto_host_rewrite: bool | None = None
     timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    upgrade_configs: list[RouteUpgradeConfig] = []
 
 
 class RedirectAction(_Message, kw_only=True):
@@ -302,6 +312,15 @@ class HcmProtocolOptions(_Message, kw_only=True):
     headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
 
 
+class HcmUpgradeConfig(_Message, kw_only=True):
+    """`HttpConnectionManager.UpgradeConfig`: an upgrade type the connection manager forwards."""
+
+    upgrade_type: str
+    enabled: bool | None = None
+    # Accepted empty only: an upgrade goes through the connection manager's own filters.
+    filters: list[Any] = []
+
+
 class HttpConnectionManager(_Message, kw_only=True):
     """`envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`."""
 
@@ -332,6 +351,7 @@ class HttpConnectionManager(_Message, kw_only=True):
     common_http_protocol_options: HcmProtocolOptions | None = None
     drain_timeout: Duration | None = None
     proxy_100_continue: bool = False
+    upgrade_configs: list[HcmUpgradeConfig] = []
     strip_any_host_port: bool = False
     strip_matching_host_port: bool = False
     normalize_path: bool = False

@@ -116,7 +116,38 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
             hcm.common_http_protocol_options.max_headers_count,
             f"{path}.common_http_protocol_options",
         )
+    _check_upgrade_configs(hcm.upgrade_configs, f"{path}.upgrade_configs", route=False)
     _check_route_config(hcm.route_config, f"{path}.route_config", clusters)
+
+
+def _check_upgrade_configs(
+    configs: Sequence[m.HcmUpgradeConfig | m.RouteUpgradeConfig], path: str, route: bool
+) -> None:
+    """The connection manager's or a route's `upgrade_configs`: one entry per type (any case,
+    as the types are matched), no CONNECT, no per-upgrade filters."""
+    seen: dict[str, int] = {}
+    for i, u in enumerate(configs):
+        upath = f"{path}[{i}]"
+        if route and not u.upgrade_type:
+            raise ConfigError(f"{upath}.upgrade_type", "must not be empty")
+        _check_no_line_breaks(u.upgrade_type, f"{upath}.upgrade_type")
+        kind = u.upgrade_type.lower()
+        if kind == "connect":
+            raise ConfigError(f"{upath}.upgrade_type", "CONNECT is not supported yet")
+        if kind in seen:
+            raise ConfigError(
+                f"{upath}.upgrade_type",
+                f"{u.upgrade_type!r} is already configured at {path}[{seen[kind]}]",
+            )
+        seen[kind] = i
+        if isinstance(u, m.HcmUpgradeConfig) and u.filters:
+            raise ConfigError(
+                f"{upath}.filters",
+                "per-upgrade filter chains are not supported; leave filters out to use the "
+                "connection manager's own",
+            )
+        if isinstance(u, m.RouteUpgradeConfig) and u.connect_config is not None:
+            raise ConfigError(f"{upath}.connect_config", "CONNECT is not supported yet")
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -273,6 +304,7 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
         raise ConfigError(path, "set only one of host_rewrite_literal, auto_host_rewrite")
     _check_no_line_breaks(action.prefix_rewrite, f"{path}.prefix_rewrite")
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
+    _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
     if action.cluster is not None:
         if action.cluster not in clusters:
             raise ConfigError(f"{path}.cluster", f"unknown cluster {action.cluster!r}")

@@ -74,6 +74,7 @@ def test_default_snapshot() -> None:
         "max_headers_count": 100,
         "headers_with_underscores_action": "ALLOW",
         "proxy_100_continue": False,
+        "upgrade_types": [],
         "strip_any_host_port": False,
         "strip_matching_host_port": False,
         "normalize_path": False,
@@ -122,6 +123,14 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
       "use_remote_address": True, "xff_num_trusted_hops": 2, "skip_xff_append": True,
       "generate_request_id": False, "preserve_external_request_id": True,
       "max_request_headers_kb": 96, "proxy_100_continue": True}),
+    ("upgrade_configs", lambda c: (
+        hcm(c).update(upgrade_configs=[{"upgrade_type": "WebSocket"}, {"upgrade_type": "foo", "enabled": False},
+                                       {"upgrade_type": "bar", "enabled": True}]),
+        route(c)["route"].update(upgrade_configs=[{"upgrade_type": "Foo"},
+                                                           {"upgrade_type": "websocket", "enabled": False}])),
+     lambda s: (snap_hcm(s)["upgrade_types"], snap_route(s)["action"]["route"]["upgrade_configs"]),
+     (["websocket", "bar"], [{"upgrade_type": "foo", "enabled": True},
+                             {"upgrade_type": "websocket", "enabled": False}])),
     ("empty_server_name_is_envoy", lambda c: hcm(c).update(server_name=""),
      lambda s: snap_hcm(s)["server_name"], "envoy"),
     ("suppress_envoy_headers", lambda c: hcm(c)["http_filters"][0]["typed_config"].update(

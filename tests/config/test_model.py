@@ -112,6 +112,10 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
         "idle_timeout": "1s", "max_connection_duration": "60s",
         "max_requests_per_connection": 0, "max_headers_count": 1,
         "headers_with_underscores_action": "REJECT_REQUEST"})),
+    ("upgrade_configs", lambda c: (
+        hcm(c).update(upgrade_configs=[{"upgrade_type": "websocket", "enabled": True, "filters": []},
+                                       {"upgrade_type": ""}]),
+        route(c)["route"].update(upgrade_configs=[{"upgrade_type": "websocket", "enabled": False}]))),
     ("hpo_max_headers_count", lambda c: cluster(c).update(typed_extension_protocol_options=hpo(
         common_http_protocol_options={"max_headers_count": 4294967295},
         explicit_http_config={"http_protocol_options": {}}))),
@@ -203,6 +207,24 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("hcm_max_connection_duration", lambda c: hcm(c).update(
         common_http_protocol_options={"max_connection_duration": "1"}),
      f"{HCM}.common_http_protocol_options.max_connection_duration", "'1' is not a duration"),
+    ("hcm_upgrade_twice", lambda c: hcm(c).update(upgrade_configs=[
+        {"upgrade_type": "websocket"}, {"upgrade_type": "WebSocket"}]),
+     f"{HCM}.upgrade_configs[1].upgrade_type", "'WebSocket' is already configured at"),
+    ("route_upgrade_twice", lambda c: route(c)["route"].update(upgrade_configs=[
+        {"upgrade_type": "websocket"}, {"upgrade_type": "websocket", "enabled": False}]),
+     f"{ROUTE}.route.upgrade_configs[1].upgrade_type", "already configured"),
+    ("route_upgrade_empty", lambda c: route(c)["route"].update(upgrade_configs=[{"upgrade_type": ""}]),
+     f"{ROUTE}.route.upgrade_configs[0].upgrade_type", "must not be empty"),
+    ("hcm_upgrade_connect", lambda c: hcm(c).update(upgrade_configs=[{"upgrade_type": "CONNECT"}]),
+     f"{HCM}.upgrade_configs[0].upgrade_type", "CONNECT is not supported"),
+    ("route_upgrade_connect_config", lambda c: route(c)["route"].update(upgrade_configs=[
+        {"upgrade_type": "x", "connect_config": {}}]),
+     f"{ROUTE}.route.upgrade_configs[0].connect_config", "CONNECT is not supported"),
+    ("hcm_upgrade_filters", lambda c: hcm(c).update(upgrade_configs=[
+        {"upgrade_type": "websocket", "filters": [{"name": "x"}]}]),
+     f"{HCM}.upgrade_configs[0].filters", "per-upgrade filter chains are not supported"),
+    ("hcm_upgrade_unknown_field", lambda c: hcm(c).update(upgrade_configs=[{"upgrade_type": "ws", "x": 1}]),
+     f"{HCM}.upgrade_configs[0].x", "unknown field"),
     ("hcm_strip_both", lambda c: hcm(c).update(strip_any_host_port=True, strip_matching_host_port=True),
      f"{HCM}.strip_any_host_port", "set only one of strip_any_host_port and strip_matching_host_port"),
     ("hcm_drain_timeout_negative", lambda c: hcm(c).update(drain_timeout="-1s"),

@@ -255,6 +255,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, conn: ConnectionTokens) {
     strip(h, conn, true);
 }
 
+/// The hop-by-hop strip for the messages of an upgrade (the request, and the `101` that
+/// accepts it), as Envoy's: `connection` and `upgrade` go on as sent, and so do the headers
+/// `connection` names (and `te`, untouched); only `keep-alive` and `proxy-connection` go, and
+/// `transfer-encoding`, which the head writer sets from the framing. Routes match on what this
+/// leaves (checked with the envoy binary).
+#[cold]
+#[inline(never)]
+pub fn strip_for_upgrade(h: &mut HeaderMap) {
+    h.remove_known(known::KEEP_ALIVE | known::PROXY_CONNECTION | known::TRANSFER_ENCODING);
+}
+
 /// [`strip_hop_by_hop`] for a response: Envoy 1.40 removes the hop-by-hop headers from a
 /// response but keeps the ones its `connection` header names (`connection: x-foo` leaves
 /// `x-foo`; `connection: content-length` leaves the length).
@@ -370,6 +381,7 @@ pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",

@@ -373,9 +373,20 @@ pub struct Forward {
     pub timeout_header: Vec<u8>,
     /// The route's `idle_timeout` in ms, replacing the stream idle timeout (0 disables).
     pub idle_timeout_ms: Option<u64>,
+    /// The route's `upgrade_configs`: (type, lower-case; enabled).
+    pub upgrades: Box<[(Box<[u8]>, bool)]>,
 }
 
 impl Forward {
+    /// What the route says of an upgrade to `kind` (the request's `upgrade` value, any
+    /// case): forward it, refuse it, or nothing (the connection manager decides).
+    pub fn upgrade_say(&self, kind: &[u8]) -> Option<bool> {
+        self.upgrades
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(kind))
+            .map(|(_, on)| *on)
+    }
+
     /// Picks the cluster (weighted random when several).
     #[inline]
     pub fn pick(&self) -> &(usize, u32, Mutations) {
@@ -716,6 +727,11 @@ fn compile_route(
                 timeout_ms: f.timeout_ms,
                 timeout_header: f.timeout_ms.to_string().into_bytes(),
                 idle_timeout_ms: f.idle_timeout_ms,
+                upgrades: f
+                    .upgrade_configs
+                    .iter()
+                    .map(|u| (u.upgrade_type.as_bytes().into(), u.enabled))
+                    .collect(),
             })
         }
         RouteAction::Redirect(rd) => {

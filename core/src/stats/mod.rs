@@ -21,18 +21,20 @@ crate::stat_scope! {
             downstream_cx_idle_timeout, downstream_cx_delayed_close_timeout,
             downstream_cx_drain_close, downstream_cx_max_requests_reached,
             downstream_cx_max_duration_reached,
-            downstream_cx_http1_total,
+            downstream_cx_http1_total, downstream_cx_upgrades_total,
             downstream_rq_total, downstream_rq_http1_total,
             downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,
             downstream_rq_5xx, downstream_rq_completed, downstream_rq_timeout,
             downstream_rq_idle_timeout, downstream_rq_header_timeout,
             downstream_rq_response_before_rq_complete, downstream_rq_rx_reset,
+            downstream_rq_tx_reset,
             downstream_rq_non_relative_path, downstream_rq_failed_path_normalization,
             downstream_rq_redirected_with_normalized_path, downstream_rq_ws_on_non_ws_route,
             no_route, rq_direct_response, rq_redirect, rq_total,
         }
         gauges {
             downstream_cx_active, downstream_cx_http1_active, downstream_rq_active,
+            downstream_cx_upgrades_active,
             downstream_cx_rx_bytes_buffered, downstream_cx_tx_bytes_buffered,
         }
         histograms { downstream_rq_time, downstream_cx_length_ms }

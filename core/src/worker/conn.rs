@@ -1090,6 +1090,30 @@ fn lower_host(h: &RequestHead) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// Whether an upgrade request goes upstream: the route's `upgrade_configs` say for its type
+/// (the whole `upgrade` value, any case; several `upgrade` headers, joined, match none), else
+/// the connection manager's; no route, or one that forwards nowhere, has no say (Envoy's rule).
+#[cold]
+#[inline(never)]
+fn upgrade_allowed(
+    hcm: &crate::config::HttpConnectionManager,
+    action: Option<&Action>,
+    h: &HeaderMap,
+) -> bool {
+    let Some(kind) = h.only(b"upgrade") else {
+        return false;
+    };
+    let route_says = match action {
+        Some(Action::Forward(f)) => f.upgrade_say(kind),
+        _ => None,
+    };
+    route_says.unwrap_or_else(|| {
+        hcm.upgrade_types
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(kind))
+    })
+}
+
 /// Checks a parsed request the way Envoy's codec does, routes it, and answers it locally or
 /// forwards it.
 async fn handle(
@@ -1101,8 +1125,10 @@ async fn handle(
     last: bool,
 ) -> (u16, Next) {
     let mut conn = ConnectionTokens::of(&head.headers);
-    // No `upgrade_configs` support yet: Envoy answers an upgrade 403 once a route is found (a
-    // 404 before that), and closes the connection either way; an h2c offer it drops.
+    // An upgrade goes upstream when the route or the connection manager's `upgrade_configs`
+    // take its type, else it gets a 403 once a route is found (a 404 before that). Either way
+    // the connection ends with it (the request is never complete: what follows its head is
+    // the tunnel's). An h2c offer Envoy's codec drops.
     let mut upgrade = conn.is_upgrade(&head.headers);
     if upgrade && head.minor == 1 && strip_h2c_upgrade(&mut head.headers) {
         conn = ConnectionTokens::of(&head.headers);
@@ -1124,8 +1150,9 @@ async fn handle(
             return codec_refusal(ctx, l, d, status, body).await;
         }
     };
-    // A local reply leaves an unread body behind, so the connection then closes.
-    let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
+    // A local reply leaves an unread body behind, so the connection then closes; so does an
+    // upgrade's.
+    let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0)) || upgrade;
     d.body_unread = body_pending;
     let later = match check_target(&head, line) {
         Ok(later) if head.normalize_absolute_form() => later,
@@ -1217,13 +1244,25 @@ async fn handle(
     };
     let Some((vh, route)) = found else {
         l.http.no_route.inc();
-        return reply(ctx, l, d, 404, b"", keep_after_local && !upgrade, None).await;
+        // The connection manager takes an upgrade before routing (Envoy counts it so); the
+        // 404 then closes the connection, whether it took it or not.
+        if upgrade && upgrade_allowed(&l.c.cfg.hcm, None, &head.headers) {
+            l.http.downstream_cx_upgrades_total.inc();
+        }
+        return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     };
-    if upgrade {
-        // No `upgrade_configs`: a route refuses every upgrade (Envoy's name says websocket).
-        l.http.downstream_rq_ws_on_non_ws_route.inc();
-        return reply(ctx, l, d, 403, b"", false, None).await;
-    }
+    // Counted once taken, whatever the route does with it; active until it ends.
+    let _upgrading = if upgrade {
+        if !upgrade_allowed(&l.c.cfg.hcm, Some(&route.action), &head.headers) {
+            // Envoy's name says websocket, whatever the type.
+            l.http.downstream_rq_ws_on_non_ws_route.inc();
+            return reply(ctx, l, d, 403, b"", false, None).await;
+        }
+        l.http.downstream_cx_upgrades_total.inc();
+        Some(GaugeHold::new(&l.http.downstream_cx_upgrades_active))
+    } else {
+        None
+    };
     // A local reply's edits: their commands read the request. As in Envoy, the reply's code
     // is not set yet when they run: `%RESPONSE_CODE%` is 0; `%RESP(...)%` reads the reply's
     // headers as the edits so far leave them (a `location`, a less specific level's edits).
@@ -1318,7 +1357,18 @@ async fn handle(
             let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
             let prefix_len = route.prefix_len(head.target());
             forward(
-                ctx, l, d, head, conn, framing, keep, fwd, prefix_len, &cluster, &chain,
+                ctx,
+                l,
+                d,
+                head,
+                conn,
+                framing,
+                keep && !upgrade,
+                upgrade,
+                fwd,
+                prefix_len,
+                &cluster,
+                &chain,
             )
             .await
         }

@@ -25,8 +25,8 @@ use super::headers::{apply_response_extras, rewrite_target, router_request_heade
 use super::timer::earliest;
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
-    method_has_no_body, response_framing, strip_hop_by_hop_response, write_framing,
-    write_status_line, ConnectionTokens,
+    method_has_no_body, response_framing, strip_for_upgrade, strip_hop_by_hop_response,
+    write_framing, write_status_line, ConnectionTokens,
 };
 use crate::http1::head::{parse_response_counted, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
@@ -81,6 +81,20 @@ enum Outcome {
     /// Failed after the response head went downstream (`status` is that head's), or the client
     /// went away (`status` 0): close the connection.
     Abort { status: u16, cause: Cause },
+    /// The upstream took the upgrade: its `101` went downstream, and the connections are a
+    /// tunnel from now on.
+    Switched,
+}
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TunnelEnd {
+    /// The client closed (or half-closed, which ends both sides, as in Envoy) or reset.
+    Client,
+    /// The upstream closed or reset.
+    Upstream,
+    /// Nothing moved either way for the stream idle timeout.
+    Idle,
 }
 
 /// Forwards a routed request and writes the response; returns the status sent (0 if none) and
@@ -94,6 +108,7 @@ pub(super) async fn forward(
     conn: ConnectionTokens,
     framing: Framing,
     keep: bool,
+    upgrade: bool,
     fwd: &Forward,
     prefix_len: usize,
     cluster: &Rc<ClusterRt>,
@@ -236,6 +251,9 @@ pub(super) async fn forward(
     up.rbuf = ctx.take_read_buf();
     let up_chunk =
         BODY_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+    let idle_ms = fwd
+        .idle_timeout_ms
+        .unwrap_or(l.c.cfg.hcm.stream_idle_timeout_ms);
     let x = Exchange {
         ctx,
         l,
@@ -243,10 +261,9 @@ pub(super) async fn forward(
         framing,
         is_head,
         keep,
+        upgrade,
         timeout_ms: fwd.timeout_ms,
-        idle_ms: fwd
-            .idle_timeout_ms
-            .unwrap_or(l.c.cfg.hcm.stream_idle_timeout_ms),
+        idle_ms,
         chain,
         rq_start,
         up_chunk,
@@ -322,6 +339,117 @@ pub(super) async fn forward(
             count_failure(cluster, &host, cause, status);
             (status, Next::Close)
         }
+        Outcome::Switched => {
+            // The upstream's answer, counted when it came (Envoy's upstream_rq_101).
+            cs.count_response(101);
+            host.stats.rq_success.inc();
+            let end = tunnel(l, cs, d, &mut up, idle_ms, up_chunk).await;
+            d.done_at = Some(clock::now());
+            // The upstream connection goes with its request under way, whichever side ended.
+            up.guard.active_rq = true;
+            l.http.downstream_rq_rx_reset.inc();
+            match end {
+                // Envoy: the client's close resets its request under way.
+                TunnelEnd::Client => {
+                    close_upstream(ctx, up);
+                    d.peer_closed = true;
+                    d.ended_in_request = true;
+                    (101, Next::Close)
+                }
+                // Envoy resets the stream towards the client, then closes its connection
+                // (flushed, with the usual delayed close), with no request left on it.
+                TunnelEnd::Upstream | TunnelEnd::Idle => {
+                    if end == TunnelEnd::Upstream {
+                        up.guard.remote = true;
+                    } else {
+                        l.http.downstream_rq_idle_timeout.inc();
+                    }
+                    close_upstream(ctx, up);
+                    l.http.downstream_rq_tx_reset.inc();
+                    let (_, mut w) = d.stream.split();
+                    let _ = write_down(&mut w, b"", true, &l.http.down_tx(&d.held)).await;
+                    (101, d.next(false))
+                }
+            }
+        }
+    }
+}
+
+/// Moves bytes both ways between the client and the upstream once an upgrade is accepted,
+/// until either side closes or nothing moves for `idle_ms` (0: no limit): Envoy's
+/// `stream_idle_timeout` (or the route's `idle_timeout`) holds in a tunnel, the route timeout
+/// does not. Each direction writes what it read before it reads again, so a side that stops
+/// reading holds the other back (no more than one read piece is buffered each way). What the
+/// client sent after its request head, while the upgrade was being answered, goes first.
+async fn tunnel(
+    l: &ListenerRt,
+    cs: &ClusterScope,
+    d: &mut Down,
+    up: &mut UpConn,
+    idle_ms: u64,
+    up_chunk: usize,
+) -> TunnelEnd {
+    let down_chunk = BODY_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+    let Down {
+        stream,
+        rbuf: drbuf,
+        timer,
+        held,
+        ..
+    } = d;
+    let (mut dr, mut dw) = stream.split();
+    let (mut ur, mut uw) = up.stream.split();
+    let urbuf = &mut up.rbuf;
+    let (down_rx, down_tx) = (&l.http.down_rx(held), &l.http.down_tx(held));
+    let (up_rx, up_tx) = (&cs.s.up_rx(&up.guard.held), &cs.s.up_tx(&up.guard.held));
+    let activity = Cell::new(clock::tnow());
+    let touch = || activity.set(clock::tnow());
+    let upward = async {
+        loop {
+            if !drbuf.is_empty() {
+                if write_all(&mut uw, drbuf, up_tx).await.is_err() {
+                    return TunnelEnd::Upstream;
+                }
+                drbuf.clear();
+                down_rx.hold(0);
+                touch();
+            }
+            match read_more(&mut dr, drbuf, down_chunk).await {
+                Ok(n) => {
+                    down_rx.read(n, drbuf.len());
+                    touch();
+                }
+                Err(_) => return TunnelEnd::Client,
+            }
+        }
+    };
+    let downward = async {
+        loop {
+            match read_more(&mut ur, urbuf, up_chunk).await {
+                Ok(n) => {
+                    up_rx.read(n, urbuf.len());
+                    touch();
+                }
+                Err(_) => return TunnelEnd::Upstream,
+            }
+            if write_all(&mut dw, urbuf, down_tx).await.is_err() {
+                return TunnelEnd::Client;
+            }
+            urbuf.clear();
+            up_rx.hold(0);
+            touch();
+        }
+    };
+    let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
+    // The deadline moves with every read and write: each poll asks for the current one (a
+    // going-off for an earlier one is absorbed by `poll_until`).
+    let idle_wait =
+        std::future::poll_fn(|cx| timer.poll_until(cx, idle.map(|i| activity.get() + i)));
+    tokio::select! {
+        biased;
+        end = upward => end,
+        end = downward => end,
+        () = idle_wait => TunnelEnd::Idle,
     }
 }
 
@@ -657,6 +785,9 @@ struct Exchange<'a> {
     framing: Framing,
     is_head: bool,
     keep: bool,
+    /// The request asks for an upgrade its route takes: it never completes (what follows its
+    /// head and body is the tunnel's, held until the upstream answers), and a `101` switches.
+    upgrade: bool,
     timeout_ms: u64,
     /// The stream idle timeout in ms (the route's, else the connection manager's; 0: none).
     idle_ms: u64,
@@ -696,6 +827,8 @@ impl Exchange<'_> {
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
+        // The upstream's 101 went downstream: the exchange hands over to the tunnel.
+        let switched = Cell::new(false);
         // The request has been read from the client in full (decides the client connection);
         // it has also been written upstream in full (decides the upstream connection).
         let req_read = Cell::new(false);
@@ -733,7 +866,7 @@ impl Exchange<'_> {
             loop {
                 let pumped = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
                     .map_err(|_| ReqErr::BadBody)?;
-                if matches!(pumped, Pumped::Done) {
+                if matches!(pumped, Pumped::Done) && !self.upgrade {
                     req_read.set(true);
                 }
                 if !out.is_empty() {
@@ -750,6 +883,13 @@ impl Exchange<'_> {
                     touch();
                 }
                 match pumped {
+                    Pumped::Done if self.upgrade => {
+                        ctx.put_write_buf(out);
+                        // What the client sends now is for the tunnel: read ahead and held
+                        // (up to a read piece) until the upstream answers; the watch ends the
+                        // exchange should the client go meanwhile.
+                        return Err(watch_client(&dr, drbuf, down_rx, READ_CHUNK).await);
+                    }
                     Pumped::Done => {
                         req_complete.set(true);
                         ctx.put_write_buf(out);
@@ -783,7 +923,9 @@ impl Exchange<'_> {
             let mut continued = false;
             let head = loop {
                 match parse_response_counted(urbuf, MAX_RESPONSE_HEAD, self.max_headers) {
-                    // We never ask for an upgrade, so a 101 is a protocol error, not a switch.
+                    // The upstream takes the upgrade.
+                    Ok(Some(h)) if h.status == 101 && self.upgrade => break h,
+                    // A 101 to a request that asked for no upgrade is a protocol error.
                     Ok(Some(h)) if h.status == 101 => return Err(RespErr::Protocol),
                     // An interim response may not carry framing headers either (Envoy).
                     Ok(Some(h))
@@ -854,11 +996,17 @@ impl Exchange<'_> {
             if !rq_done {
                 l.http.downstream_rq_response_before_rq_complete.inc();
             }
-            // Asked first: a drain is counted whatever else closes the connection.
-            let closes = response_closes(ctx, l, d.opened, &d.max_reached);
+            let switching = status == 101;
+            // Asked first: a drain is counted whatever else closes the connection (a tunnel
+            // has no response end to close at).
+            let closes = !switching && response_closes(ctx, l, d.opened, &d.max_reached);
             let down_keep = self.keep && rq_done && !closes;
             let mut h = head.headers;
-            strip_hop_by_hop_response(&mut h, conn);
+            if switching {
+                strip_for_upgrade(&mut h);
+            } else {
+                strip_hop_by_hop_response(&mut h, conn);
+            }
             let local = || self.local;
             let cx = Cx {
                 peer: d.peer,
@@ -877,6 +1025,27 @@ impl Exchange<'_> {
             // Envoy sets the service time only once the whole request has gone upstream.
             let service_ms = req_complete.get().then_some(service_ms);
             apply_response_extras(ctx, l, &mut h, service_ms, self.chain, &cx);
+            if switching {
+                // The 101 goes down as it came, `connection` and `upgrade` included, with
+                // the proxy's own headers and edits, and the tunnel's first bytes that came
+                // with it; the tunnel is [`tunnel`]'s.
+                let mut out = ctx.take_write_buf();
+                write_status_line(&mut out, status);
+                h.write_to(&mut out);
+                drop(h);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(urbuf);
+                urbuf.clear();
+                up_rx.hold(0);
+                resp_status.set(status);
+                switched.set(true);
+                write_all(&mut dw, &out, down_tx)
+                    .await
+                    .map_err(|_| RespErr::Downstream)?;
+                touch();
+                ctx.put_write_buf(out);
+                return Ok((status, false, false));
+            }
             // A length that a header edit removed (a response's `connection` removes none): the
             // body still comes, so it goes chunked, never unframed on a kept-alive connection.
             if matches!(down_framing, Framing::Length(n) if n > 0)
@@ -1086,6 +1255,9 @@ impl Exchange<'_> {
         let complete = req_complete.get();
         let read_whole = req_read.get();
         d.body_unread = !read_whole;
+        if switched.get() && matches!(result, Ok(Ok(_))) {
+            return Outcome::Switched;
+        }
         if matches!(result, Ok(Ok(_))) && !complete {
             // Answered before the request had all gone upstream (an early response): the
             // upstream connection closes with the request on it, and the client's request,

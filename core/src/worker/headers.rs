@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 
 use super::ctx::{Ctx, ListenerRt};
-use crate::http1::codec::{strip_hop_by_hop, ConnectionTokens};
+use crate::http1::codec::{strip_for_upgrade, strip_hop_by_hop, ConnectionTokens};
 use crate::http1::head::{known, HeaderMap};
 use crate::router::{Cx, Forward, Mutations, Redirect};
 
@@ -35,22 +35,6 @@ const ENVOY_EDGE_HEADERS: [&[u8]; 4] = [
     b"x-envoy-original-path",
     b"x-envoy-decorator-operation",
 ];
-
-/// The hop-by-hop strip for an upgrade request: Envoy's connection manager keeps its
-/// `connection` and `upgrade` for the routes to match (pyproxy never forwards one: it gets a
-/// 403 or 404 after routing).
-#[cold]
-#[inline(never)]
-fn strip_keeping_upgrade(h: &mut HeaderMap, conn: ConnectionTokens) {
-    let kept: Vec<(&[u8], Vec<u8>)> = [&b"connection"[..], b"upgrade"]
-        .into_iter()
-        .flat_map(|n| h.get_all(n).map(move |v| (n, v.to_vec())))
-        .collect();
-    strip_hop_by_hop(h, conn);
-    for (n, v) in kept {
-        h.append(n, &v);
-    }
-}
 
 /// A random UUID v4 in its 36-character text form (Envoy's `x-request-id`).
 pub fn uuid4() -> [u8; 36] {
@@ -136,7 +120,7 @@ pub fn mutate_request(
     let hcm = &l.c.cfg.hcm;
     let edge = hcm.use_remote_address;
     if upgrade {
-        strip_keeping_upgrade(h, conn);
+        strip_for_upgrade(h);
     } else {
         strip_hop_by_hop(h, conn);
     }
