@@ -37,8 +37,40 @@ CANNED = {
     # The upstream closes after part of the body it announced.
     "/cut": b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello",
     "/cutchunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n",
+    "/ws404": b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope",
     "*": OK,
 }
+
+
+def switch(then: bytes | None) -> Callable[[socket.socket, bytes], None]:
+    """An upstream that takes an upgrade: a 101, then an echo until the proxy closes, or (`then`)
+    those bytes and its close."""
+    def answer(s: socket.socket, rest: bytes) -> None:
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+        if then is not None:
+            s.sendall(then)
+            return
+        data = rest
+        while True:
+            if data:
+                s.sendall(data)
+            try:
+                data = s.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+    return answer
+
+
+CANNED["/wsecho"] = switch(None)
+CANNED["/wsclose"] = switch(b"bye")
+WS = {"hcm": {"upgrade_configs": [{"upgrade_type": "websocket"}], "stream_idle_timeout": "0.5s"}, "canned": True}
+
+
+def upgrade(path: str, then: bytes = b"") -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n".encode()
+            + then)
 QUIET = ("http.ingress_http.downstream_cx_active", "cluster.up.upstream_rq_active",
          "http.ingress_http.downstream_rq_active")
 KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_0\.|http1\.)")
@@ -48,7 +80,7 @@ LACKS = re.compile(
     r"response_flood|ssl|tracing|retry|"
     r"assignment_|update_|version|warming|membership_(degraded|excluded)|original_dst|bind_errors|"
     r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)|overload|"
-    r"flow_control|shadow|maintenance|upgrades|ws_on_non_ws|premature_resets|ip_detection|"
+    r"flow_control|shadow|maintenance|premature_resets|ip_detection|"
     r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
     r"extension_config|preconnect|_overflow|queue_overloaded|per_try|idle_timeout|"
     r"soft_drain|passthrough|no_cluster|rs_too_large|"
@@ -154,6 +186,14 @@ SCENARIOS: dict[str, Scenario] = {
     "lingerstay": ({}, lambda p, proxy: send(
         p, b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nab", then_close=False,
         until=lambda: proxy.stats().get("http.ingress_http.downstream_cx_destroy") == 1)),
+    # Upgrades (session 17): the client ends the tunnel, the upstream does, the idle timeout
+    # does; the upstream refuses; no route takes it.
+    "wsclient": (WS, lambda p, proxy: send(p, upgrade("/wsecho", b"data"), then_close=False, until=lambda: (
+        proxy.stats().get("cluster.up.upstream_cx_rx_bytes_total", 0) >= 81))),  # the 101 and the echo
+    "wsupstream": (WS, lambda p, _: send(p, upgrade("/wsclose"))),
+    "wsidle": (WS, lambda p, _: send(p, upgrade("/wsecho"))),
+    "ws404": (WS, lambda p, _: send(p, upgrade("/ws404"))),
+    "wsrefused": ({"canned": True}, lambda p, _: send(p, upgrade("/wsecho"))),
 }
 
 
@@ -166,7 +206,7 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
     # No catch-all: /nope finds no route.
     routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               route("/hang", "up", timeout="0.3s")]
-    routes += [route(prefix, "up") for prefix in ("/x", "/status", "/reset", "/cc", "/cd", "/bad")]
+    routes += [route(prefix, "up") for prefix in ("/x", "/status", "/reset", "/cc", "/cd", "/bad", "/ws")]
     return bootstrap(routes, [c], hcm=settings.get("hcm"))
 
 

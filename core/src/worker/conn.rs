@@ -1229,8 +1229,8 @@ async fn handle(
     } else {
         std::borrow::Cow::Borrowed(&b""[..])
     };
-    // Every request that reaches routing counts as the router's (found or not).
-    l.http.rq_total.inc();
+    // Every request that reaches the router counts as its own (a route found or not); an
+    // upgrade the route refuses never does (Envoy refuses it before its filters run).
     let rq = RouteRequest {
         method: head.method(),
         target: head.target(),
@@ -1243,6 +1243,7 @@ async fn handle(
         table.route(&host, &rq)
     };
     let Some((vh, route)) = found else {
+        l.http.rq_total.inc();
         l.http.no_route.inc();
         // The connection manager takes an upgrade before routing (Envoy counts it so); the
         // 404 then closes the connection, whether it took it or not.
@@ -1251,18 +1252,16 @@ async fn handle(
         }
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     };
-    // Counted once taken, whatever the route does with it; active until it ends.
-    let _upgrading = if upgrade {
+    if upgrade {
         if !upgrade_allowed(&l.c.cfg.hcm, Some(&route.action), &head.headers) {
             // Envoy's name says websocket, whatever the type.
             l.http.downstream_rq_ws_on_non_ws_route.inc();
             return reply(ctx, l, d, 403, b"", false, None).await;
         }
+        // Counted once taken, whatever the route does with it (active: the tunnel, forward.rs).
         l.http.downstream_cx_upgrades_total.inc();
-        Some(GaugeHold::new(&l.http.downstream_cx_upgrades_active))
-    } else {
-        None
-    };
+    }
+    l.http.rq_total.inc();
     // A local reply's edits: their commands read the request. As in Envoy, the reply's code
     // is not set yet when they run: `%RESPONSE_CODE%` is 0; `%RESP(...)%` reads the reply's
     // headers as the edits so far leave them (a `location`, a less specific level's edits).

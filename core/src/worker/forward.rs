@@ -97,8 +97,8 @@ enum TunnelEnd {
     Idle,
 }
 
-/// Forwards a routed request and writes the response; returns the status sent (0 if none) and
-/// whether the client connection continues.
+/// Forwards a routed request and writes the response; returns the status sent (0 if none, or
+/// if counted here: a 101, whose tunnel follows) and whether the client connection continues.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     ctx: &Rc<Ctx>,
@@ -339,40 +339,51 @@ pub(super) async fn forward(
             count_failure(cluster, &host, cause, status);
             (status, Next::Close)
         }
-        Outcome::Switched => {
-            // The upstream's answer, counted when it came (Envoy's upstream_rq_101).
-            cs.count_response(101);
-            host.stats.rq_success.inc();
-            let end = tunnel(l, cs, d, &mut up, idle_ms, up_chunk).await;
-            d.done_at = Some(clock::now());
-            // The upstream connection goes with its request under way, whichever side ended.
-            up.guard.active_rq = true;
-            l.http.downstream_rq_rx_reset.inc();
-            match end {
-                // Envoy: the client's close resets its request under way.
-                TunnelEnd::Client => {
-                    close_upstream(ctx, up);
-                    d.peer_closed = true;
-                    d.ended_in_request = true;
-                    (101, Next::Close)
-                }
-                // Envoy resets the stream towards the client, then closes its connection
-                // (flushed, with the usual delayed close), with no request left on it.
-                TunnelEnd::Upstream | TunnelEnd::Idle => {
-                    if end == TunnelEnd::Upstream {
-                        up.guard.remote = true;
-                    } else {
-                        l.http.downstream_rq_idle_timeout.inc();
-                    }
-                    close_upstream(ctx, up);
-                    l.http.downstream_rq_tx_reset.inc();
-                    let (_, mut w) = d.stream.split();
-                    let _ = write_down(&mut w, b"", true, &l.http.down_tx(&d.held)).await;
-                    (101, d.next(false))
-                }
-            }
-        }
+        // Boxed: its state would otherwise widen every exchange's future.
+        Outcome::Switched => Box::pin(switched(ctx, l, d, up, cs, &host, idle_ms, up_chunk)).await,
     }
+}
+
+/// The upgrade the upstream took: counts its 101 (both sides, as it went, as Envoy's are
+/// there while the tunnel is), runs the tunnel and counts how it ended (envoy-behaviour.md
+/// section 19). The request's time is the tunnel's.
+#[allow(clippy::too_many_arguments)]
+async fn switched(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    mut up: UpConn,
+    cs: &ClusterScope,
+    host: &HostRt,
+    idle_ms: u64,
+    up_chunk: usize,
+) -> (u16, Next) {
+    cs.count_response(101);
+    host.stats.rq_success.inc();
+    l.count_completed(101);
+    let upgraded = GaugeHold::new(&l.http.downstream_cx_upgrades_active);
+    let end = tunnel(l, cs, d, &mut up, idle_ms, up_chunk).await;
+    drop(upgraded);
+    l.http.downstream_rq_time.record_ms(d.started);
+    // The upstream connection goes with its request under way, whichever side ended.
+    up.guard.active_rq = true;
+    up.guard.remote = end == TunnelEnd::Upstream;
+    close_upstream(ctx, up);
+    l.http.downstream_rq_rx_reset.inc();
+    if end == TunnelEnd::Client {
+        // Envoy: the client's close resets its request under way.
+        d.peer_closed = true;
+        d.ended_in_request = true;
+        return (0, Next::Close);
+    }
+    // Envoy resets the stream towards the client, then closes its connection (flushed, with
+    // the usual delayed close), with no request left on it.
+    if end == TunnelEnd::Idle {
+        l.http.downstream_rq_idle_timeout.inc();
+    }
+    l.http.downstream_rq_tx_reset.inc();
+    let _ = socket2::SockRef::from(&d.stream).shutdown(std::net::Shutdown::Write);
+    (0, d.next(false))
 }
 
 /// Moves bytes both ways between the client and the upstream once an upgrade is accepted,
@@ -425,12 +436,15 @@ async fn tunnel(
     };
     let downward = async {
         loop {
-            match read_more(&mut ur, urbuf, up_chunk).await {
-                Ok(n) => {
-                    up_rx.read(n, urbuf.len());
-                    touch();
+            // What came with the 101 goes first.
+            if urbuf.is_empty() {
+                match read_more(&mut ur, urbuf, up_chunk).await {
+                    Ok(n) => {
+                        up_rx.read(n, urbuf.len());
+                        touch();
+                    }
+                    Err(_) => return TunnelEnd::Upstream,
                 }
-                Err(_) => return TunnelEnd::Upstream,
             }
             if write_all(&mut dw, urbuf, down_tx).await.is_err() {
                 return TunnelEnd::Client;
@@ -827,8 +841,6 @@ impl Exchange<'_> {
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
-        // The upstream's 101 went downstream: the exchange hands over to the tunnel.
-        let switched = Cell::new(false);
         // The request has been read from the client in full (decides the client connection);
         // it has also been written upstream in full (decides the upstream connection).
         let req_read = Cell::new(false);
@@ -923,10 +935,15 @@ impl Exchange<'_> {
             let mut continued = false;
             let head = loop {
                 match parse_response_counted(urbuf, MAX_RESPONSE_HEAD, self.max_headers) {
-                    // The upstream takes the upgrade.
-                    Ok(Some(h)) if h.status == 101 && self.upgrade => break h,
-                    // A 101 to a request that asked for no upgrade is a protocol error.
-                    Ok(Some(h)) if h.status == 101 => return Err(RespErr::Protocol),
+                    // The upstream takes the upgrade: its 101 goes down as a response head
+                    // does, and the tunnel is [`tunnel`]'s. A 101 to a request that asked
+                    // for no upgrade is a protocol error.
+                    Ok(Some(h)) if h.status == 101 => {
+                        if self.upgrade {
+                            break h;
+                        }
+                        return Err(RespErr::Protocol);
+                    }
                     // An interim response may not carry framing headers either (Envoy).
                     Ok(Some(h))
                         if (100..200).contains(&h.status)
@@ -996,13 +1013,12 @@ impl Exchange<'_> {
             if !rq_done {
                 l.http.downstream_rq_response_before_rq_complete.inc();
             }
-            let switching = status == 101;
-            // Asked first: a drain is counted whatever else closes the connection (a tunnel
-            // has no response end to close at).
-            let closes = !switching && response_closes(ctx, l, d.opened, &d.max_reached);
+            // Asked first: a drain is counted whatever else closes the connection.
+            let closes = response_closes(ctx, l, d.opened, &d.max_reached);
             let down_keep = self.keep && rq_done && !closes;
             let mut h = head.headers;
-            if switching {
+            if status == 101 {
+                // An upgrade's 101 keeps its `connection` and `upgrade`.
                 strip_for_upgrade(&mut h);
             } else {
                 strip_hop_by_hop_response(&mut h, conn);
@@ -1025,27 +1041,6 @@ impl Exchange<'_> {
             // Envoy sets the service time only once the whole request has gone upstream.
             let service_ms = req_complete.get().then_some(service_ms);
             apply_response_extras(ctx, l, &mut h, service_ms, self.chain, &cx);
-            if switching {
-                // The 101 goes down as it came, `connection` and `upgrade` included, with
-                // the proxy's own headers and edits, and the tunnel's first bytes that came
-                // with it; the tunnel is [`tunnel`]'s.
-                let mut out = ctx.take_write_buf();
-                write_status_line(&mut out, status);
-                h.write_to(&mut out);
-                drop(h);
-                out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(urbuf);
-                urbuf.clear();
-                up_rx.hold(0);
-                resp_status.set(status);
-                switched.set(true);
-                write_all(&mut dw, &out, down_tx)
-                    .await
-                    .map_err(|_| RespErr::Downstream)?;
-                touch();
-                ctx.put_write_buf(out);
-                return Ok((status, false, false));
-            }
             // A length that a header edit removed (a response's `connection` removes none): the
             // body still comes, so it goes chunked, never unframed on a kept-alive connection.
             if matches!(down_framing, Framing::Length(n) if n > 0)
@@ -1068,7 +1063,9 @@ impl Exchange<'_> {
             if down_framing == Framing::Chunked || head_chunked {
                 write_framing(&mut out, Framing::Chunked);
             }
-            if !down_keep {
+            // (A 101 ends no connection: a tunnel follows it.)
+            let fin = !down_keep && status != 101;
+            if fin {
                 out.extend_from_slice(b"connection: close\r\n");
             }
             out.extend_from_slice(b"\r\n");
@@ -1097,7 +1094,7 @@ impl Exchange<'_> {
                     }
                     return Err(RespErr::Protocol);
                 };
-                let last = !down_keep && matches!(pumped, Pumped::Done);
+                let last = fin && matches!(pumped, Pumped::Done);
                 let hold = std::mem::take(&mut hold_head) && matches!(pumped, Pumped::NeedMore);
                 // The last bytes on a connection that closes next go with its FIN (with no
                 // bytes left, when the body ended on a full piece, the FIN alone).
@@ -1255,7 +1252,7 @@ impl Exchange<'_> {
         let complete = req_complete.get();
         let read_whole = req_read.get();
         d.body_unread = !read_whole;
-        if switched.get() && matches!(result, Ok(Ok(_))) {
+        if matches!(result, Ok(Ok((101, _, _)))) {
             return Outcome::Switched;
         }
         if matches!(result, Ok(Ok(_))) && !complete {
