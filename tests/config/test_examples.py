@@ -16,7 +16,7 @@ EXAMPLES = sorted((ROOT / "configs").glob("*.yaml"))
 
 def test_the_examples_are_there() -> None:
     assert {p.name for p in EXAMPLES} >= {
-        "default.yaml", "envoy-docs-example.yaml", "routing.yaml", "strict-dns.yaml"}
+        "default.yaml", "envoy-docs-example.yaml", "routing.yaml", "strict-dns.yaml", "websocket.yaml"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
