@@ -178,6 +178,10 @@ pub struct HttpConnectionManager {
     /// Envoy `proxy_100_continue` (default false: answer `100 Continue` locally).
     #[serde(default)]
     pub proxy_100_continue: bool,
+    /// Envoy `always_set_request_id_in_response` (default false): every response says the
+    /// request's `x-request-id`, proxied or local (not a codec refusal).
+    #[serde(default)]
+    pub always_set_request_id_in_response: bool,
     /// Envoy `upgrade_configs`: the upgrade types (lower-case) forwarded unless a route says
     /// otherwise; an entry with `enabled: false` is left out.
     #[serde(default)]

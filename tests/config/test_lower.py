@@ -75,6 +75,7 @@ def test_default_snapshot() -> None:
         "headers_with_underscores_action": "ALLOW",
         "proxy_100_continue": False,
         "upgrade_types": [],
+        "always_set_request_id_in_response": False,
         "strip_any_host_port": False,
         "strip_matching_host_port": False,
         "normalize_path": False,

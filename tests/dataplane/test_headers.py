@@ -778,3 +778,73 @@ def test_te_named_by_connection_is_reduced_where_it_stands(make_proxy: Any, upst
     names = [n.lower() for n, _ in upstream.requests[-1].headers]
     assert names[:3] == ["host", "te", "content-length"]
     assert upstream.requests[-1].header("te") == "trailers"
+
+
+# --- always_set_request_id_in_response (envoy binary, session 17) ------------------------------
+
+RID_ROUTES = [
+    {"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
+    {"match": {"prefix": "/r"}, "redirect": {"path_redirect": "/x"}},
+    {"match": {"prefix": "/u"}, "route": {"cluster": "up"}},
+    route("/p", "up"),
+]
+UP_ANSWERS = {"/u": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: from-up\r\nx-up: 1\r\n\r\nok",
+              "*": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: 1\r\n\r\nok"}
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        # Proxied: after `server`; an upstream's own is replaced where it stands.
+        ("/p", [("content-length", "2"), ("x-up", "1"), ("x-envoy-upstream-service-time", "<ms>"),
+                DATE, ("server", "envoy"), ("x-request-id", "ID")]),
+        ("/u", [("content-length", "2"), ("x-request-id", "ID"), ("x-up", "1"),
+                ("x-envoy-upstream-service-time", "<ms>"), DATE, ("server", "envoy")]),
+        # Local replies: after `server`, before the framing of a bodiless one.
+        ("/nope", [DATE, ("server", "envoy"), ("x-request-id", "ID"), ("content-length", "0")]),
+        ("/d", [("content-length", "2"), ("content-type", "text/plain"), DATE, ("server", "envoy"),
+                ("x-request-id", "ID")]),
+        ("/r", [("location", "http://example.com/x"), DATE, ("server", "envoy"), ("x-request-id", "ID"),
+                ("content-length", "0")]),
+    ],
+    ids=["proxied", "upstream-own", "no-route", "direct", "redirect"],
+)
+@pytest.mark.parametrize("client_id", [None, "mine"], ids=["generated", "client"])
+def test_always_set_request_id_in_response(
+    make_proxy: Any, make_canned: Any, path: str, expected: H, client_id: str | None
+) -> None:
+    up = make_canned(UP_ANSWERS)
+    hcm = {"always_set_request_id_in_response": True}
+    p = make_proxy(bootstrap(RID_ROUTES, [cluster("up", up.port)], hcm=hcm))
+    extra = f"x-request-id: {client_id}\r\n" if client_id else ""
+    with RawConn(p.listener_port()) as c:
+        r = c.request(get(path, extra=extra))
+    got = dict(r.headers)["x-request-id"]
+    if client_id:
+        assert got == client_id
+    else:
+        assert UUID4.match(got), got
+    if up.heads:  # the id the upstream got is the one the client gets
+        assert f"x-request-id: {got}\r\n".encode() in up.heads[0]
+    assert [(k, "ID" if k == "x-request-id" else v) for k, v in shape(r.headers)] == expected
+
+
+def test_always_set_request_id_in_response_edge_cases(make_proxy: Any, make_canned: Any) -> None:
+    up = make_canned(UP_ANSWERS)
+    hcm = {"always_set_request_id_in_response": True}
+    p = make_proxy(bootstrap(RID_ROUTES, [cluster("up", up.port)], hcm=hcm))
+    with RawConn(p.listener_port()) as c:
+        # Before `connection: close`.
+        r = c.request(get("/p", extra="x-request-id: mine\r\nconnection: close\r\n"))
+        assert r.names()[-2:] == ["x-request-id", "connection"]
+    with RawConn(p.listener_port()) as c:
+        # A codec refusal comes before the id is there: none.
+        r = c.request(b"GET / HTTP/1.1\r\nbad\r\n\r\n")
+        assert (r.status, r.header("x-request-id")) == (400, None)
+    # Without generated ids only a client's own comes back.
+    p2 = make_proxy(bootstrap(RID_ROUTES, [cluster("up", up.port)],
+                              hcm={**hcm, "generate_request_id": False}))
+    with RawConn(p2.listener_port()) as c:
+        assert c.request(get("/p")).header("x-request-id") is None
+        assert c.request(get("/nope")).header("x-request-id") is None
+        assert c.request(get("/p", extra="x-request-id: mine\r\n")).header("x-request-id") == "mine"

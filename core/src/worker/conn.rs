@@ -96,6 +96,11 @@ pub(super) struct Down {
     pub(super) timer: ConnTimer,
     /// Its share of `downstream_cx_{rx,tx}_bytes_buffered`.
     pub(super) held: Buffered,
+    /// The current request's `x-request-id`, for its response, under the connection
+    /// manager's `always_set_request_id_in_response` (a thin pointer: it costs every idle
+    /// connection 8 bytes, not 24).
+    #[allow(clippy::box_collection)]
+    pub(super) request_id: Option<Box<Vec<u8>>>,
 }
 
 impl Down {
@@ -223,6 +228,7 @@ pub fn serve(
             done_at: None,
             timer: ConnTimer::new(),
             held: Buffered::default(),
+            request_id: None,
         },
         _guard: DownGuard::new(l),
         ctx,
@@ -654,6 +660,9 @@ async fn request(
     let active = GaugeHold::new(&l.http.downstream_rq_active);
     let (status, next) = handle(ctx, snap, l, d, head, last).await;
     drop(active);
+    if d.request_id.is_some() {
+        d.request_id = None;
+    }
     if status != 0 {
         l.count_completed(status);
         let end = d.done_at.unwrap_or_else(clock::now);
@@ -776,7 +785,7 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     // It closes anyway; a drain is still counted (envoy binary: a 400 for a bad header while
     // health checks fail counts downstream_cx_drain_close), and the connection's age.
     response_closes(ctx, l, d.opened, &d.max_reached);
-    let out = local_reply(ctx, l, status, body, true, None, false);
+    let out = local_reply(ctx, l, status, body, true, None, false, None);
     let _ = write_last(&d.stream, &out, &h.down_tx(&d.held)).await;
     Next::Close
 }
@@ -916,6 +925,8 @@ pub(super) async fn write_down(
 /// Builds a complete local reply in Envoy's header order: with a body, `content-length`,
 /// `content-type: text/plain`, `date`, `server`; without one, `date`, `server`,
 /// `content-length: 0` (and `connection: close` before the length when closing).
+/// `request_id`: the request's `x-request-id`, under `always_set_request_id_in_response`.
+#[allow(clippy::too_many_arguments)]
 fn local_reply(
     ctx: &Ctx,
     l: &ListenerRt,
@@ -924,6 +935,7 @@ fn local_reply(
     close: bool,
     extra: Option<&HeaderMap>,
     head_request: bool,
+    request_id: Option<&[u8]>,
 ) -> Vec<u8> {
     // A 204 or 304 has no body by definition (RFC 9110 sections 15.3.5 and 15.4.5): a
     // configured one is not sent, nor framed. (Envoy 1.40 sends it, with its length, and the
@@ -959,6 +971,9 @@ fn local_reply(
         }
         if !server_written {
             write_header(out, b"server", &l.c.server_name);
+        }
+        if let Some(id) = request_id {
+            write_header(out, b"x-request-id", id);
         }
     };
     if body.is_empty() {
@@ -1011,7 +1026,8 @@ pub(super) async fn reply(
     }
     // Asked first: a drain is counted whatever else closes the connection.
     let keep = !response_closes(ctx, l, d.opened, &d.max_reached) && keep;
-    let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request);
+    let rid = d.request_id.as_deref().map(Vec::as_slice);
+    let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request, rid);
     let (_, mut w) = d.stream.split();
     let tx = l.http.down_tx(&d.held);
     if write_down(&mut w, &out, !keep, &tx).await.is_err() {
@@ -1222,6 +1238,14 @@ async fn handle(
     // they leave them (hop-by-hop headers gone, `x-forwarded-proto` and `x-request-id` set),
     // as in Envoy.
     mutate_request(l, d.peer, &mut head.headers, conn, upgrade);
+    if l.c.cfg.hcm.always_set_request_id_in_response {
+        // Every answer from here on says the request's id (Envoy's codec refusals before this
+        // point say none). Cleared when the request ends.
+        d.request_id = head
+            .headers
+            .get(b"x-request-id")
+            .map(|v| Box::new(v.to_vec()));
+    }
     let table = &l.c.routes;
     // Routing by `*` alone never looks at the host: no lower-casing.
     let host = if table.uses_host() {

@@ -467,6 +467,13 @@ async fn tunnel(
     }
 }
 
+/// Sets a response's `x-request-id` (`always_set_request_id_in_response`).
+#[cold]
+#[inline(never)]
+fn set_request_id(h: &mut HeaderMap, id: &[u8]) {
+    h.set(b"x-request-id", id);
+}
+
 /// Closes an upstream connection that is not pooled again; its read buffer goes back to the
 /// worker's pool (what it still holds is dropped with the connection).
 fn close_upstream(ctx: &Ctx, up: UpConn) {
@@ -1041,6 +1048,11 @@ impl Exchange<'_> {
             // Envoy sets the service time only once the whole request has gone upstream.
             let service_ms = req_complete.get().then_some(service_ms);
             apply_response_extras(ctx, l, &mut h, service_ms, self.chain, &cx);
+            // `always_set_request_id_in_response`: the request's id, over an upstream's own in
+            // place (Envoy), after `server`.
+            if let Some(id) = &d.request_id {
+                set_request_id(&mut h, id);
+            }
             // A length that a header edit removed (a response's `connection` removes none): the
             // body still comes, so it goes chunked, never unframed on a kept-alive connection.
             if matches!(down_framing, Framing::Length(n) if n > 0)
