@@ -566,3 +566,26 @@ def test_apply_during_a_graceful_drains_accepting_time_adds_listeners(
     for port in ports.values():
         poll(lambda p=port: connect_refused("127.0.0.1", p), timeout=5.0, what="the listeners to stop")
     poll(lambda: proxy.stats()["listener_manager.listener_stopped"] == 2, timeout=5.0, what="2 stopped")
+
+
+def test_a_tunnel_of_a_removed_listener_closes_once_the_drain_time_has_passed(
+    make_proxy: Callable[..., Any]
+) -> None:
+    # A websocket on a listener a config removed lasts as long as the drain time, as the
+    # listener's idle connections, even with no idle timeout to end it.
+    from tests.dataplane.test_upgrades import UPGRADE, Tunnel
+
+    t = Tunnel()
+    up = CannedUpstream({"*": t})
+    hcm = {"upgrade_configs": [{"upgrade_type": "websocket"}], "stream_idle_timeout": "0s"}
+    one = bootstrap([route("/", "a")], [cluster("a", up.port)], hcm=hcm)
+    two = with_second_listener(one)
+    proxy = make_proxy(two, drain_time_s=0.3)
+    ports = {name: p for name, _, p in proxy.listeners()}
+    with RawConn(ports["listener_1"]) as c:
+        c.send(UPGRADE)
+        assert c.read_response().status == 101
+        proxy.apply(one)
+        assert c.closed_within(10)
+    assert t.eof.wait(5)
+    up.stop()

@@ -79,7 +79,7 @@ pub(super) struct Down {
     pub(super) peer_closed: bool,
     pub(super) ended_in_request: bool,
     /// This connection's place on the worker's drain list (`Ctx::watch_drain`).
-    drain_key: u32,
+    pub(super) drain_key: u32,
     /// Requests begun on it, counted while the connection manager has a
     /// `max_requests_per_connection`.
     requests: u32,

@@ -95,6 +95,8 @@ enum TunnelEnd {
     Upstream,
     /// Nothing moved either way for the stream idle timeout.
     Idle,
+    /// The listener was removed and its drain time is over.
+    Removed,
 }
 
 /// Forwards a routed request and writes the response; returns the status sent (0 if none, or
@@ -115,7 +117,8 @@ pub(super) async fn forward(
     chain: &[&Mutations; 4],
 ) -> (u16, Next) {
     let cs = &cluster.stats;
-    let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0));
+    // What follows an upgrade's head is never read here (it is the tunnel's, or left unread).
+    let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0)) || upgrade;
     let Some(host) = cluster.pick() else {
         cs.s.upstream_cx_none_healthy.inc();
         // No host at all is below any healthy-panic threshold (Envoy counts it so).
@@ -234,7 +237,8 @@ pub(super) async fn forward(
                     // A body read ahead whole while the connection was being made is
                     // complete, as Envoy has it by then: the reply answers a whole request and
                     // the client connection stays, with the body dropped from the buffer.
-                    let whole = body_pending && take_buffered_body(&mut d.rbuf, framing);
+                    let whole =
+                        body_pending && !upgrade && take_buffered_body(&mut d.rbuf, framing);
                     if whole {
                         d.body_unread = false;
                     }
@@ -362,7 +366,7 @@ async fn switched(
     host.stats.rq_success.inc();
     l.count_completed(101);
     let upgraded = GaugeHold::new(&l.http.downstream_cx_upgrades_active);
-    let end = tunnel(l, cs, d, &mut up, idle_ms, up_chunk).await;
+    let end = tunnel(ctx, l, cs, d, &mut up, idle_ms, up_chunk).await;
     drop(upgraded);
     l.http.downstream_rq_time.record_ms(d.started);
     // The upstream connection goes with its request under way, whichever side ended.
@@ -377,7 +381,7 @@ async fn switched(
         return (0, Next::Close);
     }
     // Envoy resets the stream towards the client, then closes its connection (flushed, with
-    // the usual delayed close), with no request left on it.
+    // the usual delayed close), with no request left on it (a removed listener's too).
     if end == TunnelEnd::Idle {
         l.http.downstream_rq_idle_timeout.inc();
     }
@@ -393,6 +397,7 @@ async fn switched(
 /// reading holds the other back (no more than one read piece is buffered each way). What the
 /// client sent after its request head, while the upgrade was being answered, goes first.
 async fn tunnel(
+    ctx: &Ctx,
     l: &ListenerRt,
     cs: &ClusterScope,
     d: &mut Down,
@@ -406,6 +411,7 @@ async fn tunnel(
         rbuf: drbuf,
         timer,
         held,
+        drain_key,
         ..
     } = d;
     let (mut dr, mut dw) = stream.split();
@@ -418,8 +424,12 @@ async fn tunnel(
     let upward = async {
         loop {
             if !drbuf.is_empty() {
-                if write_all(&mut uw, drbuf, up_tx).await.is_err() {
-                    return TunnelEnd::Upstream;
+                // While the upstream is slow to take them, the client is not read (no more is
+                // buffered), but a reset of its connection still ends the tunnel.
+                match first_of(write_all(&mut uw, drbuf, up_tx), reset(dr.as_ref())).await {
+                    Either::Left(Ok(())) => {}
+                    Either::Left(Err(_)) => return TunnelEnd::Upstream,
+                    Either::Right(()) => return TunnelEnd::Client,
                 }
                 drbuf.clear();
                 down_rx.hold(0);
@@ -446,8 +456,10 @@ async fn tunnel(
                     Err(_) => return TunnelEnd::Upstream,
                 }
             }
-            if write_all(&mut dw, urbuf, down_tx).await.is_err() {
-                return TunnelEnd::Client;
+            match first_of(write_all(&mut dw, urbuf, down_tx), reset(ur.as_ref())).await {
+                Either::Left(Ok(())) => {}
+                Either::Left(Err(_)) => return TunnelEnd::Client,
+                Either::Right(()) => return TunnelEnd::Upstream,
             }
             urbuf.clear();
             up_rx.hold(0);
@@ -459,12 +471,47 @@ async fn tunnel(
     // going-off for an earlier one is absorbed by `poll_until`).
     let idle_wait =
         std::future::poll_fn(|cx| timer.poll_until(cx, idle.map(|i| activity.get() + i)));
+    // A listener a snapshot removed closes its tunnels once its drain time is over, as its
+    // idle connections (Envoy destroys the listener's connections then).
+    let removed = std::future::poll_fn(|cx| {
+        ctx.watch_drain(drain_key, cx.waker());
+        if l.removal.closed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
     tokio::select! {
         biased;
         end = upward => end,
         end = downward => end,
         () = idle_wait => TunnelEnd::Idle,
+        () = removed => TunnelEnd::Removed,
     }
+}
+
+/// Waits until the connection is reset (an error reported on it): what a side of a tunnel
+/// watches while it is not read.
+async fn reset(s: &TcpStream) {
+    let _ = s.ready(tokio::io::Interest::ERROR).await;
+}
+
+/// Which of two futures finished first.
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls `a` then `b` until one finishes.
+async fn first_of<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(v));
+        }
+        b.as_mut().poll(cx).map(Either::Right)
+    })
+    .await
 }
 
 /// Sets a response's `x-request-id` (`always_set_request_id_in_response`).
@@ -721,7 +768,9 @@ async fn watch_client(r: &ReadHalf<'_>, buf: &mut BytesMut, rx: &Flow<'_>, cap: 
             Err(_) => return ReqErr::Downstream,
         }
     }
-    std::future::pending().await
+    // Full: the client is not read further, but a reset of its connection is still seen.
+    reset(s).await;
+    ReqErr::Downstream
 }
 
 /// Why the exchange loop stopped before the response finished.
@@ -848,6 +897,8 @@ impl Exchange<'_> {
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
+        // An upgrade's head and body went upstream whole: a 101 may switch.
+        let upgrade_sent = Cell::new(false);
         // The request has been read from the client in full (decides the client connection);
         // it has also been written upstream in full (decides the upstream connection).
         let req_read = Cell::new(false);
@@ -903,6 +954,7 @@ impl Exchange<'_> {
                 }
                 match pumped {
                     Pumped::Done if self.upgrade => {
+                        upgrade_sent.set(true);
                         ctx.put_write_buf(out);
                         // What the client sends now is for the tunnel: read ahead and held
                         // (up to a read piece) until the upstream answers; the watch ends the
@@ -945,8 +997,10 @@ impl Exchange<'_> {
                     // The upstream takes the upgrade: its 101 goes down as a response head
                     // does, and the tunnel is [`tunnel`]'s. A 101 to a request that asked
                     // for no upgrade is a protocol error.
+                    // So is one before the upgrade's own body has gone up whole (RFC 9110
+                    // section 7.8: the server reads it before it switches).
                     Ok(Some(h)) if h.status == 101 => {
-                        if self.upgrade {
+                        if self.upgrade && upgrade_sent.get() {
                             break h;
                         }
                         return Err(RespErr::Protocol);
