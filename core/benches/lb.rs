@@ -20,6 +20,9 @@ impl LbHost for Host {
     fn active_requests(&self) -> u32 {
         self.active.get()
     }
+    fn hash_key(&self) -> String {
+        format!("10.0.{}.{}:80", self.weight, self.active.get())
+    }
 }
 
 /// `n` hosts; unequal weights cycle 1..=5, active requests vary so least-request compares.
@@ -60,6 +63,26 @@ fn bench_pick(c: &mut Criterion) {
         }
         g.finish();
     }
+    // A ring hash (Envoy's default 1024-point minimum) picking by a request's hash.
+    let mut g = c.benchmark_group("lb_pick/ring_hash");
+    for n in [3usize, 10, 100] {
+        let hs = hosts(n, true);
+        let b = Balancer::new(
+            Policy::RingHash {
+                min: 1024,
+                max: 8 << 20,
+            },
+            &hs,
+        );
+        let mut h = 0x9e37_79b9_7f4a_7c15u64;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &hs, |bench, hs| {
+            bench.iter(|| {
+                h = h.wrapping_mul(6364136223846793005).wrapping_add(1);
+                b.pick_hashed(black_box(hs), Some(h))
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench_pick);

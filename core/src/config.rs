@@ -398,6 +398,29 @@ pub struct ForwardAction {
     /// over the connection manager's.
     #[serde(default)]
     pub upgrade_configs: Vec<RouteUpgrade>,
+    /// Envoy route `hash_policy`: the request's hash for a hashing load balancer.
+    #[serde(default)]
+    pub hash_policy: Vec<HashPolicyConfig>,
+}
+
+/// One entry of a route's `hash_policy`: exactly one source.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicyConfig {
+    /// `header.header_name`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `cookie.name` (no `ttl`).
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// `connection_properties.source_ip`.
+    #[serde(default)]
+    pub source_ip: bool,
+    /// `query_parameter.name`.
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// One entry of a route's `upgrade_configs`.
@@ -475,6 +498,12 @@ pub struct Cluster {
     /// Envoy `least_request_lb_config.choice_count` (default 2).
     #[serde(default = "default_choice_count")]
     pub choice_count: u32,
+    /// Envoy `ring_hash_lb_config.minimum_ring_size` (default 1024).
+    #[serde(default = "default_min_ring")]
+    pub minimum_ring_size: u64,
+    /// Envoy `ring_hash_lb_config.maximum_ring_size` (default 8M).
+    #[serde(default = "default_max_ring")]
+    pub maximum_ring_size: u64,
     /// Envoy `per_connection_buffer_limit_bytes` (default 1 MiB).
     #[serde(default = "default_buffer_limit")]
     pub per_connection_buffer_limit_bytes: u32,
@@ -507,6 +536,14 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_lb_policy() -> String {
     "ROUND_ROBIN".to_string()
 }
+fn default_min_ring() -> u64 {
+    1024
+}
+
+fn default_max_ring() -> u64 {
+    8 << 20
+}
+
 fn default_choice_count() -> u32 {
     2
 }

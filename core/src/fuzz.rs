@@ -553,6 +553,9 @@ impl LbHost for Host {
     fn active_requests(&self) -> u32 {
         self.1
     }
+    fn hash_key(&self) -> String {
+        format!("10.0.0.{}:80", self.0)
+    }
 }
 
 /// Picks over a cluster's hosts stay in range, and weighted round robin, over one round of the

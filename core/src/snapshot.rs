@@ -134,12 +134,24 @@ pub fn resolve_cluster(c: &Cluster) -> Vec<HostAddr> {
 }
 
 fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<CompiledCluster, Error> {
-    let policy = Policy::parse(&c.lb_policy, c.choice_count).ok_or_else(|| {
+    let policy = Policy::parse(
+        &c.lb_policy,
+        c.choice_count,
+        c.minimum_ring_size,
+        c.maximum_ring_size,
+    )
+    .ok_or_else(|| {
         Error::config(format!(
-            "{path}.lb_policy: {:?} is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM",
+            "{path}.lb_policy: {:?} is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH",
             c.lb_policy
         ))
     })?;
+    if c.minimum_ring_size > c.maximum_ring_size || c.maximum_ring_size > 8 << 20 {
+        return Err(Error::config(format!(
+            "{path}: ring sizes {}..{}: the minimum must not exceed the maximum, nor the maximum 8388608",
+            c.minimum_ring_size, c.maximum_ring_size
+        )));
+    }
     let discovery = match c.discovery.as_str() {
         "STATIC" => Discovery::Static,
         "STRICT_DNS" => Discovery::StrictDns,

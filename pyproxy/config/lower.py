@@ -278,11 +278,30 @@ def _forward(action: m.RouteAction) -> Json:
     out["timeout_ms"] = _ms(action.timeout, DEFAULT_ROUTE_TIMEOUT_MS)
     if action.idle_timeout is not None:
         out["idle_timeout_ms"] = action.idle_timeout.ms
+    policies = [_hash_policy(hp) for hp in action.hash_policy]
+    # Envoy drops a connection_properties policy without source_ip.
+    if any(p is not None for p in policies):
+        out["hash_policy"] = [p for p in policies if p is not None]
     if action.upgrade_configs:
         out["upgrade_configs"] = [
             {"upgrade_type": u.upgrade_type.lower(), "enabled": _or(u.enabled, True)}
             for u in action.upgrade_configs
         ]
+    return out
+
+
+def _hash_policy(hp: m.HashPolicy) -> Json | None:
+    out: Json = {"terminal": hp.terminal}
+    if hp.header is not None:
+        out["header"] = hp.header.header_name.lower()
+    elif hp.cookie is not None:
+        out["cookie"] = hp.cookie.name
+    elif hp.query_parameter is not None:
+        out["query"] = hp.query_parameter.name
+    elif hp.connection_properties is not None and hp.connection_properties.source_ip:
+        out["source_ip"] = True
+    else:
+        return None
     return out
 
 
@@ -303,6 +322,14 @@ def _redirect(r: m.RedirectAction) -> Json:
 
 
 # --- clusters ---------------------------------------------------------------------------------
+
+
+def _ring_sizes(rh: m.RingHashLbConfig | None) -> Json:
+    rh = rh or m.RingHashLbConfig()
+    return {
+        "minimum_ring_size": _or(rh.minimum_ring_size, 1024),
+        "maximum_ring_size": _or(rh.maximum_ring_size, 8 * 1024 * 1024),
+    }
 
 
 def _cluster(c: m.Cluster) -> Json:
@@ -330,6 +357,7 @@ def _cluster(c: m.Cluster) -> Json:
         "connect_timeout_ms": _ms(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT_MS),
         "lb_policy": c.lb_policy,
         "choice_count": _or(lr.choice_count if lr is not None else None, DEFAULT_CHOICE_COUNT),
+        **_ring_sizes(c.ring_hash_lb_config),
         "per_connection_buffer_limit_bytes": _or(
             c.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
         ),

@@ -79,6 +79,7 @@ HTTP_PROTOCOL_OPTIONS_TYPE_URL = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS_
 # Protobuf scalar ranges, as Envoy's JSON parser enforces them.
 UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+UInt64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # msgspec bounds fit in an int64
 
 
 class _Message(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -208,6 +209,46 @@ class RouteUpgradeConfig(_Message, kw_only=True):
     connect_config: Any = None
 
 
+class HashPolicyHeader(_Message, kw_only=True):
+    """`RouteAction.HashPolicy.Header`."""
+
+    header_name: str
+    regex_rewrite: Any = None  # refused by validate
+
+
+class HashPolicyCookie(_Message, kw_only=True):
+    """`RouteAction.HashPolicy.Cookie` (an existing cookie only: no `ttl`)."""
+
+    name: str
+    ttl: Any = None  # refused by validate
+    path: str = ""
+    attributes: list[Any] = []
+
+
+class HashPolicyConnectionProperties(_Message, kw_only=True):
+    """`RouteAction.HashPolicy.ConnectionProperties`."""
+
+    source_ip: bool = False
+
+
+class HashPolicyQueryParameter(_Message, kw_only=True):
+    """`RouteAction.HashPolicy.QueryParameter`."""
+
+    name: str
+
+
+class HashPolicy(_Message, kw_only=True):
+    """`RouteAction.HashPolicy`: one of `header`, `cookie`, `connection_properties`,
+    `query_parameter`."""
+
+    header: HashPolicyHeader | None = None
+    cookie: HashPolicyCookie | None = None
+    connection_properties: HashPolicyConnectionProperties | None = None
+    query_parameter: HashPolicyQueryParameter | None = None
+    filter_state: Any = None  # refused by validate
+    terminal: bool = False
+
+
 class RouteAction(_Message, kw_only=True):
     """`envoy.config.route.v3.RouteAction` (the `route` action): one of `cluster`,
     `weighted_clusters`."""
@@ -220,6 +261,7 @@ class RouteAction(_Message, kw_only=True):
     timeout: Duration | None = None
     idle_timeout: Duration | None = None
     upgrade_configs: list[RouteUpgradeConfig] = []
+    hash_policy: list[HashPolicy] = []
 
 
 class RedirectAction(_Message, kw_only=True):
@@ -465,14 +507,23 @@ class TypedExtensionProtocolOptions(_Message, kw_only=True):
     )
 
 
+class RingHashLbConfig(_Message, kw_only=True):
+    """`Cluster.RingHashLbConfig`."""
+
+    minimum_ring_size: UInt64 | None = None
+    maximum_ring_size: UInt64 | None = None
+    hash_function: Literal["XX_HASH", "MURMUR_HASH_2"] = "XX_HASH"
+
+
 class Cluster(_Message, kw_only=True):
     """`envoy.config.cluster.v3.Cluster`."""
 
     name: str
     type: Literal["STATIC", "STRICT_DNS"] = "STATIC"
     connect_timeout: Duration | None = None
-    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] = "ROUND_ROBIN"
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"] = "ROUND_ROBIN"
     least_request_lb_config: LeastRequestLbConfig | None = None
+    ring_hash_lb_config: RingHashLbConfig | None = None
     load_assignment: ClusterLoadAssignment | None = None
     per_connection_buffer_limit_bytes: UInt32 | None = None
     max_requests_per_connection: UInt32 | None = None  # deprecated in Envoy, still honoured

@@ -120,6 +120,51 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
     _check_route_config(hcm.route_config, f"{path}.route_config", clusters)
 
 
+MAX_RING_SIZE = 8 * 1024 * 1024
+
+
+def _check_ring_hash(cluster: m.Cluster, path: str) -> None:
+    rh = cluster.ring_hash_lb_config
+    if rh is None:
+        return
+    rpath = f"{path}.ring_hash_lb_config"
+    if rh.hash_function != "XX_HASH":
+        raise ConfigError(f"{rpath}.hash_function", f"{rh.hash_function} is not supported; use XX_HASH")
+    low = 1024 if rh.minimum_ring_size is None else rh.minimum_ring_size
+    high = MAX_RING_SIZE if rh.maximum_ring_size is None else rh.maximum_ring_size
+    for field, value in (("minimum_ring_size", low), ("maximum_ring_size", high)):
+        if value > MAX_RING_SIZE:
+            raise ConfigError(f"{rpath}.{field}", f"{value} is out of range; expected at most {MAX_RING_SIZE}")
+    if low > high:
+        raise ConfigError(f"{rpath}.minimum_ring_size", f"{low} is greater than maximum_ring_size ({high})")
+
+
+def _check_hash_policy(policies: Sequence[m.HashPolicy], path: str) -> None:
+    for i, hp in enumerate(policies):
+        ppath = f"{path}[{i}]"
+        given = [n for n in ("header", "cookie", "connection_properties", "query_parameter", "filter_state")
+                 if getattr(hp, n) is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                ppath, "needs exactly one of header, cookie, connection_properties, query_parameter")
+        if hp.filter_state is not None:
+            raise ConfigError(f"{ppath}.filter_state", "is not supported")
+        if hp.header is not None:
+            _check_header_name(hp.header.header_name, f"{ppath}.header.header_name")
+            if hp.header.regex_rewrite is not None:
+                raise ConfigError(f"{ppath}.header.regex_rewrite", "is not supported yet")
+        if hp.cookie is not None:
+            if not hp.cookie.name:
+                raise ConfigError(f"{ppath}.cookie.name", "must not be empty")
+            if hp.cookie.ttl is not None:
+                raise ConfigError(
+                    f"{ppath}.cookie.ttl",
+                    "generating cookies is not supported yet; leave ttl out to hash an existing cookie",
+                )
+        if hp.query_parameter is not None and not hp.query_parameter.name:
+            raise ConfigError(f"{ppath}.query_parameter.name", "must not be empty")
+
+
 def _check_upgrade_configs(
     configs: Sequence[m.HcmUpgradeConfig | m.RouteUpgradeConfig], path: str, route: bool
 ) -> None:
@@ -305,6 +350,7 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
     _check_no_line_breaks(action.prefix_rewrite, f"{path}.prefix_rewrite")
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
+    _check_hash_policy(action.hash_policy, f"{path}.hash_policy")
     if action.cluster is not None:
         if action.cluster not in clusters:
             raise ConfigError(f"{path}.cluster", f"unknown cluster {action.cluster!r}")
@@ -408,6 +454,7 @@ def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
             raise ConfigError(f"{path}.connect_timeout", "must be greater than 0s")
         if cluster.dns_refresh_rate is not None and cluster.dns_refresh_rate.ms <= 1:
             raise ConfigError(f"{path}.dns_refresh_rate", "must be greater than 1ms")
+        _check_ring_hash(cluster, path)
         lr = cluster.least_request_lb_config
         if lr is not None and lr.choice_count is not None and lr.choice_count < 2:
             raise ConfigError(

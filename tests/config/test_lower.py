@@ -93,6 +93,8 @@ def test_default_snapshot() -> None:
         "connect_timeout_ms": 1000,
         "lb_policy": "ROUND_ROBIN",
         "choice_count": 2,
+        "minimum_ring_size": 1024,
+        "maximum_ring_size": 8 * 1024 * 1024,
         "per_connection_buffer_limit_bytes": 1024 * 1024,
         "max_requests_per_connection": 0,
         "max_headers_count": 100,
@@ -124,6 +126,16 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
       "use_remote_address": True, "xff_num_trusted_hops": 2, "skip_xff_append": True,
       "generate_request_id": False, "preserve_external_request_id": True,
       "max_request_headers_kb": 96, "proxy_100_continue": True}),
+    ("hash_policy", lambda c: (
+        cluster(c).update(lb_policy="RING_HASH", ring_hash_lb_config={"minimum_ring_size": 8}),
+        route(c)["route"].update(hash_policy=[
+            {"header": {"header_name": "X-User"}, "terminal": True}, {"cookie": {"name": "sid"}},
+            {"connection_properties": {"source_ip": False}}, {"connection_properties": {"source_ip": True}},
+            {"query_parameter": {"name": "u"}}])),
+     lambda s: (s["clusters"][0]["lb_policy"], s["clusters"][0]["minimum_ring_size"],
+                s["clusters"][0]["maximum_ring_size"], snap_route(s)["action"]["route"]["hash_policy"]),
+     ("RING_HASH", 8, 8388608, [{"terminal": True, "header": "x-user"}, {"terminal": False, "cookie": "sid"},
+                                {"terminal": False, "source_ip": True}, {"terminal": False, "query": "u"}])),
     ("upgrade_configs", lambda c: (
         hcm(c).update(upgrade_configs=[{"upgrade_type": "WebSocket"}, {"upgrade_type": "foo", "enabled": False},
                                        {"upgrade_type": "bar", "enabled": True}]),

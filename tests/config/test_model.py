@@ -112,6 +112,12 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
         "idle_timeout": "1s", "max_connection_duration": "60s",
         "max_requests_per_connection": 0, "max_headers_count": 1,
         "headers_with_underscores_action": "REJECT_REQUEST"})),
+    ("ring_hash", lambda c: (
+        cluster(c).update(lb_policy="RING_HASH", ring_hash_lb_config={
+            "minimum_ring_size": 8, "maximum_ring_size": 8388608, "hash_function": "XX_HASH"}),
+        route(c)["route"].update(hash_policy=[
+            {"header": {"header_name": "x-user"}, "terminal": True}, {"cookie": {"name": "sid", "path": "/"}},
+            {"connection_properties": {"source_ip": True}}, {"query_parameter": {"name": "u"}}]))),
     ("upgrade_configs", lambda c: (
         hcm(c).update(upgrade_configs=[{"upgrade_type": "websocket", "enabled": True, "filters": []},
                                        {"upgrade_type": ""}]),
@@ -148,7 +154,7 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      "expected a mapping"),
     # enums
     ("lb_policy", lambda c: cluster(c).update(lb_policy="FOO"), f"{CLUSTER}.lb_policy",
-     "'FOO' is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM"),
+     "'FOO' is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH"),
     ("lb_policy_maglev", lambda c: cluster(c).update(lb_policy="MAGLEV"), f"{CLUSTER}.lb_policy",
      "'MAGLEV' is not one of"),
     ("cluster_type_eds", lambda c: cluster(c).update(type="EDS"), f"{CLUSTER}.type",
@@ -207,6 +213,30 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("hcm_max_connection_duration", lambda c: hcm(c).update(
         common_http_protocol_options={"max_connection_duration": "1"}),
      f"{HCM}.common_http_protocol_options.max_connection_duration", "'1' is not a duration"),
+    ("ring_min_over_max", lambda c: cluster(c).update(lb_policy="RING_HASH", ring_hash_lb_config={
+        "minimum_ring_size": 10, "maximum_ring_size": 5}),
+     f"{CLUSTER}.ring_hash_lb_config.minimum_ring_size", "10 is greater than maximum_ring_size (5)"),
+    ("ring_too_large", lambda c: cluster(c).update(ring_hash_lb_config={"maximum_ring_size": 8388609}),
+     f"{CLUSTER}.ring_hash_lb_config.maximum_ring_size", "expected at most 8388608"),
+    ("ring_murmur", lambda c: cluster(c).update(ring_hash_lb_config={"hash_function": "MURMUR_HASH_2"}),
+     f"{CLUSTER}.ring_hash_lb_config.hash_function", "MURMUR_HASH_2 is not supported"),
+    ("maglev", lambda c: cluster(c).update(lb_policy="MAGLEV"),
+     f"{CLUSTER}.lb_policy", "'MAGLEV' is not one of"),
+    ("hash_policy_two", lambda c: route(c)["route"].update(hash_policy=[
+        {"header": {"header_name": "x"}, "cookie": {"name": "y"}}]),
+     f"{ROUTE}.route.hash_policy[0]", "needs exactly one of"),
+    ("hash_policy_none", lambda c: route(c)["route"].update(hash_policy=[{"terminal": True}]),
+     f"{ROUTE}.route.hash_policy[0]", "needs exactly one of"),
+    ("hash_policy_cookie_ttl", lambda c: route(c)["route"].update(hash_policy=[
+        {"cookie": {"name": "sid", "ttl": "10s"}}]),
+     f"{ROUTE}.route.hash_policy[0].cookie.ttl", "generating cookies is not supported"),
+    ("hash_policy_regex_rewrite", lambda c: route(c)["route"].update(hash_policy=[
+        {"header": {"header_name": "x", "regex_rewrite": {}}}]),
+     f"{ROUTE}.route.hash_policy[0].header.regex_rewrite", "not supported"),
+    ("hash_policy_filter_state", lambda c: route(c)["route"].update(hash_policy=[{"filter_state": {"key": "k"}}]),
+     f"{ROUTE}.route.hash_policy[0].filter_state", "not supported"),
+    ("hash_policy_bad_header", lambda c: route(c)["route"].update(hash_policy=[{"header": {"header_name": "a b"}}]),
+     f"{ROUTE}.route.hash_policy[0].header.header_name", ""),
     ("hcm_upgrade_twice", lambda c: hcm(c).update(upgrade_configs=[
         {"upgrade_type": "websocket"}, {"upgrade_type": "WebSocket"}]),
      f"{HCM}.upgrade_configs[1].upgrade_type", "'WebSocket' is already configured at"),

@@ -166,3 +166,68 @@ def test_static_hosts_have_no_hostname(make_upstream, make_proxy):
     p = make_proxy(bootstrap([route("/", "c")], [cluster("c", up.port)]))
     (info,) = p.engine.clusters()
     assert [h["hostname"] for h in info["hosts"]] == [""]
+
+
+# --- ring hash (Envoy's ring; which host each hash lands on is pinned against the envoy binary
+# in core/src/lb/mod.rs) -------------------------------------------------------------------------
+
+
+def ring_hash_proxy(make_upstream, make_proxy, hash_policy, n=3, **cluster_extra):
+    ups = [make_upstream() for _ in range(n)]
+    c = cluster("c", *(u.port for u in ups), lb_policy="RING_HASH", **cluster_extra)
+    return ups, make_proxy(bootstrap([route("/", "c", hash_policy=hash_policy)], [c]))
+
+
+def port_for(proxy, headers=None, path="/"):
+    with httpx.Client(base_url=f"http://127.0.0.1:{proxy.listener_port()}") as c:
+        r = c.get(path, headers=headers or {})
+        assert r.status_code == 200
+        return int(r.headers["x-upstream-port"])
+
+
+@pytest.mark.parametrize(
+    ("policy", "request_for"),
+    [
+        ([{"header": {"header_name": "X-User"}}], lambda k: {"headers": {"x-user": k}}),
+        ([{"query_parameter": {"name": "u"}}], lambda k: {"path": f"/p?a=1&u={k}"}),
+        ([{"cookie": {"name": "sid"}}], lambda k: {"headers": {"cookie": f"a=1; sid={k}"}}),
+    ],
+    ids=["header", "query", "cookie"],
+)
+def test_ring_hash_sends_each_key_to_one_host(make_upstream, make_proxy, policy, request_for):
+    ups, p = ring_hash_proxy(make_upstream, make_proxy, policy)
+    keys = [f"user-{i}" for i in range(40)]
+    first = {k: port_for(p, **request_for(k)) for k in keys}
+    # The same key lands on the same host every time (each request on a new connection), and
+    # the keys spread over the hosts.
+    assert all(port_for(p, **request_for(k)) == first[k] for k in keys[:15])
+    assert set(first.values()) == {u.port for u in ups}, Counter(first.values())
+
+
+def test_ring_hash_by_source_ip_and_without_a_hash(make_upstream, make_proxy):
+    ups, p = ring_hash_proxy(make_upstream, make_proxy, [{"connection_properties": {"source_ip": True}}])
+    # Every request comes from 127.0.0.1: one host.
+    assert len({port_for(p) for _ in range(20)}) == 1
+    # No policy yields a hash: a random point each time, so every host serves.
+    ups, p = ring_hash_proxy(make_upstream, make_proxy, [{"header": {"header_name": "x-absent"}}])
+    assert set(served_by(p, 90)) == {u.port for u in ups}
+
+
+def test_ring_hash_keeps_most_keys_when_a_host_goes(make_upstream, make_proxy):
+    # Consistent hashing: dropping one of four hosts moves its keys and few others (Envoy's ring
+    # gives each host more points then, 342 instead of 256 at the default minimum size, and the
+    # new points take some keys: about a sixth of the others).
+    ups = [make_upstream() for _ in range(4)]
+    policy = [{"header": {"header_name": "x-user"}}]
+
+    def mapping(hosts):
+        c = cluster("c", *(u.port for u in hosts), lb_policy="RING_HASH")
+        p = make_proxy(bootstrap([route("/", "c", hash_policy=policy)], [c]))
+        return {k: port_for(p, {"x-user": k}) for k in (f"k{i}" for i in range(60))}
+
+    before, after = mapping(ups), mapping(ups[:3])
+    gone = ups[3].port
+    kept = [k for k in before if before[k] != gone]
+    assert len(kept) < len(before)
+    stayed = sum(after[k] == before[k] for k in kept)
+    assert stayed >= 0.6 * len(kept), (stayed, len(kept))

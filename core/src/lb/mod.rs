@@ -1,8 +1,10 @@
 //! Load balancers. Each worker keeps its own balancer state (Envoy's model: per-worker LBs, no
 //! shared counters), so a pick touches only thread-local cells.
 //!
-//! The interface is a pick over the cluster's current host list; ring hash and Maglev (next
-//! issues) fit the same shape with a per-snapshot compiled table and a request hash input.
+//! The interface is a pick over the cluster's current host list. The ring hash builds its ring
+//! with the balancer (per worker, when the host list changes) and picks by the request's hash
+//! ([`Balancer::pick_hashed`]; the hash is the route's, `router/hash.rs`); Maglev would fit the
+//! same shape with its table.
 
 use std::cell::Cell;
 
@@ -15,19 +17,33 @@ pub enum Policy {
     LeastRequest { choice_count: u32 },
     /// Weighted random.
     Random,
+    /// Envoy's ring hash (ketama): each host at `scale * weight` points of a ring of
+    /// xxHash64 values, at least `min` points in all, at most `max`; a request's hash picks
+    /// the first point at or after it.
+    RingHash { min: u64, max: u64 },
 }
 
 impl Policy {
-    /// Parses Envoy's `lb_policy` name.
-    pub fn parse(name: &str, choice_count: u32) -> Option<Policy> {
+    /// Parses Envoy's `lb_policy` name (`min_ring`, `max_ring`: a ring hash's sizes).
+    pub fn parse(name: &str, choice_count: u32, min_ring: u64, max_ring: u64) -> Option<Policy> {
         match name {
             "ROUND_ROBIN" => Some(Policy::RoundRobin),
             "LEAST_REQUEST" => Some(Policy::LeastRequest {
                 choice_count: choice_count.max(1),
             }),
             "RANDOM" => Some(Policy::Random),
+            "RING_HASH" => Some(Policy::RingHash {
+                min: min_ring,
+                max: max_ring,
+            }),
             _ => None,
         }
+    }
+
+    /// Whether it picks by the request's hash (the route's `hash_policy`).
+    #[inline]
+    pub fn hashes(self) -> bool {
+        matches!(self, Policy::RingHash { .. })
     }
 }
 
@@ -37,6 +53,9 @@ pub trait LbHost {
     fn weight(&self) -> u32;
     /// Requests in flight to this host from this worker.
     fn active_requests(&self) -> u32;
+    /// What a hashing balancer hashes for it: its address as Envoy writes it (`1.2.3.4:80`,
+    /// `[::1]:80`).
+    fn hash_key(&self) -> String;
 }
 
 /// Per-worker balancer state for one cluster. Reset when the host list changes.
@@ -48,6 +67,8 @@ pub struct Balancer {
     current: Vec<Cell<i64>>,
     weighted: bool,
     total_weight: u64,
+    /// A ring hash's points, sorted: (hash, host index).
+    ring: Vec<(u64, u32)>,
 }
 
 impl Balancer {
@@ -66,7 +87,22 @@ impl Balancer {
             current: hosts.iter().map(|_| Cell::new(0)).collect(),
             weighted,
             total_weight: hosts.iter().map(|h| u64::from(h.weight())).sum(),
+            ring: match policy {
+                Policy::RingHash { min, max } => build_ring(hosts, min, max),
+                _ => Vec::new(),
+            },
         }
+    }
+
+    /// [`Balancer::pick`] with the request's hash, for a hashing policy (`None`: the request
+    /// gave none, so a random point, as Envoy).
+    #[inline]
+    pub fn pick_hashed<H: LbHost>(&self, hosts: &[H], hash: Option<u64>) -> Option<usize> {
+        if !self.policy.hashes() {
+            return self.pick(hosts);
+        }
+        let h = hash.unwrap_or_else(|| fastrand::u64(..));
+        ring_point(&self.ring, h).map(|i| i as usize)
     }
 
     /// Picks a host index, or `None` if there are no hosts.
@@ -110,6 +146,8 @@ impl Balancer {
                 best
             }
             Policy::Random => self.random(hosts),
+            // No hash given: a random point (Envoy).
+            Policy::RingHash { .. } => ring_point(&self.ring, fastrand::u64(..))? as usize,
         })
     }
 
@@ -129,6 +167,76 @@ impl Balancer {
     }
 }
 
+/// Envoy's ring (`RingHashLoadBalancer::Ring`): weights normalized to sum 1; the scale makes
+/// the lightest host a whole number of points (`ceil(min_weight * min) / min_weight`), capped
+/// at `max`; walking the hosts in order, host by host, points are added while the running
+/// count is below the running target (`scale * weight` summed), each the xxHash64 (seed 0) of
+/// `<address>_<n>`; then sorted by hash.
+fn build_ring<H: LbHost>(hosts: &[H], min: u64, max: u64) -> Vec<(u64, u32)> {
+    if hosts.is_empty() {
+        return Vec::new();
+    }
+    let sum: u64 = hosts.iter().map(|h| u64::from(h.weight())).sum();
+    let weights: Vec<f64> = hosts
+        .iter()
+        .map(|h| f64::from(h.weight()) * 1.0 / sum as f64)
+        .collect();
+    let min_weight = weights.iter().copied().fold(1.0, f64::min);
+    let scale = ((min_weight * min as f64).ceil() / min_weight).min(max as f64);
+    let mut ring = Vec::with_capacity(scale.ceil() as usize);
+    let (mut current, mut target) = (0.0f64, 0.0f64);
+    for (i, (h, w)) in hosts.iter().zip(&weights).enumerate() {
+        let mut key = h.hash_key().into_bytes();
+        key.push(b'_');
+        let base = key.len();
+        target += scale * w;
+        let mut n = 0u64;
+        while current < target {
+            key.truncate(base);
+            key.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            ring.push((xxhash_rust::xxh64::xxh64(&key, 0), i as u32));
+            n += 1;
+            current += 1.0;
+        }
+    }
+    ring.sort_unstable_by_key(|p| p.0);
+    ring
+}
+
+/// The ring's point for hash `h` (ketama's search, as Envoy's `Ring::chooseHost`): the first
+/// point whose hash is at or above `h`, the first point past the last.
+fn ring_point(ring: &[(u64, u32)], h: u64) -> Option<u32> {
+    if ring.is_empty() {
+        return None;
+    }
+    let n = ring.len() as i64;
+    let (mut low, mut high) = (0i64, n);
+    let mid = loop {
+        let mid = (low + high) / 2;
+        if mid == n {
+            break 0;
+        }
+        let at = ring[mid as usize].0;
+        let before = if mid == 0 {
+            0
+        } else {
+            ring[mid as usize - 1].0
+        };
+        if h <= at && h > before {
+            break mid;
+        }
+        if at < h {
+            low = mid + 1;
+        } else {
+            high = mid - 1;
+        }
+        if low > high {
+            break 0;
+        }
+    };
+    Some(ring[mid as usize].1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +248,9 @@ mod tests {
         }
         fn active_requests(&self) -> u32 {
             self.1.get()
+        }
+        fn hash_key(&self) -> String {
+            String::new()
         }
     }
 
@@ -170,6 +281,154 @@ mod tests {
         let c = counts(Policy::LeastRequest { choice_count: 2 }, &hosts, 1000);
         // With two choices the busy host wins only when both picks land on it (~1/4).
         assert!(c[0] < 400, "{c:?}");
+    }
+
+    struct A(u16, u32);
+    impl LbHost for A {
+        fn weight(&self) -> u32 {
+            self.1
+        }
+        fn active_requests(&self) -> u32 {
+            0
+        }
+        fn hash_key(&self) -> String {
+            format!("127.0.0.1:{}", self.0)
+        }
+    }
+
+    /// The host Envoy 1.40 picked for `x-user: <value>` under a header `hash_policy`, with
+    /// hosts 127.0.0.1:18601..18603 (recorded with the envoy binary; 1 is 18601).
+    fn envoy_picks(weights: [u32; 3], min: u64, max: u64, want: &[(&str, u16)]) {
+        let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
+        let b = Balancer::new(Policy::RingHash { min, max }, &hosts);
+        for (value, host) in want {
+            let h = xxhash_rust::xxh64::xxh64(value.as_bytes(), 0);
+            let got = b.pick_hashed(&hosts, Some(h)).unwrap() as u16 + 1;
+            assert_eq!(got, *host, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn ring_hash_picks_what_envoy_picks() {
+        envoy_picks(
+            [1, 1, 1],
+            1024,
+            8 << 20,
+            &[
+                ("user-0", 1),
+                ("user-1", 2),
+                ("user-2", 2),
+                ("user-3", 2),
+                ("user-4", 2),
+                ("user-5", 3),
+                ("user-6", 3),
+                ("user-7", 2),
+                ("user-8", 2),
+                ("user-9", 1),
+                ("user-10", 1),
+                ("user-11", 1),
+                ("user-12", 3),
+                ("user-13", 3),
+                ("user-14", 1),
+                ("user-15", 1),
+                ("user-16", 3),
+                ("user-17", 1),
+                ("user-18", 1),
+                ("user-19", 2),
+                ("", 3),
+                ("a,b", 3),
+                ("ba", 1),
+                ("ab", 1),
+            ],
+        );
+    }
+
+    #[test]
+    fn weighted_ring_hash_picks_what_envoy_picks() {
+        envoy_picks(
+            [1, 2, 3],
+            1024,
+            8 << 20,
+            &[
+                ("user-0", 3),
+                ("user-1", 2),
+                ("user-2", 2),
+                ("user-3", 2),
+                ("user-4", 2),
+                ("user-5", 3),
+                ("user-6", 3),
+                ("user-7", 2),
+                ("user-8", 2),
+                ("user-9", 1),
+                ("user-10", 1),
+                ("user-11", 2),
+                ("user-12", 3),
+                ("user-13", 3),
+                ("user-14", 2),
+                ("user-15", 1),
+                ("user-16", 3),
+                ("user-17", 3),
+                ("user-18", 2),
+                ("user-19", 2),
+                ("", 3),
+                ("a,b", 3),
+                ("ba", 1),
+                ("ab", 1),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_small_ring_picks_what_envoy_picks() {
+        // minimum_ring_size 3, maximum_ring_size 5: one point a host.
+        envoy_picks(
+            [1, 1, 1],
+            3,
+            5,
+            &[
+                ("user-0", 3),
+                ("user-1", 3),
+                ("user-2", 3),
+                ("user-3", 3),
+                ("user-4", 1),
+                ("user-5", 3),
+                ("user-6", 1),
+                ("user-7", 1),
+                ("user-8", 1),
+                ("user-9", 1),
+                ("user-10", 3),
+                ("user-11", 3),
+                ("user-12", 1),
+                ("user-13", 1),
+                ("user-14", 1),
+                ("user-15", 1),
+                ("user-16", 3),
+                ("user-17", 1),
+                ("user-18", 3),
+                ("user-19", 1),
+                ("", 1),
+                ("a,b", 1),
+                ("ba", 3),
+                ("ab", 1),
+            ],
+        );
+    }
+
+    #[test]
+    fn two_header_values_pick_what_envoy_picks() {
+        // `x-user: b` and `x-user: a`: Envoy hashes the sorted values, each seeded with the
+        // hash so far (router/hash.rs); it sent the request to 18603 under each of the three
+        // rings above.
+        let h = xxhash_rust::xxh64::xxh64(b"b", xxhash_rust::xxh64::xxh64(b"a", 0));
+        for (weights, min, max) in [
+            ([1, 1, 1], 1024, 8 << 20),
+            ([1, 2, 3], 1024, 8 << 20),
+            ([1, 1, 1], 3, 5),
+        ] {
+            let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
+            let b = Balancer::new(Policy::RingHash { min, max }, &hosts);
+            assert_eq!(b.pick_hashed(&hosts, Some(h)), Some(2));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the routes whose path cannot match.
 
 pub mod format;
+pub mod hash;
 mod index;
 pub mod matcher;
 
@@ -375,6 +376,8 @@ pub struct Forward {
     pub idle_timeout_ms: Option<u64>,
     /// The route's `upgrade_configs`: (type, lower-case; enabled).
     pub upgrades: Box<[(Box<[u8]>, bool)]>,
+    /// The route's `hash_policy`, for a hashing load balancer.
+    pub hash_policy: Box<[hash::HashPolicy]>,
 }
 
 impl Forward {
@@ -732,6 +735,14 @@ fn compile_route(
                     .iter()
                     .map(|u| (u.upgrade_type.as_bytes().into(), u.enabled))
                     .collect(),
+                hash_policy: f
+                    .hash_policy
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        hash::HashPolicy::compile(p, &format!("{path}.route.hash_policy[{i}]"))
+                    })
+                    .collect::<Result<_, _>>()?,
             })
         }
         RouteAction::Redirect(rd) => {

@@ -135,6 +135,9 @@ impl LbHost for Rc<HostRt> {
     fn active_requests(&self) -> u32 {
         self.stats.rq_active.get() as u32
     }
+    fn hash_key(&self) -> String {
+        self.addr.to_string()
+    }
 }
 
 /// A host set and its balancer, replaced together when DNS changes the hosts.
@@ -239,5 +242,13 @@ impl ClusterRt {
     pub fn pick(&self) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();
         set.lb.pick(&set.hosts).map(|i| set.hosts[i].clone())
+    }
+
+    /// Picks a host for a request by its hash (a hashing policy; `None`: a random point).
+    pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Rc<HostRt>> {
+        let set = self.hosts.borrow();
+        set.lb
+            .pick_hashed(&set.hosts, hash)
+            .map(|i| set.hosts[i].clone())
     }
 }

@@ -119,7 +119,17 @@ pub(super) async fn forward(
     let cs = &cluster.stats;
     // What follows an upgrade's head is never read here (it is the tunnel's, or left unread).
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0)) || upgrade;
-    let Some(host) = cluster.pick() else {
+    let picked = if cluster.cfg.policy.hashes() {
+        cluster.pick_hashed(crate::router::hash::request_hash(
+            &fwd.hash_policy,
+            &head.headers,
+            head.target(),
+            d.peer,
+        ))
+    } else {
+        cluster.pick()
+    };
+    let Some(host) = picked else {
         cs.s.upstream_cx_none_healthy.inc();
         // No host at all is below any healthy-panic threshold (Envoy counts it so).
         cs.s.lb_healthy_panic.inc();
