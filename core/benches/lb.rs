@@ -63,26 +63,33 @@ fn bench_pick(c: &mut Criterion) {
         }
         g.finish();
     }
-    // A ring hash (Envoy's default 1024-point minimum) picking by a request's hash.
-    let mut g = c.benchmark_group("lb_pick/ring_hash");
-    for n in [3usize, 10, 100] {
-        let hs = hosts(n, true);
-        let b = Balancer::new(
+    // A ring hash (Envoy's default 1024-point minimum) and Maglev (65537 slots) picking by a
+    // request's hash.
+    let hashing = [
+        (
+            "ring_hash",
             Policy::RingHash {
                 min: 1024,
                 max: 8 << 20,
             },
-            &hs,
-        );
-        let mut h = 0x9e37_79b9_7f4a_7c15u64;
-        g.bench_with_input(BenchmarkId::from_parameter(n), &hs, |bench, hs| {
-            bench.iter(|| {
-                h = h.wrapping_mul(6364136223846793005).wrapping_add(1);
-                b.pick_hashed(black_box(hs), Some(h))
-            })
-        });
+        ),
+        ("maglev", Policy::Maglev { table_size: 65537 }),
+    ];
+    for (name, policy) in hashing {
+        let mut g = c.benchmark_group(format!("lb_pick/{name}"));
+        for n in [3usize, 10, 100] {
+            let hs = hosts(n, true);
+            let b = Balancer::new(policy, &hs);
+            let mut h = 0x9e37_79b9_7f4a_7c15u64;
+            g.bench_with_input(BenchmarkId::from_parameter(n), &hs, |bench, hs| {
+                bench.iter(|| {
+                    h = h.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    b.pick_hashed(black_box(hs), Some(h))
+                })
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group!(benches, bench_pick);

@@ -504,6 +504,9 @@ pub struct Cluster {
     /// Envoy `ring_hash_lb_config.maximum_ring_size` (default 8M).
     #[serde(default = "default_max_ring")]
     pub maximum_ring_size: u64,
+    /// Envoy `maglev_lb_config.table_size` (default 65537, a prime).
+    #[serde(default = "default_maglev_table")]
+    pub maglev_table_size: u64,
     /// Envoy `per_connection_buffer_limit_bytes` (default 1 MiB).
     #[serde(default = "default_buffer_limit")]
     pub per_connection_buffer_limit_bytes: u32,
@@ -536,6 +539,10 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_lb_policy() -> String {
     "ROUND_ROBIN".to_string()
 }
+fn default_maglev_table() -> u64 {
+    65537
+}
+
 fn default_min_ring() -> u64 {
     1024
 }

@@ -133,19 +133,41 @@ pub fn resolve_cluster(c: &Cluster) -> Vec<HostAddr> {
     out
 }
 
+/// Whether `n` is prime (trial division: Maglev table sizes are at most a few million).
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
 fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<CompiledCluster, Error> {
     let policy = Policy::parse(
         &c.lb_policy,
         c.choice_count,
         c.minimum_ring_size,
         c.maximum_ring_size,
+        c.maglev_table_size,
     )
     .ok_or_else(|| {
         Error::config(format!(
-            "{path}.lb_policy: {:?} is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH",
+            "{path}.lb_policy: {:?} is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV",
             c.lb_policy
         ))
     })?;
+    if !is_prime(c.maglev_table_size) || c.maglev_table_size > 5_000_011 {
+        return Err(Error::config(format!(
+            "{path}.maglev_table_size: {} is not a prime number up to 5000011",
+            c.maglev_table_size
+        )));
+    }
     if c.minimum_ring_size > c.maximum_ring_size || c.maximum_ring_size > 8 << 20 {
         return Err(Error::config(format!(
             "{path}: ring sizes {}..{}: the minimum must not exceed the maximum, nor the maximum 8388608",

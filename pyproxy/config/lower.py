@@ -358,6 +358,9 @@ def _cluster(c: m.Cluster) -> Json:
         "lb_policy": c.lb_policy,
         "choice_count": _or(lr.choice_count if lr is not None else None, DEFAULT_CHOICE_COUNT),
         **_ring_sizes(c.ring_hash_lb_config),
+        "maglev_table_size": _or(
+            c.maglev_lb_config.table_size if c.maglev_lb_config is not None else None, 65537
+        ),
         "per_connection_buffer_limit_bytes": _or(
             c.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
         ),

@@ -515,15 +515,22 @@ class RingHashLbConfig(_Message, kw_only=True):
     hash_function: Literal["XX_HASH", "MURMUR_HASH_2"] = "XX_HASH"
 
 
+class MaglevLbConfig(_Message, kw_only=True):
+    """`Cluster.MaglevLbConfig`."""
+
+    table_size: UInt64 | None = None
+
+
 class Cluster(_Message, kw_only=True):
     """`envoy.config.cluster.v3.Cluster`."""
 
     name: str
     type: Literal["STATIC", "STRICT_DNS"] = "STATIC"
     connect_timeout: Duration | None = None
-    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"] = "ROUND_ROBIN"
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"] = "ROUND_ROBIN"
     least_request_lb_config: LeastRequestLbConfig | None = None
     ring_hash_lb_config: RingHashLbConfig | None = None
+    maglev_lb_config: MaglevLbConfig | None = None
     load_assignment: ClusterLoadAssignment | None = None
     per_connection_buffer_limit_bytes: UInt32 | None = None
     max_requests_per_connection: UInt32 | None = None  # deprecated in Envoy, still honoured

@@ -123,7 +123,29 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
 MAX_RING_SIZE = 8 * 1024 * 1024
 
 
+MAX_MAGLEV_TABLE = 5000011
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    d = 2
+    while d * d <= n:
+        if n % d == 0:
+            return False
+        d += 1
+    return True
+
+
 def _check_ring_hash(cluster: m.Cluster, path: str) -> None:
+    mg = cluster.maglev_lb_config
+    if mg is not None and mg.table_size is not None:
+        size = mg.table_size
+        if size > MAX_MAGLEV_TABLE or not _is_prime(size):
+            raise ConfigError(
+                f"{path}.maglev_lb_config.table_size",
+                f"{size} is not a prime number up to {MAX_MAGLEV_TABLE}, as Envoy requires",
+            )
     rh = cluster.ring_hash_lb_config
     if rh is None:
         return

@@ -95,6 +95,7 @@ def test_default_snapshot() -> None:
         "choice_count": 2,
         "minimum_ring_size": 1024,
         "maximum_ring_size": 8 * 1024 * 1024,
+        "maglev_table_size": 65537,
         "per_connection_buffer_limit_bytes": 1024 * 1024,
         "max_requests_per_connection": 0,
         "max_headers_count": 100,

@@ -112,6 +112,7 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
         "idle_timeout": "1s", "max_connection_duration": "60s",
         "max_requests_per_connection": 0, "max_headers_count": 1,
         "headers_with_underscores_action": "REJECT_REQUEST"})),
+    ("maglev", lambda c: cluster(c).update(lb_policy="MAGLEV", maglev_lb_config={"table_size": 5000011})),
     ("ring_hash", lambda c: (
         cluster(c).update(lb_policy="RING_HASH", ring_hash_lb_config={
             "minimum_ring_size": 8, "maximum_ring_size": 8388608, "hash_function": "XX_HASH"}),
@@ -154,9 +155,7 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      "expected a mapping"),
     # enums
     ("lb_policy", lambda c: cluster(c).update(lb_policy="FOO"), f"{CLUSTER}.lb_policy",
-     "'FOO' is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH"),
-    ("lb_policy_maglev", lambda c: cluster(c).update(lb_policy="MAGLEV"), f"{CLUSTER}.lb_policy",
-     "'MAGLEV' is not one of"),
+     "'FOO' is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV"),
     ("cluster_type_eds", lambda c: cluster(c).update(type="EDS"), f"{CLUSTER}.type",
      "'EDS' is not one of STATIC, STRICT_DNS"),
     ("codec_http2", lambda c: hcm(c).update(codec_type="HTTP2"), f"{HCM}.codec_type",
@@ -220,8 +219,12 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{CLUSTER}.ring_hash_lb_config.maximum_ring_size", "expected at most 8388608"),
     ("ring_murmur", lambda c: cluster(c).update(ring_hash_lb_config={"hash_function": "MURMUR_HASH_2"}),
      f"{CLUSTER}.ring_hash_lb_config.hash_function", "MURMUR_HASH_2 is not supported"),
-    ("maglev", lambda c: cluster(c).update(lb_policy="MAGLEV"),
-     f"{CLUSTER}.lb_policy", "'MAGLEV' is not one of"),
+    ("maglev_not_prime", lambda c: cluster(c).update(lb_policy="MAGLEV", maglev_lb_config={"table_size": 65536}),
+     f"{CLUSTER}.maglev_lb_config.table_size", "65536 is not a prime number up to 5000011"),
+    ("maglev_too_large", lambda c: cluster(c).update(maglev_lb_config={"table_size": 5000077}),
+     f"{CLUSTER}.maglev_lb_config.table_size", "not a prime number up to 5000011"),
+    ("lb_policy_cluster_provided", lambda c: cluster(c).update(lb_policy="CLUSTER_PROVIDED"),
+     f"{CLUSTER}.lb_policy", "'CLUSTER_PROVIDED' is not one of"),
     ("hash_policy_two", lambda c: route(c)["route"].update(hash_policy=[
         {"header": {"header_name": "x"}, "cookie": {"name": "y"}}]),
      f"{ROUTE}.route.hash_policy[0]", "needs exactly one of"),

@@ -172,9 +172,9 @@ def test_static_hosts_have_no_hostname(make_upstream, make_proxy):
 # in core/src/lb/mod.rs) -------------------------------------------------------------------------
 
 
-def ring_hash_proxy(make_upstream, make_proxy, hash_policy, n=3, **cluster_extra):
+def ring_hash_proxy(make_upstream, make_proxy, hash_policy, n=3, lb_policy="RING_HASH", **cluster_extra):
     ups = [make_upstream() for _ in range(n)]
-    c = cluster("c", *(u.port for u in ups), lb_policy="RING_HASH", **cluster_extra)
+    c = cluster("c", *(u.port for u in ups), lb_policy=lb_policy, **cluster_extra)
     return ups, make_proxy(bootstrap([route("/", "c", hash_policy=hash_policy)], [c]))
 
 
@@ -185,6 +185,7 @@ def port_for(proxy, headers=None, path="/"):
         return int(r.headers["x-upstream-port"])
 
 
+@pytest.mark.parametrize("lb_policy", ["RING_HASH", "MAGLEV"])
 @pytest.mark.parametrize(
     ("policy", "request_for"),
     [
@@ -194,8 +195,8 @@ def port_for(proxy, headers=None, path="/"):
     ],
     ids=["header", "query", "cookie"],
 )
-def test_ring_hash_sends_each_key_to_one_host(make_upstream, make_proxy, policy, request_for):
-    ups, p = ring_hash_proxy(make_upstream, make_proxy, policy)
+def test_ring_hash_sends_each_key_to_one_host(make_upstream, make_proxy, policy, request_for, lb_policy):
+    ups, p = ring_hash_proxy(make_upstream, make_proxy, policy, lb_policy=lb_policy)
     keys = [f"user-{i}" for i in range(40)]
     first = {k: port_for(p, **request_for(k)) for k in keys}
     # The same key lands on the same host every time (each request on a new connection), and
@@ -204,12 +205,15 @@ def test_ring_hash_sends_each_key_to_one_host(make_upstream, make_proxy, policy,
     assert set(first.values()) == {u.port for u in ups}, Counter(first.values())
 
 
-def test_ring_hash_by_source_ip_and_without_a_hash(make_upstream, make_proxy):
-    ups, p = ring_hash_proxy(make_upstream, make_proxy, [{"connection_properties": {"source_ip": True}}])
+@pytest.mark.parametrize("lb_policy", ["RING_HASH", "MAGLEV"])
+def test_ring_hash_by_source_ip_and_without_a_hash(make_upstream, make_proxy, lb_policy):
+    ups, p = ring_hash_proxy(make_upstream, make_proxy, [{"connection_properties": {"source_ip": True}}],
+                             lb_policy=lb_policy)
     # Every request comes from 127.0.0.1: one host.
     assert len({port_for(p) for _ in range(20)}) == 1
     # No policy yields a hash: a random point each time, so every host serves.
-    ups, p = ring_hash_proxy(make_upstream, make_proxy, [{"header": {"header_name": "x-absent"}}])
+    ups, p = ring_hash_proxy(make_upstream, make_proxy, [{"header": {"header_name": "x-absent"}}],
+                             lb_policy=lb_policy)
     assert set(served_by(p, 90)) == {u.port for u in ups}
 
 
@@ -231,3 +235,21 @@ def test_ring_hash_keeps_most_keys_when_a_host_goes(make_upstream, make_proxy):
     assert len(kept) < len(before)
     stayed = sum(after[k] == before[k] for k in kept)
     assert stayed >= 0.6 * len(kept), (stayed, len(kept))
+
+
+def test_maglev_keeps_most_keys_when_a_host_goes(make_upstream, make_proxy):
+    # Maglev's table is rebuilt without the host: its slots go to the others, and few of theirs
+    # change hands (the paper's minimal disruption, not zero).
+    ups = [make_upstream() for _ in range(4)]
+    policy = [{"header": {"header_name": "x-user"}}]
+
+    def mapping(hosts):
+        c = cluster("c", *(u.port for u in hosts), lb_policy="MAGLEV")
+        p = make_proxy(bootstrap([route("/", "c", hash_policy=policy)], [c]))
+        return {k: port_for(p, {"x-user": k}) for k in (f"k{i}" for i in range(60))}
+
+    before, after = mapping(ups), mapping(ups[:3])
+    kept = [k for k in before if before[k] != ups[3].port]
+    assert len(kept) < len(before)
+    stayed = sum(after[k] == before[k] for k in kept)
+    assert stayed >= 0.8 * len(kept), (stayed, len(kept))

@@ -21,11 +21,21 @@ pub enum Policy {
     /// xxHash64 values, at least `min` points in all, at most `max`; a request's hash picks
     /// the first point at or after it.
     RingHash { min: u64, max: u64 },
+    /// Envoy's Maglev: a table of `table_size` (a prime) slots, each a host, filled by the
+    /// hosts' permutations in turn (weighted); a request's hash modulo the size picks the slot.
+    Maglev { table_size: u64 },
 }
 
 impl Policy {
-    /// Parses Envoy's `lb_policy` name (`min_ring`, `max_ring`: a ring hash's sizes).
-    pub fn parse(name: &str, choice_count: u32, min_ring: u64, max_ring: u64) -> Option<Policy> {
+    /// Parses Envoy's `lb_policy` name (`min_ring`, `max_ring`: a ring hash's sizes;
+    /// `table_size`: Maglev's).
+    pub fn parse(
+        name: &str,
+        choice_count: u32,
+        min_ring: u64,
+        max_ring: u64,
+        table_size: u64,
+    ) -> Option<Policy> {
         match name {
             "ROUND_ROBIN" => Some(Policy::RoundRobin),
             "LEAST_REQUEST" => Some(Policy::LeastRequest {
@@ -36,6 +46,7 @@ impl Policy {
                 min: min_ring,
                 max: max_ring,
             }),
+            "MAGLEV" => Some(Policy::Maglev { table_size }),
             _ => None,
         }
     }
@@ -43,7 +54,7 @@ impl Policy {
     /// Whether it picks by the request's hash (the route's `hash_policy`).
     #[inline]
     pub fn hashes(self) -> bool {
-        matches!(self, Policy::RingHash { .. })
+        matches!(self, Policy::RingHash { .. } | Policy::Maglev { .. })
     }
 }
 
@@ -69,6 +80,8 @@ pub struct Balancer {
     total_weight: u64,
     /// A ring hash's points, sorted: (hash, host index).
     ring: Vec<(u64, u32)>,
+    /// Maglev's table: a host index per slot.
+    table: Vec<u32>,
 }
 
 impl Balancer {
@@ -91,6 +104,21 @@ impl Balancer {
                 Policy::RingHash { min, max } => build_ring(hosts, min, max),
                 _ => Vec::new(),
             },
+            table: match policy {
+                Policy::Maglev { table_size } => build_maglev(hosts, table_size),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// The host a hash lands on, for a hashing policy.
+    fn hashed(&self, h: u64) -> Option<u32> {
+        match self.policy {
+            Policy::Maglev { .. } if !self.table.is_empty() => {
+                Some(self.table[(h % self.table.len() as u64) as usize])
+            }
+            Policy::Maglev { .. } => None,
+            _ => ring_point(&self.ring, h),
         }
     }
 
@@ -102,7 +130,7 @@ impl Balancer {
             return self.pick(hosts);
         }
         let h = hash.unwrap_or_else(|| fastrand::u64(..));
-        ring_point(&self.ring, h).map(|i| i as usize)
+        self.hashed(h).map(|i| i as usize)
     }
 
     /// Picks a host index, or `None` if there are no hosts.
@@ -147,7 +175,9 @@ impl Balancer {
             }
             Policy::Random => self.random(hosts),
             // No hash given: a random point (Envoy).
-            Policy::RingHash { .. } => ring_point(&self.ring, fastrand::u64(..))? as usize,
+            Policy::RingHash { .. } | Policy::Maglev { .. } => {
+                self.hashed(fastrand::u64(..))? as usize
+            }
         })
     }
 
@@ -201,6 +231,75 @@ fn build_ring<H: LbHost>(hosts: &[H], min: u64, max: u64) -> Vec<(u64, u32)> {
     }
     ring.sort_unstable_by_key(|p| p.0);
     ring
+}
+
+/// Envoy's Maglev table (`MaglevTable`, the paper's listing 1, weighted): hosts sorted by
+/// address; each starts at `xxHash64(addr) % size` and steps by `xxHash64(addr, seed 1) %
+/// (size - 1) + 1`; in rounds 1, 2, ..., each host whose `round * weight` has reached its
+/// target (growing by the largest normalized weight each time it places one) takes the next
+/// free slot of its sequence, until every slot is taken.
+fn build_maglev<H: LbHost>(hosts: &[H], size: u64) -> Vec<u32> {
+    if hosts.is_empty() || size == 0 {
+        return Vec::new();
+    }
+    let sum: u64 = hosts.iter().map(|h| u64::from(h.weight())).sum();
+    struct Entry {
+        host: u32,
+        offset: u64,
+        skip: u64,
+        weight: f64,
+        target: f64,
+        next: u64,
+    }
+    let mut keyed: Vec<(String, u32, f64)> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            (
+                h.hash_key(),
+                i as u32,
+                f64::from(h.weight()) * 1.0 / sum as f64,
+            )
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let max_weight = keyed.iter().map(|k| k.2).fold(0.0, f64::max);
+    let mut entries: Vec<Entry> = keyed
+        .into_iter()
+        .map(|(key, host, weight)| Entry {
+            host,
+            offset: xxhash_rust::xxh64::xxh64(key.as_bytes(), 0) % size,
+            skip: xxhash_rust::xxh64::xxh64(key.as_bytes(), 1) % (size - 1).max(1) + 1,
+            weight,
+            target: 0.0,
+            next: 0,
+        })
+        .collect();
+    const FREE: u32 = u32::MAX;
+    let mut table = vec![FREE; size as usize];
+    let mut filled = 0u64;
+    let mut round = 1u32;
+    while filled < size {
+        for e in entries.iter_mut() {
+            if filled >= size {
+                break;
+            }
+            if f64::from(round) * e.weight < e.target {
+                continue;
+            }
+            e.target += max_weight;
+            let mut c = (e.offset + e.skip * e.next) % size;
+            while table[c as usize] != FREE {
+                e.next += 1;
+                c = (e.offset + e.skip * e.next) % size;
+            }
+            table[c as usize] = e.host;
+            e.next += 1;
+            filled += 1;
+        }
+        round += 1;
+    }
+    table
 }
 
 /// The ring's point for hash `h` (ketama's search, as Envoy's `Ring::chooseHost`): the first
@@ -414,6 +513,119 @@ mod tests {
         );
     }
 
+    /// As `envoy_picks`, for Maglev with `table_size`.
+    fn envoy_maglev_picks(weights: [u32; 3], table_size: u64, want: &[(&str, u16)]) {
+        let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
+        let b = Balancer::new(Policy::Maglev { table_size }, &hosts);
+        for (value, host) in want {
+            let h = xxhash_rust::xxh64::xxh64(value.as_bytes(), 0);
+            let got = b.pick_hashed(&hosts, Some(h)).unwrap() as u16 + 1;
+            assert_eq!(got, *host, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn maglev_picks_what_envoy_picks() {
+        envoy_maglev_picks(
+            [1, 1, 1],
+            65537,
+            &[
+                ("user-0", 2),
+                ("user-1", 1),
+                ("user-2", 2),
+                ("user-3", 3),
+                ("user-4", 2),
+                ("user-5", 2),
+                ("user-6", 3),
+                ("user-7", 1),
+                ("user-8", 1),
+                ("user-9", 2),
+                ("user-10", 2),
+                ("user-11", 2),
+                ("user-12", 2),
+                ("user-13", 3),
+                ("user-14", 2),
+                ("user-15", 1),
+                ("user-16", 1),
+                ("user-17", 1),
+                ("user-18", 1),
+                ("user-19", 1),
+                ("", 1),
+                ("a,b", 2),
+                ("ba", 2),
+                ("ab", 3),
+            ],
+        );
+    }
+
+    #[test]
+    fn weighted_maglev_picks_what_envoy_picks() {
+        envoy_maglev_picks(
+            [1, 2, 3],
+            65537,
+            &[
+                ("user-0", 2),
+                ("user-1", 2),
+                ("user-2", 3),
+                ("user-3", 3),
+                ("user-4", 2),
+                ("user-5", 2),
+                ("user-6", 3),
+                ("user-7", 3),
+                ("user-8", 1),
+                ("user-9", 2),
+                ("user-10", 3),
+                ("user-11", 2),
+                ("user-12", 2),
+                ("user-13", 3),
+                ("user-14", 2),
+                ("user-15", 1),
+                ("user-16", 1),
+                ("user-17", 1),
+                ("user-18", 2),
+                ("user-19", 1),
+                ("", 1),
+                ("a,b", 2),
+                ("ba", 2),
+                ("ab", 3),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_small_maglev_table_picks_what_envoy_picks() {
+        envoy_maglev_picks(
+            [1, 1, 1],
+            7,
+            &[
+                ("user-0", 1),
+                ("user-1", 1),
+                ("user-2", 2),
+                ("user-3", 2),
+                ("user-4", 1),
+                ("user-5", 3),
+                ("user-6", 2),
+                ("user-7", 1),
+                ("user-8", 2),
+                ("user-9", 3),
+                ("user-10", 3),
+                ("user-11", 2),
+                ("user-12", 3),
+                ("user-13", 2),
+                ("user-14", 1),
+                ("user-15", 3),
+                ("user-16", 1),
+                ("user-17", 1),
+                ("user-18", 3),
+                ("user-19", 3),
+                ("", 2),
+                ("a,b", 1),
+                ("ba", 3),
+                ("ab", 1),
+            ],
+        );
+    }
+
     #[test]
     fn two_header_values_pick_what_envoy_picks() {
         // `x-user: b` and `x-user: a`: Envoy hashes the sorted values, each seeded with the
@@ -428,6 +640,16 @@ mod tests {
             let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
             let b = Balancer::new(Policy::RingHash { min, max }, &hosts);
             assert_eq!(b.pick_hashed(&hosts, Some(h)), Some(2));
+        }
+        // Maglev: 18601, 18603, 18603.
+        for (weights, table_size, want) in [
+            ([1, 1, 1], 65537, 0),
+            ([1, 2, 3], 65537, 2),
+            ([1, 1, 1], 7, 2),
+        ] {
+            let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
+            let b = Balancer::new(Policy::Maglev { table_size }, &hosts);
+            assert_eq!(b.pick_hashed(&hosts, Some(h)), Some(want));
         }
     }
 
