@@ -403,6 +403,15 @@ pub struct ForwardAction {
     pub hash_policy: Vec<HashPolicyConfig>,
 }
 
+/// A made-up cookie's extra attribute.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieAttribute {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
 /// One entry of a route's `hash_policy`: exactly one source.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -410,9 +419,18 @@ pub struct HashPolicyConfig {
     /// `header.header_name`.
     #[serde(default)]
     pub header: Option<String>,
-    /// `cookie.name` (no `ttl`).
+    /// `cookie.name`.
     #[serde(default)]
     pub cookie: Option<String>,
+    /// `cookie.ttl` in whole seconds: a request without the cookie gets one made up.
+    #[serde(default)]
+    pub cookie_ttl_s: Option<u64>,
+    /// `cookie.path`.
+    #[serde(default)]
+    pub cookie_path: Option<String>,
+    /// `cookie.attributes`.
+    #[serde(default)]
+    pub cookie_attributes: Vec<CookieAttribute>,
     /// `connection_properties.source_ip`.
     #[serde(default)]
     pub source_ip: bool,

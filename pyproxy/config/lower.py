@@ -296,6 +296,11 @@ def _hash_policy(hp: m.HashPolicy) -> Json | None:
         out["header"] = hp.header.header_name.lower()
     elif hp.cookie is not None:
         out["cookie"] = hp.cookie.name
+        if hp.cookie.ttl is not None:
+            # Envoy takes the ttl's whole seconds.
+            out["cookie_ttl_s"] = hp.cookie.ttl.seconds
+            out["cookie_path"] = hp.cookie.path
+            out["cookie_attributes"] = [{"name": a.name, "value": a.value} for a in hp.cookie.attributes]
     elif hp.query_parameter is not None:
         out["query"] = hp.query_parameter.name
     elif hp.connection_properties is not None and hp.connection_properties.source_ip:

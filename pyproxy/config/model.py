@@ -216,13 +216,20 @@ class HashPolicyHeader(_Message, kw_only=True):
     regex_rewrite: Any = None  # refused by validate
 
 
-class HashPolicyCookie(_Message, kw_only=True):
-    """`RouteAction.HashPolicy.Cookie` (an existing cookie only: no `ttl`)."""
+class CookieAttribute(_Message, kw_only=True):
+    """`RouteAction.HashPolicy.CookieAttribute`."""
 
     name: str
-    ttl: Any = None  # refused by validate
+    value: str = ""
+
+
+class HashPolicyCookie(_Message, kw_only=True):
+    """`RouteAction.HashPolicy.Cookie`: with a `ttl`, a request without the cookie gets one."""
+
+    name: str
+    ttl: Duration | None = None
     path: str = ""
-    attributes: list[Any] = []
+    attributes: list[CookieAttribute] = []
 
 
 class HashPolicyConnectionProperties(_Message, kw_only=True):

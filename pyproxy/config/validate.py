@@ -178,13 +178,21 @@ def _check_hash_policy(policies: Sequence[m.HashPolicy], path: str) -> None:
         if hp.cookie is not None:
             if not hp.cookie.name:
                 raise ConfigError(f"{ppath}.cookie.name", "must not be empty")
-            if hp.cookie.ttl is not None:
-                raise ConfigError(
-                    f"{ppath}.cookie.ttl",
-                    "generating cookies is not supported yet; leave ttl out to hash an existing cookie",
-                )
+            _check_cookie_token(hp.cookie.name, f"{ppath}.cookie.name")
+            _check_no_line_breaks(hp.cookie.path, f"{ppath}.cookie.path")
+            for a, attr in enumerate(hp.cookie.attributes):
+                _check_cookie_token(attr.name, f"{ppath}.cookie.attributes[{a}].name")
+                _check_no_line_breaks(attr.value, f"{ppath}.cookie.attributes[{a}].value")
         if hp.query_parameter is not None and not hp.query_parameter.name:
             raise ConfigError(f"{ppath}.query_parameter.name", "must not be empty")
+
+
+def _check_cookie_token(name: str, path: str) -> None:
+    if not name:
+        raise ConfigError(path, "must not be empty")
+    bad = [c for c in name if c in ' \t\r\n\x00;=,"' or not c.isprintable()]
+    if bad:
+        raise ConfigError(path, f"{name!r} may not hold {bad[0]!r}")
 
 
 def _check_upgrade_configs(

@@ -118,6 +118,7 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
             "minimum_ring_size": 8, "maximum_ring_size": 8388608, "hash_function": "XX_HASH"}),
         route(c)["route"].update(hash_policy=[
             {"header": {"header_name": "x-user"}, "terminal": True}, {"cookie": {"name": "sid", "path": "/"}},
+            {"cookie": {"name": "s2", "ttl": "0s", "attributes": [{"name": "SameSite", "value": "Lax"}]}},
             {"connection_properties": {"source_ip": True}}, {"query_parameter": {"name": "u"}}]))),
     ("upgrade_configs", lambda c: (
         hcm(c).update(upgrade_configs=[{"upgrade_type": "websocket", "enabled": True, "filters": []},
@@ -230,9 +231,12 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{ROUTE}.route.hash_policy[0]", "needs exactly one of"),
     ("hash_policy_none", lambda c: route(c)["route"].update(hash_policy=[{"terminal": True}]),
      f"{ROUTE}.route.hash_policy[0]", "needs exactly one of"),
-    ("hash_policy_cookie_ttl", lambda c: route(c)["route"].update(hash_policy=[
-        {"cookie": {"name": "sid", "ttl": "10s"}}]),
-     f"{ROUTE}.route.hash_policy[0].cookie.ttl", "generating cookies is not supported"),
+    ("hash_policy_cookie_name", lambda c: route(c)["route"].update(hash_policy=[
+        {"cookie": {"name": "s;id", "ttl": "10s"}}]),
+     f"{ROUTE}.route.hash_policy[0].cookie.name", "may not hold ';'"),
+    ("hash_policy_cookie_attribute", lambda c: route(c)["route"].update(hash_policy=[
+        {"cookie": {"name": "sid", "ttl": "10s", "attributes": [{"name": ""}]}}]),
+     f"{ROUTE}.route.hash_policy[0].cookie.attributes[0].name", "must not be empty"),
     ("hash_policy_regex_rewrite", lambda c: route(c)["route"].update(hash_policy=[
         {"header": {"header_name": "x", "regex_rewrite": {}}}]),
      f"{ROUTE}.route.hash_policy[0].header.regex_rewrite", "not supported"),

@@ -769,3 +769,43 @@ def test_host_port_stripped_before_routing(make_proxy: Any, upstream: Any, mode:
             assert r.body == b"exact", sent
         else:
             assert upstream.requests[before:] and upstream.requests[-1].header("host") == expected, sent
+
+
+# --- hash_policy cookies a RING_HASH cluster makes up (envoy binary, session 17) ----------------
+
+
+@pytest.mark.parametrize(
+    ("cookie", "pattern"),
+    [({"name": "sticky", "ttl": "3600s", "path": "/app"},
+      r'sticky="[0-9a-f]{16}"; Max-Age=3600; Path=/app; HttpOnly'),
+     ({"name": "s2", "ttl": "0s", "attributes": [{"name": "SameSite", "value": "Lax"}, {"name": "Secure"}]},
+      r's2="[0-9a-f]{16}"; SameSite=Lax; Secure; HttpOnly')],
+    ids=["max-age-path", "session-attributes"],
+)
+def test_a_hash_cookie_is_made_up_and_then_sticks(make_proxy: Any, make_upstream: Any, cookie: Any,
+                                                   pattern: str) -> None:
+    import re
+
+    ups = [make_upstream() for _ in range(3)]
+    c = cluster("up", *(u.port for u in ups), lb_policy="RING_HASH")
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "up", "hash_policy": [{"cookie": cookie}]},
+               "response_headers_to_add": [{"header": {"key": "x-edit", "value": "1"}}]}]
+    p = make_proxy(bootstrap(routes, [c]))
+    with RawConn(p.listener_port()) as conn:
+        r = conn.request(get("/"))
+        # The router's set-cookie comes before the route's edits.
+        names = [k for k, _ in r.headers]
+        assert names[names.index("set-cookie") - 1:names.index("set-cookie") + 2] == [
+            "x-envoy-upstream-service-time", "set-cookie", "x-edit"]
+        set_cookie = r.header("set-cookie")
+        assert re.fullmatch(pattern, set_cookie), set_cookie
+        host = r.header("x-upstream-port")
+        value = set_cookie.split(";")[0].split("=", 1)[1].strip('"')
+        # The same connection, still without the cookie: the same one again.
+        assert conn.request(get("/")).header("set-cookie") == set_cookie
+    name = cookie["name"]
+    # With the cookie, from any connection: its host, and no new cookie.
+    for _ in range(5):
+        with RawConn(p.listener_port()) as conn:
+            r = conn.request(get("/", extra=f"cookie: a=1; {name}={value}\r\n"))
+            assert (r.header("x-upstream-port"), r.header("set-cookie")) == (host, None)

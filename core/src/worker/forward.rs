@@ -119,13 +119,20 @@ pub(super) async fn forward(
     let cs = &cluster.stats;
     // What follows an upgrade's head is never read here (it is the tunnel's, or left unread).
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0)) || upgrade;
+    // A hashing balancer picks by the route's hash of the request; a cookie it made up goes
+    // back with the response.
+    let mut set_cookie = None;
     let picked = if cluster.cfg.policy.hashes() {
-        cluster.pick_hashed(crate::router::hash::request_hash(
+        let stream = &d.stream;
+        let (hash, cookie) = crate::router::hash::request_hash(
             &fwd.hash_policy,
             &head.headers,
             head.target(),
             d.peer,
-        ))
+            &|| stream.local_addr().ok(),
+        );
+        set_cookie = cookie;
+        cluster.pick_hashed(hash)
     } else {
         cluster.pick()
     };
@@ -288,6 +295,7 @@ pub(super) async fn forward(
         upstream: host.addr,
         saved,
         local: response_local,
+        set_cookie,
     };
     let outcome = x.run(d, &mut up, out).await;
     match outcome {
@@ -888,6 +896,8 @@ struct Exchange<'a> {
     saved: Option<Box<SavedRequest>>,
     /// The client connection's local address, when response edits have commands.
     local: Option<SocketAddr>,
+    /// A `set-cookie` for the response: the cookie a `hash_policy` made up.
+    set_cookie: Option<Box<[u8]>>,
 }
 
 /// What response edits read of a request that has gone upstream.
@@ -1111,7 +1121,15 @@ impl Exchange<'_> {
             };
             // Envoy sets the service time only once the whole request has gone upstream.
             let service_ms = req_complete.get().then_some(service_ms);
-            apply_response_extras(ctx, l, &mut h, service_ms, self.chain, &cx);
+            apply_response_extras(
+                ctx,
+                l,
+                &mut h,
+                service_ms,
+                self.set_cookie.as_deref(),
+                self.chain,
+                &cx,
+            );
             // `always_set_request_id_in_response`: the request's id, over an upstream's own in
             // place (Envoy), after `server`.
             if let Some(id) = &d.request_id {

@@ -233,6 +233,7 @@ pub fn apply_response_extras(
     l: &ListenerRt,
     h: &mut HeaderMap,
     service_ms: Option<u64>,
+    set_cookie: Option<&[u8]>,
     chain: &[&Mutations; 4],
     cx: &Cx<'_>,
 ) {
@@ -243,6 +244,10 @@ pub fn apply_response_extras(
             b"x-envoy-upstream-service-time",
             itoa::Buffer::new().format(ms).as_bytes(),
         );
+    }
+    // The router's own, before the edits (Envoy): a cookie a `hash_policy` made up.
+    if let Some(c) = set_cookie {
+        h.append(b"set-cookie", c);
     }
     for m in chain {
         m.apply_response(h, cx);
