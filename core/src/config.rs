@@ -178,6 +178,9 @@ pub struct HttpConnectionManager {
     /// Envoy `proxy_100_continue` (default false: answer `100 Continue` locally).
     #[serde(default)]
     pub proxy_100_continue: bool,
+    /// Envoy `via` (default empty: none): appended to the `via` of requests and responses.
+    #[serde(default)]
+    pub via: String,
     /// Envoy `always_set_request_id_in_response` (default false): every response says the
     /// request's `x-request-id`, proxied or local (not a codec refusal).
     #[serde(default)]

@@ -95,6 +95,7 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
         "generate_request_id": hcm.generate_request_id,
         "preserve_external_request_id": hcm.preserve_external_request_id,
         "always_set_request_id_in_response": hcm.always_set_request_id_in_response,
+        "via": hcm.via,
         "max_request_headers_kb": _or(hcm.max_request_headers_kb, DEFAULT_MAX_REQUEST_HEADERS_KB),
         "stream_idle_timeout_ms": _ms(hcm.stream_idle_timeout, DEFAULT_STREAM_IDLE_TIMEOUT_MS),
         "request_headers_timeout_ms": _ms(hcm.request_headers_timeout, 0),

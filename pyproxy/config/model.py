@@ -394,6 +394,7 @@ class HttpConnectionManager(_Message, kw_only=True):
     generate_request_id: bool = True
     preserve_external_request_id: bool = False
     always_set_request_id_in_response: bool = False
+    via: str = ""
     max_request_headers_kb: UInt32 | None = None
     stream_idle_timeout: Duration | None = None
     request_timeout: Duration | None = None

@@ -86,6 +86,7 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
     if not hcm.stat_prefix:
         raise ConfigError(f"{path}.stat_prefix", "must not be empty")
     _check_no_line_breaks(hcm.server_name, f"{path}.server_name")
+    _check_no_line_breaks(hcm.via, f"{path}.via")
     if hcm.access_log is not None:
         raise ConfigError(f"{path}.access_log", "access logs are not supported yet")
     if hcm.rds is not None:

@@ -76,6 +76,7 @@ def test_default_snapshot() -> None:
         "proxy_100_continue": False,
         "upgrade_types": [],
         "always_set_request_id_in_response": False,
+        "via": "",
         "strip_any_host_port": False,
         "strip_matching_host_port": False,
         "normalize_path": False,

@@ -848,3 +848,42 @@ def test_always_set_request_id_in_response_edge_cases(make_proxy: Any, make_cann
         assert c.request(get("/p")).header("x-request-id") is None
         assert c.request(get("/nope")).header("x-request-id") is None
         assert c.request(get("/p", extra="x-request-id: mine\r\n")).header("x-request-id") == "mine"
+
+
+# --- the connection manager's `via` (envoy binary, session 17) ----------------------------------
+
+VIA_ANSWERS = {"/v": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nvia: 1.0 up\r\nx-up: 1\r\n\r\nok",
+               "*": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: 1\r\n\r\nok"}
+
+
+@pytest.mark.parametrize("edge", [False, True], ids=["internal", "edge"])
+def test_via_is_added_to_requests_and_responses(make_proxy: Any, make_canned: Any, edge: bool) -> None:
+    up = make_canned(VIA_ANSWERS)
+    routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
+              route("/", "up")]
+    hcm = {"via": "1.1 pyproxy", "use_remote_address": edge, "always_set_request_id_in_response": True}
+    p = make_proxy(bootstrap(routes, [cluster("up", up.port)], hcm=hcm))
+    with RawConn(p.listener_port()) as c:
+        r = c.request(get("/p"))
+        assert [k for k, _ in r.headers][-3:] == ["server", "x-request-id", "via"]
+        assert r.header("via") == "1.1 pyproxy"
+        # An upstream's own and a client's own get it appended, in place.
+        r = c.request(get("/v", extra="via: 1.0 client\r\n"))
+        assert r.headers[1] == ("via", "1.0 up, 1.1 pyproxy")
+        # Two `via` headers are joined first, as Envoy's codec joins them.
+        c.request(get("/p", extra="via: a\r\nvia: b\r\n"))
+        # A local reply has it after `server` too.
+        r = c.request(get("/d"))
+        assert shape(r.headers)[-3:] == [("server", "envoy"), ("x-request-id", "<uuid>"), ("via", "1.1 pyproxy")]
+    first, second, third = (shape_request(_parse(h)) for h in up.heads)
+    names = [k for k, _ in first]
+    after = "x-envoy-external-address" if edge else "x-request-id"
+    assert names[names.index("via") - 1:names.index("via") + 2] == ["x-forwarded-proto", "via", after]
+    assert dict(first)["via"] == "1.1 pyproxy"
+    assert dict(second)["via"] == "1.0 client, 1.1 pyproxy"
+    assert dict(third)["via"] == "a,b, 1.1 pyproxy"
+
+
+def _parse(raw: bytes) -> H:
+    lines = raw.decode("latin-1").split("\r\n")[1:]
+    return [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines if line)]

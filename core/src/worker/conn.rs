@@ -975,6 +975,9 @@ fn local_reply(
         if let Some(id) = request_id {
             write_header(out, b"x-request-id", id);
         }
+        if !l.c.cfg.hcm.via.is_empty() {
+            write_header(out, b"via", l.c.cfg.hcm.via.as_bytes());
+        }
     };
     if body.is_empty() {
         date_server(&mut out);

@@ -21,7 +21,7 @@ use super::conn::{
     Next, BODY_CHUNK, READ_CHUNK,
 };
 use super::ctx::{Ctx, ListenerRt};
-use super::headers::{apply_response_extras, rewrite_target, router_request_headers};
+use super::headers::{append_via, apply_response_extras, rewrite_target, router_request_headers};
 use super::timer::earliest;
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
@@ -1134,6 +1134,10 @@ impl Exchange<'_> {
             // place (Envoy), after `server`.
             if let Some(id) = &d.request_id {
                 set_request_id(&mut h, id);
+            }
+            // The connection manager's `via`, last (after the request's id, as Envoy).
+            if !l.c.cfg.hcm.via.is_empty() {
+                append_via(&mut h, l.c.cfg.hcm.via.as_bytes());
             }
             // A length that a header edit removed (a response's `connection` removes none): the
             // body still comes, so it goes chunked, never unframed on a kept-alive connection.

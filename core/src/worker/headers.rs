@@ -174,6 +174,9 @@ pub fn mutate_request(
         if hops == 0 || !h.contains(b"x-forwarded-proto") {
             h.set(b"x-forwarded-proto", b"http");
         }
+        if !hcm.via.is_empty() {
+            append_via(h, hcm.via.as_bytes());
+        }
         h.set(b"x-envoy-external-address", &external);
         if hcm.generate_request_id {
             if !hcm.preserve_external_request_id {
@@ -186,9 +189,29 @@ pub fn mutate_request(
         if !h.contains(b"x-forwarded-proto") {
             h.append(b"x-forwarded-proto", b"http");
         }
+        if !hcm.via.is_empty() {
+            append_via(h, hcm.via.as_bytes());
+        }
         if hcm.generate_request_id && !h.contains(b"x-request-id") {
             h.append(b"x-request-id", &uuid4());
         }
+    }
+}
+
+/// The connection manager's `via`, added to a request's or a response's: after the value it
+/// has (several `via` headers joined by `,` first, as Envoy's codec joins them), with `, `;
+/// else a header of its own, last.
+#[cold]
+#[inline(never)]
+pub fn append_via(h: &mut HeaderMap, via: &[u8]) {
+    let joined: Vec<u8> = h.get_all(b"via").collect::<Vec<_>>().join(&b","[..]);
+    if joined.is_empty() {
+        h.set(b"via", via);
+    } else {
+        let mut v = joined;
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(via);
+        h.set(b"via", &v);
     }
 }
 
