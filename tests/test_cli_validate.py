@@ -41,6 +41,16 @@ BAD = [
      "static_resources.clusterz: unknown field 'clusterz'; did you mean 'clusters'"),
     ("yaml_syntax", "static_resources: [\n", "unable to parse"),
     ("not_a_mapping", "[1, 2]\n", "expected a mapping"),
+    # Found by the engine's compile step.
+    ("regex_rewrite_group",
+     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
+     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
+     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
+     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
+     "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a, "
+     "regex_rewrite: {pattern: {regex: '(a)'}, substitution: '\\2'}}}]}]\n",
+     "regex_rewrite.substitution: \"\\\\2\": \\2 is not a group of the pattern (\\0 to \\1) nor \\\\"),
 ]
 
 

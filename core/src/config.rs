@@ -386,6 +386,10 @@ pub struct ForwardAction {
     pub weighted_clusters: Option<Vec<WeightedCluster>>,
     #[serde(default)]
     pub prefix_rewrite: Option<String>,
+    /// Envoy route `regex_rewrite`: every match of `regex` in the path (not the query) is
+    /// replaced by `substitution` (RE2's: `\N` a group, `\\` a backslash).
+    #[serde(default)]
+    pub regex_rewrite: Option<RegexRewrite>,
     #[serde(default)]
     pub host_rewrite_literal: Option<String>,
     #[serde(default)]
@@ -442,6 +446,15 @@ pub struct HashPolicyConfig {
     pub query: Option<String>,
     #[serde(default)]
     pub terminal: bool,
+}
+
+/// A route's `regex_rewrite`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    pub regex: String,
+    #[serde(default)]
+    pub substitution: String,
 }
 
 /// One entry of a route's `upgrade_configs`.

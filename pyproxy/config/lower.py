@@ -273,6 +273,11 @@ def _forward(action: m.RouteAction) -> Json:
         ]
     if action.prefix_rewrite:  # Envoy: an empty prefix_rewrite rewrites nothing
         out["prefix_rewrite"] = action.prefix_rewrite
+    if action.regex_rewrite is not None:
+        out["regex_rewrite"] = {
+            "regex": action.regex_rewrite.pattern.regex,
+            "substitution": action.regex_rewrite.substitution,
+        }
     if action.host_rewrite_literal is not None:
         out["host_rewrite_literal"] = action.host_rewrite_literal
     out["auto_host_rewrite"] = bool(action.auto_host_rewrite)

@@ -256,6 +256,13 @@ class HashPolicy(_Message, kw_only=True):
     terminal: bool = False
 
 
+class RegexMatchAndSubstitute(_Message, kw_only=True):
+    """`envoy.type.matcher.v3.RegexMatchAndSubstitute`."""
+
+    pattern: RegexMatcher
+    substitution: str = ""
+
+
 class RouteAction(_Message, kw_only=True):
     """`envoy.config.route.v3.RouteAction` (the `route` action): one of `cluster`,
     `weighted_clusters`."""
@@ -263,6 +270,7 @@ class RouteAction(_Message, kw_only=True):
     cluster: str | None = None
     weighted_clusters: WeightedClusters | None = None
     prefix_rewrite: str | None = None
+    regex_rewrite: RegexMatchAndSubstitute | None = None
     host_rewrite_literal: str | None = None
     auto_host_rewrite: bool | None = None
     timeout: Duration | None = None

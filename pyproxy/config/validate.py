@@ -379,6 +379,11 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
     if action.host_rewrite_literal is not None and action.auto_host_rewrite is not None:
         raise ConfigError(path, "set only one of host_rewrite_literal, auto_host_rewrite")
     _check_no_line_breaks(action.prefix_rewrite, f"{path}.prefix_rewrite")
+    if action.regex_rewrite is not None:
+        if action.prefix_rewrite:
+            raise ConfigError(path, "specify only one of prefix_rewrite, regex_rewrite (as Envoy requires)")
+        check_regex(action.regex_rewrite.pattern.regex, f"{path}.regex_rewrite.pattern.regex")
+        _check_no_line_breaks(action.regex_rewrite.substitution, f"{path}.regex_rewrite.substitution")
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
     _check_hash_policy(action.hash_policy, f"{path}.hash_policy")

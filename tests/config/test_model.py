@@ -226,6 +226,12 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{CLUSTER}.maglev_lb_config.table_size", "not a prime number up to 5000011"),
     ("lb_policy_cluster_provided", lambda c: cluster(c).update(lb_policy="CLUSTER_PROVIDED"),
      f"{CLUSTER}.lb_policy", "'CLUSTER_PROVIDED' is not one of"),
+    ("regex_and_prefix_rewrite", lambda c: route(c)["route"].update(
+        prefix_rewrite="/x", regex_rewrite={"pattern": {"regex": "a"}, "substitution": "b"}),
+     f"{ROUTE}.route", "specify only one of prefix_rewrite, regex_rewrite"),
+    ("regex_rewrite_lookahead", lambda c: route(c)["route"].update(
+        regex_rewrite={"pattern": {"regex": "a(?=b)"}, "substitution": "b"}),
+     f"{ROUTE}.route.regex_rewrite.pattern.regex", ""),
     ("hash_policy_two", lambda c: route(c)["route"].update(hash_policy=[
         {"header": {"header_name": "x"}, "cookie": {"name": "y"}}]),
      f"{ROUTE}.route.hash_policy[0]", "needs exactly one of"),

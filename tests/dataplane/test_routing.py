@@ -809,3 +809,47 @@ def test_a_hash_cookie_is_made_up_and_then_sticks(make_proxy: Any, make_upstream
         with RawConn(p.listener_port()) as conn:
             r = conn.request(get("/", extra=f"cookie: a=1; {name}={value}\r\n"))
             assert (r.header("x-upstream-port"), r.header("set-cookie")) == (host, None)
+
+
+# --- regex_rewrite (envoy binary, session 17) ----------------------------------------------------
+
+REWRITES = [
+    ("/service", r"^/service/([^/]+)(/.*)$", r"\2/instance/\1"),
+    ("/foo", "o", "0"),
+    ("/ab", "^/(a)(b)?", r"/[\0|\1|\2|\\]"),
+    ("/xx", "x*", "-"),
+    ("/q", "^/q$", "/Q"),
+    ("/empty", "^/empty$", ""),
+    ("/nomatch", "zzz", "y"),
+    ("/dollar", "^/dollar", "/$1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("target", "sent", "original"),
+    [
+        ("/service/foo/v1/api?x=/service/y", "/v1/api/instance/foo?x=/service/y", "/service/foo/v1/api?x=/service/y"),
+        ("/foo/boo?o=o", "/f00/b00?o=o", "/foo/boo?o=o"),  # every match; the query untouched
+        ("/ab/c", "/[/ab|a|b|\\]/c", "/ab/c"),  # \0 the whole match, \\ a backslash
+        ("/xxyx", "-/-y-", "/xxyx"),  # empty matches too, as RE2's GlobalReplace
+        ("/q?a=1", "/Q?a=1", "/q?a=1"),
+        ("/empty?z", "/empty?z", None),  # an empty result leaves the path alone
+        ("/nomatch", "/nomatch", "/nomatch"),
+        ("/dollar/x", "/$1/x", "/dollar/x"),  # a `$` is a `$`
+    ],
+    ids=["groups", "global", "whole-and-backslash", "empty-matches", "query", "empty-result", "no-match",
+         "dollar"],
+)
+def test_regex_rewrite(make_proxy: Any, make_canned: Any, target: str, sent: str, original: str | None) -> None:
+    up = make_canned({"*": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"})
+    routes = [{"match": {"prefix": prefix},
+               "route": {"cluster": "up", "regex_rewrite": {"pattern": {"regex": rx}, "substitution": sub}}}
+              for prefix, rx, sub in REWRITES]
+    p = make_proxy(bootstrap(routes, [cluster("up", up.port)]))
+    with RawConn(p.listener_port()) as c:
+        assert c.request(get(target)).status == 200
+    (head,) = up.heads
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == f"GET {sent} HTTP/1.1"
+    got = [v.split(": ", 1)[1] for v in lines if v.startswith("x-envoy-original-path:")]
+    assert got == ([original] if original else [])

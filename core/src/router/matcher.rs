@@ -22,6 +22,57 @@ pub fn full_regex(re: &str, path: &str) -> Result<Regex, Error> {
         .map_err(|e| Error::config(format!("{path}: invalid regex {re:?}: {e}")))
 }
 
+/// A route's compiled `regex_rewrite`: the pattern (searched, not anchored) and the
+/// substitution in the `regex` crate's syntax.
+#[derive(Debug, Clone)]
+pub struct PathRewrite {
+    pub regex: Regex,
+    pub replacement: Vec<u8>,
+}
+
+impl PathRewrite {
+    /// Compiles a `regex_rewrite`. RE2's substitution syntax (`\0`-`\9`: the whole match or a
+    /// group, `\\`: a backslash) becomes the `regex` crate's (`${N}`, `$$` for a `$`); any
+    /// other escape, or a group the pattern does not have, is refused.
+    pub fn compile(re: &str, substitution: &str, path: &str) -> Result<PathRewrite, Error> {
+        let regex = Regex::new(re).map_err(|e| {
+            Error::config(format!("{path}.pattern.regex: invalid regex {re:?}: {e}"))
+        })?;
+        let groups = regex.captures_len();
+        let mut replacement = Vec::with_capacity(substitution.len());
+        let mut chars = substitution.bytes();
+        while let Some(b) = chars.next() {
+            match b {
+                b'\\' => match chars.next() {
+                    Some(b'\\') => replacement.push(b'\\'),
+                    Some(d @ b'0'..=b'9') if usize::from(d - b'0') < groups => {
+                        replacement.extend_from_slice(b"${");
+                        replacement.push(d);
+                        replacement.push(b'}');
+                    }
+                    other => {
+                        return Err(Error::config(format!(
+                            "{path}.substitution: {substitution:?}: \\{} is not a group of the pattern (\\0 to \\{}) nor \\\\",
+                            other.map(|c| (c as char).to_string()).unwrap_or_default(),
+                            groups - 1
+                        )))
+                    }
+                },
+                b'$' => replacement.extend_from_slice(b"$$"),
+                _ => replacement.push(b),
+            }
+        }
+        Ok(PathRewrite { regex, replacement })
+    }
+
+    /// The path rewritten (every match replaced), or `None` when the result would be empty
+    /// (Envoy then leaves the path as it was).
+    pub fn apply(&self, path: &[u8]) -> Option<Vec<u8>> {
+        let out = self.regex.replace_all(path, self.replacement.as_slice());
+        (!out.is_empty()).then(|| out.into_owned())
+    }
+}
+
 impl ValueMatcher {
     /// Compiles `m`; `ignore_case` lower-cases the pattern (values are lower-cased when tested).
     pub fn compile(m: &ValueMatch, ignore_case: bool, path: &str) -> Result<ValueMatcher, Error> {

@@ -378,6 +378,8 @@ pub struct Forward {
     pub upgrades: Box<[(Box<[u8]>, bool)]>,
     /// The route's `hash_policy`, for a hashing load balancer.
     pub hash_policy: Box<[hash::HashPolicy]>,
+    /// The route's `regex_rewrite` (boxed: most routes have none).
+    pub regex_rewrite: Option<Box<matcher::PathRewrite>>,
 }
 
 impl Forward {
@@ -735,6 +737,18 @@ fn compile_route(
                     .iter()
                     .map(|u| (u.upgrade_type.as_bytes().into(), u.enabled))
                     .collect(),
+                regex_rewrite: f
+                    .regex_rewrite
+                    .as_ref()
+                    .map(|r| {
+                        matcher::PathRewrite::compile(
+                            &r.regex,
+                            &r.substitution,
+                            &format!("{path}.route.regex_rewrite"),
+                        )
+                        .map(Box::new)
+                    })
+                    .transpose()?,
                 hash_policy: f
                     .hash_policy
                     .iter()

@@ -227,12 +227,26 @@ pub fn router_request_headers(l: &ListenerRt, h: &mut HeaderMap, fwd: &Forward) 
 /// The target after `prefix_rewrite`, or `None` when the route does not rewrite it.
 /// `route_prefix_len`: what the rewrite replaces ([`crate::router::Route::prefix_len`]).
 pub fn rewrite_target(fwd: &Forward, route_prefix_len: usize, target: &[u8]) -> Option<Vec<u8>> {
+    if let Some(rw) = &fwd.regex_rewrite {
+        return regex_rewrite(rw, target);
+    }
     match &fwd.prefix_rewrite {
         Some(p) if target.len() >= route_prefix_len => {
             Some(replace_prefix(p, route_prefix_len, target))
         }
         _ => None,
     }
+}
+
+/// A route's `regex_rewrite` of the path, the query kept as it was (Envoy's); `None` when the
+/// rewritten path would be empty.
+#[cold]
+#[inline(never)]
+fn regex_rewrite(rw: &crate::router::matcher::PathRewrite, target: &[u8]) -> Option<Vec<u8>> {
+    let q = memchr::memchr(b'?', target).unwrap_or(target.len());
+    let mut out = rw.apply(&target[..q])?;
+    out.extend_from_slice(&target[q..]);
+    Some(out)
 }
 
 /// `rewrite` followed by what `target` has after its first `n` bytes (a forwarded route's or a
