@@ -282,6 +282,9 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Envoy `require_tls: ALL` (`NONE` is false).
+    #[serde(default)]
+    pub require_tls: bool,
     #[serde(flatten)]
     pub headers: HeaderMutations,
 }

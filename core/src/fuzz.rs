@@ -533,6 +533,7 @@ pub fn snapshot(data: &[u8]) {
                             assert!(!path.is_some_and(|p| breaks_line(&p)));
                         }
                     }
+                    Action::TlsRedirect => {}
                     Action::Direct { status, .. } => {
                         assert!((200..=599).contains(status), "status {status}");
                         let loc = request_location(host, target, b"https", b"http");

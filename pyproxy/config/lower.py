@@ -172,6 +172,7 @@ def _virtual_host(vhost: m.VirtualHost) -> Json:
         "name": vhost.name,
         "domains": [d.lower() for d in vhost.domains],
         "routes": [_route(r) for r in vhost.routes],
+        "require_tls": vhost.require_tls == "ALL",
         **_mutations(vhost),
     }
 

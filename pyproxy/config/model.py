@@ -321,6 +321,7 @@ class VirtualHost(_Message, kw_only=True):
     name: str
     domains: list[str]
     routes: list[Route] = []
+    require_tls: Literal["NONE", "EXTERNAL_ONLY", "ALL"] = "NONE"
     request_headers_to_add: list[HeaderValueOption] = []
     request_headers_to_remove: list[str] = []
     response_headers_to_add: list[HeaderValueOption] = []

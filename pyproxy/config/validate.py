@@ -243,6 +243,12 @@ def _check_route_config(rc: m.RouteConfiguration, path: str, clusters: set[str])
             raise ConfigError(f"{vpath}.name", "must not be empty")
         if not vhost.domains:
             raise ConfigError(f"{vpath}.domains", "must have at least one domain")
+        if vhost.require_tls == "EXTERNAL_ONLY":
+            raise ConfigError(
+                f"{vpath}.require_tls",
+                "EXTERNAL_ONLY is not supported yet (pyproxy does not tell internal requests apart); "
+                "use ALL or NONE",
+            )
         for d, domain in enumerate(vhost.domains):
             dpath = f"{vpath}.domains[{d}]"
             _check_domain(domain, dpath)

@@ -232,6 +232,8 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("regex_rewrite_lookahead", lambda c: route(c)["route"].update(
         regex_rewrite={"pattern": {"regex": "a(?=b)"}, "substitution": "b"}),
      f"{ROUTE}.route.regex_rewrite.pattern.regex", ""),
+    ("require_tls_external_only", lambda c: vhost(c).update(require_tls="EXTERNAL_ONLY"),
+     f"{VHOST}.require_tls", "EXTERNAL_ONLY is not supported yet"),
     ("hash_policy_two", lambda c: route(c)["route"].update(hash_policy=[
         {"header": {"header_name": "x"}, "cookie": {"name": "y"}}]),
      f"{ROUTE}.route.hash_policy[0]", "needs exactly one of"),

@@ -853,3 +853,29 @@ def test_regex_rewrite(make_proxy: Any, make_canned: Any, target: str, sent: str
     assert lines[0] == f"GET {sent} HTTP/1.1"
     got = [v.split(": ", 1)[1] for v in lines if v.startswith("x-envoy-original-path:")]
     assert got == ([original] if original else [])
+
+
+# --- a virtual host's require_tls (envoy binary, session 17) -------------------------------------
+
+
+@pytest.mark.parametrize("edge", [False, True], ids=["trusts-xfp", "edge"])
+def test_require_tls_redirects_requests_in_the_clear(make_proxy: Any, upstream: Any, edge: bool) -> None:
+    vhosts = [{"name": "v", "domains": ["*"], "require_tls": "ALL",
+               "routes": [route("/api", "up")],
+               "response_headers_to_add": [{"header": {"key": "x-vh", "value": "1"}}]}]
+    hcm = {"use_remote_address": edge}
+    p = make_proxy(bootstrap([], [cluster("up", upstream.port)], virtual_hosts=vhosts, hcm=hcm))
+    with RawConn(p.listener_port()) as c:
+        # Any path, a route or not; the host as sent, its port too; the query kept; no edits;
+        # the connection stays.
+        for target, host in (("/api/a?b=1", "example.com:8080"), ("/none", "h")):
+            r = c.request(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert (r.status_line, shape(r.headers), r.body) == (
+                "HTTP/1.1 301 Moved Permanently",
+                [("location", f"https://{host}{target}"), ("date", "<date>"), ("server", "envoy"),
+                 ("content-length", "0")], b"")
+        # Over TLS as x-forwarded-proto says (kept only off the edge): served.
+        r = c.request(get("/api/x", extra="x-forwarded-proto: https\r\n"))
+        assert r.status == (301 if edge else 200)
+    wait_stat(p, "http.ingress_http.rq_direct_response", 3 if edge else 2)
+    assert len(upstream.requests) == (0 if edge else 1)

@@ -68,6 +68,19 @@ pub struct Mutations {
     pub response_commands: bool,
 }
 
+impl Mutations {
+    /// No edits (a `const`, for the built-in routes).
+    pub const NONE: Mutations = Mutations {
+        request_add: Vec::new(),
+        request_remove: Vec::new(),
+        response_add: Vec::new(),
+        response_remove: Vec::new(),
+        request_reads_request: false,
+        response_reads_request: false,
+        response_commands: false,
+    };
+}
+
 /// Refuses a string that would go out in a header value or the request line with a CR, LF or
 /// NUL in it (header injection). The control plane refuses these first; the engine checks
 /// again, since a snapshot is the boundary into it.
@@ -420,8 +433,24 @@ pub struct Redirect {
 pub enum Action {
     Forward(Forward),
     Redirect(Redirect),
-    Direct { status: u16, body: Bytes },
+    Direct {
+        status: u16,
+        body: Bytes,
+    },
+    /// The virtual host's `require_tls`: a 301 to the same URL over https.
+    TlsRedirect,
 }
+
+/// The route a `require_tls` virtual host answers a request in the clear with: no match, no
+/// edits (Envoy's, which applies none of the virtual host's either).
+static TLS_REDIRECT: Route = Route {
+    path: PathMatcher::Prefix(Vec::new()),
+    case_sensitive: true,
+    headers: Vec::new(),
+    query: Vec::new(),
+    action: Action::TlsRedirect,
+    mutations: Mutations::NONE,
+};
 
 /// A compiled route.
 #[derive(Debug, Clone)]
@@ -446,6 +475,9 @@ pub struct VirtualHost {
     index: RouteIndex,
     /// Virtual-host-level header edits.
     pub mutations: Mutations,
+    /// `require_tls: ALL`: a request not over TLS (its scheme, from `x-forwarded-proto`, not
+    /// `https`) gets [`Action::TlsRedirect`], whatever its route.
+    require_tls: bool,
 }
 
 /// Wildcard domains (the literal part of `*suffix` or `prefix*`), grouped by length, longest
@@ -574,6 +606,7 @@ impl RouteTable {
                 routes,
                 index,
                 mutations: Mutations::compile(&vh.headers, &vpath)?,
+                require_tls: vh.require_tls,
             });
         }
         Ok(t)
@@ -609,6 +642,9 @@ impl RouteTable {
         req: &RouteRequest<'_>,
     ) -> Option<(&'a VirtualHost, &'a Route)> {
         let vh = self.virtual_host(host)?;
+        if vh.require_tls && req.scheme() != b"https" {
+            return Some((vh, &TLS_REDIRECT));
+        }
         let target = req.target;
         let (path, query) = match memchr::memchr(b'?', target) {
             Some(i) => (&target[..i], Some(&target[i + 1..])),

@@ -1133,6 +1133,27 @@ fn upgrade_allowed(
     })
 }
 
+/// A `require_tls` virtual host's answer to a request in the clear: a 301 to
+/// `https://<host as sent><target>` (Envoy's `createSslRedirectPath`: the port stays), no
+/// edits; counted as a direct response.
+#[cold]
+#[inline(never)]
+async fn tls_redirect(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    head: &RequestHead,
+    keep: bool,
+) -> (u16, Next) {
+    l.http.rq_direct_response.inc();
+    let mut location = b"https://".to_vec();
+    location.extend_from_slice(head.headers.get(b"host").unwrap_or_default());
+    location.extend_from_slice(head.target());
+    let mut h = HeaderMap::default();
+    h.append(b"location", &location);
+    reply(ctx, l, d, 301, b"", keep, Some(&h)).await
+}
+
 /// Checks a parsed request the way Envoy's codec does, routes it, and answers it locally or
 /// forwards it.
 async fn handle(
@@ -1315,6 +1336,7 @@ async fn handle(
         table.mutations.apply_response(h, &cx);
     };
     match &route.action {
+        Action::TlsRedirect => tls_redirect(ctx, l, d, &head, keep_after_local).await,
         Action::Direct { status, body } => {
             l.http.rq_direct_response.inc();
             let mut h = HeaderMap::default();
