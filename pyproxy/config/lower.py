@@ -15,7 +15,7 @@ import msgspec
 
 from . import model as m
 from .duration import Duration
-from .validate import effective_listener_name
+from .validate import data_source_text, effective_listener_name
 
 __all__ = ["lower", "snapshot_bytes"]
 
@@ -258,7 +258,7 @@ def _action(route: m.Route) -> Json:
     dr = route.direct_response
     body: Json = {"status": dr.status}
     if dr.body is not None:
-        body["body"] = dr.body.inline_string
+        body["body"] = data_source_text(dr.body, "direct_response.body")
     return {"direct_response": body}
 
 

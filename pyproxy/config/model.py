@@ -140,9 +140,13 @@ class HeaderValueOption(_Message, kw_only=True):
 
 
 class DataSource(_Message, kw_only=True):
-    """`envoy.config.core.v3.DataSource`: only `inline_string`."""
+    """`envoy.config.core.v3.DataSource`: one of `inline_string`, `inline_bytes` (base64 in
+    JSON/YAML), `filename` (read when the config is loaded), `environment_variable`."""
 
-    inline_string: str
+    inline_string: str | None = None
+    inline_bytes: str | None = None
+    filename: str | None = None
+    environment_variable: str | None = None
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -338,6 +342,7 @@ class RouteConfiguration(_Message, kw_only=True):
     response_headers_to_add: list[HeaderValueOption] = []
     response_headers_to_remove: list[str] = []
     validate_clusters: bool | None = None
+    max_direct_response_body_size_bytes: UInt32 | None = None
 
 
 # --- listeners --------------------------------------------------------------------------------

@@ -235,6 +235,9 @@ def _check_route_config(rc: m.RouteConfiguration, path: str, clusters: set[str])
             f"{path}.validate_clusters",
             "false is not supported; every cluster a route names must exist",
         )
+    max_body = rc.max_direct_response_body_size_bytes
+    if max_body is None:
+        max_body = DEFAULT_MAX_DIRECT_BODY
     _check_mutations(rc, path)
     seen: dict[str, int] = {}
     for v, vhost in enumerate(rc.virtual_hosts):
@@ -262,7 +265,7 @@ def _check_route_config(rc: m.RouteConfiguration, path: str, clusters: set[str])
             seen[key] = v
         _check_mutations(vhost, vpath)
         for r, route in enumerate(vhost.routes):
-            _check_route(route, f"{vpath}.routes[{r}]", clusters)
+            _check_route(route, f"{vpath}.routes[{r}]", clusters, max_body)
 
 
 def _check_domain(domain: str, path: str) -> None:
@@ -283,7 +286,53 @@ def _check_domain(domain: str, path: str) -> None:
     )
 
 
-def _check_route(route: m.Route, path: str, clusters: set[str]) -> None:
+DEFAULT_MAX_DIRECT_BODY = 4096
+
+
+def data_source_text(ds: m.DataSource, path: str) -> str:
+    """A DataSource's contents as text (a direct response's body): read from the file or the
+    environment now, when the config is loaded, as Envoy does."""
+    import base64
+    import binascii
+    import os
+
+    given = [n for n in ("inline_string", "inline_bytes", "filename", "environment_variable")
+             if getattr(ds, n) is not None]
+    if len(given) != 1:
+        raise ConfigError(path, "needs exactly one of inline_string, inline_bytes, filename, environment_variable")
+    if ds.inline_string is not None:
+        return ds.inline_string
+    if ds.inline_bytes is not None:
+        try:
+            raw = base64.b64decode(ds.inline_bytes, validate=True)
+        except binascii.Error:
+            raise ConfigError(f"{path}.inline_bytes", "is not base64") from None
+        where = f"{path}.inline_bytes"
+    elif ds.filename is not None:
+        try:
+            with open(ds.filename, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}.filename", f"file {ds.filename} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"{path}.filename", f"cannot read {ds.filename}: {e.strerror}") from None
+        where = f"{path}.filename"
+    else:
+        assert ds.environment_variable is not None
+        value = os.environ.get(ds.environment_variable)
+        if value is None:
+            raise ConfigError(
+                f"{path}.environment_variable",
+                f"environment variable {ds.environment_variable!r} does not exist",
+            )
+        return value
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(where, "pyproxy takes text bodies only (UTF-8)") from None
+
+
+def _check_route(route: m.Route, path: str, clusters: set[str], max_body: int = DEFAULT_MAX_DIRECT_BODY) -> None:
     _check_route_match(route.match, f"{path}.match")
     actions = [
         n for n in ("route", "redirect", "direct_response") if getattr(route, n) is not None
@@ -304,6 +353,15 @@ def _check_route(route: m.Route, path: str, clusters: set[str]) -> None:
             raise ConfigError(
                 f"{path}.direct_response.status", f"{status} is out of range; expected 200..599"
             )
+        if route.direct_response.body is not None:
+            bpath = f"{path}.direct_response.body"
+            size = len(data_source_text(route.direct_response.body, bpath).encode())
+            if size > max_body:
+                raise ConfigError(
+                    bpath,
+                    f"response body size is {size} bytes; maximum is {max_body} "
+                    "(the route configuration's max_direct_response_body_size_bytes)",
+                )
     _check_mutations(route, path)
 
 

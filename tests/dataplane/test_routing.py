@@ -879,3 +879,17 @@ def test_require_tls_redirects_requests_in_the_clear(make_proxy: Any, upstream: 
         assert r.status == (301 if edge else 200)
     wait_stat(p, "http.ingress_http.rq_direct_response", 3 if edge else 2)
     assert len(upstream.requests) == (0 if edge else 1)
+
+
+def test_a_direct_response_body_from_a_file_or_bytes(make_proxy: Any, tmp_path: Any) -> None:
+    # Read when the config is loaded, as Envoy does.
+    page = tmp_path / "page.html"
+    page.write_text("<h1>maintenance</h1>\n")
+    routes = [{"match": {"prefix": "/file"}, "direct_response": {"status": 503, "body": {"filename": str(page)}}},
+              {"match": {"prefix": "/bytes"}, "direct_response": {"status": 200, "body": {"inline_bytes": "aGk="}}}]
+    p = make_proxy(bootstrap(routes, []))
+    with RawConn(p.listener_port()) as c:
+        r = c.request(get("/file"))
+        assert (r.status, r.body, r.header("content-type")) == (503, b"<h1>maintenance</h1>\n", "text/plain")
+        r = c.request(get("/bytes"))
+        assert (r.status, r.body) == (200, b"hi")
