@@ -756,3 +756,27 @@ def test_a_bad_chunk_before_the_response_counts_one_reset(make_proxy: Any, upstr
     settled(proxy, {"http.ingress_http.downstream_rq_rx_reset": 1,
                     "http.ingress_http.downstream_cx_protocol_error": 1,
                     "http.ingress_http.downstream_rq_response_before_rq_complete": 1})
+
+
+@pytest.mark.parametrize(
+    ("policy", "weights", "expected"),
+    [
+        ("RING_HASH", [1, 1, 1], {"ring_hash_lb.size": 1026, "ring_hash_lb.min_hashes_per_host": 342,
+                                  "ring_hash_lb.max_hashes_per_host": 342}),
+        ("RING_HASH", [1, 2, 3], {"ring_hash_lb.size": 1026, "ring_hash_lb.min_hashes_per_host": 171,
+                                  "ring_hash_lb.max_hashes_per_host": 513}),
+        ("MAGLEV", [1, 1, 1], {"maglev_lb.min_entries_per_host": 21845, "maglev_lb.max_entries_per_host": 21846}),
+        ("MAGLEV", [1, 2, 3], {"maglev_lb.min_entries_per_host": 10923, "maglev_lb.max_entries_per_host": 32768}),
+    ],
+    ids=["ring", "ring-weighted", "maglev", "maglev-weighted"],
+)
+def test_a_hashing_balancer_reports_its_table(make_proxy: Any, make_upstream: Any, policy: str,
+                                              weights: list[int], expected: dict[str, int]) -> None:
+    ups = [make_upstream() for _ in weights]
+    c = cluster("up", *(u.port for u in ups), lb_policy=policy)
+    for e, w in zip(c["load_assignment"]["endpoints"][0]["lb_endpoints"], weights):
+        e["load_balancing_weight"] = w
+    p = make_proxy(bootstrap([route("/", "up")], [c]), concurrency=2)
+    got = settled(p, {f"cluster.up.{k}": v for k, v in expected.items()})
+    other = "maglev_lb." if policy == "RING_HASH" else "ring_hash_lb."
+    assert not any(k.startswith(f"cluster.up.{other}") for k in got)

@@ -122,6 +122,28 @@ impl Balancer {
         }
     }
 
+    /// A hashing balancer's table for the stats: (kind as [`crate::stats::LbGauges`] has it,
+    /// ring size, fewest and most entries of a host); `None` for the other policies.
+    pub fn table_stats(&self) -> Option<(u8, u64, u64, u64)> {
+        let (kind, size, owners): (u8, u64, Vec<u32>) = match self.policy {
+            Policy::RingHash { .. } => (
+                crate::stats::LbGauges::RING_HASH,
+                self.ring.len() as u64,
+                self.ring.iter().map(|p| p.1).collect(),
+            ),
+            Policy::Maglev { .. } => (crate::stats::LbGauges::MAGLEV, 0, self.table.clone()),
+            _ => return None,
+        };
+        let hosts = self.current.len();
+        let mut per = vec![0u64; hosts];
+        for h in owners {
+            per[h as usize] += 1;
+        }
+        let min = per.iter().copied().min().unwrap_or(0);
+        let max = per.iter().copied().max().unwrap_or(0);
+        Some((kind, size, min, max))
+    }
+
     /// [`Balancer::pick`] with the request's hash, for a hashing policy (`None`: the request
     /// gave none, so a random point, as Envoy).
     #[inline]

@@ -314,6 +314,52 @@ pub struct ClusterScope {
     pub class: [Counter; 5],
     /// `external.upstream_rq_*`.
     pub external: ExternalCodes,
+    /// A hashing balancer's gauges (`ring_hash_lb.*`, `maglev_lb.*`).
+    pub lb: LbGauges,
+}
+
+/// A ring hash's `ring_hash_lb.size`, `min_hashes_per_host`, `max_hashes_per_host`, or
+/// Maglev's `maglev_lb.min_entries_per_host`, `max_entries_per_host`: shown for a cluster of
+/// that policy only, as Envoy creates them. Set by one worker (the one that publishes the
+/// membership gauges), so the merged value is the table's.
+#[derive(Debug, Default)]
+pub struct LbGauges {
+    /// 0: none; 1: ring hash; 2: Maglev.
+    kind: std::sync::atomic::AtomicU8,
+    size: Gauge,
+    min: Gauge,
+    max: Gauge,
+}
+
+impl LbGauges {
+    pub const RING_HASH: u8 = 1;
+    pub const MAGLEV: u8 = 2;
+
+    /// Records a table: its kind, size (ring only) and the fewest and most entries a host has.
+    pub fn set(&self, kind: u8, size: u64, min: u64, max: u64) {
+        self.kind.store(kind, std::sync::atomic::Ordering::Relaxed);
+        self.size.set(size);
+        self.min.set(min);
+        self.max.set(max);
+    }
+
+    fn visit(&self, v: &mut dyn Visitor) {
+        let g = |v: &mut dyn Visitor, name: &str, x: &Gauge| {
+            v.stat(name, StatKind::Gauge, x.get(), true)
+        };
+        match self.kind.load(std::sync::atomic::Ordering::Relaxed) {
+            Self::RING_HASH => {
+                g(v, "ring_hash_lb.max_hashes_per_host", &self.max);
+                g(v, "ring_hash_lb.min_hashes_per_host", &self.min);
+                g(v, "ring_hash_lb.size", &self.size);
+            }
+            Self::MAGLEV => {
+                g(v, "maglev_lb.max_entries_per_host", &self.max);
+                g(v, "maglev_lb.min_entries_per_host", &self.min);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Visits `<prefix><N>xx` for each class counted.
@@ -383,5 +429,6 @@ impl Scope for ClusterScope {
         self.codes.visit("upstream_rq_", v);
         visit_classes(&self.class, "upstream_rq_", v);
         self.external.visit(v);
+        self.lb.visit(v);
     }
 }

@@ -233,6 +233,9 @@ impl ClusterRt {
                 _ => 0,
             };
             s.max_host_weight.set(u64::from(max_weight));
+            if let Some((kind, size, min, max)) = set.lb.table_stats() {
+                self.stats.lb.set(kind, size, min, max);
+            }
         }
         *self.hosts.borrow_mut() = set;
     }
