@@ -774,7 +774,7 @@ def test_a_hashing_balancer_reports_its_table(make_proxy: Any, make_upstream: An
                                               weights: list[int], expected: dict[str, int]) -> None:
     ups = [make_upstream() for _ in weights]
     c = cluster("up", *(u.port for u in ups), lb_policy=policy)
-    for e, w in zip(c["load_assignment"]["endpoints"][0]["lb_endpoints"], weights):
+    for e, w in zip(c["load_assignment"]["endpoints"][0]["lb_endpoints"], weights, strict=True):
         e["load_balancing_weight"] = w
     p = make_proxy(bootstrap([route("/", "up")], [c]), concurrency=2)
     got = settled(p, {f"cluster.up.{k}": v for k, v in expected.items()})
