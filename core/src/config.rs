@@ -387,6 +387,9 @@ pub struct ForwardAction {
     pub cluster: Option<String>,
     #[serde(default)]
     pub weighted_clusters: Option<Vec<WeightedCluster>>,
+    /// Envoy `cluster_header` (lower-case): the cluster is the one this request header names.
+    #[serde(default)]
+    pub cluster_header: Option<String>,
     #[serde(default)]
     pub prefix_rewrite: Option<String>,
     /// Envoy route `regex_rewrite`: every match of `regex` in the path (not the query) is

@@ -266,6 +266,8 @@ def _forward(action: m.RouteAction) -> Json:
     out: Json = {}
     if action.cluster is not None:
         out["cluster"] = action.cluster
+    elif action.cluster_header is not None:
+        out["cluster_header"] = action.cluster_header.lower()
     else:
         assert action.weighted_clusters is not None
         out["weighted_clusters"] = [

@@ -273,6 +273,7 @@ class RouteAction(_Message, kw_only=True):
 
     cluster: str | None = None
     weighted_clusters: WeightedClusters | None = None
+    cluster_header: str | None = None
     prefix_rewrite: str | None = None
     regex_rewrite: RegexMatchAndSubstitute | None = None
     host_rewrite_literal: str | None = None

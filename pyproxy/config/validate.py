@@ -438,8 +438,11 @@ def _check_no_line_breaks(value: str | None, path: str) -> None:
 
 
 def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None:
-    if (action.cluster is None) == (action.weighted_clusters is None):
-        raise ConfigError(path, "needs exactly one of cluster, weighted_clusters")
+    given = [n for n in ("cluster", "weighted_clusters", "cluster_header") if getattr(action, n) is not None]
+    if len(given) != 1:
+        raise ConfigError(path, "needs exactly one of cluster, weighted_clusters, cluster_header")
+    if action.cluster_header is not None:
+        _check_header_name(action.cluster_header, f"{path}.cluster_header")
     if action.host_rewrite_literal is not None and action.auto_host_rewrite is not None:
         raise ConfigError(path, "set only one of host_rewrite_literal, auto_host_rewrite")
     _check_no_line_breaks(action.prefix_rewrite, f"{path}.prefix_rewrite")
@@ -451,6 +454,8 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
     _check_hash_policy(action.hash_policy, f"{path}.hash_policy")
+    if action.cluster_header is not None:
+        return
     if action.cluster is not None:
         if action.cluster not in clusters:
             raise ConfigError(f"{path}.cluster", f"unknown cluster {action.cluster!r}")

@@ -117,6 +117,7 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
     ("direct_body_raised_limit", lambda c: (
         hcm(c)["route_config"].update(max_direct_response_body_size_bytes=6000),
         route(c).update(route=None, direct_response={"status": 200, "body": {"inline_string": "x" * 5000}}))),
+    ("cluster_header", lambda c: route(c).update(route={"cluster_header": "X-Cluster"})),
     ("maglev", lambda c: cluster(c).update(lb_policy="MAGLEV", maglev_lb_config={"table_size": 5000011})),
     ("ring_hash", lambda c: (
         cluster(c).update(lb_policy="RING_HASH", ring_hash_lb_config={
@@ -345,6 +346,10 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("cluster_and_weighted", lambda c: route(c)["route"].update(weighted_clusters={
         "clusters": [{"name": "demo", "weight": 1}]}), f"{ROUTE}.route",
      "exactly one of cluster, weighted_clusters"),
+    ("cluster_and_cluster_header", lambda c: route(c)["route"].update(cluster_header="x-cluster"),
+     f"{ROUTE}.route", "exactly one of cluster, weighted_clusters, cluster_header"),
+    ("cluster_header_bad_name", lambda c: route(c).update(route={"cluster_header": "x cluster"}),
+     f"{ROUTE}.route.cluster_header", ""),
     ("validate_clusters_false", lambda c: hcm(c)["route_config"].update(validate_clusters=False),
      f"{HCM}.route_config.validate_clusters", "false is not supported"),
     ("duplicate_domain", lambda c: hcm(c)["route_config"]["virtual_hosts"].append(

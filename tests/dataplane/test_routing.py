@@ -893,3 +893,22 @@ def test_a_direct_response_body_from_a_file_or_bytes(make_proxy: Any, tmp_path: 
         assert (r.status, r.body, r.header("content-type")) == (503, b"<h1>maintenance</h1>\n", "text/plain")
         r = c.request(get("/bytes"))
         assert (r.status, r.body) == (200, b"hi")
+
+
+# --- cluster_header (envoy binary, session 17) ---------------------------------------------------
+
+
+def test_cluster_header_names_the_cluster(make_proxy: Any, make_upstream: Any) -> None:
+    a, b = make_upstream(), make_upstream()
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster_header": "X-Cluster"}}]
+    p = make_proxy(bootstrap(routes, [cluster("a", a.port), cluster("b", b.port)]))
+    with RawConn(p.listener_port()) as c:
+        for extra, port in (("x-cluster: a\r\n", a.port), ("x-cluster: b\r\n", b.port),
+                            ("x-cluster: a\r\nx-cluster: b\r\n", a.port)):  # the first value
+            r = c.request(get("/", extra=extra))
+            assert (r.status, r.header("x-upstream-port")) == (200, str(port))
+        # No header, no such cluster (names are exact): 503, no body; the connection stays.
+        for extra in ("", "x-cluster: nope\r\n", "x-cluster: A\r\n"):
+            r = c.request(get("/", extra=extra))
+            assert (r.status, r.body, r.header("connection")) == (503, b"", None)
+    wait_stat(p, "http.ingress_http.no_cluster", 3)

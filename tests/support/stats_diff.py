@@ -83,7 +83,7 @@ LACKS = re.compile(
     r"flow_control|shadow|maintenance|premature_resets|ip_detection|"
     r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
     r"extension_config|preconnect|_overflow|queue_overloaded|per_try|idle_timeout|"
-    r"soft_drain|passthrough|no_cluster|rs_too_large|"
+    r"soft_drain|passthrough|rs_too_large|"
     r"total_match_count|membership_change|max_host_weight|close_notify_missing|rx_reset_no_error|"
     r"connect_attempts_exceeded|max_host|http3_broken)"
 )

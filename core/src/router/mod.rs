@@ -393,6 +393,22 @@ pub struct Forward {
     pub hash_policy: Box<[hash::HashPolicy]>,
     /// The route's `regex_rewrite` (boxed: most routes have none).
     pub regex_rewrite: Option<Box<matcher::PathRewrite>>,
+    /// The route's `cluster_header`, which then names the cluster (`clusters` is unused).
+    pub cluster_header: Option<Box<ClusterHeader>>,
+}
+
+/// A `cluster_header` route: the request header, and every cluster by name.
+#[derive(Debug, Clone)]
+pub struct ClusterHeader {
+    pub name: Vec<u8>,
+    pub clusters: HashMap<Box<[u8]>, usize>,
+}
+
+impl ClusterHeader {
+    /// The cluster the request's header names (its first value, exactly), if there is one.
+    pub fn pick(&self, h: &HeaderMap) -> Option<usize> {
+        self.clusters.get(h.get(&self.name)?).copied()
+    }
 }
 
 impl Forward {
@@ -715,7 +731,19 @@ fn compile_route(
                     .copied()
                     .ok_or_else(|| Error::config(format!("{p}: unknown cluster {name:?}")))
             };
+            let by_header = f.cluster_header.as_ref().map(|h| {
+                Box::new(ClusterHeader {
+                    name: h.to_ascii_lowercase().into_bytes(),
+                    clusters: clusters
+                        .iter()
+                        .map(|(n, i)| (n.as_bytes().into(), *i))
+                        .collect(),
+                })
+            });
             let list = match (&f.cluster, &f.weighted_clusters) {
+                // Picked per request by the header (`Forward::cluster_header`); the entry only
+                // keeps the list's shape.
+                (None, None) if by_header.is_some() => vec![(0, 1, Mutations::default())],
                 (Some(c), None) => vec![(
                     lookup(c, format!("{path}.route.cluster"))?,
                     1,
@@ -773,6 +801,7 @@ fn compile_route(
                     .iter()
                     .map(|u| (u.upgrade_type.as_bytes().into(), u.enabled))
                     .collect(),
+                cluster_header: by_header,
                 regex_rewrite: f
                     .regex_rewrite
                     .as_ref()

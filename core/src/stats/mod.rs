@@ -30,7 +30,7 @@ crate::stat_scope! {
             downstream_rq_tx_reset,
             downstream_rq_non_relative_path, downstream_rq_failed_path_normalization,
             downstream_rq_redirected_with_normalized_path, downstream_rq_ws_on_non_ws_route,
-            no_route, rq_direct_response, rq_redirect, rq_total,
+            no_route, no_cluster, rq_direct_response, rq_redirect, rq_total,
         }
         gauges {
             downstream_cx_active, downstream_cx_http1_active, downstream_rq_active,

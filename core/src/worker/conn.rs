@@ -1398,8 +1398,18 @@ async fn handle(
             .await
         }
         Action::Forward(fwd) => {
-            let (ci, _, wc_mut) = fwd.pick();
-            let cluster = snap.clusters[*ci].clone();
+            let (mut ci, _, wc_mut) = fwd.pick();
+            if let Some(by) = &fwd.cluster_header {
+                match by.pick(&head.headers) {
+                    Some(i) => ci = i,
+                    // No header, or no such cluster: Envoy's 503, no body.
+                    None => {
+                        l.http.no_cluster.inc();
+                        return reply(ctx, l, d, 503, b"", keep_after_local, None).await;
+                    }
+                }
+            }
+            let cluster = snap.clusters[ci].clone();
             // Header edits, most specific first (weighted cluster, route, virtual host, route
             // config), as Envoy applies them, after Envoy's own headers.
             let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
