@@ -924,6 +924,12 @@ fn parse_request_lenient(
     // 426 whatever follows (bad header lines, conflicting framing; checked against the envoy
     // binary).
     let (n, entries) = if minor == UNSUPPORTED_VERSION && n == 2 {
+        // Its line alone is the head, and still bounded by `max_len`: a longer one refused
+        // only when it came in pieces would depend on how the bytes arrived (found by the
+        // request_head fuzz target).
+        if lf + 1 > max_len {
+            return Err(HeadError::TooLarge);
+        }
         (lf + 1, entry_list(ADDED_HEADERS))
     } else {
         match headers_after_line(buf, lf, max_len, max_headers)? {
@@ -1474,6 +1480,12 @@ mod tests {
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n"[..]);
         assert!(parse_request(&mut b, 1024).unwrap().is_none());
         assert_eq!(parse_request(&mut b, 10).unwrap_err(), HeadError::TooLarge);
+        // An HTTP/0.9 line (no version) longer than the limit is refused whole too, as it is
+        // in pieces.
+        let mut b = BytesMut::from(&b"GET /0123456789abcdef\r\n"[..]);
+        assert_eq!(parse_request(&mut b, 10).unwrap_err(), HeadError::TooLarge);
+        let mut b = BytesMut::from(&b"GET /0123456789abcdef\r\n"[..]);
+        assert!(parse_request(&mut b, 100).unwrap().is_some());
     }
 
     #[test]
