@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -410,6 +411,48 @@ class CannedUpstream:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+# A 101 that takes a websocket upgrade.
+SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+
+
+class Tunnel:
+    """An upstream's side of one upgrade: answers `answer`, then (`echo`) sends back what comes,
+    recording it, until the proxy closes; or (`close_after`) sends those bytes and closes."""
+
+    def __init__(self, answer: bytes = SWITCH, echo: bool = True, close_after: bytes | None = None) -> None:
+        self.answer, self.echo, self.close_after = answer, echo, close_after
+        self.received = b""
+        self.eof = threading.Event()
+
+    def __call__(self, s: socket.socket, rest: bytes) -> None:
+        s.sendall(self.answer)
+        if self.close_after is not None:
+            s.sendall(self.close_after)
+            s.close()
+            return
+        data = rest
+        while True:
+            if data:
+                self.received += data
+                if self.echo:
+                    s.sendall(data)
+            try:
+                data = s.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+        self.eof.set()
+        s.close()
+
+
+def parse_head(raw: bytes) -> list[tuple[str, str]]:
+    """The header lines of a raw message head (as CannedUpstream records them)."""
+    lines = raw.decode("latin-1").split("\r\n")[1:]
+    return [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines if line)]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.dataplane.conftest import UUID4, RawConn, get, shape, shape_request
+from tests.dataplane.conftest import UUID4, RawConn, get, parse_head, shape, shape_request
 from tests.support.configs import ROUTER_TYPE, bootstrap, cluster, route
 
 H = list[tuple[str, str]]
@@ -875,15 +875,10 @@ def test_via_is_added_to_requests_and_responses(make_proxy: Any, make_canned: An
         # A local reply has it after `server` too.
         r = c.request(get("/d"))
         assert shape(r.headers)[-3:] == [("server", "envoy"), ("x-request-id", "<uuid>"), ("via", "1.1 pyproxy")]
-    first, second, third = (shape_request(_parse(h)) for h in up.heads)
+    first, second, third = (shape_request(parse_head(h)) for h in up.heads)
     names = [k for k, _ in first]
     after = "x-envoy-external-address" if edge else "x-request-id"
     assert names[names.index("via") - 1:names.index("via") + 2] == ["x-forwarded-proto", "via", after]
     assert dict(first)["via"] == "1.1 pyproxy"
     assert dict(second)["via"] == "1.0 client, 1.1 pyproxy"
     assert dict(third)["via"] == "a,b, 1.1 pyproxy"
-
-
-def _parse(raw: bytes) -> H:
-    lines = raw.decode("latin-1").split("\r\n")[1:]
-    return [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines if line)]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.dataplane.conftest import RawConn, shape, shape_request, wait_for
+from tests.dataplane.conftest import SWITCH, RawConn, Tunnel, parse_head, shape, shape_request, wait_for
 from tests.dataplane.test_stats import settled
 from tests.support.configs import bootstrap, cluster, route
 
@@ -24,43 +24,10 @@ UPGRADE = (
     f"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
 ).encode()
-SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-          b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
 SWITCHED = [("upgrade", "websocket"), ("connection", "Upgrade"),
             ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), ("date", "<date>"), ("server", "envoy")]
 P = "http.ingress_http."
 C = "cluster.up."
-
-
-class Tunnel:
-    """An upstream's side of one upgrade: answers `answer`, then (`echo`) sends back what comes,
-    recording it, until the proxy closes; or (`close_after`) sends those bytes and closes."""
-
-    def __init__(self, answer: bytes = SWITCH, echo: bool = True, close_after: bytes | None = None) -> None:
-        self.answer, self.echo, self.close_after = answer, echo, close_after
-        self.received = b""
-        self.eof = threading.Event()
-
-    def __call__(self, s: socket.socket, rest: bytes) -> None:
-        s.sendall(self.answer)
-        if self.close_after is not None:
-            s.sendall(self.close_after)
-            s.close()
-            return
-        data = rest
-        while True:
-            if data:
-                self.received += data
-                if self.echo:
-                    s.sendall(data)
-            try:
-                data = s.recv(65536)
-            except OSError:
-                break
-            if not data:
-                break
-        self.eof.set()
-        s.close()
 
 
 def upgrade_proxy(make_proxy: Any, port: int, hcm: dict[str, Any] | None = WS,
@@ -109,11 +76,6 @@ def test_the_upgrade_goes_upstream_and_the_101_comes_back(make_proxy: Any, make_
         C + "upstream_rq_total": 1, C + "upstream_rq_active": 0, C + "upstream_rq_tx_reset": 0,
         C + "upstream_cx_destroy_local_with_active_rq": 1, C + "upstream_cx_active": 0,
     })
-
-
-def parse_head(raw: bytes) -> list[tuple[str, str]]:
-    lines = raw.decode("latin-1").split("\r\n")[1:]
-    return [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines if line)]
 
 
 def test_a_client_half_close_ends_the_tunnel(make_proxy: Any, make_canned: Any) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.dataplane.conftest import CannedUpstream
+from tests.dataplane.conftest import CannedUpstream, Tunnel
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.route_diff import start
 from tests.support.upstream import Upstream
@@ -42,29 +42,10 @@ CANNED = {
 }
 
 
-def switch(then: bytes | None) -> Callable[[socket.socket, bytes], None]:
-    """An upstream that takes an upgrade: a 101, then an echo until the proxy closes, or (`then`)
-    those bytes and its close."""
-    def answer(s: socket.socket, rest: bytes) -> None:
-        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
-        if then is not None:
-            s.sendall(then)
-            return
-        data = rest
-        while True:
-            if data:
-                s.sendall(data)
-            try:
-                data = s.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-    return answer
-
-
-CANNED["/wsecho"] = switch(None)
-CANNED["/wsclose"] = switch(b"bye")
+# An upstream that takes an upgrade: its 101, then an echo, or those bytes and its close.
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+CANNED["/wsecho"] = Tunnel(answer=SWITCH)
+CANNED["/wsclose"] = Tunnel(answer=SWITCH, close_after=b"bye")
 WS = {"hcm": {"upgrade_configs": [{"upgrade_type": "websocket"}], "stream_idle_timeout": "0.5s"}, "canned": True}
 
 

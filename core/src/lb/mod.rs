@@ -125,20 +125,19 @@ impl Balancer {
     /// A hashing balancer's table for the stats: (kind as [`crate::stats::LbGauges`] has it,
     /// ring size, fewest and most entries of a host); `None` for the other policies.
     pub fn table_stats(&self) -> Option<(u8, u64, u64, u64)> {
-        let (kind, size, owners): (u8, u64, Vec<u32>) = match self.policy {
-            Policy::RingHash { .. } => (
-                crate::stats::LbGauges::RING_HASH,
-                self.ring.len() as u64,
-                self.ring.iter().map(|p| p.1).collect(),
-            ),
-            Policy::Maglev { .. } => (crate::stats::LbGauges::MAGLEV, 0, self.table.clone()),
+        let mut per = vec![0u64; self.current.len()];
+        let mut count = |h: u32| per[h as usize] += 1;
+        let (kind, size) = match self.policy {
+            Policy::RingHash { .. } => {
+                self.ring.iter().for_each(|p| count(p.1));
+                (crate::stats::LbGauges::RING_HASH, self.ring.len() as u64)
+            }
+            Policy::Maglev { .. } => {
+                self.table.iter().for_each(|h| count(*h));
+                (crate::stats::LbGauges::MAGLEV, 0)
+            }
             _ => return None,
         };
-        let hosts = self.current.len();
-        let mut per = vec![0u64; hosts];
-        for h in owners {
-            per[h as usize] += 1;
-        }
         let min = per.iter().copied().min().unwrap_or(0);
         let max = per.iter().copied().max().unwrap_or(0);
         Some((kind, size, min, max))
@@ -219,6 +218,16 @@ impl Balancer {
     }
 }
 
+/// The hosts' weights normalized to sum 1, as Envoy's hashing balancers compute them
+/// (`weight * 1.0 / sum`, in that order, for the same doubles).
+fn normalized_weights<H: LbHost>(hosts: &[H]) -> Vec<f64> {
+    let sum: u64 = hosts.iter().map(|h| u64::from(h.weight())).sum();
+    hosts
+        .iter()
+        .map(|h| f64::from(h.weight()) * 1.0 / sum as f64)
+        .collect()
+}
+
 /// Envoy's ring (`RingHashLoadBalancer::Ring`): weights normalized to sum 1; the scale makes
 /// the lightest host a whole number of points (`ceil(min_weight * min) / min_weight`), capped
 /// at `max`; walking the hosts in order, host by host, points are added while the running
@@ -228,11 +237,7 @@ fn build_ring<H: LbHost>(hosts: &[H], min: u64, max: u64) -> Vec<(u64, u32)> {
     if hosts.is_empty() {
         return Vec::new();
     }
-    let sum: u64 = hosts.iter().map(|h| u64::from(h.weight())).sum();
-    let weights: Vec<f64> = hosts
-        .iter()
-        .map(|h| f64::from(h.weight()) * 1.0 / sum as f64)
-        .collect();
+    let weights = normalized_weights(hosts);
     let min_weight = weights.iter().copied().fold(1.0, f64::min);
     let scale = ((min_weight * min as f64).ceil() / min_weight).min(max as f64);
     let mut ring = Vec::with_capacity(scale.ceil() as usize);
@@ -264,7 +269,6 @@ fn build_maglev<H: LbHost>(hosts: &[H], size: u64) -> Vec<u32> {
     if hosts.is_empty() || size == 0 {
         return Vec::new();
     }
-    let sum: u64 = hosts.iter().map(|h| u64::from(h.weight())).sum();
     struct Entry {
         host: u32,
         offset: u64,
@@ -275,14 +279,9 @@ fn build_maglev<H: LbHost>(hosts: &[H], size: u64) -> Vec<u32> {
     }
     let mut keyed: Vec<(String, u32, f64)> = hosts
         .iter()
+        .zip(normalized_weights(hosts))
         .enumerate()
-        .map(|(i, h)| {
-            (
-                h.hash_key(),
-                i as u32,
-                f64::from(h.weight()) * 1.0 / sum as f64,
-            )
-        })
+        .map(|(i, (h, w))| (h.hash_key(), i as u32, w))
         .collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     let max_weight = keyed.iter().map(|k| k.2).fold(0.0, f64::max);
@@ -417,11 +416,17 @@ mod tests {
         }
     }
 
+    /// Three hosts 127.0.0.1:18601..18603 with `weights`, under `policy`.
+    fn envoy_hosts(policy: Policy, weights: [u32; 3]) -> (Vec<A>, Balancer) {
+        let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
+        let b = Balancer::new(policy, &hosts);
+        (hosts, b)
+    }
+
     /// The host Envoy 1.40 picked for `x-user: <value>` under a header `hash_policy`, with
     /// hosts 127.0.0.1:18601..18603 (recorded with the envoy binary; 1 is 18601).
-    fn envoy_picks(weights: [u32; 3], min: u64, max: u64, want: &[(&str, u16)]) {
-        let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
-        let b = Balancer::new(Policy::RingHash { min, max }, &hosts);
+    fn envoy_picks(policy: Policy, weights: [u32; 3], want: &[(&str, u16)]) {
+        let (hosts, b) = envoy_hosts(policy, weights);
         for (value, host) in want {
             let h = xxhash_rust::xxh64::xxh64(value.as_bytes(), 0);
             let got = b.pick_hashed(&hosts, Some(h)).unwrap() as u16 + 1;
@@ -429,12 +434,19 @@ mod tests {
         }
     }
 
+    fn ring(min: u64, max: u64) -> Policy {
+        Policy::RingHash { min, max }
+    }
+
+    fn maglev(table_size: u64) -> Policy {
+        Policy::Maglev { table_size }
+    }
+
     #[test]
     fn ring_hash_picks_what_envoy_picks() {
         envoy_picks(
+            ring(1024, 8 << 20),
             [1, 1, 1],
-            1024,
-            8 << 20,
             &[
                 ("user-0", 1),
                 ("user-1", 2),
@@ -467,9 +479,8 @@ mod tests {
     #[test]
     fn weighted_ring_hash_picks_what_envoy_picks() {
         envoy_picks(
+            ring(1024, 8 << 20),
             [1, 2, 3],
-            1024,
-            8 << 20,
             &[
                 ("user-0", 3),
                 ("user-1", 2),
@@ -503,9 +514,8 @@ mod tests {
     fn a_small_ring_picks_what_envoy_picks() {
         // minimum_ring_size 3, maximum_ring_size 5: one point a host.
         envoy_picks(
+            ring(3, 5),
             [1, 1, 1],
-            3,
-            5,
             &[
                 ("user-0", 3),
                 ("user-1", 3),
@@ -535,22 +545,11 @@ mod tests {
         );
     }
 
-    /// As `envoy_picks`, for Maglev with `table_size`.
-    fn envoy_maglev_picks(weights: [u32; 3], table_size: u64, want: &[(&str, u16)]) {
-        let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
-        let b = Balancer::new(Policy::Maglev { table_size }, &hosts);
-        for (value, host) in want {
-            let h = xxhash_rust::xxh64::xxh64(value.as_bytes(), 0);
-            let got = b.pick_hashed(&hosts, Some(h)).unwrap() as u16 + 1;
-            assert_eq!(got, *host, "{value:?}");
-        }
-    }
-
     #[test]
     fn maglev_picks_what_envoy_picks() {
-        envoy_maglev_picks(
+        envoy_picks(
+            maglev(65537),
             [1, 1, 1],
-            65537,
             &[
                 ("user-0", 2),
                 ("user-1", 1),
@@ -582,9 +581,9 @@ mod tests {
 
     #[test]
     fn weighted_maglev_picks_what_envoy_picks() {
-        envoy_maglev_picks(
+        envoy_picks(
+            maglev(65537),
             [1, 2, 3],
-            65537,
             &[
                 ("user-0", 2),
                 ("user-1", 2),
@@ -616,9 +615,9 @@ mod tests {
 
     #[test]
     fn a_small_maglev_table_picks_what_envoy_picks() {
-        envoy_maglev_picks(
+        envoy_picks(
+            maglev(7),
             [1, 1, 1],
-            7,
             &[
                 ("user-0", 1),
                 ("user-1", 1),
@@ -659,8 +658,7 @@ mod tests {
             ([1, 2, 3], 1024, 8 << 20),
             ([1, 1, 1], 3, 5),
         ] {
-            let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
-            let b = Balancer::new(Policy::RingHash { min, max }, &hosts);
+            let (hosts, b) = envoy_hosts(ring(min, max), weights);
             assert_eq!(b.pick_hashed(&hosts, Some(h)), Some(2));
         }
         // Maglev: 18601, 18603, 18603.
@@ -669,8 +667,7 @@ mod tests {
             ([1, 2, 3], 65537, 2),
             ([1, 1, 1], 7, 2),
         ] {
-            let hosts: Vec<A> = (0..3).map(|i| A(18601 + i as u16, weights[i])).collect();
-            let b = Balancer::new(Policy::Maglev { table_size }, &hosts);
+            let (hosts, b) = envoy_hosts(maglev(table_size), weights);
             assert_eq!(b.pick_hashed(&hosts, Some(h)), Some(want));
         }
     }

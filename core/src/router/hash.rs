@@ -93,14 +93,16 @@ impl HashPolicy {
     ) -> Option<u64> {
         match &self.source {
             Source::Header(name) => {
-                let mut values: Vec<&[u8]> = h.get_all(name).collect();
-                if values.is_empty() {
-                    return None;
-                }
-                // The same hash whatever the values' order; each hashed with the hash so far
-                // as its seed (Envoy's `HashUtil::xxHash64` over a list).
-                values.sort_unstable();
-                Some(values.iter().fold(0, |seed, v| xxh64(v, seed)))
+                let mut values = h.get_all(name);
+                let first = values.next()?;
+                let Some(second) = values.next() else {
+                    return Some(xxh64(first, 0));
+                };
+                // Several: the same hash whatever their order; each hashed with the hash so
+                // far as its seed (Envoy's `HashUtil::xxHash64` over a list).
+                let mut all: Vec<&[u8]> = [first, second].into_iter().chain(values).collect();
+                all.sort_unstable();
+                Some(all.iter().fold(0, |seed, v| xxh64(v, seed)))
             }
             Source::Cookie { name, set } => {
                 match (cookie(h, name).filter(|v| !v.is_empty()), set) {
@@ -117,7 +119,10 @@ impl HashPolicy {
                 }
             }
             Source::SourceIp => Some(xxh64(peer.ip().to_string().as_bytes(), 0)),
-            Source::Query(name) => query(target, name).map(|v| xxh64(v, 0)),
+            Source::Query(name) => {
+                let q = &target[memchr::memchr(b'?', target)? + 1..];
+                super::query_value(q, name).map(|v| xxh64(v, 0))
+            }
         }
     }
 }
@@ -191,20 +196,6 @@ fn cookie<'a>(h: &'a HeaderMap, name: &[u8]) -> Option<&'a [u8]> {
         }
     }
     None
-}
-
-/// The first value of query parameter `name` in a request target, as sent (`name` alone is an
-/// empty value).
-fn query<'a>(target: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let q = &target[target.iter().position(|b| *b == b'?')? + 1..];
-    let q = q.split(|b| *b == b'#').next().unwrap_or_default();
-    q.split(|b| *b == b'&').find_map(|param| {
-        let (k, v) = match param.iter().position(|b| *b == b'=') {
-            Some(eq) => (&param[..eq], &param[eq + 1..]),
-            None => (param, &b""[..]),
-        };
-        (k == name).then_some(v)
-    })
 }
 
 #[cfg(test)]

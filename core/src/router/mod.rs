@@ -927,21 +927,25 @@ impl Route {
             }
         }
         for q in &self.query {
-            let value = query.and_then(|qs| {
-                qs.split(|b| *b == b'&').find_map(|kv| {
-                    let (k, v) = match memchr::memchr(b'=', kv) {
-                        Some(i) => (&kv[..i], &kv[i + 1..]),
-                        None => (kv, &b""[..]),
-                    };
-                    (k == &q.name[..]).then_some(v)
-                })
-            });
+            let value = query.and_then(|qs| query_value(qs, &q.name));
             if !q.m.matches(value, q.ignore_case) {
                 return false;
             }
         }
         true
     }
+}
+
+/// The first value of parameter `name` in a query string (after the `?`), as sent, not
+/// decoded (`name` alone is an empty value): what Envoy's query matchers and hash policies read.
+pub(crate) fn query_value<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query.split(|b| *b == b'&').find_map(|kv| {
+        let (k, v) = match memchr::memchr(b'=', kv) {
+            Some(i) => (&kv[..i], &kv[i + 1..]),
+            None => (kv, &b""[..]),
+        };
+        (k == name).then_some(v)
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::net::tcp::ReadHalf;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -439,49 +439,19 @@ async fn tunnel(
     let (up_rx, up_tx) = (&cs.s.up_rx(&up.guard.held), &cs.s.up_tx(&up.guard.held));
     let activity = Cell::new(clock::tnow());
     let touch = || activity.set(clock::tnow());
+    // While a side is slow to take what the other sent, that other is not read (no more is
+    // buffered), but a reset of its connection still ends the tunnel.
     let upward = async {
-        loop {
-            if !drbuf.is_empty() {
-                // While the upstream is slow to take them, the client is not read (no more is
-                // buffered), but a reset of its connection still ends the tunnel.
-                match first_of(write_all(&mut uw, drbuf, up_tx), reset(dr.as_ref())).await {
-                    Either::Left(Ok(())) => {}
-                    Either::Left(Err(_)) => return TunnelEnd::Upstream,
-                    Either::Right(()) => return TunnelEnd::Client,
-                }
-                drbuf.clear();
-                down_rx.hold(0);
-                touch();
-            }
-            match read_more(&mut dr, drbuf, down_chunk).await {
-                Ok(n) => {
-                    down_rx.read(n, drbuf.len());
-                    touch();
-                }
-                Err(_) => return TunnelEnd::Client,
-            }
+        match relay(&mut dr, &mut uw, drbuf, down_chunk, down_rx, up_tx, &touch).await {
+            RelayEnd::Source => TunnelEnd::Client,
+            RelayEnd::Sink => TunnelEnd::Upstream,
         }
     };
+    // What came with the 101 goes first.
     let downward = async {
-        loop {
-            // What came with the 101 goes first.
-            if urbuf.is_empty() {
-                match read_more(&mut ur, urbuf, up_chunk).await {
-                    Ok(n) => {
-                        up_rx.read(n, urbuf.len());
-                        touch();
-                    }
-                    Err(_) => return TunnelEnd::Upstream,
-                }
-            }
-            match first_of(write_all(&mut dw, urbuf, down_tx), reset(ur.as_ref())).await {
-                Either::Left(Ok(())) => {}
-                Either::Left(Err(_)) => return TunnelEnd::Client,
-                Either::Right(()) => return TunnelEnd::Upstream,
-            }
-            urbuf.clear();
-            up_rx.hold(0);
-            touch();
+        match relay(&mut ur, &mut dw, urbuf, up_chunk, up_rx, down_tx, &touch).await {
+            RelayEnd::Source => TunnelEnd::Upstream,
+            RelayEnd::Sink => TunnelEnd::Client,
         }
     };
     let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
@@ -505,6 +475,47 @@ async fn tunnel(
         end = downward => end,
         () = idle_wait => TunnelEnd::Idle,
         () = removed => TunnelEnd::Removed,
+    }
+}
+
+/// Which side of a one-way relay ended it.
+enum RelayEnd {
+    /// The side read from closed, or was reset.
+    Source,
+    /// The side written to failed.
+    Sink,
+}
+
+/// One direction of a tunnel: what `buf` already holds, then what each read of `from` brings
+/// (at most `chunk`), each written to `to` before the next read, until either side ends. While
+/// a write waits, `from` is watched for a reset ([`reset`]).
+async fn relay(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    buf: &mut BytesMut,
+    chunk: usize,
+    rx: &Flow<'_>,
+    tx: &Flow<'_>,
+    touch: &dyn Fn(),
+) -> RelayEnd {
+    loop {
+        if !buf.is_empty() {
+            match first_of(write_all(to, buf, tx), reset(from.as_ref())).await {
+                Either::Left(Ok(())) => {}
+                Either::Left(Err(_)) => return RelayEnd::Sink,
+                Either::Right(()) => return RelayEnd::Source,
+            }
+            buf.clear();
+            rx.hold(0);
+            touch();
+        }
+        match read_more(from, buf, chunk).await {
+            Ok(n) => {
+                rx.read(n, buf.len());
+                touch();
+            }
+            Err(_) => return RelayEnd::Source,
+        }
     }
 }
 

@@ -204,14 +204,15 @@ pub fn mutate_request(
 #[cold]
 #[inline(never)]
 pub fn append_via(h: &mut HeaderMap, via: &[u8]) {
-    let joined: Vec<u8> = h.get_all(b"via").collect::<Vec<_>>().join(&b","[..]);
-    if joined.is_empty() {
-        h.set(b"via", via);
-    } else {
-        let mut v = joined;
-        v.extend_from_slice(b", ");
-        v.extend_from_slice(via);
-        h.set(b"via", &v);
+    h.join_all(b"via");
+    match h.get(b"via") {
+        Some(v) if !v.is_empty() => {
+            let mut v = v.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(via);
+            h.set(b"via", &v);
+        }
+        _ => h.set(b"via", via),
     }
 }
 
