@@ -39,6 +39,13 @@ class Engine:
         """`--drain-strategy`: "gradual" (the default, as Envoy's) or "immediate" (ValueError
         otherwise). Under gradual a drain closes a response's connection with a chance that
         grows from 0 to 1 over the drain time; under immediate every response's."""
+    def set_file_flush(self, interval_ms: int, min_bytes: int) -> None:
+        """`--file-flush-interval-msec` and `--file-flush-min-size-kb` (in bytes here): each
+        worker hands its access log lines to their writers at least this often, and as soon as
+        it holds this many bytes of them. Process-wide, as in Envoy."""
+    def reopen_logs(self) -> list[str]:
+        """`/reopen_logs`: every access log file is closed and opened again (log rotation),
+        after the lines already handed to it; returns an error for each that could not be."""
     def set_drain_time(self, seconds: float) -> None:
         """`--drain-time-s`: once it has passed after an apply removed a listener, that
         listener's idle connections are closed (ValueError if negative or not finite; a time too

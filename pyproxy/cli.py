@@ -28,6 +28,8 @@ log = logging.getLogger("pyproxy.main")
 
 # Envoy's default --drain-time-s.
 DEFAULT_DRAIN_TIME_S = 600
+DEFAULT_FILE_FLUSH_INTERVAL_MS = 10_000
+DEFAULT_FILE_FLUSH_MIN_SIZE_KB = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="how a drain closes connections: gradual (default, as Envoy: each response closes "
         "its connection with a chance that grows over the drain time) or immediate",
     )
+    p.add_argument(
+        "--file-flush-interval-msec",
+        type=_positive_int,
+        default=DEFAULT_FILE_FLUSH_INTERVAL_MS,
+        help="how often access log lines are written out, at the latest (default "
+        f"{DEFAULT_FILE_FLUSH_INTERVAL_MS}, as Envoy)",
+    )
+    p.add_argument(
+        "--file-flush-min-size-kb",
+        type=_non_negative_int,
+        default=DEFAULT_FILE_FLUSH_MIN_SIZE_KB,
+        help="how many KiB of access log lines a worker gathers before it writes them out "
+        f"(default {DEFAULT_FILE_FLUSH_MIN_SIZE_KB}, as Envoy)",
+    )
     p.add_argument("--base-id", type=int, help="accepted for Envoy compatibility; ignored")
     p.add_argument("--version", action="version", version=f"pyproxy {__version__}")
     return p
@@ -77,6 +93,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 

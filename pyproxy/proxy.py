@@ -73,6 +73,8 @@ class Proxy:
         drain_strategy: str = "gradual",
         log_level: str = "info",
         admin: bool = True,
+        file_flush_interval_ms: int = 10_000,
+        file_flush_min_size_kb: int = 64,
     ) -> None:
         if concurrency is None:
             concurrency = os.cpu_count() or 1
@@ -82,7 +84,15 @@ class Proxy:
             raise ValueError(f"drain_time_s must be a finite number of seconds, not negative, got {drain_time_s}")
         if drain_strategy not in ("gradual", "immediate"):
             raise ValueError(f'drain_strategy must be "gradual" or "immediate", got {drain_strategy!r}')
+        if file_flush_interval_ms < 1:
+            raise ValueError(f"file_flush_interval_ms must be at least 1, got {file_flush_interval_ms}")
+        if file_flush_min_size_kb < 0:
+            raise ValueError(f"file_flush_min_size_kb must not be negative, got {file_flush_min_size_kb}")
         self.concurrency: int = concurrency
+        # Envoy's --file-flush-interval-msec / --file-flush-min-size-kb: when workers hand their
+        # access log lines to the writers (process-wide, as in Envoy).
+        self.file_flush_interval_ms = file_flush_interval_ms
+        self.file_flush_min_size_kb = file_flush_min_size_kb
         self.drain_time_s: float = float(drain_time_s)
         # Envoy's --drain-strategy: how a drain closes connections (docs/admin.md, "Drains").
         self.drain_strategy: str = drain_strategy
@@ -107,6 +117,8 @@ class Proxy:
             "service_node": service_node or "",
             "drain_time_s": self.drain_time_s,
             "drain_strategy": drain_strategy,
+            "file_flush_interval_msec": file_flush_interval_ms,
+            "file_flush_min_size_kb": file_flush_min_size_kb,
             "mode": "serve",
         }
         self.engine: _native.Engine | None = None
@@ -133,6 +145,8 @@ class Proxy:
             drain_time_s=options.drain_time_s,
             drain_strategy=options.drain_strategy,
             log_level=options.log_level,
+            file_flush_interval_ms=options.file_flush_interval_msec,
+            file_flush_min_size_kb=options.file_flush_min_size_kb,
         )
         proxy.command_line["mode"] = options.mode
         return proxy
@@ -164,6 +178,7 @@ class Proxy:
             engine.set_health_check_failed(self._healthcheck_failed)
             engine.set_drain_time(self.drain_time_s)
             engine.set_drain_strategy(self.drain_strategy)
+            engine.set_file_flush(self.file_flush_interval_ms, self.file_flush_min_size_kb * 1024)
             engine.start(self._snapshot)
             self.engine = engine
             try:
@@ -216,6 +231,14 @@ class Proxy:
         self._healthcheck_failed = bool(failed)
         if self.engine is not None:
             self.engine.set_health_check_failed(self._healthcheck_failed)
+
+    def reopen_logs(self) -> None:
+        """Envoy's `/reopen_logs`: every access log file is closed and opened again at its path
+        (after log rotation moved it), once the lines already handed to it are written. A file
+        that cannot be opened again is logged and counted (`filesystem.reopen_failed`); its
+        lines are dropped until the next reopen succeeds."""
+        for error in self._require_engine().reopen_logs():
+            log.warning("cannot reopen access log %s", error)
 
     def drain_listeners(self, shutdown: bool = False, graceful: bool = False, skip_exit: bool = False) -> None:
         """Drains: from now on responses close their connections (as `drain_strategy` says),

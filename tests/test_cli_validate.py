@@ -51,6 +51,36 @@ BAD = [
      "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a, "
      "regex_rewrite: {pattern: {regex: '(a)'}, substitution: '\\2'}}}]}]\n",
      "regex_rewrite.substitution: \"\\\\2\": \\2 is not a group of the pattern (\\0 to \\1) nor \\\\"),
+    ("access_log_unknown_command",
+     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
+     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
+     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
+     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
+     "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
+     "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+     "FileAccessLog, path: /dev/null, log_format: {text_format: '%NOPE% %PROTOCOL%'}}}]\n",
+     "listeners[0].hcm.access_log[0].format: \"%NOPE% %PROTOCOL%\": %NOPE% is not supported by pyproxy"),
+    ("access_log_bad_command",
+     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
+     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
+     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
+     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
+     "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
+     "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+     "FileAccessLog, path: /dev/null, log_format: {text_format: 'x %REQ()%'}}}]\n",
+     "no valid command at position 2"),
+    ("access_log_unwritable",
+     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
+     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
+     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
+     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
+     "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
+     "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+     "FileAccessLog, path: /nonexistent-dir/a.log}}]\n",
+     "cannot open access log file \"/nonexistent-dir/a.log\""),
 ]
 
 

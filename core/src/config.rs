@@ -194,6 +194,88 @@ pub struct HttpConnectionManager {
     pub suppress_envoy_headers: bool,
     /// The inline `route_config`.
     pub route_config: RouteConfiguration,
+    /// Envoy `access_log`: each request is written to every entry whose filter takes it.
+    #[serde(default)]
+    pub access_log: Vec<AccessLog>,
+}
+
+/// One access log (Envoy `config.accesslog.v3.AccessLog` with a file, stdout or stderr
+/// logger).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// Where the lines go.
+    pub sink: LogSink,
+    /// How a line is made (the control plane fills in Envoy's default format when the config
+    /// gives none).
+    pub format: LogFormat,
+    /// Which requests are logged (all, without one).
+    #[serde(default)]
+    pub filter: Option<LogFilter>,
+}
+
+/// Where an access log writes, externally tagged: `{"file": "/var/log/a.log"}`, `"stdout"`,
+/// `"stderr"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LogSink {
+    File(String),
+    Stdout,
+    Stderr,
+}
+
+/// Envoy `SubstitutionFormatString`: a text line or a JSON object per request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LogFormat {
+    /// The line, commands and all; nothing is added (Envoy's default format ends in `\n`).
+    Text {
+        text: String,
+        #[serde(default)]
+        omit_empty_values: bool,
+    },
+    /// A JSON object whose string values may hold commands; written on one line.
+    Json {
+        json: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        omit_empty_values: bool,
+    },
+}
+
+/// Envoy `AccessLogFilter`, externally tagged by its Envoy field name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LogFilter {
+    /// The response code compared with a value.
+    StatusCode(Comparison),
+    /// The request's duration in ms compared with a value.
+    Duration(Comparison),
+    /// Not a health check request (pyproxy answers none: always true).
+    NotHealthCheck,
+    /// A request header matches.
+    Header(HeaderMatcher),
+    /// Any of these response flags is set (any flag at all, when empty).
+    ResponseFlag(Vec<String>),
+    And(Vec<LogFilter>),
+    Or(Vec<LogFilter>),
+}
+
+/// Envoy `ComparisonFilter`: `op` and the runtime value's `default_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Comparison {
+    pub op: ComparisonOp,
+    pub value: u64,
+}
+
+/// Envoy `ComparisonFilter.Op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ComparisonOp {
+    Ge,
+    Eq,
+    Le,
+    Ne,
 }
 
 impl HttpConnectionManager {

@@ -526,6 +526,19 @@ impl Engine {
         for w in &mut run.workers {
             w.join();
         }
+        // The workers handed their last access log lines over as they stopped.
+        crate::accesslog::sink::wait_written();
+    }
+
+    /// Reopens every access log file (after log rotation); the errors of those that could
+    /// not be reopened.
+    pub fn reopen_logs(&self) -> Vec<String> {
+        crate::accesslog::sink::reopen_all()
+    }
+
+    /// Envoy's `--file-flush-interval-msec` and `--file-flush-min-size-kb`, for the process.
+    pub fn set_file_flush(&self, interval: Duration, min_bytes: u64) {
+        crate::accesslog::sink::set_flush(interval.as_millis() as u64, min_bytes);
     }
 
     /// Every stat, merged across workers, with the `server.*` stats computed now.

@@ -4,6 +4,7 @@
 //! The control plane hands the [`Engine`] a validated [`config::Snapshot`]; the engine compiles
 //! it ([`snapshot`]), and each worker serves it until the next one arrives.
 
+pub mod accesslog;
 pub mod config;
 pub mod engine;
 mod error;

@@ -24,6 +24,8 @@ pub struct CompiledListener {
     pub routes: RouteTable,
     /// `server` header value, pre-rendered.
     pub server_name: Vec<u8>,
+    /// The connection manager's access logs, if it has any.
+    pub logs: Option<Arc<crate::accesslog::Logs>>,
 }
 
 /// How a cluster finds its hosts.
@@ -40,6 +42,8 @@ pub enum Discovery {
 pub struct CompiledCluster {
     /// The cluster's config.
     pub cfg: Cluster,
+    /// Its name, shared (`%UPSTREAM_CLUSTER%`).
+    pub name: Arc<str>,
     /// Balancing policy.
     pub policy: Policy,
     /// STATIC or STRICT_DNS.
@@ -204,6 +208,7 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
         Discovery::StrictDns => resolver(c),
     };
     Ok(CompiledCluster {
+        name: Arc::from(c.name.as_str()),
         cfg: c.clone(),
         policy,
         discovery,
@@ -256,7 +261,10 @@ pub fn compile_with(s: &Snapshot, resolver: &Resolver) -> Result<Compiled, Error
             &index,
             &format!("{path}.hcm.route_config"),
         )?;
+        let logs =
+            crate::accesslog::Logs::compile(&l.hcm.access_log, &format!("{path}.hcm.access_log"))?;
         listeners.push(Arc::new(CompiledListener {
+            logs,
             name: Arc::from(l.name.as_str()),
             addr: SocketAddr::new(ip, l.port),
             routes,

@@ -108,6 +108,15 @@ impl Engine {
         Ok(())
     }
 
+    fn set_file_flush(&self, interval_ms: u64, min_bytes: u64) {
+        self.inner
+            .set_file_flush(Duration::from_millis(interval_ms), min_bytes);
+    }
+
+    fn reopen_logs(&self, py: Python<'_>) -> Vec<String> {
+        py.allow_threads(|| self.inner.reopen_logs())
+    }
+
     fn set_drain_strategy(&self, strategy: &str) -> PyResult<()> {
         let gradual = match strategy {
             "gradual" => true,

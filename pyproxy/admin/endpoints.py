@@ -156,6 +156,13 @@ async def stats_prometheus(ctx: Context, req: Request) -> Response:
     return await _render_stats(ctx, req, "prometheus")
 
 
+async def reopen_logs(ctx: Context, req: Request) -> Response:
+    # Envoy answers OK whether or not a file could be reopened; one that could not is counted
+    # (filesystem.reopen_failed) and logged.
+    await ctx.blocking(ctx.proxy.reopen_logs)
+    return ok()
+
+
 async def reset_counters(ctx: Context, req: Request) -> Response:
     await ctx.blocking(ctx.proxy.engine.reset_counters)
     return ok()
@@ -334,6 +341,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/memory", "print current allocation/heap usage", memory, False),
     Endpoint("/quitquitquit", "exit the server", quitquitquit, True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", ready, False),
+    Endpoint("/reopen_logs", "reopen access logs", reopen_logs, True),
     Endpoint("/reset_counters", "reset all counters to zero", reset_counters, True),
     Endpoint("/runtime", "print runtime values", runtime, False),
     Endpoint("/server_info", "print server version/status information", server_info, False),

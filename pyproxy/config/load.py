@@ -43,7 +43,10 @@ _UNSUPPORTED_HINTS = {
 }
 
 # Fields the model declares only so that validate can refuse them with a message of their own.
-_REFUSED_FIELDS = frozenset({"rds", "access_log"})
+_REFUSED_FIELDS = frozenset({
+    "rds", "traceable_filter", "runtime_filter", "grpc_status_filter", "extension_filter",
+    "metadata_filter", "log_type_filter",
+})
 
 
 # libyaml's parser when PyYAML has it (its wheels do): the pure-Python one spends 0.56 s on a
@@ -284,6 +287,12 @@ def _translate(text: str, raw: dict[str, Any]) -> ConfigError:
             return ConfigError(path, f"expected {_KIND.get(kind, kind)}, got {got}")
         expected_kind = _KIND.get(kind, kind)
         return ConfigError(path, f"{value!r} is out of range; expected {expected_kind}{rest}")
+
+    if msg.startswith("Invalid value") and path.endswith("typed_config.@type") and ".access_log[" in path:
+        value = _value_at(raw, path)
+        kinds = ", ".join((model.FILE_ACCESS_LOG_TYPE_URL, model.STDOUT_ACCESS_LOG_TYPE_URL,
+                           model.STDERR_ACCESS_LOG_TYPE_URL))
+        return ConfigError(path, f"{value!r} is not a supported access logger; expected one of {kinds}")
 
     return ConfigError(path, msg[0].lower() + msg[1:] if msg else msg)
 

@@ -26,6 +26,8 @@ __all__ = [
     "HTTP_PROTOCOL_OPTIONS_TYPE_URL",
     "ROUTER_FILTER_NAME",
     "ROUTER_TYPE_URL",
+    "AccessLog",
+    "AccessLogFilter",
     "Address",
     "Admin",
     "Bootstrap",
@@ -385,6 +387,124 @@ class HcmUpgradeConfig(_Message, kw_only=True):
     filters: list[Any] = []
 
 
+FILE_ACCESS_LOG_TYPE_URL = (
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+)
+STDOUT_ACCESS_LOG_TYPE_URL = (
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+)
+STDERR_ACCESS_LOG_TYPE_URL = (
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+)
+
+
+class JsonFormatOptions(_Message, kw_only=True):
+    """`envoy.config.core.v3.JsonFormatOptions` (keys are always written sorted, as Envoy's)."""
+
+    sort_properties: bool = False
+
+
+class SubstitutionFormatString(_Message, kw_only=True):
+    """`envoy.config.core.v3.SubstitutionFormatString`: one of `text_format`,
+    `text_format_source`, `json_format`."""
+
+    text_format: str | None = None
+    text_format_source: DataSource | None = None
+    json_format: dict[str, Any] | None = None
+    omit_empty_values: bool = False
+    content_type: str = ""
+    # Accepted empty only: custom command parsers are extensions pyproxy does not have.
+    formatters: list[Any] = []
+    json_format_options: JsonFormatOptions | None = None
+
+
+class FileAccessLog(_Message, kw_only=True, tag_field="@type", tag=FILE_ACCESS_LOG_TYPE_URL):
+    """`envoy.extensions.access_loggers.file.v3.FileAccessLog`: `path`, and one of
+    `log_format` or the deprecated `format` / `json_format` / `typed_json_format`."""
+
+    path: str
+    log_format: SubstitutionFormatString | None = None
+    format: str | None = None
+    json_format: dict[str, Any] | None = None
+    typed_json_format: dict[str, Any] | None = None
+
+
+class StdoutAccessLog(_Message, kw_only=True, tag_field="@type", tag=STDOUT_ACCESS_LOG_TYPE_URL):
+    """`envoy.extensions.access_loggers.stream.v3.StdoutAccessLog`."""
+
+    log_format: SubstitutionFormatString | None = None
+
+
+class StderrAccessLog(_Message, kw_only=True, tag_field="@type", tag=STDERR_ACCESS_LOG_TYPE_URL):
+    """`envoy.extensions.access_loggers.stream.v3.StderrAccessLog`."""
+
+    log_format: SubstitutionFormatString | None = None
+
+
+class RuntimeUInt32(_Message, kw_only=True):
+    """`envoy.config.core.v3.RuntimeUInt32`: pyproxy has no runtime, so `default_value` holds."""
+
+    default_value: UInt32 = 0
+    runtime_key: str = ""
+
+
+class ComparisonFilter(_Message, kw_only=True):
+    """`envoy.config.accesslog.v3.ComparisonFilter`."""
+
+    op: Literal["GE", "EQ", "LE", "NE"] = "GE"
+    value: RuntimeUInt32 | None = None
+
+
+class StatusCodeFilter(_Message, kw_only=True):
+    comparison: ComparisonFilter
+
+
+class DurationFilter(_Message, kw_only=True):
+    comparison: ComparisonFilter
+
+
+class HeaderFilter(_Message, kw_only=True):
+    header: HeaderMatcher
+
+
+class ResponseFlagFilter(_Message, kw_only=True):
+    flags: list[str] = []
+
+
+class FilterList(_Message, kw_only=True):
+    """`AndFilter` / `OrFilter`: at least two filters (Envoy)."""
+
+    filters: list[AccessLogFilter] = []
+
+
+class AccessLogFilter(_Message, kw_only=True):
+    """`envoy.config.accesslog.v3.AccessLogFilter`: exactly one filter."""
+
+    status_code_filter: StatusCodeFilter | None = None
+    duration_filter: DurationFilter | None = None
+    not_health_check_filter: dict[str, Any] | None = None
+    header_filter: HeaderFilter | None = None
+    response_flag_filter: ResponseFlagFilter | None = None
+    and_filter: FilterList | None = None
+    or_filter: FilterList | None = None
+    # Known to Envoy, refused by validate with a message of its own.
+    traceable_filter: Any = None
+    runtime_filter: Any = None
+    grpc_status_filter: Any = None
+    extension_filter: Any = None
+    metadata_filter: Any = None
+    log_type_filter: Any = None
+
+
+class AccessLog(_Message, kw_only=True):
+    """`envoy.config.accesslog.v3.AccessLog`: a file, stdout or stderr logger, chosen by
+    `typed_config.@type`; `name` is free-form."""
+
+    name: str = ""
+    filter: AccessLogFilter | None = None
+    typed_config: FileAccessLog | StdoutAccessLog | StderrAccessLog
+
+
 class HttpConnectionManager(_Message, kw_only=True):
     """`envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`."""
 
@@ -397,7 +517,7 @@ class HttpConnectionManager(_Message, kw_only=True):
     route_config: RouteConfiguration | None = None
     # Known to Envoy, refused by validate with a message of its own rather than "unknown field".
     rds: Any = None
-    access_log: Any = None
+    access_log: list[AccessLog] = []
     http_filters: list[HttpFilter] = []
     server_name: str | None = None
     server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = (

@@ -87,8 +87,8 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
         raise ConfigError(f"{path}.stat_prefix", "must not be empty")
     _check_no_line_breaks(hcm.server_name, f"{path}.server_name")
     _check_no_line_breaks(hcm.via, f"{path}.via")
-    if hcm.access_log is not None:
-        raise ConfigError(f"{path}.access_log", "access logs are not supported yet")
+    for i, log in enumerate(hcm.access_log):
+        _check_access_log(log, f"{path}.access_log[{i}]")
     if hcm.rds is not None:
         raise ConfigError(
             f"{path}.rds",
@@ -119,6 +119,79 @@ def _check_hcm(hcm: m.HttpConnectionManager, path: str, clusters: set[str]) -> N
         )
     _check_upgrade_configs(hcm.upgrade_configs, f"{path}.upgrade_configs", route=False)
     _check_route_config(hcm.route_config, f"{path}.route_config", clusters)
+
+
+# Envoy's response flag names (`response_flag_filter.flags`).
+RESPONSE_FLAGS = (
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+)
+
+_FILTERS = ("status_code_filter", "duration_filter", "not_health_check_filter", "header_filter",
+            "response_flag_filter", "and_filter", "or_filter", "traceable_filter",
+            "runtime_filter", "grpc_status_filter", "extension_filter", "metadata_filter",
+            "log_type_filter")
+_UNSUPPORTED_FILTERS = {
+    "traceable_filter": "pyproxy does no tracing",
+    "runtime_filter": "pyproxy has no runtime",
+    "grpc_status_filter": "pyproxy does not look at gRPC statuses",
+    "extension_filter": "access log filter extensions are not supported",
+    "metadata_filter": "pyproxy keeps no dynamic metadata",
+    "log_type_filter": "pyproxy writes one log line per request; there are no other log types",
+}
+
+
+def _check_access_log(log: m.AccessLog, path: str) -> None:
+    tc = log.typed_config
+    tpath = f"{path}.typed_config"
+    if isinstance(tc, m.FileAccessLog):
+        if not tc.path:
+            raise ConfigError(f"{tpath}.path", "must not be empty")
+        given = [n for n in ("log_format", "format", "json_format", "typed_json_format")
+                 if getattr(tc, n) is not None]
+        if len(given) > 1:
+            raise ConfigError(tpath, f"set only one of log_format, format, json_format, "
+                                     f"typed_json_format; got {', '.join(given)}")
+    if tc.log_format is not None:
+        _check_format(tc.log_format, f"{tpath}.log_format")
+    if log.filter is not None:
+        _check_filter(log.filter, f"{path}.filter")
+
+
+def _check_format(f: m.SubstitutionFormatString, path: str) -> None:
+    given = [n for n in ("text_format", "text_format_source", "json_format")
+             if getattr(f, n) is not None]
+    if len(given) != 1:
+        raise ConfigError(path, "needs exactly one of text_format, text_format_source, json_format"
+                          + (f"; got {', '.join(given)}" if given else ""))
+    if f.formatters:
+        raise ConfigError(f"{path}.formatters", "custom formatter extensions are not supported")
+    if f.text_format_source is not None:
+        data_source_text(f.text_format_source, f"{path}.text_format_source")
+
+
+def _check_filter(f: m.AccessLogFilter, path: str) -> None:
+    given = [n for n in _FILTERS if getattr(f, n) is not None]
+    if len(given) != 1:
+        raise ConfigError(path, "needs exactly one filter" + (f"; got {', '.join(given)}" if given else ""))
+    kind = given[0]
+    if kind in _UNSUPPORTED_FILTERS:
+        raise ConfigError(f"{path}.{kind}", f"is not supported: {_UNSUPPORTED_FILTERS[kind]}")
+    if f.header_filter is not None:
+        _check_header_matcher(f.header_filter.header, f"{path}.header_filter.header")
+    if f.response_flag_filter is not None:
+        for i, flag in enumerate(f.response_flag_filter.flags):
+            if flag not in RESPONSE_FLAGS:
+                raise ConfigError(f"{path}.response_flag_filter.flags[{i}]",
+                                  f"{flag!r} is not a response flag; expected one of {', '.join(RESPONSE_FLAGS)}")
+    for name in ("and_filter", "or_filter"):
+        lst = getattr(f, name)
+        if lst is not None:
+            if len(lst.filters) < 2:
+                raise ConfigError(f"{path}.{name}.filters",
+                                  f"has {len(lst.filters)} filters; Envoy requires at least 2")
+            for i, sub in enumerate(lst.filters):
+                _check_filter(sub, f"{path}.{name}.filters[{i}]")
 
 
 MAX_RING_SIZE = 8 * 1024 * 1024

@@ -200,7 +200,7 @@ def test_the_mutating_set_is_envoys() -> None:
     assert set(MUTATING) <= envoy_post
     assert set(MUTATING) == {
         "/drain_listeners", "/healthcheck/fail", "/healthcheck/ok", "/logging",
-        "/quitquitquit", "/reset_counters",
+        "/quitquitquit", "/reopen_logs", "/reset_counters",
     }  # fmt: skip
 
 

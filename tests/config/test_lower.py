@@ -14,6 +14,11 @@ import pytest
 import yaml
 
 from pyproxy.config import decode, lower, snapshot_bytes
+from pyproxy.config.lower import DEFAULT_ACCESS_LOG_FORMAT
+
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+STDERR_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
@@ -55,7 +60,7 @@ def test_default_snapshot() -> None:
     assert listener["per_connection_buffer_limit_bytes"] == 1024 * 1024
     h = listener["hcm"]
     assert h["stat_prefix"] == "ingress_http"
-    assert {k: v for k, v in h.items() if k not in ("stat_prefix", "route_config")} == {
+    assert {k: v for k, v in h.items() if k not in ("stat_prefix", "route_config", "access_log")} == {
         "server_name": "envoy",
         "server_header_transformation": "OVERWRITE",
         "use_remote_address": False,
@@ -310,6 +315,36 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
       {"address": "::1", "port": 81, "weight": 1}]),
     ("no_load_assignment", lambda c: cluster(c).pop("load_assignment"),
      lambda s: s["clusters"][0]["endpoints"], []),
+    ("access_logs", lambda c: hcm(c).update(access_log=[
+        {"typed_config": {"@type": FILE_LOG, "path": "/var/log/a.log"}},
+        {"name": "json", "typed_config": {"@type": STDOUT_LOG, "log_format": {
+            "json_format": {"code": "%RESPONSE_CODE%", "n": {"x": 1}}, "omit_empty_values": True}},
+         "filter": {"and_filter": {"filters": [
+             {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 500,
+                                                                         "runtime_key": "k"}}}},
+             {"or_filter": {"filters": [
+                 {"duration_filter": {"comparison": {"value": {"default_value": 10, "runtime_key": "d"}}}},
+                 {"not_health_check_filter": {}},
+                 {"header_filter": {"header": {"name": "X-A", "string_match": {"prefix": "b"}}}},
+                 {"response_flag_filter": {"flags": ["UH"]}}]}}]}}},
+        {"typed_config": {"@type": STDERR_LOG, "log_format": {
+            "text_format_source": {"inline_string": "%PROTOCOL%\n"}}}},
+        {"typed_config": {"@type": FILE_LOG, "path": "/tmp/old.log", "format": "%REQ(:PATH)%\n"}},
+        {"typed_config": {"@type": FILE_LOG, "path": "/tmp/old.json", "json_format": {"p": "%REQ(:PATH)%"}}},
+    ]), lambda s: snap_hcm(s)["access_log"], [
+        {"sink": {"file": "/var/log/a.log"}, "format": {"text": {"text": DEFAULT_ACCESS_LOG_FORMAT}}},
+        {"sink": "stdout",
+         "format": {"json": {"json": {"code": "%RESPONSE_CODE%", "n": {"x": 1}}, "omit_empty_values": True}},
+         "filter": {"and": [
+             {"status_code": {"op": "GE", "value": 500}},
+             {"or": [{"duration": {"op": "GE", "value": 10}}, "not_health_check",
+                     {"header": {"name": "x-a", "match": {"prefix": "b"}, "invert_match": False,
+                                 "ignore_case": False, "treat_missing_header_as_empty": False}},
+                     {"response_flag": ["UH"]}]}]}},
+        {"sink": "stderr", "format": {"text": {"text": "%PROTOCOL%\n", "omit_empty_values": False}}},
+        {"sink": {"file": "/tmp/old.log"}, "format": {"text": {"text": "%REQ(:PATH)%\n"}}},
+        {"sink": {"file": "/tmp/old.json"}, "format": {"json": {"json": {"p": "%REQ(:PATH)%"}}}},
+    ]),
 ]
 
 
@@ -362,6 +397,13 @@ ENUMS = {  # externally tagged enums: variant (snake_case) -> payload struct or 
                    "contains": "String", "safe_regex": "String", "present": "bool"},
     "RouteAction": {"route": "ForwardAction", "redirect": "RedirectAction",
                     "direct_response": "DirectResponseAction"},
+    # A unit variant (None) is a bare string; a struct variant's fields are given inline.
+    "LogSink": {"file": "String", "stdout": None, "stderr": None},
+    "LogFormat": {"text": {"text": ("String", True), "omit_empty_values": ("bool", False)},
+                  "json": {"json": ("JsonObject", True), "omit_empty_values": ("bool", False)}},
+    "LogFilter": {"status_code": "Comparison", "duration": "Comparison", "not_health_check": None,
+                  "header": "HeaderMatcher", "response_flag": "Vec<String>",
+                  "and": "Vec<LogFilter>", "or": "Vec<LogFilter>"},
 }
 
 
@@ -369,6 +411,7 @@ UNIT_ENUMS = {  # enums of unit variants, each a string (SCREAMING_SNAKE_CASE in
     "DrainType": {"DEFAULT", "MODIFY_ONLY"},
     "UnderscoresAction": {"ALLOW", "REJECT_REQUEST", "DROP_HEADER"},
     "EscapedSlashes": {"KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD"},
+    "ComparisonOp": {"GE", "EQ", "LE", "NE"},
 }
 
 
@@ -386,11 +429,27 @@ def check_against(value: Any, rtype: str, structs: dict, where: str) -> None:
                 check_against(value, inner, structs, where)
             return
     if rtype in ENUMS:
+        if isinstance(value, str):
+            assert value in ENUMS[rtype] and ENUMS[rtype][value] is None, \
+                f"{where}: {value!r} is no unit variant of {rtype}"
+            return
         assert isinstance(value, dict), where
         assert len(value) == 1, f"{where}: an externally tagged enum has one key"
         (variant, payload), = value.items()
         assert variant in ENUMS[rtype], f"{where}: {variant} is no variant of {rtype}"
-        check_against(payload, ENUMS[rtype][variant], structs, f"{where}.{variant}")
+        spec = ENUMS[rtype][variant]
+        assert spec is not None, f"{where}: {variant} of {rtype} takes no payload"
+        if isinstance(spec, dict):
+            assert isinstance(payload, dict), where
+            assert not set(payload) - set(spec), f"{where}: {sorted(set(payload) - set(spec))} not in {rtype}"
+            assert {f for f, (_, req) in spec.items() if req} <= set(payload), where
+            for fname, item in payload.items():
+                check_against(item, spec[fname][0], structs, f"{where}.{variant}.{fname}")
+        else:
+            check_against(payload, spec, structs, f"{where}.{variant}")
+        return
+    if rtype == "JsonObject":  # serde_json::Map: any JSON object
+        assert isinstance(value, dict), where
         return
     if rtype in UNIT_ENUMS:
         assert value in UNIT_ENUMS[rtype], f"{where}: {value!r} is no variant of {rtype}"

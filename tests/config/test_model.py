@@ -30,6 +30,13 @@ def listener(c: dict) -> dict:
     return c["static_resources"]["listeners"][0]
 
 
+def access_log(typed: dict | None = None, **extra: Any) -> dict:
+    """A file access log entry, `typed` merged into its typed_config."""
+    base = {"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": "/dev/null"}
+    return {"name": "log", "typed_config": {**base, **(typed or {})}, **extra}
+
+
 def hcm(c: dict) -> dict:
     return listener(c)["filter_chains"][0]["filters"][0]["typed_config"]
 
@@ -313,8 +320,46 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      "has 0 filters; pyproxy supports exactly one, the router"),
     ("two_routers", lambda c: hcm(c)["http_filters"].append(hcm(c)["http_filters"][0]),
      f"{HCM}.http_filters", "has 2 filters"),
-    ("access_log", lambda c: hcm(c).update(access_log=[{"name": "x"}]), f"{HCM}.access_log",
-     "access logs are not supported yet"),
+    ("access_log_no_logger", lambda c: hcm(c).update(access_log=[{"name": "x"}]),
+     f"{HCM}.access_log[0].typed_config", "required field is missing"),
+    ("access_log_unknown_logger", lambda c: hcm(c).update(access_log=[access_log({"@type": "x.y"})]),
+     f"{HCM}.access_log[0].typed_config.@type",
+     "'x.y' is not a supported access logger; expected one of type.googleapis.com/envoy.extensions."
+     "access_loggers.file.v3.FileAccessLog"),
+    ("access_log_empty_path", lambda c: hcm(c).update(access_log=[access_log({"path": ""})]),
+     f"{HCM}.access_log[0].typed_config.path", "must not be empty"),
+    ("access_log_unknown_field", lambda c: hcm(c).update(access_log=[access_log({"paht": "/x"})]),
+     f"{HCM}.access_log[0].typed_config.paht", "did you mean 'path'"),
+    ("access_log_two_formats", lambda c: hcm(c).update(access_log=[access_log(
+        {"log_format": {"text_format": "%PROTOCOL%", "json_format": {"a": "b"}}})]),
+     f"{HCM}.access_log[0].typed_config.log_format",
+     "needs exactly one of text_format, text_format_source, json_format; got text_format, json_format"),
+    ("access_log_no_format", lambda c: hcm(c).update(access_log=[access_log({"log_format": {}})]),
+     f"{HCM}.access_log[0].typed_config.log_format", "needs exactly one of"),
+    ("access_log_old_and_new_format", lambda c: hcm(c).update(access_log=[access_log(
+        {"format": "x", "log_format": {"text_format": "y"}})]),
+     f"{HCM}.access_log[0].typed_config", "set only one of log_format, format"),
+    ("access_log_formatters", lambda c: hcm(c).update(access_log=[access_log(
+        {"log_format": {"text_format": "y", "formatters": [{"name": "f"}]}})]),
+     f"{HCM}.access_log[0].typed_config.log_format.formatters", "custom formatter extensions"),
+    ("access_log_two_filters", lambda c: hcm(c).update(access_log=[access_log(filter={
+        "not_health_check_filter": {}, "response_flag_filter": {}})]),
+     f"{HCM}.access_log[0].filter",
+     "needs exactly one filter; got not_health_check_filter, response_flag_filter"),
+    ("access_log_traceable", lambda c: hcm(c).update(access_log=[access_log(filter={"traceable_filter": {}})]),
+     f"{HCM}.access_log[0].filter.traceable_filter", "is not supported: pyproxy does no tracing"),
+    ("access_log_bad_flag", lambda c: hcm(c).update(access_log=[access_log(filter={
+        "response_flag_filter": {"flags": ["UH", "XX"]}})]),
+     f"{HCM}.access_log[0].filter.response_flag_filter.flags[1]", "'XX' is not a response flag"),
+    ("access_log_one_and", lambda c: hcm(c).update(access_log=[access_log(filter={
+        "and_filter": {"filters": [{"not_health_check_filter": {}}]}})]),
+     f"{HCM}.access_log[0].filter.and_filter.filters", "has 1 filters; Envoy requires at least 2"),
+    ("access_log_nested_bad", lambda c: hcm(c).update(access_log=[access_log(filter={
+        "or_filter": {"filters": [{"not_health_check_filter": {}}, {"header_filter": {"header": {"name": ""}}}]}})]),
+     f"{HCM}.access_log[0].filter.or_filter.filters[1].header_filter.header.name", "must not be empty"),
+    ("access_log_comparison_op", lambda c: hcm(c).update(access_log=[access_log(filter={
+        "status_code_filter": {"comparison": {"op": "GT"}}})]),
+     f"{HCM}.access_log[0].filter.status_code_filter.comparison.op", "'GT' is not one of GE, EQ, LE, NE"),
     ("rds", lambda c: (hcm(c).pop("route_config"), hcm(c).update(rds={"route_config_name": "r"})),
      f"{HCM}.rds", "RDS is not supported yet"),
     ("no_route_config", lambda c: hcm(c).pop("route_config"), f"{HCM}.route_config",

@@ -224,6 +224,7 @@ class EnvoyProcess:
         concurrency: int = 1,
         drain_time_s: int | None = None,
         drain_strategy: str = "gradual",
+        file_flush_interval_ms: int | None = None,
     ) -> None:
         import json
         import os
@@ -237,7 +238,9 @@ class EnvoyProcess:
         self.proc = subprocess.Popen(
             ["envoy", "-c", str(cfg), "--concurrency", str(concurrency), "--disable-hot-restart",
              "-l", "warn", "--admin-address-path", str(self.admin_path), "--drain-strategy", drain_strategy]
-            + ([] if drain_time_s is None else ["--drain-time-s", str(drain_time_s)]),
+            + ([] if drain_time_s is None else ["--drain-time-s", str(drain_time_s)])
+            + ([] if file_flush_interval_ms is None
+               else ["--file-flush-interval-msec", str(file_flush_interval_ms)]),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for(lambda: self._ready(), 20, "envoy to become ready")
@@ -266,6 +269,9 @@ class EnvoyProcess:
         req = urllib.request.Request(f"http://{self.admin}{path}", method="POST")
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.read().decode()
+
+    def reopen_logs(self) -> None:
+        self._admin_post("/reopen_logs")
 
     def drain_listeners(self, graceful: bool = False, skip_exit: bool = False) -> None:
         params = [p for p, on in (("graceful", graceful), ("skip_exit", skip_exit)) if on]
@@ -317,7 +323,7 @@ if TARGET_IS_ENVOY:
 
         def make(config: dict[str, Any], concurrency: int = 1, **kw: Any) -> EnvoyProcess:
             p = EnvoyProcess(config, tmp_path, concurrency, kw.get("drain_time_s"),
-                             kw.get("drain_strategy", "gradual"))
+                             kw.get("drain_strategy", "gradual"), kw.get("file_flush_interval_ms"))
             started.append(p)
             return p
 

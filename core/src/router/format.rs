@@ -82,69 +82,28 @@ impl Value {
         if !v.contains('%') {
             return Ok(Value::Static(v.as_bytes().to_vec()));
         }
-        let b = v.as_bytes();
-        let bad = |at: usize| {
-            Error::config(format!(
-                "{path}: {v:?}: no valid command at position {at} (a `%` starts a command such as \
-                 %REQ(x-a)%; write %% for a `%`)"
-            ))
-        };
-        let mut pieces: Vec<Piece> = Vec::new();
-        let mut lit = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] != b'%' {
-                lit.push(b[i]);
-                i += 1;
-                continue;
+        let tokens = lex(v).map_err(|at| bad_command(path, v, at))?;
+        let mut pieces = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            match t {
+                Token::Lit(l) => pieces.push(Piece::Lit(l)),
+                Token::Cmd {
+                    name,
+                    arg,
+                    max_len,
+                    at,
+                } => {
+                    if matches!(name, "REQ" | "RESP") && command(name, arg).is_none() {
+                        return Err(bad_command(path, v, at));
+                    }
+                    let cmd = command(name, arg).ok_or_else(|| {
+                        Error::config(format!(
+                            "{path}: {v:?}: %{name}% is not supported by pyproxy (supported: {COMMANDS})"
+                        ))
+                    })?;
+                    pieces.push(Piece::Cmd(cmd, max_len));
+                }
             }
-            if b.get(i + 1) == Some(&b'%') {
-                lit.push(b'%');
-                i += 2;
-                continue;
-            }
-            let start = i;
-            let name_end = (i + 1..b.len())
-                .find(|&j| !(b[j].is_ascii_uppercase() || b[j].is_ascii_digit() || b[j] == b'_'))
-                .unwrap_or(b.len());
-            let name = &v[i + 1..name_end];
-            if name.is_empty() {
-                return Err(bad(start));
-            }
-            let mut j = name_end;
-            let mut arg = None;
-            if b.get(j) == Some(&b'(') {
-                let close = v[j..].find(')').ok_or_else(|| bad(start))? + j;
-                arg = Some(&v[j + 1..close]);
-                j = close + 1;
-            }
-            let mut max_len = None;
-            if b.get(j) == Some(&b':') {
-                let digits_end = (j + 1..b.len())
-                    .find(|&k| !b[k].is_ascii_digit())
-                    .unwrap_or(b.len());
-                max_len = Some(v[j + 1..digits_end].parse().map_err(|_| bad(start))?);
-                j = digits_end;
-            }
-            if b.get(j) != Some(&b'%') {
-                return Err(bad(start));
-            }
-            i = j + 1;
-            if matches!(name, "REQ" | "RESP") && command(name, arg).is_none() {
-                return Err(bad(start));
-            }
-            let cmd = command(name, arg).ok_or_else(|| {
-                Error::config(format!(
-                    "{path}: {v:?}: %{name}% is not supported by pyproxy (supported: {COMMANDS})"
-                ))
-            })?;
-            if !lit.is_empty() {
-                pieces.push(Piece::Lit(std::mem::take(&mut lit)));
-            }
-            pieces.push(Piece::Cmd(cmd, max_len));
-        }
-        if !lit.is_empty() {
-            pieces.push(Piece::Lit(lit));
         }
         Ok(match pieces.as_slice() {
             [] => Value::Static(Vec::new()),
@@ -182,15 +141,101 @@ impl Value {
     }
 }
 
-fn command(name: &str, arg: Option<&str>) -> Option<Cmd> {
-    let header = |arg: Option<&str>| {
-        let a = arg?;
-        let (h, alt) = match a.split_once('?') {
-            Some((h, alt)) => (h, Some(alt.to_ascii_lowercase().into_bytes())),
-            None => (a, None),
-        };
-        (!h.is_empty()).then(|| (h.to_ascii_lowercase().into_bytes(), alt))
+/// A piece of a string with Envoy's substitution commands, as lexed: literal bytes (`%%` made
+/// a `%`), or a `%NAME%`, `%NAME(arg)%` with an optional `:N` length before the closing `%`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    Lit(Vec<u8>),
+    Cmd {
+        name: &'a str,
+        arg: Option<&'a str>,
+        max_len: Option<usize>,
+        /// Where its `%` is, for errors.
+        at: usize,
+    },
+}
+
+/// Splits `v` into literal runs and commands; `Err(position)` where a `%` starts no valid
+/// command. Envoy's grammar: `%` `[A-Z0-9_]+` then `(` anything but `)` `)`, then `:digits`.
+pub(crate) fn lex(v: &str) -> Result<Vec<Token<'_>>, usize> {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut lit = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            lit.push(b[i]);
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) == Some(&b'%') {
+            lit.push(b'%');
+            i += 2;
+            continue;
+        }
+        let start = i;
+        let name_end = (i + 1..b.len())
+            .find(|&j| !(b[j].is_ascii_uppercase() || b[j].is_ascii_digit() || b[j] == b'_'))
+            .unwrap_or(b.len());
+        let name = &v[i + 1..name_end];
+        if name.is_empty() {
+            return Err(start);
+        }
+        let mut j = name_end;
+        let mut arg = None;
+        if b.get(j) == Some(&b'(') {
+            let close = v[j..].find(')').ok_or(start)? + j;
+            arg = Some(&v[j + 1..close]);
+            j = close + 1;
+        }
+        let mut max_len = None;
+        if b.get(j) == Some(&b':') {
+            let digits_end = (j + 1..b.len())
+                .find(|&k| !b[k].is_ascii_digit())
+                .unwrap_or(b.len());
+            max_len = Some(v[j + 1..digits_end].parse().map_err(|_| start)?);
+            j = digits_end;
+        }
+        if b.get(j) != Some(&b'%') {
+            return Err(start);
+        }
+        i = j + 1;
+        if !lit.is_empty() {
+            out.push(Token::Lit(std::mem::take(&mut lit)));
+        }
+        out.push(Token::Cmd {
+            name,
+            arg,
+            max_len,
+            at: start,
+        });
+    }
+    if !lit.is_empty() {
+        out.push(Token::Lit(lit));
+    }
+    Ok(out)
+}
+
+/// The error for a `%` at `at` that starts no valid command.
+pub(crate) fn bad_command(path: &str, v: &str, at: usize) -> Error {
+    Error::config(format!(
+        "{path}: {v:?}: no valid command at position {at} (a `%` starts a command such as \
+         %REQ(x-a)%; write %% for a `%`)"
+    ))
+}
+
+/// A `REQ`/`RESP` argument: `name` or `name?fallback`, lower-cased.
+pub(crate) fn header_arg(arg: Option<&str>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let a = arg?;
+    let (h, alt) = match a.split_once('?') {
+        Some((h, alt)) => (h, Some(alt.to_ascii_lowercase().into_bytes())),
+        None => (a, None),
     };
+    (!h.is_empty()).then(|| (h.to_ascii_lowercase().into_bytes(), alt))
+}
+
+fn command(name: &str, arg: Option<&str>) -> Option<Cmd> {
+    let header = header_arg;
     Some(match (name, arg) {
         ("DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS", None) => Cmd::RemoteAddr,
         (
@@ -218,7 +263,7 @@ fn command(name: &str, arg: Option<&str>) -> Option<Cmd> {
     })
 }
 
-fn hostname() -> Vec<u8> {
+pub(crate) fn hostname() -> Vec<u8> {
     std::fs::read("/proc/sys/kernel/hostname")
         .map(|mut h| {
             h.retain(|b| !b.is_ascii_whitespace());
@@ -281,7 +326,11 @@ fn render_cmd(c: &Cmd, cx: &Cx<'_>, own: &HeaderMap, out: &mut Vec<u8>) {
 
 /// A request header, or the request's pseudo-headers (Envoy's HTTP/1 codec makes the request
 /// line `:method`, `:path`, `:scheme` and `host` `:authority`).
-fn request_header<'a>(r: &ReqView<'a>, headers: &'a HeaderMap, name: &[u8]) -> Option<&'a [u8]> {
+pub(crate) fn request_header<'a>(
+    r: &ReqView<'a>,
+    headers: &'a HeaderMap,
+    name: &[u8],
+) -> Option<&'a [u8]> {
     match name {
         b":method" => Some(r.method),
         b":path" => Some(r.target),

@@ -338,7 +338,7 @@ impl RouteRequest<'_> {
 }
 
 #[derive(Debug, Clone)]
-struct HeaderMatch {
+pub(crate) struct HeaderMatch {
     source: HeaderSource,
     m: ValueMatcher,
     invert: bool,
@@ -348,6 +348,48 @@ struct HeaderMatch {
 }
 
 impl HeaderMatch {
+    /// Compiles an Envoy `HeaderMatcher`; `path` names it in errors.
+    pub(crate) fn compile(
+        h: &crate::config::HeaderMatcher,
+        path: &str,
+    ) -> Result<HeaderMatch, Error> {
+        Ok(HeaderMatch {
+            source: HeaderSource::of(&h.name),
+            m: ValueMatcher::compile(&h.value_match, h.ignore_case, path)?,
+            invert: h.invert_match,
+            ignore_case: h.ignore_case,
+            missing_as_empty: h.treat_missing_header_as_empty,
+        })
+    }
+
+    /// Whether the request matches.
+    pub(crate) fn matches(&self, req: &RouteRequest<'_>) -> bool {
+        let name = match &self.source {
+            HeaderSource::Header(name) => name,
+            pseudo => {
+                let value = match pseudo {
+                    HeaderSource::Method => Some(req.method),
+                    HeaderSource::Path => Some(req.target),
+                    HeaderSource::Scheme => Some(req.scheme()),
+                    _ => None,
+                };
+                return self.test(value);
+            }
+        };
+        // A header sent several times matches when any one of its values does (then
+        // `invert_match` applies), as in Envoy 1.40: the values are not joined.
+        let mut vals = req.headers.get_all(name);
+        match vals.next() {
+            None => self.test(None),
+            Some(first) => {
+                let any = std::iter::once(first)
+                    .chain(vals)
+                    .any(|v| self.m.matches(Some(v), self.ignore_case));
+                any != self.invert
+            }
+        }
+    }
+
     /// Tests a value (`None`: absent).
     #[inline]
     fn test(&self, value: Option<&[u8]>) -> bool {
@@ -466,6 +508,7 @@ static TLS_REDIRECT: Route = Route {
     query: Vec::new(),
     action: Action::TlsRedirect,
     mutations: Mutations::NONE,
+    name: None,
 };
 
 /// A compiled route.
@@ -479,6 +522,8 @@ pub struct Route {
     pub action: Action,
     /// Route-level header edits.
     pub mutations: Mutations,
+    /// Envoy `name` (`%ROUTE_NAME%`), if it has one.
+    pub name: Option<std::sync::Arc<str>>,
 }
 
 /// A compiled virtual host.
@@ -699,17 +744,10 @@ fn compile_route(
     };
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
-        headers.push(HeaderMatch {
-            source: HeaderSource::of(&h.name),
-            m: ValueMatcher::compile(
-                &h.value_match,
-                h.ignore_case,
-                &format!("{path}.match.headers[{i}]"),
-            )?,
-            invert: h.invert_match,
-            ignore_case: h.ignore_case,
-            missing_as_empty: h.treat_missing_header_as_empty,
-        });
+        headers.push(HeaderMatch::compile(
+            h,
+            &format!("{path}.match.headers[{i}]"),
+        )?);
     }
     let mut query = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
@@ -858,6 +896,7 @@ fn compile_route(
         query,
         action,
         mutations: Mutations::compile(&r.headers, path)?,
+        name: (!r.name.is_empty()).then(|| r.name.as_str().into()),
     })
 }
 
@@ -894,37 +933,8 @@ impl Route {
         if !ok {
             return false;
         }
-        for h in &self.headers {
-            let name = match &h.source {
-                HeaderSource::Header(name) => name,
-                pseudo => {
-                    let value = match pseudo {
-                        HeaderSource::Method => Some(req.method),
-                        HeaderSource::Path => Some(req.target),
-                        HeaderSource::Scheme => Some(req.scheme()),
-                        _ => None,
-                    };
-                    if !h.test(value) {
-                        return false;
-                    }
-                    continue;
-                }
-            };
-            // A header sent several times matches when any one of its values does (then
-            // `invert_match` applies), as in Envoy 1.40: the values are not joined.
-            let mut vals = req.headers.get_all(name);
-            let ok = match vals.next() {
-                None => h.test(None),
-                Some(first) => {
-                    let any = std::iter::once(first)
-                        .chain(vals)
-                        .any(|v| h.m.matches(Some(v), h.ignore_case));
-                    any != h.invert
-                }
-            };
-            if !ok {
-                return false;
-            }
+        if !self.headers.iter().all(|h| h.matches(req)) {
+            return false;
         }
         for q in &self.query {
             let value = query.and_then(|qs| query_value(qs, &q.name));

@@ -28,6 +28,7 @@ use super::headers::{
     mutate_request, redirect_location, redirect_rewritten_target, request_location,
 };
 use super::timer::{earliest, ConnTimer};
+use crate::accesslog::{Detail, Emit, LoggedRequest, Record};
 use crate::config::UnderscoresAction;
 use crate::http1::body::Framing;
 use crate::http1::codec::{
@@ -101,9 +102,34 @@ pub(super) struct Down {
     /// connection 8 bytes, not 24).
     #[allow(clippy::box_collection)]
     pub(super) request_id: Option<Box<Vec<u8>>>,
+    /// The current request's access log record, while its listener has access logs.
+    pub(super) log: Option<Box<Record>>,
 }
 
 impl Down {
+    /// The current request's access log record, if its listener logs.
+    #[inline]
+    pub(super) fn log(&mut self) -> Option<&mut Record> {
+        self.log.as_deref_mut()
+    }
+
+    /// Says why the request ended, for its access log.
+    #[inline]
+    pub(super) fn log_detail(&mut self, detail: Detail) {
+        if let Some(r) = self.log.as_deref_mut() {
+            r.detail = Some(detail);
+        }
+    }
+
+    /// Keeps the request as it stands now for its access log (`routed`: the connection
+    /// manager has set its scheme).
+    #[inline]
+    pub(super) fn log_request(&mut self, head: &RequestHead, routed: bool) {
+        if let Some(r) = self.log.as_deref_mut() {
+            r.request = Some(Box::new(logged(head, routed)));
+        }
+    }
+
     /// Whether the connection manager's `max_connection_duration` is over for this connection
     /// (a response then closes it); counted once, as Envoy's
     /// `downstream_cx_max_duration_reached`.
@@ -229,6 +255,7 @@ pub fn serve(
             timer: ConnTimer::new(),
             held: Buffered::default(),
             request_id: None,
+            log: None,
         },
         _guard: DownGuard::new(l),
         ctx,
@@ -300,6 +327,9 @@ impl Conn {
             let mut fut = ctx.request_slots.boxed(|| request(ctx, &snap, &l, d, last));
             let next = fut.as_mut().await;
             ctx.request_slots.recycle(fut);
+            if let Some(rec) = d.log.take() {
+                write_log(ctx, &l, d, rec);
+            }
             if next == Next::Linger {
                 linger(d, &l.http).await;
                 break;
@@ -570,6 +600,9 @@ async fn request(
     last: bool,
 ) -> Next {
     let hcm = &l.c.cfg.hcm;
+    if l.c.logs.is_some() {
+        d.log = Some(Box::new(Record::new(clock::now())));
+    }
     let max_head = hcm.max_request_headers_kb as usize * 1024;
     // Envoy's codec drops (or refuses) a header with an `_` before it counts the headers.
     let underscores_looked_at = hcm.headers_with_underscores_action != UnderscoresAction::Allow;
@@ -614,29 +647,39 @@ async fn request(
         match read.await {
             Ok(n) => l.http.down_rx(&d.held).read(n, d.rbuf.len()),
             Err(ReadErr::Closed) => {
-                // The client closed: between requests, or inside a head it had begun.
+                // The client closed: between requests, or inside a head it had begun (a
+                // request Envoy logs).
                 d.peer_closed = true;
                 d.ended_in_request = !d.rbuf.is_empty();
+                if d.ended_in_request {
+                    d.log_detail(Detail::DownstreamDisconnect);
+                } else {
+                    d.log = None;
+                }
                 return Next::Close;
             }
             // Back to the idle wait, under the connection's idle timeout.
-            Err(ReadErr::Idle) => return Next::KeepAlive,
+            Err(ReadErr::Idle) => {
+                d.log = None;
+                return Next::KeepAlive;
+            }
             // Which deadline ended the wait decides the reply, as in Envoy.
             Err(ReadErr::Timeout(which)) => {
-                let body: &[u8] = match which {
+                let (body, detail): (&[u8], _) = match which {
                     HeadTimer::Headers => {
                         l.http.downstream_rq_header_timeout.inc();
-                        b"request header timeout"
+                        (b"request header timeout", Detail::RequestHeaderTimeout)
                     }
                     HeadTimer::Request => {
                         l.http.downstream_rq_timeout.inc();
-                        b"request timeout"
+                        (b"request timeout", Detail::RequestOverallTimeout)
                     }
                     HeadTimer::Idle => {
                         l.http.downstream_rq_idle_timeout.inc();
-                        b"stream timeout"
+                        (b"stream timeout", Detail::StreamIdleTimeout)
                     }
                 };
+                d.log_detail(detail);
                 return early_reply(ctx, l, d, 408, body).await;
             }
         }
@@ -658,8 +701,16 @@ async fn request(
     l.http.downstream_rq_http1_total.inc();
     let last = d.count_request(l) || last;
     let active = GaugeHold::new(&l.http.downstream_rq_active);
+    if let Some(r) = d.log() {
+        r.minor = head.minor;
+    }
     let (status, next) = handle(ctx, snap, l, d, head, last).await;
     drop(active);
+    if let Some(r) = d.log() {
+        if r.status == 0 {
+            r.status = status;
+        }
+    }
     if d.request_id.is_some() {
         d.request_id = None;
     }
@@ -719,10 +770,18 @@ async fn rewrite_path(
         }
         path::Outcome::Reject => {
             l.http.downstream_rq_failed_path_normalization.inc();
+            if d.log.is_some() {
+                d.log_request(head, false);
+                d.log_detail(Detail::PathNormalizationFailed);
+            }
             Some(reply(ctx, l, d, 400, b"", false, None).await)
         }
         path::Outcome::Redirect(p) => {
             l.http.downstream_rq_redirected_with_normalized_path.inc();
+            if d.log.is_some() {
+                d.log_request(head, false);
+                d.log_detail(Detail::PathRedirect);
+            }
             let mut h = HeaderMap::default();
             h.append(b"location", &p);
             Some(reply(ctx, l, d, 307, b"", keep, Some(&h)).await)
@@ -764,10 +823,15 @@ fn strip_host_port(d: &Down, h: &mut HeaderMap, matching: bool) {
 /// Answers a head the codec refuses (a protocol error): 400 or 431, and closes.
 async fn head_refused(ctx: &Ctx, l: &ListenerRt, d: &mut Down, e: HeadError) -> Next {
     l.http.downstream_cx_protocol_error.inc();
-    let (status, body): (u16, &[u8]) = match e {
-        HeadError::Malformed => (400, b"Bad Request"),
-        HeadError::TooLarge => (431, b"Request Header Fields Too Large"),
+    let (status, body, detail): (u16, &[u8], _) = match e {
+        HeadError::Malformed => (400, b"Bad Request", Detail::CodecError),
+        HeadError::TooLarge => (
+            431,
+            b"Request Header Fields Too Large",
+            Detail::HeadersTooLarge,
+        ),
     };
+    d.log_detail(detail);
     early_reply(ctx, l, d, status, body).await
 }
 
@@ -786,6 +850,9 @@ async fn early_reply(ctx: &Ctx, l: &ListenerRt, d: &mut Down, status: u16, body:
     // health checks fail counts downstream_cx_drain_close), and the connection's age.
     response_closes(ctx, l, d.opened, &d.max_reached);
     let out = local_reply(ctx, l, status, body, true, None, false, None);
+    if let Some(r) = d.log() {
+        log_reply(r, status, &out);
+    }
     let _ = write_last(&d.stream, &out, &h.down_tx(&d.held)).await;
     Next::Close
 }
@@ -799,8 +866,15 @@ async fn codec_refusal(
     d: &mut Down,
     status: u16,
     body: &[u8],
+    detail: Detail,
 ) -> (u16, Next) {
     l.http.downstream_cx_protocol_error.inc();
+    if let Some(r) = d.log() {
+        // Envoy's codec refused it: the connection manager never had a request.
+        r.detail = Some(detail);
+        r.minor = 1;
+        r.request_done = None;
+    }
     // The codec's error resets the stream (Envoy): `reply` counts it, as for any answer
     // before the request was read.
     d.body_unread = true;
@@ -1031,6 +1105,9 @@ pub(super) async fn reply(
     let keep = !response_closes(ctx, l, d.opened, &d.max_reached) && keep;
     let rid = d.request_id.as_deref().map(Vec::as_slice);
     let out = local_reply(ctx, l, status, body, !keep, extra, d.head_request, rid);
+    if let Some(r) = d.log() {
+        log_reply(r, status, &out);
+    }
     let (_, mut w) = d.stream.split();
     let tx = l.http.down_tx(&d.held);
     if write_down(&mut w, &out, !keep, &tx).await.is_err() {
@@ -1178,36 +1255,49 @@ async fn handle(
     // Envoy's codec refuses first, its connection manager after, so a request line the codec
     // takes but the connection manager refuses still gets its `100 Continue` (below).
     let Ok(line) = check_line(&head) else {
-        return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
+        return codec_refusal(ctx, l, d, 400, b"Bad Request", Detail::CodecError).await;
     };
     let framing = match request_framing(&head) {
         Ok(f) => f,
         Err(e) => {
-            let (status, body): (u16, &[u8]) = match e {
-                FramingError::BadRequest => (400, b"Bad Request"),
-                FramingError::NotImplemented => (501, b"Not Implemented"),
+            let (status, body, detail): (u16, &[u8], _) = match e {
+                FramingError::BadRequest
+                    if head.headers.contains(b"content-length")
+                        && head.headers.contains(b"transfer-encoding") =>
+                {
+                    (400, b"Bad Request", Detail::ContentLengthAndChunked)
+                }
+                FramingError::BadRequest => (400, b"Bad Request", Detail::CodecError),
+                FramingError::NotImplemented => {
+                    (501, b"Not Implemented", Detail::InvalidTransferEncoding)
+                }
             };
-            return codec_refusal(ctx, l, d, status, body).await;
+            return codec_refusal(ctx, l, d, status, body, detail).await;
         }
     };
     // A local reply leaves an unread body behind, so the connection then closes; so does an
     // upgrade's.
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0)) || upgrade;
     d.body_unread = body_pending;
+    if !body_pending {
+        if let Some(r) = d.log() {
+            r.request_done = Some(r.start);
+        }
+    }
     let later = match check_target(&head, line) {
         Ok(later) if head.normalize_absolute_form() => later,
-        _ => return codec_refusal(ctx, l, d, 400, b"Bad Request").await,
+        _ => return codec_refusal(ctx, l, d, 400, b"Bad Request", Detail::CodecError).await,
     };
     // An edge listener (use_remote_address) takes no `https://` target over plain TCP: Envoy's
     // codec answers 403 ("https in the clear"), before it looks at the version.
     if head.absolute_https() == Some(true) && l.c.cfg.hcm.use_remote_address {
-        return codec_refusal(ctx, l, d, 403, b"Forbidden").await;
+        return codec_refusal(ctx, l, d, 403, b"Forbidden", Detail::HttpsInPlaintext).await;
     }
     if head.minor != 1 {
-        return codec_refusal(ctx, l, d, 426, b"Upgrade Required").await;
+        return codec_refusal(ctx, l, d, 426, b"Upgrade Required", Detail::LowVersion).await;
     }
     let Ok(several_hosts) = check_hosts(&head) else {
-        return codec_refusal(ctx, l, d, 400, b"Bad Request").await;
+        return codec_refusal(ctx, l, d, 400, b"Bad Request", Detail::CodecError).await;
     };
     // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set, as soon as
     // its codec has taken the head, whatever the answer will be. Two `expect` headers read as
@@ -1218,18 +1308,29 @@ async fn handle(
         if write_all(&mut d.stream, CONTINUE, &tx).await.is_err() {
             // The client is gone.
             d.peer_closed = true;
+            d.log_detail(Detail::DownstreamDisconnect);
             return (0, Next::Close);
         }
     }
     if let Err(refusal) = later {
-        let status = match refusal {
-            Refusal::ConnectNotRouted => 404,
+        let (status, detail) = match refusal {
+            Refusal::ConnectNotRouted => (404, Detail::RouteNotFound),
             Refusal::Fragment => {
                 l.http.downstream_rq_failed_path_normalization.inc();
-                400
+                (400, Detail::PathNormalizationFailed)
             }
-            _ => 400,
+            _ => (400, Detail::CodecError),
         };
+        if d.log.is_some() {
+            // Envoy's connection manager takes a CONNECT as a request (a scheme, never
+            // complete) and finds it no route.
+            let connect = matches!(refusal, Refusal::ConnectNotRouted);
+            d.log_request(&head, connect);
+            d.log_detail(detail);
+            if let Some(r) = d.log().filter(|_| connect) {
+                r.request_done = None;
+            }
+        }
         return reply(ctx, l, d, status, b"", false, None).await;
     }
     if several_hosts {
@@ -1238,12 +1339,20 @@ async fn handle(
     }
     // No host, or a `connection` header that would remove it: 400 with no body, as Envoy.
     if !head.headers.contains(b"host") || conn.names_host() {
+        if d.log.is_some() {
+            d.log_request(&head, false);
+            d.log_detail(Detail::MissingHost);
+        }
         return reply(ctx, l, d, 400, b"", false, None).await;
     }
     let keep_after_local = keep && !body_pending;
     // Only a path is routed (`OPTIONS *` is not): 404, as Envoy's connection manager.
     if head.target().first() != Some(&b'/') {
         l.http.downstream_rq_non_relative_path.inc();
+        if d.log.is_some() {
+            d.log_request(&head, false);
+            d.log_detail(Detail::AbsolutePathRejected);
+        }
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     }
     let paths = l.c.cfg.hcm.path_options();
@@ -1293,6 +1402,10 @@ async fn handle(
     let Some((vh, route)) = found else {
         l.http.rq_total.inc();
         l.http.no_route.inc();
+        if d.log.is_some() {
+            d.log_request(&head, true);
+            d.log_detail(Detail::RouteNotFound);
+        }
         // The connection manager takes an upgrade before routing (Envoy counts it so); the
         // 404 then closes the connection, whether it took it or not.
         if upgrade && upgrade_allowed(&l.c.cfg.hcm, None, &head.headers) {
@@ -1300,10 +1413,17 @@ async fn handle(
         }
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     };
+    if let Some(r) = d.log() {
+        r.route = route.name.clone();
+    }
     if upgrade {
         if !upgrade_allowed(&l.c.cfg.hcm, Some(&route.action), &head.headers) {
             // Envoy's name says websocket, whatever the type.
             l.http.downstream_rq_ws_on_non_ws_route.inc();
+            if d.log.is_some() {
+                d.log_request(&head, true);
+                d.log_detail(Detail::UpgradeFailed);
+            }
             return reply(ctx, l, d, 403, b"", false, None).await;
         }
         // Counted once taken, whatever the route does with it (active: the tunnel, forward.rs).
@@ -1335,6 +1455,10 @@ async fn handle(
         vh.mutations.apply_response(h, &cx);
         table.mutations.apply_response(h, &cx);
     };
+    if d.log.is_some() && !matches!(route.action, Action::Forward(_)) {
+        d.log_request(&head, true);
+        d.log_detail(Detail::DirectResponse);
+    }
     match &route.action {
         Action::TlsRedirect => tls_redirect(ctx, l, d, &head, keep_after_local).await,
         Action::Direct { status, body } => {
@@ -1405,11 +1529,18 @@ async fn handle(
                     // No header, or no such cluster: Envoy's 503, no body.
                     None => {
                         l.http.no_cluster.inc();
+                        if d.log.is_some() {
+                            d.log_request(&head, true);
+                            d.log_detail(Detail::ClusterNotFound);
+                        }
                         return reply(ctx, l, d, 503, b"", keep_after_local, None).await;
                     }
                 }
             }
             let cluster = snap.clusters[ci].clone();
+            if let Some(r) = d.log() {
+                r.cluster = Some(cluster.cfg.name.clone());
+            }
             // Header edits, most specific first (weighted cluster, route, virtual host, route
             // config), as Envoy applies them, after Envoy's own headers.
             let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
@@ -1431,6 +1562,73 @@ async fn handle(
             .await
         }
     }
+}
+
+/// The request as it stands, for its access log.
+pub(super) fn logged(head: &RequestHead, routed: bool) -> LoggedRequest {
+    LoggedRequest {
+        method: head.method().to_vec(),
+        target: head.target().to_vec(),
+        headers: head.headers.clone(),
+        routed,
+        absolute_https: head.absolute_https(),
+        connect: head.method() == b"CONNECT",
+    }
+}
+
+/// The request for its access log, its headers moved out (it has been written upstream).
+pub(super) fn logged_moving(head: &mut RequestHead, routed: bool) -> LoggedRequest {
+    // The method and target point into the headers' bytes: copied before these move.
+    let method = head.method().to_vec();
+    let target = head.target().to_vec();
+    LoggedRequest {
+        connect: method == b"CONNECT",
+        method,
+        target,
+        routed,
+        absolute_https: head.absolute_https(),
+        headers: std::mem::take(&mut head.headers),
+    }
+}
+
+/// Records a local reply for the access log: its code, its head and its body's length.
+fn log_reply(r: &mut Record, status: u16, out: &[u8]) {
+    r.status = status;
+    let head = memchr::memmem::find(out, b"\r\n\r\n").map_or(out.len(), |i| i + 4);
+    let mut logged = out[..head].to_vec();
+    // The framing of a reply without a body is the codec's (Envoy's reply has none in its
+    // header map, which its access log reads).
+    for framing in [
+        &b"content-length: 0\r\n"[..],
+        b"transfer-encoding: chunked\r\n",
+    ] {
+        if let Some(i) = memchr::memmem::find(&logged, framing) {
+            logged.drain(i..i + framing.len());
+        }
+    }
+    r.response_head = Some(logged);
+    r.bytes_sent = (out.len() - head) as u64;
+}
+
+/// Writes a finished request's access log lines (to the worker's buffers).
+#[cold]
+#[inline(never)]
+fn write_log(ctx: &Ctx, l: &ListenerRt, d: &Down, rec: Box<Record>) {
+    let Some(logs) = &l.c.logs else {
+        return;
+    };
+    let now = clock::now();
+    let e = Emit {
+        peer: d.peer,
+        local: logs
+            .needs_local
+            .then(|| d.stream.local_addr().ok())
+            .flatten(),
+        end: d.done_at.unwrap_or(now),
+        now,
+        wall: std::time::SystemTime::now(),
+    };
+    logs.write(&rec, &e, &ctx.log_bufs);
 }
 
 #[cfg(test)]

@@ -190,6 +190,8 @@ pub struct Ctx {
     write_bufs: RefCell<Vec<Vec<u8>>>,
     /// Recycled heap slots of request futures.
     pub request_slots: super::slots::FutureSlots,
+    /// Access log lines not yet handed to their writers.
+    pub log_bufs: crate::accesslog::LogBufs,
 }
 
 /// Buffers kept per worker for reuse; beyond this, returned buffers are freed.
@@ -253,6 +255,7 @@ impl Ctx {
             read_bufs: RefCell::default(),
             write_bufs: RefCell::default(),
             request_slots: Default::default(),
+            log_bufs: Default::default(),
         })
     }
 
@@ -634,6 +637,15 @@ pub async fn housekeeping(ctx: Rc<Ctx>) {
                 c.stats.s.upstream_cx_idle_timeout.add(n as u64);
             }
         }
+    }
+}
+
+/// Hands the worker's access log lines to their writers every `--file-flush-interval-msec`.
+pub async fn flush_logs(ctx: Rc<Ctx>) {
+    loop {
+        let ms = crate::accesslog::sink::flush_interval_ms();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ctx.log_bufs.flush();
     }
 }
 

@@ -23,6 +23,7 @@ use super::conn::{
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{append_via, apply_response_extras, rewrite_target, router_request_headers};
 use super::timer::earliest;
+use crate::accesslog::{Detail, LoggedRequest};
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
     method_has_no_body, response_framing, strip_for_upgrade, strip_hop_by_hop_response,
@@ -137,6 +138,13 @@ pub(super) async fn forward(
         cluster.pick()
     };
     let Some(host) = picked else {
+        if d.log.is_some() {
+            d.log_request(&head, true);
+            d.log_detail(Detail::NoHealthyUpstream);
+            if let Some(r) = d.log() {
+                r.attempted = true;
+            }
+        }
         cs.s.upstream_cx_none_healthy.inc();
         // No host at all is below any healthy-panic threshold (Envoy counts it so).
         cs.s.lb_healthy_panic.inc();
@@ -158,7 +166,11 @@ pub(super) async fn forward(
     let minor = head.minor;
     // A response edit that reads the request (`%REQ(...)%`) sees it as it went upstream:
     // Envoy's router edits the request in place (its edits, the path and host rewrites).
-    let save = chain.iter().any(|m| m.response_reads_request);
+    let save = chain.iter().any(|m| m.response_reads_request) || d.log.is_some();
+    if let Some(r) = d.log() {
+        r.host = Some(host.addr);
+        r.attempted = true;
+    }
     let peer = d.peer;
     let stream = &d.stream;
     let local = || stream.local_addr().ok();
@@ -228,6 +240,7 @@ pub(super) async fn forward(
                     l.http.downstream_rq_rx_reset.inc();
                     d.peer_closed = true;
                     d.ended_in_request = true;
+                    d.log_detail(Detail::DownstreamDisconnect);
                     return (0, Next::Close);
                 }
             };
@@ -245,12 +258,17 @@ pub(super) async fn forward(
                     cs.count_response(503);
                     let body: &'static [u8] = match reason {
                         ConnectFail::Timeout => {
+                            d.log_detail(Detail::ConnectTimeout);
                             b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
                         }
                         ConnectFail::Refused => {
+                            d.log_detail(Detail::ConnectRefused);
                             b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
                         }
                     };
+                    if let (Some(r), Some(q)) = (d.log.as_deref_mut(), saved) {
+                        r.request = Some(q);
+                    }
                     // A body read ahead whole while the connection was being made is
                     // complete, as Envoy has it by then: the reply answers a whole request and
                     // the client connection stays, with the body dropped from the buffer.
@@ -265,6 +283,12 @@ pub(super) async fn forward(
             }
         }
     };
+    if let Some(r) = d.log.as_deref_mut() {
+        r.connected = true;
+        if l.c.logs.as_ref().is_some_and(|g| g.needs_upstream_local) {
+            r.upstream_local = up.stream.local_addr().ok();
+        }
+    }
     // Envoy counts a request upstream once it has a connection to go on.
     cs.s.upstream_rq_total.inc();
     host.stats.rq_total.inc();
@@ -298,6 +322,41 @@ pub(super) async fn forward(
         set_cookie,
     };
     let outcome = x.run(d, &mut up, out).await;
+    if let Some(r) = d.log.as_deref_mut() {
+        r.request = x.saved;
+        r.detail = Some(match &outcome {
+            Outcome::Done { end, .. } => {
+                r.response_done = Some(*end);
+                Detail::ViaUpstream
+            }
+            Outcome::Local {
+                status,
+                body,
+                cause,
+                ..
+            } => match cause {
+                Cause::UpstreamReset => Detail::ResetBeforeTermination,
+                Cause::UpstreamProtocol => Detail::ResetBeforeProtocol,
+                Cause::RouteTimeout => Detail::ResponseTimeout,
+                Cause::UpstreamIdle => Detail::StreamIdleTimeout,
+                Cause::ClientGone => Detail::DownstreamDisconnect,
+                Cause::Downstream if *status == 400 => Detail::CodecError,
+                Cause::Downstream if body.starts_with(b"request timeout") => {
+                    Detail::RequestOverallTimeout
+                }
+                Cause::Downstream => Detail::StreamIdleTimeout,
+            },
+            Outcome::Abort { cause, .. } => match cause {
+                Cause::ClientGone => Detail::DownstreamDisconnect,
+                Cause::UpstreamReset | Cause::UpstreamProtocol => Detail::ResetAfterProtocol,
+                Cause::RouteTimeout => Detail::ResponseTimeout,
+                Cause::UpstreamIdle => Detail::StreamIdleTimeout,
+                Cause::Downstream => Detail::CodecError,
+            },
+            // How the tunnel ends says.
+            Outcome::Switched => Detail::ViaUpstream,
+        });
+    }
     match outcome {
         Outcome::Done {
             status,
@@ -384,8 +443,20 @@ async fn switched(
     host.stats.rq_success.inc();
     l.count_completed(101);
     let upgraded = GaugeHold::new(&l.http.downstream_cx_upgrades_active);
-    let end = tunnel(ctx, l, cs, d, &mut up, idle_ms, up_chunk).await;
+    let moved = (Cell::new(0), Cell::new(0));
+    let end = tunnel(ctx, l, cs, d, &mut up, idle_ms, up_chunk, &moved).await;
     drop(upgraded);
+    if let Some(r) = d.log() {
+        r.status = 101;
+        r.bytes_received = moved.0.get();
+        r.bytes_sent = moved.1.get();
+        r.detail = match end {
+            TunnelEnd::Client => Some(Detail::DownstreamDisconnect),
+            TunnelEnd::Upstream => Some(Detail::ResetAfterTermination),
+            TunnelEnd::Idle => Some(Detail::StreamIdleTimeout),
+            TunnelEnd::Removed => r.detail,
+        };
+    }
     l.http.downstream_rq_time.record_ms(d.started);
     // The upstream connection goes with its request under way, whichever side ended.
     up.guard.active_rq = true;
@@ -414,6 +485,7 @@ async fn switched(
 /// does not. Each direction writes what it read before it reads again, so a side that stops
 /// reading holds the other back (no more than one read piece is buffered each way). What the
 /// client sent after its request head, while the upgrade was being answered, goes first.
+#[allow(clippy::too_many_arguments)]
 async fn tunnel(
     ctx: &Ctx,
     l: &ListenerRt,
@@ -422,6 +494,7 @@ async fn tunnel(
     up: &mut UpConn,
     idle_ms: u64,
     up_chunk: usize,
+    moved: &(Cell<u64>, Cell<u64>),
 ) -> TunnelEnd {
     let down_chunk = BODY_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
     let Down {
@@ -442,14 +515,22 @@ async fn tunnel(
     // While a side is slow to take what the other sent, that other is not read (no more is
     // buffered), but a reset of its connection still ends the tunnel.
     let upward = async {
-        match relay(&mut dr, &mut uw, drbuf, down_chunk, down_rx, up_tx, &touch).await {
+        match relay(
+            &mut dr, &mut uw, drbuf, down_chunk, down_rx, up_tx, &touch, &moved.0,
+        )
+        .await
+        {
             RelayEnd::Source => TunnelEnd::Client,
             RelayEnd::Sink => TunnelEnd::Upstream,
         }
     };
     // What came with the 101 goes first.
     let downward = async {
-        match relay(&mut ur, &mut dw, urbuf, up_chunk, up_rx, down_tx, &touch).await {
+        match relay(
+            &mut ur, &mut dw, urbuf, up_chunk, up_rx, down_tx, &touch, &moved.1,
+        )
+        .await
+        {
             RelayEnd::Source => TunnelEnd::Upstream,
             RelayEnd::Sink => TunnelEnd::Client,
         }
@@ -488,7 +569,8 @@ enum RelayEnd {
 
 /// One direction of a tunnel: what `buf` already holds, then what each read of `from` brings
 /// (at most `chunk`), each written to `to` before the next read, until either side ends. While
-/// a write waits, `from` is watched for a reset ([`reset`]).
+/// a write waits, `from` is watched for a reset ([`reset`]). `moved` counts what went.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     from: &mut ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
@@ -497,11 +579,12 @@ async fn relay(
     rx: &Flow<'_>,
     tx: &Flow<'_>,
     touch: &dyn Fn(),
+    moved: &Cell<u64>,
 ) -> RelayEnd {
     loop {
         if !buf.is_empty() {
             match first_of(write_all(to, buf, tx), reset(from.as_ref())).await {
-                Either::Left(Ok(())) => {}
+                Either::Left(Ok(())) => moved.set(moved.get() + buf.len() as u64),
                 Either::Left(Err(_)) => return RelayEnd::Sink,
                 Either::Right(()) => return RelayEnd::Source,
             }
@@ -598,7 +681,7 @@ fn upstream_head(
     host: &HostRt,
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
-) -> (Vec<u8>, bool, Option<Box<SavedRequest>>) {
+) -> (Vec<u8>, bool, Option<Box<LoggedRequest>>) {
     router_request_headers(l, &mut head.headers, fwd);
     // The request edits' commands read the headers they edit; the request line is copied
     // only for a value that reads it.
@@ -648,15 +731,6 @@ fn upstream_head(
         let orig = head.target().to_vec();
         head.headers.append(b"x-envoy-original-path", &orig);
     }
-    // Boxed: the usual request saves nothing and moves one pointer, not a header map.
-    let saved = save.then(|| {
-        Box::new(SavedRequest {
-            method: head.method().to_vec(),
-            target: new_target.as_deref().unwrap_or(head.target()).to_vec(),
-            headers: head.headers.clone(),
-            https: head.absolute_https() == Some(true),
-        })
-    });
     out.reserve(head.wire_len + 256);
     out.extend_from_slice(head.method());
     out.push(b' ');
@@ -692,6 +766,15 @@ fn upstream_head(
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    // Boxed: the usual request saves nothing and moves one pointer, not a header map. The
+    // head has been written: its headers move rather than copy.
+    let saved = save.then(|| {
+        let mut q = crate::worker::conn::logged_moving(&mut head, true);
+        if let Some(t) = new_target {
+            q.target = t;
+        }
+        Box::new(q)
+    });
     (out, chunk_up, saved)
 }
 
@@ -843,17 +926,19 @@ enum Pumped {
 }
 
 /// Moves body bytes from `rbuf` through `dec` into `out` (chunk-encoded if `chunked`), until
-/// the body ends, `out` holds `max` bytes, or `rbuf` runs dry.
+/// the body ends, `out` holds `max` bytes, or `rbuf` runs dry; `moved` counts the body bytes.
 fn pump(
     dec: &mut Decoder,
     rbuf: &mut BytesMut,
     out: &mut Vec<u8>,
     chunked: bool,
     max: usize,
+    moved: &Cell<u64>,
 ) -> Result<Pumped, ()> {
     loop {
         match dec.decode(rbuf, max).map_err(|_| ())? {
             Decoded::Data(n) => {
+                moved.set(moved.get() + n as u64);
                 if chunked {
                     encode_chunk(out, &rbuf[..n]);
                 } else {
@@ -903,20 +988,12 @@ struct Exchange<'a> {
     minor: u8,
     /// The upstream host's address, for `%UPSTREAM_HOST%`.
     upstream: SocketAddr,
-    /// The request, for response edits that read it.
-    saved: Option<Box<SavedRequest>>,
+    /// The request, for response edits that read it, and then its access log.
+    saved: Option<Box<LoggedRequest>>,
     /// The client connection's local address, when response edits have commands.
     local: Option<SocketAddr>,
     /// A `set-cookie` for the response: the cookie a `hash_policy` made up.
     set_cookie: Option<Box<[u8]>>,
-}
-
-/// What response edits read of a request that has gone upstream.
-struct SavedRequest {
-    method: Vec<u8>,
-    target: Vec<u8>,
-    headers: HeaderMap,
-    https: bool,
 }
 
 impl Exchange<'_> {
@@ -928,6 +1005,13 @@ impl Exchange<'_> {
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
+        // For the access log: body bytes each way, when the request was read whole, when the
+        // response began, and its head as sent.
+        let log_on = d.log.is_some();
+        let (body_in, body_out) = (Cell::new(0u64), Cell::new(0u64));
+        let read_at = Cell::new(None);
+        let resp_at = Cell::new(None);
+        let resp_head = RefCell::new(None);
         // An upgrade's head and body went upstream whole: a 101 may switch.
         let upgrade_sent = Cell::new(false);
         // The request has been read from the client in full (decides the client connection);
@@ -965,10 +1049,13 @@ impl Exchange<'_> {
             let mut dec = Decoder::new(framing);
             let chunked = self.chunk_up;
             loop {
-                let pumped = pump(&mut dec, drbuf, &mut out, chunked, down_chunk)
+                let pumped = pump(&mut dec, drbuf, &mut out, chunked, down_chunk, &body_in)
                     .map_err(|_| ReqErr::BadBody)?;
                 if matches!(pumped, Pumped::Done) && !self.upgrade {
                     req_read.set(true);
+                    if log_on {
+                        read_at.set(Some(clock::now()));
+                    }
                 }
                 if !out.is_empty() {
                     if write_all(&mut uw, &out, up_tx).await.is_err() {
@@ -1124,7 +1211,7 @@ impl Exchange<'_> {
                     method: &r.method,
                     target: &r.target,
                     headers: Some(&r.headers),
-                    https: r.https,
+                    https: r.absolute_https == Some(true),
                 }),
                 status,
                 upstream: Some(self.upstream),
@@ -1179,6 +1266,10 @@ impl Exchange<'_> {
             }
             out.extend_from_slice(b"\r\n");
             resp_status.set(status);
+            if log_on {
+                resp_at.set(Some(activity.get().into_std()));
+                *resp_head.borrow_mut() = Some(out.clone());
+            }
             let mut dec = Decoder::new(up_framing);
             let chunked_out = down_framing == Framing::Chunked;
             // The head of a response whose body has a length is held back by the kernel
@@ -1192,7 +1283,8 @@ impl Exchange<'_> {
             let mut hold_head = matches!(up_framing, Framing::Length(_));
             loop {
                 let body_at = out.len();
-                let Ok(pumped) = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk) else {
+                let Ok(pumped) = pump(&mut dec, urbuf, &mut out, chunked_out, up_chunk, &body_out)
+                else {
                     // A malformed body: the client still gets the head and the body of earlier
                     // reads, then the connection ends unfinished. What this read decoded before
                     // the error is dropped: Envoy's codec passes a read's body on only once the
@@ -1354,6 +1446,15 @@ impl Exchange<'_> {
             }
         };
         up.guard.remote = up_eof.get();
+        if let Some(r) = d.log.as_deref_mut() {
+            r.bytes_received = body_in.get();
+            r.bytes_sent = if self.is_head { 0 } else { body_out.get() };
+            if read_at.get().is_some() {
+                r.request_done = read_at.get();
+            }
+            r.response_start = resp_at.get();
+            r.response_head = resp_head.take();
+        }
         let sent = resp_status.get();
         let started = sent != 0;
         // The upstream connection is reusable only if the request went out whole; the client

@@ -253,6 +253,7 @@ async fn run(
     let ctx = Ctx::new(id, stores, shared, drain, compiled);
     ctx.apply(ctx.current().compiled.clone(), listeners, Vec::new());
     tokio::task::spawn_local(ctx::housekeeping(ctx.clone()));
+    tokio::task::spawn_local(ctx::flush_logs(ctx.clone()));
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::Apply {
@@ -279,6 +280,7 @@ async fn run(
         }
     }
     ctx.close_pools();
+    ctx.log_bufs.flush();
 }
 
 #[cfg(test)]

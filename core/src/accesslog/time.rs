@@ -1,0 +1,319 @@
+//! `%START_TIME%` and `%START_TIME(format)%`: a wall-clock time formatted the way Envoy
+//! formats it, always in UTC.
+//!
+//! Envoy hands the format to `absl::FormatTime` after replacing its own specifiers: `%s` (whole
+//! seconds since the epoch), `%f` (nine digits of the second's fraction) and `%1f`..`%9f` (that
+//! many). Its default is `%Y-%m-%dT%H:%M:%E3SZ`. The strftime specifiers supported here are the
+//! common ones; any other is written as it stands, as strftime leaves an unknown one.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A compiled time format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeFormat(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(Vec<u8>),
+    Year,
+    Year2,
+    Month,
+    Day,
+    DaySpace,
+    Hour,
+    Hour12,
+    Minute,
+    Second,
+    /// `%E<n>S`: seconds with `n` digits of fraction.
+    SecondFrac(u8),
+    /// `%f` / `%<n>f`: `n` digits of the second's fraction.
+    Frac(u8),
+    Epoch,
+    DayOfYear,
+    Weekday,
+    WeekdayLong,
+    MonthName,
+    MonthNameLong,
+    AmPm,
+    /// `%z`: `+0000`.
+    Offset,
+    /// `%Ez`: `+00:00`.
+    OffsetColon,
+    /// `%Z`: `UTC`.
+    Zone,
+}
+
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+impl TimeFormat {
+    /// Envoy's default: `2026-12-07T11:20:31.924Z`.
+    pub fn envoy_default() -> TimeFormat {
+        TimeFormat::compile("%Y-%m-%dT%H:%M:%E3SZ")
+    }
+
+    /// Compiles a strftime-style format with Envoy's additions.
+    pub fn compile(f: &str) -> TimeFormat {
+        let b = f.as_bytes();
+        let mut parts = Vec::new();
+        let mut lit = Vec::new();
+        let mut i = 0;
+        let push = |parts: &mut Vec<Part>, lit: &mut Vec<u8>, p: Part| {
+            if !lit.is_empty() {
+                parts.push(Part::Lit(std::mem::take(lit)));
+            }
+            parts.push(p);
+        };
+        while i < b.len() {
+            if b[i] != b'%' || i + 1 == b.len() {
+                lit.push(b[i]);
+                i += 1;
+                continue;
+            }
+            let c = b[i + 1];
+            let simple = match c {
+                b'Y' => Some(Part::Year),
+                b'y' => Some(Part::Year2),
+                b'm' => Some(Part::Month),
+                b'd' => Some(Part::Day),
+                b'e' => Some(Part::DaySpace),
+                b'H' => Some(Part::Hour),
+                b'I' => Some(Part::Hour12),
+                b'M' => Some(Part::Minute),
+                b'S' => Some(Part::Second),
+                b'f' => Some(Part::Frac(9)),
+                b's' => Some(Part::Epoch),
+                b'j' => Some(Part::DayOfYear),
+                b'a' => Some(Part::Weekday),
+                b'A' => Some(Part::WeekdayLong),
+                b'b' | b'h' => Some(Part::MonthName),
+                b'B' => Some(Part::MonthNameLong),
+                b'p' => Some(Part::AmPm),
+                b'z' => Some(Part::Offset),
+                b'Z' => Some(Part::Zone),
+                _ => None,
+            };
+            if let Some(p) = simple {
+                push(&mut parts, &mut lit, p);
+                i += 2;
+                continue;
+            }
+            match c {
+                b'%' => {
+                    lit.push(b'%');
+                    i += 2;
+                }
+                b'n' => {
+                    lit.push(b'\n');
+                    i += 2;
+                }
+                b't' => {
+                    lit.push(b'\t');
+                    i += 2;
+                }
+                b'T' | b'F' | b'D' | b'R' => {
+                    let expanded: &[Part] = match c {
+                        b'T' => &[Part::Hour, Part::Minute, Part::Second],
+                        b'R' => &[Part::Hour, Part::Minute],
+                        b'F' => &[Part::Year, Part::Month, Part::Day],
+                        _ => &[Part::Month, Part::Day, Part::Year2],
+                    };
+                    let sep: &[u8] = match c {
+                        b'T' | b'R' => b":",
+                        b'F' => b"-",
+                        _ => b"/",
+                    };
+                    for (k, p) in expanded.iter().enumerate() {
+                        if k > 0 {
+                            lit.extend_from_slice(sep);
+                        }
+                        push(&mut parts, &mut lit, p.clone());
+                    }
+                    i += 2;
+                }
+                b'1'..=b'9' if b.get(i + 2) == Some(&b'f') => {
+                    push(&mut parts, &mut lit, Part::Frac(c - b'0'));
+                    i += 3;
+                }
+                b'E' => match (b.get(i + 2), b.get(i + 3)) {
+                    (Some(&n @ b'0'..=b'9'), Some(b'S')) => {
+                        push(&mut parts, &mut lit, Part::SecondFrac(n - b'0'));
+                        i += 4;
+                    }
+                    (Some(b'*'), Some(b'S')) => {
+                        push(&mut parts, &mut lit, Part::SecondFrac(9));
+                        i += 4;
+                    }
+                    (Some(b'z'), _) => {
+                        push(&mut parts, &mut lit, Part::OffsetColon);
+                        i += 3;
+                    }
+                    _ => {
+                        lit.push(b'%');
+                        i += 1;
+                    }
+                },
+                _ => {
+                    lit.push(b'%');
+                    i += 1;
+                }
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        TimeFormat(parts)
+    }
+
+    /// Writes `t` (UTC).
+    pub fn write(&self, t: SystemTime, out: &mut Vec<u8>) {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let nanos = d.subsec_nanos();
+        let days = (secs / 86_400) as i64;
+        let rem = secs % 86_400;
+        let (year, month, day) = civil_from_days(days);
+        let (hour, minute, second) = (rem / 3600, rem / 60 % 60, rem % 60);
+        for p in &self.0 {
+            let _ = match p {
+                Part::Lit(l) => {
+                    out.extend_from_slice(l);
+                    Ok(())
+                }
+                Part::Year => write!(out, "{year:04}"),
+                Part::Year2 => write!(out, "{:02}", year.rem_euclid(100)),
+                Part::Month => write!(out, "{month:02}"),
+                Part::Day => write!(out, "{day:02}"),
+                Part::DaySpace => write!(out, "{day:2}"),
+                Part::Hour => write!(out, "{hour:02}"),
+                Part::Hour12 => write!(out, "{:02}", (hour + 11) % 12 + 1),
+                Part::Minute => write!(out, "{minute:02}"),
+                Part::Second => write!(out, "{second:02}"),
+                Part::SecondFrac(n) => {
+                    let _ = write!(out, "{second:02}");
+                    if *n > 0 {
+                        out.push(b'.');
+                        frac(out, nanos, *n);
+                    }
+                    Ok(())
+                }
+                Part::Frac(n) => {
+                    frac(out, nanos, *n);
+                    Ok(())
+                }
+                Part::Epoch => write!(out, "{secs}"),
+                Part::DayOfYear => {
+                    let jan1 = days_from_civil(year, 1, 1);
+                    write!(out, "{:03}", days - jan1 + 1)
+                }
+                // 1970-01-01 was a Thursday.
+                Part::Weekday => write!(out, "{}", &WEEKDAYS[weekday(days)][..3]),
+                Part::WeekdayLong => write!(out, "{}", WEEKDAYS[weekday(days)]),
+                Part::MonthName => write!(out, "{}", &MONTHS[month as usize - 1][..3]),
+                Part::MonthNameLong => write!(out, "{}", MONTHS[month as usize - 1]),
+                Part::AmPm => write!(out, "{}", if hour < 12 { "AM" } else { "PM" }),
+                Part::Offset => write!(out, "+0000"),
+                Part::OffsetColon => write!(out, "+00:00"),
+                Part::Zone => write!(out, "UTC"),
+            };
+        }
+    }
+}
+
+fn weekday(days: i64) -> usize {
+    (days + 4).rem_euclid(7) as usize
+}
+
+/// The first `n` digits of a second's fraction given in nanoseconds (truncated, as Envoy).
+fn frac(out: &mut Vec<u8>, nanos: u32, n: u8) {
+    let digits = format!("{nanos:09}");
+    out.extend_from_slice(&digits.as_bytes()[..n.min(9) as usize]);
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn fmt(f: &str, secs: u64, nanos: u32) -> String {
+        let mut out = Vec::new();
+        TimeFormat::compile(f).write(UNIX_EPOCH + Duration::new(secs, nanos), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn envoy_default_and_extensions() {
+        // 2026-12-07T11:20:31.924Z, as the envoy binary logged it.
+        let t = 1_796_642_431;
+        assert_eq!(
+            fmt("%Y-%m-%dT%H:%M:%E3SZ", t, 924_512_000),
+            "2026-12-07T11:20:31.924Z"
+        );
+        assert_eq!(fmt("%s.%3f", t, 58_000_000), "1796642431.058");
+        assert_eq!(fmt("%f", 0, 5), "000000005");
+        assert_eq!(fmt("%T %F %D", t, 0), "11:20:31 2026-12-07 12/07/26");
+        assert_eq!(
+            fmt("%a %A %b %B %e %j %I%p %z %Ez %Z %%", t, 0),
+            "Mon Monday Dec December  7 341 11AM +0000 +00:00 UTC %"
+        );
+        // Unknown specifiers stay as they are.
+        assert_eq!(fmt("%Q%", 0, 0), "%Q%");
+    }
+
+    #[test]
+    fn dates_round_trip_across_eras() {
+        for days in [-800_000i64, -1, 0, 59, 365, 11_016, 20_429, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}
