@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.lifecycle.process import ROOT, ProxyProcess, subprocess_env, write_config
+from tests.lifecycle.process import ROOT, ProxyProcess, poll, subprocess_env, write_config
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.upstream import Upstream
 
@@ -129,3 +129,25 @@ def test_config_yaml_lists_are_appended_as_envoy_merges(
     assert set(p.listeners) == {"listener_0", "from_flag"}
     for name in p.listeners:
         assert httpx.get(p.url(f"/via/{name}", listener=name)).status_code == 200
+
+
+STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+
+
+def test_stdout_access_log_flushes_on_interval_and_at_exit(
+    proxy_process: Callable[..., ProxyProcess], upstream: Upstream
+) -> None:
+    config = bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm={"access_log": [
+        {"name": "out", "typed_config": {"@type": STDOUT_LOG, "log_format": {
+            "text_format": "%REQ(:PATH)% %RESPONSE_CODE% %UPSTREAM_CLUSTER%\n"}}}]})
+    # Written out every 50 ms.
+    p = proxy_process(config, args=["--file-flush-interval-msec", "50"])
+    assert httpx.get(p.url("/first")).status_code == 200
+    poll(lambda: "/first 200 up\n" in p.stdout(), timeout=5, what="the line on stdout", detail=p.logs)
+    # With Envoy's default interval (10 s) the line waits, and is written when the process stops.
+    q = proxy_process(config)
+    assert httpx.get(q.url("/second")).status_code == 200
+    assert "/second" not in q.stdout()
+    q.send_signal(signal.SIGTERM)
+    assert q.wait_exit(10) == 0
+    assert q.stdout().splitlines() == ["/second 200 up"]

@@ -429,3 +429,183 @@ impl Logs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HeaderMatcher, LogSink, ValueMatch};
+    use std::time::Duration;
+
+    fn record() -> Record {
+        let start = Instant::now();
+        let mut headers = HeaderMap::default();
+        headers.append(b"host", b"example.com");
+        headers.append(b"user-agent", b"ua \"quoted\"\n");
+        let mut r = Record::new(start);
+        r.request = Some(Box::new(LoggedRequest {
+            method: b"GET".to_vec(),
+            target: b"/a?b=1".to_vec(),
+            headers,
+            routed: true,
+            absolute_https: None,
+            connect: false,
+        }));
+        r.status = 200;
+        r.detail = Some(Detail::ViaUpstream);
+        r.cluster = Some("up".into());
+        r.host = Some("127.0.0.1:8080".parse().unwrap());
+        r.connected = true;
+        r.attempted = true;
+        r.response_head =
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nX-Up:  a b \r\n\r\n".to_vec());
+        r.bytes_sent = 2;
+        r.request_done = Some(start);
+        r.response_start = Some(start + Duration::from_millis(3));
+        r.response_done = Some(start + Duration::from_millis(5));
+        r
+    }
+
+    fn emit(r: &Record) -> Emit {
+        Emit {
+            peer: "10.0.0.1:5000".parse().unwrap(),
+            local: None,
+            end: r.start + Duration::from_millis(7),
+            now: r.start,
+            wall: std::time::UNIX_EPOCH + Duration::from_millis(1_796_642_431_924),
+        }
+    }
+
+    fn text(f: &str, r: &Record, omit: bool) -> String {
+        let mut out = Vec::new();
+        Template::compile(f, "t")
+            .unwrap()
+            .write_text(r, &emit(r), omit, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn text_commands() {
+        let r = record();
+        assert_eq!(
+            text("[%START_TIME%] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(x-up)% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %REQ(x-nope)% %RESPONSE_DURATION% %RESPONSE_TX_DURATION% %REQ(:AUTHORITY):4% 100%%", &r, false),
+            "[2026-12-07T11:20:31.924Z] GET /a?b=1 HTTP/1.1 200 - 0 2 7 a b 127.0.0.1:8080 up 10.0.0.1 - 3 2 exam 100%"
+        );
+        // Missing values are empty with omit_empty_values.
+        assert_eq!(text("<%REQ(x-nope)%><%ROUTE_NAME%>", &r, true), "<><>");
+    }
+
+    #[test]
+    fn json_values_keep_their_type_and_strings_are_escaped() {
+        let r = record();
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"z": "%RESPONSE_CODE%", "a": "%REQ(user-agent)%", "m": "%REQ(x-nope)%",
+                "n": {"y": "%PROTOCOL%", "x": [1, "%BYTES_SENT%"]}, "t": true, "s": "c=%RESPONSE_CODE%"}"#,
+        )
+        .unwrap();
+        let node = JsonNode::compile(&v, "j").unwrap();
+        let mut out = Vec::new();
+        node.write(&r, &emit(&r), false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":"ua \"quoted\"\n","m":null,"n":{"x":[1,2],"y":"HTTP/1.1"},"s":"c=200","t":true,"z":200}"#
+        );
+        let mut out = Vec::new();
+        node.write(&r, &emit(&r), true, &mut out);
+        assert!(!String::from_utf8(out).unwrap().contains("\"m\""));
+    }
+
+    #[test]
+    fn unknown_and_malformed_commands_are_refused() {
+        for (f, want) in [
+            ("%NOPE%", "%NOPE% is not supported"),
+            (
+                "%DYNAMIC_METADATA(a:b)%",
+                "%DYNAMIC_METADATA(a:b)% is not supported",
+            ),
+            ("%REQ()%", "no valid command at position 0"),
+            ("%PROTOCOL(x)%", "%PROTOCOL(x)% is not supported"),
+            ("a % b", "no valid command at position 2"),
+        ] {
+            let e = Template::compile(f, "p").unwrap_err();
+            assert!(e.message().contains(want), "{f}: {}", e.message());
+        }
+    }
+
+    #[test]
+    fn filters_decide() {
+        let r = record();
+        let e = emit(&r);
+        let cmp = |duration, op, value| {
+            Filter::compile(
+                &if duration {
+                    LogFilter::Duration(Comparison { op, value })
+                } else {
+                    LogFilter::StatusCode(Comparison { op, value })
+                },
+                "f",
+            )
+            .unwrap()
+        };
+        assert!(cmp(false, ComparisonOp::Ge, 200).takes(&r, &e));
+        assert!(!cmp(false, ComparisonOp::Ge, 201).takes(&r, &e));
+        assert!(cmp(false, ComparisonOp::Ne, 404).takes(&r, &e));
+        assert!(cmp(true, ComparisonOp::Le, 7).takes(&r, &e));
+        assert!(!cmp(true, ComparisonOp::Eq, 6).takes(&r, &e));
+        let header = |name: &str, v: &str| {
+            Filter::compile(
+                &LogFilter::Header(HeaderMatcher {
+                    name: name.into(),
+                    value_match: ValueMatch::Prefix(v.into()),
+                    invert_match: false,
+                    ignore_case: false,
+                    treat_missing_header_as_empty: false,
+                }),
+                "f",
+            )
+            .unwrap()
+        };
+        assert!(header("user-agent", "ua").takes(&r, &e));
+        assert!(header(":path", "/a").takes(&r, &e));
+        assert!(!header("x-nope", "").takes(&r, &e));
+        let flags = |f: &[&str]| {
+            Filter::compile(
+                &LogFilter::ResponseFlag(f.iter().map(|s| s.to_string()).collect()),
+                "f",
+            )
+            .unwrap()
+        };
+        assert!(!flags(&[]).takes(&r, &e));
+        let mut uh = record();
+        uh.detail = Some(Detail::NoHealthyUpstream);
+        assert!(flags(&[]).takes(&uh, &e));
+        assert!(flags(&["NR", "UH"]).takes(&uh, &e));
+        assert!(!flags(&["NR"]).takes(&uh, &e));
+        let both = Filter::And(vec![cmp(false, ComparisonOp::Eq, 200), flags(&[])]);
+        let either = Filter::Or(vec![cmp(false, ComparisonOp::Eq, 200), flags(&[])]);
+        assert!(!both.takes(&r, &e) && either.takes(&r, &e));
+    }
+
+    #[test]
+    fn lines_reach_the_file_whole_and_in_order() {
+        let dir = std::env::temp_dir().join(format!("pyproxy-al-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.log");
+        let _ = std::fs::remove_file(&path);
+        let target = LogSink::File(path.to_string_lossy().into_owned());
+        let sink = Sink::get(&target, "t").unwrap();
+        // The same destination is one sink.
+        assert!(Arc::ptr_eq(&sink, &Sink::get(&target, "t").unwrap()));
+        let bufs = LogBufs::default();
+        for i in 0..1000 {
+            bufs.append(&sink, |out| {
+                out.extend_from_slice(format!("line {i}\n").as_bytes())
+            });
+        }
+        bufs.flush();
+        sink::wait_written();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let want: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(text, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -437,6 +437,8 @@ pub struct Forward {
     pub regex_rewrite: Option<Box<matcher::PathRewrite>>,
     /// The route's `cluster_header`, which then names the cluster (`clusters` is unused).
     pub cluster_header: Option<Box<ClusterHeader>>,
+    /// Its route's Envoy `name`, if any (`%ROUTE_NAME%`).
+    pub route_name: Option<std::sync::Arc<str>>,
 }
 
 /// A `cluster_header` route: the request header, and every cluster by name.
@@ -823,6 +825,7 @@ fn compile_route(
                 )));
             }
             Action::Forward(Forward {
+                route_name: (!r.name.is_empty()).then(|| r.name.as_str().into()),
                 clusters: list,
                 total_weight,
                 prefix_rewrite: f.prefix_rewrite.as_ref().map(|s| s.as_bytes().to_vec()),

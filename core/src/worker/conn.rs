@@ -127,6 +127,10 @@ impl Down {
     pub(super) fn log_request(&mut self, head: &RequestHead, routed: bool) {
         if let Some(r) = self.log.as_deref_mut() {
             r.request = Some(Box::new(logged(head, routed)));
+            // Read whole already, unless a body (or an upgrade's tunnel) follows its head.
+            if !self.body_unread {
+                r.request_done = Some(r.start);
+            }
         }
     }
 
@@ -701,14 +705,16 @@ async fn request(
     l.http.downstream_rq_http1_total.inc();
     let last = d.count_request(l) || last;
     let active = GaugeHold::new(&l.http.downstream_rq_active);
-    if let Some(r) = d.log() {
-        r.minor = head.minor;
-    }
+    let minor = head.minor;
     let (status, next) = handle(ctx, snap, l, d, head, last).await;
     drop(active);
     if let Some(r) = d.log() {
         if r.status == 0 {
             r.status = status;
+        }
+        // The version of a request the connection manager had (a codec refusal's is none).
+        if r.request.is_some() {
+            r.minor = minor;
         }
     }
     if d.request_id.is_some() {
@@ -1279,11 +1285,6 @@ async fn handle(
     // upgrade's.
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0)) || upgrade;
     d.body_unread = body_pending;
-    if !body_pending {
-        if let Some(r) = d.log() {
-            r.request_done = Some(r.start);
-        }
-    }
     let later = match check_target(&head, line) {
         Ok(later) if head.normalize_absolute_form() => later,
         _ => return codec_refusal(ctx, l, d, 400, b"Bad Request", Detail::CodecError).await,
@@ -1413,9 +1414,6 @@ async fn handle(
         }
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     };
-    if let Some(r) = d.log() {
-        r.route = route.name.clone();
-    }
     if upgrade {
         if !upgrade_allowed(&l.c.cfg.hcm, Some(&route.action), &head.headers) {
             // Envoy's name says websocket, whatever the type.
@@ -1423,6 +1421,7 @@ async fn handle(
             if d.log.is_some() {
                 d.log_request(&head, true);
                 d.log_detail(Detail::UpgradeFailed);
+                log_route(d, route);
             }
             return reply(ctx, l, d, 403, b"", false, None).await;
         }
@@ -1455,9 +1454,10 @@ async fn handle(
         vh.mutations.apply_response(h, &cx);
         table.mutations.apply_response(h, &cx);
     };
-    if d.log.is_some() && !matches!(route.action, Action::Forward(_)) {
+    if !matches!(route.action, Action::Forward(_)) && d.log.is_some() {
         d.log_request(&head, true);
         d.log_detail(Detail::DirectResponse);
+        log_route(d, route);
     }
     match &route.action {
         Action::TlsRedirect => tls_redirect(ctx, l, d, &head, keep_after_local).await,
@@ -1532,15 +1532,13 @@ async fn handle(
                         if d.log.is_some() {
                             d.log_request(&head, true);
                             d.log_detail(Detail::ClusterNotFound);
+                            log_route(d, route);
                         }
                         return reply(ctx, l, d, 503, b"", keep_after_local, None).await;
                     }
                 }
             }
             let cluster = snap.clusters[ci].clone();
-            if let Some(r) = d.log() {
-                r.cluster = Some(cluster.cfg.name.clone());
-            }
             // Header edits, most specific first (weighted cluster, route, virtual host, route
             // config), as Envoy applies them, after Envoy's own headers.
             let chain = [wc_mut, &route.mutations, &vh.mutations, &table.mutations];
@@ -1588,6 +1586,13 @@ pub(super) fn logged_moving(head: &mut RequestHead, routed: bool) -> LoggedReque
         routed,
         absolute_https: head.absolute_https(),
         headers: std::mem::take(&mut head.headers),
+    }
+}
+
+/// Records the route's name for the access log.
+fn log_route(d: &mut Down, route: &crate::router::Route) {
+    if let Some(r) = d.log() {
+        r.route = route.name.clone();
     }
 }
 

@@ -141,9 +141,7 @@ pub(super) async fn forward(
         if d.log.is_some() {
             d.log_request(&head, true);
             d.log_detail(Detail::NoHealthyUpstream);
-            if let Some(r) = d.log() {
-                r.attempted = true;
-            }
+            log_upstream(d, fwd, cluster, None, None);
         }
         cs.s.upstream_cx_none_healthy.inc();
         // No host at all is below any healthy-panic threshold (Envoy counts it so).
@@ -167,10 +165,6 @@ pub(super) async fn forward(
     // A response edit that reads the request (`%REQ(...)%`) sees it as it went upstream:
     // Envoy's router edits the request in place (its edits, the path and host rewrites).
     let save = chain.iter().any(|m| m.response_reads_request) || d.log.is_some();
-    if let Some(r) = d.log() {
-        r.host = Some(host.addr);
-        r.attempted = true;
-    }
     let peer = d.peer;
     let stream = &d.stream;
     let local = || stream.local_addr().ok();
@@ -240,7 +234,13 @@ pub(super) async fn forward(
                     l.http.downstream_rq_rx_reset.inc();
                     d.peer_closed = true;
                     d.ended_in_request = true;
-                    d.log_detail(Detail::DownstreamDisconnect);
+                    if d.log.is_some() {
+                        d.log_detail(Detail::DownstreamDisconnect);
+                        log_upstream(d, fwd, cluster, Some(&host), None);
+                        if let (Some(r), Some(q)) = (d.log.as_deref_mut(), saved) {
+                            r.request = Some(q);
+                        }
+                    }
                     return (0, Next::Close);
                 }
             };
@@ -266,8 +266,11 @@ pub(super) async fn forward(
                             b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
                         }
                     };
-                    if let (Some(r), Some(q)) = (d.log.as_deref_mut(), saved) {
-                        r.request = Some(q);
+                    if d.log.is_some() {
+                        log_upstream(d, fwd, cluster, Some(&host), None);
+                        if let (Some(r), Some(q)) = (d.log.as_deref_mut(), saved) {
+                            r.request = Some(q);
+                        }
                     }
                     // A body read ahead whole while the connection was being made is
                     // complete, as Envoy has it by then: the reply answers a whole request and
@@ -283,12 +286,6 @@ pub(super) async fn forward(
             }
         }
     };
-    if let Some(r) = d.log.as_deref_mut() {
-        r.connected = true;
-        if l.c.logs.as_ref().is_some_and(|g| g.needs_upstream_local) {
-            r.upstream_local = up.stream.local_addr().ok();
-        }
-    }
     // Envoy counts a request upstream once it has a connection to go on.
     cs.s.upstream_rq_total.inc();
     host.stats.rq_total.inc();
@@ -322,6 +319,15 @@ pub(super) async fn forward(
         set_cookie,
     };
     let outcome = x.run(d, &mut up, out).await;
+    if d.log.is_some() {
+        let local =
+            l.c.logs
+                .as_ref()
+                .is_some_and(|g| g.needs_upstream_local)
+                .then(|| up.stream.local_addr().ok())
+                .flatten();
+        log_upstream(d, fwd, cluster, Some(&host), Some(local));
+    }
     if let Some(r) = d.log.as_deref_mut() {
         r.request = x.saved;
         r.detail = Some(match &outcome {
@@ -635,6 +641,27 @@ fn set_request_id(h: &mut HeaderMap, id: &[u8]) {
 
 /// Closes an upstream connection that is not pooled again; its read buffer goes back to the
 /// worker's pool (what it still holds is dropped with the connection).
+/// Records where the request went for its access log: the route and cluster, the host picked
+/// (if any), and whether a connection was had (with its local address, if a log wants it).
+#[cold]
+#[inline(never)]
+fn log_upstream(
+    d: &mut Down,
+    fwd: &Forward,
+    cluster: &ClusterRt,
+    host: Option<&HostRt>,
+    connected: Option<Option<SocketAddr>>,
+) {
+    if let Some(r) = d.log() {
+        r.route = fwd.route_name.clone();
+        r.cluster = Some(cluster.cfg.name.clone());
+        r.attempted = true;
+        r.host = host.map(|h| h.addr);
+        r.connected = connected.is_some();
+        r.upstream_local = connected.flatten();
+    }
+}
+
 fn close_upstream(ctx: &Ctx, up: UpConn) {
     ctx.put_read_buf(up.rbuf);
 }
