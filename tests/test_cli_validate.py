@@ -133,6 +133,8 @@ def test_config_yaml_alone() -> None:
         (("--drain-time-s", "nan", "-c", "x"), "must not be negative"),
         (("--drain-time-s", "inf", "-c", "x"), "must be finite"),
         (("--drain-strategy", "slow", "-c", "x"), "invalid choice: 'slow' (choose from 'gradual', 'immediate')"),
+        (("--file-flush-interval-msec", "0", "-c", "x"), "must be at least 1"),
+        (("--file-flush-min-size-kb", "-1", "-c", "x"), "must not be negative"),
     ],
 )
 def test_bad_command_line(args: tuple[str, ...], message: str) -> None:
@@ -144,7 +146,8 @@ def test_bad_command_line(args: tuple[str, ...], message: str) -> None:
 def test_envoy_flags_accepted() -> None:
     done = run("--mode", "validate", "-c", str(DEFAULT), "--concurrency", "2", "-l", "warn",
                "--service-cluster", "edge", "--service-node", "n1", "--drain-time-s", "5",
-               "--base-id", "3", "--drain-strategy", "immediate")
+               "--base-id", "3", "--drain-strategy", "immediate", "--file-flush-interval-msec", "100",
+               "--file-flush-min-size-kb", "0")
     assert done.returncode == 0, done.stderr
 
 

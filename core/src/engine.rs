@@ -651,6 +651,16 @@ impl Engine {
                 self.started.elapsed().as_secs(),
             ),
         ]);
+        // The access log writers' counts (process-wide; the workers add theirs).
+        use crate::accesslog::sink::{REOPEN_FAILED, WRITE_COMPLETED, WRITE_FAILED};
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, v) in [
+            ("filesystem.reopen_failed", &REOPEN_FAILED),
+            ("filesystem.write_completed", &WRITE_COMPLETED),
+            ("filesystem.write_failed", &WRITE_FAILED),
+        ] {
+            extra.push((name.to_string(), StatKind::Counter, v.load(Relaxed)));
+        }
         extra
     }
 

@@ -320,6 +320,7 @@ def test_server_info_has_envoys_fields(admin: httpx.Client) -> None:
     assert (options["concurrency"], options["config_path"], options["mode"]) == (1, "envoy.yaml", "Serve")
     assert (options["service_cluster"], options["service_node"]) == ("svc", "node1")
     assert options["drain_time"] == "600s" == envoy["command_line_options"]["drain_time"]
+    assert options["file_flush_interval"] == "10s" == envoy["command_line_options"]["file_flush_interval"]
     assert (ours["node"]["id"], ours["node"]["cluster"]) == ("node1", "svc")
     # Envoy's pretty JSON: one-space indent, trailing newline.
     assert r.text.startswith('{\n "version": ') and r.text.endswith("}\n")

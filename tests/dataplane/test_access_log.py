@@ -366,3 +366,21 @@ def test_reopen_logs_after_rotation(tmp_path: Path, make_proxy: Any, upstream: A
         c.request(get("/after"))
     assert lines(path, 1) == ["/after"]
     assert (tmp_path / "rotated.log.1").read_text() == "/before\n"
+
+
+def test_filesystem_stats(tmp_path: Path, make_proxy: Any, upstream: Any) -> None:
+    path = tmp_path / "counted.log"
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)],
+                                 hcm={"access_log": [file_log(path, {"text_format": "%REQ(:PATH)%\n"})]}), **FLUSH)
+    assert proxy.stats()["filesystem.write_buffered"] == 0
+    with RawConn(proxy.listener_port()) as c:
+        for i in range(5):
+            c.request(get(f"/{i}"))
+    lines(path, 5)
+    # A line each; written out by the flush timer, nothing left buffered.
+    wait_for(lambda: proxy.stats()["filesystem.write_total_buffered"] == 0, 5, "the buffer to empty")
+    stats = proxy.stats()
+    assert stats["filesystem.write_buffered"] == 5
+    assert stats["filesystem.write_completed"] >= 1
+    assert stats["filesystem.flushed_by_timer"] >= 1
+    assert stats["filesystem.write_failed"] == stats["filesystem.reopen_failed"] == 0

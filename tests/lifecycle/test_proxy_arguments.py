@@ -30,3 +30,16 @@ def test_engine_refuses_bad_drain_settings() -> None:
     with pytest.raises(ValueError, match="drain time -1: must be a finite number of seconds"):
         engine.set_drain_time(-1.0)
     engine.set_drain_time(1e20)  # too long for a Duration: a drain that never ends
+
+
+def test_file_flush_settings_are_checked_and_shown() -> None:
+    with pytest.raises(ValueError, match="file_flush_interval_ms must be at least 1, got 0"):
+        Proxy(CONFIG, file_flush_interval_ms=0)
+    with pytest.raises(ValueError, match="file_flush_min_size_kb must not be negative, got -1"):
+        Proxy(CONFIG, file_flush_min_size_kb=-1)
+    from pyproxy.admin.formats import command_line_options
+
+    # Envoy's /server_info shows the interval as a duration (--file-flush-interval-msec 250 gave
+    # "0.250s"), and 0 for the minimum size whatever it is.
+    options = command_line_options(Proxy(CONFIG, file_flush_interval_ms=250, file_flush_min_size_kb=8).command_line)
+    assert (options["file_flush_interval"], options["file_flush_min_size"]) == ("0.250s", 0)

@@ -17,6 +17,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::LogSink;
+use crate::stats::FsStats;
 use crate::Error;
 
 /// Envoy's `--file-flush-interval-msec` default.
@@ -224,9 +225,18 @@ pub fn wait_written() {
 #[derive(Default)]
 pub struct LogBufs {
     bufs: std::cell::RefCell<Vec<(Arc<Sink>, Vec<u8>)>>,
+    stats: Arc<FsStats>,
 }
 
 impl LogBufs {
+    /// Buffers counted in `stats`.
+    pub fn new(stats: Arc<FsStats>) -> LogBufs {
+        LogBufs {
+            bufs: Default::default(),
+            stats,
+        }
+    }
+
     /// Appends through `f` to the buffer for `sink`, handing it over once it is large enough.
     pub fn append(&self, sink: &Arc<Sink>, f: impl FnOnce(&mut Vec<u8>)) {
         let mut bufs = self.bufs.borrow_mut();
@@ -238,11 +248,25 @@ impl LogBufs {
             }
         };
         let buf = &mut bufs[i].1;
+        let before = buf.len();
         f(buf);
+        self.stats.write_buffered.inc();
+        let g = &self.stats.write_total_buffered;
         if buf.len() >= flush_min_bytes() {
+            g.add_sub(0, before as u64);
             let full = std::mem::take(buf);
             sink.write(full);
+        } else {
+            g.add_sub((buf.len() - before) as u64, 0);
         }
+    }
+
+    /// [`LogBufs::flush`], counted as the flush timer's when it handed anything over.
+    pub fn flush_by_timer(&self) {
+        if self.buffered() > 0 {
+            self.stats.flushed_by_timer.inc();
+        }
+        self.flush();
     }
 
     /// Hands every buffered line over (the flush timer, a worker's end); sinks no longer
@@ -251,6 +275,7 @@ impl LogBufs {
         let mut bufs = self.bufs.borrow_mut();
         for (s, b) in bufs.iter_mut() {
             if !b.is_empty() {
+                self.stats.write_total_buffered.add_sub(0, b.len() as u64);
                 s.write(std::mem::take(b));
             }
         }

@@ -211,6 +211,24 @@ impl Scope for Http1Stats {
 }
 
 crate::stat_scope! {
+    /// `filesystem.*` as each worker counts them (Envoy's access log file stats): lines it
+    /// buffered, hand-overs its flush timer made, and the bytes it holds. The writers' own
+    /// (`write_completed`, `write_failed`, `reopen_failed`) are process-wide
+    /// (`accesslog::sink`), added by the engine.
+    pub struct FsStats {
+        counters { flushed_by_timer, write_buffered }
+        gauges { write_total_buffered }
+        histograms {}
+    }
+}
+
+impl Scope for FsStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        self.visit_declared(v);
+    }
+}
+
+crate::stat_scope! {
     /// `listener.<address>.*`: one per listener per worker.
     pub struct ListenerStats {
         counters { downstream_cx_total, downstream_cx_destroy }

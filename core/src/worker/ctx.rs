@@ -234,6 +234,9 @@ impl Ctx {
         let http1 = Arc::new(Http1Stats::default());
         let scope: Arc<dyn Scope> = http1.clone();
         stores.stats.register("http1.".to_string(), &scope);
+        let fs = Arc::new(crate::stats::FsStats::default());
+        let scope: Arc<dyn Scope> = fs.clone();
+        stores.stats.register("filesystem.".to_string(), &scope);
         Rc::new(Ctx {
             id,
             http1,
@@ -255,7 +258,7 @@ impl Ctx {
             read_bufs: RefCell::default(),
             write_bufs: RefCell::default(),
             request_slots: Default::default(),
-            log_bufs: Default::default(),
+            log_bufs: crate::accesslog::LogBufs::new(fs),
         })
     }
 
@@ -645,7 +648,7 @@ pub async fn flush_logs(ctx: Rc<Ctx>) {
     loop {
         let ms = crate::accesslog::sink::flush_interval_ms();
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        ctx.log_bufs.flush();
+        ctx.log_bufs.flush_by_timer();
     }
 }
 
