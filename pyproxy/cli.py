@@ -5,6 +5,7 @@
 
 In serve mode the first SIGTERM/SIGINT (or the admin `/quitquitquit`) drains the listeners and
 waits up to --drain-time-s for connections to finish, then exits 0; a second signal exits at once.
+SIGUSR1 reopens the access log files (after rotation), as Envoy's.
 """
 
 from __future__ import annotations
@@ -194,7 +195,13 @@ def _serve(options: argparse.Namespace) -> int:
         log.info("%s: draining listeners", signal.Signals(signum).name)
         proxy.request_shutdown()
 
+    def on_usr1(_signum: int, _frame: object) -> None:
+        if proxy.engine is not None:
+            log.info("SIGUSR1: reopening access logs")
+            proxy.reopen_logs()
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
     try:
         try:
             proxy.start()

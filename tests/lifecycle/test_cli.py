@@ -151,3 +151,25 @@ def test_stdout_access_log_flushes_on_interval_and_at_exit(
     q.send_signal(signal.SIGTERM)
     assert q.wait_exit(10) == 0
     assert q.stdout().splitlines() == ["/second 200 up"]
+
+
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+def test_sigusr1_reopens_access_logs(
+    proxy_process: Callable[..., ProxyProcess], upstream: Upstream, tmp_path: Path
+) -> None:
+    path = tmp_path / "access.log"
+    config = bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm={"access_log": [
+        {"name": "f", "typed_config": {"@type": FILE_LOG, "path": str(path),
+                                       "log_format": {"text_format": "%REQ(:PATH)%\n"}}}]})
+    p = proxy_process(config, args=["--file-flush-interval-msec", "20"])
+    assert httpx.get(p.url("/before")).status_code == 200
+    poll(lambda: path.exists() and path.read_text() == "/before\n", timeout=5, what="the first line")
+    path.rename(tmp_path / "access.log.1")
+    p.send_signal(signal.SIGUSR1)
+    poll(lambda: path.exists(), timeout=5, what="the log reopened at its path", detail=p.logs)
+    assert httpx.get(p.url("/after")).status_code == 200
+    poll(lambda: path.read_text() == "/after\n", timeout=5, what="the line in the new file")
+    assert (tmp_path / "access.log.1").read_text() == "/before\n"
+    assert p.alive()
