@@ -7,12 +7,15 @@
 #
 #   perf/callgrind.sh [pyproxy|haproxy|nginx]     N=40000 by default; P=/1k for a 1 KiB response;
 #   ROUTES=1000 (pyproxy only): route i is prefix /rNNNN/ to its own cluster, as perf/run's scenario 5,
-#   and the load asks for the last one
+#   and the load asks for the last one; ACCESS_LOG=1 (pyproxy only): an access log in Envoy's default
+#   format to a file (work dir), as an edge proxy usually has (LOG_FORMAT=... another format)
 set -euo pipefail
 target=${1:-pyproxy}
 N=${N:-40000}
 P=${P:-/}
 ROUTES=${ROUTES:-0}
+ACCESS_LOG=${ACCESS_LOG:-0}
+LOG_FORMAT=${LOG_FORMAT:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$root/perf/work/callgrind
 mkdir -p "$work/tmp" "$work/www"
@@ -33,9 +36,13 @@ cg=(valgrind --tool=callgrind --callgrind-out-file="$out")
 case $target in
   pyproxy)
     cargo build -q --profile profiling --example serve -p pyproxy-core --manifest-path "$root/Cargo.toml"
-    python3 - "$ROUTES" > snap.json <<'PY'
+    python3 - "$ROUTES" "$ACCESS_LOG" "$work/access.log" "$LOG_FORMAT" > snap.json <<'PY'
 import json, sys
 n = int(sys.argv[1])
+logs = [] if sys.argv[2] == "0" else [{"sink": {"file": sys.argv[3]}, "format": {"text": {"text": sys.argv[4] or (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    '%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% '
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n')}}}]
 up = {"address": "127.0.0.1", "port": 18481}
 routes = [{"match": {"path": {"prefix": f"/r{i:04d}/"}}, "action": {"route": {"cluster": f"c{i:04d}"}}}
           for i in range(n)]
@@ -43,7 +50,7 @@ routes.append({"match": {"path": {"prefix": "/"}}, "action": {"route": {"cluster
 clusters = [{"name": f"c{i:04d}", "type": "STATIC", "endpoints": [up]} for i in range(n)]
 clusters.append({"name": "up", "type": "STATIC", "endpoints": [up]})
 print(json.dumps({"listeners": [{"name": "l", "address": "127.0.0.1", "port": 18480, "hcm": {
-    "stat_prefix": "ingress_http", "generate_request_id": False,
+    "stat_prefix": "ingress_http", "generate_request_id": False, "access_log": logs,
     "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]}}}],
     "clusters": clusters}))
 PY

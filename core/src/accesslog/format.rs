@@ -7,7 +7,6 @@
 //! `omit_empty_values`, empty in text and left out of JSON). In JSON, a value that is one
 //! command alone keeps its type: codes, byte counts and durations are numbers.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use super::time::TimeFormat;
@@ -23,10 +22,36 @@ pub enum AddrPart {
     Port,
 }
 
+/// What `%REQ(...)%` reads, resolved when compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReqName {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    /// A pseudo-header an HTTP/1 request never has.
+    Absent,
+    /// A header (lower-case).
+    Header(Vec<u8>),
+}
+
+impl ReqName {
+    fn of(name: Vec<u8>) -> ReqName {
+        match &name[..] {
+            b":method" => ReqName::Method,
+            b":path" => ReqName::Path,
+            b":authority" => ReqName::Authority,
+            b":scheme" => ReqName::Scheme,
+            n if n.starts_with(b":") => ReqName::Absent,
+            _ => ReqName::Header(name),
+        }
+    }
+}
+
 /// A command, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
-    Req(Vec<u8>, Option<Vec<u8>>),
+    Req(ReqName, Option<ReqName>),
     Resp(Vec<u8>, Option<Vec<u8>>),
     StartTime(TimeFormat),
     Protocol,
@@ -75,7 +100,7 @@ fn command(name: &str, arg: Option<&str>) -> Option<Cmd> {
     Some(match name {
         "REQ" => {
             let (h, alt) = header_arg(arg)?;
-            Cmd::Req(h, alt)
+            Cmd::Req(ReqName::of(h), alt.map(ReqName::of))
         }
         "RESP" => {
             let (h, alt) = header_arg(arg)?;
@@ -212,8 +237,22 @@ impl Template {
             match p {
                 Piece::Lit(l) => out.extend_from_slice(l),
                 Piece::Cmd(c, max) => {
-                    let v = value(c, r, e);
-                    write_val(&v, *max, omit, out);
+                    let start = out.len();
+                    match value(c, r, e, out) {
+                        Val::Missing if !omit => out.push(b'-'),
+                        Val::Missing => {}
+                        Val::Num(n) => {
+                            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
+                        }
+                        Val::Str(v) => {
+                            out.extend_from_slice(&v[..max.unwrap_or(usize::MAX).min(v.len())])
+                        }
+                        Val::Written => {
+                            if let Some(max) = max {
+                                out.truncate(start + (out.len() - start).min(*max));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -223,21 +262,30 @@ impl Template {
     /// `null` when missing); anything else is a string.
     pub fn write_json(&self, r: &Record, e: &Emit, out: &mut Vec<u8>) {
         if let [Piece::Cmd(c, max)] = self.0.as_slice() {
-            match value(c, r, e) {
+            let start = out.len();
+            let cut = |v: &[u8]| v.len().min(max.unwrap_or(usize::MAX));
+            match value(c, r, e, out) {
                 Val::Missing => out.extend_from_slice(b"null"),
                 Val::Num(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                Val::Str(s) => json_string(&s[..max.unwrap_or(usize::MAX).min(s.len())], out),
+                Val::Str(v) => json_string(&v[..cut(v)], out),
+                // Addresses and times: nothing to escape.
+                Val::Written => {
+                    let n = cut(&out[start..]);
+                    out.truncate(start + n);
+                    out.insert(start, b'"');
+                    out.push(b'"');
+                }
             }
             return;
         }
-        let mut s = Vec::new();
+        let mut s = Vec::with_capacity(64);
         self.write_text(r, e, false, &mut s);
         json_string(&s, out);
     }
 
     /// Whether the value is missing (one command alone whose value is missing).
     pub fn missing(&self, r: &Record, e: &Emit) -> bool {
-        matches!(self.0.as_slice(), [Piece::Cmd(c, _)] if matches!(value(c, r, e), Val::Missing))
+        matches!(self.0.as_slice(), [Piece::Cmd(c, _)] if matches!(value(c, r, e, &mut Vec::new()), Val::Missing))
     }
 }
 
@@ -245,29 +293,56 @@ impl Template {
 enum Val<'a> {
     Missing,
     Num(u64),
-    Str(Cow<'a, [u8]>),
+    Str(&'a [u8]),
+    /// Appended to the output already (an address, a time).
+    Written,
 }
 
-fn write_val(v: &Val<'_>, max: Option<usize>, omit: bool, out: &mut Vec<u8>) {
-    match v {
-        Val::Missing => {
-            if !omit {
-                out.push(b'-');
+/// Appends `a` (or the part asked for) without the formatting machinery: an IPv4 address is
+/// written digit by digit.
+fn write_addr(a: SocketAddr, part: AddrPart, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let mut digits = itoa::Buffer::new();
+    if part != AddrPart::Port {
+        match a.ip() {
+            std::net::IpAddr::V4(ip) => {
+                out.reserve(22);
+                for (i, o) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    if o >= 100 {
+                        out.push(b'0' + o / 100);
+                    }
+                    if o >= 10 {
+                        out.push(b'0' + o / 10 % 10);
+                    }
+                    out.push(b'0' + o % 10);
+                }
+            }
+            std::net::IpAddr::V6(ip) if part == AddrPart::Full => {
+                let _ = write!(out, "[{ip}]");
+            }
+            std::net::IpAddr::V6(ip) => {
+                let _ = write!(out, "{ip}");
             }
         }
-        Val::Num(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
-        Val::Str(s) => out.extend_from_slice(&s[..max.unwrap_or(usize::MAX).min(s.len())]),
+        if part == AddrPart::Ip {
+            return;
+        }
+        out.push(b':');
     }
+    out.extend_from_slice(digits.format(a.port()).as_bytes());
 }
 
-fn addr(a: Option<SocketAddr>, part: AddrPart) -> Val<'static> {
-    match a {
-        None => Val::Missing,
-        Some(a) => match part {
-            AddrPart::Full => Val::Str(Cow::Owned(a.to_string().into_bytes())),
-            AddrPart::Ip => Val::Str(Cow::Owned(a.ip().to_string().into_bytes())),
-            AddrPart::Port => Val::Num(a.port() as u64),
-        },
+fn addr(a: Option<SocketAddr>, part: AddrPart, out: &mut Vec<u8>) -> Val<'static> {
+    match (a, part) {
+        (None, _) => Val::Missing,
+        (Some(a), AddrPart::Port) => Val::Num(a.port() as u64),
+        (Some(a), part) => {
+            write_addr(a, part, out);
+            Val::Written
+        }
     }
 }
 
@@ -278,27 +353,23 @@ fn ms(from: std::time::Instant, to: Option<std::time::Instant>) -> Val<'static> 
     }
 }
 
-fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit) -> Val<'a> {
-    let s = |b: &'a [u8]| Val::Str(Cow::Borrowed(b));
+fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit, out: &mut Vec<u8>) -> Val<'a> {
+    let s = |b: &'a [u8]| Val::Str(b);
     match c {
         Cmd::Req(h, alt) => match &r.request {
             Some(q) => q
                 .header(h)
-                .or_else(|| alt.as_deref().and_then(|a| q.header(a)))
+                .or_else(|| alt.as_ref().and_then(|a| q.header(a)))
                 .map_or(Val::Missing, s),
             None => Val::Missing,
         },
-        Cmd::Resp(h, alt) => match r
+        Cmd::Resp(h, alt) => r
             .response_header(h)
             .or_else(|| alt.as_deref().and_then(|a| r.response_header(a)))
-        {
-            Some(v) => s(v),
-            None => Val::Missing,
-        },
+            .map_or(Val::Missing, s),
         Cmd::StartTime(f) => {
-            let mut out = Vec::with_capacity(32);
-            f.write(e.start_wall(r), &mut out);
-            Val::Str(Cow::Owned(out))
+            f.write(e.start_wall(r), out);
+            Val::Written
         }
         Cmd::Protocol => s(if r.minor == 0 {
             b"HTTP/1.0"
@@ -324,20 +395,20 @@ fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit) -> Val<'a> {
             Some(first) => ms(first, r.response_done),
             None => Val::Missing,
         },
-        Cmd::UpstreamHost => addr(r.host, AddrPart::Full),
+        Cmd::UpstreamHost => addr(r.host, AddrPart::Full, out),
         Cmd::UpstreamCluster => r
             .cluster
             .as_deref()
             .map_or(Val::Missing, |c| s(c.as_bytes())),
-        Cmd::UpstreamLocal(p) => addr(r.upstream_local, *p),
-        Cmd::UpstreamRemote(p) => addr(r.host.filter(|_| r.connected), *p),
+        Cmd::UpstreamLocal(p) => addr(r.upstream_local, *p, out),
+        Cmd::UpstreamRemote(p) => addr(r.host.filter(|_| r.connected), *p, out),
         Cmd::UpstreamTransportFailureReason => r
             .detail
             .and_then(Detail::transport_failure)
             .map_or(Val::Missing, |t| s(t.as_bytes())),
         Cmd::UpstreamRequestAttemptCount => Val::Num(r.attempted as u64),
-        Cmd::DownstreamRemote(p) => addr(Some(e.peer), *p),
-        Cmd::DownstreamLocal(p) => addr(e.local, *p),
+        Cmd::DownstreamRemote(p) => addr(Some(e.peer), *p, out),
+        Cmd::DownstreamLocal(p) => addr(e.local, *p, out),
         Cmd::RouteName => r.route.as_deref().map_or(Val::Missing, |n| s(n.as_bytes())),
         Cmd::Fixed(v) => v.as_deref().map_or(Val::Missing, s),
         Cmd::Absent => Val::Missing,

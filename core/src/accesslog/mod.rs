@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::{AccessLog, Comparison, ComparisonOp, LogFilter, LogFormat};
-use crate::http1::head::HeaderMap;
+use crate::http1::head::{HeaderMap, RequestHead};
 use crate::router::{HeaderMatch, RouteRequest};
 use crate::Error;
 use format::{Cmd, JsonNode, Template};
@@ -132,39 +132,61 @@ impl Detail {
 
 /// The request as logged: as the router left it (its edits, rewrites and
 /// `x-envoy-original-*` records), or as the connection manager had it when it answered.
+/// The head is the request's own, moved here once written upstream (its method and target
+/// point into its header bytes: nothing is copied).
 #[derive(Debug, Clone)]
 pub struct LoggedRequest {
-    pub method: Vec<u8>,
-    pub target: Vec<u8>,
-    pub headers: HeaderMap,
+    pub head: RequestHead,
+    /// The target as it went upstream, when a rewrite changed it.
+    pub rewritten: Option<Vec<u8>>,
     /// Routed: `:scheme` is known (the connection manager sets it before routing).
     pub routed: bool,
-    /// The scheme of an absolute-form target.
-    pub absolute_https: Option<bool>,
-    /// `CONNECT` has no `:path`.
-    pub connect: bool,
 }
 
 impl LoggedRequest {
+    pub fn method(&self) -> &[u8] {
+        self.head.method()
+    }
+
+    pub fn target(&self) -> &[u8] {
+        self.rewritten.as_deref().unwrap_or(self.head.target())
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.head.headers
+    }
+
     fn view(&self) -> RouteRequest<'_> {
         RouteRequest {
-            method: &self.method,
-            target: &self.target,
-            headers: &self.headers,
-            absolute_https: self.absolute_https,
+            method: self.method(),
+            target: self.target(),
+            headers: self.headers(),
+            absolute_https: self.head.absolute_https(),
         }
     }
 
     /// A header, or `:method`, `:path`, `:authority`, `:scheme`.
-    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+    pub fn header(&self, name: &format::ReqName) -> Option<&[u8]> {
+        use format::ReqName;
         match name {
-            b":method" => Some(&self.method),
-            b":path" => (!self.connect).then_some(&self.target[..]),
-            b":authority" => self.headers.get(b"host"),
-            b":scheme" => self.routed.then(|| self.view().scheme()),
-            n => self.headers.get(n),
+            ReqName::Method => Some(self.method()),
+            // `CONNECT` has no `:path`.
+            ReqName::Path => (self.method() != b"CONNECT").then(|| self.target()),
+            ReqName::Authority => self.headers().get(b"host"),
+            ReqName::Scheme => self.routed.then(|| self.view().scheme()),
+            ReqName::Absent => None,
+            ReqName::Header(n) => self.headers().get(n),
         }
     }
+}
+
+/// The response as it went to the client.
+#[derive(Debug)]
+pub enum LoggedResponse {
+    /// A proxied response's headers (moved here once written).
+    Headers(HeaderMap),
+    /// A local reply's head, as written.
+    Raw(Vec<u8>),
 }
 
 /// What a request's log lines are made from.
@@ -187,8 +209,8 @@ pub struct Record {
     pub upstream_local: Option<SocketAddr>,
     /// The router sent it upstream, or tried (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`).
     pub attempted: bool,
-    /// The response head as it went to the client.
-    pub response_head: Option<Vec<u8>>,
+    /// The response as it went to the client.
+    pub response: Option<LoggedResponse>,
     /// Body bytes read from the client and sent to it (an upgrade's: the tunnel's bytes).
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -213,7 +235,7 @@ impl Record {
             connected: false,
             upstream_local: None,
             attempted: false,
-            response_head: None,
+            response: None,
             bytes_received: 0,
             bytes_sent: 0,
             request_done: None,
@@ -224,7 +246,10 @@ impl Record {
 
     /// A response header as sent (the first, if several).
     pub fn response_header(&self, name: &[u8]) -> Option<&[u8]> {
-        let head = self.response_head.as_deref()?;
+        let head = match self.response.as_ref()? {
+            LoggedResponse::Headers(h) => return h.get(name),
+            LoggedResponse::Raw(head) => head,
+        };
         let mut lines = head.split(|&b| b == b'\n').skip(1);
         lines.find_map(|line| {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -261,6 +286,27 @@ impl Emit {
     fn start_wall(&self, r: &Record) -> SystemTime {
         self.wall - self.now.saturating_duration_since(r.start)
     }
+}
+
+thread_local! {
+    static WALL: std::cell::Cell<Option<(Instant, SystemTime)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The wall-clock time at `now`, from an anchor the thread takes once a second (a clock read
+/// and the arithmetic from it cost a logged request ~150 instructions; callgrind).
+pub fn wall_at(now: Instant) -> SystemTime {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+    WALL.with(|w| match w.get() {
+        // A turn's stamp may come just before the anchor taken within the turn.
+        Some((at, wall)) if now >= at && now - at < FRESH => wall + (now - at),
+        Some((at, wall)) if now < at && at - now < FRESH => wall - (at - now),
+        _ => {
+            let wall = SystemTime::now();
+            let at = Instant::now();
+            w.set(Some((at, wall)));
+            wall - at.saturating_duration_since(now)
+        }
+    })
 }
 
 enum Format {
@@ -438,17 +484,17 @@ mod tests {
 
     fn record() -> Record {
         let start = Instant::now();
-        let mut headers = HeaderMap::default();
-        headers.append(b"host", b"example.com");
-        headers.append(b"user-agent", b"ua \"quoted\"\n");
+        let mut raw = bytes::BytesMut::from(
+            &b"GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\nuser-agent: ua \"q\" \\\r\n\r\n"[..],
+        );
+        let head = crate::http1::head::parse_request_counted(&mut raw, 8192, 100)
+            .unwrap()
+            .unwrap();
         let mut r = Record::new(start);
         r.request = Some(Box::new(LoggedRequest {
-            method: b"GET".to_vec(),
-            target: b"/a?b=1".to_vec(),
-            headers,
+            head,
+            rewritten: None,
             routed: true,
-            absolute_https: None,
-            connect: false,
         }));
         r.status = 200;
         r.detail = Some(Detail::ViaUpstream);
@@ -456,8 +502,9 @@ mod tests {
         r.host = Some("127.0.0.1:8080".parse().unwrap());
         r.connected = true;
         r.attempted = true;
-        r.response_head =
-            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nX-Up:  a b \r\n\r\n".to_vec());
+        r.response = Some(LoggedResponse::Raw(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nX-Up:  a b \r\n\r\n".to_vec(),
+        ));
         r.bytes_sent = 2;
         r.request_done = Some(start);
         r.response_start = Some(start + Duration::from_millis(3));
@@ -507,7 +554,7 @@ mod tests {
         node.write(&r, &emit(&r), false, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"a":"ua \"quoted\"\n","m":null,"n":{"x":[1,2],"y":"HTTP/1.1"},"s":"c=200","t":true,"z":200}"#
+            r#"{"a":"ua \"q\" \\","m":null,"n":{"x":[1,2],"y":"HTTP/1.1"},"s":"c=200","t":true,"z":200}"#
         );
         let mut out = Vec::new();
         node.write(&r, &emit(&r), true, &mut out);

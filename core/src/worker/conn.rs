@@ -605,7 +605,7 @@ async fn request(
 ) -> Next {
     let hcm = &l.c.cfg.hcm;
     if l.c.logs.is_some() {
-        d.log = Some(Box::new(Record::new(clock::now())));
+        d.log = Some(ctx.take_log_record(clock::now()));
     }
     let max_head = hcm.max_request_headers_kb as usize * 1024;
     // Envoy's codec drops (or refuses) a header with an `_` before it counts the headers.
@@ -1565,27 +1565,9 @@ async fn handle(
 /// The request as it stands, for its access log.
 pub(super) fn logged(head: &RequestHead, routed: bool) -> LoggedRequest {
     LoggedRequest {
-        method: head.method().to_vec(),
-        target: head.target().to_vec(),
-        headers: head.headers.clone(),
+        head: head.clone(),
+        rewritten: None,
         routed,
-        absolute_https: head.absolute_https(),
-        connect: head.method() == b"CONNECT",
-    }
-}
-
-/// The request for its access log, its headers moved out (it has been written upstream).
-pub(super) fn logged_moving(head: &mut RequestHead, routed: bool) -> LoggedRequest {
-    // The method and target point into the headers' bytes: copied before these move.
-    let method = head.method().to_vec();
-    let target = head.target().to_vec();
-    LoggedRequest {
-        connect: method == b"CONNECT",
-        method,
-        target,
-        routed,
-        absolute_https: head.absolute_https(),
-        headers: std::mem::take(&mut head.headers),
     }
 }
 
@@ -1611,7 +1593,7 @@ fn log_reply(r: &mut Record, status: u16, out: &[u8]) {
             logged.drain(i..i + framing.len());
         }
     }
-    r.response_head = Some(logged);
+    r.response = Some(crate::accesslog::LoggedResponse::Raw(logged));
     r.bytes_sent = (out.len() - head) as u64;
 }
 
@@ -1631,9 +1613,10 @@ fn write_log(ctx: &Ctx, l: &ListenerRt, d: &Down, rec: Box<Record>) {
             .flatten(),
         end: d.done_at.unwrap_or(now),
         now,
-        wall: std::time::SystemTime::now(),
+        wall: crate::accesslog::wall_at(now),
     };
     logs.write(&rec, &e, &ctx.log_bufs);
+    ctx.put_log_record(rec);
 }
 
 #[cfg(test)]

@@ -794,13 +794,13 @@ fn upstream_head(
     }
     out.extend_from_slice(b"\r\n");
     // Boxed: the usual request saves nothing and moves one pointer, not a header map. The
-    // head has been written: its headers move rather than copy.
+    // head has been written: it moves rather than copies.
     let saved = save.then(|| {
-        let mut q = crate::worker::conn::logged_moving(&mut head, true);
-        if let Some(t) = new_target {
-            q.target = t;
-        }
-        Box::new(q)
+        Box::new(LoggedRequest {
+            head,
+            rewritten: new_target,
+            routed: true,
+        })
     });
     (out, chunk_up, saved)
 }
@@ -1235,10 +1235,10 @@ impl Exchange<'_> {
                 local: &local,
                 minor: self.minor,
                 request: self.saved.as_ref().map(|r| ReqView {
-                    method: &r.method,
-                    target: &r.target,
-                    headers: Some(&r.headers),
-                    https: r.absolute_https == Some(true),
+                    method: r.method(),
+                    target: r.target(),
+                    headers: Some(r.headers()),
+                    https: r.head.absolute_https() == Some(true),
                 }),
                 status,
                 upstream: Some(self.upstream),
@@ -1282,7 +1282,12 @@ impl Exchange<'_> {
             out.reserve(512 + up_chunk);
             write_status_line(&mut out, status);
             h.write_to(&mut out);
-            drop(h);
+            if log_on {
+                // The headers as sent, for `%RESP(...)%`: moved, not copied.
+                *resp_head.borrow_mut() = Some(h);
+            } else {
+                drop(h);
+            }
             if down_framing == Framing::Chunked || head_chunked {
                 write_framing(&mut out, Framing::Chunked);
             }
@@ -1295,7 +1300,6 @@ impl Exchange<'_> {
             resp_status.set(status);
             if log_on {
                 resp_at.set(Some(activity.get().into_std()));
-                *resp_head.borrow_mut() = Some(out.clone());
             }
             let mut dec = Decoder::new(up_framing);
             let chunked_out = down_framing == Framing::Chunked;
@@ -1480,7 +1484,9 @@ impl Exchange<'_> {
                 r.request_done = read_at.get();
             }
             r.response_start = resp_at.get();
-            r.response_head = resp_head.take();
+            r.response = resp_head
+                .take()
+                .map(crate::accesslog::LoggedResponse::Headers);
         }
         let sent = resp_status.get();
         let started = sent != 0;
