@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -196,9 +197,11 @@ def _serve(options: argparse.Namespace) -> int:
         proxy.request_shutdown()
 
     def on_usr1(_signum: int, _frame: object) -> None:
+        # On a thread of its own: the handler runs on the main thread, which must stay free to
+        # take SIGTERM even while a writer is slow to reopen.
         if proxy.engine is not None:
             log.info("SIGUSR1: reopening access logs")
-            proxy.reopen_logs()
+            threading.Thread(target=proxy.reopen_logs, name="reopen-logs", daemon=True).start()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)

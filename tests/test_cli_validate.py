@@ -60,7 +60,8 @@ BAD = [
      "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
      "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
      "FileAccessLog, path: /dev/null, log_format: {text_format: '%NOPE% %PROTOCOL%'}}}]\n",
-     "listeners[0].hcm.access_log[0].format: \"%NOPE% %PROTOCOL%\": %NOPE% is not supported by pyproxy"),
+     "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.access_log[0].typed_config."
+     "log_format.text_format: \"%NOPE% %PROTOCOL%\": %NOPE% is not supported by pyproxy"),
     ("access_log_bad_command",
      "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
      "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
@@ -80,7 +81,7 @@ BAD = [
      "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
      "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
      "FileAccessLog, path: /nonexistent-dir/a.log}}]\n",
-     "cannot open access log file \"/nonexistent-dir/a.log\""),
+     "access_log[0].typed_config.path: cannot open access log file \"/nonexistent-dir/a.log\""),
 ]
 
 

@@ -212,6 +212,12 @@ pub struct AccessLog {
     /// Which requests are logged (all, without one).
     #[serde(default)]
     pub filter: Option<LogFilter>,
+    /// Where the format and the destination are in the user's config, for errors (else the
+    /// snapshot's own path is named).
+    #[serde(default)]
+    pub format_at: String,
+    #[serde(default)]
+    pub sink_at: String,
 }
 
 /// Where an access log writes, externally tagged: `{"file": "/var/log/a.log"}`, `"stdout"`,

@@ -51,7 +51,7 @@ def snapshot_bytes(bootstrap: m.Bootstrap) -> bytes:
 def lower(bootstrap: m.Bootstrap) -> Json:
     """The snapshot as a dict (config.rs `Snapshot`)."""
     return {
-        "listeners": [_listener(x) for x in bootstrap.static_resources.listeners],
+        "listeners": [_listener(x, i) for i, x in enumerate(bootstrap.static_resources.listeners)],
         "clusters": [_cluster(c) for c in bootstrap.static_resources.clusters],
     }
 
@@ -67,7 +67,7 @@ def _or(value: Any, default: Any) -> Any:
 # --- listeners --------------------------------------------------------------------------------
 
 
-def _listener(listener: m.Listener) -> Json:
+def _listener(listener: m.Listener, index: int = 0) -> Json:
     sa = listener.address.socket_address
     return {
         "name": effective_listener_name(listener),
@@ -77,11 +77,12 @@ def _listener(listener: m.Listener) -> Json:
             listener.per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT
         ),
         "drain_type": listener.drain_type,
-        "hcm": _hcm(listener.filter_chains[0].filters[0].typed_config),
+        "hcm": _hcm(listener.filter_chains[0].filters[0].typed_config,
+                    f"static_resources.listeners[{index}].filter_chains[0].filters[0].typed_config"),
     }
 
 
-def _hcm(hcm: m.HttpConnectionManager) -> Json:
+def _hcm(hcm: m.HttpConnectionManager, path: str = "") -> Json:
     assert hcm.route_config is not None  # validate requires it
     common = hcm.common_http_protocol_options or m.HcmProtocolOptions()
     return {
@@ -123,7 +124,8 @@ def _hcm(hcm: m.HttpConnectionManager) -> Json:
         ),
         "suppress_envoy_headers": hcm.http_filters[0].typed_config.suppress_envoy_headers,
         "route_config": _route_config(hcm.route_config),
-        "access_log": [_access_log(a) for a in hcm.access_log],
+        "access_log": [_access_log(a, f"{path}.access_log[{i}].typed_config")
+                       for i, a in enumerate(hcm.access_log)],
     }
 
 
@@ -136,7 +138,8 @@ DEFAULT_ACCESS_LOG_FORMAT = (
 )
 
 
-def _access_log(a: m.AccessLog) -> Json:
+def _access_log(a: m.AccessLog, path: str = "") -> Json:
+    """`path`: the entry's typed_config in the user's config, for the engine's errors."""
     tc = a.typed_config
     sink: Any
     if isinstance(tc, m.FileAccessLog):
@@ -146,20 +149,29 @@ def _access_log(a: m.AccessLog) -> Json:
     else:
         sink = "stderr"
     fmt: Json = {"text": {"text": DEFAULT_ACCESS_LOG_FORMAT}}
+    at = f"{path} (Envoy's default format)"
     if tc.log_format is not None:
         f = tc.log_format
         if f.json_format is not None:
             fmt = {"json": {"json": f.json_format, "omit_empty_values": f.omit_empty_values}}
+            at = f"{path}.log_format.json_format"
         else:
+            field = "text_format" if f.text_format is not None else "text_format_source"
             text = (f.text_format if f.text_format is not None
                     else data_source_text(f.text_format_source, "text_format_source"))  # type: ignore[arg-type]
             fmt = {"text": {"text": text, "omit_empty_values": f.omit_empty_values}}
+            at = f"{path}.log_format.{field}"
     elif isinstance(tc, m.FileAccessLog):
-        if tc.format is not None:
+        if tc.format:  # Envoy takes an empty one as none: its default
             fmt = {"text": {"text": tc.format}}
+            at = f"{path}.format"
         elif tc.json_format is not None or tc.typed_json_format is not None:
             fmt = {"json": {"json": tc.json_format if tc.json_format is not None else tc.typed_json_format}}
+            at = f"{path}.json_format" if tc.json_format is not None else f"{path}.typed_json_format"
     out: Json = {"sink": sink, "format": fmt}
+    if path:
+        out["format_at"] = at
+        out["sink_at"] = f"{path}.path" if isinstance(tc, m.FileAccessLog) else path
     if a.filter is not None:
         out["filter"] = _log_filter(a.filter)
     return out

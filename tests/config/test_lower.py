@@ -331,7 +331,7 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
             "text_format_source": {"inline_string": "%PROTOCOL%\n"}}}},
         {"typed_config": {"@type": FILE_LOG, "path": "/tmp/old.log", "format": "%REQ(:PATH)%\n"}},
         {"typed_config": {"@type": FILE_LOG, "path": "/tmp/old.json", "json_format": {"p": "%REQ(:PATH)%"}}},
-    ]), lambda s: snap_hcm(s)["access_log"], [
+    ]), lambda s: [{k: v for k, v in a.items() if not k.endswith("_at")} for a in snap_hcm(s)["access_log"]], [
         {"sink": {"file": "/var/log/a.log"}, "format": {"text": {"text": DEFAULT_ACCESS_LOG_FORMAT}}},
         {"sink": "stdout",
          "format": {"json": {"json": {"code": "%RESPONSE_CODE%", "n": {"x": 1}}, "omit_empty_values": True}},
@@ -352,6 +352,20 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
 def test_lowering(name: str, mutate: Callable[[dict], Any], pick: Callable[[dict], Any],
                   expected: Any) -> None:
     assert pick(lowered(mutate)) == expected
+
+
+def test_access_logs_name_their_place_in_the_config_for_the_engine() -> None:
+    logs = snap_hcm(lowered(lambda c: hcm(c).update(access_log=[
+        {"typed_config": {"@type": FILE_LOG, "path": "/a"}},
+        {"typed_config": {"@type": STDOUT_LOG, "log_format": {"json_format": {"a": "b"}}}},
+        {"typed_config": {"@type": FILE_LOG, "path": "/b", "format": "%PROTOCOL%"}},
+    ])))["access_log"]
+    at = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.access_log"
+    assert [(a["format_at"], a["sink_at"]) for a in logs] == [
+        (f"{at}[0].typed_config (Envoy's default format)", f"{at}[0].typed_config.path"),
+        (f"{at}[1].typed_config.log_format.json_format", f"{at}[1].typed_config"),
+        (f"{at}[2].typed_config.format", f"{at}[2].typed_config.path"),
+    ]
 
 
 def test_snapshot_bytes_is_the_json_of_lower() -> None:

@@ -384,3 +384,44 @@ def test_filesystem_stats(tmp_path: Path, make_proxy: Any, upstream: Any) -> Non
     assert stats["filesystem.write_completed"] >= 1
     assert stats["filesystem.flushed_by_timer"] >= 1
     assert stats["filesystem.write_failed"] == stats["filesystem.reopen_failed"] == 0
+
+
+def test_json_strings_are_escaped_as_envoys(tmp_path: Path, make_proxy: Any, upstream: Any) -> None:
+    path = tmp_path / "bytes.log"
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm={"access_log": [
+        file_log(path, {"json_format": {"ua": "%REQ(USER-AGENT)%"}})]}), **FLUSH)
+    with RawConn(proxy.listener_port()) as c:
+        c.request(b"GET / HTTP/1.1\r\nhost: e\r\nuser-agent: q\"b\\s\xc3\xa9\r\n\r\n")
+        c.request(b"GET / HTTP/1.1\r\nhost: e\r\nuser-agent: a\xffb\xc3\xa9\"\\\r\n\r\n")
+    lines(path, 2)
+    # Valid UTF-8 goes as it is; anything else is read as Latin-1, every byte past ASCII and the
+    # quote and backslash escaped: valid JSON whatever a client sent.
+    assert path.read_bytes() == (b'{"ua":"q\\"b\\\\s\xc3\xa9"}\n'
+                                 b'{"ua":"a\\u00ffb\\u00c3\\u00a9\\u0022\\u005c"}\n')
+
+
+def test_an_empty_format_is_the_default(tmp_path: Path, make_proxy: Any, upstream: Any) -> None:
+    path = tmp_path / "empty-format.log"
+    log = file_log(path)
+    log["typed_config"]["format"] = ""
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)],
+                                 hcm={"access_log": [log]}), **FLUSH)
+    with RawConn(proxy.listener_port()) as c:
+        c.request(get("/x"))
+    (line,) = lines(path, 1)
+    assert re.fullmatch(r'\[[^]]+\] "GET /x HTTP/1\.1" 200 - .*', line), line
+
+
+def test_duration_of_a_request_after_a_kept_alive_one(tmp_path: Path, make_proxy: Any, upstream: Any) -> None:
+    path = tmp_path / "durations.log"
+    proxy = make_proxy(bootstrap([route("/", "up")], [cluster("up", upstream.port)], hcm={
+        "request_headers_timeout": "0.5s",
+        "access_log": [file_log(path, {"json_format": {"c": "%RESPONSE_CODE%", "d": "%DURATION%"}})]}), **FLUSH)
+    with RawConn(proxy.listener_port()) as c:
+        c.request(get("/first"))
+        c.send(b"GET /second HTTP/1.1\r\nhost")
+        assert c.read_response().status == 408
+    first, second = json_lines(path, 2)
+    assert first["c"] == 200
+    # Its own time, not measured from the first request's end.
+    assert second["c"] == 408 and second["d"] >= 400

@@ -415,12 +415,22 @@ fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit, out: &mut Vec<u8>) -> Val<'
     }
 }
 
-/// Writes `s` as a JSON string: `"` and `\` escaped, control characters as `\n`-style escapes
-/// or `\u00XX`; other bytes as they are.
+/// Writes `s` as a JSON string, as Envoy 1.40 does: valid UTF-8 goes as it is, with `"` and
+/// `\\` escaped and control characters as `\\n`-style or `\\u00XX` escapes; anything else is
+/// read as Latin-1, every byte from 0x80 up written `\\u00XX` and `"`, `\\` as `\\u0022`,
+/// `\\u005c` (`a\\xffb` gives `"a\\u00ffb"`). A line is valid JSON whatever a client sent.
 pub fn json_string(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let u = |out: &mut Vec<u8>, b: u8| {
+        out.extend_from_slice(b"\\u00");
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
+    };
+    let utf8 = std::str::from_utf8(s).is_ok();
     out.push(b'"');
     for &b in s {
         match b {
+            b'"' | b'\\' if !utf8 => u(out, b),
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
@@ -428,12 +438,7 @@ pub fn json_string(s: &[u8], out: &mut Vec<u8>) {
             b'\t' => out.extend_from_slice(b"\\t"),
             0x08 => out.extend_from_slice(b"\\b"),
             0x0c => out.extend_from_slice(b"\\f"),
-            b if b < 0x20 || b == 0x7f => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(b >> 4) as usize]);
-                out.push(HEX[(b & 15) as usize]);
-            }
+            b if b < 0x20 || (b >= 0x80 && !utf8) => u(out, b),
             b => out.push(b),
         }
     }

@@ -413,12 +413,19 @@ impl Logs {
         let mut entries = Vec::with_capacity(cfg.len());
         for (i, a) in cfg.iter().enumerate() {
             let p = format!("{path}[{i}]");
+            let at = |given: &str, own: String| {
+                if given.is_empty() {
+                    own
+                } else {
+                    given.to_string()
+                }
+            };
             let format = match &a.format {
                 LogFormat::Text {
                     text,
                     omit_empty_values,
                 } => Format::Text(
-                    Template::compile(text, &format!("{p}.format"))?,
+                    Template::compile(text, &at(&a.format_at, format!("{p}.format")))?,
                     *omit_empty_values,
                 ),
                 LogFormat::Json {
@@ -427,7 +434,7 @@ impl Logs {
                 } => Format::Json(
                     JsonNode::compile(
                         &serde_json::Value::Object(json.clone()),
-                        &format!("{p}.format.json"),
+                        &at(&a.format_at, format!("{p}.format.json")),
                     )?,
                     *omit_empty_values,
                 ),
@@ -437,7 +444,7 @@ impl Logs {
                 .as_ref()
                 .map(|f| Filter::compile(f, &format!("{p}.filter")))
                 .transpose()?;
-            let sink = Sink::get(&a.sink, &format!("{p}.sink"))?;
+            let sink = Sink::get(&a.sink, &at(&a.sink_at, format!("{p}.sink")))?;
             entries.push(Entry {
                 sink,
                 format,

@@ -52,10 +52,21 @@ enum Msg {
     Flushed(Sender<()>),
 }
 
+/// The most bytes a destination may have waiting for its writer: past it (a pipe nobody
+/// reads, a disk that stalls), lines are dropped and counted in `filesystem.write_failed`
+/// rather than held without bound.
+pub const MAX_QUEUED_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long a reopen or a final flush waits for a writer before giving up on it (a writer
+/// stuck on a destination nobody reads must not hang `/reopen_logs` or shutdown).
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One destination and its writer thread.
 pub struct Sink {
     target: LogSink,
     tx: Mutex<Sender<Msg>>,
+    /// Bytes handed over and not yet written.
+    queued: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -76,8 +87,9 @@ fn open(path: &str) -> std::io::Result<File> {
 
 enum Out {
     File(String, Option<File>),
-    Stdout,
-    Stderr,
+    /// A descriptor of the process's (1 or 2), written without the standard library's lock,
+    /// which a writer blocked on a full pipe would otherwise hold from every other user.
+    Fd(std::mem::ManuallyDrop<File>),
 }
 
 impl Out {
@@ -85,13 +97,15 @@ impl Out {
         match self {
             Out::File(_, Some(f)) => f.write_all(b),
             Out::File(_, None) => Err(std::io::ErrorKind::NotFound.into()),
-            Out::Stdout => {
-                let mut o = std::io::stdout().lock();
-                o.write_all(b).and_then(|()| o.flush())
-            }
-            Out::Stderr => std::io::stderr().lock().write_all(b),
+            Out::Fd(f) => f.write_all(b),
         }
     }
+}
+
+fn fd(n: std::os::fd::RawFd) -> Out {
+    use std::os::fd::FromRawFd;
+    // Never closed (ManuallyDrop): the descriptor is the process's.
+    Out::Fd(std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(n) }))
 }
 
 impl Sink {
@@ -110,10 +124,12 @@ impl Sink {
                 })?;
                 Out::File(p.clone(), Some(f))
             }
-            LogSink::Stdout => Out::Stdout,
-            LogSink::Stderr => Out::Stderr,
+            LogSink::Stdout => fd(1),
+            LogSink::Stderr => fd(2),
         };
         let (tx, rx) = channel::<Msg>();
+        let queued = Arc::new(AtomicU64::new(0));
+        let left = queued.clone();
         std::thread::Builder::new()
             .name("pyproxy-access-log".into())
             .spawn(move || {
@@ -127,6 +143,7 @@ impl Sink {
                             } else {
                                 WRITE_COMPLETED.fetch_add(1, Relaxed);
                             }
+                            left.fetch_sub(b.len() as u64, Relaxed);
                         }
                         Msg::Reopen(done) => {
                             let r = match &mut out {
@@ -159,6 +176,7 @@ impl Sink {
         let s = Arc::new(Sink {
             target: target.clone(),
             tx: Mutex::new(tx),
+            queued,
         });
         reg.insert(target.clone(), Arc::downgrade(&s));
         Ok(s)
@@ -172,9 +190,18 @@ impl Sink {
             .is_ok()
     }
 
-    /// Hands `lines` (whole lines) to the writer.
+    /// Hands `lines` (whole lines) to the writer; drops them (counted as a failed write) when
+    /// the writer is [`MAX_QUEUED_BYTES`] behind.
     fn write(&self, lines: Vec<u8>) {
-        self.send(Msg::Lines(lines));
+        let n = lines.len() as u64;
+        if self.queued.load(Relaxed) + n > MAX_QUEUED_BYTES {
+            WRITE_FAILED.fetch_add(1, Relaxed);
+            return;
+        }
+        self.queued.fetch_add(n, Relaxed);
+        if !self.send(Msg::Lines(lines)) {
+            self.queued.fetch_sub(n, Relaxed);
+        }
     }
 }
 
@@ -194,11 +221,20 @@ pub fn reopen_all() -> Vec<String> {
         .filter_map(Weak::upgrade)
         .collect();
     let mut errors = Vec::new();
-    for s in sinks {
+    for s in sinks
+        .iter()
+        .filter(|s| matches!(s.target, LogSink::File(_)))
+    {
         let (tx, rx) = channel();
         if s.send(Msg::Reopen(tx)) {
-            if let Ok(Err(e)) = rx.recv() {
-                errors.push(e);
+            match rx.recv_timeout(WRITER_WAIT) {
+                Ok(Err(e)) => errors.push(e),
+                Ok(Ok(())) => {}
+                // It reopens once its writer gets to it.
+                Err(_) => errors.push(format!(
+                    "{:?}: its writer is blocked; it reopens when it catches up",
+                    s.target
+                )),
             }
         }
     }
@@ -216,7 +252,8 @@ pub fn wait_written() {
     for s in sinks {
         let (tx, rx) = channel();
         if s.send(Msg::Flushed(tx)) {
-            let _ = rx.recv();
+            // A writer stuck on a destination nobody reads is not waited for.
+            let _ = rx.recv_timeout(WRITER_WAIT);
         }
     }
 }
@@ -279,9 +316,9 @@ impl LogBufs {
                 s.write(std::mem::take(b));
             }
         }
-        // A sink only this worker still holds (its snapshots are gone) is dropped, which ends
-        // its writer once every other holder is gone too.
-        bufs.retain(|(s, b)| !b.is_empty() || Arc::strong_count(s) > 1);
+        // Every buffer is let go once empty: a worker holds a sink only while it has lines for
+        // it, so a sink no snapshot names any more ends (its file closed, its writer gone).
+        bufs.clear();
     }
 
     /// Bytes buffered.

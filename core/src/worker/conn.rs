@@ -293,6 +293,12 @@ impl Drop for Conn {
         l.http.downstream_cx_length_ms.record_ms(self.d.opened);
         self.d.held.release(l.http.buffered());
         self.ctx.unwatch_drain(self.d.drain_key);
+        // A request cut off with its connection (the worker stopping past the drain time)
+        // still gets its line, as the connection's end.
+        if let Some(mut rec) = self.d.log.take() {
+            rec.detail.get_or_insert(Detail::DownstreamDisconnect);
+            write_log(&self.ctx, l, &self.d, rec);
+        }
     }
 }
 
@@ -1611,7 +1617,9 @@ fn write_log(ctx: &Ctx, l: &ListenerRt, d: &Down, rec: Box<Record>) {
             .needs_local
             .then(|| d.stream.local_addr().ok())
             .flatten(),
-        end: d.done_at.unwrap_or(now),
+        // `done_at` is the last proxied response's end: this request's only if it came after
+        // its start (a request that ended before its head was read has none).
+        end: d.done_at.filter(|t| *t >= rec.start).unwrap_or(now),
         now,
         wall: crate::accesslog::wall_at(now),
     };

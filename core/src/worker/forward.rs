@@ -141,7 +141,7 @@ pub(super) async fn forward(
         if d.log.is_some() {
             d.log_request(&head, true);
             d.log_detail(Detail::NoHealthyUpstream);
-            log_upstream(d, fwd, cluster, None, None);
+            log_upstream(d, fwd, cluster, None);
         }
         cs.s.upstream_cx_none_healthy.inc();
         // No host at all is below any healthy-panic threshold (Envoy counts it so).
@@ -164,7 +164,8 @@ pub(super) async fn forward(
     let minor = head.minor;
     // A response edit that reads the request (`%REQ(...)%`) sees it as it went upstream:
     // Envoy's router edits the request in place (its edits, the path and host rewrites).
-    let save = chain.iter().any(|m| m.response_reads_request) || d.log.is_some();
+    let edits_read = chain.iter().any(|m| m.response_reads_request);
+    let save = edits_read || d.log.is_some();
     let peer = d.peer;
     let stream = &d.stream;
     let local = || stream.local_addr().ok();
@@ -189,6 +190,22 @@ pub(super) async fn forward(
         chain,
         ctx.take_write_buf(),
     );
+    // The access log has the request and where it goes from now on, whatever ends the
+    // exchange (also the worker stopping under it); the response edits keep theirs.
+    if d.log.is_some() {
+        log_upstream(d, fwd, cluster, Some(&host));
+    }
+    let saved = match (d.log.as_deref_mut(), saved) {
+        (Some(r), Some(q)) if edits_read => {
+            r.request = Some(q.clone());
+            Some(q)
+        }
+        (Some(r), q) => {
+            r.request = q;
+            None
+        }
+        (None, q) => q,
+    };
 
     let _rq = RqGuard::new(host.clone(), cs.clone());
     // The upstream request starts now: with a pooled connection that is, within microseconds,
@@ -234,13 +251,7 @@ pub(super) async fn forward(
                     l.http.downstream_rq_rx_reset.inc();
                     d.peer_closed = true;
                     d.ended_in_request = true;
-                    if d.log.is_some() {
-                        d.log_detail(Detail::DownstreamDisconnect);
-                        log_upstream(d, fwd, cluster, Some(&host), None);
-                        if let (Some(r), Some(q)) = (d.log.as_deref_mut(), saved) {
-                            r.request = Some(q);
-                        }
-                    }
+                    d.log_detail(Detail::DownstreamDisconnect);
                     return (0, Next::Close);
                 }
             };
@@ -266,12 +277,6 @@ pub(super) async fn forward(
                             b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
                         }
                     };
-                    if d.log.is_some() {
-                        log_upstream(d, fwd, cluster, Some(&host), None);
-                        if let (Some(r), Some(q)) = (d.log.as_deref_mut(), saved) {
-                            r.request = Some(q);
-                        }
-                    }
                     // A body read ahead whole while the connection was being made is
                     // complete, as Envoy has it by then: the reply answers a whole request and
                     // the client connection stays, with the body dropped from the buffer.
@@ -319,17 +324,11 @@ pub(super) async fn forward(
         set_cookie,
     };
     let outcome = x.run(d, &mut up, out).await;
-    if d.log.is_some() {
-        let local =
-            l.c.logs
-                .as_ref()
-                .is_some_and(|g| g.needs_upstream_local)
-                .then(|| up.stream.local_addr().ok())
-                .flatten();
-        log_upstream(d, fwd, cluster, Some(&host), Some(local));
-    }
     if let Some(r) = d.log.as_deref_mut() {
-        r.request = x.saved;
+        r.connected = true;
+        if l.c.logs.as_ref().is_some_and(|g| g.needs_upstream_local) {
+            r.upstream_local = up.stream.local_addr().ok();
+        }
         r.detail = Some(match &outcome {
             Outcome::Done { end, .. } => {
                 r.response_done = Some(*end);
@@ -641,24 +640,16 @@ fn set_request_id(h: &mut HeaderMap, id: &[u8]) {
 
 /// Closes an upstream connection that is not pooled again; its read buffer goes back to the
 /// worker's pool (what it still holds is dropped with the connection).
-/// Records where the request went for its access log: the route and cluster, the host picked
-/// (if any), and whether a connection was had (with its local address, if a log wants it).
+/// Records where the request goes for its access log: the route and cluster, and the host
+/// picked (if any).
 #[cold]
 #[inline(never)]
-fn log_upstream(
-    d: &mut Down,
-    fwd: &Forward,
-    cluster: &ClusterRt,
-    host: Option<&HostRt>,
-    connected: Option<Option<SocketAddr>>,
-) {
+fn log_upstream(d: &mut Down, fwd: &Forward, cluster: &ClusterRt, host: Option<&HostRt>) {
     if let Some(r) = d.log() {
         r.route = fwd.route_name.clone();
         r.cluster = Some(cluster.cfg.name.clone());
         r.attempted = true;
         r.host = host.map(|h| h.addr);
-        r.connected = connected.is_some();
-        r.upstream_local = connected.flatten();
     }
 }
 
