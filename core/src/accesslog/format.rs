@@ -31,8 +31,8 @@ pub enum ReqName {
     Scheme,
     /// A pseudo-header an HTTP/1 request never has.
     Absent,
-    /// A header (lower-case).
-    Header(Vec<u8>),
+    /// A header (lower-case), with its [`known_bit`](crate::http1::head::known_bit).
+    Header(Vec<u8>, u32),
 }
 
 impl ReqName {
@@ -43,7 +43,10 @@ impl ReqName {
             b":authority" => ReqName::Authority,
             b":scheme" => ReqName::Scheme,
             n if n.starts_with(b":") => ReqName::Absent,
-            _ => ReqName::Header(name),
+            _ => {
+                let bit = crate::http1::head::known_bit(&name);
+                ReqName::Header(name, bit)
+            }
         }
     }
 }
@@ -353,6 +356,7 @@ fn ms(from: std::time::Instant, to: Option<std::time::Instant>) -> Val<'static> 
     }
 }
 
+#[inline]
 fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit, out: &mut Vec<u8>) -> Val<'a> {
     let s = |b: &'a [u8]| Val::Str(b);
     match c {

@@ -15,7 +15,7 @@ pub mod time;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{AccessLog, Comparison, ComparisonOp, LogFilter, LogFormat};
 use crate::http1::head::{HeaderMap, RequestHead};
@@ -175,7 +175,7 @@ impl LoggedRequest {
             ReqName::Authority => self.headers().get(b"host"),
             ReqName::Scheme => self.routed.then(|| self.view().scheme()),
             ReqName::Absent => None,
-            ReqName::Header(n) => self.headers().get(n),
+            ReqName::Header(n, bit) => self.headers().get_known(n, *bit),
         }
     }
 }
@@ -277,34 +277,38 @@ pub struct Emit {
     pub local: Option<SocketAddr>,
     /// When the request ended.
     pub end: Instant,
-    /// The clock now, and the wall clock now: the start's wall time is taken from them.
+    /// The clock now, and the wall clock now (since the Unix epoch): the start's wall time is
+    /// taken from them.
     pub now: Instant,
-    pub wall: SystemTime,
+    pub wall: Duration,
 }
 
 impl Emit {
-    fn start_wall(&self, r: &Record) -> SystemTime {
-        self.wall - self.now.saturating_duration_since(r.start)
+    fn start_wall(&self, r: &Record) -> Duration {
+        self.wall
+            .saturating_sub(self.now.saturating_duration_since(r.start))
     }
 }
 
 thread_local! {
-    static WALL: std::cell::Cell<Option<(Instant, SystemTime)>> = const { std::cell::Cell::new(None) };
+    static WALL: std::cell::Cell<Option<(Instant, Duration)>> = const { std::cell::Cell::new(None) };
 }
 
 /// The wall-clock time at `now`, from an anchor the thread takes once a second (a clock read
 /// and the arithmetic from it cost a logged request ~150 instructions; callgrind).
-pub fn wall_at(now: Instant) -> SystemTime {
-    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+pub fn wall_at(now: Instant) -> Duration {
+    const FRESH: Duration = Duration::from_secs(1);
     WALL.with(|w| match w.get() {
         // A turn's stamp may come just before the anchor taken within the turn.
         Some((at, wall)) if now >= at && now - at < FRESH => wall + (now - at),
-        Some((at, wall)) if now < at && at - now < FRESH => wall - (at - now),
+        Some((at, wall)) if now < at && at - now < FRESH => wall.saturating_sub(at - now),
         _ => {
-            let wall = SystemTime::now();
+            let wall = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             let at = Instant::now();
             w.set(Some((at, wall)));
-            wall - at.saturating_duration_since(now)
+            wall.saturating_sub(at.saturating_duration_since(now))
         }
     })
 }
@@ -525,7 +529,7 @@ mod tests {
             local: None,
             end: r.start + Duration::from_millis(7),
             now: r.start,
-            wall: std::time::UNIX_EPOCH + Duration::from_millis(1_796_642_431_924),
+            wall: Duration::from_millis(1_796_642_431_924),
         }
     }
 

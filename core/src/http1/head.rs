@@ -307,6 +307,19 @@ impl HeaderMap {
         self.mask & bits != 0
     }
 
+    /// [`HeaderMap::get`] with the name's [`known_bit`] worked out beforehand (a name looked
+    /// up for every request, as an access log's).
+    #[inline]
+    pub fn get_known(&self, name: &[u8], bit: u32) -> Option<&[u8]> {
+        if bit != 0 && self.mask & bit == 0 {
+            return None;
+        }
+        self.find(match bit {
+            0 | known::X_ENVOY => Key::Name(name),
+            bit => Key::Bit(bit),
+        })
+    }
+
     /// The first value of `name` (lower-case).
     #[inline(always)]
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {

@@ -141,7 +141,7 @@ pub(super) async fn forward(
         if d.log.is_some() {
             d.log_request(&head, true);
             d.log_detail(Detail::NoHealthyUpstream);
-            log_upstream(d, fwd, cluster, None);
+            log_upstream(d, fwd, cluster, None, None, false);
         }
         cs.s.upstream_cx_none_healthy.inc();
         // No host at all is below any healthy-panic threshold (Envoy counts it so).
@@ -192,19 +192,10 @@ pub(super) async fn forward(
     );
     // The access log has the request and where it goes from now on, whatever ends the
     // exchange (also the worker stopping under it); the response edits keep theirs.
-    if d.log.is_some() {
-        log_upstream(d, fwd, cluster, Some(&host));
-    }
-    let saved = match (d.log.as_deref_mut(), saved) {
-        (Some(r), Some(q)) if edits_read => {
-            r.request = Some(q.clone());
-            Some(q)
-        }
-        (Some(r), q) => {
-            r.request = q;
-            None
-        }
-        (None, q) => q,
+    let saved = if d.log.is_some() {
+        log_upstream(d, fwd, cluster, Some(&host), saved, edits_read)
+    } else {
+        saved
     };
 
     let _rq = RqGuard::new(host.clone(), cs.clone());
@@ -640,16 +631,37 @@ fn set_request_id(h: &mut HeaderMap, id: &[u8]) {
 
 /// Closes an upstream connection that is not pooled again; its read buffer goes back to the
 /// worker's pool (what it still holds is dropped with the connection).
-/// Records where the request goes for its access log: the route and cluster, and the host
-/// picked (if any).
+/// Records where the request goes for its access log: the route and cluster, the host picked
+/// (if any), and the request as it went upstream (`saved`; returned when the response edits
+/// read it too, `edits_read`, else kept by the log alone).
 #[cold]
 #[inline(never)]
-fn log_upstream(d: &mut Down, fwd: &Forward, cluster: &ClusterRt, host: Option<&HostRt>) {
-    if let Some(r) = d.log() {
-        r.route = fwd.route_name.clone();
-        r.cluster = Some(cluster.cfg.name.clone());
-        r.attempted = true;
-        r.host = host.map(|h| h.addr);
+fn log_upstream(
+    d: &mut Down,
+    fwd: &Forward,
+    cluster: &ClusterRt,
+    host: Option<&HostRt>,
+    saved: Option<Box<LoggedRequest>>,
+    edits_read: bool,
+) -> Option<Box<LoggedRequest>> {
+    let Some(r) = d.log() else {
+        return saved;
+    };
+    r.route = fwd.route_name.clone();
+    r.cluster = Some(cluster.cfg.name.clone());
+    r.attempted = true;
+    r.host = host.map(|h| h.addr);
+    match saved {
+        Some(q) if edits_read => {
+            r.request = Some(q.clone());
+            Some(q)
+        }
+        q => {
+            if q.is_some() {
+                r.request = q;
+            }
+            None
+        }
     }
 }
 
