@@ -389,11 +389,18 @@ pub fn body(data: &[u8]) {
 /// A config snapshot as the control plane hands it over (JSON). What parses is compiled (STRICT_DNS
 /// names resolve to loopback, no DNS), then used as a worker would: requests routed for hosts
 /// and paths taken from the config, redirects rendered, header edits applied, clusters picked
-/// and hosts balanced. None of it may panic; what it produces must be well-formed.
+/// and hosts balanced. None of it may panic; what it produces must be well-formed. Access logs
+/// are compiled with their files taken for stderr (nothing is created on disk), and each
+/// writes a line for a request that went nowhere, into a buffer that is never handed over.
 pub fn snapshot(data: &[u8]) {
-    let Ok(s) = Snapshot::from_json(data) else {
+    let Ok(mut s) = Snapshot::from_json(data) else {
         return;
     };
+    for l in &mut s.listeners {
+        for a in &mut l.hcm.access_log {
+            a.sink = crate::config::LogSink::Stderr;
+        }
+    }
     let resolver: Resolver = Arc::new(|c: &Cluster| {
         c.endpoints
             .iter()
@@ -408,6 +415,29 @@ pub fn snapshot(data: &[u8]) {
     let Ok(compiled) = compile_with(&s, &resolver) else {
         return;
     };
+    for l in &compiled.listeners {
+        if let Some(logs) = &l.logs {
+            let now = std::time::Instant::now();
+            let rec = crate::accesslog::Record::new(now);
+            let e = crate::accesslog::Emit {
+                peer: SocketAddr::from(([10, 0, 0, 1], 5000)),
+                local: None,
+                end: now,
+                now,
+                wall: std::time::Duration::from_secs(1_796_642_431),
+            };
+            // Every line renders; a JSON one is one valid JSON object.
+            for (json, line) in logs.lines(&rec, &e) {
+                if json {
+                    assert!(
+                        serde_json::from_slice::<serde_json::Value>(&line).is_ok(),
+                        "{}",
+                        String::from_utf8_lossy(&line)
+                    );
+                }
+            }
+        }
+    }
     for c in &compiled.clusters {
         balance(c.policy, &c.hosts);
     }

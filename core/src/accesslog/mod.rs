@@ -470,6 +470,31 @@ impl Logs {
         })))
     }
 
+    /// The lines each log whose filter takes the request would write, each with whether it is
+    /// a JSON log's (for the fuzz target).
+    pub fn lines(&self, r: &Record, e: &Emit) -> Vec<(bool, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in &self.entries {
+            if entry.filter.as_ref().is_some_and(|f| !f.takes(r, e)) {
+                continue;
+            }
+            let mut line = Vec::new();
+            let json = match &entry.format {
+                Format::Text(t, omit) => {
+                    t.write_text(r, e, *omit, &mut line);
+                    false
+                }
+                Format::Json(j, omit) => {
+                    j.write(r, e, *omit, &mut line);
+                    line.push(b'\n');
+                    true
+                }
+            };
+            out.push((json, line));
+        }
+        out
+    }
+
     /// Writes the request's line to each log whose filter takes it.
     pub fn write(&self, r: &Record, e: &Emit, bufs: &LogBufs) {
         for entry in &self.entries {
@@ -641,6 +666,50 @@ mod tests {
         let both = Filter::And(vec![cmp(false, ComparisonOp::Eq, 200), flags(&[])]);
         let either = Filter::Or(vec![cmp(false, ComparisonOp::Eq, 200), flags(&[])]);
         assert!(!both.takes(&r, &e) && either.takes(&r, &e));
+    }
+
+    #[test]
+    fn any_format_string_compiles_or_is_refused_and_renders_without_panics() {
+        // Strings over the grammar's own characters, so that most form commands.
+        let alphabet = b"%()?:_%%ENVQRSTAHX019-: fzsEY";
+        let cmds = [
+            "%START_TIME(",
+            "%REQ(",
+            "%RESP(",
+            "%START_TIME%",
+            "%DURATION%",
+            ")%",
+            ":3%",
+            "%UPSTREAM_HOST%",
+            "%E",
+            "%f",
+            "%9f",
+            "%Ez",
+            "%s",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let r = record();
+        let e = emit(&r);
+        for _ in 0..20_000 {
+            let mut f = String::new();
+            for _ in 0..rng.usize(0..12) {
+                if rng.bool() {
+                    f.push_str(cmds[rng.usize(0..cmds.len())]);
+                } else {
+                    f.push(alphabet[rng.usize(0..alphabet.len())] as char);
+                }
+            }
+            if let Ok(t) = Template::compile(&f, "p") {
+                let mut out = Vec::new();
+                t.write_text(&r, &e, rng.bool(), &mut out);
+                let mut j = Vec::new();
+                t.write_json(&r, &e, &mut j);
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(&j).is_ok(),
+                    "{f:?}"
+                );
+            }
+        }
     }
 
     #[test]
