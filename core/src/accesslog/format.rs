@@ -402,8 +402,8 @@ fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit, out: &mut Vec<u8>) -> Val<'
         Cmd::UpstreamHost => addr(r.host, AddrPart::Full, out),
         Cmd::UpstreamCluster => r
             .cluster
-            .as_deref()
-            .map_or(Val::Missing, |c| s(c.as_bytes())),
+            .as_ref()
+            .map_or(Val::Missing, |c| s(c.cfg.name.as_bytes())),
         Cmd::UpstreamLocal(p) => addr(r.upstream_local, *p, out),
         Cmd::UpstreamRemote(p) => addr(r.host.filter(|_| r.connected), *p, out),
         Cmd::UpstreamTransportFailureReason => r

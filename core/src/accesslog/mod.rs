@@ -190,18 +190,18 @@ pub enum LoggedResponse {
 }
 
 /// What a request's log lines are made from.
-#[derive(Debug)]
 pub struct Record {
     /// When its first bytes were taken up.
     pub start: Instant,
-    pub request: Option<Box<LoggedRequest>>,
+    pub request: Option<LoggedRequest>,
     /// `0` for HTTP/1.0.
     pub minor: u8,
     /// The response code sent (0: none).
     pub status: u16,
     pub detail: Option<Detail>,
     pub route: Option<Arc<str>>,
-    pub cluster: Option<Arc<str>>,
+    /// The cluster (this worker's: a count, not an atomic one, to hold).
+    pub cluster: Option<std::rc::Rc<crate::upstream::ClusterRt>>,
     /// The upstream host picked.
     pub host: Option<SocketAddr>,
     /// A connection to it was had (`%UPSTREAM_REMOTE_ADDRESS%`), and its local address.
@@ -527,14 +527,13 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut r = Record::new(start);
-        r.request = Some(Box::new(LoggedRequest {
+        r.request = Some(LoggedRequest {
             head,
             rewritten: None,
             routed: true,
-        }));
+        });
         r.status = 200;
         r.detail = Some(Detail::ViaUpstream);
-        r.cluster = Some("up".into());
         r.host = Some("127.0.0.1:8080".parse().unwrap());
         r.connected = true;
         r.attempted = true;
@@ -571,7 +570,8 @@ mod tests {
         let r = record();
         assert_eq!(
             text("[%START_TIME%] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(x-up)% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %REQ(x-nope)% %RESPONSE_DURATION% %RESPONSE_TX_DURATION% %REQ(:AUTHORITY):4% 100%%", &r, false),
-            "[2026-12-07T11:20:31.924Z] GET /a?b=1 HTTP/1.1 200 - 0 2 7 a b 127.0.0.1:8080 up 10.0.0.1 - 3 2 exam 100%"
+            // (No cluster: a worker-side cluster is the dataplane tests'.)
+            "[2026-12-07T11:20:31.924Z] GET /a?b=1 HTTP/1.1 200 - 0 2 7 a b 127.0.0.1:8080 - 10.0.0.1 - 3 2 exam 100%"
         );
         // Missing values are empty with omit_empty_values.
         assert_eq!(text("<%REQ(x-nope)%><%ROUTE_NAME%>", &r, true), "<><>");

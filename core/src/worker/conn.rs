@@ -126,7 +126,7 @@ impl Down {
     #[inline]
     pub(super) fn log_request(&mut self, head: &RequestHead, routed: bool) {
         if let Some(r) = self.log.as_deref_mut() {
-            r.request = Some(Box::new(logged(head, routed)));
+            r.request = Some(logged(head, routed));
             // Read whole already, unless a body (or an upgrade's tunnel) follows its head.
             if !self.body_unread {
                 r.request_done = Some(r.start);

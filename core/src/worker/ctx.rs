@@ -278,8 +278,11 @@ impl Ctx {
         }
     }
 
-    /// Gives a written record back for reuse (what it holds is dropped with its next use).
-    pub fn put_log_record(&self, r: Box<crate::accesslog::Record>) {
+    /// Gives a written record back for reuse. What it holds goes now: the request's head
+    /// shares the connection's read buffer, which cannot be reused in place while it is held.
+    pub fn put_log_record(&self, mut r: Box<crate::accesslog::Record>) {
+        r.request = None;
+        r.response = None;
         let mut pool = self.log_records.borrow_mut();
         if pool.len() < POOLED_BUFFERS {
             pool.push(r);

@@ -195,7 +195,7 @@ pub(super) async fn forward(
     let saved = if d.log.is_some() {
         log_upstream(d, fwd, cluster, Some(&host), saved, edits_read)
     } else {
-        saved
+        saved.map(Box::new)
     };
 
     let _rq = RqGuard::new(host.clone(), cs.clone());
@@ -629,8 +629,6 @@ fn set_request_id(h: &mut HeaderMap, id: &[u8]) {
     h.set(b"x-request-id", id);
 }
 
-/// Closes an upstream connection that is not pooled again; its read buffer goes back to the
-/// worker's pool (what it still holds is dropped with the connection).
 /// Records where the request goes for its access log: the route and cluster, the host picked
 /// (if any), and the request as it went upstream (`saved`; returned when the response edits
 /// read it too, `edits_read`, else kept by the log alone).
@@ -639,22 +637,22 @@ fn set_request_id(h: &mut HeaderMap, id: &[u8]) {
 fn log_upstream(
     d: &mut Down,
     fwd: &Forward,
-    cluster: &ClusterRt,
+    cluster: &Rc<ClusterRt>,
     host: Option<&HostRt>,
-    saved: Option<Box<LoggedRequest>>,
+    saved: Option<LoggedRequest>,
     edits_read: bool,
 ) -> Option<Box<LoggedRequest>> {
     let Some(r) = d.log() else {
-        return saved;
+        return saved.map(Box::new);
     };
     r.route = fwd.route_name.clone();
-    r.cluster = Some(cluster.cfg.name.clone());
+    r.cluster = Some(cluster.clone());
     r.attempted = true;
     r.host = host.map(|h| h.addr);
     match saved {
         Some(q) if edits_read => {
             r.request = Some(q.clone());
-            Some(q)
+            Some(Box::new(q))
         }
         q => {
             if q.is_some() {
@@ -665,6 +663,8 @@ fn log_upstream(
     }
 }
 
+/// Closes an upstream connection that is not pooled again; its read buffer goes back to the
+/// worker's pool (what it still holds is dropped with the connection).
 fn close_upstream(ctx: &Ctx, up: UpConn) {
     ctx.put_read_buf(up.rbuf);
 }
@@ -711,7 +711,7 @@ fn upstream_head(
     host: &HostRt,
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
-) -> (Vec<u8>, bool, Option<Box<LoggedRequest>>) {
+) -> (Vec<u8>, bool, Option<LoggedRequest>) {
     router_request_headers(l, &mut head.headers, fwd);
     // The request edits' commands read the headers they edit; the request line is copied
     // only for a value that reads it.
@@ -796,14 +796,12 @@ fn upstream_head(
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    // Boxed: the usual request saves nothing and moves one pointer, not a header map. The
-    // head has been written: it moves rather than copies.
-    let saved = save.then(|| {
-        Box::new(LoggedRequest {
-            head,
-            rewritten: new_target,
-            routed: true,
-        })
+    // The head has been written: it moves rather than copies (into the access log's record,
+    // or boxed for the response edits).
+    let saved = save.then(|| LoggedRequest {
+        head,
+        rewritten: new_target,
+        routed: true,
     });
     (out, chunk_up, saved)
 }
