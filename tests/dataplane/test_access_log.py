@@ -252,7 +252,7 @@ ENDINGS = [
      "http1.codec_error", {"method": "POST", "cluster": "up", "request_done": None}),
     ("header timeout", b"GET / HTTP/1.1\r\nhost", 408, "-", "request_header_timeout", {"method": None}),
     ("upgrade refused", get("/", extra="connection: upgrade\r\nupgrade: foo\r\n"), 403, "-", "upgrade_failed",
-     {"route": "up", "request_done": None}),
+     {"route": "up", "request_done": None, "cluster": "up", "attempts": 0, "upstream": None}),
 ]
 
 

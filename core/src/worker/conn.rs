@@ -1428,6 +1428,12 @@ async fn handle(
                 d.log_request(&head, true);
                 d.log_detail(Detail::UpgradeFailed);
                 log_route(d, route);
+                // Envoy has picked the route's cluster by then (one named outright).
+                if let (Some(r), Action::Forward(f)) = (d.log(), &route.action) {
+                    if let ([(ci, _, _)], None) = (&f.clusters[..], &f.cluster_header) {
+                        r.cluster = Some(snap.clusters[*ci].clone());
+                    }
+                }
             }
             return reply(ctx, l, d, 403, b"", false, None).await;
         }
