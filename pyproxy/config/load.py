@@ -40,6 +40,11 @@ _UNSUPPORTED_HINTS = {
     "cluster_type": "custom cluster types are not supported; use type: STATIC or STRICT_DNS",
     "scoped_routes": "scoped routes are not supported; use an inline route_config",
     "secrets": "TLS secrets are not supported yet",
+    # Unknown only on a listener (the connection manager has its own access_log).
+    "access_log": "a listener's own (connection) access logs are not supported yet; the "
+    "http_connection_manager's access_log logs every request",
+    "access_log_options": "access log flushes at a request's start or on an interval are not "
+    "supported yet; a line is written when the request ends",
 }
 
 # Fields the model declares only so that validate can refuse them with a message of their own.
