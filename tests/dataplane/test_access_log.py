@@ -425,3 +425,33 @@ def test_duration_of_a_request_after_a_kept_alive_one(tmp_path: Path, make_proxy
     assert first["c"] == 200
     # Its own time, not measured from the first request's end.
     assert second["c"] == 408 and second["d"] >= 400
+
+
+def test_header_bytes_are_envoys_byte_sizes(tmp_path: Path, make_proxy: Any, upstream: Any) -> None:
+    path = tmp_path / "sizes.log"
+    routes = [{"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "hello"}}},
+              route("/", "up")]
+    proxy = make_proxy(bootstrap(routes, [cluster("up", upstream.port)], hcm={"access_log": [file_log(path, {
+        "json_format": {"rq": "%REQUEST_HEADERS_BYTES%", "rs": "%RESPONSE_HEADERS_BYTES%"}})]}), **FLUSH)
+
+    def size(pairs: list[tuple[str, str]]) -> int:
+        return sum(len(k) + len(v) for k, v in pairs)
+
+    with RawConn(proxy.listener_port()) as c:
+        proxied = c.request(get("/get?a=1", extra="user-agent: t\r\n"))
+        direct = c.request(get("/direct"))
+        c.send(b"GET / HTTP/1.0\r\n\r\n")  # refused by the codec: no request, a reply
+        refused = c.read_response()
+    sent = upstream.requests[-1]
+    # The request as it went upstream, `host` as `:authority`, with the request line's
+    # pseudo-headers; the response as the client got it, with `:status`.
+    want_rq = size([(k.lower().replace("host", ":authority"), v) for k, v in sent.headers]) + \
+        size([(":method", "GET"), (":path", "/get?a=1"), (":scheme", "http")])
+    first, second, third = json_lines(path, 3)
+    assert first == {"rq": want_rq, "rs": 10 + size(proxied.headers)}
+    # A local reply's `connection`-free head, and the connection manager's own headers.
+    assert second["rs"] == 10 + size(direct.headers)
+    assert second["rq"] == size([(":method", "GET"), (":path", "/direct"), (":authority", "example.com"),
+                                 (":scheme", "http"), ("x-forwarded-proto", "http"),
+                                 ("x-request-id", "0" * 36)])
+    assert third == {"rq": 0, "rs": 10 + size(refused.headers)}

@@ -77,6 +77,8 @@ pub enum Cmd {
     DownstreamRemote(AddrPart),
     DownstreamLocal(AddrPart),
     RouteName,
+    RequestHeadersBytes,
+    ResponseHeadersBytes,
     /// Resolved when compiled (`%HOSTNAME%`, `%ENVIRONMENT(X)%`; `None`: unset).
     Fixed(Option<Vec<u8>>),
     /// What never exists on a plaintext HTTP/1 listener (TLS details, trailers an HTTP/1
@@ -93,7 +95,8 @@ UPSTREAM_LOCAL_PORT, UPSTREAM_REMOTE_ADDRESS(_WITHOUT_PORT), UPSTREAM_REMOTE_POR
 UPSTREAM_TRANSPORT_FAILURE_REASON, UPSTREAM_REQUEST_ATTEMPT_COUNT, \
 DOWNSTREAM_REMOTE_ADDRESS(_WITHOUT_PORT), DOWNSTREAM_REMOTE_PORT, \
 DOWNSTREAM_DIRECT_REMOTE_ADDRESS(_WITHOUT_PORT), DOWNSTREAM_DIRECT_REMOTE_PORT, \
-DOWNSTREAM_LOCAL_ADDRESS(_WITHOUT_PORT), DOWNSTREAM_LOCAL_PORT, ROUTE_NAME, HOSTNAME, \
+DOWNSTREAM_LOCAL_ADDRESS(_WITHOUT_PORT), DOWNSTREAM_LOCAL_PORT, ROUTE_NAME, \
+REQUEST_HEADERS_BYTES, RESPONSE_HEADERS_BYTES, HOSTNAME, \
 ENVIRONMENT(...), VIRTUAL_CLUSTER_NAME, REQUESTED_SERVER_NAME, CONNECTION_TERMINATION_DETAILS, \
 and the DOWNSTREAM_/UPSTREAM_ TLS and peer certificate commands (always `-`: no TLS)";
 
@@ -153,6 +156,8 @@ fn command(name: &str, arg: Option<&str>) -> Option<Cmd> {
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Cmd::DownstreamLocal(Ip),
         "DOWNSTREAM_LOCAL_PORT" => Cmd::DownstreamLocal(Port),
         "ROUTE_NAME" => Cmd::RouteName,
+        "REQUEST_HEADERS_BYTES" => Cmd::RequestHeadersBytes,
+        "RESPONSE_HEADERS_BYTES" => Cmd::ResponseHeadersBytes,
         "HOSTNAME" => Cmd::Fixed(Some(hostname())),
         "VIRTUAL_CLUSTER_NAME"
         | "REQUESTED_SERVER_NAME"
@@ -414,6 +419,8 @@ fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit, out: &mut Vec<u8>) -> Val<'
         Cmd::DownstreamRemote(p) => addr(Some(e.peer), *p, out),
         Cmd::DownstreamLocal(p) => addr(e.local, *p, out),
         Cmd::RouteName => r.route.as_deref().map_or(Val::Missing, |n| s(n.as_bytes())),
+        Cmd::RequestHeadersBytes => Val::Num(r.request.as_ref().map_or(0, |q| q.header_bytes())),
+        Cmd::ResponseHeadersBytes => Val::Num(r.response_header_bytes()),
         Cmd::Fixed(v) => v.as_deref().map_or(Val::Missing, s),
         Cmd::Absent => Val::Missing,
     }

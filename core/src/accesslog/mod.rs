@@ -165,6 +165,22 @@ impl LoggedRequest {
         }
     }
 
+    /// Envoy's byte size of the request's header map: each name and value, with the request
+    /// line's `:method`, `:path` and (once routed) `:scheme`, and `host` as `:authority`.
+    pub fn header_bytes(&self) -> u64 {
+        let mut n = 7 + self.method().len();
+        if self.method() != b"CONNECT" {
+            n += 5 + self.target().len();
+        }
+        if self.routed {
+            n += 7 + self.view().scheme().len();
+        }
+        for (k, v) in self.headers().iter() {
+            n += if k == b"host" { 10 } else { k.len() } + v.len();
+        }
+        n as u64
+    }
+
     /// A header, or `:method`, `:path`, `:authority`, `:scheme`.
     pub fn header(&self, name: &format::ReqName) -> Option<&[u8]> {
         use format::ReqName;
@@ -242,6 +258,27 @@ impl Record {
             response_start: None,
             response_done: None,
         }
+    }
+
+    /// Envoy's byte size of the response's header map: `:status` and its three digits, then
+    /// each name and value (0 without a response).
+    pub fn response_header_bytes(&self) -> u64 {
+        let pairs = match self.response.as_ref() {
+            None => return 0,
+            Some(LoggedResponse::Headers(h)) => h.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Some(LoggedResponse::Raw(head)) => head
+                .split(|&b| b == b'\n')
+                .skip(1)
+                .filter_map(|line| {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let colon = memchr::memchr(b':', line)?;
+                    let v = &line[colon + 1..];
+                    let v = v.trim_ascii();
+                    Some(colon + v.len())
+                })
+                .sum::<usize>(),
+        };
+        (10 + pairs) as u64
     }
 
     /// A response header as sent (the first, if several).
