@@ -264,6 +264,17 @@ def test_how_a_request_ended(probe: Any, case: Any) -> None:
     assert got == {**got, **extra}
 
 
+def test_a_body_read_while_connecting_is_received(probe: Any) -> None:
+    # The connection is refused; the body, which came with the head, was read meanwhile: the
+    # request is whole (Envoy buffers it likewise).
+    got = one(probe, b"POST /dead HTTP/1.1\r\nhost: e\r\ncontent-length: 5\r\n\r\nhello")
+    assert (got["code"], got["flags"], got["rx"]) == (503, "UF", 5)
+    assert got["request_done"] is not None
+    # A direct response never reads the body (Envoy neither).
+    got = one(probe, b"POST /direct HTTP/1.1\r\nhost: e\r\ncontent-length: 5\r\n\r\nhello")
+    assert (got["code"], got["rx"], got["request_done"]) == (200, 0, None)
+
+
 def test_client_that_leaves(probe: Any) -> None:
     # Mid-head: a request Envoy logs, with nothing of it.
     with RawConn(probe.listener_port()) as c:

@@ -271,10 +271,17 @@ pub(super) async fn forward(
                     // A body read ahead whole while the connection was being made is
                     // complete, as Envoy has it by then: the reply answers a whole request and
                     // the client connection stays, with the body dropped from the buffer.
-                    let whole =
-                        body_pending && !upgrade && take_buffered_body(&mut d.rbuf, framing);
+                    let taken = (body_pending && !upgrade)
+                        .then(|| take_buffered_body(&mut d.rbuf, framing))
+                        .flatten();
+                    let whole = taken.is_some();
                     if whole {
                         d.body_unread = false;
+                    }
+                    // The request was whole (Envoy logs its body as received).
+                    if let (Some(r), Some(n)) = (d.log(), taken) {
+                        r.bytes_received = n;
+                        r.request_done = Some(clock::now());
                     }
                     let keep = keep && (whole || !body_pending);
                     return reply(ctx, l, d, 503, body, keep, None).await;
@@ -642,9 +649,14 @@ fn log_upstream(
     saved: Option<LoggedRequest>,
     edits_read: bool,
 ) -> Option<Box<LoggedRequest>> {
+    // Read whole already, unless a body (or an upgrade's tunnel) follows its head.
+    let read_whole = !d.body_unread;
     let Some(r) = d.log() else {
         return saved.map(Box::new);
     };
+    if read_whole && saved.is_some() {
+        r.request_done = Some(r.start);
+    }
     r.route = fwd.route_name.clone();
     r.cluster = Some(cluster.clone());
     r.attempted = true;
@@ -845,19 +857,23 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
     }
 }
 
-/// Drops a request body from the front of `buf` when the whole of it is there, saying whether
-/// it was; otherwise `buf` is left as it was (a malformed chunked body counts as not whole).
-fn take_buffered_body(buf: &mut BytesMut, framing: Framing) -> bool {
+/// Drops a request body from the front of `buf` when the whole of it is there, giving its
+/// length; otherwise `buf` is left as it was (a malformed chunked body counts as not whole).
+fn take_buffered_body(buf: &mut BytesMut, framing: Framing) -> Option<u64> {
     let mut rest = buf.clone();
     let mut body = Decoder::new(framing);
+    let mut len = 0;
     loop {
         match body.decode(&mut rest, usize::MAX) {
-            Ok(Decoded::Data(n)) => rest.advance(n),
+            Ok(Decoded::Data(n)) => {
+                rest.advance(n);
+                len += n as u64;
+            }
             Ok(Decoded::End) => {
                 *buf = rest;
-                return true;
+                return Some(len);
             }
-            Ok(Decoded::NeedMore) | Err(_) => return false,
+            Ok(Decoded::NeedMore) | Err(_) => return None,
         }
     }
 }
