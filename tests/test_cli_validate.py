@@ -33,6 +33,22 @@ def test_validate_long_flag_and_relative_path() -> None:
     assert (done.returncode, done.stdout) == (0, "configuration 'configs/default.yaml' OK\n")
 
 
+# One listener whose connection manager routes everything to cluster `a`; the route config's
+# virtual hosts come next.
+ONE_LISTENER = (
+    "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
+    "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
+    "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
+    "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
+)
+# ...with a route to `a` and one file access log, whose fields come next.
+ACCESS_LOG = (
+    ONE_LISTENER
+    + "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
+    "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+)
+
 BAD = [
     ("lb_policy", "static_resources:\n  clusters:\n  - name: a\n    lb_policy: FOO\n",
      "static_resources.clusters[0].lb_policy: 'FOO' is not one of ROUND_ROBIN, LEAST_REQUEST, "
@@ -43,43 +59,21 @@ BAD = [
     ("not_a_mapping", "[1, 2]\n", "expected a mapping"),
     # Found by the engine's compile step.
     ("regex_rewrite_group",
-     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
-     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
-     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
-     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
+     ONE_LISTENER +
      "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a, "
      "regex_rewrite: {pattern: {regex: '(a)'}, substitution: '\\2'}}}]}]\n",
      "regex_rewrite.substitution: \"\\\\2\": \\2 is not a group of the pattern (\\0 to \\1) nor \\\\"),
     ("access_log_unknown_command",
-     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
-     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
-     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
-     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
-     "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
-     "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+     ACCESS_LOG +
      "FileAccessLog, path: /dev/null, log_format: {text_format: '%NOPE% %PROTOCOL%'}}}]\n",
      "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.access_log[0].typed_config."
      "log_format.text_format: \"%NOPE% %PROTOCOL%\": %NOPE% is not supported by pyproxy"),
     ("access_log_bad_command",
-     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
-     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
-     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
-     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
-     "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
-     "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+     ACCESS_LOG +
      "FileAccessLog, path: /dev/null, log_format: {text_format: 'x %REQ()%'}}}]\n",
      "no valid command at position 2"),
     ("access_log_unwritable",
-     "static_resources:\n  clusters: [{name: a}]\n  listeners:\n  - address: {socket_address: {address: 127.0.0.1, "
-     "port_value: 0}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n"
-     "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-     "HttpConnectionManager\n          stat_prefix: x\n          http_filters: [{name: r, typed_config: {'@type': "
-     "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]\n          route_config:\n"
-     "            virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]\n"
-     "          access_log: [{typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+     ACCESS_LOG +
      "FileAccessLog, path: /nonexistent-dir/a.log}}]\n",
      "access_log[0].typed_config.path: cannot open access log file \"/nonexistent-dir/a.log\""),
 ]

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use super::time::TimeFormat;
 use super::{Detail, Emit, Record};
-use crate::router::format::{bad_command, header_arg, hostname, lex, Token};
+use crate::router::format::{compile_pieces, header_arg, hostname};
 use crate::Error;
 
 /// Which part of an address a command writes.
@@ -192,12 +192,7 @@ fn command(name: &str, arg: Option<&str>) -> Option<Cmd> {
 }
 
 /// A piece of a format string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
-    Lit(Vec<u8>),
-    /// A command and the `:N` length its value is cut to.
-    Cmd(Cmd, Option<usize>),
-}
+pub type Piece = crate::router::format::Piece<Cmd>;
 
 /// A compiled format string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,32 +201,8 @@ pub struct Template(pub Vec<Piece>);
 impl Template {
     /// Compiles a format string; `path` names it in errors.
     pub fn compile(v: &str, path: &str) -> Result<Template, Error> {
-        let tokens = lex(v).map_err(|at| bad_command(path, v, at))?;
-        let mut pieces = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            match t {
-                Token::Lit(l) => pieces.push(Piece::Lit(l)),
-                Token::Cmd {
-                    name,
-                    arg,
-                    max_len,
-                    at,
-                } => {
-                    let cmd = command(name, arg).ok_or_else(|| {
-                        if matches!(name, "REQ" | "RESP" | "TRAILER" | "ENVIRONMENT") {
-                            bad_command(path, v, at)
-                        } else {
-                            Error::config(format!(
-                                "{path}: {v:?}: %{name}{}% is not supported by pyproxy (supported: {COMMANDS})",
-                                arg.map(|a| format!("({a})")).unwrap_or_default()
-                            ))
-                        }
-                    })?;
-                    pieces.push(Piece::Cmd(cmd, max_len));
-                }
-            }
-        }
-        Ok(Template(pieces))
+        let with_arg = ["REQ", "RESP", "TRAILER", "ENVIRONMENT"];
+        compile_pieces(v, path, command, &with_arg, COMMANDS).map(Template)
     }
 
     /// Whether any command is `c` (by kind).

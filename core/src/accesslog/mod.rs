@@ -201,8 +201,24 @@ impl LoggedRequest {
 pub enum LoggedResponse {
     /// A proxied response's headers (moved here once written).
     Headers(HeaderMap),
-    /// A local reply's head, as written.
+    /// A local reply's head, as written (read back only when a log asks).
     Raw(Vec<u8>),
+}
+
+impl LoggedResponse {
+    /// Each header's name and value.
+    fn headers(&self) -> Box<dyn Iterator<Item = (&[u8], &[u8])> + '_> {
+        match self {
+            LoggedResponse::Headers(h) => Box::new(h.iter()),
+            LoggedResponse::Raw(head) => {
+                Box::new(head.split(|&b| b == b'\n').skip(1).filter_map(|line| {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let colon = memchr::memchr(b':', line)?;
+                    Some((&line[..colon], line[colon + 1..].trim_ascii()))
+                }))
+            }
+        }
+    }
 }
 
 /// What a request's log lines are made from.
@@ -263,47 +279,28 @@ impl Record {
     /// Envoy's byte size of the response's header map: `:status` and its three digits, then
     /// each name and value (0 without a response).
     pub fn response_header_bytes(&self) -> u64 {
-        let pairs = match self.response.as_ref() {
-            None => return 0,
-            Some(LoggedResponse::Headers(h)) => h.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            Some(LoggedResponse::Raw(head)) => head
-                .split(|&b| b == b'\n')
-                .skip(1)
-                .filter_map(|line| {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    let colon = memchr::memchr(b':', line)?;
-                    let v = &line[colon + 1..];
-                    let v = v.trim_ascii();
-                    Some(colon + v.len())
-                })
-                .sum::<usize>(),
-        };
-        (10 + pairs) as u64
+        self.response.as_ref().map_or(0, |h| {
+            (10 + h.headers().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
+        })
+    }
+
+    /// Keeps the request as logged; `read_whole`: it has no body (or upgrade tunnel) still to
+    /// come, so it was complete when it began.
+    pub fn set_request(&mut self, q: LoggedRequest, read_whole: bool) {
+        self.request = Some(q);
+        if read_whole {
+            self.request_done = Some(self.start);
+        }
     }
 
     /// A response header as sent (the first, if several).
     pub fn response_header(&self, name: &[u8]) -> Option<&[u8]> {
-        let head = match self.response.as_ref()? {
-            LoggedResponse::Headers(h) => return h.get(name),
-            LoggedResponse::Raw(head) => head,
-        };
-        let mut lines = head.split(|&b| b == b'\n').skip(1);
-        lines.find_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = memchr::memchr(b':', line)?;
-            line[..colon].eq_ignore_ascii_case(name).then(|| {
-                let v = &line[colon + 1..];
-                let start = v
-                    .iter()
-                    .position(|b| !matches!(b, b' ' | b'\t'))
-                    .unwrap_or(v.len());
-                let end = v
-                    .iter()
-                    .rposition(|b| !matches!(b, b' ' | b'\t'))
-                    .map_or(start, |e| e + 1);
-                &v[start..end.max(start)]
-            })
-        })
+        match self.response.as_ref()? {
+            LoggedResponse::Headers(h) => h.get(name),
+            raw => raw
+                .headers()
+                .find_map(|(k, v)| k.eq_ignore_ascii_case(name).then_some(v)),
+        }
     }
 }
 
@@ -510,41 +507,39 @@ impl Logs {
     /// The lines each log whose filter takes the request would write, each with whether it is
     /// a JSON log's (for the fuzz target).
     pub fn lines(&self, r: &Record, e: &Emit) -> Vec<(bool, Vec<u8>)> {
-        let mut out = Vec::new();
-        for entry in &self.entries {
-            if entry.filter.as_ref().is_some_and(|f| !f.takes(r, e)) {
-                continue;
-            }
-            let mut line = Vec::new();
-            let json = match &entry.format {
-                Format::Text(t, omit) => {
-                    t.write_text(r, e, *omit, &mut line);
-                    false
-                }
-                Format::Json(j, omit) => {
-                    j.write(r, e, *omit, &mut line);
-                    line.push(b'\n');
-                    true
-                }
-            };
-            out.push((json, line));
-        }
-        out
+        self.taking(r, e)
+            .map(|entry| {
+                let mut line = Vec::new();
+                entry.line(r, e, &mut line);
+                (matches!(entry.format, Format::Json(..)), line)
+            })
+            .collect()
     }
 
     /// Writes the request's line to each log whose filter takes it.
     pub fn write(&self, r: &Record, e: &Emit, bufs: &LogBufs) {
-        for entry in &self.entries {
-            if entry.filter.as_ref().is_some_and(|f| !f.takes(r, e)) {
-                continue;
+        for entry in self.taking(r, e) {
+            bufs.append(&entry.sink, |out| entry.line(r, e, out));
+        }
+    }
+
+    /// The logs whose filter takes the request.
+    fn taking<'a>(&'a self, r: &'a Record, e: &'a Emit) -> impl Iterator<Item = &'a Entry> {
+        self.entries
+            .iter()
+            .filter(move |entry| entry.filter.as_ref().is_none_or(|f| f.takes(r, e)))
+    }
+}
+
+impl Entry {
+    /// Appends the log's line for the request (a JSON object ends in a newline of its own).
+    fn line(&self, r: &Record, e: &Emit, out: &mut Vec<u8>) {
+        match &self.format {
+            Format::Text(t, omit) => t.write_text(r, e, *omit, out),
+            Format::Json(j, omit) => {
+                j.write(r, e, *omit, out);
+                out.push(b'\n');
             }
-            bufs.append(&entry.sink, |out| match &entry.format {
-                Format::Text(t, omit) => t.write_text(r, e, *omit, out),
-                Format::Json(j, omit) => {
-                    j.write(r, e, *omit, out);
-                    out.push(b'\n');
-                }
-            });
         }
     }
 }

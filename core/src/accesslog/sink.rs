@@ -211,15 +211,20 @@ pub static WRITE_COMPLETED: AtomicU64 = AtomicU64::new(0);
 pub static WRITE_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static REOPEN_FAILED: AtomicU64 = AtomicU64::new(0);
 
-/// Reopens every open access log file (after rotation: `POST /reopen_logs`), each after the
-/// lines handed to it so far are written; the errors of those that could not be opened.
-pub fn reopen_all() -> Vec<String> {
-    let sinks: Vec<Arc<Sink>> = registry()
+/// Every sink some snapshot still holds.
+fn live_sinks() -> Vec<Arc<Sink>> {
+    registry()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .values()
         .filter_map(Weak::upgrade)
-        .collect();
+        .collect()
+}
+
+/// Reopens every open access log file (after rotation: `POST /reopen_logs`), each after the
+/// lines handed to it so far are written; the errors of those that could not be opened.
+pub fn reopen_all() -> Vec<String> {
+    let sinks = live_sinks();
     let mut errors = Vec::new();
     for s in sinks
         .iter()
@@ -243,12 +248,7 @@ pub fn reopen_all() -> Vec<String> {
 
 /// Waits until every line handed to any sink so far is written.
 pub fn wait_written() {
-    let sinks: Vec<Arc<Sink>> = registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .filter_map(Weak::upgrade)
-        .collect();
+    let sinks = live_sinks();
     for s in sinks {
         let (tx, rx) = channel();
         if s.send(Msg::Flushed(tx)) {

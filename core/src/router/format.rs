@@ -29,12 +29,12 @@ pub enum Cmd {
     UpstreamAddr,
 }
 
-/// A run of literal bytes or a command.
+/// A run of literal bytes or a command (`C`: a header value's [`Cmd`], or an access log's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
+pub enum Piece<C = Cmd> {
     Lit(Vec<u8>),
     /// A command and the `:N` length it is cut to.
-    Cmd(Cmd, Option<usize>),
+    Cmd(C, Option<usize>),
 }
 
 /// A configured header value.
@@ -42,6 +42,45 @@ pub enum Piece {
 pub enum Value {
     Static(Vec<u8>),
     Template(Vec<Piece>),
+}
+
+/// Compiles a string with substitution commands into pieces: `command` maps a command's name
+/// and argument to its parsed form, or refuses it. A refused command is malformed (no valid
+/// command at its position) when its name is one of `with_arg`, which need a well-formed
+/// argument, and otherwise not supported, the error listing `supported`.
+pub(crate) fn compile_pieces<C>(
+    v: &str,
+    path: &str,
+    command: impl Fn(&str, Option<&str>) -> Option<C>,
+    with_arg: &[&str],
+    supported: &str,
+) -> Result<Vec<Piece<C>>, Error> {
+    let tokens = lex(v).map_err(|at| bad_command(path, v, at))?;
+    let mut pieces = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        match t {
+            Token::Lit(l) => pieces.push(Piece::Lit(l)),
+            Token::Cmd {
+                name,
+                arg,
+                max_len,
+                at,
+            } => {
+                let cmd = command(name, arg).ok_or_else(|| {
+                    if with_arg.contains(&name) {
+                        bad_command(path, v, at)
+                    } else {
+                        Error::config(format!(
+                            "{path}: {v:?}: %{name}{}% is not supported by pyproxy (supported: {supported})",
+                            arg.map(|a| format!("({a})")).unwrap_or_default()
+                        ))
+                    }
+                })?;
+                pieces.push(Piece::Cmd(cmd, max_len));
+            }
+        }
+    }
+    Ok(pieces)
 }
 
 /// The request a value may read (`%REQ(...)%`).
@@ -82,29 +121,7 @@ impl Value {
         if !v.contains('%') {
             return Ok(Value::Static(v.as_bytes().to_vec()));
         }
-        let tokens = lex(v).map_err(|at| bad_command(path, v, at))?;
-        let mut pieces = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            match t {
-                Token::Lit(l) => pieces.push(Piece::Lit(l)),
-                Token::Cmd {
-                    name,
-                    arg,
-                    max_len,
-                    at,
-                } => {
-                    if matches!(name, "REQ" | "RESP") && command(name, arg).is_none() {
-                        return Err(bad_command(path, v, at));
-                    }
-                    let cmd = command(name, arg).ok_or_else(|| {
-                        Error::config(format!(
-                            "{path}: {v:?}: %{name}% is not supported by pyproxy (supported: {COMMANDS})"
-                        ))
-                    })?;
-                    pieces.push(Piece::Cmd(cmd, max_len));
-                }
-            }
-        }
+        let pieces = compile_pieces(v, path, command, &["REQ", "RESP"], COMMANDS)?;
         Ok(match pieces.as_slice() {
             [] => Value::Static(Vec::new()),
             [Piece::Lit(l)] => Value::Static(l.clone()),

@@ -121,16 +121,15 @@ impl Down {
         }
     }
 
-    /// Keeps the request as it stands now for its access log (`routed`: the connection
-    /// manager has set its scheme).
-    #[inline]
-    pub(super) fn log_request(&mut self, head: &RequestHead, routed: bool) {
+    /// For the access log of a request answered before it went upstream: the request as it
+    /// stands now (`routed`: the connection manager has set its scheme) and why it ended.
+    /// Out of line: its callers are answers, not the proxied path.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn log_answer(&mut self, head: &RequestHead, routed: bool, detail: Detail) {
         if let Some(r) = self.log.as_deref_mut() {
-            r.request = Some(logged(head, routed));
-            // Read whole already, unless a body (or an upgrade's tunnel) follows its head.
-            if !self.body_unread {
-                r.request_done = Some(r.start);
-            }
+            r.set_request(logged(head, routed), !self.body_unread);
+            r.detail = Some(detail);
         }
     }
 
@@ -782,18 +781,12 @@ async fn rewrite_path(
         }
         path::Outcome::Reject => {
             l.http.downstream_rq_failed_path_normalization.inc();
-            if d.log.is_some() {
-                d.log_request(head, false);
-                d.log_detail(Detail::PathNormalizationFailed);
-            }
+            d.log_answer(head, false, Detail::PathNormalizationFailed);
             Some(reply(ctx, l, d, 400, b"", false, None).await)
         }
         path::Outcome::Redirect(p) => {
             l.http.downstream_rq_redirected_with_normalized_path.inc();
-            if d.log.is_some() {
-                d.log_request(head, false);
-                d.log_detail(Detail::PathRedirect);
-            }
+            d.log_answer(head, false, Detail::PathRedirect);
             let mut h = HeaderMap::default();
             h.append(b"location", &p);
             Some(reply(ctx, l, d, 307, b"", keep, Some(&h)).await)
@@ -881,12 +874,8 @@ async fn codec_refusal(
     detail: Detail,
 ) -> (u16, Next) {
     l.http.downstream_cx_protocol_error.inc();
-    if let Some(r) = d.log() {
-        // Envoy's codec refused it: the connection manager never had a request.
-        r.detail = Some(detail);
-        r.minor = 1;
-        r.request_done = None;
-    }
+    // Envoy's codec refused it: the connection manager never had a request (none is logged).
+    d.log_detail(detail);
     // The codec's error resets the stream (Envoy): `reply` counts it, as for any answer
     // before the request was read.
     d.body_unread = true;
@@ -1332,8 +1321,7 @@ async fn handle(
             // Envoy's connection manager takes a CONNECT as a request (a scheme, never
             // complete) and finds it no route.
             let connect = matches!(refusal, Refusal::ConnectNotRouted);
-            d.log_request(&head, connect);
-            d.log_detail(detail);
+            d.log_answer(&head, connect, detail);
             if let Some(r) = d.log().filter(|_| connect) {
                 r.request_done = None;
             }
@@ -1346,20 +1334,14 @@ async fn handle(
     }
     // No host, or a `connection` header that would remove it: 400 with no body, as Envoy.
     if !head.headers.contains(b"host") || conn.names_host() {
-        if d.log.is_some() {
-            d.log_request(&head, false);
-            d.log_detail(Detail::MissingHost);
-        }
+        d.log_answer(&head, false, Detail::MissingHost);
         return reply(ctx, l, d, 400, b"", false, None).await;
     }
     let keep_after_local = keep && !body_pending;
     // Only a path is routed (`OPTIONS *` is not): 404, as Envoy's connection manager.
     if head.target().first() != Some(&b'/') {
         l.http.downstream_rq_non_relative_path.inc();
-        if d.log.is_some() {
-            d.log_request(&head, false);
-            d.log_detail(Detail::AbsolutePathRejected);
-        }
+        d.log_answer(&head, false, Detail::AbsolutePathRejected);
         return reply(ctx, l, d, 404, b"", keep_after_local, None).await;
     }
     let paths = l.c.cfg.hcm.path_options();
@@ -1409,10 +1391,7 @@ async fn handle(
     let Some((vh, route)) = found else {
         l.http.rq_total.inc();
         l.http.no_route.inc();
-        if d.log.is_some() {
-            d.log_request(&head, true);
-            d.log_detail(Detail::RouteNotFound);
-        }
+        d.log_answer(&head, true, Detail::RouteNotFound);
         // The connection manager takes an upgrade before routing (Envoy counts it so); the
         // 404 then closes the connection, whether it took it or not.
         if upgrade && upgrade_allowed(&l.c.cfg.hcm, None, &head.headers) {
@@ -1425,8 +1404,7 @@ async fn handle(
             // Envoy's name says websocket, whatever the type.
             l.http.downstream_rq_ws_on_non_ws_route.inc();
             if d.log.is_some() {
-                d.log_request(&head, true);
-                d.log_detail(Detail::UpgradeFailed);
+                d.log_answer(&head, true, Detail::UpgradeFailed);
                 log_route(d, route);
                 // Envoy has picked the route's cluster by then (one named outright).
                 if let (Some(r), Action::Forward(f)) = (d.log(), &route.action) {
@@ -1467,8 +1445,7 @@ async fn handle(
         table.mutations.apply_response(h, &cx);
     };
     if !matches!(route.action, Action::Forward(_)) && d.log.is_some() {
-        d.log_request(&head, true);
-        d.log_detail(Detail::DirectResponse);
+        d.log_answer(&head, true, Detail::DirectResponse);
         log_route(d, route);
     }
     match &route.action {
@@ -1542,8 +1519,7 @@ async fn handle(
                     None => {
                         l.http.no_cluster.inc();
                         if d.log.is_some() {
-                            d.log_request(&head, true);
-                            d.log_detail(Detail::ClusterNotFound);
+                            d.log_answer(&head, true, Detail::ClusterNotFound);
                             log_route(d, route);
                         }
                         return reply(ctx, l, d, 503, b"", keep_after_local, None).await;
@@ -1594,6 +1570,7 @@ fn log_route(d: &mut Down, route: &crate::router::Route) {
 fn log_reply(r: &mut Record, status: u16, out: &[u8]) {
     r.status = status;
     let head = memchr::memmem::find(out, b"\r\n\r\n").map_or(out.len(), |i| i + 4);
+    r.bytes_sent = (out.len() - head) as u64;
     let mut logged = out[..head].to_vec();
     // The framing of a reply without a body is the codec's (Envoy's reply has none in its
     // header map, which its access log reads).
@@ -1606,7 +1583,6 @@ fn log_reply(r: &mut Record, status: u16, out: &[u8]) {
         }
     }
     r.response = Some(crate::accesslog::LoggedResponse::Raw(logged));
-    r.bytes_sent = (out.len() - head) as u64;
 }
 
 /// Writes a finished request's access log lines (to the worker's buffers).

@@ -139,8 +139,7 @@ pub(super) async fn forward(
     };
     let Some(host) = picked else {
         if d.log.is_some() {
-            d.log_request(&head, true);
-            d.log_detail(Detail::NoHealthyUpstream);
+            d.log_answer(&head, true, Detail::NoHealthyUpstream);
             log_upstream(d, fwd, cluster, None, None, false);
         }
         cs.s.upstream_cx_none_healthy.inc();
@@ -649,29 +648,24 @@ fn log_upstream(
     saved: Option<LoggedRequest>,
     edits_read: bool,
 ) -> Option<Box<LoggedRequest>> {
-    // Read whole already, unless a body (or an upgrade's tunnel) follows its head.
     let read_whole = !d.body_unread;
     let Some(r) = d.log() else {
         return saved.map(Box::new);
     };
-    if read_whole && saved.is_some() {
-        r.request_done = Some(r.start);
-    }
     r.route = fwd.route_name.clone();
     r.cluster = Some(cluster.clone());
     r.attempted = true;
     r.host = host.map(|h| h.addr);
     match saved {
         Some(q) if edits_read => {
-            r.request = Some(q.clone());
+            r.set_request(q.clone(), read_whole);
             Some(Box::new(q))
         }
-        q => {
-            if q.is_some() {
-                r.request = q;
-            }
+        Some(q) => {
+            r.set_request(q, read_whole);
             None
         }
+        None => None,
     }
 }
 
