@@ -659,6 +659,36 @@ pub struct Cluster {
     /// Flattened `load_assignment.endpoints[*].lb_endpoints[*]`.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// `circuit_breakers` thresholds of the `DEFAULT` priority (Envoy's defaults when absent).
+    #[serde(default)]
+    pub circuit_breakers: Thresholds,
+    /// `circuit_breakers` thresholds of the `HIGH` priority.
+    #[serde(default)]
+    pub circuit_breakers_high: Thresholds,
+}
+
+/// One priority's `circuit_breakers.thresholds` entry, Envoy's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
+    pub max_requests: u64,
+    pub max_retries: u64,
+    /// Whether the `remaining_*` gauges are kept.
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    fn default() -> Thresholds {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+        }
+    }
 }
 
 fn default_connect_timeout_ms() -> u64 {

@@ -349,7 +349,9 @@ impl Engine {
         let Some(run) = guard.as_mut() else {
             return Err(Error::engine("apply() before start()"));
         };
-        let compiled = Arc::new(compile_with(snapshot, &self.resolver)?);
+        let mut compiled = compile_with(snapshot, &self.resolver)?;
+        compiled.keep_breakers(&run.compiled.lock().unwrap_or_else(|e| e.into_inner()));
+        let compiled = Arc::new(compiled);
         let mut add: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
             (0..run.workers.len()).map(|_| Vec::new()).collect();
         let mut new_bound = Vec::new();

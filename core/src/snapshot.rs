@@ -52,6 +52,8 @@ pub struct CompiledCluster {
     pub hosts: Vec<HostAddr>,
     /// `connect_timeout`.
     pub connect_timeout: Duration,
+    /// Its circuit breakers, shared by every worker.
+    pub breakers: Arc<crate::upstream::breaker::Breakers>,
 }
 
 /// A whole compiled snapshot.
@@ -64,6 +66,20 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Keeps the circuit breakers (what they count included) of each cluster `prev` has
+    /// with the same config, as Envoy keeps a cluster an update leaves as it was. Called on a
+    /// freshly compiled snapshot, before it is shared.
+    pub fn keep_breakers(&mut self, prev: &Compiled) {
+        for c in &mut self.clusters {
+            let Some(old) = prev.clusters.iter().find(|o| o.cfg == c.cfg) else {
+                continue;
+            };
+            if let Some(c) = Arc::get_mut(c) {
+                c.breakers = old.breakers.clone();
+            }
+        }
+    }
+
     /// The listener named `name`.
     pub fn listener(&self, name: &str) -> Option<&Arc<CompiledListener>> {
         self.listeners.iter().find(|l| &*l.name == name)
@@ -214,6 +230,10 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
         discovery,
         hosts,
         connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
+        breakers: Arc::new(crate::upstream::breaker::Breakers::new(
+            &c.circuit_breakers,
+            &c.circuit_breakers_high,
+        )),
     })
 }
 
@@ -276,4 +296,41 @@ pub fn compile_with(s: &Snapshot, resolver: &Resolver) -> Result<Compiled, Error
         listeners,
         clusters,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(max_requests: u64, other_max: u64) -> Snapshot {
+        let cluster = |name: &str, max: u64| {
+            serde_json::json!({"name": name, "type": "STATIC",
+                "endpoints": [{"address": "127.0.0.1", "port": 1}],
+                "circuit_breakers": {"max_connections": 1024, "max_pending_requests": 1024,
+                    "max_requests": max, "max_retries": 3, "track_remaining": false}})
+        };
+        let doc = serde_json::json!({"listeners": [], "clusters": [
+            cluster("same", max_requests), cluster("changed", other_max)]});
+        Snapshot::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_cluster_keeps_its_breakers_and_what_they_count() {
+        let old = compile(&snapshot(5, 5)).unwrap();
+        old.clusters[0].breakers.default.rq.take();
+        old.clusters[1].breakers.default.rq.take();
+        let mut new = compile(&snapshot(5, 6)).unwrap();
+        new.keep_breakers(&old);
+        assert!(Arc::ptr_eq(
+            &new.clusters[0].breakers,
+            &old.clusters[0].breakers
+        ));
+        assert_eq!(new.clusters[0].breakers.default.rq.open(), 1);
+        // A changed cluster starts from none, as Envoy's new cluster does.
+        assert!(!Arc::ptr_eq(
+            &new.clusters[1].breakers,
+            &old.clusters[1].breakers
+        ));
+        assert_eq!(new.clusters[1].breakers.default.rq.open(), 0);
+    }
 }

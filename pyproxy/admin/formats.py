@@ -549,9 +549,12 @@ def _wrapped(value: Any) -> int:
 def circuit_breakers(cluster_config: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """Thresholds by priority ("DEFAULT", "HIGH"), Envoy's defaults filled in."""
     out = {p: dict(_DEFAULT_THRESHOLDS) for p in ("DEFAULT", "HIGH")}
+    seen = set()
     for threshold in (cluster_config.get("circuit_breakers") or {}).get("thresholds") or []:
         priority = str(threshold.get("priority", "DEFAULT")).upper()
-        if priority in out:
+        # The first entry of a priority is the one Envoy uses.
+        if priority in out and priority not in seen:
+            seen.add(priority)
             for key in _DEFAULT_THRESHOLDS:
                 if key in threshold:
                     out[priority][key] = _wrapped(threshold[key])

@@ -31,6 +31,11 @@ DEFAULT_ROUTE_TIMEOUT_MS = 15_000
 DEFAULT_CONNECT_TIMEOUT_MS = 5_000
 DEFAULT_CHOICE_COUNT = 2
 DEFAULT_DNS_REFRESH_RATE_MS = 5_000
+# Envoy's circuit breaker defaults (envoy.config.cluster.v3.CircuitBreakers.Thresholds).
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_PENDING_REQUESTS = 1024
+DEFAULT_MAX_REQUESTS = 1024
+DEFAULT_MAX_RETRIES = 3
 
 _REDIRECT_CODES = {
     "MOVED_PERMANENTLY": 301,
@@ -416,6 +421,20 @@ def _ring_sizes(rh: m.RingHashLbConfig | None) -> Json:
     }
 
 
+def _thresholds(cb: m.CircuitBreakers | None, priority: str) -> Json:
+    """One priority's circuit breaker limits: its first entry (Envoy takes the first), Envoy's
+    defaults for what it leaves unset."""
+    given = next((t for t in cb.thresholds if t.priority == priority), None) if cb else None
+    t = given or m.CircuitBreakerThresholds()
+    return {
+        "max_connections": _or(t.max_connections, DEFAULT_MAX_CONNECTIONS),
+        "max_pending_requests": _or(t.max_pending_requests, DEFAULT_MAX_PENDING_REQUESTS),
+        "max_requests": _or(t.max_requests, DEFAULT_MAX_REQUESTS),
+        "max_retries": _or(t.max_retries, DEFAULT_MAX_RETRIES),
+        "track_remaining": t.track_remaining,
+    }
+
+
 def _cluster(c: m.Cluster) -> Json:
     teo = c.typed_extension_protocol_options
     given = teo.http.common_http_protocol_options if teo is not None and teo.http else None
@@ -454,4 +473,6 @@ def _cluster(c: m.Cluster) -> Json:
         "dns_refresh_rate_ms": _ms(c.dns_refresh_rate, DEFAULT_DNS_REFRESH_RATE_MS),
         "dns_lookup_family": c.dns_lookup_family,
         "endpoints": endpoints,
+        "circuit_breakers": _thresholds(c.circuit_breakers, "DEFAULT"),
+        "circuit_breakers_high": _thresholds(c.circuit_breakers, "HIGH"),
     }

@@ -284,6 +284,7 @@ class RouteAction(_Message, kw_only=True):
     idle_timeout: Duration | None = None
     upgrade_configs: list[RouteUpgradeConfig] = []
     hash_policy: list[HashPolicy] = []
+    priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"  # HIGH refused by validate
 
 
 class RedirectAction(_Message, kw_only=True):
@@ -664,6 +665,28 @@ class MaglevLbConfig(_Message, kw_only=True):
     table_size: UInt64 | None = None
 
 
+class CircuitBreakerThresholds(_Message, kw_only=True):
+    """`envoy.config.cluster.v3.CircuitBreakers.Thresholds` (unset limits are Envoy's defaults:
+    1024 connections, pending requests and requests, 3 retries)."""
+
+    priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"
+    max_connections: UInt32 | None = None
+    max_pending_requests: UInt32 | None = None
+    max_requests: UInt32 | None = None
+    max_retries: UInt32 | None = None
+    max_connection_pools: UInt32 | None = None  # refused by validate
+    track_remaining: bool = False
+    retry_budget: dict[str, Any] | None = None  # refused by validate
+
+
+class CircuitBreakers(_Message, kw_only=True):
+    """`envoy.config.cluster.v3.CircuitBreakers`: the first entry of each priority counts, as in
+    Envoy."""
+
+    thresholds: list[CircuitBreakerThresholds] = []
+    per_host_thresholds: list[dict[str, Any]] = []  # refused by validate
+
+
 class Cluster(_Message, kw_only=True):
     """`envoy.config.cluster.v3.Cluster`."""
 
@@ -680,6 +703,7 @@ class Cluster(_Message, kw_only=True):
     typed_extension_protocol_options: TypedExtensionProtocolOptions | None = None
     dns_refresh_rate: Duration | None = None
     dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
+    circuit_breakers: CircuitBreakers | None = None
 
 
 # --- bootstrap --------------------------------------------------------------------------------

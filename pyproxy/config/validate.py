@@ -527,6 +527,12 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
     _check_hash_policy(action.hash_policy, f"{path}.hash_policy")
+    if action.priority != "DEFAULT":
+        raise ConfigError(
+            f"{path}.priority",
+            f"{action.priority} is not supported yet; every request counts against its "
+            "cluster's DEFAULT circuit breaker thresholds",
+        )
     if action.cluster_header is not None:
         return
     if action.cluster is not None:
@@ -661,7 +667,26 @@ def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
             )
         if cluster.load_assignment is not None:
             _check_load_assignment(cluster, f"{path}.load_assignment")
+        if cluster.circuit_breakers is not None:
+            _check_circuit_breakers(cluster.circuit_breakers, f"{path}.circuit_breakers")
     return set(names)
+
+
+def _check_circuit_breakers(cb: m.CircuitBreakers, path: str) -> None:
+    if cb.per_host_thresholds:
+        raise ConfigError(
+            f"{path}.per_host_thresholds",
+            "per-host circuit breakers are not supported yet; thresholds apply to the cluster",
+        )
+    for i, t in enumerate(cb.thresholds):
+        tpath = f"{path}.thresholds[{i}]"
+        if t.retry_budget is not None:
+            raise ConfigError(f"{tpath}.retry_budget", "retries are not supported yet")
+        if t.max_connection_pools is not None:
+            raise ConfigError(
+                f"{tpath}.max_connection_pools",
+                "is not supported; each host has one connection pool per worker",
+            )
 
 
 def _check_max_headers_count(count: int | None, path: str) -> None:

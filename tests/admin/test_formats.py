@@ -102,6 +102,27 @@ def test_clusters_reports_unhealthy_host_and_locality() -> None:
     assert host["locality"] == {"region": "eu", "zone": "a"}
 
 
+def test_clusters_show_each_prioritys_first_thresholds() -> None:
+    """As the envoy binary prints them: the first entry of a priority counts, its unset limits
+    are Envoy's defaults."""
+    config = {"up": {"name": "up", "circuit_breakers": {"thresholds": [
+        {"max_requests": 1, "track_remaining": True},
+        {"max_requests": 5, "max_connections": 7},
+        {"priority": "HIGH", "max_pending_requests": 9},
+    ]}}}
+    text = formats.clusters_text([{"name": "up", "hosts": []}], config)
+    assert text.splitlines()[1:9] == [
+        "up::default_priority::max_connections::1024",
+        "up::default_priority::max_pending_requests::1024",
+        "up::default_priority::max_requests::1",
+        "up::default_priority::max_retries::3",
+        "up::high_priority::max_connections::1024",
+        "up::high_priority::max_pending_requests::9",
+        "up::high_priority::max_requests::1024",
+        "up::high_priority::max_retries::3",
+    ]
+
+
 def test_empty_lists_render_as_envoy_does() -> None:
     assert formats.listeners_json([]) == {}
     assert formats.clusters_json([], {}) == {}

@@ -23,6 +23,9 @@ STDERR_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.Stde
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
 HPO_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# Envoy's circuit breaker defaults, as every cluster's snapshot carries them when unset.
+ENVOY_THRESHOLDS = {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024,
+                    "max_retries": 3, "track_remaining": False}
 
 
 def hcm(c: dict) -> dict:
@@ -109,10 +112,21 @@ def test_default_snapshot() -> None:
         "dns_refresh_rate_ms": 5000,
         "dns_lookup_family": "AUTO",
         "endpoints": [{"address": "127.0.0.1", "port": 8080, "weight": 1}],
+        "circuit_breakers": ENVOY_THRESHOLDS,
+        "circuit_breakers_high": ENVOY_THRESHOLDS,
     }]
 
 
 CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
+    # Circuit breakers: each priority's first entry, the rest Envoy's defaults.
+    ("circuit_breakers", lambda c: cluster(c).update(circuit_breakers={"thresholds": [
+        {"max_connections": 2, "track_remaining": True},
+        {"priority": "HIGH", "max_requests": 0, "max_pending_requests": 7},
+        {"max_connections": 9},
+    ]}),
+     lambda s: (s["clusters"][0]["circuit_breakers"], s["clusters"][0]["circuit_breakers_high"]),
+     ({**ENVOY_THRESHOLDS, "max_connections": 2, "track_remaining": True},
+      {**ENVOY_THRESHOLDS, "max_requests": 0, "max_pending_requests": 7})),
     # HCM
     ("hcm_timeouts", lambda c: hcm(c).update(
         stream_idle_timeout="0s", request_timeout="1.5s", request_headers_timeout="0.0001s",

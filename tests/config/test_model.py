@@ -85,6 +85,11 @@ def test_default_config_decodes() -> None:
 
 ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
     ("no_admin", lambda c: c.pop("admin")),
+    ("circuit_breakers", lambda c: cluster(c).update(circuit_breakers={"thresholds": [
+        {"priority": "DEFAULT", "max_connections": 100, "max_pending_requests": 0, "max_requests": 50,
+         "max_retries": 1, "track_remaining": True},
+        {"priority": "HIGH", "max_connections": 200}]})),
+    ("route_priority_default", lambda c: route(c)["route"].update(priority="DEFAULT")),
     ("empty_static_resources", lambda c: c.update(static_resources={})),
     ("node", lambda c: c.update(node={"id": "n1", "cluster": "edge", "metadata": {"a": 1}})),
     ("admin_access_log_ignored", lambda c: c["admin"].update(access_log=[{"name": "x"}])),
@@ -538,6 +543,23 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{CLUSTER}.max_requests_per_connection", "set only one of max_requests_per_connection"),
     ("health_checks", lambda c: cluster(c).update(health_checks=[]),
      f"{CLUSTER}.health_checks", "active health checking is not supported yet"),
+    # circuit breakers
+    ("breaker_priority", lambda c: cluster(c).update(circuit_breakers={"thresholds": [{"priority": "LOW"}]}),
+     f"{CLUSTER}.circuit_breakers.thresholds[0].priority", "'LOW' is not one of DEFAULT, HIGH"),
+    ("breaker_negative", lambda c: cluster(c).update(
+        circuit_breakers={"thresholds": [{"max_requests": -1}]}),
+     f"{CLUSTER}.circuit_breakers.thresholds[0].max_requests", "-1 is out of range"),
+    ("breaker_per_host", lambda c: cluster(c).update(
+        circuit_breakers={"per_host_thresholds": [{"max_connections": 1}]}),
+     f"{CLUSTER}.circuit_breakers.per_host_thresholds", "per-host circuit breakers are not supported"),
+    ("breaker_retry_budget", lambda c: cluster(c).update(
+        circuit_breakers={"thresholds": [{}, {"retry_budget": {}}]}),
+     f"{CLUSTER}.circuit_breakers.thresholds[1].retry_budget", "retries are not supported yet"),
+    ("breaker_pools", lambda c: cluster(c).update(
+        circuit_breakers={"thresholds": [{"max_connection_pools": 3}]}),
+     f"{CLUSTER}.circuit_breakers.thresholds[0].max_connection_pools", "is not supported"),
+    ("route_priority_high", lambda c: route(c)["route"].update(priority="HIGH"),
+     f"{ROUTE}.route.priority", "HIGH is not supported yet"),
     ("pipe_address", lambda c: listener(c).update(address={"pipe": {"path": "/tmp/s"}}),
      f"{LISTENER}.address.pipe", "unknown field 'pipe'; supported here: socket_address"),
     ("udp", lambda c: listener(c)["address"]["socket_address"].update(protocol="UDP"),

@@ -57,13 +57,13 @@ QUIET = ("http.ingress_http.downstream_cx_active", "cluster.up.upstream_rq_activ
 KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_0\.|http1\.)")
 # Stats of features pyproxy does not have (yet): not reported as missing.
 LACKS = re.compile(
-    r"(circuit_breakers|lb_(?!healthy_panic)|_http[23]_|http[23]\.|up\.http1\.|metadata_not_supported|"
+    r"(lb_(?!healthy_panic)|_http[23]_|http[23]\.|up\.http1\.|metadata_not_supported|"
     r"response_flood|ssl|tracing|retry|"
     r"assignment_|update_|version|warming|membership_(degraded|excluded)|original_dst|bind_errors|"
     r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)|overload|"
     r"flow_control|shadow|maintenance|premature_resets|ip_detection|"
     r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
-    r"extension_config|preconnect|_overflow|queue_overloaded|per_try|idle_timeout|"
+    r"extension_config|preconnect|queue_overloaded|per_try|idle_timeout|"
     r"soft_drain|passthrough|rs_too_large|"
     r"total_match_count|membership_change|max_host_weight|close_notify_missing|rx_reset_no_error|"
     r"connect_attempts_exceeded|max_host|http3_broken)"

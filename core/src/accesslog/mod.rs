@@ -35,6 +35,8 @@ pub enum Detail {
     NoHealthyUpstream,
     ConnectRefused,
     ConnectTimeout,
+    /// A circuit breaker refused the request (`max_pending_requests`, `max_requests`).
+    Overflow,
     ResetBeforeTermination,
     ResetBeforeProtocol,
     ResetAfterTermination,
@@ -69,6 +71,7 @@ impl Detail {
             Detail::NoHealthyUpstream => "no_healthy_upstream",
             Detail::ConnectRefused => "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
             Detail::ConnectTimeout => "upstream_reset_before_response_started{connection_timeout}",
+            Detail::Overflow => "upstream_reset_before_response_started{overflow}",
             Detail::ResetBeforeTermination => {
                 "upstream_reset_before_response_started{connection_termination}"
             }
@@ -104,6 +107,7 @@ impl Detail {
             Detail::ClusterNotFound => ("NC", "NoClusterFound"),
             Detail::NoHealthyUpstream => ("UH", "NoHealthyUpstream"),
             Detail::ConnectRefused | Detail::ConnectTimeout => ("UF", "UpstreamConnectionFailure"),
+            Detail::Overflow => ("UO", "UpstreamOverflow"),
             Detail::ResetBeforeTermination | Detail::ResetAfterTermination => {
                 ("UC", "UpstreamConnectionTermination")
             }

@@ -309,6 +309,8 @@ crate::stat_scope! {
             upstream_rq_rx_reset, upstream_rq_tx_reset, upstream_rq_pending_total,
             upstream_rq_pending_failure_eject, upstream_rq_cancelled,
             upstream_cx_none_healthy, lb_healthy_panic, membership_change,
+            upstream_cx_overflow, upstream_cx_pool_overflow, upstream_rq_pending_overflow,
+            upstream_rq_active_overflow, upstream_rq_retry_overflow,
         }
         gauges {
             upstream_cx_active, upstream_rq_active, upstream_rq_pending_active,
@@ -334,6 +336,9 @@ pub struct ClusterScope {
     pub external: ExternalCodes,
     /// A hashing balancer's gauges (`ring_hash_lb.*`, `maglev_lb.*`).
     pub lb: LbGauges,
+    /// The cluster's circuit breakers, for their gauges: set in one worker's scope only (the
+    /// one that publishes the membership gauges), as they count across workers.
+    pub breakers: std::sync::Mutex<Option<std::sync::Arc<crate::upstream::breaker::Breakers>>>,
 }
 
 /// A ring hash's `ring_hash_lb.size`, `min_hashes_per_host`, `max_hashes_per_host`, or
@@ -448,5 +453,9 @@ impl Scope for ClusterScope {
         visit_classes(&self.class, "upstream_rq_", v);
         self.external.visit(v);
         self.lb.visit(v);
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = breakers.as_ref() {
+            b.visit(v);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Everything here is per worker (`Rc`, `Cell`): a worker's pool holds connections only it
 //! uses, so checkout and return are a `Vec` pop and push with no lock.
 
+pub mod breaker;
 pub mod pool;
 
 use std::cell::RefCell;
@@ -13,7 +14,9 @@ use std::sync::Arc;
 use crate::lb::{Balancer, LbHost};
 use crate::snapshot::{CompiledCluster, HostAddr};
 use crate::stats::{Buffered, ClusterScope, DestroySplit};
+use breaker::Breakers;
 use pool::Pool;
+use pool::Waiters;
 
 crate::stat_scope! {
     /// Per-host stats for `/clusters` (not in `/stats`, as Envoy).
@@ -40,21 +43,37 @@ pub struct CxGuard {
     pub active_rq: bool,
     /// Its share of `upstream_cx_{rx,tx}_bytes_buffered`.
     pub held: Buffered,
+    /// The circuit breakers it counts against (`max_connections`), and its pool's line,
+    /// which its close wakes (once it came up: a failed attempt fails the line instead).
+    limits: Option<(Arc<Breakers>, Rc<Waiters>)>,
+    /// It came up.
+    pub up: bool,
 }
 
 impl CxGuard {
     /// Counts a connection from its attempt on (`upstream_cx_active`, as Envoy's); its drop
     /// counts the destroy, also of an attempt that never came up. `upstream_cx_total` and
     /// `upstream_cx_http1_total` are counted by the caller.
-    pub fn new(cluster: Arc<ClusterScope>, host: Arc<HostStats>) -> CxGuard {
+    /// `limits`: the cluster's breakers, where it takes a connection until dropped, and the
+    /// pool's line.
+    pub fn new(
+        cluster: Arc<ClusterScope>,
+        host: Arc<HostStats>,
+        limits: Option<(Arc<Breakers>, Rc<Waiters>)>,
+    ) -> CxGuard {
         cluster.s.upstream_cx_active.inc();
         host.cx_active.inc();
+        if let Some((b, _)) = &limits {
+            b.default.cx.take();
+        }
         CxGuard {
             cluster,
             host,
             remote: false,
             active_rq: false,
             held: Buffered::default(),
+            limits,
+            up: false,
         }
     }
 }
@@ -98,6 +117,13 @@ impl Drop for CxGuard {
         }
         .count(self.remote, self.active_rq);
         self.host.cx_active.dec();
+        if let Some((b, w)) = &self.limits {
+            b.default.cx.give();
+            // A request waiting for a connection of this pool may make one now.
+            if self.up {
+                w.retry_one();
+            }
+        }
     }
 }
 
@@ -233,6 +259,11 @@ impl ClusterRt {
                 _ => 0,
             };
             s.max_host_weight.set(u64::from(max_weight));
+            *self
+                .stats
+                .breakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(self.cfg.breakers.clone());
             if let Some((kind, size, min, max)) = set.lb.table_stats() {
                 self.stats.lb.set(kind, size, min, max);
             }

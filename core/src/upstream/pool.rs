@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
+use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -18,9 +19,21 @@ pub enum ConnectFail {
     Refused,
 }
 
-/// What a request waiting on another request's connection attempt gets: the connection, or
-/// why it failed.
-pub type Handoff = oneshot::Receiver<Result<UpConn, ConnectFail>>;
+/// What a request waiting for a connection is woken with.
+pub enum Wake {
+    /// A connection for it: one another request gave back, or one being made that its
+    /// request no longer needs.
+    Conn(UpConn),
+    /// The connection being made failed (every request waiting then fails, as Envoy's pool
+    /// purges its pending requests).
+    Failed(ConnectFail),
+    /// A connection of this pool closed, or the pool has room again: decide again whether to
+    /// make one.
+    Retry,
+}
+
+/// A place in line for a connection.
+pub type Handoff = oneshot::Receiver<Wake>;
 
 /// An upstream connection between requests.
 pub struct UpConn {
@@ -36,15 +49,91 @@ pub struct UpConn {
     pub guard: super::CxGuard,
 }
 
+/// A request waiting in line.
+struct Waiter {
+    tx: oneshot::Sender<Wake>,
+    /// It waits for a connection being made for a request that went away
+    /// ([`Pool::wait_for_orphan`]), not for one to be given back.
+    on_attempt: bool,
+}
+
+/// Requests of one host's pool waiting for a connection, oldest first. Shared with the
+/// guards of the pool's connections, so that a connection that closes wakes one of them.
+#[derive(Default)]
+pub struct Waiters {
+    queue: RefCell<VecDeque<Waiter>>,
+    /// The queue's length, read on every return to the pool (one load when none waits).
+    len: Cell<usize>,
+}
+
+impl Waiters {
+    fn push(&self, front: bool, on_attempt: bool) -> Handoff {
+        let (tx, rx) = oneshot::channel();
+        let w = Waiter { tx, on_attempt };
+        let mut q = self.queue.borrow_mut();
+        if front {
+            q.push_front(w);
+        } else {
+            q.push_back(w);
+        }
+        self.len.set(q.len());
+        rx
+    }
+
+    /// Gives `wake` to the oldest request still waiting; back when none is.
+    fn send(&self, mut wake: Wake) -> Option<Wake> {
+        if self.len.get() == 0 {
+            return Some(wake);
+        }
+        let mut q = self.queue.borrow_mut();
+        let back = loop {
+            let Some(w) = q.pop_front() else {
+                break Some(wake);
+            };
+            match w.tx.send(wake) {
+                Ok(()) => break None,
+                // That request went away: the next one, if any.
+                Err(w) => wake = w,
+            }
+        };
+        self.len.set(q.len());
+        back
+    }
+
+    /// Wakes the oldest request waiting to decide again whether to make a connection (one of
+    /// the pool's closed, or the cluster has room for one again).
+    pub fn retry_one(&self) {
+        let _ = self.send(Wake::Retry);
+    }
+
+    /// Fails every request waiting.
+    fn fail_all(&self, fail: ConnectFail) {
+        let mut q = self.queue.borrow_mut();
+        for w in q.drain(..) {
+            let _ = w.tx.send(Wake::Failed(fail));
+        }
+        self.len.set(0);
+    }
+
+    /// How many requests wait, those whose client left meanwhile no longer counted.
+    fn live(&self) -> (usize, usize) {
+        let mut q = self.queue.borrow_mut();
+        q.retain(|w| !w.tx.is_closed());
+        self.len.set(q.len());
+        (q.len(), q.iter().filter(|w| w.on_attempt).count())
+    }
+}
+
 /// Idle connections, most recently used last (reused first: warm, least likely to have been
-/// closed by the upstream's idle timer).
+/// closed by the upstream's idle timer), and the requests waiting for one.
 #[derive(Default)]
 pub struct Pool {
     idle: RefCell<Vec<UpConn>>,
     /// Connections still being made whose request went away ([`Pool::orphan_started`]).
     orphans: Cell<usize>,
-    /// Requests waiting for one of those, oldest first.
-    waiters: RefCell<VecDeque<oneshot::Sender<Result<UpConn, ConnectFail>>>>,
+    /// Requests waiting: for one of those, or (at the cluster's `max_connections`) for a
+    /// connection to be given back.
+    waiters: Rc<Waiters>,
 }
 
 impl Pool {
@@ -70,18 +159,20 @@ impl Pool {
     /// A pooled connection keeps no read buffer: the emptied one is handed back, for the
     /// worker's buffer pool. Kept, it was up to 64 KiB per idle upstream connection (dhat;
     /// 200 pooled connections held 12.5 MiB).
+    // The connection comes back by value, moved as it went in (no allocation to box it).
+    #[allow(clippy::result_large_err)]
     pub fn checkin(&self, mut c: UpConn, now: Instant) -> Result<BytesMut, UpConn> {
         if !c.rbuf.is_empty() {
             return Err(c);
         }
         let buf = std::mem::take(&mut c.rbuf);
-        // A request waiting for a connection being made takes this one rather than wait on
-        // (Envoy gives a pending request the first connection ready). Only a request that
-        // found no idle connection while one was being made waits, so this is one load.
-        if self.orphans.get() != 0 {
-            match self.hand_over(c) {
-                None => return Ok(buf),
-                Some(back) => c = back,
+        // A request waiting for a connection takes this one rather than wait on (Envoy gives
+        // a pending request the first connection ready). Only a request that found no idle
+        // connection waits, so this is one load.
+        if self.waiters.len.get() != 0 {
+            match self.waiters.send(Wake::Conn(c)) {
+                Some(Wake::Conn(back)) => c = back,
+                _ => return Ok(buf),
             }
         }
         c.idle_since = now;
@@ -89,18 +180,21 @@ impl Pool {
         Ok(buf)
     }
 
-    /// Gives `c` to the oldest request still waiting ([`Pool::wait_for_orphan`]); back when
-    /// none is.
-    fn hand_over(&self, mut c: UpConn) -> Option<UpConn> {
-        let mut waiters = self.waiters.borrow_mut();
-        while let Some(w) = waiters.pop_front() {
-            match w.send(Ok(c)) {
-                Ok(()) => return None,
-                // That request went away too: the next one, if any.
-                Err(back) => c = back.unwrap_or_else(|_| unreachable!("sent Ok")),
-            }
-        }
-        Some(c)
+    /// Whether requests wait for a connection.
+    #[inline]
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.len.get() != 0
+    }
+
+    /// The line, for a connection's guard ([`super::CxGuard`]).
+    pub fn waiters(&self) -> Rc<Waiters> {
+        self.waiters.clone()
+    }
+
+    /// A place in line for a connection given back (the cluster is at its `max_connections`);
+    /// `front`: a request that was in line already and was woken to decide again.
+    pub fn wait(&self, front: bool) -> Handoff {
+        self.waiters.push(front, false)
     }
 
     /// Closes connections idle for longer than `max_idle` (`None`: no limit), returning how
@@ -136,32 +230,33 @@ impl Pool {
         if self.orphans.get() == 0 {
             return None;
         }
-        let mut waiters = self.waiters.borrow_mut();
-        // Requests whose client left meanwhile no longer wait.
-        waiters.retain(|w| !w.is_closed());
-        if waiters.len() >= self.orphans.get() {
+        let (_, on_attempts) = self.waiters.live();
+        if on_attempts >= self.orphans.get() {
             return None;
         }
-        let (tx, rx) = oneshot::channel();
-        waiters.push_back(tx);
-        Some(rx)
+        Some(self.waiters.push(false, true))
     }
 
     /// Ends an attempt counted by [`Pool::orphan_started`]: a connection goes to the oldest
-    /// request waiting, or comes back for the pool when none waits. A failure fails every
-    /// waiting request (those counted against other attempts too), as Envoy's pool purges its
-    /// pending requests when a connect fails.
+    /// request waiting, or comes back for the pool when none waits.
     pub fn orphan_done(&self, r: Result<UpConn, ConnectFail>) -> Option<UpConn> {
         self.orphans.set(self.orphans.get() - 1);
         match r {
-            Ok(c) => self.hand_over(c),
+            Ok(c) => match self.waiters.send(Wake::Conn(c)) {
+                Some(Wake::Conn(c)) => Some(c),
+                _ => None,
+            },
             Err(fail) => {
-                for w in self.waiters.borrow_mut().drain(..) {
-                    let _ = w.send(Err(fail));
-                }
+                self.fail(fail);
                 None
             }
         }
+    }
+
+    /// A connect failed: every request waiting fails with it (those counted against other
+    /// attempts too), as Envoy's pool purges its pending requests when a connect fails.
+    pub fn fail(&self, fail: ConnectFail) {
+        self.waiters.fail_all(fail);
     }
 
     /// Closes every idle connection.
@@ -188,7 +283,7 @@ mod tests {
             rbuf,
             requests: 1,
             idle_since: Instant::now(),
-            guard: super::super::CxGuard::new(Arc::default(), Arc::default()),
+            guard: super::super::CxGuard::new(Arc::default(), Arc::default(), None),
         }
     }
 
@@ -218,6 +313,21 @@ mod tests {
         assert!(pool.checkout().is_none());
     }
 
+    /// The connection a wake carries, if it carries one.
+    fn conn_of(w: Wake) -> Option<UpConn> {
+        match w {
+            Wake::Conn(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn failure_of(w: Wake) -> Option<ConnectFail> {
+        match w {
+            Wake::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_made_for_a_request_that_left_goes_to_the_next_waiting() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -235,8 +345,7 @@ mod tests {
         drop(first);
         let mut second = pool.wait_for_orphan().expect("the place given up");
         assert!(pool.orphan_done(Ok(conn(a, BytesMut::new()))).is_none());
-        let got = second.try_recv().expect("handed over");
-        assert!(got.is_ok());
+        let got = conn_of(second.try_recv().expect("handed over")).expect("a connection");
         assert!(
             pool.wait_for_orphan().is_none(),
             "nothing being made any more"
@@ -245,7 +354,7 @@ mod tests {
         // No request waits (the one that did left): the connection comes back, for the pool.
         pool.orphan_started();
         drop(pool.wait_for_orphan());
-        let back = pool.orphan_done(got);
+        let back = pool.orphan_done(Ok(got));
         assert!(back.is_some());
 
         // A connection another request gives back goes to a request waiting, not the pool.
@@ -254,20 +363,69 @@ mod tests {
         let mut waiting = pool.wait_for_orphan().unwrap();
         let buf = pool.checkin(conn(a, BytesMut::with_capacity(64)), Instant::now());
         assert!(buf.is_ok_and(|b| b.capacity() >= 64));
-        assert!(waiting.try_recv().unwrap().is_ok());
+        assert!(conn_of(waiting.try_recv().unwrap()).is_some());
         assert!(pool.checkout().is_none());
         // The attempt, once up, finds no one waiting: for the pool.
         assert!(pool.orphan_done(back.ok_or(ConnectFail::Refused)).is_some());
 
-        // A failure fails every waiting request.
+        // A failure fails every waiting request, those in line for a connection given back
+        // too.
         pool.orphan_started();
         pool.orphan_started();
         let (mut w1, mut w2) = (
             pool.wait_for_orphan().unwrap(),
             pool.wait_for_orphan().unwrap(),
         );
+        let mut w3 = pool.wait(false);
         assert!(pool.orphan_done(Err(ConnectFail::Timeout)).is_none());
-        assert_eq!(w1.try_recv().unwrap().err(), Some(ConnectFail::Timeout));
-        assert_eq!(w2.try_recv().unwrap().err(), Some(ConnectFail::Timeout));
+        for w in [&mut w1, &mut w2, &mut w3] {
+            assert_eq!(
+                failure_of(w.try_recv().unwrap()),
+                Some(ConnectFail::Timeout)
+            );
+        }
+        assert!(!pool.has_waiters());
+    }
+
+    #[tokio::test]
+    async fn requests_in_line_take_connections_given_back_in_order_and_retry_at_the_front() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::default();
+        let mut first = pool.wait(false);
+        let left = pool.wait(false);
+        let mut third = pool.wait(false);
+        assert!(pool.has_waiters());
+        // One whose client left is skipped.
+        drop(left);
+        let (a, _pa) = connected(&l).await;
+        assert!(pool
+            .checkin(conn(a, BytesMut::new()), Instant::now())
+            .is_ok());
+        assert!(
+            conn_of(first.try_recv().unwrap()).is_some(),
+            "the oldest first"
+        );
+        assert!(pool.checkout().is_none(), "handed over, not pooled");
+        // A connection of the pool closing wakes the next to decide again; it goes back in
+        // line at the front, before a request that came later.
+        pool.waiters().retry_one();
+        assert!(matches!(third.try_recv(), Ok(Wake::Retry)));
+        assert!(!pool.has_waiters());
+        let mut later = pool.wait(false);
+        let mut third = pool.wait(true);
+        let (b, _pb) = connected(&l).await;
+        assert!(pool
+            .checkin(conn(b, BytesMut::new()), Instant::now())
+            .is_ok());
+        assert!(conn_of(third.try_recv().unwrap()).is_some());
+        assert!(later.try_recv().is_err(), "still waiting");
+        // With no one waiting, a retry changes nothing and a connection is pooled.
+        drop(later);
+        pool.waiters().retry_one();
+        let (c, _pc) = connected(&l).await;
+        assert!(pool
+            .checkin(conn(c, BytesMut::new()), Instant::now())
+            .is_ok());
+        assert!(pool.checkout().is_some());
     }
 }

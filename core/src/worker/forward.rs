@@ -33,7 +33,7 @@ use crate::http1::head::{parse_response_counted, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
 use crate::stats::{ClusterScope, Flow, GaugeHold};
-use crate::upstream::pool::{ConnectFail, UpConn};
+use crate::upstream::pool::{ConnectFail, UpConn, Wake};
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
 /// Largest upstream response head accepted.
@@ -198,14 +198,23 @@ pub(super) async fn forward(
     };
 
     let _rq = RqGuard::new(host.clone(), cs.clone());
+    // The cluster's circuit breakers (only the DEFAULT priority exists for routes here).
+    let limits = &cluster.cfg.breakers.default;
     // The upstream request starts now: with a pooled connection that is, within microseconds,
     // when the head was parsed (no clock read); after a connect, it is read again below.
     let mut rq_start = d.started;
-    let mut up = match host.pool.checkout() {
+    let up = match host.pool.checkout() {
         Some(c) => c,
         None => {
+            // Envoy refuses a request that would wait for a connection once
+            // max_pending_requests do, before any connection is made for it.
+            if !limits.pending.has_room() {
+                cs.s.upstream_rq_pending_overflow.inc();
+                return overflow(ctx, l, d, cs, None, keep && !body_pending).await;
+            }
             cs.s.upstream_rq_pending_total.inc();
             // Pending until it has a connection, or fails, or its client leaves.
+            let _pending = limits.pending.hold();
             let pending_active = GaugeHold::new(&cs.s.upstream_rq_pending_active);
             // A client that goes away while the connection is being made cancels the request
             // before it is sent, as Envoy cancels a pending request. Body bytes that come
@@ -214,39 +223,82 @@ pub(super) async fn forward(
             let (dr, _) = d.stream.split();
             let rx = l.http.down_rx(&d.held);
             let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
-            // A connection still being made for a request that went away is taken before a
-            // new one is made (Envoy's pool counts it as room for a pending request).
-            let mut handoff = host.pool.wait_for_orphan();
-            // Boxed (once per new connection, not per request): it may outlive this request.
-            let mut attempt = handoff
-                .is_none()
-                .then(|| Box::pin(connect(cluster.clone(), host.clone())));
-            let pending = std::future::poll_fn(|cx| match (&mut attempt, &mut handoff) {
-                (Some(a), _) => a.as_mut().poll(cx),
-                // Its attempt ended without an answer only if the worker is stopping.
-                (None, Some(h)) => std::pin::Pin::new(h)
-                    .poll(cx)
-                    .map(|r| r.unwrap_or(Err(ConnectFail::Refused))),
-                (None, None) => unreachable!("a request waits on an attempt"),
+            // The route timeout runs while a request that is in whole waits (Envoy starts it
+            // once the request is in; a body still coming is read ahead, not waited for).
+            let route_deadline = (fwd.timeout_ms > 0 && !body_pending).then(|| {
+                tokio::time::Instant::from_std(d.started) + Duration::from_millis(fwd.timeout_ms)
             });
-            let connected = tokio::select! {
-                biased;
-                r = pending => r,
-                _ = watch_client(&dr, &mut d.rbuf, &rx, ahead) => {
-                    cs.s.upstream_rq_cancelled.inc();
-                    // Its own attempt goes on for the pool; a place in line is given up.
-                    if let Some(attempt) = attempt {
-                        finish_connect(ctx.clone(), host.clone(), attempt);
+            let mut front = false;
+            let got = loop {
+                // A connection still being made for a request that went away is taken before
+                // a new one is made (Envoy's pool counts it as room for a pending request).
+                let mut handoff = host.pool.wait_for_orphan();
+                let mut attempt = None;
+                if handoff.is_none() {
+                    // At max_connections the request waits for one of the pool's connections,
+                    // unless the pool has none at all: Envoy makes one then regardless, so no
+                    // request waits on a pool with nothing to give it. Either way a connection
+                    // the limit held back is counted.
+                    let room = limits.cx.has_room();
+                    if !room {
+                        cs.s.upstream_cx_overflow.inc();
                     }
-                    l.http.downstream_rq_rx_reset.inc();
-                    d.peer_closed = true;
-                    d.ended_in_request = true;
-                    d.log_detail(Detail::DownstreamDisconnect);
-                    return (0, Next::Close);
+                    if room || host.stats.cx_active.get() == 0 {
+                        // Boxed (once per new connection, not per request): it may outlive
+                        // this request.
+                        attempt = Some(Box::pin(connect(cluster.clone(), host.clone())));
+                    } else {
+                        handoff = Some(host.pool.wait(front));
+                    }
+                }
+                let pending = std::future::poll_fn(|cx| match (&mut attempt, &mut handoff) {
+                    (Some(a), _) => a.as_mut().poll(cx).map(|r| match r {
+                        Ok(c) => Wake::Conn(c),
+                        Err(fail) => {
+                            // Envoy's pool fails every request waiting when a connect fails.
+                            host.pool.fail(fail);
+                            Wake::Failed(fail)
+                        }
+                    }),
+                    // Its attempt ended without an answer only if the worker is stopping.
+                    (None, Some(h)) => std::pin::Pin::new(h)
+                        .poll(cx)
+                        .map(|r| r.unwrap_or(Wake::Failed(ConnectFail::Refused))),
+                    (None, None) => unreachable!("a request waits on an attempt or in line"),
+                });
+                let woke = tokio::select! {
+                    biased;
+                    w = pending => w,
+                    _ = watch_client(&dr, &mut d.rbuf, &rx, ahead) => {
+                        cs.s.upstream_rq_cancelled.inc();
+                        // Its own attempt goes on for the pool; a place in line is given up.
+                        if let Some(attempt) = attempt {
+                            finish_connect(ctx.clone(), host.clone(), attempt);
+                        }
+                        l.http.downstream_rq_rx_reset.inc();
+                        d.peer_closed = true;
+                        d.ended_in_request = true;
+                        d.log_detail(Detail::DownstreamDisconnect);
+                        return (0, Next::Close);
+                    }
+                    () = d.timer.until(route_deadline) => {
+                        if let Some(attempt) = attempt {
+                            finish_connect(ctx.clone(), host.clone(), attempt);
+                        }
+                        drop(pending_active);
+                        return pending_timeout(ctx, l, d, cs, keep).await;
+                    }
+                };
+                match woke {
+                    Wake::Conn(c) => break Ok(c),
+                    Wake::Failed(fail) => break Err(fail),
+                    // A connection of the pool closed, or one was given back with the
+                    // cluster under its limit: decide again, first in line.
+                    Wake::Retry => front = true,
                 }
             };
             drop(pending_active);
-            match connected {
+            match got {
                 Ok(c) => {
                     rq_start = clock::now();
                     c
@@ -288,6 +340,16 @@ pub(super) async fn forward(
             }
         }
     };
+    // Envoy checks max_requests as it puts the request on a connection, which then stays in
+    // the pool.
+    if !limits.rq.has_room() {
+        cs.s.upstream_rq_active_overflow.inc();
+        host.stats.rq_error.inc();
+        release(ctx, cluster, &host, up, clock::now());
+        return overflow(ctx, l, d, cs, Some(host.addr), keep && !body_pending).await;
+    }
+    let _active = limits.rq.hold();
+    let mut up = up;
     // Envoy counts a request upstream once it has a connection to go on.
     cs.s.upstream_rq_total.inc();
     host.stats.rq_total.inc();
@@ -380,10 +442,7 @@ pub(super) async fn forward(
                 cs.s.upstream_cx_max_requests.inc();
             }
             if up_reusable && !exhausted && !ctx.draining() {
-                match host.pool.checkin(up, end) {
-                    Ok(buf) => ctx.put_read_buf(buf),
-                    Err(up) => close_upstream(ctx, up),
-                }
+                release(ctx, cluster, &host, up, end);
             } else {
                 close_upstream(ctx, up);
             }
@@ -669,6 +728,84 @@ fn log_upstream(
     }
 }
 
+/// Returns a connection to its pool after a request (the oldest request waiting for one
+/// takes it), or closes it when it cannot be reused. Inlined: it is on every request's path.
+#[inline(always)]
+fn release(ctx: &Ctx, cluster: &ClusterRt, host: &HostRt, up: UpConn, end: Instant) {
+    match host.pool.checkin(up, end) {
+        Ok(buf) => ctx.put_read_buf(buf),
+        Err(up) => close_upstream(ctx, up),
+    }
+    if host.pool.has_waiters() {
+        still_waiting(cluster, host);
+    }
+}
+
+/// Requests still wait for a connection after one was given back: as Envoy's pool does on
+/// every release, one of them may make a connection if the cluster has room for one again;
+/// otherwise the connection the limit holds back is counted (`upstream_cx_overflow`).
+#[cold]
+#[inline(never)]
+fn still_waiting(cluster: &ClusterRt, host: &HostRt) {
+    if cluster.cfg.breakers.default.cx.has_room() {
+        host.pool.waiters().retry_one();
+    } else {
+        cluster.stats.s.upstream_cx_overflow.inc();
+    }
+}
+
+/// Envoy's answer to a request a circuit breaker refused (`max_pending_requests` before it
+/// waits, `max_requests` when it would go on a connection, `host` then): a 503 saying so,
+/// with `x-envoy-overloaded` unless the router suppresses its headers.
+#[cold]
+#[inline(never)]
+async fn overflow(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    cs: &ClusterScope,
+    host: Option<SocketAddr>,
+    keep: bool,
+) -> (u16, Next) {
+    cs.count_response(503);
+    if let Some(r) = d.log() {
+        r.host = host;
+        r.detail = Some(Detail::Overflow);
+    }
+    let mut h = HeaderMap::default();
+    if !l.c.cfg.hcm.suppress_envoy_headers {
+        h.append(b"x-envoy-overloaded", b"true");
+    }
+    reply(
+        ctx,
+        l,
+        d,
+        503,
+        b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        keep,
+        Some(&h),
+    )
+    .await
+}
+
+/// The route timeout passed while the request waited for a connection: Envoy's 504, the
+/// request counted as timed out and cancelled (it never went upstream).
+#[cold]
+#[inline(never)]
+async fn pending_timeout(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    cs: &ClusterScope,
+    keep: bool,
+) -> (u16, Next) {
+    cs.s.upstream_rq_timeout.inc();
+    cs.s.upstream_rq_cancelled.inc();
+    cs.count_response(504);
+    d.log_detail(Detail::ResponseTimeout);
+    reply(ctx, l, d, 504, b"upstream request timeout", keep, None).await
+}
+
 /// Closes an upstream connection that is not pooled again; its read buffer goes back to the
 /// worker's pool (what it still holds is dropped with the connection).
 fn close_upstream(ctx: &Ctx, up: UpConn) {
@@ -822,12 +959,17 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
     cs.s.upstream_cx_total.inc();
     cs.s.upstream_cx_http1_total.inc();
     host.stats.cx_total.inc();
-    let mut guard = CxGuard::new(cs.clone(), host.stats.clone());
+    let mut guard = CxGuard::new(
+        cs.clone(),
+        host.stats.clone(),
+        Some((cluster.cfg.breakers.clone(), host.pool.waiters())),
+    );
     let t0 = Instant::now();
     match timeout(cluster.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             cs.s.upstream_cx_connect_ms.record_ms(t0);
+            guard.up = true;
             Ok(UpConn {
                 stream,
                 rbuf: BytesMut::new(),
