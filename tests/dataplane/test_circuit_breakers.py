@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,53 @@ def test_limits_count_across_workers(make_proxy: Any, gated: Any) -> None:
     assert held.read_response().status == 200
     held.close()
     wait_for(lambda: p.stats()["cluster.up.upstream_rq_active_overflow"] == 8)
+
+
+def test_the_route_timeout_counts_the_time_spent_waiting(make_proxy: Any, gated: Any) -> None:
+    """The route timeout runs from the request's end, the wait for a connection included: a
+    request that waited 1.2 s of its 2 s goes upstream with 0.8 s left, not 2 s more."""
+    p = make_proxy(bootstrap(
+        [route("/gate-timed", "up", timeout="2s"), route("/", "up")],
+        [cluster("up", gated.port, **breakers(max_connections=1))]))
+    port = p.listener_port()
+    held = send(port, "/gate/first")
+    gated.wait_held(1)
+    start = time.monotonic()
+    with RawConn(port, timeout=10) as c:
+        c.send(get("/gate-timed"))
+        wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
+        # The hold is the scenario, not a wait for readiness: the first request ends 1.2 s in.
+        time.sleep(1.2 - (time.monotonic() - start))
+        gated.release()
+        assert held.read_response().status == 200
+        gated.wait_held(1)  # the timed request is upstream now, held there
+        r = c.read_response()
+        elapsed = time.monotonic() - start
+    held.close()
+    assert (r.status, r.body) == (504, b"upstream request timeout")
+    # 2 s from the request's end; 3.2 s if the wait were not counted.
+    assert 1.9 < elapsed < 2.8, elapsed
+    s = p.stats()
+    assert s["cluster.up.upstream_rq_timeout"] == 1
+    assert s["cluster.up.upstream_rq_total"] == 2
+
+
+def test_a_request_that_left_the_line_is_not_counted_as_waiting(make_proxy: Any, gated: Any) -> None:
+    p = make_proxy(bootstrap([route("/", "up")], [cluster("up", gated.port, **breakers(max_connections=1))]))
+    port = p.listener_port()
+    first = send(port, "/gate/1")
+    gated.wait_held(1)
+    second = send(port, "/gate/2")
+    wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
+    third = send(port, "/gate/3")
+    wait_stat(p, "cluster.up.upstream_rq_pending_active", 2)
+    third.close()
+    wait_stat(p, "cluster.up.upstream_rq_cancelled", 1)
+    # The first connection given back goes to the second request and leaves no one waiting:
+    # no third overflow (two requests found the limit).
+    gated.release(2)
+    assert first.read_response().body == b"/gate/1 on 1"
+    assert second.read_response().body == b"/gate/2 on 1"
+    first.close()
+    second.close()
+    assert p.stats()["cluster.up.upstream_cx_overflow"] == 2

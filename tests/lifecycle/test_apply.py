@@ -589,3 +589,37 @@ def test_a_tunnel_of_a_removed_listener_closes_once_the_drain_time_has_passed(
         assert c.closed_within(10)
     assert t.eof.wait(5)
     up.stop()
+
+
+def test_a_changed_clusters_circuit_breakers_start_again_with_connections_of_their_own(
+    make_proxy: Callable[..., Any], upstream: Upstream
+) -> None:
+    # As Envoy's CDS: an update that leaves a cluster as it was keeps its breakers and what they
+    # count (its pooled connection is reused); a changed cluster counts from none, so it does
+    # not reuse connections the old one counted (Envoy's new cluster has pools of its own).
+    def config(max_requests: int) -> dict[str, Any]:
+        breakers = {"thresholds": [{"max_connections": 1, "max_requests": max_requests,
+                                    "track_remaining": True}]}
+        return bootstrap([route("/", "up")], [cluster("up", upstream.port, circuit_breakers=breakers)])
+
+    proxy = make_proxy(config(5))
+    port = proxy.listener_port()
+    remaining = "cluster.up.circuit_breakers.default.remaining_cx"
+    with RawConn(port) as c:
+        c.send(get("/a"))
+        assert c.read_response().status == 200
+    assert (upstream.connections, proxy.stats()[remaining]) == (1, 0)
+    proxy.apply(pinned(config(5), port))
+    with RawConn(port) as c:
+        c.send(get("/b"))
+        assert c.read_response().status == 200
+    assert (upstream.connections, proxy.stats()[remaining]) == (1, 0)
+    proxy.apply(pinned(config(6), port))
+    poll(lambda: proxy.stats()[remaining] == 1, timeout=APPLY_VISIBLE_S, what="the new breakers")
+    with RawConn(port) as c:
+        c.send(get("/c"))
+        assert c.read_response().status == 200
+    # The old connection was closed, not reused: one connection, counted by the new breakers.
+    assert upstream.connections == 2
+    poll(lambda: upstream.open_connections == 1, timeout=5, what="the old connection to close")
+    assert proxy.stats()[remaining] == 0

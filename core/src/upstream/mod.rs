@@ -46,8 +46,10 @@ pub struct CxGuard {
     /// The circuit breakers it counts against (`max_connections`), and its pool's line,
     /// which its close wakes (once it came up: a failed attempt fails the line instead).
     limits: Option<(Arc<Breakers>, Rc<Waiters>)>,
-    /// It came up.
-    pub up: bool,
+    /// Whether its end wakes the first request in its pool's line, to decide again: yes but
+    /// for an attempt that failed, whose request fails the whole line instead (an attempt
+    /// dropped unfinished, at a stop, wakes it too).
+    pub wakes: bool,
 }
 
 impl CxGuard {
@@ -73,8 +75,16 @@ impl CxGuard {
             active_rq: false,
             held: Buffered::default(),
             limits,
-            up: false,
+            wakes: true,
         }
+    }
+
+    /// Whether it counts against `breakers` (always, for a connection counted by none).
+    #[inline]
+    pub fn counts_in(&self, breakers: &Arc<Breakers>) -> bool {
+        self.limits
+            .as_ref()
+            .is_none_or(|(b, _)| Arc::ptr_eq(b, breakers))
     }
 }
 
@@ -120,7 +130,7 @@ impl Drop for CxGuard {
         if let Some((b, w)) = &self.limits {
             b.default.cx.give();
             // A request waiting for a connection of this pool may make one now.
-            if self.up {
+            if self.wakes {
                 w.retry_one();
             }
         }

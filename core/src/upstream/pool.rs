@@ -4,11 +4,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+use super::breaker::Breakers;
 
 /// Why a connection could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,9 @@ impl Waiters {
         let (tx, rx) = oneshot::channel();
         let w = Waiter { tx, on_attempt };
         let mut q = self.queue.borrow_mut();
+        // Places given up (a client that left, a route timeout) go here at the latest, so the
+        // line never grows past the requests really waiting (and a few just gone).
+        q.retain(|w| !w.tx.is_closed());
         if front {
             q.push_front(w);
         } else {
@@ -138,12 +144,17 @@ pub struct Pool {
 
 impl Pool {
     /// Takes a live idle connection, discarding ones the upstream closed while idle (or that
-    /// have unexpected bytes to read). It comes without a read buffer.
-    pub fn checkout(&self) -> Option<UpConn> {
+    /// have unexpected bytes to read), and ones counted by other circuit breakers than
+    /// `breakers` (made before an apply changed the cluster: Envoy's changed cluster has pools
+    /// of its own). It comes without a read buffer.
+    pub fn checkout(&self, breakers: &Arc<Breakers>) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         while let Some(mut c) = idle.pop() {
             // A closed keep-alive connection reads EOF (or unexpected bytes): drop it rather
             // than send a request into it.
+            if !c.guard.counts_in(breakers) {
+                continue;
+            }
             if still_open(&c) {
                 return Some(c);
             }
@@ -180,10 +191,15 @@ impl Pool {
         Ok(buf)
     }
 
-    /// Whether requests wait for a connection.
+    /// Whether requests may wait for a connection (one load: some may have left meanwhile).
     #[inline]
     pub fn has_waiters(&self) -> bool {
         self.waiters.len.get() != 0
+    }
+
+    /// Whether requests wait for a connection, those that left no longer counted.
+    pub fn anyone_waiting(&self) -> bool {
+        self.waiters.live().0 != 0
     }
 
     /// The line, for a connection's guard ([`super::CxGuard`]).
@@ -275,7 +291,6 @@ fn still_open(c: &UpConn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn conn(stream: TcpStream, rbuf: BytesMut) -> UpConn {
         UpConn {
@@ -302,7 +317,9 @@ mod tests {
         // A clean connection goes in, and its buffer comes back to the caller, not kept.
         let buf = pool.checkin(conn(a, BytesMut::with_capacity(16 * 1024)), Instant::now());
         assert!(buf.is_ok_and(|b| b.is_empty() && b.capacity() >= 16 * 1024));
-        let c = pool.checkout().expect("the pooled connection");
+        let c = pool
+            .checkout(&Arc::default())
+            .expect("the pooled connection");
         assert_eq!(c.rbuf.capacity(), 0);
 
         // One with bytes past the response is closed, never pooled.
@@ -310,7 +327,7 @@ mod tests {
         dirty.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         let refused = pool.checkin(conn(c.stream, dirty), Instant::now());
         assert!(refused.is_err_and(|c| c.rbuf.len() == 17));
-        assert!(pool.checkout().is_none());
+        assert!(pool.checkout(&Arc::default()).is_none());
     }
 
     /// The connection a wake carries, if it carries one.
@@ -364,7 +381,7 @@ mod tests {
         let buf = pool.checkin(conn(a, BytesMut::with_capacity(64)), Instant::now());
         assert!(buf.is_ok_and(|b| b.capacity() >= 64));
         assert!(conn_of(waiting.try_recv().unwrap()).is_some());
-        assert!(pool.checkout().is_none());
+        assert!(pool.checkout(&Arc::default()).is_none());
         // The attempt, once up, finds no one waiting: for the pool.
         assert!(pool.orphan_done(back.ok_or(ConnectFail::Refused)).is_some());
 
@@ -405,7 +422,10 @@ mod tests {
             conn_of(first.try_recv().unwrap()).is_some(),
             "the oldest first"
         );
-        assert!(pool.checkout().is_none(), "handed over, not pooled");
+        assert!(
+            pool.checkout(&Arc::default()).is_none(),
+            "handed over, not pooled"
+        );
         // A connection of the pool closing wakes the next to decide again; it goes back in
         // line at the front, before a request that came later.
         pool.waiters().retry_one();
@@ -426,6 +446,42 @@ mod tests {
         assert!(pool
             .checkin(conn(c, BytesMut::new()), Instant::now())
             .is_ok());
-        assert!(pool.checkout().is_some());
+        assert!(pool.checkout(&Arc::default()).is_some());
+    }
+
+    #[test]
+    fn places_given_up_leave_the_line() {
+        let pool = Pool::default();
+        for _ in 0..1000 {
+            drop(pool.wait(false));
+        }
+        // Each new place clears those given up before it: the line holds one.
+        let kept = pool.wait(false);
+        assert_eq!(pool.waiters.queue.borrow().len(), 1);
+        assert!(pool.anyone_waiting());
+        drop(kept);
+        assert!(pool.has_waiters(), "one load: not looked at yet");
+        assert!(!pool.anyone_waiting());
+        assert!(!pool.has_waiters());
+    }
+
+    #[tokio::test]
+    async fn a_connection_counted_by_other_breakers_is_not_taken() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, _peer) = connected(&l).await;
+        let (old, new): (Arc<Breakers>, Arc<Breakers>) = (Arc::default(), Arc::default());
+        let pool = Pool::default();
+        let mut c = conn(a, BytesMut::new());
+        c.guard = super::super::CxGuard::new(
+            Arc::default(),
+            Arc::default(),
+            Some((old.clone(), pool.waiters())),
+        );
+        assert_eq!(old.default.cx.open(), 1);
+        assert!(pool.checkin(c, Instant::now()).is_ok());
+        // The cluster changed: its new breakers do not take the old connection, which closes
+        // and gives its count back to the old ones.
+        assert!(pool.checkout(&new).is_none());
+        assert_eq!(old.default.cx.open(), 0);
     }
 }

@@ -197,24 +197,26 @@ pub(super) async fn forward(
         saved.map(Box::new)
     };
 
-    let _rq = RqGuard::new(host.clone(), cs.clone());
+    let rq_guard = RqGuard::new(host.clone(), cs.clone());
     // The cluster's circuit breakers (only the DEFAULT priority exists for routes here).
     let limits = &cluster.cfg.breakers.default;
     // The upstream request starts now: with a pooled connection that is, within microseconds,
     // when the head was parsed (no clock read); after a connect, it is read again below.
     let mut rq_start = d.started;
-    let up = match host.pool.checkout() {
+    let mut route_by = None;
+    let up = match host.pool.checkout(&cluster.cfg.breakers) {
         Some(c) => c,
         None => {
             // Envoy refuses a request that would wait for a connection once
             // max_pending_requests do, before any connection is made for it.
             if !limits.pending.has_room() {
                 cs.s.upstream_rq_pending_overflow.inc();
+                drop(rq_guard);
                 return overflow(ctx, l, d, cs, None, keep && !body_pending).await;
             }
             cs.s.upstream_rq_pending_total.inc();
             // Pending until it has a connection, or fails, or its client leaves.
-            let _pending = limits.pending.hold();
+            let pending_hold = limits.pending.hold();
             let pending_active = GaugeHold::new(&cs.s.upstream_rq_pending_active);
             // A client that goes away while the connection is being made cancels the request
             // before it is sent, as Envoy cancels a pending request. Body bytes that come
@@ -228,8 +230,16 @@ pub(super) async fn forward(
             let route_deadline = (fwd.timeout_ms > 0 && !body_pending).then(|| {
                 tokio::time::Instant::from_std(d.started) + Duration::from_millis(fwd.timeout_ms)
             });
+            route_by = route_deadline;
             let mut front = false;
             let got = loop {
+                // Woken to decide again: a connection given back meanwhile went to the pool
+                // (no one was in line), so look there first.
+                if front {
+                    if let Some(c) = host.pool.checkout(&cluster.cfg.breakers) {
+                        break Ok(c);
+                    }
+                }
                 // A connection still being made for a request that went away is taken before
                 // a new one is made (Envoy's pool counts it as room for a pending request).
                 let mut handoff = host.pool.wait_for_orphan();
@@ -285,7 +295,7 @@ pub(super) async fn forward(
                         if let Some(attempt) = attempt {
                             finish_connect(ctx.clone(), host.clone(), attempt);
                         }
-                        drop(pending_active);
+                        drop((pending_active, pending_hold, rq_guard));
                         return pending_timeout(ctx, l, d, cs, keep).await;
                     }
                 };
@@ -297,7 +307,7 @@ pub(super) async fn forward(
                     Wake::Retry => front = true,
                 }
             };
-            drop(pending_active);
+            drop((pending_active, pending_hold));
             match got {
                 Ok(c) => {
                     rq_start = clock::now();
@@ -335,6 +345,7 @@ pub(super) async fn forward(
                         r.request_done = Some(clock::now());
                     }
                     let keep = keep && (whole || !body_pending);
+                    drop(rq_guard);
                     return reply(ctx, l, d, 503, body, keep, None).await;
                 }
             }
@@ -345,7 +356,12 @@ pub(super) async fn forward(
     if !limits.rq.has_room() {
         cs.s.upstream_rq_active_overflow.inc();
         host.stats.rq_error.inc();
-        release(ctx, cluster, &host, up, clock::now());
+        drop(rq_guard);
+        if ctx.draining() {
+            close_upstream(ctx, up);
+        } else {
+            release(ctx, cluster, &host, up, clock::now());
+        }
         return overflow(ctx, l, d, cs, Some(host.addr), keep && !body_pending).await;
     }
     let _active = limits.rq.hold();
@@ -369,6 +385,7 @@ pub(super) async fn forward(
         keep,
         upgrade,
         timeout_ms: fwd.timeout_ms,
+        route_by,
         idle_ms,
         chain,
         rq_start,
@@ -747,6 +764,9 @@ fn release(ctx: &Ctx, cluster: &ClusterRt, host: &HostRt, up: UpConn, end: Insta
 #[cold]
 #[inline(never)]
 fn still_waiting(cluster: &ClusterRt, host: &HostRt) {
+    if !host.pool.anyone_waiting() {
+        return;
+    }
     if cluster.cfg.breakers.default.cx.has_room() {
         host.pool.waiters().retry_one();
     } else {
@@ -969,7 +989,6 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             cs.s.upstream_cx_connect_ms.record_ms(t0);
-            guard.up = true;
             Ok(UpConn {
                 stream,
                 rbuf: BytesMut::new(),
@@ -982,12 +1001,14 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
             cs.s.upstream_cx_connect_fail.inc();
             host.stats.cx_connect_fail.inc();
             guard.remote = true;
+            guard.wakes = false;
             Err(ConnectFail::Refused)
         }
         Err(_) => {
             cs.s.upstream_cx_connect_fail.inc();
             cs.s.upstream_cx_connect_timeout.inc();
             host.stats.cx_connect_fail.inc();
+            guard.wakes = false;
             Err(ConnectFail::Timeout)
         }
     }
@@ -1153,6 +1174,9 @@ struct Exchange<'a> {
     /// head and body is the tunnel's, held until the upstream answers), and a `101` switches.
     upgrade: bool,
     timeout_ms: u64,
+    /// The route timeout's end when it began while the request waited for a connection
+    /// (Envoy's runs from the request's end, the wait included).
+    route_by: Option<tokio::time::Instant>,
     /// The stream idle timeout in ms (the route's, else the connection manager's; 0: none).
     idle_ms: u64,
     chain: &'a [&'a Mutations; 4],
@@ -1594,6 +1618,7 @@ impl Exchange<'_> {
                         let sent = if req_complete.get() { activity.get() } else { clock::tnow() };
                         if self.timeout_ms > 0 {
                             let dl = sent + Duration::from_millis(self.timeout_ms);
+                            let dl = self.route_by.map_or(dl, |by| by.min(dl));
                             route_deadline = Some(dl);
                             timer.arm_by(dl);
                         }
