@@ -495,6 +495,10 @@ pub struct ForwardAction {
     /// (none: the connection manager's `stream_idle_timeout`; 0 disables).
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// Envoy route `priority: HIGH`: its requests count against the cluster's `HIGH` circuit
+    /// breakers and use connection pools of their own.
+    #[serde(default)]
+    pub high_priority: bool,
     /// Envoy route `upgrade_configs`: the route's own say on each upgrade type (lower-case),
     /// over the connection manager's.
     #[serde(default)]

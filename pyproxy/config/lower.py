@@ -362,6 +362,8 @@ def _forward(action: m.RouteAction) -> Json:
     out["timeout_ms"] = _ms(action.timeout, DEFAULT_ROUTE_TIMEOUT_MS)
     if action.idle_timeout is not None:
         out["idle_timeout_ms"] = action.idle_timeout.ms
+    if action.priority == "HIGH":
+        out["high_priority"] = True
     policies = [_hash_policy(hp) for hp in action.hash_policy]
     # Envoy drops a connection_properties policy without source_ip.
     if any(p is not None for p in policies):

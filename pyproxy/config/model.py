@@ -284,7 +284,7 @@ class RouteAction(_Message, kw_only=True):
     idle_timeout: Duration | None = None
     upgrade_configs: list[RouteUpgradeConfig] = []
     hash_policy: list[HashPolicy] = []
-    priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"  # HIGH refused by validate
+    priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"
 
 
 class RedirectAction(_Message, kw_only=True):

@@ -527,12 +527,6 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
     _check_hash_policy(action.hash_policy, f"{path}.hash_policy")
-    if action.priority != "DEFAULT":
-        raise ConfigError(
-            f"{path}.priority",
-            f"{action.priority} is not supported yet; every request counts against its "
-            "cluster's DEFAULT circuit breaker thresholds",
-        )
     if action.cluster_header is not None:
         return
     if action.cluster is not None:

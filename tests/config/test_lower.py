@@ -118,6 +118,8 @@ def test_default_snapshot() -> None:
 
 
 CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
+    ("route_priority", lambda c: route(c)["route"].update(priority="HIGH"),
+     lambda s: snap_route(s)["action"]["route"].get("high_priority"), True),
     # Circuit breakers: each priority's first entry, the rest Envoy's defaults.
     ("circuit_breakers", lambda c: cluster(c).update(circuit_breakers={"thresholds": [
         {"max_connections": 2, "track_remaining": True},

@@ -90,6 +90,7 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
          "max_retries": 1, "track_remaining": True},
         {"priority": "HIGH", "max_connections": 200}]})),
     ("route_priority_default", lambda c: route(c)["route"].update(priority="DEFAULT")),
+    ("route_priority_high", lambda c: route(c)["route"].update(priority="HIGH")),
     ("empty_static_resources", lambda c: c.update(static_resources={})),
     ("node", lambda c: c.update(node={"id": "n1", "cluster": "edge", "metadata": {"a": 1}})),
     ("admin_access_log_ignored", lambda c: c["admin"].update(access_log=[{"name": "x"}])),
@@ -558,8 +559,8 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("breaker_pools", lambda c: cluster(c).update(
         circuit_breakers={"thresholds": [{"max_connection_pools": 3}]}),
      f"{CLUSTER}.circuit_breakers.thresholds[0].max_connection_pools", "is not supported"),
-    ("route_priority_high", lambda c: route(c)["route"].update(priority="HIGH"),
-     f"{ROUTE}.route.priority", "HIGH is not supported yet"),
+    ("route_priority", lambda c: route(c)["route"].update(priority="LOW"),
+     f"{ROUTE}.route.priority", "'LOW' is not one of DEFAULT, HIGH"),
     ("pipe_address", lambda c: listener(c).update(address={"pipe": {"path": "/tmp/s"}}),
      f"{LISTENER}.address.pipe", "unknown field 'pipe'; supported here: socket_address"),
     ("udp", lambda c: listener(c)["address"]["socket_address"].update(protocol="UDP"),

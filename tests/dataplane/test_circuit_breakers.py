@@ -177,7 +177,8 @@ def test_max_requests_refuses_once_its_connection_is_ready(make_proxy: Any, gate
         c.send(get("/third"))
         assert c.read_response().status == 200
     held.close()
-    assert gated.connections == 2
+    # The connection made for the refused request may sit in the upstream's accept queue.
+    wait_for(lambda: gated.connections == 2, what="the upstream to accept both connections")
     s = p.stats()
     assert s["cluster.up.upstream_rq_active_overflow"] == 1
     assert s["cluster.up.upstream_rq_pending_overflow"] == 0
@@ -396,3 +397,41 @@ def test_a_request_that_left_the_line_is_not_counted_as_waiting(make_proxy: Any,
     first.close()
     second.close()
     assert p.stats()["cluster.up.upstream_cx_overflow"] == 2
+
+
+def test_a_high_priority_route_counts_against_the_high_thresholds_with_pools_of_its_own(
+        make_proxy: Any, gated: Any) -> None:
+    high = {"priority": "HIGH", "max_requests": 1}
+    p = make_proxy(bootstrap(
+        [route("/gate-high", "up", priority="HIGH"), route("/", "up")],
+        [cluster("up", gated.port, circuit_breakers={"thresholds": [{"max_requests": 1}, high]})]))
+    port = p.listener_port()
+    held = send(port, "/gate-high/1")
+    gated.wait_held(1)
+    assert cx(p, "circuit_breakers.high.rq_open") == 1
+    assert cx(p, "circuit_breakers.default.rq_open") == 0
+    with RawConn(port) as c:
+        # The HIGH limit is reached; the DEFAULT one is not, and its request goes on a
+        # connection of its own (the HIGH pool's is busy, and pools are per priority).
+        c.send(get("/gate-high/2"))
+        assert_overflow(c.read_response())
+        c.send(get("/default"))
+        assert c.read_response().status == 200
+        gated.release()
+        assert held.read_response().status == 200
+        wait_stat(p, "cluster.up.upstream_rq_active", 0)
+        # Each priority reuses its own idle connection.
+        c.send(get("/gate-high/3"))
+        gated.release()
+        assert c.read_response().status == 200
+        c.send(get("/default/2"))
+        assert c.read_response().status == 200
+    held.close()
+    # One HIGH connection for the held request, one made for the refused one, one DEFAULT.
+    wait_for(lambda: gated.connections == 3, what="the upstream to accept three connections")
+    served = {path: conn for path, conn in gated.answered}
+    assert served["/gate-high/3"] in (served["/gate-high/1"], 2)
+    assert served["/default/2"] == served["/default"]
+    s = p.stats()
+    assert s["cluster.up.upstream_rq_active_overflow"] == 1
+    assert s["cluster.up.circuit_breakers.high.rq_open"] == 0

@@ -429,6 +429,8 @@ pub struct Forward {
     pub timeout_header: Vec<u8>,
     /// The route's `idle_timeout` in ms, replacing the stream idle timeout (0 disables).
     pub idle_timeout_ms: Option<u64>,
+    /// Route `priority: HIGH`: the cluster's `HIGH` circuit breakers and pools.
+    pub high_priority: bool,
     /// The route's `upgrade_configs`: (type, lower-case; enabled).
     pub upgrades: Box<[(Box<[u8]>, bool)]>,
     /// The route's `hash_policy`, for a hashing load balancer.
@@ -837,6 +839,7 @@ fn compile_route(
                 timeout_ms: f.timeout_ms,
                 timeout_header: f.timeout_ms.to_string().into_bytes(),
                 idle_timeout_ms: f.idle_timeout_ms,
+                high_priority: f.high_priority,
                 upgrades: f
                     .upgrade_configs
                     .iter()

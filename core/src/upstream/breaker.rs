@@ -2,8 +2,7 @@
 //! requests waiting for a connection and requests on a connection, each against its limit,
 //! counted across every worker (one relaxed atomic each, shared by the workers).
 //!
-//! Only the `DEFAULT` priority is enforced (routes have no `priority` here); the `HIGH`
-//! thresholds are kept for the admin and their gauges. Checks are Envoy's: a count is compared
+//! A route's `priority` picks the limits its requests count against. Checks are Envoy's: a count is compared
 //! with its limit and then taken, not reserved in one step, so workers racing at the limit may
 //! pass it by one each, as Envoy's may.
 
@@ -160,6 +159,16 @@ impl Breakers {
         Breakers {
             default: Priority::new(default),
             high: Priority::new(high),
+        }
+    }
+
+    /// The limits of a priority.
+    #[inline]
+    pub fn of(&self, high: bool) -> &Priority {
+        if high {
+            &self.high
+        } else {
+            &self.default
         }
     }
 

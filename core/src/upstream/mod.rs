@@ -46,6 +46,8 @@ pub struct CxGuard {
     /// The circuit breakers it counts against (`max_connections`), and its pool's line,
     /// which its close wakes (once it came up: a failed attempt fails the line instead).
     limits: Option<(Arc<Breakers>, Rc<Waiters>)>,
+    /// It is of a `HIGH` priority pool (counted by those breakers).
+    high: bool,
     /// Whether its end wakes the first request in its pool's line, to decide again: yes but
     /// for an attempt that failed, whose request fails the whole line instead (an attempt
     /// dropped unfinished, at a stop, wakes it too).
@@ -62,11 +64,12 @@ impl CxGuard {
         cluster: Arc<ClusterScope>,
         host: Arc<HostStats>,
         limits: Option<(Arc<Breakers>, Rc<Waiters>)>,
+        high: bool,
     ) -> CxGuard {
         cluster.s.upstream_cx_active.inc();
         host.cx_active.inc();
         if let Some((b, _)) = &limits {
-            b.default.cx.take();
+            b.of(high).cx.take();
         }
         CxGuard {
             cluster,
@@ -75,6 +78,7 @@ impl CxGuard {
             active_rq: false,
             held: Buffered::default(),
             limits,
+            high,
             wakes: true,
         }
     }
@@ -128,7 +132,7 @@ impl Drop for CxGuard {
         .count(self.remote, self.active_rq);
         self.host.cx_active.dec();
         if let Some((b, w)) = &self.limits {
-            b.default.cx.give();
+            b.of(self.high).cx.give();
             // A request waiting for a connection of this pool may make one now.
             if self.wakes {
                 w.retry_one();
@@ -145,20 +149,32 @@ pub struct HostRt {
     pub weight: u32,
     /// The index of its endpoint in the cluster's config (its name, for a STRICT_DNS host).
     pub endpoint: u32,
-    /// Idle keep-alive connections to this host.
-    pub pool: Pool,
+    /// Idle keep-alive connections to this host, one pool per priority (`DEFAULT`, `HIGH`), as
+    /// Envoy keeps them.
+    pools: [Pool; 2],
     /// Per-host stats; this worker's `rq_active` is also the least-request input.
     pub stats: Arc<HostStats>,
 }
 
 impl HostRt {
+    /// The pool of a priority's requests.
+    #[inline]
+    pub fn pool(&self, high: bool) -> &Pool {
+        &self.pools[usize::from(high)]
+    }
+
+    /// Both pools.
+    pub fn pools(&self) -> &[Pool; 2] {
+        &self.pools
+    }
+
     /// A host with an empty pool.
     pub fn new(a: HostAddr, stats: Arc<HostStats>) -> HostRt {
         HostRt {
             addr: a.addr,
             weight: a.weight,
             endpoint: a.endpoint,
-            pool: Pool::default(),
+            pools: Default::default(),
             stats,
         }
     }

@@ -298,7 +298,7 @@ mod tests {
             rbuf,
             requests: 1,
             idle_since: Instant::now(),
-            guard: super::super::CxGuard::new(Arc::default(), Arc::default(), None),
+            guard: super::super::CxGuard::new(Arc::default(), Arc::default(), None, false),
         }
     }
 
@@ -476,6 +476,7 @@ mod tests {
             Arc::default(),
             Arc::default(),
             Some((old.clone(), pool.waiters())),
+            false,
         );
         assert_eq!(old.default.cx.open(), 1);
         assert!(pool.checkin(c, Instant::now()).is_ok());

@@ -579,7 +579,9 @@ impl Ctx {
     /// Closes every idle upstream connection.
     pub fn close_pools(&self) {
         for h in self.hosts.borrow().values() {
-            h.pool.clear();
+            for p in h.pools() {
+                p.clear();
+            }
         }
     }
 
@@ -663,8 +665,10 @@ pub async fn housekeeping(ctx: Rc<Ctx>) {
             let max_idle = (idle > 0).then(|| Duration::from_millis(idle));
             let set = c.hosts.borrow().clone();
             for h in &set.hosts {
-                let n = h.pool.sweep(now, max_idle);
-                c.stats.s.upstream_cx_idle_timeout.add(n as u64);
+                for p in h.pools() {
+                    let n = p.sweep(now, max_idle);
+                    c.stats.s.upstream_cx_idle_timeout.add(n as u64);
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ use crate::http1::head::{parse_response_counted, HeaderMap, RequestHead};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
 use crate::stats::{ClusterScope, Flow, GaugeHold};
-use crate::upstream::pool::{ConnectFail, UpConn, Wake};
+use crate::upstream::pool::{ConnectFail, Pool, UpConn, Wake};
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
 /// Largest upstream response head accepted.
@@ -198,13 +198,15 @@ pub(super) async fn forward(
     };
 
     let rq_guard = RqGuard::new(host.clone(), cs.clone());
-    // The cluster's circuit breakers (only the DEFAULT priority exists for routes here).
-    let limits = &cluster.cfg.breakers.default;
+    // The route's priority: the cluster's circuit breakers and the host's pool for it.
+    let high = fwd.high_priority;
+    let limits = cluster.cfg.breakers.of(high);
+    let pool = host.pool(high);
     // The upstream request starts now: with a pooled connection that is, within microseconds,
     // when the head was parsed (no clock read); after a connect, it is read again below.
     let mut rq_start = d.started;
     let mut route_by = None;
-    let up = match host.pool.checkout(&cluster.cfg.breakers) {
+    let up = match pool.checkout(&cluster.cfg.breakers) {
         Some(c) => c,
         None => {
             // Envoy refuses a request that would wait for a connection once
@@ -236,13 +238,13 @@ pub(super) async fn forward(
                 // Woken to decide again: a connection given back meanwhile went to the pool
                 // (no one was in line), so look there first.
                 if front {
-                    if let Some(c) = host.pool.checkout(&cluster.cfg.breakers) {
+                    if let Some(c) = pool.checkout(&cluster.cfg.breakers) {
                         break Ok(c);
                     }
                 }
                 // A connection still being made for a request that went away is taken before
                 // a new one is made (Envoy's pool counts it as room for a pending request).
-                let mut handoff = host.pool.wait_for_orphan();
+                let mut handoff = pool.wait_for_orphan();
                 let mut attempt = None;
                 if handoff.is_none() {
                     // At max_connections the request waits for one of the pool's connections,
@@ -256,9 +258,9 @@ pub(super) async fn forward(
                     if room || host.stats.cx_active.get() == 0 {
                         // Boxed (once per new connection, not per request): it may outlive
                         // this request.
-                        attempt = Some(Box::pin(connect(cluster.clone(), host.clone())));
+                        attempt = Some(Box::pin(connect(cluster.clone(), host.clone(), high)));
                     } else {
-                        handoff = Some(host.pool.wait(front));
+                        handoff = Some(pool.wait(front));
                     }
                 }
                 let pending = std::future::poll_fn(|cx| match (&mut attempt, &mut handoff) {
@@ -266,7 +268,7 @@ pub(super) async fn forward(
                         Ok(c) => Wake::Conn(c),
                         Err(fail) => {
                             // Envoy's pool fails every request waiting when a connect fails.
-                            host.pool.fail(fail);
+                            pool.fail(fail);
                             Wake::Failed(fail)
                         }
                     }),
@@ -283,7 +285,7 @@ pub(super) async fn forward(
                         cs.s.upstream_rq_cancelled.inc();
                         // Its own attempt goes on for the pool; a place in line is given up.
                         if let Some(attempt) = attempt {
-                            finish_connect(ctx.clone(), host.clone(), attempt);
+                            finish_connect(ctx.clone(), host.clone(), high, attempt);
                         }
                         l.http.downstream_rq_rx_reset.inc();
                         d.peer_closed = true;
@@ -293,7 +295,7 @@ pub(super) async fn forward(
                     }
                     () = d.timer.until(route_deadline) => {
                         if let Some(attempt) = attempt {
-                            finish_connect(ctx.clone(), host.clone(), attempt);
+                            finish_connect(ctx.clone(), host.clone(), high, attempt);
                         }
                         drop((pending_active, pending_hold, rq_guard));
                         return pending_timeout(ctx, l, d, cs, keep).await;
@@ -360,7 +362,7 @@ pub(super) async fn forward(
         if ctx.draining() {
             close_upstream(ctx, up);
         } else {
-            release(ctx, cluster, &host, up, clock::now());
+            release(ctx, cluster, &host, high, up, clock::now());
         }
         return overflow(ctx, l, d, cs, Some(host.addr), keep && !body_pending).await;
     }
@@ -459,7 +461,7 @@ pub(super) async fn forward(
                 cs.s.upstream_cx_max_requests.inc();
             }
             if up_reusable && !exhausted && !ctx.draining() {
-                release(ctx, cluster, &host, up, end);
+                release(ctx, cluster, &host, high, up, end);
             } else {
                 close_upstream(ctx, up);
             }
@@ -748,13 +750,14 @@ fn log_upstream(
 /// Returns a connection to its pool after a request (the oldest request waiting for one
 /// takes it), or closes it when it cannot be reused. Inlined: it is on every request's path.
 #[inline(always)]
-fn release(ctx: &Ctx, cluster: &ClusterRt, host: &HostRt, up: UpConn, end: Instant) {
-    match host.pool.checkin(up, end) {
+fn release(ctx: &Ctx, cluster: &ClusterRt, host: &HostRt, high: bool, up: UpConn, end: Instant) {
+    let pool = host.pool(high);
+    match pool.checkin(up, end) {
         Ok(buf) => ctx.put_read_buf(buf),
         Err(up) => close_upstream(ctx, up),
     }
-    if host.pool.has_waiters() {
-        still_waiting(cluster, host);
+    if pool.has_waiters() {
+        still_waiting(cluster, pool, high);
     }
 }
 
@@ -763,12 +766,12 @@ fn release(ctx: &Ctx, cluster: &ClusterRt, host: &HostRt, up: UpConn, end: Insta
 /// otherwise the connection the limit holds back is counted (`upstream_cx_overflow`).
 #[cold]
 #[inline(never)]
-fn still_waiting(cluster: &ClusterRt, host: &HostRt) {
-    if !host.pool.anyone_waiting() {
+fn still_waiting(cluster: &ClusterRt, pool: &Pool, high: bool) {
+    if !pool.anyone_waiting() {
         return;
     }
-    if cluster.cfg.breakers.default.cx.has_room() {
-        host.pool.waiters().retry_one();
+    if cluster.cfg.breakers.of(high).cx.has_room() {
+        pool.waiters().retry_one();
     } else {
         cluster.stats.s.upstream_cx_overflow.inc();
     }
@@ -971,7 +974,11 @@ fn upstream_head(
 
 /// Makes a new connection to `host`. It owns what it needs, so that a connection whose
 /// request went away can be left to finish on its own ([`finish_connect`]).
-async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, ConnectFail> {
+async fn connect(
+    cluster: Rc<ClusterRt>,
+    host: Rc<HostRt>,
+    high: bool,
+) -> Result<UpConn, ConnectFail> {
     let cs = &cluster.stats;
     // Envoy counts the attempt in upstream_cx_total, failed or not, and the connection as
     // active (`upstream_cx_active`) from the attempt on; one that never came up is destroyed
@@ -982,7 +989,8 @@ async fn connect(cluster: Rc<ClusterRt>, host: Rc<HostRt>) -> Result<UpConn, Con
     let mut guard = CxGuard::new(
         cs.clone(),
         host.stats.clone(),
-        Some((cluster.cfg.breakers.clone(), host.pool.waiters())),
+        Some((cluster.cfg.breakers.clone(), host.pool(high).waiters())),
+        high,
     );
     let t0 = Instant::now();
     match timeout(cluster.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
@@ -1042,15 +1050,17 @@ fn take_buffered_body(buf: &mut BytesMut, framing: Framing) -> Option<u64> {
 fn finish_connect<F: Future<Output = Result<UpConn, ConnectFail>> + 'static>(
     ctx: Rc<Ctx>,
     host: Rc<HostRt>,
+    high: bool,
     attempt: std::pin::Pin<Box<F>>,
 ) {
-    host.pool.orphan_started();
+    host.pool(high).orphan_started();
     tokio::task::spawn_local(async move {
+        let pool = host.pool(high);
         // A request that came meanwhile takes it; else it waits in the pool.
-        if let Some(c) = host.pool.orphan_done(attempt.await) {
+        if let Some(c) = pool.orphan_done(attempt.await) {
             if !ctx.draining() {
                 // A fresh connection has no read buffer: the pool takes it.
-                let _ = host.pool.checkin(c, clock::now());
+                let _ = pool.checkin(c, clock::now());
             }
         }
     });
