@@ -25,7 +25,8 @@ class GatedUpstream:
     """A keep-alive HTTP/1.1 upstream on port 0 whose answers to `/gate...` wait until the test
     opens the gate (`release()`, one request at a time or all); anything else is answered at
     once. It records the order requests were answered in, and which connection each came on.
-    `/gate-close` answers with `connection: close` and closes."""
+    `/gate-close` answers with `connection: close` and closes; `/slow-<ms>` answers after that
+    many milliseconds."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -71,6 +72,9 @@ class GatedUpstream:
                         if not self._open:
                             self._permits -= 1
                         self.waiting -= 1
+                elif path.startswith("/slow-"):
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._open, int(path[len("/slow-"):]) / 1000)
                 close = path.startswith("/gate-close")
                 body = f"{path} on {conn}".encode()
                 extra = b"connection: close\r\n" if close else b""
@@ -120,6 +124,29 @@ def send(port: int, path: str) -> RawConn:
     return c
 
 
+def start(make_proxy: Any, gated: Any, routes: list[dict[str, Any]] | None = None,
+          concurrency: int = 1, **threshold: Any) -> tuple[Any, int]:
+    """A proxy with `routes` (default: everything to `up`) and cluster `up`, the gated upstream
+    with one thresholds entry; and its listener's port."""
+    p = make_proxy(bootstrap(routes or [route("/", "up")], [cluster("up", gated.port, **breakers(**threshold))]),
+                   concurrency=concurrency)
+    return p, p.listener_port()
+
+
+def hold(gated: Any, port: int, path: str) -> RawConn:
+    """A request the gated upstream holds, once it does (the only one held)."""
+    c = send(port, path)
+    gated.wait_held(1)
+    return c
+
+
+def queue(p: Any, port: int, path: str, waiting: int) -> RawConn:
+    """A request waiting for a connection, once `waiting` do."""
+    c = send(port, path)
+    wait_stat(p, "cluster.up.upstream_rq_pending_active", waiting)
+    return c
+
+
 def cx(proxy: Any, name: str) -> int:
     return proxy.stats()[f"cluster.up.{name}"]
 
@@ -159,11 +186,8 @@ def test_every_cluster_has_envoys_breaker_gauges_and_overflow_counters(make_prox
 
 
 def test_max_requests_refuses_once_its_connection_is_ready(make_proxy: Any, gated: Any) -> None:
-    p = make_proxy(bootstrap([route("/", "up")], [
-        cluster("up", gated.port, **breakers(max_requests=1, track_remaining=True))]))
-    port = p.listener_port()
-    held = send(port, "/gate")
-    gated.wait_held(1)
+    p, port = start(make_proxy, gated, max_requests=1, track_remaining=True)
+    held = hold(gated, port, "/gate")
     assert cx(p, "circuit_breakers.default.rq_open") == 1
     assert cx(p, "circuit_breakers.default.remaining_rq") == 0
     with RawConn(port) as c:
@@ -192,14 +216,10 @@ def test_max_requests_refuses_once_its_connection_is_ready(make_proxy: Any, gate
 
 
 def test_max_connections_queues_requests_on_the_connection_there_is(make_proxy: Any, gated: Any) -> None:
-    p = make_proxy(bootstrap([route("/", "up")], [cluster("up", gated.port, **breakers(max_connections=1))]))
-    port = p.listener_port()
-    first = send(port, "/gate/1")
-    gated.wait_held(1)
-    second = send(port, "/gate/2")
-    wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
-    third = send(port, "/gate/3")
-    wait_stat(p, "cluster.up.upstream_rq_pending_active", 2)
+    p, port = start(make_proxy, gated, max_connections=1)
+    first = hold(gated, port, "/gate/1")
+    second = queue(p, port, "/gate/2", 1)
+    third = queue(p, port, "/gate/3", 2)
     assert cx(p, "circuit_breakers.default.cx_open") == 1
     # One at a time, in the order they came, on the one connection.
     for c, path in ((first, "/gate/1"), (second, "/gate/2"), (third, "/gate/3")):
@@ -228,10 +248,8 @@ def test_max_pending_requests_refuses_at_once(make_proxy: Any, gated: Any, tmp_p
         [cluster("up", gated.port, **breakers(max_connections=1, max_pending_requests=1))],
         hcm={"access_log": access_log}))
     port = p.listener_port()
-    first = send(port, "/gate/1")
-    gated.wait_held(1)
-    second = send(port, "/gate/2")
-    wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
+    first = hold(gated, port, "/gate/1")
+    second = queue(p, port, "/gate/2", 1)
     assert cx(p, "circuit_breakers.default.rq_pending_open") == 1
     with RawConn(port) as c:
         c.send(get("/third"))
@@ -270,12 +288,9 @@ def test_suppressed_envoy_headers_leave_out_x_envoy_overloaded(make_proxy: Any, 
 
 
 def test_a_waiting_request_times_out_by_its_route(make_proxy: Any, gated: Any) -> None:
-    p = make_proxy(bootstrap(
-        [route("/quick", "up", timeout="0.2s"), route("/", "up")],
-        [cluster("up", gated.port, **breakers(max_connections=1))]))
-    port = p.listener_port()
-    held = send(port, "/gate")
-    gated.wait_held(1)
+    p, port = start(make_proxy, gated, [route("/quick", "up", timeout="0.2s"), route("/", "up")],
+                    max_connections=1)
+    held = hold(gated, port, "/gate")
     with RawConn(port) as c:
         c.send(get("/quick"))
         r = c.read_response()
@@ -292,12 +307,9 @@ def test_a_waiting_request_times_out_by_its_route(make_proxy: Any, gated: Any) -
 
 
 def test_a_waiting_request_whose_client_leaves_is_cancelled(make_proxy: Any, gated: Any) -> None:
-    p = make_proxy(bootstrap([route("/", "up")], [cluster("up", gated.port, **breakers(max_connections=1))]))
-    port = p.listener_port()
-    held = send(port, "/gate/1")
-    gated.wait_held(1)
-    leaving = send(port, "/gate/2")
-    wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
+    p, port = start(make_proxy, gated, max_connections=1)
+    held = hold(gated, port, "/gate/1")
+    leaving = queue(p, port, "/gate/2", 1)
     leaving.close()
     wait_stat(p, "cluster.up.upstream_rq_cancelled", 1)
     wait_stat(p, "cluster.up.upstream_rq_pending_active", 0)
@@ -312,12 +324,9 @@ def test_a_waiting_request_whose_client_leaves_is_cancelled(make_proxy: Any, gat
 
 
 def test_a_waiting_request_gets_a_new_connection_when_the_only_one_closes(make_proxy: Any, gated: Any) -> None:
-    p = make_proxy(bootstrap([route("/", "up")], [cluster("up", gated.port, **breakers(max_connections=1))]))
-    port = p.listener_port()
-    first = send(port, "/gate-close")
-    gated.wait_held(1)
-    second = send(port, "/next")
-    wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
+    p, port = start(make_proxy, gated, max_connections=1)
+    first = hold(gated, port, "/gate-close")
+    second = queue(p, port, "/next", 1)
     gated.release()
     assert first.read_response().body == b"/gate-close on 1"
     assert second.read_response().body == b"/next on 2"
@@ -331,11 +340,8 @@ def test_a_waiting_request_gets_a_new_connection_when_the_only_one_closes(make_p
 def test_limits_count_across_workers(make_proxy: Any, gated: Any) -> None:
     """max_requests is the cluster's, not each worker's: with two workers and connections
     spread by the kernel, one request is admitted and every other one refused."""
-    p = make_proxy(bootstrap([route("/", "up")], [cluster("up", gated.port, **breakers(max_requests=1))]),
-                   concurrency=2)
-    port = p.listener_port()
-    held = send(port, "/gate")
-    gated.wait_held(1)
+    p, port = start(make_proxy, gated, concurrency=2, max_requests=1)
+    held = hold(gated, port, "/gate")
     refused = 0
     for i in range(8):
         with RawConn(port) as c:
@@ -352,23 +358,19 @@ def test_limits_count_across_workers(make_proxy: Any, gated: Any) -> None:
 def test_the_route_timeout_counts_the_time_spent_waiting(make_proxy: Any, gated: Any) -> None:
     """The route timeout runs from the request's end, the wait for a connection included: a
     request that waited 1.2 s of its 2 s goes upstream with 0.8 s left, not 2 s more."""
-    p = make_proxy(bootstrap(
-        [route("/gate-timed", "up", timeout="2s"), route("/", "up")],
-        [cluster("up", gated.port, **breakers(max_connections=1))]))
-    port = p.listener_port()
-    held = send(port, "/gate/first")
-    gated.wait_held(1)
-    start = time.monotonic()
+    p, port = start(make_proxy, gated, [route("/gate-timed", "up", timeout="2s"), route("/", "up")],
+                    max_connections=1)
+    # The upstream answers the first request 1.2 s after it came; the timed one waits for it.
+    held = send(port, "/slow-1200")
+    wait_stat(p, "cluster.up.upstream_rq_active", 1)
+    begun = time.monotonic()
     with RawConn(port, timeout=10) as c:
         c.send(get("/gate-timed"))
         wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
-        # The hold is the scenario, not a wait for readiness: the first request ends 1.2 s in.
-        time.sleep(1.2 - (time.monotonic() - start))
-        gated.release()
         assert held.read_response().status == 200
         gated.wait_held(1)  # the timed request is upstream now, held there
         r = c.read_response()
-        elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - begun
     held.close()
     assert (r.status, r.body) == (504, b"upstream request timeout")
     # 2 s from the request's end; 3.2 s if the wait were not counted.
@@ -379,14 +381,10 @@ def test_the_route_timeout_counts_the_time_spent_waiting(make_proxy: Any, gated:
 
 
 def test_a_request_that_left_the_line_is_not_counted_as_waiting(make_proxy: Any, gated: Any) -> None:
-    p = make_proxy(bootstrap([route("/", "up")], [cluster("up", gated.port, **breakers(max_connections=1))]))
-    port = p.listener_port()
-    first = send(port, "/gate/1")
-    gated.wait_held(1)
-    second = send(port, "/gate/2")
-    wait_stat(p, "cluster.up.upstream_rq_pending_active", 1)
-    third = send(port, "/gate/3")
-    wait_stat(p, "cluster.up.upstream_rq_pending_active", 2)
+    p, port = start(make_proxy, gated, max_connections=1)
+    first = hold(gated, port, "/gate/1")
+    second = queue(p, port, "/gate/2", 1)
+    third = queue(p, port, "/gate/3", 2)
     third.close()
     wait_stat(p, "cluster.up.upstream_rq_cancelled", 1)
     # The first connection given back goes to the second request and leaves no one waiting:
@@ -406,8 +404,7 @@ def test_a_high_priority_route_counts_against_the_high_thresholds_with_pools_of_
         [route("/gate-high", "up", priority="HIGH"), route("/", "up")],
         [cluster("up", gated.port, circuit_breakers={"thresholds": [{"max_requests": 1}, high]})]))
     port = p.listener_port()
-    held = send(port, "/gate-high/1")
-    gated.wait_held(1)
+    held = hold(gated, port, "/gate-high/1")
     assert cx(p, "circuit_breakers.high.rq_open") == 1
     assert cx(p, "circuit_breakers.default.rq_open") == 0
     with RawConn(port) as c:

@@ -2,9 +2,9 @@
 //! requests waiting for a connection and requests on a connection, each against its limit,
 //! counted across every worker (one relaxed atomic each, shared by the workers).
 //!
-//! A route's `priority` picks the limits its requests count against. Checks are Envoy's: a count is compared
-//! with its limit and then taken, not reserved in one step, so workers racing at the limit may
-//! pass it by one each, as Envoy's may.
+//! A route's `priority` picks the limits its requests count against. Checks are Envoy's: a
+//! count is compared with its limit and then taken, not reserved in one step, so workers racing
+//! at the limit may pass it by one each, as Envoy's may.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -146,7 +146,7 @@ impl Priority {
 /// from none).
 #[derive(Debug, Default)]
 pub struct Breakers {
-    /// `DEFAULT` priority: what every request is counted against.
+    /// `DEFAULT` priority: a route's unless it says `HIGH`.
     pub default: Priority,
     /// `HIGH` priority.
     pub high: Priority,
@@ -196,8 +196,8 @@ mod tests {
             max_connections: cx,
             max_pending_requests: pending,
             max_requests: rq,
-            max_retries: 3,
             track_remaining: track,
+            ..Config::default()
         }
     }
 

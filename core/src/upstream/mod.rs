@@ -15,8 +15,7 @@ use crate::lb::{Balancer, LbHost};
 use crate::snapshot::{CompiledCluster, HostAddr};
 use crate::stats::{Buffered, ClusterScope, DestroySplit};
 use breaker::Breakers;
-use pool::Pool;
-use pool::Waiters;
+use pool::{Pool, Waiters};
 
 crate::stat_scope! {
     /// Per-host stats for `/clusters` (not in `/stats`, as Envoy).

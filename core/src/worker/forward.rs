@@ -229,10 +229,9 @@ pub(super) async fn forward(
             let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
             // The route timeout runs while a request that is in whole waits (Envoy starts it
             // once the request is in; a body still coming is read ahead, not waited for).
-            let route_deadline = (fwd.timeout_ms > 0 && !body_pending).then(|| {
+            route_by = (fwd.timeout_ms > 0 && !body_pending).then(|| {
                 tokio::time::Instant::from_std(d.started) + Duration::from_millis(fwd.timeout_ms)
             });
-            route_by = route_deadline;
             let mut front = false;
             let got = loop {
                 // Woken to decide again: a connection given back meanwhile went to the pool
@@ -293,7 +292,7 @@ pub(super) async fn forward(
                         d.log_detail(Detail::DownstreamDisconnect);
                         return (0, Next::Close);
                     }
-                    () = d.timer.until(route_deadline) => {
+                    () = d.timer.until(route_by) => {
                         if let Some(attempt) = attempt {
                             finish_connect(ctx.clone(), host.clone(), high, attempt);
                         }
