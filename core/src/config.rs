@@ -457,9 +457,10 @@ pub struct QueryParameterMatcher {
 }
 
 /// What a matched route does, externally tagged: `{"route": {...}}`, `{"redirect": {...}}`,
-/// `{"direct_response": {...}}`.
+/// `{"direct_response": {...}}`. (Read once per config: the forward's size does not matter.)
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[allow(clippy::large_enum_variant)]
 pub enum RouteAction {
     Route(ForwardAction),
     Redirect(RedirectAction),
@@ -506,6 +507,51 @@ pub struct ForwardAction {
     /// Envoy route `hash_policy`: the request's hash for a hashing load balancer.
     #[serde(default)]
     pub hash_policy: Vec<HashPolicyConfig>,
+    /// Envoy `retry_policy`: the route's, else its virtual host's.
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicyConfig>,
+    /// The virtual host's `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
+    #[serde(default)]
+    pub include_request_attempt_count: bool,
+    /// The virtual host's `include_attempt_count_in_response`: `x-envoy-attempt-count` in the
+    /// response.
+    #[serde(default)]
+    pub include_attempt_count_in_response: bool,
+}
+
+/// Envoy's `RetryPolicy`, as the control plane lowered it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicyConfig {
+    /// The `retry_on` conditions, one per entry (`5xx`, `reset`, ...).
+    #[serde(default)]
+    pub retry_on: Vec<String>,
+    #[serde(default = "one")]
+    pub num_retries: u32,
+    /// 0: none (the route timeout alone).
+    #[serde(default)]
+    pub per_try_timeout_ms: u64,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u16>,
+    #[serde(default = "default_retry_base_ms")]
+    pub base_interval_ms: u64,
+    /// Default: ten times the base.
+    #[serde(default)]
+    pub max_interval_ms: Option<u64>,
+    /// `retry_host_predicate` `previous_hosts`: a retry avoids the hosts already tried.
+    #[serde(default)]
+    pub previous_hosts: bool,
+    /// How many times a retry's host is picked again when `previous_hosts` refuses it.
+    #[serde(default)]
+    pub host_selection_retry_max_attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_retry_base_ms() -> u64 {
+    25
 }
 
 /// A made-up cookie's extra attribute.

@@ -35,7 +35,7 @@ _UNSUPPORTED_HINTS = {
     "filter_chain_match": "pyproxy supports exactly one filter chain, which matches everything",
     "http2_protocol_options": "HTTP/2 is not supported yet",
     "health_checks": "active health checking is not supported yet",
-    "retry_policy": "retries are not supported yet",
+    "hedge_policy": "request hedging is not supported yet",
     "cluster_type": "custom cluster types are not supported; use type: STATIC or STRICT_DNS",
     "scoped_routes": "scoped routes are not supported; use an inline route_config",
     "secrets": "TLS secrets are not supported yet",

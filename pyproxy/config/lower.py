@@ -15,7 +15,7 @@ import msgspec
 
 from . import model as m
 from .duration import Duration
-from .validate import data_source_text, effective_listener_name
+from .validate import data_source_text, effective_listener_name, retry_on_tokens
 
 __all__ = ["lower", "snapshot_bytes"]
 
@@ -246,17 +246,17 @@ def _virtual_host(vhost: m.VirtualHost) -> Json:
     return {
         "name": vhost.name,
         "domains": [d.lower() for d in vhost.domains],
-        "routes": [_route(r) for r in vhost.routes],
+        "routes": [_route(r, vhost) for r in vhost.routes],
         "require_tls": vhost.require_tls == "ALL",
         **_mutations(vhost),
     }
 
 
-def _route(route: m.Route) -> Json:
+def _route(route: m.Route, vhost: m.VirtualHost) -> Json:
     return {
         "name": route.name,
         "match": _route_match(route.match),
-        "action": _action(route),
+        "action": _action(route, vhost),
         **_mutations(route),
     }
 
@@ -324,9 +324,9 @@ def _query_matcher(qm: m.QueryParameterMatcher) -> Json:
     return {"name": qm.name, "match": match, "ignore_case": ignore_case}
 
 
-def _action(route: m.Route) -> Json:
+def _action(route: m.Route, vhost: m.VirtualHost) -> Json:
     if route.route is not None:
-        return {"route": _forward(route.route)}
+        return {"route": _forward(route.route, vhost)}
     if route.redirect is not None:
         return {"redirect": _redirect(route.redirect)}
     assert route.direct_response is not None
@@ -337,7 +337,7 @@ def _action(route: m.Route) -> Json:
     return {"direct_response": body}
 
 
-def _forward(action: m.RouteAction) -> Json:
+def _forward(action: m.RouteAction, vhost: m.VirtualHost) -> Json:
     out: Json = {}
     if action.cluster is not None:
         out["cluster"] = action.cluster
@@ -373,7 +373,41 @@ def _forward(action: m.RouteAction) -> Json:
             {"upgrade_type": u.upgrade_type.lower(), "enabled": _or(u.enabled, True)}
             for u in action.upgrade_configs
         ]
+    # The route's retry policy replaces its virtual host's whole (Envoy merges nothing).
+    rp = action.retry_policy if action.retry_policy is not None else vhost.retry_policy
+    if rp is not None:
+        out["retry_policy"] = _retry_policy(rp)
+    if vhost.include_request_attempt_count:
+        out["include_request_attempt_count"] = True
+    if vhost.include_attempt_count_in_response:
+        out["include_attempt_count_in_response"] = True
     return out
+
+
+# Envoy's retry back-off: 25 ms base, and a maximum of ten times the base.
+DEFAULT_RETRY_BASE_MS = 25
+
+
+def _retry_policy(rp: m.RetryPolicy) -> Json:
+    base = DEFAULT_RETRY_BASE_MS
+    top = None
+    if rp.retry_back_off is not None:
+        base = rp.retry_back_off.base_interval.ms
+        if rp.retry_back_off.max_interval is not None:
+            top = rp.retry_back_off.max_interval.ms
+    return {
+        "retry_on": retry_on_tokens(rp.retry_on),
+        "num_retries": _or(rp.num_retries, 1),
+        "per_try_timeout_ms": rp.per_try_timeout.ms if rp.per_try_timeout is not None else 0,
+        "retriable_status_codes": list(rp.retriable_status_codes),
+        "base_interval_ms": base,
+        "max_interval_ms": top if top is not None else 10 * base,
+        "previous_hosts": bool(rp.retry_host_predicate),
+        # Envoy's int64: a negative count picks once.
+        "host_selection_retry_max_attempts": min(
+            max(0, rp.host_selection_retry_max_attempts), 2**32 - 1
+        ),
+    }
 
 
 def _hash_policy(hp: m.HashPolicy) -> Json | None:

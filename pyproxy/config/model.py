@@ -269,6 +269,40 @@ class RegexMatchAndSubstitute(_Message, kw_only=True):
     substitution: str = ""
 
 
+class RetryBackOff(_Message, kw_only=True):
+    """`RetryPolicy.RetryBackOff`: Envoy's jittered exponential back-off between attempts."""
+
+    base_interval: Duration
+    max_interval: Duration | None = None
+
+
+class RetryHostPredicate(_Message, kw_only=True):
+    """A `retry_host_predicate` entry (`envoy.config.core.v3.TypedExtensionConfig`): only
+    `envoy.retry_host_predicates.previous_hosts` is taken."""
+
+    name: str = ""
+    typed_config: dict[str, Any] | None = None
+
+
+class RetryPolicy(_Message, kw_only=True):
+    """`envoy.config.route.v3.RetryPolicy` (on a route or its virtual host; the route's replaces
+    the virtual host's whole)."""
+
+    retry_on: str = ""
+    num_retries: UInt32 | None = None
+    per_try_timeout: Duration | None = None
+    per_try_idle_timeout: Duration | None = None  # refused by validate
+    retry_priority: dict[str, Any] | None = None  # refused by validate
+    retry_host_predicate: list[RetryHostPredicate] = []
+    retry_options_predicates: list[dict[str, Any]] = []  # refused by validate
+    host_selection_retry_max_attempts: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] = 0
+    retriable_status_codes: list[UInt32] = []
+    retry_back_off: RetryBackOff | None = None
+    rate_limited_retry_back_off: dict[str, Any] | None = None  # refused by validate
+    retriable_headers: list[HeaderMatcher] = []  # refused by validate
+    retriable_request_headers: list[HeaderMatcher] = []  # refused by validate
+
+
 class RouteAction(_Message, kw_only=True):
     """`envoy.config.route.v3.RouteAction` (the `route` action): one of `cluster`,
     `weighted_clusters`."""
@@ -285,6 +319,7 @@ class RouteAction(_Message, kw_only=True):
     upgrade_configs: list[RouteUpgradeConfig] = []
     hash_policy: list[HashPolicy] = []
     priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"
+    retry_policy: RetryPolicy | None = None
 
 
 class RedirectAction(_Message, kw_only=True):
@@ -334,6 +369,9 @@ class VirtualHost(_Message, kw_only=True):
     request_headers_to_remove: list[str] = []
     response_headers_to_add: list[HeaderValueOption] = []
     response_headers_to_remove: list[str] = []
+    retry_policy: RetryPolicy | None = None
+    include_request_attempt_count: bool = False
+    include_attempt_count_in_response: bool = False
 
 
 class RouteConfiguration(_Message, kw_only=True):

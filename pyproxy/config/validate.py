@@ -337,6 +337,8 @@ def _check_route_config(rc: m.RouteConfiguration, path: str, clusters: set[str])
                 )
             seen[key] = v
         _check_mutations(vhost, vpath)
+        if vhost.retry_policy is not None:
+            check_retry_policy(vhost.retry_policy, f"{vpath}.retry_policy")
         for r, route in enumerate(vhost.routes):
             _check_route(route, f"{vpath}.routes[{r}]", clusters, max_body)
 
@@ -527,6 +529,8 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
     _check_hash_policy(action.hash_policy, f"{path}.hash_policy")
+    if action.retry_policy is not None:
+        check_retry_policy(action.retry_policy, f"{path}.retry_policy")
     if action.cluster_header is not None:
         return
     if action.cluster is not None:
@@ -553,6 +557,75 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
             f"{wc.total_weight} is not the sum of the weights ({total}); total_weight is "
             "deprecated in Envoy: leave it out",
         )
+
+
+# Envoy's `retry_on` conditions: those taken, and those it knows that never apply here.
+RETRY_ON = frozenset({
+    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+    "envoy-ratelimited", "retriable-4xx", "retriable-status-codes",
+    # gRPC conditions read a `grpc-status` in the response head.
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+    # HTTP/2 and HTTP/3 upstream conditions: never met over HTTP/1.1 upstreams.
+    "refused-stream", "http3-post-connect-failure",
+})
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+PREVIOUS_HOSTS_TYPE = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+
+
+def retry_on_tokens(retry_on: str) -> list[str]:
+    """`retry_on`'s conditions, as Envoy splits them: on `,`, blanks trimmed, empties dropped."""
+    return [t.strip() for t in retry_on.split(",") if t.strip()]
+
+
+def check_retry_policy(rp: m.RetryPolicy, path: str) -> None:
+    """Refuses what pyproxy does not do yet, and (unlike Envoy, which ignores them) a `retry_on`
+    condition it does not know: a misspelt one would silently retry nothing."""
+    for name in ("per_try_idle_timeout", "retry_priority", "rate_limited_retry_back_off"):
+        if getattr(rp, name) is not None:
+            raise ConfigError(f"{path}.{name}", "is not supported yet")
+    for name in ("retry_options_predicates", "retriable_headers", "retriable_request_headers"):
+        if getattr(rp, name):
+            raise ConfigError(f"{path}.{name}", "is not supported yet")
+    for token in retry_on_tokens(rp.retry_on):
+        if token == "retriable-headers":
+            raise ConfigError(
+                f"{path}.retry_on",
+                "'retriable-headers' is not supported yet (it needs retriable_headers)",
+            )
+        if token not in RETRY_ON:
+            raise ConfigError(
+                f"{path}.retry_on",
+                f"unknown retry condition {token!r}; expected a comma-separated list of "
+                + ", ".join(sorted(RETRY_ON | {"retriable-headers"})),
+            )
+    for c, code in enumerate(rp.retriable_status_codes):
+        if not 100 <= code <= 599:
+            raise ConfigError(
+                f"{path}.retriable_status_codes[{c}]", f"{code} is not an HTTP status (100..599)"
+            )
+    for p, pred in enumerate(rp.retry_host_predicate):
+        kind = (pred.typed_config or {}).get("@type")
+        if kind != PREVIOUS_HOSTS_TYPE and not (kind is None and pred.name == PREVIOUS_HOSTS):
+            raise ConfigError(
+                f"{path}.retry_host_predicate[{p}]",
+                f"only {PREVIOUS_HOSTS} ({PREVIOUS_HOSTS_TYPE}) is supported",
+            )
+    bo = rp.retry_back_off
+    if bo is not None:
+        bpath = f"{path}.retry_back_off"
+        if bo.base_interval.is_zero():
+            raise ConfigError(f"{bpath}.base_interval", "must be greater than 0s")
+        if bo.max_interval is not None:
+            if bo.max_interval.is_zero():
+                raise ConfigError(f"{bpath}.max_interval", "must be greater than 0s")
+            if bo.max_interval.ms < bo.base_interval.ms:
+                raise ConfigError(
+                    f"{bpath}.max_interval",
+                    "must be greater than or equal to the base_interval "
+                    f"({bo.max_interval.to_json()} < {bo.base_interval.to_json()})",
+                )
 
 
 def _check_redirect(r: m.RedirectAction, path: str) -> None:

@@ -32,8 +32,12 @@ def hcm(c: dict) -> dict:
     return c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
+def vhost(c: dict) -> dict:
+    return hcm(c)["route_config"]["virtual_hosts"][0]
+
+
 def route(c: dict) -> dict:
-    return hcm(c)["route_config"]["virtual_hosts"][0]["routes"][0]
+    return vhost(c)["routes"][0]
 
 
 def cluster(c: dict) -> dict:
@@ -118,6 +122,27 @@ def test_default_snapshot() -> None:
 
 
 CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
+    # A retry policy: the route's, else its virtual host's (never merged), Envoy's defaults.
+    ("retry_policy", lambda c: route(c)["route"].update(retry_policy={
+        "retry_on": " 5xx ,,reset", "per_try_timeout": "0.25s", "retriable_status_codes": [418],
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+        "host_selection_retry_max_attempts": -1}),
+     lambda s: snap_route(s)["action"]["route"]["retry_policy"],
+     {"retry_on": ["5xx", "reset"], "num_retries": 1, "per_try_timeout_ms": 250,
+      "retriable_status_codes": [418], "base_interval_ms": 25, "max_interval_ms": 250,
+      "previous_hosts": True, "host_selection_retry_max_attempts": 0}),
+    ("retry_back_off", lambda c: vhost(c).update(retry_policy={
+        "retry_on": "gateway-error", "num_retries": 4, "retry_back_off": {"base_interval": "0.1s"}},
+        include_request_attempt_count=True, include_attempt_count_in_response=True),
+     lambda s: {k: v for k, v in snap_route(s)["action"]["route"].items()
+                if "retry" in k or "attempt" in k},
+     {"retry_policy": {"retry_on": ["gateway-error"], "num_retries": 4, "per_try_timeout_ms": 0,
+                       "retriable_status_codes": [], "base_interval_ms": 100, "max_interval_ms": 1000,
+                       "previous_hosts": False, "host_selection_retry_max_attempts": 0},
+      "include_request_attempt_count": True, "include_attempt_count_in_response": True}),
+    ("retry_route_over_vhost", lambda c: (vhost(c).update(retry_policy={"retry_on": "5xx", "num_retries": 3}),
+                                          route(c)["route"].update(retry_policy={"retry_on": "reset"})),
+     lambda s: snap_route(s)["action"]["route"]["retry_policy"]["retry_on"], ["reset"]),
     ("route_priority", lambda c: route(c)["route"].update(priority="HIGH"),
      lambda s: snap_route(s)["action"]["route"].get("high_priority"), True),
     # Circuit breakers: each priority's first entry, the rest Envoy's defaults.

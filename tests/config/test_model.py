@@ -89,6 +89,16 @@ ACCEPTED: list[tuple[str, Callable[[dict], Any]]] = [
         {"priority": "DEFAULT", "max_connections": 100, "max_pending_requests": 0, "max_requests": 50,
          "max_retries": 1, "track_remaining": True},
         {"priority": "HIGH", "max_connections": 200}]})),
+    ("retry_policy", lambda c: route(c)["route"].update(retry_policy={
+        "retry_on": " 5xx , reset,connect-failure,retriable-4xx,unavailable", "num_retries": 3,
+        "per_try_timeout": "0.25s", "retriable_status_codes": [418],
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "1s"},
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": 3})),
+    ("vhost_retry_policy", lambda c: vhost(c).update(
+        retry_policy={"retry_on": "gateway-error"}, include_request_attempt_count=True,
+        include_attempt_count_in_response=True)),
     ("route_priority_default", lambda c: route(c)["route"].update(priority="DEFAULT")),
     ("route_priority_high", lambda c: route(c)["route"].update(priority="HIGH")),
     ("empty_static_resources", lambda c: c.update(static_resources={})),
@@ -459,8 +469,36 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("query_two_specifiers", lambda c: route(c)["match"].update(query_parameters=[
         {"name": "q", "present_match": True, "string_match": {"exact": "1"}}]),
      f"{ROUTE}.match.query_parameters[0]", "only one of string_match, present_match"),
-    ("retry_policy", lambda c: route(c)["route"].update(retry_policy={}),
-     f"{ROUTE}.route.retry_policy", "retries are not supported yet"),
+    ("retry_on_unknown", lambda c: route(c)["route"].update(retry_policy={"retry_on": "5xx,foo"}),
+     f"{ROUTE}.route.retry_policy.retry_on", "unknown retry condition 'foo'"),
+    ("retry_on_headers", lambda c: route(c)["route"].update(retry_policy={"retry_on": "retriable-headers"}),
+     f"{ROUTE}.route.retry_policy.retry_on", "'retriable-headers' is not supported yet"),
+    ("retry_status_code", lambda c: route(c)["route"].update(retry_policy={"retriable_status_codes": [99999]}),
+     f"{ROUTE}.route.retry_policy.retriable_status_codes[0]", "99999 is not an HTTP status"),
+    ("retry_num_negative", lambda c: route(c)["route"].update(retry_policy={"num_retries": -1}),
+     f"{ROUTE}.route.retry_policy.num_retries", "-1 is out of range"),
+    ("retry_base_zero", lambda c: route(c)["route"].update(
+        retry_policy={"retry_back_off": {"base_interval": "0s"}}),
+     f"{ROUTE}.route.retry_policy.retry_back_off.base_interval", "must be greater than 0s"),
+    ("retry_base_missing", lambda c: route(c)["route"].update(
+        retry_policy={"retry_back_off": {"max_interval": "1s"}}),
+     f"{ROUTE}.route.retry_policy.retry_back_off.base_interval", "required"),
+    ("retry_max_below_base", lambda c: route(c)["route"].update(
+        retry_policy={"retry_back_off": {"base_interval": "1s", "max_interval": "0.5s"}}),
+     f"{ROUTE}.route.retry_policy.retry_back_off.max_interval",
+     "must be greater than or equal to the base_interval"),
+    ("retry_predicate", lambda c: route(c)["route"].update(
+        retry_policy={"retry_host_predicate": [{"name": "envoy.retry_host_predicates.omit_canary_hosts"}]}),
+     f"{ROUTE}.route.retry_policy.retry_host_predicate[0]", "only envoy.retry_host_predicates.previous_hosts"),
+    ("retry_priority", lambda c: route(c)["route"].update(retry_policy={"retry_priority": {"name": "x"}}),
+     f"{ROUTE}.route.retry_policy.retry_priority", "is not supported yet"),
+    ("retriable_headers", lambda c: route(c)["route"].update(
+        retry_policy={"retriable_headers": [{"name": "x-a"}]}),
+     f"{ROUTE}.route.retry_policy.retriable_headers", "is not supported yet"),
+    ("vhost_retry_on_unknown", lambda c: vhost(c).update(retry_policy={"retry_on": "bogus"}),
+     f"{VHOST}.retry_policy.retry_on", "unknown retry condition 'bogus'"),
+    ("hedge_policy", lambda c: route(c)["route"].update(hedge_policy={}),
+     f"{ROUTE}.route.hedge_policy", "request hedging is not supported yet"),
     ("host_rewrite_both", lambda c: route(c)["route"].update(
         host_rewrite_literal="a", auto_host_rewrite=True), f"{ROUTE}.route",
      "only one of host_rewrite_literal, auto_host_rewrite"),

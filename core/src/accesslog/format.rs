@@ -358,6 +358,12 @@ fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit, out: &mut Vec<u8>) -> Val<'
         }),
         Cmd::ResponseCode => Val::Num(r.status as u64),
         Cmd::ResponseCodeDetails => r.detail.map_or(Val::Missing, |d| s(d.text().as_bytes())),
+        // A retry's flag beside the detail's: joined in Envoy's order (rare: not kept inline).
+        Cmd::ResponseFlags | Cmd::ResponseFlagsLong if r.retry_flag.is_some() => {
+            let long = matches!(c, Cmd::ResponseFlagsLong);
+            out.extend_from_slice(super::response_flags(r.detail, r.retry_flag, long).as_bytes());
+            Val::Written
+        }
         Cmd::ResponseFlags => s(r
             .detail
             .and_then(Detail::flag)
@@ -386,7 +392,7 @@ fn value<'a>(c: &'a Cmd, r: &'a Record, e: &'a Emit, out: &mut Vec<u8>) -> Val<'
             .detail
             .and_then(Detail::transport_failure)
             .map_or(Val::Missing, |t| s(t.as_bytes())),
-        Cmd::UpstreamRequestAttemptCount => Val::Num(r.attempted as u64),
+        Cmd::UpstreamRequestAttemptCount => Val::Num(u64::from(r.attempts)),
         Cmd::DownstreamRemote(p) => addr(Some(e.peer), *p, out),
         Cmd::DownstreamLocal(p) => addr(e.local, *p, out),
         Cmd::RouteName => r.route.as_deref().map_or(Val::Missing, |n| s(n.as_bytes())),

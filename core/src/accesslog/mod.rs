@@ -42,6 +42,8 @@ pub enum Detail {
     ResetAfterTermination,
     ResetAfterProtocol,
     ResponseTimeout,
+    /// A retry policy's `per_try_timeout` passed.
+    PerTryTimeout,
     StreamIdleTimeout,
     RequestOverallTimeout,
     RequestHeaderTimeout,
@@ -81,6 +83,7 @@ impl Detail {
             }
             Detail::ResetAfterProtocol => "upstream_reset_after_response_started{protocol_error}",
             Detail::ResponseTimeout => "response_timeout",
+            Detail::PerTryTimeout => "upstream_per_try_timeout",
             Detail::StreamIdleTimeout => "stream_idle_timeout",
             Detail::RequestOverallTimeout => "request_overall_timeout",
             Detail::RequestHeaderTimeout => "request_header_timeout",
@@ -114,7 +117,7 @@ impl Detail {
             Detail::ResetBeforeProtocol | Detail::ResetAfterProtocol => {
                 ("UPE", "UpstreamProtocolError")
             }
-            Detail::ResponseTimeout => ("UT", "UpstreamRequestTimeout"),
+            Detail::ResponseTimeout | Detail::PerTryTimeout => ("UT", "UpstreamRequestTimeout"),
             Detail::StreamIdleTimeout => ("SI", "StreamIdleTimeout"),
             Detail::DownstreamDisconnect => ("DC", "DownstreamConnectionTermination"),
             Detail::CodecError
@@ -132,6 +135,43 @@ impl Detail {
     pub fn transport_failure(self) -> Option<&'static str> {
         (self == Detail::ConnectRefused).then_some("delayed_connect_error:_Connection_refused")
     }
+}
+
+/// A retry policy's say in the response flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryFlag {
+    /// `URX`: the retries were used up.
+    LimitExceeded,
+    /// `UO`: the cluster's `max_retries` refused one more.
+    Overflow,
+}
+
+impl RetryFlag {
+    fn flag(self) -> (&'static str, &'static str) {
+        match self {
+            RetryFlag::LimitExceeded => ("URX", "UpstreamRetryLimitExceeded"),
+            RetryFlag::Overflow => ("UO", "UpstreamOverflow"),
+        }
+    }
+}
+
+/// `%RESPONSE_FLAGS%` (`long`: `%RESPONSE_FLAGS_LONG%`) of a retry flag and a detail, joined
+/// by `,` in the order Envoy set them (the retry's decision came first: `URX,UF`, `UO,UC`).
+pub fn response_flags(detail: Option<Detail>, retry: Option<RetryFlag>, long: bool) -> String {
+    let pick = |f: (&'static str, &'static str)| if long { f.1 } else { f.0 };
+    let mut flags: Vec<&str> = Vec::with_capacity(2);
+    if let Some(f) = retry.map(RetryFlag::flag) {
+        flags.push(pick(f));
+    }
+    if let Some(f) = detail.and_then(Detail::flag).map(pick) {
+        if !flags.contains(&f) {
+            flags.push(f);
+        }
+    }
+    if flags.is_empty() {
+        return "-".into();
+    }
+    flags.join(",")
 }
 
 /// The request as logged: as the router left it (its edits, rewrites and
@@ -243,8 +283,11 @@ pub struct Record {
     /// A connection to it was had (`%UPSTREAM_REMOTE_ADDRESS%`), and its local address.
     pub connected: bool,
     pub upstream_local: Option<SocketAddr>,
-    /// The router sent it upstream, or tried (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`).
-    pub attempted: bool,
+    /// How often the router sent it upstream, or tried (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`).
+    pub attempts: u32,
+    /// Why the last try was not tried again although its route's retry policy took it:
+    /// `URX` (no retries left) or `UO` (the cluster's `max_retries`), beside the detail's flag.
+    pub retry_flag: Option<RetryFlag>,
     /// The response as it went to the client.
     pub response: Option<LoggedResponse>,
     /// Body bytes read from the client and sent to it (an upgrade's: the tunnel's bytes).
@@ -270,7 +313,8 @@ impl Record {
             host: None,
             connected: false,
             upstream_local: None,
-            attempted: false,
+            attempts: 0,
+            retry_flag: None,
             response: None,
             bytes_received: 0,
             bytes_sent: 0,
@@ -572,7 +616,7 @@ mod tests {
         r.detail = Some(Detail::ViaUpstream);
         r.host = Some("127.0.0.1:8080".parse().unwrap());
         r.connected = true;
-        r.attempted = true;
+        r.attempts = 1;
         r.response = Some(LoggedResponse::Raw(
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nX-Up:  a b \r\n\r\n".to_vec(),
         ));

@@ -10,6 +10,7 @@ pub mod format;
 pub mod hash;
 mod index;
 pub mod matcher;
+pub mod retry;
 
 use std::collections::HashMap;
 
@@ -425,7 +426,10 @@ pub struct Forward {
     pub auto_host_rewrite: bool,
     /// Route timeout in ms; 0 disables.
     pub timeout_ms: u64,
-    /// `x-envoy-expected-rq-timeout-ms` value, pre-rendered.
+    /// The time the upstream is told it has (`x-envoy-expected-rq-timeout-ms`): the retry
+    /// policy's per-try timeout, else the route timeout; 0: none.
+    pub expected_timeout_ms: u64,
+    /// That value pre-rendered; empty for none.
     pub timeout_header: Vec<u8>,
     /// The route's `idle_timeout` in ms, replacing the stream idle timeout (0 disables).
     pub idle_timeout_ms: Option<u64>,
@@ -441,6 +445,12 @@ pub struct Forward {
     pub cluster_header: Option<Box<ClusterHeader>>,
     /// Its route's Envoy `name`, if any (`%ROUTE_NAME%`).
     pub route_name: Option<std::sync::Arc<str>>,
+    /// The route's (or its virtual host's) `retry_policy` (boxed: most routes have none).
+    pub retry: Option<Box<retry::RetryPolicy>>,
+    /// `x-envoy-attempt-count` on the upstream request (`include_request_attempt_count`) and
+    /// on the response (`include_attempt_count_in_response`).
+    pub attempt_count_up: bool,
+    pub attempt_count_down: bool,
 }
 
 /// A `cluster_header` route: the request header, and every cluster by name.
@@ -826,6 +836,24 @@ fn compile_route(
                     "{path}.route.weighted_clusters: the weights sum to 0"
                 )));
             }
+            let mut retry = f
+                .retry_policy
+                .as_ref()
+                .map(|r| {
+                    retry::RetryPolicy::compile(r, &format!("{path}.route.retry_policy"))
+                        .map(Box::new)
+                })
+                .transpose()?;
+            // Envoy ignores a per-try timeout no shorter than the route timeout.
+            if let Some(r) = retry.as_mut() {
+                if f.timeout_ms > 0 && r.per_try_timeout_ms >= f.timeout_ms {
+                    r.per_try_timeout_ms = 0;
+                }
+            }
+            let expected_timeout_ms = match retry.as_ref().map_or(0, |r| r.per_try_timeout_ms) {
+                0 => f.timeout_ms,
+                per_try => per_try,
+            };
             Action::Forward(Forward {
                 route_name: (!r.name.is_empty()).then(|| r.name.as_str().into()),
                 clusters: list,
@@ -837,9 +865,17 @@ fn compile_route(
                     .map(|s| s.as_bytes().to_vec()),
                 auto_host_rewrite: f.auto_host_rewrite,
                 timeout_ms: f.timeout_ms,
-                timeout_header: f.timeout_ms.to_string().into_bytes(),
+                expected_timeout_ms,
+                timeout_header: if expected_timeout_ms > 0 {
+                    expected_timeout_ms.to_string().into_bytes()
+                } else {
+                    Vec::new()
+                },
                 idle_timeout_ms: f.idle_timeout_ms,
                 high_priority: f.high_priority,
+                retry,
+                attempt_count_up: f.include_request_attempt_count,
+                attempt_count_down: f.include_attempt_count_in_response,
                 upgrades: f
                     .upgrade_configs
                     .iter()

@@ -311,6 +311,9 @@ crate::stat_scope! {
             upstream_cx_none_healthy, lb_healthy_panic, membership_change,
             upstream_cx_overflow, upstream_cx_pool_overflow, upstream_rq_pending_overflow,
             upstream_rq_active_overflow, upstream_rq_retry_overflow,
+            upstream_rq_retry, upstream_rq_retry_success, upstream_rq_retry_limit_exceeded,
+            upstream_rq_retry_backoff_exponential, upstream_rq_retry_backoff_ratelimited,
+            upstream_rq_per_try_timeout, retry_or_shadow_abandoned,
         }
         gauges {
             upstream_cx_active, upstream_rq_active, upstream_rq_pending_active,
@@ -334,6 +337,8 @@ pub struct ClusterScope {
     pub class: [Counter; 5],
     /// `external.upstream_rq_*`.
     pub external: ExternalCodes,
+    /// `retry.upstream_rq_*`: the responses a retry policy tried again.
+    pub retry: ExternalCodes,
     /// A hashing balancer's gauges (`ring_hash_lb.*`, `maglev_lb.*`).
     pub lb: LbGauges,
     /// The cluster's circuit breakers, for their gauges: set in one worker's scope only (the
@@ -398,6 +403,7 @@ fn visit_classes(class: &[Counter; 5], prefix: &str, v: &mut dyn Visitor) {
 /// `external.upstream_rq_<code>`, `_<N>xx` and `_completed`: Envoy's copy of the response
 /// counts for requests from outside, which every request is here (pyproxy has no
 /// `internal_address_config`, and drops a client's `x-envoy-internal`). Created on first use.
+/// The same set under `retry.` counts the responses a retry policy tried again.
 #[derive(Debug, Default)]
 pub struct ExternalCodes {
     codes: CodeCounters,
@@ -406,19 +412,25 @@ pub struct ExternalCodes {
 }
 
 impl ExternalCodes {
-    fn visit(&self, v: &mut dyn Visitor) {
+    /// Counts a response by code and class, and as completed.
+    #[inline]
+    pub fn count(&self, code: u16) {
+        self.codes.inc(code);
+        let c = &self.class;
+        of_class!(code, &c[0], &c[1], &c[2], &c[3], &c[4]).inc();
+        self.completed.inc();
+    }
+
+    /// Visits the set under `<scope>.upstream_rq_`.
+    fn visit(&self, scope: &str, v: &mut dyn Visitor) {
         if !self.codes.used() {
             return;
         }
-        self.codes.visit("external.upstream_rq_", v);
-        visit_classes(&self.class, "external.upstream_rq_", v);
+        let prefix = format!("{scope}.upstream_rq_");
+        self.codes.visit(&prefix, v);
+        visit_classes(&self.class, &prefix, v);
         let n = self.completed.get();
-        v.stat(
-            "external.upstream_rq_completed",
-            StatKind::Counter,
-            n,
-            n > 0,
-        );
+        v.stat(&format!("{prefix}completed"), StatKind::Counter, n, n > 0);
     }
 }
 
@@ -427,18 +439,7 @@ impl ClusterScope {
     /// Envoy charges it with every code, its own 503 and 504 included), and its external copy.
     #[inline]
     pub fn count_response(&self, code: u16) {
-        let e = &self.external;
-        e.codes.inc(code);
-        of_class!(
-            code,
-            &e.class[0],
-            &e.class[1],
-            &e.class[2],
-            &e.class[3],
-            &e.class[4]
-        )
-        .inc();
-        e.completed.inc();
+        self.external.count(code);
         self.codes.inc(code);
         self.s.upstream_rq_completed.inc();
         let c = &self.class;
@@ -451,7 +452,8 @@ impl Scope for ClusterScope {
         self.s.visit_declared(v);
         self.codes.visit("upstream_rq_", v);
         visit_classes(&self.class, "upstream_rq_", v);
-        self.external.visit(v);
+        self.external.visit("external", v);
+        self.retry.visit("retry", v);
         self.lb.visit(v);
         let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = breakers.as_ref() {

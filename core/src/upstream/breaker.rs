@@ -97,8 +97,8 @@ pub struct Priority {
     pub pending: Resource,
     /// `max_requests`: requests on a connection.
     pub rq: Resource,
-    /// `max_retries` (nothing retries here: its count stays 0).
-    retries: Resource,
+    /// `max_retries`: requests in a retry (from the decision to retry to the next decision).
+    pub retries: Resource,
     /// `max_connection_pools` (not configurable here: unlimited, nothing counted).
     pools: Resource,
     /// `track_remaining`: whether the `remaining_*` gauges exist.

@@ -23,16 +23,18 @@ use super::conn::{
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{append_via, apply_response_extras, rewrite_target, router_request_headers};
 use super::timer::earliest;
-use crate::accesslog::{Detail, LoggedRequest};
+use crate::accesslog::{Detail, LoggedRequest, RetryFlag};
 use crate::http1::body::{encode_chunk, Decoded, Decoder, Framing, LAST_CHUNK};
 use crate::http1::codec::{
     method_has_no_body, response_framing, strip_for_upgrade, strip_hop_by_hop_response,
     write_framing, write_status_line, ConnectionTokens,
 };
 use crate::http1::head::{parse_response_counted, HeaderMap, RequestHead};
+use crate::router::retry::{Backoff, Reset, RetryPolicy};
 use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
 use crate::stats::{ClusterScope, Flow, GaugeHold};
+use crate::upstream::breaker::Priority;
 use crate::upstream::pool::{ConnectFail, Pool, UpConn, Wake};
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
@@ -43,6 +45,11 @@ const RESET_TERMINATION: &[u8] =
     b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 const RESET_PROTOCOL: &[u8] =
     b"upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+// The same after a retry (Envoy names the last try's reason so).
+const RETRIED_TERMINATION: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination";
+const RETRIED_PROTOCOL: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: protocol error";
 
 /// Who ended an exchange early, for the stats: an upstream fault is counted on the cluster, a
 /// downstream one only as a reset we sent upstream.
@@ -54,6 +61,8 @@ enum Cause {
     UpstreamProtocol,
     /// The route timeout expired.
     RouteTimeout,
+    /// The retry policy's `per_try_timeout` expired before the response head came.
+    PerTryTimeout,
     /// Nothing moved for `stream_idle_timeout` while waiting on the upstream.
     UpstreamIdle,
     /// The client stalled or sent a malformed body.
@@ -85,6 +94,14 @@ enum Outcome {
     /// The upstream took the upgrade: its `101` went downstream, and the connections are a
     /// tunnel from now on.
     Switched,
+    /// The route's retry policy tries the request again: this try's response (`status`; 0
+    /// for none) is dropped, its connection kept only when `reuse` (a response with no body,
+    /// as Envoy keeps it); `per_try`: its per-try timeout passed.
+    Retry {
+        status: u16,
+        per_try: bool,
+        reuse: bool,
+    },
 }
 
 /// How a tunnel ended.
@@ -123,9 +140,10 @@ pub(super) async fn forward(
     // A hashing balancer picks by the route's hash of the request; a cookie it made up goes
     // back with the response.
     let mut set_cookie = None;
+    let mut hash = None;
     let picked = if cluster.cfg.policy.hashes() {
         let stream = &d.stream;
-        let (hash, cookie) = crate::router::hash::request_hash(
+        let (h, cookie) = crate::router::hash::request_hash(
             &fwd.hash_policy,
             &head.headers,
             head.target(),
@@ -133,29 +151,18 @@ pub(super) async fn forward(
             &|| stream.local_addr().ok(),
         );
         set_cookie = cookie;
+        hash = h;
         cluster.pick_hashed(hash)
     } else {
         cluster.pick()
     };
-    let Some(host) = picked else {
+    let Some(mut host) = picked else {
         if d.log.is_some() {
             d.log_answer(&head, true, Detail::NoHealthyUpstream);
             log_upstream(d, fwd, cluster, None, None, false);
         }
-        cs.s.upstream_cx_none_healthy.inc();
-        // No host at all is below any healthy-panic threshold (Envoy counts it so).
-        cs.s.lb_healthy_panic.inc();
-        cs.count_response(503);
-        return reply(
-            ctx,
-            l,
-            d,
-            503,
-            b"no healthy upstream",
-            keep && !body_pending,
-            None,
-        )
-        .await;
+        let tried = attempt_header(fwd.attempt_count_down, 1);
+        return no_healthy_upstream(ctx, l, d, cs, keep && !body_pending, tried).await;
     };
     // Without proxy_100_continue the connection already answered `Expect` and removed it.
     let relay_continue = l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers);
@@ -166,29 +173,50 @@ pub(super) async fn forward(
     let edits_read = chain.iter().any(|m| m.response_reads_request);
     let save = edits_read || d.log.is_some();
     let peer = d.peer;
-    let stream = &d.stream;
-    let local = || stream.local_addr().ok();
     // Response edits' commands may ask for the local address once the stream is split.
     let response_local = if chain.iter().any(|m| m.response_commands) {
-        local()
+        d.stream.local_addr().ok()
     } else {
         None
     };
-    let (out, chunk_up, saved) = upstream_head(
-        l,
-        head,
-        save,
-        peer,
-        &local,
-        conn,
-        framing,
-        fwd,
-        prefix_len,
-        cluster,
-        &host,
-        chain,
-        ctx.take_write_buf(),
-    );
+    // The route's priority: the cluster's circuit breakers and the host's pool for it.
+    let high = fwd.high_priority;
+    let limits = cluster.cfg.breakers.of(high);
+    // A retry policy's state, and the request as the connection manager left it, from which
+    // each try's head is written again (an upgrade is never tried again).
+    let tries = match fwd.retry.as_deref() {
+        Some(policy) if !upgrade => {
+            // Envoy buffers a body for retries up to the connection's buffer limit.
+            let limit = l.c.cfg.per_connection_buffer_limit_bytes;
+            Some(Box::new(Tries::new(policy, limits, cs, u64::from(limit))))
+        }
+        _ => None,
+    };
+    let tries = tries.as_deref();
+    if let Some(t) = tries {
+        t.tried.borrow_mut().push(host.addr);
+    }
+    let kept = tries.map(|_| head.clone());
+    let (mut out, chunk_up, saved) = {
+        let stream = &d.stream;
+        let local = || stream.local_addr().ok();
+        upstream_head(
+            l,
+            head,
+            save,
+            peer,
+            &local,
+            conn,
+            framing,
+            fwd,
+            prefix_len,
+            cluster,
+            &host,
+            chain,
+            ctx.take_write_buf(),
+            Try::FIRST,
+        )
+    };
     // The access log has the request and where it goes from now on, whatever ends the
     // exchange (also the worker stopping under it); the response edits keep theirs.
     let saved = if d.log.is_some() {
@@ -196,312 +224,747 @@ pub(super) async fn forward(
     } else {
         saved.map(Box::new)
     };
-
-    let rq_guard = RqGuard::new(host.clone(), cs.clone());
-    // The route's priority: the cluster's circuit breakers and the host's pool for it.
-    let high = fwd.high_priority;
-    let limits = cluster.cfg.breakers.of(high);
-    let pool = host.pool(high);
-    // The upstream request starts now: with a pooled connection that is, within microseconds,
-    // when the head was parsed (no clock read); after a connect, it is read again below.
-    let mut rq_start = d.started;
-    let mut route_by = None;
-    let up = match pool.checkout(&cluster.cfg.breakers) {
-        Some(c) => c,
-        None => {
-            // Envoy refuses a request that would wait for a connection once
-            // max_pending_requests do, before any connection is made for it.
-            if !limits.pending.has_room() {
-                cs.s.upstream_rq_pending_overflow.inc();
-                drop(rq_guard);
-                return overflow(ctx, l, d, cs, None, keep && !body_pending).await;
-            }
-            cs.s.upstream_rq_pending_total.inc();
-            // Pending until it has a connection, or fails, or its client leaves.
-            let pending_hold = limits.pending.hold();
-            let pending_active = GaugeHold::new(&cs.s.upstream_rq_pending_active);
-            // A client that goes away while the connection is being made cancels the request
-            // before it is sent, as Envoy cancels a pending request. Body bytes that come
-            // meanwhile are read ahead for the exchange, as far as the connection's buffer
-            // limit (Envoy buffers them likewise), and the watch then waits on that.
-            let (dr, _) = d.stream.split();
-            let rx = l.http.down_rx(&d.held);
-            let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
-            // The route timeout runs while a request that is in whole waits (Envoy starts it
-            // once the request is in; a body still coming is read ahead, not waited for).
-            route_by = (fwd.timeout_ms > 0 && !body_pending).then(|| {
-                tokio::time::Instant::from_std(d.started) + Duration::from_millis(fwd.timeout_ms)
-            });
-            let mut front = false;
-            let got = loop {
-                // Woken to decide again: a connection given back meanwhile went to the pool
-                // (no one was in line), so look there first.
-                if front {
-                    if let Some(c) = pool.checkout(&cluster.cfg.breakers) {
-                        break Ok(c);
-                    }
-                }
-                // A connection still being made for a request that went away is taken before
-                // a new one is made (Envoy's pool counts it as room for a pending request).
-                let mut handoff = pool.wait_for_orphan();
-                let mut attempt = None;
-                if handoff.is_none() {
-                    // At max_connections the request waits for one of the pool's connections,
-                    // unless the pool has none at all: Envoy makes one then regardless, so no
-                    // request waits on a pool with nothing to give it. Either way a connection
-                    // the limit held back is counted.
-                    let room = limits.cx.has_room();
-                    if !room {
-                        cs.s.upstream_cx_overflow.inc();
-                    }
-                    if room || host.stats.cx_active.get() == 0 {
-                        // Boxed (once per new connection, not per request): it may outlive
-                        // this request.
-                        attempt = Some(Box::pin(connect(cluster.clone(), host.clone(), high)));
-                    } else {
-                        handoff = Some(pool.wait(front));
-                    }
-                }
-                let pending = std::future::poll_fn(|cx| match (&mut attempt, &mut handoff) {
-                    (Some(a), _) => a.as_mut().poll(cx).map(|r| match r {
-                        Ok(c) => Wake::Conn(c),
-                        Err(fail) => {
-                            // Envoy's pool fails every request waiting when a connect fails.
-                            pool.fail(fail);
-                            Wake::Failed(fail)
-                        }
-                    }),
-                    // Its attempt ended without an answer only if the worker is stopping.
-                    (None, Some(h)) => std::pin::Pin::new(h)
-                        .poll(cx)
-                        .map(|r| r.unwrap_or(Wake::Failed(ConnectFail::Refused))),
-                    (None, None) => unreachable!("a request waits on an attempt or in line"),
-                });
-                let woke = tokio::select! {
-                    biased;
-                    w = pending => w,
-                    _ = watch_client(&dr, &mut d.rbuf, &rx, ahead) => {
-                        cs.s.upstream_rq_cancelled.inc();
-                        // Its own attempt goes on for the pool; a place in line is given up.
-                        if let Some(attempt) = attempt {
-                            finish_connect(ctx.clone(), host.clone(), high, attempt);
-                        }
-                        l.http.downstream_rq_rx_reset.inc();
-                        d.peer_closed = true;
-                        d.ended_in_request = true;
-                        d.log_detail(Detail::DownstreamDisconnect);
-                        return (0, Next::Close);
-                    }
-                    () = d.timer.until(route_by) => {
-                        if let Some(attempt) = attempt {
-                            finish_connect(ctx.clone(), host.clone(), high, attempt);
-                        }
-                        drop((pending_active, pending_hold, rq_guard));
-                        return pending_timeout(ctx, l, d, cs, keep).await;
-                    }
-                };
-                match woke {
-                    Wake::Conn(c) => break Ok(c),
-                    Wake::Failed(fail) => break Err(fail),
-                    // A connection of the pool closed, or one was given back with the
-                    // cluster under its limit: decide again, first in line.
-                    Wake::Retry => front = true,
-                }
-            };
-            drop((pending_active, pending_hold));
-            match got {
-                Ok(c) => {
-                    rq_start = clock::now();
-                    c
-                }
-                Err(reason) => {
-                    // The request waited on a connection that failed (Envoy's pending
-                    // request ejected); it never went upstream (no upstream_rq_total).
-                    cs.s.upstream_rq_pending_failure_eject.inc();
-                    host.stats.rq_error.inc();
-                    cs.count_response(503);
-                    let body: &'static [u8] = match reason {
-                        ConnectFail::Timeout => {
-                            d.log_detail(Detail::ConnectTimeout);
-                            b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
-                        }
-                        ConnectFail::Refused => {
-                            d.log_detail(Detail::ConnectRefused);
-                            b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
-                        }
-                    };
-                    // A body read ahead whole while the connection was being made is
-                    // complete, as Envoy has it by then: the reply answers a whole request and
-                    // the client connection stays, with the body dropped from the buffer.
-                    let taken = (body_pending && !upgrade)
-                        .then(|| take_buffered_body(&mut d.rbuf, framing))
-                        .flatten();
-                    let whole = taken.is_some();
-                    if whole {
-                        d.body_unread = false;
-                    }
-                    // The request was whole (Envoy logs its body as received).
-                    if let (Some(r), Some(n)) = (d.log(), taken) {
-                        r.bytes_received = n;
-                        r.request_done = Some(clock::now());
-                    }
-                    let keep = keep && (whole || !body_pending);
-                    drop(rq_guard);
-                    return reply(ctx, l, d, 503, body, keep, None).await;
-                }
-            }
-        }
-    };
-    // Envoy checks max_requests as it puts the request on a connection, which then stays in
-    // the pool.
-    if !limits.rq.has_room() {
-        cs.s.upstream_rq_active_overflow.inc();
-        host.stats.rq_error.inc();
-        drop(rq_guard);
-        if ctx.draining() {
-            close_upstream(ctx, up);
-        } else {
-            release(ctx, cluster, &host, high, up, clock::now());
-        }
-        return overflow(ctx, l, d, cs, Some(host.addr), keep && !body_pending).await;
-    }
-    let _active = limits.rq.hold();
-    let mut up = up;
-    // Envoy counts a request upstream once it has a connection to go on.
-    cs.s.upstream_rq_total.inc();
-    host.stats.rq_total.inc();
-    up.requests += 1;
-    up.rbuf = ctx.take_read_buf();
-    let up_chunk =
-        BODY_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
     let idle_ms = fwd
         .idle_timeout_ms
         .unwrap_or(l.c.cfg.hcm.stream_idle_timeout_ms);
-    let x = Exchange {
-        ctx,
-        l,
-        cs,
-        framing,
-        is_head,
-        keep,
-        upgrade,
-        timeout_ms: fwd.timeout_ms,
-        route_by,
-        idle_ms,
-        chain,
-        rq_start,
-        up_chunk,
-        max_headers: cluster.cfg.cfg.max_headers_count as usize,
-        relay_continue,
-        chunk_up,
-        minor,
-        upstream: host.addr,
-        saved,
-        local: response_local,
-        set_cookie,
-    };
-    let outcome = x.run(d, &mut up, out).await;
-    if let Some(r) = d.log.as_deref_mut() {
-        r.connected = true;
-        if l.c.logs.as_ref().is_some_and(|g| g.needs_upstream_local) {
-            r.upstream_local = up.stream.local_addr().ok();
+    let up_chunk =
+        BODY_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+    // One pass per try: a route without a retry policy makes one.
+    loop {
+        // A try after one that read the request body sends the body kept from it.
+        let replay = tries.is_some_and(|t| t.consumed.get());
+        let rq_guard = RqGuard::new(host.clone(), cs.clone());
+        let pool = host.pool(high);
+        // The upstream request starts now: with a pooled connection that is, within
+        // microseconds, when the head was parsed (no clock read); after a connect, it is read
+        // again below. A try after the first starts when it is made.
+        let mut rq_start = if tries.is_some_and(|t| t.attempt.get() > 1) {
+            clock::now()
+        } else {
+            d.started
+        };
+        // The route timeout's end, once it began (it runs over every try).
+        let mut route_by = tries.and_then(|t| t.route_by.get());
+        let up = match pool.checkout(&cluster.cfg.breakers) {
+            Some(c) => c,
+            None => {
+                // Envoy refuses a request that would wait for a connection once
+                // max_pending_requests do, before any connection is made for it.
+                if !limits.pending.has_room() {
+                    cs.s.upstream_rq_pending_overflow.inc();
+                    drop(rq_guard);
+                    let whole = !body_pending || replay;
+                    let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
+                    return overflow(ctx, l, d, cs, None, keep && whole, tried).await;
+                }
+                cs.s.upstream_rq_pending_total.inc();
+                // Pending until it has a connection, or fails, or its client leaves.
+                let pending_hold = limits.pending.hold();
+                let pending_active = GaugeHold::new(&cs.s.upstream_rq_pending_active);
+                // A client that goes away while the connection is being made cancels the
+                // request before it is sent, as Envoy cancels a pending request. Body bytes
+                // that come meanwhile are read ahead for the exchange, as far as the
+                // connection's buffer limit (Envoy buffers them likewise), and the watch then
+                // waits on that.
+                let (dr, _) = d.stream.split();
+                let rx = l.http.down_rx(&d.held);
+                let ahead =
+                    READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+                // The route timeout runs while a request that is in whole waits (Envoy starts
+                // it once the request is in; a body still coming is read ahead, not waited
+                // for).
+                if route_by.is_none() {
+                    route_by = (fwd.timeout_ms > 0 && !body_pending).then(|| {
+                        tokio::time::Instant::from_std(d.started)
+                            + Duration::from_millis(fwd.timeout_ms)
+                    });
+                }
+                let mut front = false;
+                let got = loop {
+                    // Woken to decide again: a connection given back meanwhile went to the
+                    // pool (no one was in line), so look there first.
+                    if front {
+                        if let Some(c) = pool.checkout(&cluster.cfg.breakers) {
+                            break Ok(c);
+                        }
+                    }
+                    // A connection still being made for a request that went away is taken
+                    // before a new one is made (Envoy's pool counts it as room for a pending
+                    // request).
+                    let mut handoff = pool.wait_for_orphan();
+                    let mut attempt = None;
+                    if handoff.is_none() {
+                        // At max_connections the request waits for one of the pool's
+                        // connections, unless the pool has none at all: Envoy makes one then
+                        // regardless, so no request waits on a pool with nothing to give it.
+                        // Either way a connection the limit held back is counted.
+                        let room = limits.cx.has_room();
+                        if !room {
+                            cs.s.upstream_cx_overflow.inc();
+                        }
+                        if room || host.stats.cx_active.get() == 0 {
+                            // Boxed (once per new connection, not per request): it may outlive
+                            // this request.
+                            attempt = Some(Box::pin(connect(cluster.clone(), host.clone(), high)));
+                        } else {
+                            handoff = Some(pool.wait(front));
+                        }
+                    }
+                    let pending = std::future::poll_fn(|cx| match (&mut attempt, &mut handoff) {
+                        (Some(a), _) => a.as_mut().poll(cx).map(|r| match r {
+                            Ok(c) => Wake::Conn(c),
+                            Err(fail) => {
+                                // Envoy's pool fails every request waiting when a connect
+                                // fails.
+                                pool.fail(fail);
+                                Wake::Failed(fail)
+                            }
+                        }),
+                        // Its attempt ended without an answer only if the worker is stopping.
+                        (None, Some(h)) => std::pin::Pin::new(h)
+                            .poll(cx)
+                            .map(|r| r.unwrap_or(Wake::Failed(ConnectFail::Refused))),
+                        (None, None) => unreachable!("a request waits on an attempt or in line"),
+                    });
+                    let woke = tokio::select! {
+                        biased;
+                        w = pending => w,
+                        _ = watch_client(&dr, &mut d.rbuf, &rx, ahead) => {
+                            cs.s.upstream_rq_cancelled.inc();
+                            // Its own attempt goes on for the pool; a place in line is given
+                            // up.
+                            if let Some(attempt) = attempt {
+                                finish_connect(ctx.clone(), host.clone(), high, attempt);
+                            }
+                            l.http.downstream_rq_rx_reset.inc();
+                            d.peer_closed = true;
+                            d.ended_in_request = true;
+                            d.log_detail(Detail::DownstreamDisconnect);
+                            return (0, Next::Close);
+                        }
+                        () = d.timer.until(route_by) => {
+                            if let Some(attempt) = attempt {
+                                finish_connect(ctx.clone(), host.clone(), high, attempt);
+                            }
+                            drop((pending_active, pending_hold, rq_guard));
+                            let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
+                            return pending_timeout(ctx, l, d, cs, keep, tried).await;
+                        }
+                    };
+                    match woke {
+                        Wake::Conn(c) => break Ok(c),
+                        Wake::Failed(fail) => break Err(fail),
+                        // A connection of the pool closed, or one was given back with the
+                        // cluster under its limit: decide again, first in line.
+                        Wake::Retry => front = true,
+                    }
+                };
+                drop((pending_active, pending_hold));
+                match got {
+                    Ok(c) => {
+                        rq_start = clock::now();
+                        c
+                    }
+                    Err(reason) => {
+                        // The request waited on a connection that failed (Envoy's pending
+                        // request ejected); it never went upstream (no upstream_rq_total).
+                        cs.s.upstream_rq_pending_failure_eject.inc();
+                        host.stats.rq_error.inc();
+                        drop(rq_guard);
+                        if let Some(t) = tries {
+                            // Nothing of the request went upstream: a try may follow.
+                            if t.decide(t.policy.retries_reset(Reset::ConnectFailure, false)) {
+                                match next_try(ctx, l, d, fwd, cluster, hash, t, body_pending).await
+                                {
+                                    Ok(h) => {
+                                        host = h;
+                                        out = try_head(
+                                            l, d, &kept, conn, framing, fwd, prefix_len, cluster,
+                                            &host, chain, ctx, t,
+                                        );
+                                        continue;
+                                    }
+                                    Err(done) => return done,
+                                }
+                            }
+                            if let Some(r) = d.log() {
+                                r.retry_flag = t.flag.get();
+                            }
+                        }
+                        cs.count_response(503);
+                        // After a retry Envoy names the last try's reason so.
+                        let retried = tries.is_some_and(|t| t.attempt.get() > 1);
+                        let body: &'static [u8] = match (reason, retried) {
+                            (ConnectFail::Timeout, false) => {
+                                b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+                            }
+                            (ConnectFail::Timeout, true) => {
+                                b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout"
+                            }
+                            (ConnectFail::Refused, false) => {
+                                b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+                            }
+                            (ConnectFail::Refused, true) => {
+                                b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+                            }
+                        };
+                        d.log_detail(match reason {
+                            ConnectFail::Timeout => Detail::ConnectTimeout,
+                            ConnectFail::Refused => Detail::ConnectRefused,
+                        });
+                        // A body read ahead whole while the connection was being made is
+                        // complete, as Envoy has it by then: the reply answers a whole
+                        // request and the client connection stays, with the body dropped
+                        // from the buffer.
+                        let taken = (body_pending && !upgrade && !replay)
+                            .then(|| take_buffered_body(&mut d.rbuf, framing))
+                            .flatten();
+                        let whole = taken.is_some() || replay;
+                        if whole {
+                            d.body_unread = false;
+                        }
+                        // The request was whole (Envoy logs its body as received).
+                        if let (Some(r), Some(n)) = (d.log(), taken) {
+                            r.bytes_received = n;
+                            r.request_done = Some(clock::now());
+                        }
+                        let keep = keep && (whole || !body_pending);
+                        let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
+                        return reply(ctx, l, d, 503, body, keep, tried.as_ref()).await;
+                    }
+                }
+            }
+        };
+        // Envoy checks max_requests as it puts the request on a connection, which then stays
+        // in the pool.
+        if !limits.rq.has_room() {
+            cs.s.upstream_rq_active_overflow.inc();
+            host.stats.rq_error.inc();
+            drop(rq_guard);
+            if ctx.draining() {
+                close_upstream(ctx, up);
+            } else {
+                release(ctx, cluster, &host, high, up, clock::now());
+            }
+            let whole = !body_pending || replay;
+            let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
+            return overflow(ctx, l, d, cs, Some(host.addr), keep && whole, tried).await;
         }
-        r.detail = Some(match &outcome {
-            Outcome::Done { end, .. } => {
-                r.response_done = Some(*end);
-                Detail::ViaUpstream
+        let _active = limits.rq.hold();
+        let mut up = up;
+        // Envoy counts a request upstream once it has a connection to go on.
+        cs.s.upstream_rq_total.inc();
+        host.stats.rq_total.inc();
+        up.requests += 1;
+        up.rbuf = ctx.take_read_buf();
+        let x = Exchange {
+            ctx,
+            l,
+            cs,
+            // A try that sends the kept body reads nothing more from the client.
+            framing: if replay { Framing::Length(0) } else { framing },
+            is_head,
+            keep,
+            upgrade,
+            timeout_ms: fwd.timeout_ms,
+            route_by,
+            idle_ms,
+            chain,
+            rq_start,
+            up_chunk,
+            max_headers: cluster.cfg.cfg.max_headers_count as usize,
+            relay_continue: relay_continue && !replay,
+            chunk_up: chunk_up && !replay,
+            minor,
+            upstream: host.addr,
+            saved: saved.as_deref(),
+            local: response_local,
+            set_cookie: set_cookie.as_deref(),
+            tries,
+            replay,
+            per_try_ms: fwd.retry.as_ref().map_or(0, |p| p.per_try_timeout_ms),
+            attempt_down: if fwd.attempt_count_down {
+                tries.map_or(1, |t| t.attempt.get())
+            } else {
+                0
+            },
+            service_from: tries.map_or(rq_start, |t| *t.first_start.get_or_init(|| rq_start)),
+        };
+        if let (Some(t), false) = (tries, replay) {
+            t.consumed.set(true);
+        }
+        let outcome = x.run(d, &mut up, std::mem::take(&mut out)).await;
+        if let Some(r) = d.log.as_deref_mut() {
+            r.connected = true;
+            if l.c.logs.as_ref().is_some_and(|g| g.needs_upstream_local) {
+                r.upstream_local = up.stream.local_addr().ok();
+            }
+            r.detail = Some(match &outcome {
+                Outcome::Done { end, .. } => {
+                    r.response_done = Some(*end);
+                    Detail::ViaUpstream
+                }
+                Outcome::Local {
+                    status,
+                    body,
+                    cause,
+                    ..
+                } => match cause {
+                    Cause::UpstreamReset => Detail::ResetBeforeTermination,
+                    Cause::UpstreamProtocol => Detail::ResetBeforeProtocol,
+                    Cause::RouteTimeout => Detail::ResponseTimeout,
+                    Cause::PerTryTimeout => Detail::PerTryTimeout,
+                    Cause::UpstreamIdle => Detail::StreamIdleTimeout,
+                    Cause::ClientGone => Detail::DownstreamDisconnect,
+                    Cause::Downstream if *status == 400 => Detail::CodecError,
+                    Cause::Downstream if body.starts_with(b"request timeout") => {
+                        Detail::RequestOverallTimeout
+                    }
+                    Cause::Downstream => Detail::StreamIdleTimeout,
+                },
+                Outcome::Abort { cause, .. } => match cause {
+                    Cause::ClientGone => Detail::DownstreamDisconnect,
+                    Cause::UpstreamReset | Cause::UpstreamProtocol => Detail::ResetAfterProtocol,
+                    Cause::RouteTimeout => Detail::ResponseTimeout,
+                    Cause::PerTryTimeout => Detail::PerTryTimeout,
+                    Cause::UpstreamIdle => Detail::StreamIdleTimeout,
+                    Cause::Downstream => Detail::CodecError,
+                },
+                // How the tunnel ends says; a try given up is followed by another.
+                Outcome::Switched | Outcome::Retry { .. } => Detail::ViaUpstream,
+            });
+            if let Some(t) = tries {
+                r.retry_flag = t.flag.get();
+            }
+        }
+        match outcome {
+            Outcome::Done {
+                status,
+                up_reusable,
+                down_keep,
+                end,
+            } => {
+                d.done_at = Some(end);
+                cs.count_response(status);
+                cs.s.upstream_rq_time.record_ms_until(rq_start, end);
+                if status >= 500 {
+                    host.stats.rq_error.inc();
+                } else {
+                    host.stats.rq_success.inc();
+                }
+                let max = cluster.cfg.cfg.max_requests_per_connection;
+                let exhausted = max > 0 && up.requests >= max;
+                if exhausted {
+                    cs.s.upstream_cx_max_requests.inc();
+                }
+                if up_reusable && !exhausted && !ctx.draining() {
+                    release(ctx, cluster, &host, high, up, end);
+                } else {
+                    close_upstream(ctx, up);
+                }
+                return (status, d.next(down_keep));
             }
             Outcome::Local {
                 status,
                 body,
+                keep,
                 cause,
-                ..
-            } => match cause {
-                Cause::UpstreamReset => Detail::ResetBeforeTermination,
-                Cause::UpstreamProtocol => Detail::ResetBeforeProtocol,
-                Cause::RouteTimeout => Detail::ResponseTimeout,
-                Cause::UpstreamIdle => Detail::StreamIdleTimeout,
-                Cause::ClientGone => Detail::DownstreamDisconnect,
-                Cause::Downstream if *status == 400 => Detail::CodecError,
-                Cause::Downstream if body.starts_with(b"request timeout") => {
-                    Detail::RequestOverallTimeout
-                }
-                Cause::Downstream => Detail::StreamIdleTimeout,
-            },
-            Outcome::Abort { cause, .. } => match cause {
-                Cause::ClientGone => Detail::DownstreamDisconnect,
-                Cause::UpstreamReset | Cause::UpstreamProtocol => Detail::ResetAfterProtocol,
-                Cause::RouteTimeout => Detail::ResponseTimeout,
-                Cause::UpstreamIdle => Detail::StreamIdleTimeout,
-                Cause::Downstream => Detail::CodecError,
-            },
-            // How the tunnel ends says.
-            Outcome::Switched => Detail::ViaUpstream,
-        });
-    }
-    match outcome {
-        Outcome::Done {
-            status,
-            up_reusable,
-            down_keep,
-            end,
-        } => {
-            d.done_at = Some(end);
-            cs.count_response(status);
-            cs.s.upstream_rq_time.record_ms_until(rq_start, end);
-            if status >= 500 {
-                host.stats.rq_error.inc();
-            } else {
-                host.stats.rq_success.inc();
-            }
-            let max = cluster.cfg.cfg.max_requests_per_connection;
-            let exhausted = max > 0 && up.requests >= max;
-            if exhausted {
-                cs.s.upstream_cx_max_requests.inc();
-            }
-            if up_reusable && !exhausted && !ctx.draining() {
-                release(ctx, cluster, &host, high, up, end);
-            } else {
+            } => {
+                up.guard.active_rq = true;
                 close_upstream(ctx, up);
+                let upstream_fault = matches!(
+                    cause,
+                    Cause::UpstreamReset
+                        | Cause::UpstreamProtocol
+                        | Cause::RouteTimeout
+                        | Cause::PerTryTimeout
+                );
+                count_failure(
+                    cluster,
+                    &host,
+                    cause,
+                    if upstream_fault { status } else { 0 },
+                );
+                let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
+                return reply(ctx, l, d, status, body, keep, tried.as_ref()).await;
             }
-            (status, d.next(down_keep))
-        }
-        Outcome::Local {
-            status,
-            body,
-            keep,
-            cause,
-        } => {
-            up.guard.active_rq = true;
-            close_upstream(ctx, up);
-            let upstream_fault = matches!(
-                cause,
-                Cause::UpstreamReset | Cause::UpstreamProtocol | Cause::RouteTimeout
-            );
-            count_failure(
-                cluster,
-                &host,
-                cause,
-                if upstream_fault { status } else { 0 },
-            );
-            reply(ctx, l, d, status, body, keep, None).await
-        }
-        Outcome::Abort { status, cause } => {
-            up.guard.active_rq = true;
-            close_upstream(ctx, up);
-            // The client connection ends with this request under way: closed by the client,
-            // or by us after a response that cannot be finished.
-            d.ended_in_request = true;
-            if matches!(cause, Cause::ClientGone) {
-                d.peer_closed = true;
-                l.http.downstream_rq_rx_reset.inc();
+            Outcome::Abort { status, cause } => {
+                up.guard.active_rq = true;
+                close_upstream(ctx, up);
+                // The client connection ends with this request under way: closed by the
+                // client, or by us after a response that cannot be finished.
+                d.ended_in_request = true;
+                if matches!(cause, Cause::ClientGone) {
+                    d.peer_closed = true;
+                    l.http.downstream_rq_rx_reset.inc();
+                }
+                count_failure(cluster, &host, cause, status);
+                return (status, Next::Close);
             }
-            count_failure(cluster, &host, cause, status);
-            (status, Next::Close)
+            // Boxed: its state would otherwise widen every exchange's future.
+            Outcome::Switched => {
+                return Box::pin(switched(ctx, l, d, up, cs, &host, idle_ms, up_chunk)).await
+            }
+            Outcome::Retry {
+                status,
+                per_try,
+                reuse,
+            } => {
+                // The try is given up with its connection (Envoy resets its stream; one whose
+                // response had no body stays), and counted: a response as a retried code, a
+                // timeout as a per-try timeout.
+                if reuse && !ctx.draining() {
+                    release(ctx, cluster, &host, high, up, clock::now());
+                } else {
+                    up.guard.active_rq = true;
+                    close_upstream(ctx, up);
+                }
+                host.stats.rq_error.inc();
+                if per_try {
+                    cs.s.upstream_rq_per_try_timeout.inc();
+                    host.stats.rq_timeout.inc();
+                }
+                if status != 0 {
+                    cs.retry.count(status);
+                }
+                drop(rq_guard);
+                let t = tries.expect("only a request with a retry policy is tried again");
+                match next_try(ctx, l, d, fwd, cluster, hash, t, false).await {
+                    Ok(h) => {
+                        host = h;
+                        out = try_head(
+                            l, d, &kept, conn, framing, fwd, prefix_len, cluster, &host, chain,
+                            ctx, t,
+                        );
+                    }
+                    Err(done) => return done,
+                }
+            }
         }
-        // Boxed: its state would otherwise widen every exchange's future.
-        Outcome::Switched => Box::pin(switched(ctx, l, d, up, cs, &host, idle_ms, up_chunk)).await,
     }
+}
+
+/// `x-envoy-attempt-count` for a local reply of the router (`include_attempt_count_in_response`,
+/// `on`): the try it answers.
+#[inline]
+fn attempt_header(on: bool, attempt: u32) -> Option<HeaderMap> {
+    on.then(|| {
+        let mut h = HeaderMap::default();
+        h.append(
+            b"x-envoy-attempt-count",
+            itoa::Buffer::new().format(attempt).as_bytes(),
+        );
+        h
+    })
+}
+
+/// The try under way: 1 without a retry policy.
+#[inline]
+fn attempt_no(tries: Option<&Tries<'_>>) -> u32 {
+    tries.map_or(1, |t| t.attempt.get())
+}
+
+/// Envoy's answer when the cluster has no host to send the request to.
+#[cold]
+#[inline(never)]
+async fn no_healthy_upstream(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    cs: &ClusterScope,
+    keep: bool,
+    tried: Option<HeaderMap>,
+) -> (u16, Next) {
+    cs.s.upstream_cx_none_healthy.inc();
+    // No host at all is below any healthy-panic threshold (Envoy counts it so).
+    cs.s.lb_healthy_panic.inc();
+    cs.count_response(503);
+    reply(ctx, l, d, 503, b"no healthy upstream", keep, tried.as_ref()).await
+}
+
+/// A request's tries under its route's retry policy: Envoy's retry state. A decision to try
+/// again holds one of the cluster's `max_retries` until the next decision (or the request's
+/// end), as Envoy's does.
+struct Tries<'a> {
+    policy: &'a RetryPolicy,
+    limits: &'a Priority,
+    cs: &'a ClusterScope,
+    /// Retries left.
+    left: Cell<u32>,
+    /// The try under way, from 1.
+    attempt: Cell<u32>,
+    backoff: RefCell<Backoff>,
+    /// A retry holds the cluster's retry count.
+    held: Cell<bool>,
+    /// Given up: the request body passed the buffer limit (Envoy drops its retry state).
+    off: Cell<bool>,
+    /// The request body as it went upstream, and whether a try read it from the client (the
+    /// next try then sends this copy).
+    body: RefCell<Vec<u8>>,
+    consumed: Cell<bool>,
+    /// The most body the request may buffer for a retry.
+    limit: u64,
+    /// The hosts tried (`previous_hosts`).
+    tried: RefCell<Vec<SocketAddr>>,
+    /// Why the last decision did not retry, when a limit said no.
+    flag: Cell<Option<RetryFlag>>,
+    /// The route timeout's end, once the first try started it.
+    route_by: Cell<Option<tokio::time::Instant>>,
+    /// When the first try's upstream request started (`x-envoy-upstream-service-time`).
+    first_start: std::cell::OnceCell<Instant>,
+}
+
+impl<'a> Tries<'a> {
+    fn new(
+        policy: &'a RetryPolicy,
+        limits: &'a Priority,
+        cs: &'a ClusterScope,
+        limit: u64,
+    ) -> Tries<'a> {
+        Tries {
+            policy,
+            limits,
+            cs,
+            left: Cell::new(policy.num_retries),
+            attempt: Cell::new(1),
+            backoff: RefCell::new(policy.backoff()),
+            held: Cell::new(false),
+            off: Cell::new(false),
+            body: RefCell::new(Vec::new()),
+            consumed: Cell::new(false),
+            limit,
+            tried: RefCell::new(Vec::new()),
+            flag: Cell::new(None),
+            route_by: Cell::new(None),
+            first_start: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Envoy's `shouldRetry`: whether the try that just ended (`would`: its end is one the
+    /// policy retries) is tried again, counted.
+    fn decide(&self, would: bool) -> bool {
+        if self.off.get() {
+            return false;
+        }
+        let s = &self.cs.s;
+        // The retry before this try ends here; a try that needs none was its success.
+        if self.held.replace(false) {
+            self.limits.retries.give();
+            if !would {
+                s.upstream_rq_retry_success.inc();
+            }
+        }
+        if !would {
+            return false;
+        }
+        if self.left.get() == 0 {
+            s.upstream_rq_retry_limit_exceeded.inc();
+            self.flag.set(Some(RetryFlag::LimitExceeded));
+            return false;
+        }
+        self.left.set(self.left.get() - 1);
+        if !self.limits.retries.has_room() {
+            s.upstream_rq_retry_overflow.inc();
+            self.flag.set(Some(RetryFlag::Overflow));
+            return false;
+        }
+        self.limits.retries.take();
+        self.held.set(true);
+        s.upstream_rq_retry.inc();
+        s.upstream_rq_retry_backoff_exponential.inc();
+        true
+    }
+
+    /// Keeps body bytes that went upstream for the next try; `read`: the body read so far.
+    /// Past the buffer limit the retry state is given up, as Envoy gives it up.
+    fn keep(&self, bytes: &[u8], read: u64) {
+        if self.off.get() {
+            return;
+        }
+        if read > self.limit {
+            self.off.set(true);
+            self.cs.s.retry_or_shadow_abandoned.inc();
+            if self.held.replace(false) {
+                self.limits.retries.give();
+            }
+            *self.body.borrow_mut() = Vec::new();
+            return;
+        }
+        self.body.borrow_mut().extend_from_slice(bytes);
+    }
+}
+
+impl Drop for Tries<'_> {
+    fn drop(&mut self) {
+        if self.held.get() {
+            self.limits.retries.give();
+        }
+    }
+}
+
+/// The request's place in its tries, for the upstream head's router headers.
+#[derive(Clone, Copy)]
+struct Try {
+    /// `x-envoy-attempt-count`.
+    attempt: u32,
+    /// What is left of the route timeout (ms), once a try before this one used some.
+    left_ms: Option<u64>,
+}
+
+impl Try {
+    const FIRST: Try = Try {
+        attempt: 1,
+        left_ms: None,
+    };
+}
+
+/// Waits out the back-off before the next try and picks its host; `Err` holds the request's
+/// end (its route timeout passed meanwhile, its client left, or no host is left). The
+/// request body is still the client's only when no try read it (`unread`).
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+async fn next_try(
+    ctx: &Rc<Ctx>,
+    l: &Rc<ListenerRt>,
+    d: &mut Down,
+    fwd: &Forward,
+    cluster: &Rc<ClusterRt>,
+    hash: Option<u64>,
+    t: &Tries<'_>,
+    unread: bool,
+) -> Result<Rc<HostRt>, (u16, Next)> {
+    let cs = &cluster.stats;
+    let wait = Duration::from_millis(t.backoff.borrow_mut().next_ms());
+    let route_by = t.route_by.get().or_else(|| {
+        (fwd.timeout_ms > 0 && !unread).then(|| {
+            tokio::time::Instant::from_std(d.started) + Duration::from_millis(fwd.timeout_ms)
+        })
+    });
+    t.route_by.set(route_by);
+    {
+        let (dr, _) = d.stream.split();
+        let rx = l.http.down_rx(&d.held);
+        let ahead = READ_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
+        let timed_out = tokio::select! {
+            biased;
+            () = tokio::time::sleep(wait) => false,
+            _ = watch_client(&dr, &mut d.rbuf, &rx, ahead) => {
+                cs.s.upstream_rq_cancelled.inc();
+                l.http.downstream_rq_rx_reset.inc();
+                d.peer_closed = true;
+                d.ended_in_request = true;
+                d.log_detail(Detail::DownstreamDisconnect);
+                return Err((0, Next::Close));
+            }
+            () = d.timer.until(route_by) => true,
+        };
+        if timed_out {
+            // The route timeout covers every try and the waits between them.
+            cs.s.upstream_rq_timeout.inc();
+            cs.count_response(504);
+            d.log_detail(Detail::ResponseTimeout);
+            let keep = !unread && !ctx.draining();
+            let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
+            return Err(reply(
+                ctx,
+                l,
+                d,
+                504,
+                b"upstream request timeout",
+                keep,
+                tried.as_ref(),
+            )
+            .await);
+        }
+    }
+    t.attempt.set(t.attempt.get() + 1);
+    // `previous_hosts`: pick again while the pick is a host tried before.
+    let pick = || {
+        if cluster.cfg.policy.hashes() {
+            cluster.pick_hashed(hash)
+        } else {
+            cluster.pick()
+        }
+    };
+    let again = if t.policy.previous_hosts {
+        t.policy.host_selection_retries
+    } else {
+        0
+    };
+    let mut host = pick();
+    for _ in 0..again {
+        match &host {
+            Some(h) if t.tried.borrow().contains(&h.addr) => host = pick(),
+            _ => break,
+        }
+    }
+    let Some(host) = host else {
+        d.log_detail(Detail::NoHealthyUpstream);
+        let keep = !unread;
+        let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
+        return Err(no_healthy_upstream(ctx, l, d, cs, keep, tried).await);
+    };
+    if let Some(r) = d.log() {
+        r.host = Some(host.addr);
+        r.attempts = t.attempt.get();
+    }
+    Ok(host)
+}
+
+/// The head of a try after the first: the request as the connection manager left it, with
+/// this try's router headers, host and edits, then the body a try before read, if any.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn try_head(
+    l: &ListenerRt,
+    d: &Down,
+    kept: &Option<RequestHead>,
+    conn: ConnectionTokens,
+    framing: Framing,
+    fwd: &Forward,
+    prefix_len: usize,
+    cluster: &ClusterRt,
+    host: &HostRt,
+    chain: &[&Mutations; 4],
+    ctx: &Ctx,
+    t: &Tries<'_>,
+) -> Vec<u8> {
+    let head = kept
+        .clone()
+        .expect("a request with a retry policy keeps its head");
+    let left_ms = t.route_by.get().map(|by| {
+        by.saturating_duration_since(tokio::time::Instant::now())
+            .as_millis()
+            .max(1) as u64
+    });
+    let stream = &d.stream;
+    let local = || stream.local_addr().ok();
+    let (mut out, _, _) = upstream_head(
+        l,
+        head,
+        false,
+        d.peer,
+        &local,
+        conn,
+        framing,
+        fwd,
+        prefix_len,
+        cluster,
+        host,
+        chain,
+        ctx.take_write_buf(),
+        Try {
+            attempt: t.attempt.get(),
+            left_ms,
+        },
+    );
+    if t.consumed.get() {
+        out.extend_from_slice(&t.body.borrow());
+    }
+    t.tried.borrow_mut().push(host.addr);
+    out
 }
 
 /// The upgrade the upstream took: counts its 101 (both sides, as it went, as Envoy's are
@@ -731,7 +1194,7 @@ fn log_upstream(
     };
     r.route = fwd.route_name.clone();
     r.cluster = Some(cluster.clone());
-    r.attempted = true;
+    r.attempts = 1;
     r.host = host.map(|h| h.addr);
     match saved {
         Some(q) if edits_read => {
@@ -788,6 +1251,7 @@ async fn overflow(
     cs: &ClusterScope,
     host: Option<SocketAddr>,
     keep: bool,
+    tried: Option<HeaderMap>,
 ) -> (u16, Next) {
     cs.count_response(503);
     if let Some(r) = d.log() {
@@ -797,6 +1261,11 @@ async fn overflow(
     let mut h = HeaderMap::default();
     if !l.c.cfg.hcm.suppress_envoy_headers {
         h.append(b"x-envoy-overloaded", b"true");
+    }
+    if let Some(t) = tried {
+        for (k, v) in t.iter() {
+            h.append(k, v);
+        }
     }
     reply(
         ctx,
@@ -820,12 +1289,22 @@ async fn pending_timeout(
     d: &mut Down,
     cs: &ClusterScope,
     keep: bool,
+    tried: Option<HeaderMap>,
 ) -> (u16, Next) {
     cs.s.upstream_rq_timeout.inc();
     cs.s.upstream_rq_cancelled.inc();
     cs.count_response(504);
     d.log_detail(Detail::ResponseTimeout);
-    reply(ctx, l, d, 504, b"upstream request timeout", keep, None).await
+    reply(
+        ctx,
+        l,
+        d,
+        504,
+        b"upstream request timeout",
+        keep,
+        tried.as_ref(),
+    )
+    .await
 }
 
 /// Closes an upstream connection that is not pooled again; its read buffer goes back to the
@@ -847,6 +1326,10 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
         Cause::UpstreamProtocol => cs.s.upstream_cx_protocol_error.inc(),
         Cause::RouteTimeout => {
             cs.s.upstream_rq_timeout.inc();
+            host.stats.rq_timeout.inc();
+        }
+        Cause::PerTryTimeout => {
+            cs.s.upstream_rq_per_try_timeout.inc();
             host.stats.rq_timeout.inc();
         }
         Cause::UpstreamIdle | Cause::Downstream => cs.s.upstream_rq_tx_reset.inc(),
@@ -876,8 +1359,9 @@ fn upstream_head(
     host: &HostRt,
     chain: &[&Mutations; 4],
     mut out: Vec<u8>,
+    tr: Try,
 ) -> (Vec<u8>, bool, Option<LoggedRequest>) {
-    router_request_headers(l, &mut head.headers, fwd);
+    router_request_headers(l, &mut head.headers, fwd, tr.attempt, tr.left_ms);
     // The request edits' commands read the headers they edit; the request line is copied
     // only for a value that reads it.
     let line = chain
@@ -1101,6 +1585,7 @@ enum Stop {
     BadRequestBody,
     StreamIdle,
     RouteTimeout,
+    PerTryTimeout,
     RequestTimeout,
 }
 
@@ -1122,6 +1607,9 @@ enum RespErr {
     AfterHeaders,
     /// The client went away while we wrote the response.
     Downstream,
+    /// The retry policy tries again instead (the response, `status`, was not sent; `reuse`:
+    /// it had no body and its connection may serve again).
+    Retry { status: u16, reuse: bool },
 }
 
 /// What [`pump`] left to do.
@@ -1202,11 +1690,23 @@ struct Exchange<'a> {
     /// The upstream host's address, for `%UPSTREAM_HOST%`.
     upstream: SocketAddr,
     /// The request, for response edits that read it, and then its access log.
-    saved: Option<Box<LoggedRequest>>,
+    saved: Option<&'a LoggedRequest>,
     /// The client connection's local address, when response edits have commands.
     local: Option<SocketAddr>,
     /// A `set-cookie` for the response: the cookie a `hash_policy` made up.
-    set_cookie: Option<Box<[u8]>>,
+    set_cookie: Option<&'a [u8]>,
+    /// The retry policy's state, if the route has one.
+    tries: Option<&'a Tries<'a>>,
+    /// This try sends the body a try before read (in `head_out`): nothing is read from the
+    /// client.
+    replay: bool,
+    /// The retry policy's `per_try_timeout` in ms (0: none): it ends a try whose response head
+    /// has not come by then.
+    per_try_ms: u64,
+    /// `x-envoy-attempt-count` for the response (0: none).
+    attempt_down: u32,
+    /// Where `x-envoy-upstream-service-time` counts from: the first try's start.
+    service_from: Instant,
 }
 
 impl Exchange<'_> {
@@ -1262,11 +1762,18 @@ impl Exchange<'_> {
             let mut dec = Decoder::new(framing);
             let chunked = self.chunk_up;
             loop {
+                let at = out.len();
                 let pumped = pump(&mut dec, drbuf, &mut out, chunked, down_chunk, &body_in)
                     .map_err(|_| ReqErr::BadBody)?;
+                // The body as it goes upstream is kept for a try after this one.
+                if let (Some(t), false) = (self.tries, self.replay) {
+                    if out.len() > at {
+                        t.keep(&out[at..], body_in.get());
+                    }
+                }
                 if matches!(pumped, Pumped::Done) && !self.upgrade {
                     req_read.set(true);
-                    if log_on {
+                    if log_on && !self.replay {
                         read_at.set(Some(clock::now()));
                     }
                 }
@@ -1373,10 +1880,23 @@ impl Exchange<'_> {
             let service_ms = activity
                 .get()
                 .into_std()
-                .saturating_duration_since(self.rq_start)
+                .saturating_duration_since(self.service_from)
                 .as_millis() as u64;
             let up_framing = response_framing(self.is_head, status, &head.headers)
                 .map_err(|_| RespErr::Protocol)?;
+            // The route's retry policy may try again instead (only once the whole request
+            // was read: its body is kept for the next try).
+            if let Some(t) = self.tries {
+                let would = t.policy.retries_response(status, &head.headers);
+                if t.decide(would && req_read.get()) {
+                    let bodiless = matches!(up_framing, Framing::Empty | Framing::Length(0));
+                    let keeps = ConnectionTokens::of(&head.headers).keep_alive(head.minor);
+                    return Err(RespErr::Retry {
+                        status,
+                        reuse: bodiless && keeps && urbuf.is_empty(),
+                    });
+                }
+            }
             // A response to HEAD without a length says `transfer-encoding: chunked`, as the
             // response to a GET would (Envoy 1.40).
             let head_chunked = self.is_head
@@ -1420,7 +1940,7 @@ impl Exchange<'_> {
                 peer: d.peer,
                 local: &local,
                 minor: self.minor,
-                request: self.saved.as_ref().map(|r| ReqView {
+                request: self.saved.map(|r| ReqView {
                     method: r.method(),
                     target: r.target(),
                     headers: Some(r.headers()),
@@ -1437,9 +1957,10 @@ impl Exchange<'_> {
                 l,
                 &mut h,
                 service_ms,
-                self.set_cookie.as_deref(),
+                self.set_cookie,
                 self.chain,
                 &cx,
+                self.attempt_down,
             );
             // `always_set_request_id_in_response`: the request's id, over an upstream's own in
             // place (Envoy), after `server`.
@@ -1563,19 +2084,24 @@ impl Exchange<'_> {
         // exchange registers nothing with tokio's timer wheel.
         let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
         let mut route_deadline = None;
+        // The try's per-try timeout, from when the request went upstream to its response head.
+        let mut per_try_deadline = None;
         // `req_done`: the request went upstream whole (or the upstream stopped reading it);
         // `req_live`: `req_fut` (reading the request, then watching the client) still runs.
         let mut req_done = false;
         let mut req_live = true;
-        let next_deadline = |req_done: bool, route: Option<tokio::time::Instant>| {
+        let next_deadline = |req_done: bool,
+                             route: Option<tokio::time::Instant>,
+                             per_try: Option<tokio::time::Instant>| {
             earliest([
                 idle.map(|i| activity.get() + i),
                 route,
+                per_try.filter(|_| resp_status.get() == 0),
                 // request_timeout ends once the response has started, as Envoy's.
                 request_deadline.filter(|_| !req_done && resp_status.get() == 0),
             ])
         };
-        let mut deadline = next_deadline(false, None);
+        let mut deadline = next_deadline(false, None, None);
         if let Some(dl) = deadline {
             timer.arm_by(dl);
         }
@@ -1625,13 +2151,24 @@ impl Exchange<'_> {
                     if !req_done && (req_complete.get() || up_stopped.get()) {
                         req_done = true;
                         let sent = if req_complete.get() { activity.get() } else { clock::tnow() };
-                        if self.timeout_ms > 0 {
+                        if let Some(by) = self.route_by {
+                            route_deadline = Some(by);
+                            timer.arm_by(by);
+                        } else if self.timeout_ms > 0 {
                             let dl = sent + Duration::from_millis(self.timeout_ms);
-                            let dl = self.route_by.map_or(dl, |by| by.min(dl));
                             route_deadline = Some(dl);
                             timer.arm_by(dl);
                         }
-                        deadline = next_deadline(true, route_deadline);
+                        if let Some(t) = self.tries {
+                            // Later tries share the route timeout's end.
+                            t.route_by.set(route_deadline);
+                        }
+                        if self.per_try_ms > 0 {
+                            let dl = sent + Duration::from_millis(self.per_try_ms);
+                            per_try_deadline = Some(dl);
+                            timer.arm_by(dl);
+                        }
+                        deadline = next_deadline(true, route_deadline, per_try_deadline);
                     }
                     if deadline.is_none() {
                         return Poll::Pending;
@@ -1647,6 +2184,9 @@ impl Exchange<'_> {
                     if route_deadline.is_some_and(|dl| now >= dl) {
                         break Err(Stop::RouteTimeout);
                     }
+                    if resp_status.get() == 0 && per_try_deadline.is_some_and(|dl| now >= dl) {
+                        break Err(Stop::PerTryTimeout);
+                    }
                     if !req_done
                         && resp_status.get() == 0
                         && request_deadline.is_some_and(|dl| now >= dl)
@@ -1656,7 +2196,7 @@ impl Exchange<'_> {
                     }
                     // Gone off for an earlier wait's deadline, or progress moved the idle
                     // deadline on: wait for what is due next.
-                    deadline = next_deadline(req_done, route_deadline);
+                    deadline = next_deadline(req_done, route_deadline, per_try_deadline);
                     if let Some(dl) = deadline {
                         timer.arm_by(dl);
                     }
@@ -1665,7 +2205,10 @@ impl Exchange<'_> {
         };
         up.guard.remote = up_eof.get();
         if let Some(r) = d.log.as_deref_mut() {
-            r.bytes_received = body_in.get();
+            // A try that sent the kept body read none: the first try's count stands.
+            if !self.replay {
+                r.bytes_received = body_in.get();
+            }
             r.bytes_sent = if self.is_head { 0 } else { body_out.get() };
             if read_at.get().is_some() {
                 r.request_done = read_at.get();
@@ -1703,7 +2246,44 @@ impl Exchange<'_> {
             keep,
             cause,
         };
+        // The retry policy's say on a try that ended before its response head: tried again
+        // (once the whole request was read and kept), or answered with the last try's reason.
+        let retried = self.tries.is_some_and(|t| t.attempt.get() > 1);
+        let again = |reset| {
+            self.tries.is_some_and(|t| {
+                let would = t.policy.retries_reset(reset, true);
+                t.decide(would && read_whole)
+            })
+        };
+        let retry = |per_try| Outcome::Retry {
+            status: 0,
+            per_try,
+            reuse: false,
+        };
         match result {
+            Ok(Err(RespErr::Retry { status, reuse })) => Outcome::Retry {
+                status,
+                per_try: false,
+                reuse: reuse && complete,
+            },
+            Ok(Err(RespErr::BeforeHeaders | RespErr::Protocol))
+                if !started && again(Reset::Upstream) =>
+            {
+                retry(false)
+            }
+            Ok(Err(RespErr::BeforeHeaders)) if !upstream_sent_bytes.get() && retried => {
+                local(503, RETRIED_TERMINATION, keep_ok, Cause::UpstreamReset)
+            }
+            Ok(Err(RespErr::BeforeHeaders | RespErr::Protocol)) if !started && retried => {
+                local(502, RETRIED_PROTOCOL, keep_ok, Cause::UpstreamProtocol)
+            }
+            Err(Stop::PerTryTimeout) if again(Reset::PerTryTimeout) => retry(true),
+            Err(Stop::PerTryTimeout) => local(
+                504,
+                b"upstream request timeout",
+                keep_ok,
+                Cause::PerTryTimeout,
+            ),
             // Every write stamped `activity`: the last one is the response's end.
             Ok(Ok((status, up_keep, down_keep))) => Outcome::Done {
                 status,

@@ -216,12 +216,36 @@ pub fn append_via(h: &mut HeaderMap, via: &[u8]) {
     }
 }
 
-/// The router's own request header, after the connection manager's: the route's timeout in
-/// `x-envoy-expected-rq-timeout-ms`, appended last.
+/// The router's own request headers, after the connection manager's: the time the upstream
+/// has in `x-envoy-expected-rq-timeout-ms` (the route timeout, or the retry policy's per-try
+/// timeout if shorter), appended last, then `x-envoy-attempt-count` for the try `attempt`
+/// when the virtual host asks for it. `left_ms`: what a try after the first has left of the
+/// route timeout (the header then says at most that).
 #[inline]
-pub fn router_request_headers(l: &ListenerRt, h: &mut HeaderMap, fwd: &Forward) {
-    if !l.c.cfg.hcm.suppress_envoy_headers && fwd.timeout_ms > 0 {
-        h.append(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header);
+pub fn router_request_headers(
+    l: &ListenerRt,
+    h: &mut HeaderMap,
+    fwd: &Forward,
+    attempt: u32,
+    left_ms: Option<u64>,
+) {
+    if !l.c.cfg.hcm.suppress_envoy_headers && !fwd.timeout_header.is_empty() {
+        match left_ms {
+            None => h.append(b"x-envoy-expected-rq-timeout-ms", &fwd.timeout_header),
+            Some(left) => {
+                let ms = fwd.expected_timeout_ms.min(left);
+                h.append(
+                    b"x-envoy-expected-rq-timeout-ms",
+                    itoa::Buffer::new().format(ms).as_bytes(),
+                );
+            }
+        }
+    }
+    if fwd.attempt_count_up {
+        h.set(
+            b"x-envoy-attempt-count",
+            itoa::Buffer::new().format(attempt).as_bytes(),
+        );
     }
 }
 
@@ -266,6 +290,7 @@ fn replace_prefix(rewrite: &[u8], n: usize, target: &[u8]) -> Vec<u8> {
 /// `server_header_transformation`: under `OVERWRITE` an upstream `server` is replaced in place
 /// (a configured one too; the edits only remove and append, so replacing it once, last, gives
 /// the same head as replacing it before them as well).
+#[allow(clippy::too_many_arguments)]
 pub fn apply_response_extras(
     ctx: &Ctx,
     l: &ListenerRt,
@@ -274,6 +299,7 @@ pub fn apply_response_extras(
     set_cookie: Option<&[u8]>,
     chain: &[&Mutations; 4],
     cx: &Cx<'_>,
+    attempt: u32,
 ) {
     let hcm = &l.c.cfg.hcm;
     let transformation = hcm.server_header_transformation.as_str();
@@ -290,6 +316,10 @@ pub fn apply_response_extras(
     for m in chain {
         m.apply_response(h, cx);
     }
+    // The router's last (`include_attempt_count_in_response`).
+    if attempt > 0 {
+        set_attempt_count(h, attempt);
+    }
     if !h.contains(b"date") {
         h.append(b"date", &ctx.date());
     }
@@ -298,6 +328,16 @@ pub fn apply_response_extras(
         "APPEND_IF_ABSENT" if h.contains(b"server") => {}
         _ => h.set(b"server", &l.c.server_name),
     }
+}
+
+/// `x-envoy-attempt-count` on a response: the request's tries so far.
+#[cold]
+#[inline(never)]
+pub fn set_attempt_count(h: &mut HeaderMap, attempt: u32) {
+    h.set(
+        b"x-envoy-attempt-count",
+        itoa::Buffer::new().format(attempt).as_bytes(),
+    );
 }
 
 /// The `location` of a redirect, as Envoy 1.40 builds it (`Http::Utility::newUri`):
