@@ -573,3 +573,90 @@ def test_previous_hosts_tries_another_host(make_proxy: Any, scripted: Any) -> No
         assert ask(p, get("/x")).body == b"ok"
     assert stat(p, "upstream_rq_retry") == len(bad.requests)
     wait_for(lambda: stat(p, "upstream_rq_retry_success") == len(bad.requests), 5, "the retries' successes")
+
+
+# A back-off so long that only the test's end (or a route timeout) ends it: a wait below 0.5 s
+# has a chance of 1 in 1,200.
+SLOW_BACKOFF = {"retry_back_off": {"base_interval": "600s", "max_interval": "600s"}}
+
+
+def test_nothing_is_on_a_connection_during_the_back_off(make_proxy: Any, scripted: Any) -> None:
+    up = scripted([(503, b"")])
+    p = proxy(make_proxy, [up.port], routes=[route("/r", "up", **policy(**SLOW_BACKOFF)), route("/n", "up")],
+              circuit_breakers={"thresholds": [{"max_requests": 1}]})
+    with RawConn(p.listener_port()) as waiting:
+        waiting.send(get("/r"))
+        wait_stat(p, "cluster.up.retry.upstream_rq_503", 1)
+        # max_requests: 1 does not count the request waiting out its back-off.
+        assert ask(p, get("/n")).status == 200
+
+
+def test_a_reused_connection_keeps_max_requests_per_connection(make_proxy: Any, scripted: Any) -> None:
+    up = scripted([(503, b"")])
+    p = proxy(make_proxy, [up.port], routes=[route("/", "up", **policy())], max_requests_per_connection=1)
+    assert ask(p, get("/x")).status == 200
+    assert [c for c, _, _ in up.requests] == [1, 2]
+    assert stat(p, "upstream_cx_max_requests") == 2
+
+
+def test_each_invalid_head_counts_a_protocol_error(make_proxy: Any, scripted: Any) -> None:
+    up = scripted(["partial", "partial"])
+    p = proxy(make_proxy, [up.port], routes=[route("/", "up", **policy("reset"))])
+    r = ask(p, get("/x"))
+    assert r.status == 502
+    assert r.body == (b"upstream connect error or disconnect/reset before headers. retried and the latest "
+                      b"reset reason: protocol error")
+    assert stat(p, "upstream_cx_protocol_error") == 2
+
+
+def test_the_route_timeout_in_the_back_off(make_proxy: Any, scripted: Any, tmp_path: Path) -> None:
+    up = scripted([(503, b"")] * 3)
+    log = tmp_path / "a.log"
+    p = proxy(make_proxy, [up.port], log, routes=[route("/", "up", timeout="0.3s", **policy(**SLOW_BACKOFF))])
+    with RawConn(p.listener_port()) as c:
+        r = c.request(get("/x", extra="connection: close\r\n"))
+        assert (r.status, r.body) == (504, b"upstream request timeout")
+        # The client's `connection: close` holds.
+        assert r.header("connection") == "close"
+        assert c.closed_within(2.0)
+    wait_stat(p, "http.ingress_http.downstream_rq_completed", 1)
+    # No retry went out and nothing was upstream when the time ran out: nothing counted there.
+    keys = ["upstream_rq_retry", "upstream_rq_retry_backoff_exponential", "upstream_rq_timeout",
+            "upstream_rq_504", "upstream_rq_completed", "upstream_rq_total"]
+    assert {k: stat(p, k) for k in keys} == {**dict.fromkeys(keys, 0), "upstream_rq_total": 1}
+    assert logged(p, log) == ["504 UT response_timeout 1"]
+
+
+def test_a_client_leaving_during_the_back_off(make_proxy: Any, scripted: Any) -> None:
+    up = scripted([(503, b"")])
+    p = proxy(make_proxy, [up.port], routes=[route("/", "up", **policy(**SLOW_BACKOFF))])
+    c = RawConn(p.listener_port())
+    c.send(get("/x"))
+    wait_stat(p, "cluster.up.retry.upstream_rq_503", 1)
+    c.close()
+    wait_stat(p, "http.ingress_http.downstream_rq_rx_reset", 1)
+    wait_stat(p, "cluster.up.circuit_breakers.default.rq_retry_open", 0)
+    keys = ["upstream_rq_cancelled", "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_completed"]
+    assert {k: stat(p, k) for k in keys} == dict.fromkeys(keys, 0)
+
+
+def test_a_policy_without_conditions_keeps_nothing(make_proxy: Any, scripted: Any) -> None:
+    up = scripted([(503, b"no")])
+    p = proxy(make_proxy, [up.port], routes=[route("/", "up", retry_policy={"num_retries": 3})],
+              listener={"per_connection_buffer_limit_bytes": 1024})
+    r = ask(p, b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 65536\r\n\r\n" + b"x" * 65536)
+    assert (r.status, r.body) == (503, b"no")
+    assert stat(p, "retry_or_shadow_abandoned") == 0
+
+
+def test_pipelined_requests_after_a_retried_post(make_proxy: Any, scripted: Any) -> None:
+    up = scripted([(503, b"no"), (503, b"")])
+    p = proxy(make_proxy, [up.port], routes=[route("/", "up", **policy(num_retries=3))])
+    body = b"abc" * 1000
+    req = b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    with RawConn(p.listener_port()) as c:
+        c.send(req + get("/after") + get("/third"))
+        assert [c.read_response().status for _ in range(3)] == [200, 200, 200]
+    assert up.requests[0][2] == up.requests[1][2] == up.requests[2][2] == body
+    assert up.requests[3][1].startswith("GET /after")
+    assert up.requests[4][1].startswith("GET /third")

@@ -58,12 +58,12 @@ KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_
 # Stats of features pyproxy does not have (yet): not reported as missing.
 LACKS = re.compile(
     r"(lb_(?!healthy_panic)|_http[23]_|http[23]\.|up\.http1\.|metadata_not_supported|"
-    r"response_flood|ssl|tracing|retry|"
+    r"response_flood|ssl|tracing|"
     r"assignment_|update_|version|warming|membership_(degraded|excluded)|original_dst|bind_errors|"
     r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)|overload|"
     r"flow_control|shadow|maintenance|premature_resets|ip_detection|"
     r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
-    r"extension_config|preconnect|queue_overloaded|per_try|idle_timeout|"
+    r"extension_config|preconnect|queue_overloaded|per_try_idle|idle_timeout|"
     r"soft_drain|passthrough|rs_too_large|"
     r"total_match_count|membership_change|max_host_weight|close_notify_missing|rx_reset_no_error|"
     r"connect_attempts_exceeded|max_host|http3_broken)"
@@ -175,6 +175,11 @@ SCENARIOS: dict[str, Scenario] = {
     "wsidle": (WS, lambda p, _: send(p, upgrade("/wsecho"))),
     "ws404": (WS, lambda p, _: send(p, upgrade("/ws404"))),
     "wsrefused": ({"canned": True}, lambda p, _: send(p, upgrade("/wsecho"))),
+    # Retries (session 20): 503s until the retries run out, refused connections, per-try
+    # timeouts.
+    "retry503": ({}, lambda p, _: send(p, get("/retry/status/503/x"))),
+    "retryrefused": ({"dead": True}, lambda p, _: send(p, get("/retry/x"))),
+    "retrypertry": ({}, lambda p, _: send(p, get("/pertry/hang"))),
 }
 
 
@@ -188,6 +193,9 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
     routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               route("/hang", "up", timeout="0.3s")]
     routes += [route(prefix, "up") for prefix in ("/x", "/status", "/reset", "/cc", "/cd", "/bad", "/ws")]
+    routes += [route("/retry/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx", "num_retries": 2}),
+               route("/pertry/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx",
+                                                                       "per_try_timeout": "0.2s"})]
     return bootstrap(routes, [c], hcm=settings.get("hcm"))
 
 

@@ -105,6 +105,11 @@ impl RetryPolicy {
         })
     }
 
+    /// Whether the policy has a condition at all (without one Envoy keeps no retry state).
+    pub fn retries_anything(&self) -> bool {
+        self.on != 0
+    }
+
     /// Whether a response with this status and head is tried again (Envoy's
     /// `wouldRetryFromHeaders`).
     pub fn retries_response(&self, status: u16, h: &HeaderMap) -> bool {

@@ -100,6 +100,8 @@ enum Outcome {
     Retry {
         status: u16,
         per_try: bool,
+        /// The try ended on an invalid response head (`upstream_cx_protocol_error`).
+        protocol: bool,
         reuse: bool,
     },
 }
@@ -185,7 +187,9 @@ pub(super) async fn forward(
     // A retry policy's state, and the request as the connection manager left it, from which
     // each try's head is written again (an upgrade is never tried again).
     let tries = match fwd.retry.as_deref() {
-        Some(policy) if !upgrade => {
+        // Envoy keeps no retry state for a policy without conditions (its per-try timeout
+        // still applies).
+        Some(policy) if !upgrade && policy.retries_anything() => {
             // Envoy buffers a body for retries up to the connection's buffer limit.
             let limit = l.c.cfg.per_connection_buffer_limit_bytes;
             Some(Box::new(Tries::new(policy, limits, cs, u64::from(limit))))
@@ -374,10 +378,12 @@ pub(super) async fn forward(
                         if let Some(t) = tries {
                             // Nothing of the request went upstream: a try may follow.
                             if t.decide(t.policy.retries_reset(Reset::ConnectFailure, false)) {
-                                match next_try(ctx, l, d, fwd, cluster, hash, t, body_pending).await
+                                match next_try(ctx, l, d, fwd, cluster, hash, t, body_pending, keep)
+                                    .await
                                 {
                                     Ok(h) => {
                                         host = h;
+                                        ctx.put_write_buf(std::mem::take(&mut out));
                                         out = try_head(
                                             l, d, &kept, conn, framing, fwd, prefix_len, cluster,
                                             &host, chain, ctx, t,
@@ -450,7 +456,7 @@ pub(super) async fn forward(
             let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
             return overflow(ctx, l, d, cs, Some(host.addr), keep && whole, tried).await;
         }
-        let _active = limits.rq.hold();
+        let active = limits.rq.hold();
         let mut up = up;
         // Envoy counts a request upstream once it has a connection to go on.
         cs.s.upstream_rq_total.inc();
@@ -608,16 +614,27 @@ pub(super) async fn forward(
             Outcome::Retry {
                 status,
                 per_try,
+                protocol,
                 reuse,
             } => {
+                // Nothing is on a connection while the next try waits.
+                drop(active);
                 // The try is given up with its connection (Envoy resets its stream; one whose
-                // response had no body stays), and counted: a response as a retried code, a
-                // timeout as a per-try timeout.
-                if reuse && !ctx.draining() {
+                // response had no body stays, unless it served its last request), and
+                // counted: a response as a retried code, a timeout as a per-try timeout.
+                let max = cluster.cfg.cfg.max_requests_per_connection;
+                let exhausted = max > 0 && up.requests >= max;
+                if reuse && exhausted {
+                    cs.s.upstream_cx_max_requests.inc();
+                }
+                if reuse && !exhausted && !ctx.draining() {
                     release(ctx, cluster, &host, high, up, clock::now());
                 } else {
                     up.guard.active_rq = true;
                     close_upstream(ctx, up);
+                }
+                if protocol {
+                    cs.s.upstream_cx_protocol_error.inc();
                 }
                 host.stats.rq_error.inc();
                 if per_try {
@@ -629,7 +646,7 @@ pub(super) async fn forward(
                 }
                 drop(rq_guard);
                 let t = tries.expect("only a request with a retry policy is tried again");
-                match next_try(ctx, l, d, fwd, cluster, hash, t, false).await {
+                match next_try(ctx, l, d, fwd, cluster, hash, t, false, keep).await {
                     Ok(h) => {
                         host = h;
                         out = try_head(
@@ -768,10 +785,9 @@ impl<'a> Tries<'a> {
             self.flag.set(Some(RetryFlag::Overflow));
             return false;
         }
+        // (`upstream_rq_retry` is counted as the retry goes out, after the back-off.)
         self.limits.retries.take();
         self.held.set(true);
-        s.upstream_rq_retry.inc();
-        s.upstream_rq_retry_backoff_exponential.inc();
         true
     }
 
@@ -833,6 +849,7 @@ async fn next_try(
     hash: Option<u64>,
     t: &Tries<'_>,
     unread: bool,
+    keep: bool,
 ) -> Result<Rc<HostRt>, (u16, Next)> {
     let cs = &cluster.stats;
     let wait = Duration::from_millis(t.backoff.borrow_mut().next_ms());
@@ -849,8 +866,8 @@ async fn next_try(
         let timed_out = tokio::select! {
             biased;
             () = tokio::time::sleep(wait) => false,
+            // Nothing is upstream meanwhile: Envoy counts no cancelled request.
             _ = watch_client(&dr, &mut d.rbuf, &rx, ahead) => {
-                cs.s.upstream_rq_cancelled.inc();
                 l.http.downstream_rq_rx_reset.inc();
                 d.peer_closed = true;
                 d.ended_in_request = true;
@@ -860,11 +877,10 @@ async fn next_try(
             () = d.timer.until(route_by) => true,
         };
         if timed_out {
-            // The route timeout covers every try and the waits between them.
-            cs.s.upstream_rq_timeout.inc();
-            cs.count_response(504);
+            // The route timeout covers every try and the waits between them; with no try
+            // upstream, Envoy counts none on the cluster.
             d.log_detail(Detail::ResponseTimeout);
-            let keep = !unread && !ctx.draining();
+            let keep = keep && !unread && !ctx.draining();
             let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
             return Err(reply(
                 ctx,
@@ -878,6 +894,9 @@ async fn next_try(
             .await);
         }
     }
+    // The retry goes out now (Envoy counts it so: not for a request that ended while waiting).
+    cs.s.upstream_rq_retry.inc();
+    cs.s.upstream_rq_retry_backoff_exponential.inc();
     t.attempt.set(t.attempt.get() + 1);
     // `previous_hosts`: pick again while the pick is a host tried before.
     let pick = || {
@@ -901,7 +920,7 @@ async fn next_try(
     }
     let Some(host) = host else {
         d.log_detail(Detail::NoHealthyUpstream);
-        let keep = !unread;
+        let keep = keep && !unread;
         let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
         return Err(no_healthy_upstream(ctx, l, d, cs, keep, tried).await);
     };
@@ -1343,8 +1362,10 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
 }
 
 /// Builds the upstream request head: the router's own header, the configured edits, then the host
-/// and path rewrites with their `x-envoy-original-*` records, `host` written first.
+/// and path rewrites with their `x-envoy-original-*` records, `host` written first. Inlined
+/// into the request path (its head and record move in and out by value).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn upstream_head(
     l: &ListenerRt,
     mut head: RequestHead,
@@ -1731,6 +1752,8 @@ impl Exchange<'_> {
         // it has also been written upstream in full (decides the upstream connection).
         let req_read = Cell::new(false);
         let req_complete = Cell::new(false);
+        // When it had (for a later try's route timeout, should no poll arm it here).
+        let complete_at = Cell::new(None);
         let upstream_sent_bytes = Cell::new(false);
         // Envoy's stream_idle_timeout is one timer per stream, reset by progress in either
         // direction; the reads below do not time out on their own.
@@ -1801,6 +1824,7 @@ impl Exchange<'_> {
                     }
                     Pumped::Done => {
                         req_complete.set(true);
+                        complete_at.set(Some(activity.get()));
                         ctx.put_write_buf(out);
                         // The request is in (the loop below sees `req_complete`). Watch the
                         // client connection while the response is awaited and relayed, as
@@ -1886,9 +1910,10 @@ impl Exchange<'_> {
                 .map_err(|_| RespErr::Protocol)?;
             // The route's retry policy may try again instead (only once the whole request
             // was read: its body is kept for the next try).
-            if let Some(t) = self.tries {
+            // A request still arriving cannot be tried again: no decision is made.
+            if let Some(t) = self.tries.filter(|_| req_read.get()) {
                 let would = t.policy.retries_response(status, &head.headers);
-                if t.decide(would && req_read.get()) {
+                if t.decide(would) {
                     let bodiless = matches!(up_framing, Framing::Empty | Framing::Length(0));
                     let keeps = ConnectionTokens::of(&head.headers).keep_alive(head.minor);
                     return Err(RespErr::Retry {
@@ -2204,6 +2229,15 @@ impl Exchange<'_> {
             }
         };
         up.guard.remote = up_eof.get();
+        // A try that ended in the poll that sent its request never armed the route timeout:
+        // later tries still run it from then.
+        if let (Some(t), Some(at)) = (self.tries, complete_at.get()) {
+            if t.route_by.get().is_none() && self.timeout_ms > 0 {
+                let by = at + Duration::from_millis(self.timeout_ms);
+                t.route_by
+                    .set(Some(self.route_by.map_or(by, |r| r.min(by))));
+            }
+        }
         if let Some(r) = d.log.as_deref_mut() {
             // A try that sent the kept body read none: the first try's count stands.
             if !self.replay {
@@ -2250,26 +2284,30 @@ impl Exchange<'_> {
         // (once the whole request was read and kept), or answered with the last try's reason.
         let retried = self.tries.is_some_and(|t| t.attempt.get() > 1);
         let again = |reset| {
-            self.tries.is_some_and(|t| {
+            self.tries.filter(|_| read_whole).is_some_and(|t| {
                 let would = t.policy.retries_reset(reset, true);
-                t.decide(would && read_whole)
+                t.decide(would)
             })
         };
-        let retry = |per_try| Outcome::Retry {
+        let retry = |per_try, protocol| Outcome::Retry {
             status: 0,
             per_try,
+            protocol,
             reuse: false,
         };
         match result {
             Ok(Err(RespErr::Retry { status, reuse })) => Outcome::Retry {
                 status,
                 per_try: false,
+                protocol: false,
                 reuse: reuse && complete,
             },
-            Ok(Err(RespErr::BeforeHeaders | RespErr::Protocol))
+            // (A partial head is a protocol error too, as below.)
+            Ok(Err(e @ (RespErr::BeforeHeaders | RespErr::Protocol)))
                 if !started && again(Reset::Upstream) =>
             {
-                retry(false)
+                let protocol = matches!(e, RespErr::Protocol) || upstream_sent_bytes.get();
+                retry(false, protocol)
             }
             Ok(Err(RespErr::BeforeHeaders)) if !upstream_sent_bytes.get() && retried => {
                 local(503, RETRIED_TERMINATION, keep_ok, Cause::UpstreamReset)
@@ -2277,7 +2315,7 @@ impl Exchange<'_> {
             Ok(Err(RespErr::BeforeHeaders | RespErr::Protocol)) if !started && retried => {
                 local(502, RETRIED_PROTOCOL, keep_ok, Cause::UpstreamProtocol)
             }
-            Err(Stop::PerTryTimeout) if again(Reset::PerTryTimeout) => retry(true),
+            Err(Stop::PerTryTimeout) if again(Reset::PerTryTimeout) => retry(true, false),
             Err(Stop::PerTryTimeout) => local(
                 504,
                 b"upstream request timeout",
