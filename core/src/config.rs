@@ -510,6 +510,10 @@ pub struct ForwardAction {
     /// Envoy `retry_policy`: the route's, else its virtual host's.
     #[serde(default)]
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// The route's (else its virtual host's) `per_request_buffer_limit_bytes`: how much of a
+    /// request body is kept for a retry (none: the listener's buffer limit).
+    #[serde(default)]
+    pub per_request_buffer_limit_bytes: Option<u32>,
     /// The virtual host's `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
     #[serde(default)]
     pub include_request_attempt_count: bool,

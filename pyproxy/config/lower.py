@@ -326,7 +326,15 @@ def _query_matcher(qm: m.QueryParameterMatcher) -> Json:
 
 def _action(route: m.Route, vhost: m.VirtualHost) -> Json:
     if route.route is not None:
-        return {"route": _forward(route.route, vhost)}
+        out = _forward(route.route, vhost)
+        # How much of a request body is kept for a retry: the route's, else its virtual
+        # host's, else the listener's per_connection_buffer_limit_bytes (Envoy's buffer limit).
+        limit = route.per_request_buffer_limit_bytes
+        if limit is None:
+            limit = vhost.per_request_buffer_limit_bytes
+        if limit is not None:
+            out["per_request_buffer_limit_bytes"] = limit
+        return {"route": out}
     if route.redirect is not None:
         return {"redirect": _redirect(route.redirect)}
     assert route.direct_response is not None

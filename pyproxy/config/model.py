@@ -356,6 +356,7 @@ class Route(_Message, kw_only=True):
     request_headers_to_remove: list[str] = []
     response_headers_to_add: list[HeaderValueOption] = []
     response_headers_to_remove: list[str] = []
+    per_request_buffer_limit_bytes: UInt32 | None = None
 
 
 class VirtualHost(_Message, kw_only=True):
@@ -370,6 +371,7 @@ class VirtualHost(_Message, kw_only=True):
     response_headers_to_add: list[HeaderValueOption] = []
     response_headers_to_remove: list[str] = []
     retry_policy: RetryPolicy | None = None
+    per_request_buffer_limit_bytes: UInt32 | None = None
     include_request_attempt_count: bool = False
     include_attempt_count_in_response: bool = False
 

@@ -606,11 +606,13 @@ def check_retry_policy(rp: m.RetryPolicy, path: str) -> None:
                 f"{path}.retriable_status_codes[{c}]", f"{code} is not an HTTP status (100..599)"
             )
     for p, pred in enumerate(rp.retry_host_predicate):
+        # Envoy finds the extension by its typed_config's type (a name alone is refused).
         kind = (pred.typed_config or {}).get("@type")
-        if kind != PREVIOUS_HOSTS_TYPE and not (kind is None and pred.name == PREVIOUS_HOSTS):
+        if kind != PREVIOUS_HOSTS_TYPE:
             raise ConfigError(
                 f"{path}.retry_host_predicate[{p}]",
-                f"only {PREVIOUS_HOSTS} ({PREVIOUS_HOSTS_TYPE}) is supported",
+                f"only {PREVIOUS_HOSTS} is supported, with typed_config "
+                f"{{'@type': {PREVIOUS_HOSTS_TYPE!r}}}",
             )
     bo = rp.retry_back_off
     if bo is not None:

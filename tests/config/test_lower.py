@@ -125,7 +125,8 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
     # A retry policy: the route's, else its virtual host's (never merged), Envoy's defaults.
     ("retry_policy", lambda c: route(c)["route"].update(retry_policy={
         "retry_on": " 5xx ,,reset", "per_try_timeout": "0.25s", "retriable_status_codes": [418],
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
         "host_selection_retry_max_attempts": -1}),
      lambda s: snap_route(s)["action"]["route"]["retry_policy"],
      {"retry_on": ["5xx", "reset"], "num_retries": 1, "per_try_timeout_ms": 250,
@@ -140,6 +141,11 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
                        "retriable_status_codes": [], "base_interval_ms": 100, "max_interval_ms": 1000,
                        "previous_hosts": False, "host_selection_retry_max_attempts": 0},
       "include_request_attempt_count": True, "include_attempt_count_in_response": True}),
+    ("per_request_buffer_limit", lambda c: (vhost(c).update(per_request_buffer_limit_bytes=4096),
+                                            route(c).update(per_request_buffer_limit_bytes=1024)),
+     lambda s: snap_route(s)["action"]["route"]["per_request_buffer_limit_bytes"], 1024),
+    ("per_request_buffer_limit_vhost", lambda c: vhost(c).update(per_request_buffer_limit_bytes=4096),
+     lambda s: snap_route(s)["action"]["route"]["per_request_buffer_limit_bytes"], 4096),
     ("retry_route_over_vhost", lambda c: (vhost(c).update(retry_policy={"retry_on": "5xx", "num_retries": 3}),
                                           route(c)["route"].update(retry_policy={"retry_on": "reset"})),
      lambda s: snap_route(s)["action"]["route"]["retry_policy"]["retry_on"], ["reset"]),

@@ -490,6 +490,9 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("retry_predicate", lambda c: route(c)["route"].update(
         retry_policy={"retry_host_predicate": [{"name": "envoy.retry_host_predicates.omit_canary_hosts"}]}),
      f"{ROUTE}.route.retry_policy.retry_host_predicate[0]", "only envoy.retry_host_predicates.previous_hosts"),
+    ("retry_predicate_untyped", lambda c: route(c)["route"].update(
+        retry_policy={"retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}]}),
+     f"{ROUTE}.route.retry_policy.retry_host_predicate[0]", "with typed_config"),
     ("retry_priority", lambda c: route(c)["route"].update(retry_policy={"retry_priority": {"name": "x"}}),
      f"{ROUTE}.route.retry_policy.retry_priority", "is not supported yet"),
     ("retriable_headers", lambda c: route(c)["route"].update(

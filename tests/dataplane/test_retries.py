@@ -660,3 +660,35 @@ def test_pipelined_requests_after_a_retried_post(make_proxy: Any, scripted: Any)
     assert up.requests[0][2] == up.requests[1][2] == up.requests[2][2] == body
     assert up.requests[3][1].startswith("GET /after")
     assert up.requests[4][1].startswith("GET /third")
+
+
+@pytest.mark.parametrize("level", ["route", "virtual_host"])
+def test_the_request_buffer_limit_bounds_the_kept_body(make_proxy: Any, scripted: Any, level: str) -> None:
+    up = scripted([(503, b"no"), (200, b"ok"), (503, b"no")])
+    limit = {"per_request_buffer_limit_bytes": 1024}
+    r = {"match": {"prefix": "/"}, "route": {"cluster": "up", **policy()}}
+    if level == "route":
+        r.update(limit)
+    p = proxy(make_proxy, [up.port], routes=[r], vhost=limit if level == "virtual_host" else {})
+    small = b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 1000\r\n\r\n" + b"s" * 1000
+    assert ask(p, small).status == 200
+    big = b"POST /p HTTP/1.1\r\nhost: example.com\r\ncontent-length: 65536\r\n\r\n" + b"b" * 65536
+    assert ask(p, big).body == b"no"
+    assert len(up.requests) == 3
+    assert stat(p, "retry_or_shadow_abandoned") == 1
+
+
+@pytest.mark.parametrize("lb_policy", ["RING_HASH", "MAGLEV"])
+def test_previous_hosts_under_a_hashing_balancer(make_proxy: Any, scripted: Any, lb_policy: str) -> None:
+    bad = scripted([(503, b"bad")] * 100)
+    good = scripted()
+    predicate = [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]
+    p = proxy(make_proxy, [bad.port, good.port], lb_policy=lb_policy, routes=[route(
+        "/", "up", hash_policy=[{"header": {"header_name": "x-k"}}],
+        **policy(retry_host_predicate=predicate, host_selection_retry_max_attempts=20))])
+    # A key hashed to the bad host is tried again elsewhere: the balancer walks on from its
+    # point (each pick moves one point: twenty of them all on the bad host is a 1 in 10^6 case).
+    bodies = [ask(p, get("/x", extra=f"x-k: {i}\r\n")).body for i in range(16)]
+    assert bodies == [b"ok"] * 16
+    assert stat(p, "upstream_rq_retry") == len(bad.requests) >= 1

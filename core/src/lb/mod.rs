@@ -113,12 +113,23 @@ impl Balancer {
 
     /// The host a hash lands on, for a hashing policy.
     fn hashed(&self, h: u64) -> Option<u32> {
+        self.hashed_try(h, 0)
+    }
+
+    /// The host for hash `h` at a retry's `attempt`-th pick of one selection (0: the first),
+    /// as Envoy's balancers pick again for a `previous_hosts` predicate: the ring's next
+    /// `attempt` points along, or Maglev's hash xor `-attempt`.
+    fn hashed_try(&self, h: u64, attempt: u32) -> Option<u32> {
         match self.policy {
             Policy::Maglev { .. } if !self.table.is_empty() => {
+                let h = h ^ u64::from(attempt).wrapping_neg();
                 Some(self.table[(h % self.table.len() as u64) as usize])
             }
             Policy::Maglev { .. } => None,
-            _ => ring_point(&self.ring, h),
+            _ => {
+                let at = ring_index(&self.ring, h)?;
+                Some(self.ring[(at + attempt as usize) % self.ring.len()].1)
+            }
         }
     }
 
@@ -152,6 +163,12 @@ impl Balancer {
         }
         let h = hash.unwrap_or_else(|| fastrand::u64(..));
         self.hashed(h).map(|i| i as usize)
+    }
+
+    /// A hashing balancer's `attempt`-th pick for hash `h` within one host selection (a
+    /// retry's `previous_hosts` picking again).
+    pub fn pick_hashed_try(&self, h: u64, attempt: u32) -> Option<usize> {
+        self.hashed_try(h, attempt).map(|i| i as usize)
     }
 
     /// Picks a host index, or `None` if there are no hosts.
@@ -325,7 +342,8 @@ fn build_maglev<H: LbHost>(hosts: &[H], size: u64) -> Vec<u32> {
 
 /// The ring's point for hash `h` (ketama's search, as Envoy's `Ring::chooseHost`): the first
 /// point whose hash is at or above `h`, the first point past the last.
-fn ring_point(ring: &[(u64, u32)], h: u64) -> Option<u32> {
+/// The position on the ring that serves hash `h`.
+fn ring_index(ring: &[(u64, u32)], h: u64) -> Option<usize> {
     if ring.is_empty() {
         return None;
     }
@@ -354,7 +372,7 @@ fn ring_point(ring: &[(u64, u32)], h: u64) -> Option<u32> {
             break 0;
         }
     };
-    Some(ring[mid as usize].1)
+    Some(mid as usize)
 }
 
 #[cfg(test)]
@@ -676,5 +694,18 @@ mod tests {
     fn no_hosts_no_pick() {
         let hosts: [H; 0] = [];
         assert_eq!(Balancer::new(Policy::Random, &hosts).pick(&hosts), None);
+    }
+
+    #[test]
+    fn a_retry_walks_the_ring() {
+        let ring = vec![(10, 0), (20, 1), (30, 0), (40, 1)];
+        // Hash 15 falls on the point at 20 (host 1); later picks walk on, wrapping around.
+        assert_eq!(ring_index(&ring, 15), Some(1));
+        let walk: Vec<u32> = (0..5)
+            .map(|a| ring[(ring_index(&ring, 15).unwrap() + a) % ring.len()].1)
+            .collect();
+        assert_eq!(walk, [1, 0, 1, 0, 1]);
+        // Past the last point: the first.
+        assert_eq!(ring_index(&ring, 41), Some(0));
     }
 }

@@ -447,6 +447,9 @@ pub struct Forward {
     pub route_name: Option<std::sync::Arc<str>>,
     /// The route's (or its virtual host's) `retry_policy` (boxed: most routes have none).
     pub retry: Option<Box<retry::RetryPolicy>>,
+    /// How much of a request body is kept for a retry (`per_request_buffer_limit_bytes`;
+    /// none: the listener's buffer limit).
+    pub retry_buffer_limit: Option<u32>,
     /// `x-envoy-attempt-count` on the upstream request (`include_request_attempt_count`) and
     /// on the response (`include_attempt_count_in_response`).
     pub attempt_count_up: bool,
@@ -874,6 +877,7 @@ fn compile_route(
                 idle_timeout_ms: f.idle_timeout_ms,
                 high_priority: f.high_priority,
                 retry,
+                retry_buffer_limit: f.per_request_buffer_limit_bytes,
                 attempt_count_up: f.include_request_attempt_count,
                 attempt_count_down: f.include_attempt_count_in_response,
                 upgrades: f

@@ -303,6 +303,14 @@ impl ClusterRt {
         set.lb.pick(&set.hosts).map(|i| set.hosts[i].clone())
     }
 
+    /// A hashing balancer's `attempt`-th pick for hash `h` (a retry picking again).
+    pub fn pick_hashed_try(&self, h: u64, attempt: u32) -> Option<Rc<HostRt>> {
+        let set = self.hosts.borrow();
+        set.lb
+            .pick_hashed_try(h, attempt)
+            .map(|i| set.hosts[i].clone())
+    }
+
     /// Picks a host for a request by its hash (a hashing policy; `None`: a random point).
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();

@@ -190,8 +190,11 @@ pub(super) async fn forward(
         // Envoy keeps no retry state for a policy without conditions (its per-try timeout
         // still applies).
         Some(policy) if !upgrade && policy.retries_anything() => {
-            // Envoy buffers a body for retries up to the connection's buffer limit.
-            let limit = l.c.cfg.per_connection_buffer_limit_bytes;
+            // Envoy buffers a body for retries up to the request's buffer limit: the route's,
+            // else the connection's.
+            let limit = fwd
+                .retry_buffer_limit
+                .unwrap_or(l.c.cfg.per_connection_buffer_limit_bytes);
             Some(Box::new(Tries::new(policy, limits, cs, u64::from(limit))))
         }
         _ => None,
@@ -898,23 +901,26 @@ async fn next_try(
     cs.s.upstream_rq_retry.inc();
     cs.s.upstream_rq_retry_backoff_exponential.inc();
     t.attempt.set(t.attempt.get() + 1);
-    // `previous_hosts`: pick again while the pick is a host tried before.
-    let pick = || {
-        if cluster.cfg.policy.hashes() {
-            cluster.pick_hashed(hash)
-        } else {
-            cluster.pick()
-        }
+    // `previous_hosts`: pick again while the pick is a host tried before (a hashing
+    // balancer from the same hash, one point on: Envoy's walk of its ring or table).
+    let hashed = cluster
+        .cfg
+        .policy
+        .hashes()
+        .then(|| hash.unwrap_or_else(|| fastrand::u64(..)));
+    let pick = |attempt: u32| match hashed {
+        Some(h) => cluster.pick_hashed_try(h, attempt),
+        None => cluster.pick(),
     };
     let again = if t.policy.previous_hosts {
         t.policy.host_selection_retries
     } else {
         0
     };
-    let mut host = pick();
-    for _ in 0..again {
+    let mut host = pick(0);
+    for attempt in 1..=again {
         match &host {
-            Some(h) if t.tried.borrow().contains(&h.addr) => host = pick(),
+            Some(h) if t.tried.borrow().contains(&h.addr) => host = pick(attempt),
             _ => break,
         }
     }
