@@ -542,6 +542,12 @@ pub struct RetryPolicyConfig {
     /// Default: ten times the base.
     #[serde(default)]
     pub max_interval_ms: Option<u64>,
+    /// `retriable_headers`: a response matching any is tried again (`retriable-headers`).
+    #[serde(default)]
+    pub retriable_headers: Vec<HeaderMatcher>,
+    /// `retriable_request_headers`: only a request matching one of them is tried again.
+    #[serde(default)]
+    pub retriable_request_headers: Vec<HeaderMatcher>,
     /// `retry_host_predicate` `previous_hosts`: a retry avoids the hosts already tried.
     #[serde(default)]
     pub previous_hosts: bool,

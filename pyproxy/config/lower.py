@@ -410,6 +410,8 @@ def _retry_policy(rp: m.RetryPolicy) -> Json:
         "retriable_status_codes": list(rp.retriable_status_codes),
         "base_interval_ms": base,
         "max_interval_ms": top if top is not None else 10 * base,
+        "retriable_headers": [_header_matcher(h) for h in rp.retriable_headers],
+        "retriable_request_headers": [_header_matcher(h) for h in rp.retriable_request_headers],
         "previous_hosts": bool(rp.retry_host_predicate),
         # Envoy's int64: a negative count picks once.
         "host_selection_retry_max_attempts": min(

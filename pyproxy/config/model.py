@@ -299,8 +299,8 @@ class RetryPolicy(_Message, kw_only=True):
     retriable_status_codes: list[UInt32] = []
     retry_back_off: RetryBackOff | None = None
     rate_limited_retry_back_off: dict[str, Any] | None = None  # refused by validate
-    retriable_headers: list[HeaderMatcher] = []  # refused by validate
-    retriable_request_headers: list[HeaderMatcher] = []  # refused by validate
+    retriable_headers: list[HeaderMatcher] = []
+    retriable_request_headers: list[HeaderMatcher] = []
 
 
 class RouteAction(_Message, kw_only=True):

@@ -562,7 +562,7 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
 # Envoy's `retry_on` conditions: those taken, and those it knows that never apply here.
 RETRY_ON = frozenset({
     "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
-    "envoy-ratelimited", "retriable-4xx", "retriable-status-codes",
+    "envoy-ratelimited", "retriable-4xx", "retriable-status-codes", "retriable-headers",
     # gRPC conditions read a `grpc-status` in the response head.
     "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
     # HTTP/2 and HTTP/3 upstream conditions: never met over HTTP/1.1 upstreams.
@@ -585,20 +585,17 @@ def check_retry_policy(rp: m.RetryPolicy, path: str) -> None:
     for name in ("per_try_idle_timeout", "retry_priority", "rate_limited_retry_back_off"):
         if getattr(rp, name) is not None:
             raise ConfigError(f"{path}.{name}", "is not supported yet")
-    for name in ("retry_options_predicates", "retriable_headers", "retriable_request_headers"):
-        if getattr(rp, name):
-            raise ConfigError(f"{path}.{name}", "is not supported yet")
+    if rp.retry_options_predicates:
+        raise ConfigError(f"{path}.retry_options_predicates", "is not supported yet")
+    for name in ("retriable_headers", "retriable_request_headers"):
+        for i, hm in enumerate(getattr(rp, name)):
+            _check_header_matcher(hm, f"{path}.{name}[{i}]")
     for token in retry_on_tokens(rp.retry_on):
-        if token == "retriable-headers":
-            raise ConfigError(
-                f"{path}.retry_on",
-                "'retriable-headers' is not supported yet (it needs retriable_headers)",
-            )
         if token not in RETRY_ON:
             raise ConfigError(
                 f"{path}.retry_on",
                 f"unknown retry condition {token!r}; expected a comma-separated list of "
-                + ", ".join(sorted(RETRY_ON | {"retriable-headers"})),
+                + ", ".join(sorted(RETRY_ON)),
             )
     for c, code in enumerate(rp.retriable_status_codes):
         if not 100 <= code <= 599:

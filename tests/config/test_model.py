@@ -471,8 +471,9 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{ROUTE}.match.query_parameters[0]", "only one of string_match, present_match"),
     ("retry_on_unknown", lambda c: route(c)["route"].update(retry_policy={"retry_on": "5xx,foo"}),
      f"{ROUTE}.route.retry_policy.retry_on", "unknown retry condition 'foo'"),
-    ("retry_on_headers", lambda c: route(c)["route"].update(retry_policy={"retry_on": "retriable-headers"}),
-     f"{ROUTE}.route.retry_policy.retry_on", "'retriable-headers' is not supported yet"),
+    ("retriable_headers_bad", lambda c: route(c)["route"].update(
+        retry_policy={"retry_on": "retriable-headers", "retriable_headers": [{"name": ""}]}),
+     f"{ROUTE}.route.retry_policy.retriable_headers[0].name", "must not be empty"),
     ("retry_status_code", lambda c: route(c)["route"].update(retry_policy={"retriable_status_codes": [99999]}),
      f"{ROUTE}.route.retry_policy.retriable_status_codes[0]", "99999 is not an HTTP status"),
     ("retry_num_negative", lambda c: route(c)["route"].update(retry_policy={"num_retries": -1}),
@@ -495,9 +496,9 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{ROUTE}.route.retry_policy.retry_host_predicate[0]", "with typed_config"),
     ("retry_priority", lambda c: route(c)["route"].update(retry_policy={"retry_priority": {"name": "x"}}),
      f"{ROUTE}.route.retry_policy.retry_priority", "is not supported yet"),
-    ("retriable_headers", lambda c: route(c)["route"].update(
-        retry_policy={"retriable_headers": [{"name": "x-a"}]}),
-     f"{ROUTE}.route.retry_policy.retriable_headers", "is not supported yet"),
+    ("retry_options_predicates", lambda c: route(c)["route"].update(
+        retry_policy={"retry_options_predicates": [{"name": "x"}]}),
+     f"{ROUTE}.route.retry_policy.retry_options_predicates", "is not supported yet"),
     ("vhost_retry_on_unknown", lambda c: vhost(c).update(retry_policy={"retry_on": "bogus"}),
      f"{VHOST}.retry_policy.retry_on", "unknown retry condition 'bogus'"),
     ("hedge_policy", lambda c: route(c)["route"].update(hedge_policy={}),

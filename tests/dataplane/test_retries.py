@@ -25,6 +25,7 @@ REASONS = {
     409: "Conflict",
     404: "Not Found",
     418: "Unknown",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -34,9 +35,9 @@ REASONS = {
 
 class ScriptedUpstream:
     """A keep-alive HTTP/1.1 upstream on port 0 that answers each request with the next step of
-    its script (then `200 ok`): `(code, body)`, `"close"` (close without answering), `"rst"`
-    (reset), `"partial"` (half a head, then close) or `("slow", ms)` (200 after `ms`). It records
-    each request's head, body and connection."""
+    its script (then `200 ok`): `(code, body)` or `(code, body, extra header lines)`, `"close"`
+    (close without answering), `"rst"` (reset), `"partial"` (half a head, then close) or
+    `("slow", ms)` (200 after `ms`). It records each request's head, body and connection."""
 
     def __init__(self, script: list[Any] | None = None) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -105,10 +106,9 @@ class ScriptedUpstream:
                 if isinstance(step, tuple) and step[0] == "slow":
                     time.sleep(step[1] / 1000)
                     step = (200, b"slow")
-                code, payload = step
-                s.sendall(
-                    f"HTTP/1.1 {code} {REASONS[code]}\r\ncontent-length: {len(payload)}\r\n\r\n".encode() + payload
-                )
+                code, payload, *extra = step
+                head = f"HTTP/1.1 {code} {REASONS[code]}\r\n{''.join(extra)}content-length: {len(payload)}\r\n\r\n"
+                s.sendall(head.encode() + payload)
         except OSError:
             pass
         finally:
@@ -692,3 +692,29 @@ def test_previous_hosts_under_a_hashing_balancer(make_proxy: Any, scripted: Any,
     bodies = [ask(p, get("/x", extra=f"x-k: {i}\r\n")).body for i in range(16)]
     assert bodies == [b"ok"] * 16
     assert stat(p, "upstream_rq_retry") == len(bad.requests) >= 1
+
+
+def test_retriable_headers(make_proxy: Any, scripted: Any) -> None:
+    up = scripted([(200, b"again", "x-retry: yes\r\n"), (200, b"kept", "x-retry: no\r\n"), (429, b"slow down")])
+    p = proxy(make_proxy, [up.port], routes=[route("/", "up", **policy(
+        "retriable-headers", num_retries=3, retriable_headers=[
+            {"name": "x-retry", "string_match": {"exact": "yes"}},
+            {"name": ":status", "string_match": {"exact": "429"}}]))])
+    # A response with a matching header is tried again; one without is the answer.
+    assert ask(p, get("/x")).body == b"kept"
+    assert len(up.requests) == 2
+    # `:status` matches the response's code.
+    assert ask(p, get("/y")).body == b"ok"
+    assert len(up.requests) == 4
+    assert stat(p, "upstream_rq_retry") == 2
+
+
+def test_retriable_request_headers(make_proxy: Any, scripted: Any) -> None:
+    up = scripted([(503, b"no"), (503, b"no")])
+    p = proxy(make_proxy, [up.port], routes=[route("/", "up", **policy(
+        retriable_request_headers=[{"name": "x-idempotent", "present_match": True}]))])
+    # Only a request with one of the headers is tried again.
+    assert ask(p, get("/x")).body == b"no"
+    assert len(up.requests) == 1
+    assert ask(p, get("/x", extra="x-idempotent: 1\r\n")).body == b"ok"
+    assert len(up.requests) == 3

@@ -291,7 +291,9 @@ enum HeaderSource {
     /// The target as routed: path and query.
     Path,
     Scheme,
-    /// A pseudo-header an HTTP/1 request never has (`:protocol`, `:status`, ...).
+    /// A response's `:status` (a retry policy's `retriable_headers`).
+    Status,
+    /// A pseudo-header an HTTP/1 request never has (`:protocol`, ...).
     Absent,
 }
 
@@ -302,6 +304,7 @@ impl HeaderSource {
             ":path" => HeaderSource::Path,
             ":authority" => HeaderSource::Header(b"host".to_vec()),
             ":scheme" => HeaderSource::Scheme,
+            ":status" => HeaderSource::Status,
             n if n.starts_with(':') => HeaderSource::Absent,
             n => HeaderSource::Header(n.as_bytes().to_vec()),
         }
@@ -377,9 +380,24 @@ impl HeaderMatch {
                 return self.test(value);
             }
         };
+        self.test_all(req.headers, name)
+    }
+
+    /// Whether a response head matches (a retry policy's `retriable_headers`): its headers and
+    /// `:status`.
+    pub(crate) fn matches_response(&self, status: u16, h: &HeaderMap) -> bool {
+        match &self.source {
+            HeaderSource::Header(name) => self.test_all(h, name),
+            HeaderSource::Status => self.test(Some(itoa::Buffer::new().format(status).as_bytes())),
+            _ => self.test(None),
+        }
+    }
+
+    /// Tests every value of header `name`.
+    fn test_all(&self, headers: &HeaderMap, name: &[u8]) -> bool {
         // A header sent several times matches when any one of its values does (then
         // `invert_match` applies), as in Envoy 1.40: the values are not joined.
-        let mut vals = req.headers.get_all(name);
+        let mut vals = headers.get_all(name);
         match vals.next() {
             None => self.test(None),
             Some(first) => {

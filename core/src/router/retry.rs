@@ -4,6 +4,7 @@
 //! The decisions are Envoy's `RetryStateImpl` (docs/envoy-behaviour.md section 24); the
 //! request path that acts on them is `worker/forward.rs`.
 
+use super::{HeaderMatch, RouteRequest};
 use crate::config::RetryPolicyConfig;
 use crate::error::Error;
 use crate::http1::head::HeaderMap;
@@ -23,6 +24,7 @@ const GRPC_RESOURCE_EXHAUSTED: u32 = 1 << 11;
 const GRPC_UNAVAILABLE: u32 = 1 << 12;
 /// HTTP/2 and HTTP/3 conditions: known, never met over an HTTP/1.1 upstream.
 const NEVER: u32 = 1 << 13;
+const RETRIABLE_HEADERS: u32 = 1 << 14;
 const GRPC: u32 = GRPC_CANCELLED
     | GRPC_DEADLINE_EXCEEDED
     | GRPC_INTERNAL
@@ -30,9 +32,12 @@ const GRPC: u32 = GRPC_CANCELLED
     | GRPC_UNAVAILABLE;
 
 /// A compiled retry policy.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     on: u32,
+    /// `retriable_headers` and `retriable_request_headers`.
+    response_headers: Box<[HeaderMatch]>,
+    request_headers: Box<[HeaderMatch]>,
     pub num_retries: u32,
     /// 0: none.
     pub per_try_timeout_ms: u64,
@@ -74,6 +79,7 @@ impl RetryPolicy {
                 "internal" => GRPC_INTERNAL,
                 "resource-exhausted" => GRPC_RESOURCE_EXHAUSTED,
                 "unavailable" => GRPC_UNAVAILABLE,
+                "retriable-headers" => RETRIABLE_HEADERS,
                 "refused-stream" | "http3-post-connect-failure" => NEVER,
                 other => {
                     return Err(Error::config(format!(
@@ -93,8 +99,16 @@ impl RetryPolicy {
                 "{path}.retry_back_off.max_interval: must be greater than or equal to the base_interval"
             )));
         }
+        let matchers = |list: &[crate::config::HeaderMatcher], field: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(i, m)| HeaderMatch::compile(m, &format!("{path}.{field}[{i}]")))
+                .collect::<Result<Box<[_]>, _>>()
+        };
         Ok(RetryPolicy {
             on,
+            response_headers: matchers(&c.retriable_headers, "retriable_headers")?,
+            request_headers: matchers(&c.retriable_request_headers, "retriable_request_headers")?,
             num_retries: c.num_retries,
             per_try_timeout_ms: c.per_try_timeout_ms,
             status_codes: c.retriable_status_codes.clone().into(),
@@ -105,9 +119,13 @@ impl RetryPolicy {
         })
     }
 
-    /// Whether the policy has a condition at all (without one Envoy keeps no retry state).
-    pub fn retries_anything(&self) -> bool {
+    /// Whether the policy may try this request again at all: it has a condition, and the
+    /// request matches one of its `retriable_request_headers` if it has any (otherwise Envoy
+    /// keeps no retry state for it).
+    pub fn retries_request(&self, req: &RouteRequest<'_>) -> bool {
         self.on != 0
+            && (self.request_headers.is_empty()
+                || self.request_headers.iter().any(|m| m.matches(req)))
     }
 
     /// Whether a response with this status and head is tried again (Envoy's
@@ -131,6 +149,14 @@ impl RetryPolicy {
             return true;
         }
         if self.on & RETRIABLE_STATUS_CODES != 0 && self.status_codes.contains(&status) {
+            return true;
+        }
+        if self.on & RETRIABLE_HEADERS != 0
+            && self
+                .response_headers
+                .iter()
+                .any(|m| m.matches_response(status, h))
+        {
             return true;
         }
         if self.on & GRPC != 0 {
@@ -206,6 +232,8 @@ mod tests {
                 retriable_status_codes: codes.to_vec(),
                 base_interval_ms: 25,
                 max_interval_ms: None,
+                retriable_headers: vec![],
+                retriable_request_headers: vec![],
                 previous_hosts: false,
                 host_selection_retry_max_attempts: 1,
             },
@@ -284,6 +312,8 @@ mod tests {
             retriable_status_codes: vec![],
             base_interval_ms: 25,
             max_interval_ms: None,
+            retriable_headers: vec![],
+            retriable_request_headers: vec![],
             previous_hosts: false,
             host_selection_retry_max_attempts: 1,
         };

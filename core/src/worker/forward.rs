@@ -189,7 +189,15 @@ pub(super) async fn forward(
     let tries = match fwd.retry.as_deref() {
         // Envoy keeps no retry state for a policy without conditions (its per-try timeout
         // still applies).
-        Some(policy) if !upgrade && policy.retries_anything() => {
+        Some(policy)
+            if !upgrade
+                && policy.retries_request(&crate::router::RouteRequest {
+                    method: head.method(),
+                    target: head.target(),
+                    headers: &head.headers,
+                    absolute_https: head.absolute_https(),
+                }) =>
+        {
             // Envoy buffers a body for retries up to the request's buffer limit: the route's,
             // else the connection's.
             let limit = fwd
