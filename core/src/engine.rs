@@ -778,6 +778,32 @@ impl Engine {
                         .position(|ha| ha.endpoint == *e && ha.addr.to_string() == h.addr)
                         .unwrap_or(usize::MAX)
                 };
+                // A host no worker has counted for yet (just configured: the workers build
+                // their hosts as they take the snapshot) is listed with its stats at zero.
+                for ha in &c.hosts {
+                    let addr = ha.addr.to_string();
+                    if !hosts
+                        .iter()
+                        .any(|(e, h)| *e == ha.endpoint && h.addr == addr)
+                    {
+                        let hostname = match c.discovery {
+                            Discovery::StrictDns => c
+                                .cfg
+                                .endpoints
+                                .get(ha.endpoint as usize)
+                                .map(|ep| ep.address.clone())
+                                .unwrap_or_default(),
+                            Discovery::Static => String::new(),
+                        };
+                        let info = HostInfo {
+                            addr,
+                            weight: ha.weight,
+                            hostname,
+                            stats: zero_host_stats(),
+                        };
+                        hosts.push((ha.endpoint, info));
+                    }
+                }
                 hosts.sort_by_key(order);
                 if c.discovery == Discovery::Static {
                     hosts.retain(|h| order(h) != usize::MAX);
@@ -790,6 +816,20 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// A host's stats, every one at zero, in the order a worker's would list them.
+fn zero_host_stats() -> Vec<(String, u64)> {
+    struct Names(Vec<(String, u64)>);
+    impl crate::stats::Visitor for Names {
+        fn stat(&mut self, name: &str, _: crate::stats::StatKind, _: u64, _: bool) {
+            self.0.push((name.to_string(), 0));
+        }
+        fn histogram(&mut self, _: &str, _: &crate::stats::Histogram) {}
+    }
+    let mut names = Names(Vec::new());
+    crate::stats::Scope::visit(&crate::upstream::HostStats::default(), &mut names);
+    names.0
 }
 
 impl Drop for Engine {
