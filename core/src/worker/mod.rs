@@ -198,6 +198,10 @@ impl Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
+        // The worker says when it has taken the snapshot (its stats, hosts and listeners
+        // exist), so that the engine's start returns only then: a `/stats` or `/clusters`
+        // right after start finds every worker's.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name(format!("pyproxy-worker-{id}"))
             .spawn(move || {
@@ -213,9 +217,13 @@ impl Worker {
                 };
                 let local = tokio::task::LocalSet::new();
                 // The clock is read once per turn of the loop (clock.rs).
-                let tasks = local.run_until(run(id, stores, sh, drain, compiled, listeners, rx));
+                let tasks = local.run_until(run(
+                    id, stores, sh, drain, compiled, listeners, rx, ready_tx,
+                ));
                 rt.block_on(clock::Turns(Box::pin(tasks)));
             })?;
+        // A worker that could not start drops its sender: no wait then.
+        let _ = ready_rx.recv_timeout(std::time::Duration::from_secs(10));
         Ok(Worker {
             tx,
             thread: Some(thread),
@@ -241,6 +249,7 @@ impl Worker {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     id: usize,
     stores: Arc<Stores>,
@@ -249,9 +258,11 @@ async fn run(
     compiled: Arc<Compiled>,
     listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
+    ready: std::sync::mpsc::SyncSender<()>,
 ) {
     let ctx = Ctx::new(id, stores, shared, drain, compiled);
     ctx.apply(ctx.current().compiled.clone(), listeners, Vec::new());
+    let _ = ready.send(());
     tokio::task::spawn_local(ctx::housekeeping(ctx.clone()));
     tokio::task::spawn_local(ctx::flush_logs(ctx.clone()));
     while let Some(cmd) = rx.recv().await {
