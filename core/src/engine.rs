@@ -750,23 +750,24 @@ impl Engine {
             .clusters
             .iter()
             .map(|c| {
+                // Envoy's `hostname`: a STRICT_DNS host's endpoint name, none for STATIC.
+                let hostname = |endpoint: u32| match c.discovery {
+                    Discovery::StrictDns => c
+                        .cfg
+                        .endpoints
+                        .get(endpoint as usize)
+                        .map(|ep| ep.address.clone())
+                        .unwrap_or_default(),
+                    Discovery::Static => String::new(),
+                };
                 let mut hosts: Vec<(u32, HostInfo)> = by_host
                     .iter()
                     .filter(|((cn, ..), _)| *cn == c.cfg.name)
                     .map(|((_, a, w, e), stats)| {
-                        let hostname = match c.discovery {
-                            Discovery::StrictDns => c
-                                .cfg
-                                .endpoints
-                                .get(*e as usize)
-                                .map(|ep| ep.address.clone())
-                                .unwrap_or_default(),
-                            Discovery::Static => String::new(),
-                        };
                         let info = HostInfo {
                             addr: a.clone(),
                             weight: *w,
-                            hostname,
+                            hostname: hostname(*e),
                             stats: stats.clone(),
                         };
                         (*e, info)
@@ -786,19 +787,10 @@ impl Engine {
                         .iter()
                         .any(|(e, h)| *e == ha.endpoint && h.addr == addr)
                     {
-                        let hostname = match c.discovery {
-                            Discovery::StrictDns => c
-                                .cfg
-                                .endpoints
-                                .get(ha.endpoint as usize)
-                                .map(|ep| ep.address.clone())
-                                .unwrap_or_default(),
-                            Discovery::Static => String::new(),
-                        };
                         let info = HostInfo {
                             addr,
                             weight: ha.weight,
-                            hostname,
+                            hostname: hostname(ha.endpoint),
                             stats: zero_host_stats(),
                         };
                         hosts.push((ha.endpoint, info));

@@ -16,6 +16,7 @@ import pytest
 
 from tests.dataplane.conftest import RawConn, get, shape
 from tests.support.configs import bootstrap, cluster, route
+from tests.support.stats_diff import dead_port
 from tests.support.wait import wait_for, wait_stat
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -187,14 +188,6 @@ def stat(p: Any, name: str) -> int:
 def logged(p: Any, log: Path) -> list[str]:
     p.stop()
     return log.read_text().splitlines()
-
-
-def dead_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_5xx_is_tried_again_until_the_retries_run_out(make_proxy: Any, scripted: Any, tmp_path: Path) -> None:

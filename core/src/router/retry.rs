@@ -223,23 +223,24 @@ impl Backoff {
 mod tests {
     use super::*;
 
+    /// A policy's config with these conditions and codes, the rest Envoy's defaults.
+    fn config(on: &[&str], codes: &[u16]) -> RetryPolicyConfig {
+        RetryPolicyConfig {
+            retry_on: on.iter().map(|s| s.to_string()).collect(),
+            num_retries: 1,
+            per_try_timeout_ms: 0,
+            retriable_status_codes: codes.to_vec(),
+            base_interval_ms: 25,
+            max_interval_ms: None,
+            retriable_headers: vec![],
+            retriable_request_headers: vec![],
+            previous_hosts: false,
+            host_selection_retry_max_attempts: 1,
+        }
+    }
+
     fn policy(on: &[&str], codes: &[u16]) -> RetryPolicy {
-        RetryPolicy::compile(
-            &RetryPolicyConfig {
-                retry_on: on.iter().map(|s| s.to_string()).collect(),
-                num_retries: 1,
-                per_try_timeout_ms: 0,
-                retriable_status_codes: codes.to_vec(),
-                base_interval_ms: 25,
-                max_interval_ms: None,
-                retriable_headers: vec![],
-                retriable_request_headers: vec![],
-                previous_hosts: false,
-                host_selection_retry_max_attempts: 1,
-            },
-            "r",
-        )
-        .unwrap()
+        RetryPolicy::compile(&config(on, codes), "r").unwrap()
     }
 
     fn head(lines: &[(&str, &str)]) -> HeaderMap {
@@ -305,18 +306,7 @@ mod tests {
 
     #[test]
     fn compile_refuses_bad_input() {
-        let mut c = RetryPolicyConfig {
-            retry_on: vec!["nope".into()],
-            num_retries: 1,
-            per_try_timeout_ms: 0,
-            retriable_status_codes: vec![],
-            base_interval_ms: 25,
-            max_interval_ms: None,
-            retriable_headers: vec![],
-            retriable_request_headers: vec![],
-            previous_hosts: false,
-            host_selection_retry_max_attempts: 1,
-        };
+        let mut c = config(&["nope"], &[]);
         assert!(RetryPolicy::compile(&c, "r")
             .unwrap_err()
             .to_string()

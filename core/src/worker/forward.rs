@@ -678,10 +678,7 @@ pub(super) async fn forward(
 fn attempt_header(on: bool, attempt: u32) -> Option<HeaderMap> {
     on.then(|| {
         let mut h = HeaderMap::default();
-        h.append(
-            b"x-envoy-attempt-count",
-            itoa::Buffer::new().format(attempt).as_bytes(),
-        );
+        super::headers::set_attempt_count(&mut h, attempt);
         h
     })
 }
@@ -776,11 +773,8 @@ impl<'a> Tries<'a> {
         }
         let s = &self.cs.s;
         // The retry before this try ends here; a try that needs none was its success.
-        if self.held.replace(false) {
-            self.limits.retries.give();
-            if !would {
-                s.upstream_rq_retry_success.inc();
-            }
+        if self.give_back() && !would {
+            s.upstream_rq_retry_success.inc();
         }
         if !would {
             return false;
@@ -811,9 +805,7 @@ impl<'a> Tries<'a> {
         if read > self.limit {
             self.off.set(true);
             self.cs.s.retry_or_shadow_abandoned.inc();
-            if self.held.replace(false) {
-                self.limits.retries.give();
-            }
+            self.give_back();
             *self.body.borrow_mut() = Vec::new();
             return;
         }
@@ -821,11 +813,20 @@ impl<'a> Tries<'a> {
     }
 }
 
-impl Drop for Tries<'_> {
-    fn drop(&mut self) {
-        if self.held.get() {
+impl Tries<'_> {
+    /// Gives back the cluster's retry count a retry held; whether one was held.
+    fn give_back(&self) -> bool {
+        let held = self.held.replace(false);
+        if held {
             self.limits.retries.give();
         }
+        held
+    }
+}
+
+impl Drop for Tries<'_> {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 

@@ -242,10 +242,7 @@ pub fn router_request_headers(
         }
     }
     if fwd.attempt_count_up {
-        h.set(
-            b"x-envoy-attempt-count",
-            itoa::Buffer::new().format(attempt).as_bytes(),
-        );
+        set_attempt_count(h, attempt);
     }
 }
 
@@ -330,7 +327,7 @@ pub fn apply_response_extras(
     }
 }
 
-/// `x-envoy-attempt-count` on a response: the request's tries so far.
+/// `x-envoy-attempt-count`: the request's tries so far (on a try's head, or a response).
 #[cold]
 #[inline(never)]
 pub fn set_attempt_count(h: &mut HeaderMap, attempt: u32) {
