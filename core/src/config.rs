@@ -725,6 +725,110 @@ pub struct Cluster {
     /// `circuit_breakers` thresholds of the `HIGH` priority.
     #[serde(default)]
     pub circuit_breakers_high: Thresholds,
+    /// Envoy `health_checks[0]`: the cluster's active health check, if any.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Envoy `common_lb_config.healthy_panic_threshold` in percent (default 50): below this
+    /// share of healthy hosts the balancer picks among all of them.
+    #[serde(default = "default_panic_threshold")]
+    pub healthy_panic_threshold: f64,
+}
+
+fn default_panic_threshold() -> f64 {
+    50.0
+}
+
+/// Envoy `core.v3.HealthCheck`, durations in ms and defaults filled in by the loader.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub timeout_ms: u64,
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub initial_jitter_ms: u64,
+    #[serde(default)]
+    pub interval_jitter_ms: u64,
+    #[serde(default)]
+    pub interval_jitter_percent: u32,
+    /// Default: `interval_ms`.
+    #[serde(default)]
+    pub unhealthy_interval_ms: Option<u64>,
+    /// Default: the unhealthy interval.
+    #[serde(default)]
+    pub unhealthy_edge_interval_ms: Option<u64>,
+    /// Default: `interval_ms`.
+    #[serde(default)]
+    pub healthy_edge_interval_ms: Option<u64>,
+    /// Until the cluster has made a connection for a request (default 60 s).
+    #[serde(default = "default_no_traffic_ms")]
+    pub no_traffic_interval_ms: u64,
+    /// The no-traffic interval of a healthy host (default: `no_traffic_interval_ms`).
+    #[serde(default)]
+    pub no_traffic_healthy_interval_ms: Option<u64>,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    #[serde(default = "default_true")]
+    pub reuse_connection: bool,
+    #[serde(default)]
+    pub http: Option<HttpHealthCheck>,
+    #[serde(default)]
+    pub tcp: Option<TcpHealthCheck>,
+}
+
+fn default_check_method() -> String {
+    "GET".to_string()
+}
+
+fn default_no_traffic_ms() -> u64 {
+    60_000
+}
+
+/// Envoy `HealthCheck.HttpHealthCheck`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    /// `GET` (default) or `HEAD`.
+    #[serde(default = "default_check_method")]
+    pub method: String,
+    /// The `host` header (default: the cluster's name).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `expected_statuses` as `[start, end)` ranges (default: 200 only).
+    #[serde(default)]
+    pub expected: Vec<(u16, u16)>,
+    /// `retriable_statuses` as `[start, end)` ranges: such a response counts as a failure
+    /// toward `unhealthy_threshold` rather than at once.
+    #[serde(default)]
+    pub retriable: Vec<(u16, u16)>,
+    /// `request_headers_to_add`.
+    #[serde(default)]
+    pub add: Vec<HeaderAdd>,
+    /// `request_headers_to_remove` (lower-case names).
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// One header a health check adds (lower-case name).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAdd {
+    pub name: String,
+    pub value: String,
+    /// `OVERWRITE_IF_EXISTS_OR_ADD`: replaces a header of that name (else joins it).
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// Envoy `HealthCheck.TcpHealthCheck`: bytes to send, and blocks that must come back, in
+/// order (empty: a connect is the check).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {
+    #[serde(default)]
+    pub send: Vec<u8>,
+    #[serde(default)]
+    pub receive: Vec<Vec<u8>>,
 }
 
 /// One priority's `circuit_breakers.thresholds` entry, Envoy's defaults filled in.

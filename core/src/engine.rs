@@ -14,6 +14,7 @@ use crate::config::Snapshot;
 use crate::snapshot::{compile_with, system_resolver, Compiled, Discovery, HostAddr, Resolver};
 use crate::stats::render::{render, Format, RenderOptions};
 use crate::stats::{StatKind, StatsSnapshot};
+use crate::upstream::health::HcCmd;
 use crate::worker::{Cmd, DrainState, Stores, Worker};
 use crate::Error;
 
@@ -34,6 +35,8 @@ struct Running {
     compiled: Arc<Mutex<Arc<Compiled>>>,
     bound: Vec<Bound>,
     dns: Dns,
+    /// The active health checks' thread.
+    health: crate::upstream::health::Checker,
     /// When the drain of each listener removed by an apply ends (None: a drain time too long
     /// to reach); `listener_manager.total_listeners_draining` counts those still to come.
     drains_end: Vec<Option<Instant>>,
@@ -75,6 +78,8 @@ pub struct HostInfo {
     pub hostname: String,
     /// Stat name (`cx_active`, `rq_total`, ...) to value, summed over workers.
     pub stats: Vec<(String, u64)>,
+    /// Its active health check's flags (`upstream::health::flag`; 0: healthy or unchecked).
+    pub health: u8,
 }
 
 /// One cluster for `/clusters`.
@@ -295,6 +300,12 @@ impl Engine {
             return Err(Error::engine("the engine is already started"));
         }
         let compiled = Arc::new(compile_with(snapshot, &self.resolver)?);
+        // As Envoy's start-up, the listeners open once every host of a cluster with a health
+        // check has had its first check (passed or failed; each ends within its timeout).
+        let health = crate::upstream::health::Checker::spawn(self.stores.clone())
+            .map_err(|e| Error::engine(format!("cannot start the health checker: {e}")))?;
+        health.send(HcCmd::Snapshot(compiled.clone()));
+        health.wait_first_checks(&compiled);
         let drain = {
             let mut cur = self.drain.lock().unwrap_or_else(|e| e.into_inner());
             *cur = Arc::new(cur.next_run());
@@ -324,17 +335,20 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .count(None, &compiled, self.concurrency, &|_| true);
+        health.send(HcCmd::Workers(workers.iter().map(|w| w.sender()).collect()));
         let compiled = Arc::new(Mutex::new(compiled));
         let dns = spawn_dns(
             self.resolver.clone(),
             compiled.clone(),
             workers.iter().map(|w| w.sender()).collect(),
+            health.sender(),
         );
         *state = Some(Running {
             workers,
             compiled,
             bound,
             dns,
+            health,
             drains_end: Vec::new(),
             listeners_stop: None,
             drain,
@@ -350,7 +364,7 @@ impl Engine {
             return Err(Error::engine("apply() before start()"));
         };
         let mut compiled = compile_with(snapshot, &self.resolver)?;
-        compiled.keep_breakers(&run.compiled.lock().unwrap_or_else(|e| e.into_inner()));
+        compiled.keep_unchanged(&run.compiled.lock().unwrap_or_else(|e| e.into_inner()));
         let compiled = Arc::new(compiled);
         let mut add: Vec<Vec<(Arc<str>, std::net::TcpListener, String)>> =
             (0..run.workers.len()).map(|_| Vec::new()).collect();
@@ -404,6 +418,7 @@ impl Engine {
                 remove: remove.clone(),
             });
         }
+        run.health.send(HcCmd::Snapshot(compiled.clone()));
         let mut current = run.compiled.lock().unwrap_or_else(|e| e.into_inner());
         self.managers
             .lock()
@@ -521,6 +536,7 @@ impl Engine {
         if let Some(t) = run.dns.thread.take() {
             let _ = t.join();
         }
+        run.health.stop();
         let deadline = Instant::now() + timeout;
         for w in &run.workers {
             w.send(Cmd::Shutdown { deadline });
@@ -760,6 +776,11 @@ impl Engine {
                         .unwrap_or_default(),
                     Discovery::Static => String::new(),
                 };
+                // A checked host's flags, as its cluster's health check has them now.
+                let health = |addr: &str| match (&c.health, addr.parse::<SocketAddr>()) {
+                    (Some(h), Ok(a)) => h.flags(a),
+                    _ => 0,
+                };
                 let mut hosts: Vec<(u32, HostInfo)> = by_host
                     .iter()
                     .filter(|((cn, ..), _)| *cn == c.cfg.name)
@@ -769,6 +790,7 @@ impl Engine {
                             weight: *w,
                             hostname: hostname(*e),
                             stats: stats.clone(),
+                            health: health(a),
                         };
                         (*e, info)
                     })
@@ -788,6 +810,7 @@ impl Engine {
                         .any(|(e, h)| *e == ha.endpoint && h.addr == addr)
                     {
                         let info = HostInfo {
+                            health: health(&addr),
                             addr,
                             weight: ha.weight,
                             hostname: hostname(ha.endpoint),
@@ -851,6 +874,7 @@ fn spawn_dns(
     resolver: Resolver,
     compiled: Arc<Mutex<Arc<Compiled>>>,
     senders: Vec<tokio::sync::mpsc::UnboundedSender<Cmd>>,
+    health: tokio::sync::mpsc::UnboundedSender<HcCmd>,
 ) -> Dns {
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let st = stop.clone();
@@ -886,6 +910,9 @@ fn spawn_dns(
                                     cluster: key.clone(),
                                     hosts: shared.clone(),
                                 });
+                            }
+                            if cl.health.is_some() {
+                                let _ = health.send(HcCmd::Hosts { id, hosts: shared });
                             }
                         }
                         last.insert(key.clone(), (id, hosts));

@@ -54,6 +54,8 @@ pub struct CompiledCluster {
     pub connect_timeout: Duration,
     /// Its circuit breakers, shared by every worker.
     pub breakers: Arc<crate::upstream::breaker::Breakers>,
+    /// Its active health check and what it found, if it has one.
+    pub health: Option<Arc<crate::upstream::health::HealthState>>,
 }
 
 /// A whole compiled snapshot.
@@ -66,16 +68,18 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Keeps the circuit breakers (what they count included) of each cluster `prev` has
-    /// with the same config, as Envoy keeps a cluster an update leaves as it was. Called on a
-    /// freshly compiled snapshot, before it is shared.
-    pub fn keep_breakers(&mut self, prev: &Compiled) {
+    /// Keeps the circuit breakers (what they count included) and the health state of each
+    /// cluster `prev` has with the same config, as Envoy keeps a cluster an update leaves as
+    /// it was. Called on a freshly compiled snapshot, before it is shared.
+    pub fn keep_unchanged(&mut self, prev: &Compiled) {
         for c in &mut self.clusters {
             let Some(old) = prev.clusters.iter().find(|o| o.cfg == c.cfg) else {
                 continue;
             };
             if let Some(c) = Arc::get_mut(c) {
                 c.breakers = old.breakers.clone();
+                // Its hosts keep their health (and its checks go on).
+                c.health = old.health.clone();
             }
         }
     }
@@ -234,6 +238,12 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
             &c.circuit_breakers,
             &c.circuit_breakers_high,
         )),
+        health: c.health_check.as_ref().map(|h| {
+            Arc::new(crate::upstream::health::HealthState::new(
+                h.clone(),
+                Arc::from(c.name.as_str()),
+            ))
+        }),
     })
 }
 
@@ -320,7 +330,7 @@ mod tests {
         old.clusters[0].breakers.default.rq.take();
         old.clusters[1].breakers.default.rq.take();
         let mut new = compile(&snapshot(5, 6)).unwrap();
-        new.keep_breakers(&old);
+        new.keep_unchanged(&old);
         assert!(Arc::ptr_eq(
             &new.clusters[0].breakers,
             &old.clusters[0].breakers

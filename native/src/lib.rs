@@ -177,7 +177,9 @@ impl Engine {
                 hd.set_item("port", port)?;
                 hd.set_item("weight", h.weight)?;
                 hd.set_item("hostname", h.hostname)?;
-                hd.set_item("healthy", true)?;
+                // An active health check's flags (pyproxy_core::upstream::health::flag).
+                hd.set_item("healthy", h.health & 1 == 0)?;
+                hd.set_item("health_flags", h.health)?;
                 for (k, v) in h.stats {
                     hd.set_item(k, v)?;
                 }

@@ -609,6 +609,17 @@ _HOST_TEXT_STATS = (
 )  # fmt: skip
 
 
+# An active health check's host flags, as the engine has them (pyproxy_core::upstream::health::flag).
+HC_FAILED, HC_DEGRADED, HC_TIMEOUT = 1, 4, 8
+
+
+def health_flags(flags: int) -> str:
+    """Envoy's `health_flags` text: each flag set, in Envoy's order, or `healthy`."""
+    names = [(HC_FAILED, "/failed_active_hc"), (HC_DEGRADED, "/degraded_active_hc"),
+             (HC_TIMEOUT, "/active_hc_timeout")]  # fmt: skip
+    return "".join(name for bit, name in names if flags & bit) or "healthy"
+
+
 def clusters_text(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, Mapping[str, Any]]) -> str:
     """`/clusters` as Envoy's text: `<cluster>::<field>::<value>` lines."""
     lines = []
@@ -628,7 +639,7 @@ def clusters_text(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
             lines += [f"{h}{stat}::{int(host.get(stat, 0))}" for stat in _HOST_TEXT_STATS]
             lines += [
                 f"{h}hostname::{_hostname(host, extra)}",
-                f"{h}health_flags::{'healthy' if host.get('healthy', True) else '/failed_active_hc'}",
+                f"{h}health_flags::{health_flags(int(host.get('health_flags', 0)))}",
                 f"{h}weight::{int(host.get('weight', 1))}",
                 f"{h}region::{locality.get('region', '')}",
                 f"{h}zone::{locality.get('zone', '')}",
@@ -661,10 +672,15 @@ def clusters_json(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
                 if value:
                     entry["value"] = str(value)
                 stats.append({**entry, "name": stat})
+            flags = int(host.get("health_flags", 0))
             health: dict[str, Any] = {}
-            if not host.get("healthy", True):
+            if flags & HC_FAILED:
                 health["failed_active_health_check"] = True
             health["eds_health_status"] = "HEALTHY"
+            if flags & HC_DEGRADED:
+                health["failed_active_degraded_check"] = True
+            if flags & HC_TIMEOUT:
+                health["active_hc_timeout"] = True
             status: dict[str, Any] = {
                 "address": {
                     "socket_address": {

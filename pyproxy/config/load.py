@@ -34,7 +34,6 @@ _UNSUPPORTED_HINTS = {
     "transport_socket": "TLS is not supported yet",
     "filter_chain_match": "pyproxy supports exactly one filter chain, which matches everything",
     "http2_protocol_options": "HTTP/2 is not supported yet",
-    "health_checks": "active health checking is not supported yet",
     "hedge_policy": "request hedging is not supported yet",
     "cluster_type": "custom cluster types are not supported; use type: STATIC or STRICT_DNS",
     "scoped_routes": "scoped routes are not supported; use an inline route_config",

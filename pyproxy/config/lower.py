@@ -15,7 +15,7 @@ import msgspec
 
 from . import model as m
 from .duration import Duration
-from .validate import data_source_text, effective_listener_name, retry_on_tokens
+from .validate import data_source_text, effective_listener_name, payload_bytes, retry_on_tokens
 
 __all__ = ["lower", "snapshot_bytes"]
 
@@ -521,4 +521,66 @@ def _cluster(c: m.Cluster) -> Json:
         "endpoints": endpoints,
         "circuit_breakers": _thresholds(c.circuit_breakers, "DEFAULT"),
         "circuit_breakers_high": _thresholds(c.circuit_breakers, "HIGH"),
+        "health_check": _health_check(c.health_checks[0]) if c.health_checks else None,
+        "healthy_panic_threshold": _panic_threshold(c.common_lb_config),
+    }
+
+
+def _panic_threshold(common: m.CommonLbConfig | None) -> float:
+    given = common.healthy_panic_threshold if common is not None else None
+    return 50.0 if given is None else given.value
+
+
+def _opt_ms(d: Duration | None) -> int | None:
+    return None if d is None else d.ms
+
+
+def _ranges(ranges: list[m.Int64Range]) -> list[list[int]]:
+    return [[r.start, r.end] for r in ranges]
+
+
+def _health_check(hc: m.HealthCheck) -> Json:
+    """Validation has checked the fields this reads (`timeout`, `interval`, the thresholds,
+    one checker)."""
+    assert hc.timeout is not None and hc.interval is not None
+    http = tcp = None
+    if (h := hc.http_health_check) is not None:
+        http = {
+            "path": h.path,
+            "method": "HEAD" if h.method == "HEAD" else "GET",
+            "host": h.host or None,
+            "expected": _ranges(h.expected_statuses),
+            "retriable": _ranges(h.retriable_statuses),
+            "add": [
+                {
+                    "name": o.header.key.lower(),
+                    "value": o.header.value,
+                    "overwrite": o.append_action == "OVERWRITE_IF_EXISTS_OR_ADD"
+                    or (o.append_action is None and o.append is False),
+                }
+                for o in h.request_headers_to_add
+            ],
+            "remove": [n.lower() for n in h.request_headers_to_remove],
+        }
+    if (t := hc.tcp_health_check) is not None:
+        tcp = {
+            "send": list(payload_bytes(t.send, "send")) if t.send is not None else [],
+            "receive": [list(payload_bytes(r, "receive")) for r in t.receive],
+        }
+    return {
+        "timeout_ms": hc.timeout.ms,
+        "interval_ms": hc.interval.ms,
+        "initial_jitter_ms": _ms(hc.initial_jitter, 0),
+        "interval_jitter_ms": _ms(hc.interval_jitter, 0),
+        "interval_jitter_percent": hc.interval_jitter_percent,
+        "unhealthy_interval_ms": _opt_ms(hc.unhealthy_interval),
+        "unhealthy_edge_interval_ms": _opt_ms(hc.unhealthy_edge_interval),
+        "healthy_edge_interval_ms": _opt_ms(hc.healthy_edge_interval),
+        "no_traffic_interval_ms": _ms(hc.no_traffic_interval, 60_000),
+        "no_traffic_healthy_interval_ms": _opt_ms(hc.no_traffic_healthy_interval),
+        "unhealthy_threshold": hc.unhealthy_threshold,
+        "healthy_threshold": hc.healthy_threshold,
+        "reuse_connection": _or(hc.reuse_connection, True),
+        "http": http,
+        "tcp": tcp,
     }

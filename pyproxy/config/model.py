@@ -727,6 +727,93 @@ class CircuitBreakers(_Message, kw_only=True):
     per_host_thresholds: list[dict[str, Any]] = []  # refused by validate
 
 
+class HealthCheckPayload(_Message, kw_only=True):
+    """`HealthCheck.Payload`: `text` is hex, `binary` base64 (JSON/YAML)."""
+
+    text: str | None = None
+    binary: str | None = None
+
+
+class Int64Range(_Message, kw_only=True):
+    """`envoy.type.v3.Int64Range`: `[start, end)`."""
+
+    start: int = 0
+    end: int = 0
+
+
+class HttpHealthCheck(_Message, kw_only=True):
+    """`HealthCheck.HttpHealthCheck` (HTTP/1.1; `send`/`receive`, gRPC-style service name
+    matching and other codecs are refused by validate)."""
+
+    path: str = ""
+    host: str = ""
+    method: Literal[
+        "METHOD_UNSPECIFIED", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+        "TRACE", "PATCH",
+    ] = "METHOD_UNSPECIFIED"  # fmt: skip
+    request_headers_to_add: list[HeaderValueOption] = []
+    request_headers_to_remove: list[str] = []
+    expected_statuses: list[Int64Range] = []
+    retriable_statuses: list[Int64Range] = []
+    codec_client_type: Literal["HTTP1", "HTTP2", "HTTP3"] = "HTTP1"
+    send: HealthCheckPayload | None = None  # refused by validate
+    receive: list[HealthCheckPayload] = []  # refused by validate
+    response_buffer_size: UInt64 | None = None
+    service_name_matcher: StringMatcher | None = None  # refused by validate
+
+
+class TcpHealthCheck(_Message, kw_only=True):
+    """`HealthCheck.TcpHealthCheck`: bytes to send, blocks that must come back in order."""
+
+    send: HealthCheckPayload | None = None
+    receive: list[HealthCheckPayload] = []
+    proxy_protocol_config: dict[str, Any] | None = None  # refused by validate
+
+
+class HealthCheck(_Message, kw_only=True):
+    """`envoy.config.core.v3.HealthCheck`: an HTTP or TCP check (gRPC, custom checkers, event
+    logs and TLS options are refused by validate)."""
+
+    name: str = ""  # refused by validate (named checks move their stats)
+    timeout: Duration | None = None
+    interval: Duration | None = None
+    initial_jitter: Duration | None = None
+    interval_jitter: Duration | None = None
+    interval_jitter_percent: UInt32 = 0
+    unhealthy_threshold: UInt32 | None = None
+    healthy_threshold: UInt32 | None = None
+    reuse_connection: bool | None = None
+    no_traffic_interval: Duration | None = None
+    no_traffic_healthy_interval: Duration | None = None
+    unhealthy_interval: Duration | None = None
+    unhealthy_edge_interval: Duration | None = None
+    healthy_edge_interval: Duration | None = None
+    http_health_check: HttpHealthCheck | None = None
+    tcp_health_check: TcpHealthCheck | None = None
+    always_log_health_check_failures: bool = False
+    always_log_health_check_success: bool = False
+    # Refused by validate, each with its reason.
+    grpc_health_check: dict[str, Any] | None = None
+    custom_health_check: dict[str, Any] | None = None
+    event_log_path: str | None = None
+    event_logger: list[dict[str, Any]] = []
+    tls_options: dict[str, Any] | None = None
+    transport_socket_match_criteria: dict[str, Any] | None = None
+    alt_port: UInt32 | None = None
+
+
+class Percent(_Message, kw_only=True):
+    """`envoy.type.v3.Percent`: 0 to 100."""
+
+    value: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.0
+
+
+class CommonLbConfig(_Message, kw_only=True):
+    """`Cluster.CommonLbConfig`: only the panic threshold."""
+
+    healthy_panic_threshold: Percent | None = None
+
+
 class Cluster(_Message, kw_only=True):
     """`envoy.config.cluster.v3.Cluster`."""
 
@@ -744,6 +831,8 @@ class Cluster(_Message, kw_only=True):
     dns_refresh_rate: Duration | None = None
     dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
     circuit_breakers: CircuitBreakers | None = None
+    health_checks: list[HealthCheck] = []
+    common_lb_config: CommonLbConfig | None = None
 
 
 # --- bootstrap --------------------------------------------------------------------------------

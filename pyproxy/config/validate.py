@@ -8,6 +8,7 @@ message says so in Envoy's terms; where pyproxy is stricter than Envoy, the mess
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -735,7 +736,137 @@ def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
             _check_load_assignment(cluster, f"{path}.load_assignment")
         if cluster.circuit_breakers is not None:
             _check_circuit_breakers(cluster.circuit_breakers, f"{path}.circuit_breakers")
+        if len(cluster.health_checks) > 1:
+            raise ConfigError(
+                f"{path}.health_checks", "only one health check per cluster is supported"
+            )
+        for j, hc in enumerate(cluster.health_checks):
+            _check_health_check(hc, f"{path}.health_checks[{j}]")
     return set(names)
+
+
+# What each refused `HealthCheck` field would need.
+_HC_REFUSED = {
+    "grpc_health_check": "gRPC health checks are not supported yet; use http_health_check or "
+    "tcp_health_check",
+    "custom_health_check": "custom health checkers are not supported",
+    "event_log_path": "health check event logs are not supported yet",
+    "event_logger": "health check event logs are not supported yet",
+    "tls_options": "TLS is not supported yet",
+    "transport_socket_match_criteria": "TLS is not supported yet",
+    "alt_port": "is deprecated in Envoy and not supported; checks go to the host's own port",
+}
+
+
+def _check_health_check(hc: m.HealthCheck, path: str) -> None:
+    if hc.name:
+        raise ConfigError(
+            f"{path}.name",
+            "named health checks are not supported yet (Envoy moves their stats to "
+            "health_check.name.<name>.*); leave the name out",
+        )
+    for field, why in _HC_REFUSED.items():
+        if getattr(hc, field) not in (None, []):
+            raise ConfigError(f"{path}.{field}", why)
+    for field in ("timeout", "interval"):
+        d = getattr(hc, field)
+        if d is None:
+            raise ConfigError(f"{path}.{field}", "is required")
+        if d.is_zero():
+            raise ConfigError(f"{path}.{field}", "must be greater than 0s")
+    for field in ("unhealthy_threshold", "healthy_threshold"):
+        if getattr(hc, field) is None:
+            raise ConfigError(f"{path}.{field}", "is required")
+    for field in ("no_traffic_interval", "no_traffic_healthy_interval", "unhealthy_interval",
+                  "unhealthy_edge_interval", "healthy_edge_interval"):  # fmt: skip
+        d = getattr(hc, field)
+        if d is not None and d.is_zero():
+            raise ConfigError(f"{path}.{field}", "must be greater than 0s")
+    checkers = [f for f in ("http_health_check", "tcp_health_check") if getattr(hc, f) is not None]
+    if not checkers:
+        raise ConfigError(
+            path, "needs a checker: http_health_check or tcp_health_check (one of them)"
+        )
+    if len(checkers) > 1:
+        raise ConfigError(f"{path}.{checkers[1]}", f"only one checker may be set ({checkers[0]} is)")
+    if hc.http_health_check is not None:
+        _check_http_health_check(hc.http_health_check, f"{path}.http_health_check")
+    if hc.tcp_health_check is not None:
+        t = hc.tcp_health_check
+        tpath = f"{path}.tcp_health_check"
+        if t.proxy_protocol_config is not None:
+            raise ConfigError(f"{tpath}.proxy_protocol_config", "PROXY protocol is not supported")
+        if t.send is not None:
+            payload_bytes(t.send, f"{tpath}.send")
+        for k, r in enumerate(t.receive):
+            payload_bytes(r, f"{tpath}.receive[{k}]")
+
+
+def _check_http_health_check(h: m.HttpHealthCheck, path: str) -> None:
+    if not h.path:
+        raise ConfigError(f"{path}.path", "is required (the path the check asks for)")
+    if not h.path.startswith("/") or any(c in h.path for c in " \r\n\t"):
+        raise ConfigError(f"{path}.path", f"{h.path!r} is not a valid request path")
+    if any(c in h.host for c in " \r\n\t/"):
+        raise ConfigError(f"{path}.host", f"{h.host!r} is not a valid host")
+    if h.method not in ("METHOD_UNSPECIFIED", "GET", "HEAD"):
+        why = "is not allowed" if h.method == "CONNECT" else "is not supported yet"
+        raise ConfigError(f"{path}.method", f"{h.method} {why}; use GET or HEAD")
+    if h.codec_client_type != "HTTP1":
+        raise ConfigError(
+            f"{path}.codec_client_type", f"{h.codec_client_type} is not supported yet; use HTTP1"
+        )
+    if h.send is not None:
+        raise ConfigError(f"{path}.send", "a request body for HTTP checks is not supported yet")
+    if h.receive:
+        raise ConfigError(f"{path}.receive", "matching the response body is not supported yet")
+    if h.service_name_matcher is not None:
+        raise ConfigError(f"{path}.service_name_matcher", "is not supported yet")
+    for field in ("expected_statuses", "retriable_statuses"):
+        for k, r in enumerate(getattr(h, field)):
+            rpath = f"{path}.{field}[{k}]"
+            if not 100 <= r.start < 600:
+                raise ConfigError(f"{rpath}.start", f"{r.start} is not a status code (100 to 599)")
+            if not 100 < r.end <= 600:
+                raise ConfigError(f"{rpath}.end", f"{r.end} is out of range (101 to 600)")
+            if r.start >= r.end:
+                raise ConfigError(rpath, f"start ({r.start}) must be below end ({r.end})")
+    for k, opt in enumerate(h.request_headers_to_add):
+        name, value = opt.header.key, opt.header.value
+        hpath = f"{path}.request_headers_to_add[{k}].header"
+        if name.lower() == "host" or name.startswith(":"):
+            raise ConfigError(f"{hpath}.key", ":-prefixed or host headers may not be modified")
+        if not name or any(c in name + value for c in "\r\n") or any(c in name for c in " :"):
+            raise ConfigError(f"{hpath}.key", f"{name!r} is not a valid header")
+        if "%" in value:
+            raise ConfigError(
+                f"{hpath}.value", "command operators (%...%) in health check headers are not supported yet"
+            )
+    for k, name in enumerate(h.request_headers_to_remove):
+        if name.lower() == "host" or name.startswith(":"):
+            raise ConfigError(
+                f"{path}.request_headers_to_remove[{k}]",
+                ":-prefixed or host headers may not be removed",
+            )
+
+
+def payload_bytes(p: m.HealthCheckPayload, path: str) -> bytes:
+    """A health check payload's bytes (`text` is hex, `binary` base64)."""
+    if (p.text is None) == (p.binary is None):
+        raise ConfigError(path, "needs exactly one of text (hex) or binary (base64)")
+    if p.text is not None:
+        try:
+            data = bytes.fromhex(p.text)
+        except ValueError:
+            raise ConfigError(f"{path}.text", f"{p.text!r} is not hex") from None
+    else:
+        try:
+            data = base64.b64decode(p.binary or "", validate=True)
+        except ValueError:
+            raise ConfigError(f"{path}.binary", "is not base64") from None
+    if not data:
+        raise ConfigError(path, "must not be empty")
+    return data
 
 
 def _check_circuit_breakers(cb: m.CircuitBreakers, path: str) -> None:

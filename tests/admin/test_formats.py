@@ -89,7 +89,8 @@ def test_clusters_reports_unhealthy_host_and_locality() -> None:
         }
     }
     live = [
-        {"name": "backend", "hosts": [{"address": "10.0.0.1", "port": 80, "weight": 2, "healthy": False}]}
+        {"name": "backend", "hosts": [{"address": "10.0.0.1", "port": 80, "weight": 2,
+                                      "healthy": False, "health_flags": 1}]}
     ]
     text = formats.clusters_text(live, config)
     assert "backend::observability_name::be\n" in text

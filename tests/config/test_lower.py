@@ -118,10 +118,35 @@ def test_default_snapshot() -> None:
         "endpoints": [{"address": "127.0.0.1", "port": 8080, "weight": 1}],
         "circuit_breakers": ENVOY_THRESHOLDS,
         "circuit_breakers_high": ENVOY_THRESHOLDS,
+        "health_check": None,
+        "healthy_panic_threshold": 50.0,
     }]
 
 
 CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
+    # Health checks: durations in ms, Envoy's defaults filled in, payloads as bytes.
+    ("health_check_http", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "0.5s", "interval": "2s", "unhealthy_threshold": 3, "healthy_threshold": 2,
+        "interval_jitter_percent": 10, "unhealthy_interval": "5s", "reuse_connection": False,
+        "http_health_check": {"path": "/healthz", "host": "svc", "expected_statuses": [{"start": 200, "end": 300}],
+                              "retriable_statuses": [{"start": 503, "end": 504}],
+                              "request_headers_to_add": [{"header": {"key": "X-Check", "value": "1"}}],
+                              "request_headers_to_remove": ["User-Agent"]}}],
+        common_lb_config={"healthy_panic_threshold": {"value": 25}}),
+     lambda s: (s["clusters"][0]["health_check"], s["clusters"][0]["healthy_panic_threshold"]),
+     ({"timeout_ms": 500, "interval_ms": 2000, "initial_jitter_ms": 0, "interval_jitter_ms": 0,
+       "interval_jitter_percent": 10, "unhealthy_interval_ms": 5000, "unhealthy_edge_interval_ms": None,
+       "healthy_edge_interval_ms": None, "no_traffic_interval_ms": 60000,
+       "no_traffic_healthy_interval_ms": None, "unhealthy_threshold": 3, "healthy_threshold": 2,
+       "reuse_connection": False,
+       "http": {"path": "/healthz", "method": "GET", "host": "svc", "expected": [[200, 300]], "retriable": [[503, 504]],
+                "add": [{"name": "x-check", "value": "1", "overwrite": False}], "remove": ["user-agent"]},
+       "tcp": None}, 25.0)),
+    ("health_check_tcp", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "tcp_health_check": {"send": {"text": "70696E67"}, "receive": [{"binary": "cG9u"}, {"text": "67"}]}}]),
+     lambda s: s["clusters"][0]["health_check"]["tcp"],
+     {"send": list(b"ping"), "receive": [list(b"pon"), list(b"g")]}),
     # A retry policy: the route's, else its virtual host's (never merged), Envoy's defaults.
     ("retry_policy", lambda c: route(c)["route"].update(retry_policy={
         "retry_on": " 5xx ,,reset", "per_try_timeout": "0.25s", "retriable_status_codes": [418],
@@ -540,11 +565,20 @@ def check_against(value: Any, rtype: str, structs: dict, where: str) -> None:
         for fname, item in value.items():
             check_against(item, fields[fname][0], structs, f"{where}.{fname}")
         return
-    python_type = {"String": str, "bool": bool, "u16": int, "u32": int, "u64": int}[rtype]
+    if rtype.startswith("("):  # a tuple: a JSON array of its items
+        items = [t.strip() for t in rtype[1:-1].split(",")]
+        assert isinstance(value, list) and len(value) == len(items), f"{where}: not {rtype}"
+        for i, (item, itype) in enumerate(zip(value, items, strict=True)):
+            check_against(item, itype, structs, f"{where}[{i}]")
+        return
+    if rtype == "f64":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} is not f64"
+        return
+    python_type = {"String": str, "bool": bool, "u8": int, "u16": int, "u32": int, "u64": int}[rtype]
     assert isinstance(value, python_type), f"{where}: {value!r} is not {rtype}"
     if python_type is int:
         assert not isinstance(value, bool), f"{where}: {value!r} is not {rtype}"
-    if rtype in ("u16", "u32", "u64"):
+    if rtype in ("u8", "u16", "u32", "u64"):
         bits = int(rtype[1:])
         assert 0 <= value < 2**bits, f"{where}: {value} out of {rtype}"
 

@@ -584,8 +584,59 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
             common_http_protocol_options={"max_requests_per_connection": 3},
             explicit_http_config={"http_protocol_options": {}})),
      f"{CLUSTER}.max_requests_per_connection", "set only one of max_requests_per_connection"),
-    ("health_checks", lambda c: cluster(c).update(health_checks=[]),
-     f"{CLUSTER}.health_checks", "active health checking is not supported yet"),
+    ("health_check_no_timeout", lambda c: cluster(c).update(health_checks=[{
+        "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}]),
+     f"{CLUSTER}.health_checks[0].timeout", "is required"),
+    ("health_check_zero_interval", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "0s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "tcp_health_check": {}}]),
+     f"{CLUSTER}.health_checks[0].interval", "must be greater than 0s"),
+    ("health_check_no_threshold", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "tcp_health_check": {}}]),
+     f"{CLUSTER}.health_checks[0].healthy_threshold", "is required"),
+    ("health_check_no_checker", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1}]),
+     f"{CLUSTER}.health_checks[0]", "needs a checker"),
+    ("health_check_two", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "tcp_health_check": {}}] * 2),
+     f"{CLUSTER}.health_checks", "only one health check per cluster"),
+    ("health_check_named", lambda c: cluster(c).update(health_checks=[{
+        "name": "hc", "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "tcp_health_check": {}}]),
+     f"{CLUSTER}.health_checks[0].name", "named health checks are not supported yet"),
+    ("health_check_no_path", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.path", "is required"),
+    ("health_check_status_range", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/h", "expected_statuses": [{"start": 300, "end": 200}]}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.expected_statuses[0]", "start (300) must be below end (200)"),
+    ("health_check_host_header", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/h", "request_headers_to_add": [{"header": {"key": "Host", "value": "x"}}]}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_add[0].header.key",
+     ":-prefixed or host headers may not be modified"),
+    ("health_check_remove_host", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/h", "request_headers_to_remove": ["host"]}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_remove[0]",
+     ":-prefixed or host headers may not be removed"),
+    ("health_check_connect", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/h", "method": "CONNECT"}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.method", "CONNECT is not allowed"),
+    ("health_check_bad_hex", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "tcp_health_check": {"send": {"text": "zz"}, "receive": [{"text": "00"}]}}]),
+     f"{CLUSTER}.health_checks[0].tcp_health_check.send.text", "is not hex"),
+    ("panic_threshold", lambda c: cluster(c).update(common_lb_config={"healthy_panic_threshold": {"value": 120}}),
+     f"{CLUSTER}.common_lb_config.healthy_panic_threshold.value", "<= 100"),
+    ("health_check_grpc", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "grpc_health_check": {}}]),
+     f"{CLUSTER}.health_checks[0].grpc_health_check", "gRPC health checks are not supported yet"),
     # circuit breakers
     ("breaker_priority", lambda c: cluster(c).update(circuit_breakers={"thresholds": [{"priority": "LOW"}]}),
      f"{CLUSTER}.circuit_breakers.thresholds[0].priority", "'LOW' is not one of DEFAULT, HIGH"),

@@ -203,6 +203,8 @@ def test_max_requests_refuses_once_its_connection_is_ready(make_proxy: Any, gate
     held.close()
     # The connection made for the refused request may sit in the upstream's accept queue.
     wait_for(lambda: gated.connections == 2, what="the upstream to accept both connections")
+    # A request is counted completed just after its response is written.
+    wait_stat(p, "cluster.up.upstream_rq_completed", 3)
     s = p.stats()
     assert s["cluster.up.upstream_rq_active_overflow"] == 1
     assert s["cluster.up.upstream_rq_pending_overflow"] == 0

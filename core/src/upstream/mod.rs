@@ -4,6 +4,7 @@
 //! uses, so checkout and return are a `Vec` pop and push with no lock.
 
 pub mod breaker;
+pub mod health;
 pub mod pool;
 
 use std::cell::RefCell;
@@ -191,12 +192,28 @@ impl LbHost for Rc<HostRt> {
     }
 }
 
-/// A host set and its balancer, replaced together when DNS changes the hosts.
+/// A host set and its balancer, replaced together when DNS changes the hosts or a health
+/// check changes which of them are healthy.
 pub struct HostSet {
     /// The hosts.
     pub hosts: Vec<Rc<HostRt>>,
     /// The balancer over `hosts`.
     pub lb: Balancer,
+    /// Which hosts a request may go to under an active health check.
+    pub health: Health,
+}
+
+/// The hosts a balancer picks among, given their health.
+pub enum Health {
+    /// Every host (no health check, or every host healthy).
+    All,
+    /// Only the healthy ones (and their balancer), fewer than all.
+    Healthy(Vec<Rc<HostRt>>, Balancer),
+    /// Fewer hosts are healthy than the panic threshold: every host, each pick counted as
+    /// `lb_healthy_panic`.
+    Panic,
+    /// No host is healthy and the panic threshold is 0: none.
+    None,
 }
 
 /// One cluster on one worker.
@@ -226,6 +243,7 @@ impl ClusterRt {
         let empty = Rc::new(HostSet {
             lb: Balancer::new(cfg.policy, &[] as &[Rc<HostRt>]),
             hosts: Vec::new(),
+            health: Health::All,
         });
         let c = ClusterRt {
             cfg,
@@ -259,21 +277,60 @@ impl ClusterRt {
         self.replace_hosts(hosts, true);
     }
 
+    /// Rebuilds the balancer from the health check's latest findings.
+    pub fn refresh_health(&self) {
+        let hosts = self.hosts.borrow().hosts.clone();
+        self.replace_hosts(hosts, false);
+    }
+
     fn replace_hosts(&self, hosts: Vec<Rc<HostRt>>, changed: bool) {
+        let (health, healthy, degraded) = match &self.cfg.health {
+            None => (Health::All, hosts.len(), 0),
+            Some(state) => {
+                let flags: Vec<u8> = hosts.iter().map(|h| state.flags(h.addr)).collect();
+                let ok: Vec<Rc<HostRt>> = hosts
+                    .iter()
+                    .zip(&flags)
+                    .filter(|(_, f)| *f & health::flag::FAILED == 0)
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                let degraded = flags
+                    .iter()
+                    .filter(|f| *f & health::flag::DEGRADED != 0)
+                    .count();
+                let n = ok.len();
+                // Envoy's health of the hosts in percent, with its overprovisioning factor
+                // (1.4): 2 of 4 healthy is 70%, 1 of 3 is 46%.
+                let percent = (140 * n / hosts.len().max(1)).min(100);
+                let health = if n == hosts.len() {
+                    Health::All
+                } else if (percent as f64) < self.cfg.cfg.healthy_panic_threshold {
+                    Health::Panic
+                } else if n == 0 {
+                    Health::None
+                } else {
+                    let lb = Balancer::new(self.cfg.policy, &ok);
+                    Health::Healthy(ok, lb)
+                };
+                // A degraded host is not counted healthy (it still takes requests here).
+                (health, n - degraded, degraded)
+            }
+        };
         let set = Rc::new(HostSet {
             lb: Balancer::new(self.cfg.policy, &hosts),
             hosts,
+            health,
         });
         if self.publishes_membership {
             let s = &self.stats.s;
             let n = set.hosts.len() as u64;
-            // No host is ever degraded or excluded here (no health checking yet).
+            // Without a health check every host is healthy; none is ever excluded here.
             if changed {
                 s.membership_change.inc();
             }
             s.membership_total.set(n);
-            s.membership_healthy.set(n);
-            s.membership_degraded.set(0);
+            s.membership_healthy.set(healthy as u64);
+            s.membership_degraded.set(degraded as u64);
             s.membership_excluded.set(0);
             // Envoy 1.40 reports a STRICT_DNS cluster's largest weight and 0 for a STATIC one
             // (checked with the envoy binary).
@@ -300,22 +357,35 @@ impl ClusterRt {
     #[inline]
     pub fn pick(&self) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();
-        set.lb.pick(&set.hosts).map(|i| set.hosts[i].clone())
+        let (hosts, lb) = self.among(&set)?;
+        lb.pick(hosts).map(|i| hosts[i].clone())
+    }
+
+    /// The hosts (and their balancer) a pick is among, given their health.
+    #[inline]
+    fn among<'s>(&self, set: &'s HostSet) -> Option<(&'s [Rc<HostRt>], &'s Balancer)> {
+        match &set.health {
+            Health::All => Some((&set.hosts, &set.lb)),
+            Health::Healthy(ok, lb) => Some((ok, lb)),
+            Health::Panic => {
+                self.stats.s.lb_healthy_panic.inc();
+                Some((&set.hosts, &set.lb))
+            }
+            Health::None => None,
+        }
     }
 
     /// A hashing balancer's `attempt`-th pick for hash `h` (a retry picking again).
     pub fn pick_hashed_try(&self, h: u64, attempt: u32) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();
-        set.lb
-            .pick_hashed_try(h, attempt)
-            .map(|i| set.hosts[i].clone())
+        let (hosts, lb) = self.among(&set)?;
+        lb.pick_hashed_try(h, attempt).map(|i| hosts[i].clone())
     }
 
     /// Picks a host for a request by its hash (a hashing policy; `None`: a random point).
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();
-        set.lb
-            .pick_hashed(&set.hosts, hash)
-            .map(|i| set.hosts[i].clone())
+        let (hosts, lb) = self.among(&set)?;
+        lb.pick_hashed(hosts, hash).map(|i| hosts[i].clone())
     }
 }

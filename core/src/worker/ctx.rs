@@ -544,6 +544,16 @@ impl Ctx {
         c.set_hosts(new);
     }
 
+    /// Rebuilds the balancer of the cluster whose health check this is, in the current view.
+    pub fn set_health(&self, state: &Arc<crate::upstream::health::HealthState>) {
+        let snap = self.current();
+        for c in &snap.clusters {
+            if c.cfg.health.as_ref().is_some_and(|h| Arc::ptr_eq(h, state)) {
+                c.refresh_health();
+            }
+        }
+    }
+
     /// Stops accepting and asks idle connections to close.
     pub fn drain(&self) {
         self.draining.set(true);

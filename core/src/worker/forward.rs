@@ -164,7 +164,7 @@ pub(super) async fn forward(
             log_upstream(d, fwd, cluster, None, None, false);
         }
         let tried = attempt_header(fwd.attempt_count_down, 1);
-        return no_healthy_upstream(ctx, l, d, cs, keep && !body_pending, tried).await;
+        return no_healthy_upstream(ctx, l, d, cluster, keep && !body_pending, tried).await;
     };
     // Without proxy_100_continue the connection already answered `Expect` and removed it.
     let relay_continue = l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers);
@@ -696,13 +696,17 @@ async fn no_healthy_upstream(
     ctx: &Ctx,
     l: &ListenerRt,
     d: &mut Down,
-    cs: &ClusterScope,
+    cluster: &ClusterRt,
     keep: bool,
     tried: Option<HeaderMap>,
 ) -> (u16, Next) {
+    let cs = &cluster.stats;
     cs.s.upstream_cx_none_healthy.inc();
-    // No host at all is below any healthy-panic threshold (Envoy counts it so).
-    cs.s.lb_healthy_panic.inc();
+    // No host at all is below any healthy-panic threshold (Envoy counts it so); hosts that
+    // are all unhealthy under a threshold of 0 are not.
+    if cluster.hosts.borrow().hosts.is_empty() {
+        cs.s.lb_healthy_panic.inc();
+    }
     cs.count_response(503);
     reply(ctx, l, d, 503, b"no healthy upstream", keep, tried.as_ref()).await
 }
@@ -937,7 +941,7 @@ async fn next_try(
         d.log_detail(Detail::NoHealthyUpstream);
         let keep = keep && !unread;
         let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
-        return Err(no_healthy_upstream(ctx, l, d, cs, keep, tried).await);
+        return Err(no_healthy_upstream(ctx, l, d, cluster, keep, tried).await);
     };
     if let Some(r) = d.log() {
         r.host = Some(host.addr);
@@ -1505,6 +1509,10 @@ async fn connect(
     cs.s.upstream_cx_total.inc();
     cs.s.upstream_cx_http1_total.inc();
     host.stats.cx_total.inc();
+    // A cluster that has made a connection for a request checks at its usual interval.
+    if let Some(h) = &cluster.cfg.health {
+        h.note_traffic();
+    }
     let mut guard = CxGuard::new(
         cs.clone(),
         host.stats.clone(),

@@ -48,6 +48,10 @@ pub enum Cmd {
         cluster: String,
         hosts: Arc<Vec<HostAddr>>,
     },
+    /// A health check changed which hosts of its cluster are healthy.
+    Health {
+        state: Arc<crate::upstream::health::HealthState>,
+    },
     /// Stop accepting and close idle connections, `after` this long (a graceful drain keeps
     /// accepting for the drain time first).
     Drain { after: Duration },
@@ -273,6 +277,7 @@ async fn run(
                 remove,
             } => ctx.apply(compiled, add, remove),
             Cmd::Hosts { cluster, hosts } => ctx.set_hosts(&cluster, &hosts),
+            Cmd::Health { state } => ctx.set_health(&state),
             Cmd::Drain { after } if after.is_zero() => ctx.drain(),
             Cmd::Drain { after } => {
                 let ctx = ctx.clone();

@@ -1,0 +1,500 @@
+"""A cluster's active `health_checks` (HTTP and TCP): what a check sends, when a host turns
+unhealthy and healthy again, how the balancer leaves unhealthy hosts out (and Envoy's panic
+threshold), the stats and the admin `/clusters` flags. Every expectation here was checked
+against the envoy binary (PYPROXY_DATAPLANE_TARGET=envoy runs this file against it;
+docs/envoy-behaviour.md section 25)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get
+from tests.support.configs import bootstrap, cluster, route
+from tests.support.wait import wait_for, wait_stat
+
+HC = "cluster.up.health_check."
+
+
+class CheckedUpstream:
+    """A keep-alive HTTP/1.1 upstream on port 0. `GET /healthz...` is a health check: it is
+    recorded (raw head, connection number, time) and answered with `self.status` (and
+    `self.extra` headers), or never answered while `self.hang`. Anything else is answered with
+    200 and the upstream's name. `refuse()` stops listening and closes its connections, so
+    connects are refused; `listen()` takes the same port again. With `tcp`, a connection
+    instead answers `pong` to each `ping`."""
+
+    def __init__(self, name: str = "u", tcp: bool = False) -> None:
+        self.name = name
+        self.tcp = tcp
+        self.status = 200
+        self.extra = ""
+        self.hang = False
+        self.checks: list[tuple[bytes, int, float]] = []
+        self.served: list[str] = []
+        self.connections = 0
+        self.closed = 0
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def refuse(self) -> None:
+        # shutdown() wakes the thread blocked in accept() (a close alone would leave the socket
+        # listening until then).
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        with self._lock:
+            for s in self._socks:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def listen(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def close(self) -> None:
+        self.refuse()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                s, _ = listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                n = self.connections
+                self._socks.append(s)
+            threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
+
+    def _serve(self, s: socket.socket, conn: int) -> None:
+        buf = b""
+        try:
+            while True:
+                if self.tcp:
+                    d = s.recv(4096)
+                    if not d:
+                        return
+                    buf += d
+                    while b"ping" in buf:
+                        _, _, buf = buf.partition(b"ping")
+                        with self._lock:
+                            self.checks.append((b"ping", conn, time.monotonic()))
+                        s.sendall(b"pong")
+                    continue
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                path = head.split(b" ")[1].decode()
+                if path.startswith("/healthz"):
+                    with self._lock:
+                        self.checks.append((head, conn, time.monotonic()))
+                    if self.hang:
+                        continue
+                    status, extra, body = self.status, self.extra, b""
+                else:
+                    with self._lock:
+                        self.served.append(path)
+                    status, extra, body = 200, "", self.name.encode()
+                s.sendall(
+                    f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+                )
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self.closed += 1
+            s.close()
+
+
+@pytest.fixture
+def ups() -> Any:
+    made: list[CheckedUpstream] = []
+
+    def make(name: str = "u", tcp: bool = False) -> CheckedUpstream:
+        u = CheckedUpstream(name, tcp)
+        made.append(u)
+        return u
+
+    yield make
+    for u in made:
+        u.close()
+
+
+def health_check(**fields: Any) -> dict[str, Any]:
+    """An HTTP check of `/healthz`, fast enough for tests: Envoy checks a cluster that has had no
+    traffic only every `no_traffic_interval` (60 s by default), so it is as short here."""
+    hc: dict[str, Any] = {
+        "timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+        "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/healthz"},
+    }  # fmt: skip
+    hc.update(fields)
+    return hc
+
+
+def checked_proxy(make_proxy: Any, ports: list[int], hc: dict[str, Any], **extra: Any) -> Any:
+    return make_proxy(bootstrap([route("/", "up")], [cluster("up", *ports, health_checks=[hc], **extra)]))
+
+
+def admin_get(proxy: Any, path: str) -> str:
+    addr = proxy.admin if TARGET_IS_ENVOY else "{}:{}".format(*proxy.admin_address)
+    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def flags(proxy: Any) -> dict[int, str]:
+    """Each host's `health_flags` in `/clusters`, by port."""
+    out = {}
+    for line in admin_get(proxy, "/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[2] == "health_flags":
+            out[int(parts[1].rsplit(":", 1)[1])] = parts[3]
+    return out
+
+
+def wait_flags(proxy: Any, port: int, want: str, timeout: float = 5.0) -> None:
+    last: list[Any] = [None]
+
+    def ok() -> bool:
+        last[0] = flags(proxy).get(port)
+        return last[0] == want
+
+    try:
+        wait_for(ok, timeout, f"health_flags {want}")
+    except AssertionError:
+        raise AssertionError(f"health_flags of {port}: {last[0]!r}, expected {want!r}") from None
+
+
+def served_by(proxy: Any, n: int) -> list[str]:
+    port = proxy.listener_port()
+    with RawConn(port) as c:
+        return [c.request(get(f"/r{i}")).body.decode() for i in range(n)]
+
+
+# --- what a check sends ---------------------------------------------------------------------------
+
+
+def test_http_check_request_on_the_wire(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    p = checked_proxy(make_proxy, [u.port], health_check())
+    wait_for(lambda: len(u.checks) >= 3, what="three checks")
+    # One kept connection carries every check (reuse_connection defaults to true).
+    assert {conn for _, conn, _ in u.checks} == {1}
+    assert u.checks[0][0] == b"GET /healthz HTTP/1.1\r\nhost: up\r\nuser-agent: Envoy/HC"
+    assert p.stats()[HC + "success"] >= 3
+    # Checks are not upstream traffic.
+    assert p.stats().get("cluster.up.upstream_cx_total", 0) == 0
+    assert p.stats().get("cluster.up.upstream_rq_total", 0) == 0
+
+
+def test_http_check_host_and_added_headers(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    checked_proxy(make_proxy, [u.port], health_check(http_health_check={
+        "path": "/healthz?deep=1", "host": "svc.local",
+        "request_headers_to_add": [
+            {"header": {"key": "user-agent", "value": "mine"}},
+            {"header": {"key": "x-check", "value": "1"}},
+        ],
+    }))  # fmt: skip
+    wait_for(lambda: u.checks, what="a check")
+    assert u.checks[0][0] == (
+        b"GET /healthz?deep=1 HTTP/1.1\r\nhost: svc.local\r\nuser-agent: Envoy/HC,mine\r\nx-check: 1"
+    )
+
+
+def test_overwritten_and_removed_headers(make_proxy: Any, ups: Any) -> None:
+    u, v = ups(), ups()
+    make_proxy(bootstrap([route("/", "up")], [
+        cluster("up", u.port, health_checks=[health_check(http_health_check={
+            "path": "/healthz", "request_headers_to_add": [
+                {"header": {"key": "user-agent", "value": "mine"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]})]),
+        cluster("other", v.port, health_checks=[health_check(http_health_check={
+            "path": "/healthz", "request_headers_to_remove": ["user-agent"]})]),
+    ]))  # fmt: skip
+    wait_for(lambda: u.checks and v.checks, what="a check of each")
+    assert u.checks[0][0] == b"GET /healthz HTTP/1.1\r\nhost: up\r\nuser-agent: mine"
+    assert v.checks[0][0] == b"GET /healthz HTTP/1.1\r\nhost: other"
+
+
+def test_head_check(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    p = checked_proxy(make_proxy, [u.port], health_check(http_health_check={"path": "/healthz", "method": "HEAD"}))
+    wait_for(lambda: len(u.checks) >= 2, what="two checks")
+    assert u.checks[0][0] == b"HEAD /healthz HTTP/1.1\r\nhost: up\r\nuser-agent: Envoy/HC"
+    assert flags(p)[u.port] == "healthy"
+
+
+def test_without_reuse_each_check_has_its_own_connection(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    checked_proxy(make_proxy, [u.port], health_check(reuse_connection=False))
+    wait_for(lambda: len(u.checks) >= 3, what="three checks")
+    assert [conn for _, conn, _ in u.checks[:3]] == [1, 2, 3]
+    # The proxy closes each connection after its response.
+    wait_for(lambda: u.closed >= 2, what="the first connections closed")
+
+
+def test_upstream_closing_after_a_check_is_no_failure(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    u.extra = "connection: close\r\n"
+    p = checked_proxy(make_proxy, [u.port], health_check())
+    wait_for(lambda: len(u.checks) >= 3, what="three checks")
+    assert [conn for _, conn, _ in u.checks[:3]] == [1, 2, 3]
+    s = p.stats()
+    assert s.get(HC + "failure", 0) == 0
+    assert flags(p)[u.port] == "healthy"
+
+
+# --- health and the balancer ------------------------------------------------------------------------
+
+
+def test_first_check_is_done_when_the_proxy_starts(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    u.status = 503
+    p = checked_proxy(make_proxy, [u.port], health_check(interval="5s", no_traffic_interval="5s"))
+    # The listener opened only once the host had its first check, which failed.
+    assert p.stats()[HC + "failure"] == 1
+    assert flags(p)[u.port] == "/failed_active_hc"
+
+
+def test_a_failing_host_leaves_the_balancer(make_proxy: Any, ups: Any) -> None:
+    a, b = ups("a"), ups("b")
+    b.status = 503
+    p = checked_proxy(make_proxy, [a.port, b.port], health_check())
+    wait_flags(p, b.port, "/failed_active_hc")
+    assert flags(p)[a.port] == "healthy"
+    assert served_by(p, 8) == ["a"] * 8
+    s = p.stats()
+    assert s[HC + "healthy"] == 1
+    assert s["cluster.up.membership_healthy"] == 1
+    assert s["cluster.up.membership_total"] == 2
+    assert s.get(HC + "network_failure", 0) == 0
+    assert s.get("cluster.up.lb_healthy_panic", 0) == 0
+    # A health change is no membership change.
+    assert s["cluster.up.membership_change"] == 1
+    # It comes back with its next good check (healthy_threshold 1).
+    b.status = 200
+    wait_flags(p, b.port, "healthy")
+    wait_for(lambda: set(served_by(p, 8)) == {"a", "b"}, what="both hosts serving")
+    assert p.stats()["cluster.up.membership_healthy"] == 2
+
+
+def test_a_bad_status_fails_at_once_network_failures_need_the_threshold(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    p = checked_proxy(make_proxy, [u.port], health_check(
+        interval="1s", no_traffic_interval="1s", unhealthy_threshold=2, healthy_threshold=2))
+    # A refused connect counts toward unhealthy_threshold: one leaves the host healthy.
+    u.refuse()
+    wait_stat(p, HC + "network_failure", 1)
+    assert flags(p)[u.port] == "healthy"
+    wait_stat(p, HC + "network_failure", 2)
+    wait_flags(p, u.port, "/failed_active_hc")
+    # Back: healthy_threshold successes in a row.
+    u.listen()
+    ok = p.stats()[HC + "success"]
+    wait_stat(p, HC + "success", ok + 1)
+    assert flags(p)[u.port] == "/failed_active_hc"
+    wait_flags(p, u.port, "healthy")
+    assert p.stats()[HC + "success"] == ok + 2
+    # A status it does not expect fails a healthy host at once, whatever the threshold.
+    u.status = 500
+    failures = p.stats()[HC + "failure"]
+    wait_stat(p, HC + "failure", failures + 1)
+    assert flags(p)[u.port] == "/failed_active_hc"
+
+
+def test_expected_and_retriable_statuses(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    u.status = 204
+    p = checked_proxy(make_proxy, [u.port], health_check(
+        interval="1s", no_traffic_interval="1s", unhealthy_threshold=2,
+        http_health_check={"path": "/healthz", "expected_statuses": [{"start": 200, "end": 300}],
+                           "retriable_statuses": [{"start": 503, "end": 504}]}))  # fmt: skip
+    assert flags(p)[u.port] == "healthy"
+    # A retriable status counts toward the threshold (not as a network failure).
+    u.status = 503
+    failures = p.stats().get(HC + "failure", 0)
+    wait_stat(p, HC + "failure", failures + 1)
+    assert flags(p)[u.port] == "healthy"
+    wait_stat(p, HC + "failure", failures + 2)
+    assert flags(p)[u.port] == "/failed_active_hc"
+    assert p.stats().get(HC + "network_failure", 0) == 0
+
+
+def test_a_timeout_is_a_network_failure_and_shows(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    u.hang = True
+    p = checked_proxy(make_proxy, [u.port], health_check(timeout="0.3s"))
+    s = p.stats()
+    assert s[HC + "network_failure"] >= 1
+    assert s.get(HC + "success", 0) == 0
+    assert flags(p)[u.port] == "/failed_active_hc/active_hc_timeout"
+    j = json.loads(admin_get(p, "/clusters?format=json"))
+    status = j["cluster_statuses"][0]["host_statuses"][0]["health_status"]
+    assert status == {"failed_active_health_check": True, "eds_health_status": "HEALTHY", "active_hc_timeout": True}
+    # Each timed-out check's connection is closed; the next one connects again.
+    wait_for(lambda: u.connections >= 2, what="a second connection")
+
+
+def test_degraded_host(make_proxy: Any, ups: Any) -> None:
+    a, b = ups("a"), ups("b")
+    b.extra = "x-envoy-degraded: 1\r\n"
+    p = checked_proxy(make_proxy, [a.port, b.port], health_check())
+    wait_flags(p, b.port, "/degraded_active_hc")
+    s = p.stats()
+    assert s["cluster.up.membership_degraded"] == 1
+    assert s["cluster.up.membership_healthy"] == 1
+    assert s[HC + "healthy"] == 2
+    j = json.loads(admin_get(p, "/clusters?format=json"))
+    statuses = {h["address"]["socket_address"]["port_value"]: h["health_status"]
+                for h in j["cluster_statuses"][0]["host_statuses"]}  # fmt: skip
+    assert statuses[b.port] == {"eds_health_status": "HEALTHY", "failed_active_degraded_check": True}
+    b.extra = ""
+    wait_flags(p, b.port, "healthy")
+
+
+def test_immediate_fail_header_on_a_check_changes_nothing(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    u.extra = "x-envoy-immediate-health-check-fail: true\r\n"
+    p = checked_proxy(make_proxy, [u.port], health_check())
+    wait_for(lambda: len(u.checks) >= 3, what="three checks")
+    assert flags(p)[u.port] == "healthy"
+    assert p.stats().get(HC + "failure", 0) == 0
+
+
+# --- panic ------------------------------------------------------------------------------------------
+
+
+def test_below_the_panic_threshold_every_host_is_used(make_proxy: Any, ups: Any) -> None:
+    # 1 healthy of 3 is 46% with Envoy's 1.4 overprovisioning: below the default 50%.
+    a, b, c = ups("a"), ups("b"), ups("c")
+    b.status = c.status = 503
+    p = checked_proxy(make_proxy, [a.port, b.port, c.port], health_check())
+    wait_flags(p, b.port, "/failed_active_hc")
+    wait_flags(p, c.port, "/failed_active_hc")
+    assert sorted(set(served_by(p, 9))) == ["a", "b", "c"]
+    assert p.stats()["cluster.up.lb_healthy_panic"] == 9
+
+
+def test_two_of_four_healthy_is_no_panic(make_proxy: Any, ups: Any) -> None:
+    hosts = [ups(n) for n in "abcd"]
+    hosts[2].status = hosts[3].status = 503
+    p = checked_proxy(make_proxy, [h.port for h in hosts], health_check())
+    for h in hosts[2:]:
+        wait_flags(p, h.port, "/failed_active_hc")
+    assert sorted(set(served_by(p, 8))) == ["a", "b"]
+    assert p.stats().get("cluster.up.lb_healthy_panic", 0) == 0
+
+
+def test_a_lone_failed_host_still_serves(make_proxy: Any, ups: Any) -> None:
+    u = ups("only")
+    u.status = 503
+    p = checked_proxy(make_proxy, [u.port], health_check())
+    assert flags(p)[u.port] == "/failed_active_hc"
+    assert served_by(p, 3) == ["only"] * 3
+    s = p.stats()
+    assert s["cluster.up.lb_healthy_panic"] == 3
+    assert s.get("cluster.up.upstream_cx_none_healthy", 0) == 0
+
+
+def test_panic_threshold_zero_answers_no_healthy_upstream(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    u.status = 503
+    p = checked_proxy(make_proxy, [u.port], health_check(),
+                      common_lb_config={"healthy_panic_threshold": {"value": 0}})
+    assert flags(p)[u.port] == "/failed_active_hc"
+    with RawConn(p.listener_port()) as c:
+        r = c.request(get("/"))
+    assert r.status == 503
+    assert r.body == b"no healthy upstream"
+    assert u.served == []
+    wait_stat(p, "cluster.up.upstream_cx_none_healthy", 1)
+    s = p.stats()
+    assert s["cluster.up.upstream_rq_503"] == 1
+    assert s.get("cluster.up.lb_healthy_panic", 0) == 0
+    assert s.get("cluster.up.upstream_rq_total", 0) == 0
+
+
+# --- timing -----------------------------------------------------------------------------------------
+
+
+def test_without_traffic_checks_wait_the_no_traffic_interval(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    p = checked_proxy(make_proxy, [u.port], health_check(interval="0.05s", no_traffic_interval="1s"))
+    wait_for(lambda: len(u.checks) >= 2, timeout=5, what="two checks")
+    gap = u.checks[1][2] - u.checks[0][2]
+    assert gap >= 0.9, gap
+    # Once the cluster carries a request the checks go at their interval: many within the
+    # time the no-traffic interval would allow one.
+    served_by(p, 1)
+    n = len(u.checks)
+    wait_for(lambda: len(u.checks) >= n + 6, timeout=5, what="checks at the interval")
+    assert u.checks[-1][2] - u.checks[-6][2] < 0.9
+
+
+# --- TCP --------------------------------------------------------------------------------------------
+
+
+def test_tcp_connect_only_check(make_proxy: Any, ups: Any) -> None:
+    u = ups(tcp=True)
+    p = checked_proxy(make_proxy, [u.port], health_check(http_health_check=None, tcp_health_check={}))
+    # The connection is closed at once; each check connects again.
+    wait_for(lambda: u.connections >= 3 and u.closed >= 2, what="three connects")
+    assert u.checks == []
+    assert flags(p)[u.port] == "healthy"
+    u.refuse()
+    wait_flags(p, u.port, "/failed_active_hc")
+    assert p.stats()[HC + "network_failure"] >= 1
+
+
+def test_tcp_send_and_receive(make_proxy: Any, ups: Any) -> None:
+    u = ups(tcp=True)
+    p = checked_proxy(make_proxy, [u.port], health_check(
+        http_health_check=None,
+        tcp_health_check={"send": {"text": "70696e67"}, "receive": [{"text": "706f"}, {"text": "6e67"}]}))
+    wait_for(lambda: len(u.checks) >= 3, what="three pings")
+    # One kept connection.
+    assert {conn for _, conn, _ in u.checks} == {1}
+    assert flags(p)[u.port] == "healthy"
+    assert p.stats().get(HC + "failure", 0) == 0
+
+
+# --- pyproxy only -----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(TARGET_IS_ENVOY, reason="apply is pyproxy's API")
+def test_apply_keeps_an_unchanged_clusters_health(make_proxy: Any, ups: Any) -> None:
+    a, b = ups("a"), ups("b")
+    b.status = 503
+    hc = health_check(interval="5s", no_traffic_interval="5s")
+    cfg = bootstrap([route("/", "up")], [cluster("up", a.port, b.port, health_checks=[hc])])
+    p = make_proxy(cfg)
+    assert flags(p)[b.port] == "/failed_active_hc"
+    attempts = p.stats()[HC + "attempt"]
+    # Another cluster added: `up` keeps its hosts' health and its schedule.
+    cfg["static_resources"]["clusters"].append(cluster("other", a.port))
+    p.apply(cfg)
+    assert flags(p)[b.port] == "/failed_active_hc"
+    assert served_by(p, 4) == ["a"] * 4
+    assert p.stats()[HC + "attempt"] == attempts
+    # The check changed: checks start over (the host is checked again at once).
+    cfg["static_resources"]["clusters"][0]["health_checks"] = [health_check(interval="5s", no_traffic_interval="4s")]
+    b.status = 200
+    p.apply(cfg)
+    wait_flags(p, b.port, "healthy")
