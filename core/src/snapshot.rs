@@ -72,6 +72,21 @@ impl Compiled {
     /// cluster `prev` has with the same config, as Envoy keeps a cluster an update leaves as
     /// it was. Called on a freshly compiled snapshot, before it is shared.
     pub fn keep_unchanged(&mut self, prev: &Compiled) {
+        // A changed health check of a cluster of the same name takes over the old one's stats
+        // and what it found.
+        for c in &mut self.clusters {
+            let Some(old) = prev.clusters.iter().find(|o| o.cfg.name == c.cfg.name) else {
+                continue;
+            };
+            if let (Some(c), Some(old_h)) = (Arc::get_mut(c), &old.health) {
+                if let Some(h) = &c.health {
+                    c.health = Some(Arc::new(crate::upstream::health::HealthState::succeed(
+                        h.cfg.clone(),
+                        old_h,
+                    )));
+                }
+            }
+        }
         for c in &mut self.clusters {
             let Some(old) = prev.clusters.iter().find(|o| o.cfg == c.cfg) else {
                 continue;
@@ -198,6 +213,15 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
             c.minimum_ring_size, c.maximum_ring_size
         )));
     }
+    if let Some(h) = &c.health_check {
+        check_health(h, &format!("{path}.health_check"))?;
+    }
+    if !(1..=1000).contains(&c.choice_count) {
+        return Err(Error::config(format!(
+            "{path}.choice_count: {} is out of range; expected 1 to 1000 (each pick draws that many hosts)",
+            c.choice_count
+        )));
+    }
     let discovery = match c.discovery.as_str() {
         "STATIC" => Discovery::Static,
         "STRICT_DNS" => Discovery::StrictDns,
@@ -245,6 +269,46 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
             ))
         }),
     })
+}
+
+/// A health check the checker can run: positive times, a check of one kind, and an HTTP
+/// request that is one (no CR, LF or spaces where they would split it).
+fn check_health(h: &crate::config::HealthCheck, path: &str) -> Result<(), Error> {
+    let bad = |what: &str, why: &str| Err(Error::config(format!("{path}.{what}: {why}")));
+    if h.timeout_ms == 0 || h.interval_ms == 0 || h.no_traffic_interval_ms == 0 {
+        return bad(
+            "timeout_ms",
+            "the timeout and intervals must be greater than 0",
+        );
+    }
+    match (&h.http, &h.tcp) {
+        (Some(_), Some(_)) | (None, None) => bad("http", "set exactly one of http and tcp"),
+        (Some(x), None) => {
+            let clean = |v: &str| !v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+            if !x.path.starts_with('/') || x.path.contains(' ') || !clean(&x.path) {
+                return bad("http.path", "must be a request path");
+            }
+            if x.method != "GET" && x.method != "HEAD" {
+                return bad("http.method", "must be GET or HEAD");
+            }
+            if x.host
+                .as_deref()
+                .is_some_and(|v| v.contains(' ') || !clean(v))
+            {
+                return bad("http.host", "must be a host name");
+            }
+            for a in &x.add {
+                let name_ok = !a.name.is_empty()
+                    && a.name.bytes().all(crate::http1::head::is_tchar)
+                    && a.name != "host";
+                if !name_ok || !clean(&a.value) {
+                    return bad("http.add", &format!("{:?} cannot be added", a.name));
+                }
+            }
+            Ok(())
+        }
+        (None, Some(_)) => Ok(()),
+    }
 }
 
 /// Compiles a snapshot with the system resolver. Errors name the snapshot path

@@ -559,6 +559,8 @@ def _health_check(hc: m.HealthCheck) -> Json:
                     or (o.append_action is None and o.append is False),
                 }
                 for o in h.request_headers_to_add
+                # Envoy leaves an empty value out unless told to keep it.
+                if o.header.value or o.keep_empty_value
             ],
             "remove": [n.lower() for n in h.request_headers_to_remove],
         }

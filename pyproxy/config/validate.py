@@ -688,6 +688,11 @@ def _check_header_name(name: str, path: str) -> None:
 # --- clusters ---------------------------------------------------------------------------------
 
 
+# Each LEAST_REQUEST pick draws choice_count random hosts, as Envoy's does: a larger count only
+# costs time on every request (Envoy accepts any; pyproxy refuses what would stall a worker).
+MAX_CHOICE_COUNT = 1000
+
+
 def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
     names: dict[str, int] = {}
     for i, cluster in enumerate(clusters):
@@ -707,10 +712,11 @@ def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
             raise ConfigError(f"{path}.dns_refresh_rate", "must be greater than 1ms")
         _check_ring_hash(cluster, path)
         lr = cluster.least_request_lb_config
-        if lr is not None and lr.choice_count is not None and lr.choice_count < 2:
+        if lr is not None and lr.choice_count is not None and not 2 <= lr.choice_count <= MAX_CHOICE_COUNT:
             raise ConfigError(
                 f"{path}.least_request_lb_config.choice_count",
-                f"{lr.choice_count} is out of range; expected at least 2",
+                f"{lr.choice_count} is out of range; expected 2 to {MAX_CHOICE_COUNT} (each pick "
+                "draws that many hosts)",
             )
         teo = cluster.typed_extension_protocol_options
         hpo = teo.http if teo is not None else None
@@ -805,9 +811,9 @@ def _check_health_check(hc: m.HealthCheck, path: str) -> None:
 def _check_http_health_check(h: m.HttpHealthCheck, path: str) -> None:
     if not h.path:
         raise ConfigError(f"{path}.path", "is required (the path the check asks for)")
-    if not h.path.startswith("/") or any(c in h.path for c in " \r\n\t"):
+    if not h.path.startswith("/") or any(c <= " " or c == "\x7f" for c in h.path):
         raise ConfigError(f"{path}.path", f"{h.path!r} is not a valid request path")
-    if any(c in h.host for c in " \r\n\t/"):
+    if any(c <= " " or c in "\x7f/" for c in h.host):
         raise ConfigError(f"{path}.host", f"{h.host!r} is not a valid host")
     if h.method not in ("METHOD_UNSPECIFIED", "GET", "HEAD"):
         why = "is not allowed" if h.method == "CONNECT" else "is not supported yet"
@@ -832,22 +838,18 @@ def _check_http_health_check(h: m.HttpHealthCheck, path: str) -> None:
             if r.start >= r.end:
                 raise ConfigError(rpath, f"start ({r.start}) must be below end ({r.end})")
     for k, opt in enumerate(h.request_headers_to_add):
-        name, value = opt.header.key, opt.header.value
-        hpath = f"{path}.request_headers_to_add[{k}].header"
-        if name.lower() == "host" or name.startswith(":"):
-            raise ConfigError(f"{hpath}.key", ":-prefixed or host headers may not be modified")
-        if not name or any(c in name + value for c in "\r\n") or any(c in name for c in " :"):
-            raise ConfigError(f"{hpath}.key", f"{name!r} is not a valid header")
-        if "%" in value:
+        hpath = f"{path}.request_headers_to_add[{k}]"
+        _check_header_value_option(opt, hpath)
+        if "%" in opt.header.value:
             raise ConfigError(
-                f"{hpath}.value", "command operators (%...%) in health check headers are not supported yet"
+                f"{hpath}.header.value",
+                "command operators (%...%) in health check headers are not supported yet",
             )
     for k, name in enumerate(h.request_headers_to_remove):
+        rpath = f"{path}.request_headers_to_remove[{k}]"
+        _check_header_name(name, rpath)
         if name.lower() == "host" or name.startswith(":"):
-            raise ConfigError(
-                f"{path}.request_headers_to_remove[{k}]",
-                ":-prefixed or host headers may not be removed",
-            )
+            raise ConfigError(rpath, ":-prefixed or host headers may not be removed")
 
 
 def payload_bytes(p: m.HealthCheckPayload, path: str) -> bytes:

@@ -574,7 +574,9 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("dns_lookup_family", lambda c: cluster(c).update(dns_lookup_family="V5"),
      f"{CLUSTER}.dns_lookup_family", "'V5' is not one of AUTO, V4_ONLY"),
     ("choice_count_1", lambda c: cluster(c).update(least_request_lb_config={"choice_count": 1}),
-     f"{CLUSTER}.least_request_lb_config.choice_count", "expected at least 2"),
+     f"{CLUSTER}.least_request_lb_config.choice_count", "expected 2 to 1000"),
+    ("choice_count_huge", lambda c: cluster(c).update(least_request_lb_config={"choice_count": 4000000000}),
+     f"{CLUSTER}.least_request_lb_config.choice_count", "expected 2 to 1000"),
     ("lb_weight_0", lambda c: cluster(c)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
      .update(load_balancing_weight=0),
      f"{CLUSTER}.load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight",
@@ -617,7 +619,21 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
         "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
         "http_health_check": {"path": "/h", "request_headers_to_add": [{"header": {"key": "Host", "value": "x"}}]}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_add[0].header.key",
-     ":-prefixed or host headers may not be modified"),
+     "-prefixed or host headers may not be modified"),
+    ("health_check_content_length", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/h", "request_headers_to_add": [
+            {"header": {"key": "content-length", "value": "3"}}]}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_add[0].header.key", "may not be added"),
+    ("health_check_header_name", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/h", "request_headers_to_add": [{"header": {"key": "x(a", "value": "3"}}]}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_add[0].header.key",
+     "is not a valid header name"),
+    ("health_check_path_nul", lambda c: cluster(c).update(health_checks=[{
+        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/h\u0000x"}}]),
+     f"{CLUSTER}.health_checks[0].http_health_check.path", "is not a valid request path"),
     ("health_check_remove_host", lambda c: cluster(c).update(health_checks=[{
         "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
         "http_health_check": {"path": "/h", "request_headers_to_remove": ["host"]}}]),

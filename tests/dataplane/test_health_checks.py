@@ -219,6 +219,19 @@ def test_http_check_host_and_added_headers(make_proxy: Any, ups: Any) -> None:
     )
 
 
+def test_added_headers_of_one_name_go_on_lines_of_their_own(make_proxy: Any, ups: Any) -> None:
+    u = ups()
+    checked_proxy(make_proxy, [u.port], health_check(http_health_check={
+        "path": "/healthz", "request_headers_to_add": [
+            {"header": {"key": "x-d", "value": "1"}}, {"header": {"key": "x-d", "value": "2"}},
+            {"header": {"key": "x-empty", "value": ""}},
+            {"header": {"key": "x-kept", "value": ""}, "keep_empty_value": True}]}))  # fmt: skip
+    wait_for(lambda: u.checks, what="a check")
+    assert u.checks[0][0] == (
+        b"GET /healthz HTTP/1.1\r\nhost: up\r\nuser-agent: Envoy/HC\r\nx-d: 1\r\nx-d: 2\r\nx-kept: "
+    )
+
+
 def test_overwritten_and_removed_headers(make_proxy: Any, ups: Any) -> None:
     u, v = ups(), ups()
     make_proxy(bootstrap([route("/", "up")], [
@@ -369,6 +382,19 @@ def test_degraded_host(make_proxy: Any, ups: Any) -> None:
     wait_flags(p, b.port, "healthy")
 
 
+def test_a_failure_keeps_the_degraded_flag(make_proxy: Any, ups: Any) -> None:
+    a, b = ups("a"), ups("b")
+    b.extra = "x-envoy-degraded: 1\r\n"
+    p = checked_proxy(make_proxy, [a.port, b.port], health_check())
+    wait_flags(p, b.port, "/degraded_active_hc")
+    b.status = 503
+    wait_flags(p, b.port, "/failed_active_hc/degraded_active_hc")
+    s = p.stats()
+    # A failed host is in neither the healthy nor the degraded count.
+    assert s["cluster.up.membership_healthy"] == 1
+    assert s["cluster.up.membership_degraded"] == 0
+
+
 def test_immediate_fail_header_on_a_check_changes_nothing(make_proxy: Any, ups: Any) -> None:
     u = ups()
     u.extra = "x-envoy-immediate-health-check-fail: true\r\n"
@@ -382,7 +408,8 @@ def test_immediate_fail_header_on_a_check_changes_nothing(make_proxy: Any, ups: 
 
 
 def test_below_the_panic_threshold_every_host_is_used(make_proxy: Any, ups: Any) -> None:
-    # 1 healthy of 3 is 46% with Envoy's 1.4 overprovisioning: below the default 50%.
+    # 1 healthy of 3: 46% available with Envoy's 1.4 overprovisioning, a share of 33%, below
+    # the default 50%.
     a, b, c = ups("a"), ups("b"), ups("c")
     b.status = c.status = 503
     p = checked_proxy(make_proxy, [a.port, b.port, c.port], health_check())
@@ -390,6 +417,30 @@ def test_below_the_panic_threshold_every_host_is_used(make_proxy: Any, ups: Any)
     wait_flags(p, c.port, "/failed_active_hc")
     assert sorted(set(served_by(p, 9))) == ["a", "b", "c"]
     assert p.stats()["cluster.up.lb_healthy_panic"] == 9
+
+
+def test_two_of_five_healthy_is_a_panic(make_proxy: Any, ups: Any) -> None:
+    # Below full availability (2 × 1.4 / 5 = 56%) Envoy compares the plain share, 40%, with the
+    # threshold.
+    hosts = [ups(n) for n in "abcde"]
+    for h in hosts[2:]:
+        h.status = 503
+    p = checked_proxy(make_proxy, [h.port for h in hosts], health_check())
+    for h in hosts[2:]:
+        wait_flags(p, h.port, "/failed_active_hc")
+    wait_for(lambda: len(set(served_by(p, 20))) == 5, what="every host serving")
+    assert p.stats()["cluster.up.lb_healthy_panic"] >= 20
+
+
+def test_three_of_four_healthy_with_a_high_threshold_is_no_panic(make_proxy: Any, ups: Any) -> None:
+    # 3 × 1.4 / 4 is full availability: no panic, whatever the threshold.
+    hosts = [ups(n) for n in "abcd"]
+    hosts[3].status = 503
+    p = checked_proxy(make_proxy, [h.port for h in hosts], health_check(),
+                      common_lb_config={"healthy_panic_threshold": {"value": 90}})
+    wait_flags(p, hosts[3].port, "/failed_active_hc")
+    assert sorted(set(served_by(p, 9))) == ["a", "b", "c"]
+    assert p.stats().get("cluster.up.lb_healthy_panic", 0) == 0
 
 
 def test_two_of_four_healthy_is_no_panic(make_proxy: Any, ups: Any) -> None:
@@ -493,8 +544,17 @@ def test_apply_keeps_an_unchanged_clusters_health(make_proxy: Any, ups: Any) -> 
     assert flags(p)[b.port] == "/failed_active_hc"
     assert served_by(p, 4) == ["a"] * 4
     assert p.stats()[HC + "attempt"] == attempts
-    # The check changed: checks start over (the host is checked again at once).
+    # The check changed: its hosts start as the old check left them (no request goes to the
+    # failed one meanwhile), its counters go on, and the new checks start at once.
+    b.hang = True
     cfg["static_resources"]["clusters"][0]["health_checks"] = [health_check(interval="5s", no_traffic_interval="4s")]
+    p.apply(cfg)
+    assert flags(p)[b.port] == "/failed_active_hc"
+    assert served_by(p, 4) == ["a"] * 4
+    assert p.stats()[HC + "attempt"] >= attempts
+    b.hang = False
     b.status = 200
+    cfg["static_resources"]["clusters"][0]["health_checks"] = [health_check(interval="5s", no_traffic_interval="3s")]
     p.apply(cfg)
     wait_flags(p, b.port, "healthy")
+    assert p.stats()[HC + "attempt"] >= attempts + 2

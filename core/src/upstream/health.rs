@@ -89,6 +89,19 @@ impl HealthState {
         }
     }
 
+    /// The state of a changed check for a cluster of the same name: its stats go on (as the
+    /// cluster's other stats do), and its hosts start as the old check last found them, so
+    /// that requests are not sent to hosts known to be down while the new checks begin.
+    pub fn succeed(cfg: HealthCheck, old: &HealthState) -> HealthState {
+        HealthState {
+            cfg,
+            cluster: old.cluster.clone(),
+            stats: old.stats.clone(),
+            flags: Mutex::new(old.lock().clone()),
+            traffic: AtomicBool::new(old.traffic.load(Ordering::Relaxed)),
+        }
+    }
+
     /// A host's flags (unchecked for one the checker has not seen).
     pub fn flags(&self, addr: SocketAddr) -> u8 {
         self.lock().get(&addr).copied().unwrap_or(UNCHECKED)
@@ -139,7 +152,10 @@ impl HealthState {
         let healthy = hosts.iter().filter(|a| f(a) & flag::FAILED == 0).count();
         let degraded = hosts.iter().filter(|a| f(a) & flag::DEGRADED != 0).count();
         self.stats.healthy.set(healthy as u64);
-        self.stats.degraded.set(degraded as u64);
+        // Shown once a host was degraded (Envoy creates it used then).
+        if degraded > 0 || self.stats.degraded.used() {
+            self.stats.degraded.set(degraded as u64);
+        }
     }
 }
 
@@ -265,8 +281,8 @@ async fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<HcCmd>, stores: Arc<St
     let mut clusters: HashMap<usize, Checked> = HashMap::new();
     // (state, host) -> its session.
     let mut sessions: HashMap<(usize, SocketAddr), tokio::task::JoinHandle<()>> = HashMap::new();
-    // States whose stats are shown (a kept state is registered once).
-    let mut registered: Vec<std::sync::Weak<HealthState>> = Vec::new();
+    // Stats shown (a state kept or succeeded keeps its cluster's, registered once).
+    let mut registered: Vec<std::sync::Weak<HealthStats>> = Vec::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             HcCmd::Stop => break,
@@ -284,10 +300,9 @@ async fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<HcCmd>, stores: Arc<St
                         continue;
                     };
                     let id = Arc::as_ptr(cl) as usize;
-                    // DNS may have moved a kept cluster's hosts on since it was compiled.
-                    let hosts = clusters
-                        .remove(&id)
-                        .map_or_else(|| cl.hosts.clone(), |k| k.hosts);
+                    // Its hosts as compiled (a STRICT_DNS cluster was resolved again then); the
+                    // DNS thread sends later changes.
+                    let hosts = cl.hosts.clone();
                     next.insert(
                         id,
                         Checked {
@@ -310,13 +325,13 @@ async fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<HcCmd>, stores: Arc<St
             let sid = Arc::as_ptr(&k.state) as usize;
             if !registered
                 .iter()
-                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&k.state)))
+                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&k.state.stats)))
             {
                 let scope: Arc<dyn Scope> = k.state.stats.clone();
                 stores
                     .stats
                     .register(format!("cluster.{}.health_check.", k.cluster.name), &scope);
-                registered.push(Arc::downgrade(&k.state));
+                registered.push(Arc::downgrade(&k.state.stats));
             }
             let addrs: HashSet<SocketAddr> = k.hosts.iter().map(|h| h.addr).collect();
             k.state.retain(&addrs);
@@ -406,7 +421,7 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
             }
             Verdict::Active | Verdict::Retriable | Verdict::Network | Verdict::Timeout => {
                 healthy_run = 0;
-                f &= !flag::DEGRADED;
+                // A failure leaves the degraded flag as it was (Envoy's does).
                 if f & flag::FAILED == 0 {
                     unhealthy_run += 1;
                     if verdict == Verdict::Active || unhealthy_run == cfg.unhealthy_threshold {
@@ -462,11 +477,12 @@ fn interval(
 ) -> u64 {
     let unhealthy = cfg.unhealthy_interval_ms.unwrap_or(cfg.interval_ms);
     let base = if !state.traffic.load(Ordering::Relaxed) {
-        if host_failed {
-            cfg.no_traffic_interval_ms
-        } else {
+        // The healthy one only after a pass that leaves a healthy host as it was.
+        if passed && !pending && !host_failed {
             cfg.no_traffic_healthy_interval_ms
                 .unwrap_or(cfg.no_traffic_interval_ms)
+        } else {
+            cfg.no_traffic_interval_ms
         }
     } else if !passed {
         if pending {
@@ -541,15 +557,17 @@ pub fn http_request(h: &HttpHealthCheck, cluster: &str) -> Vec<u8> {
     if !h.remove.iter().any(|r| r == "user-agent") {
         headers.push(("user-agent", "Envoy/HC".to_string()));
     }
-    // An added header joins one already there with a comma, or replaces it (`overwrite`).
+    // An added header replaces one already there (`overwrite`); else `user-agent` (one of
+    // Envoy's inline headers) is joined with a comma, and others go on lines of their own.
     for a in &h.add {
-        match headers.iter_mut().find(|(n, _)| *n == a.name) {
+        let there = headers.iter_mut().find(|(n, _)| *n == a.name);
+        match there {
             Some((_, v)) if a.overwrite => *v = a.value.clone(),
-            Some((_, v)) => {
+            Some((_, v)) if a.name == "user-agent" => {
                 v.push(',');
                 v.push_str(&a.value);
             }
-            None => headers.push((&a.name, a.value.clone())),
+            _ => headers.push((&a.name, a.value.clone())),
         }
     }
     for (n, v) in headers {
@@ -737,7 +755,9 @@ mod tests {
         let state = HealthState::new(cfg.clone(), Arc::from("c"));
         // No traffic yet: the no-traffic intervals, whatever the check found.
         assert_eq!(interval(&cfg, &state, false, true, false), 1000);
-        assert_eq!(interval(&cfg, &state, true, false, true), 2000);
+        assert_eq!(interval(&cfg, &state, false, false, true), 1000);
+        assert_eq!(interval(&cfg, &state, true, true, true), 1000);
+        assert_eq!(interval(&cfg, &state, true, false, false), 2000);
         state.note_traffic();
         // (passed, host failed, streak pending)
         assert_eq!(interval(&cfg, &state, true, false, false), 100);

@@ -294,17 +294,24 @@ impl ClusterRt {
                     .filter(|(_, f)| *f & health::flag::FAILED == 0)
                     .map(|(h, _)| h.clone())
                     .collect();
+                // A failed host is not counted degraded (Envoy's degraded set holds hosts
+                // that would otherwise be picked); degraded ones here take requests as
+                // healthy ones do.
                 let degraded = flags
                     .iter()
-                    .filter(|f| *f & health::flag::DEGRADED != 0)
+                    .filter(|f| *f & health::flag::FAILED == 0 && *f & health::flag::DEGRADED != 0)
                     .count();
-                let n = ok.len();
-                // Envoy's health of the hosts in percent, with its overprovisioning factor
-                // (1.4): 2 of 4 healthy is 70%, 1 of 3 is 46%.
-                let percent = (140 * n / hosts.len().max(1)).min(100);
-                let health = if n == hosts.len() {
+                let (total, n) = (hosts.len(), ok.len());
+                // Envoy's availability with its overprovisioning factor (1.4): below 100% it
+                // compares the plain share of healthy and degraded hosts with the panic
+                // threshold (a whole percent).
+                let available =
+                    (140 * (n - degraded) / total.max(1) + 140 * degraded / total.max(1)).min(100);
+                let share = 100.0 * n as f64 / total.max(1) as f64;
+                let threshold = self.cfg.cfg.healthy_panic_threshold.round();
+                let health = if n == total {
                     Health::All
-                } else if (percent as f64) < self.cfg.cfg.healthy_panic_threshold {
+                } else if available < 100 && share < threshold {
                     Health::Panic
                 } else if n == 0 {
                     Health::None
@@ -312,7 +319,6 @@ impl ClusterRt {
                     let lb = Balancer::new(self.cfg.policy, &ok);
                     Health::Healthy(ok, lb)
                 };
-                // A degraded host is not counted healthy (it still takes requests here).
                 (health, n - degraded, degraded)
             }
         };
