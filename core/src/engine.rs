@@ -908,6 +908,7 @@ fn spawn_dns(
                             for s in &senders {
                                 let _ = s.send(Cmd::Hosts {
                                     cluster: key.clone(),
+                                    id,
                                     hosts: shared.clone(),
                                 });
                             }

@@ -499,6 +499,18 @@ def test_without_traffic_checks_wait_the_no_traffic_interval(make_proxy: Any, up
     assert u.checks[-1][2] - u.checks[-6][2] < 0.9
 
 
+def test_strict_dns_hosts_are_checked(make_proxy: Any, ups: Any) -> None:
+    u = ups("dns")
+    u.status = 503
+    c = cluster("up", u.port, type="STRICT_DNS", dns_lookup_family="V4_ONLY", health_checks=[health_check()])
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = "localhost"
+    p = make_proxy(bootstrap([route("/", "up")], [c]))
+    wait_flags(p, u.port, "/failed_active_hc")
+    u.status = 200
+    wait_flags(p, u.port, "healthy")
+    assert u.checks[0][0] == b"GET /healthz HTTP/1.1\r\nhost: up\r\nuser-agent: Envoy/HC"
+
+
 # --- TCP --------------------------------------------------------------------------------------------
 
 

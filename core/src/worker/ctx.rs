@@ -521,10 +521,16 @@ impl Ctx {
         });
     }
 
-    /// Replaces the hosts of a DNS cluster in the current view.
-    pub fn set_hosts(&self, cluster: &str, hosts: &[HostAddr]) {
+    /// Replaces the hosts of a DNS cluster in the current view: those resolved for the
+    /// compiled cluster `id` (an answer for one an apply has since replaced is dropped; the
+    /// new one was resolved as it compiled, and its checks look at its own hosts).
+    pub fn set_hosts(&self, cluster: &str, id: usize, hosts: &[HostAddr]) {
         let snap = self.current();
-        let Some(c) = snap.clusters.iter().find(|c| c.cfg.cfg.name == cluster) else {
+        let Some(c) = snap
+            .clusters
+            .iter()
+            .find(|c| c.cfg.cfg.name == cluster && Arc::as_ptr(&c.cfg) as usize == id)
+        else {
             return;
         };
         // The same hosts in another order (DNS answers rotate), or an answer an apply has

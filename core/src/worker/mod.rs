@@ -43,9 +43,11 @@ pub enum Cmd {
         add: Vec<(Arc<str>, std::net::TcpListener, String)>,
         remove: Vec<Arc<str>>,
     },
-    /// New host list for a STRICT_DNS cluster.
+    /// New host list for a STRICT_DNS cluster, as resolved for one compiled cluster (`id`, its
+    /// address): a worker that has since taken a snapshot with that cluster changed ignores it.
     Hosts {
         cluster: String,
+        id: usize,
         hosts: Arc<Vec<HostAddr>>,
     },
     /// A health check changed which hosts of its cluster are healthy.
@@ -276,7 +278,7 @@ async fn run(
                 add,
                 remove,
             } => ctx.apply(compiled, add, remove),
-            Cmd::Hosts { cluster, hosts } => ctx.set_hosts(&cluster, &hosts),
+            Cmd::Hosts { cluster, id, hosts } => ctx.set_hosts(&cluster, id, &hosts),
             Cmd::Health { state } => ctx.set_health(&state),
             Cmd::Drain { after } if after.is_zero() => ctx.drain(),
             Cmd::Drain { after } => {
