@@ -503,7 +503,8 @@ def test_strict_dns_hosts_are_checked(make_proxy: Any, ups: Any) -> None:
     u = ups("dns")
     u.status = 503
     c = cluster("up", u.port, type="STRICT_DNS", dns_lookup_family="V4_ONLY", health_checks=[health_check()])
-    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = "localhost"
+    endpoint = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"]["address"] = "localhost"
     p = make_proxy(bootstrap([route("/", "up")], [c]))
     wait_flags(p, u.port, "/failed_active_hc")
     u.status = 200
