@@ -610,13 +610,13 @@ _HOST_TEXT_STATS = (
 
 
 # An active health check's host flags, as the engine has them (pyproxy_core::upstream::health::flag).
-HC_FAILED, HC_DEGRADED, HC_TIMEOUT = 1, 4, 8
+HC_FAILED, HC_DEGRADED, HC_TIMEOUT, HC_EXCLUDED = 1, 4, 8, 16
 
 
 def health_flags(flags: int) -> str:
     """Envoy's `health_flags` text: each flag set, in Envoy's order, or `healthy`."""
     names = [(HC_FAILED, "/failed_active_hc"), (HC_DEGRADED, "/degraded_active_hc"),
-             (HC_TIMEOUT, "/active_hc_timeout")]  # fmt: skip
+             (HC_EXCLUDED, "/excluded_via_immediate_hc_fail"), (HC_TIMEOUT, "/active_hc_timeout")]  # fmt: skip
     return "".join(name for bit, name in names if flags & bit) or "healthy"
 
 
@@ -679,6 +679,8 @@ def clusters_json(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
             health["eds_health_status"] = "HEALTHY"
             if flags & HC_DEGRADED:
                 health["failed_active_degraded_check"] = True
+            if flags & HC_EXCLUDED:
+                health["excluded_via_immediate_hc_fail"] = True
             if flags & HC_TIMEOUT:
                 health["active_hc_timeout"] = True
             status: dict[str, Any] = {

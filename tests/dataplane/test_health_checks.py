@@ -35,6 +35,7 @@ class CheckedUpstream:
         self.tcp = tcp
         self.status = 200
         self.extra = ""
+        self.serve_extra = ""
         self.hang = False
         self.checks: list[tuple[bytes, int, float]] = []
         self.served: list[str] = []
@@ -111,7 +112,7 @@ class CheckedUpstream:
                 else:
                     with self._lock:
                         self.served.append(path)
-                    status, extra, body = 200, "", self.name.encode()
+                    status, extra, body = 200, self.serve_extra, self.name.encode()
                 s.sendall(
                     f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
                 )
@@ -402,6 +403,41 @@ def test_immediate_fail_header_on_a_check_changes_nothing(make_proxy: Any, ups: 
     wait_for(lambda: len(u.checks) >= 3, what="three checks")
     assert flags(p)[u.port] == "healthy"
     assert p.stats().get(HC + "failure", 0) == 0
+
+
+def test_immediate_fail_on_a_proxied_response_fails_and_excludes_the_host(make_proxy: Any, ups: Any) -> None:
+    a, b = ups("a"), ups("b")
+    b.serve_extra = "x-envoy-immediate-health-check-fail: true\r\n"
+    p = checked_proxy(make_proxy, [a.port, b.port], health_check(
+        interval="1s", no_traffic_interval="1s", unhealthy_threshold=3, healthy_threshold=2))
+    with RawConn(p.listener_port()) as c:
+        for _ in range(8):
+            r = c.request(get("/"))
+            if r.body == b"b":
+                # The header goes on to the client as it came.
+                assert r.header("x-envoy-immediate-health-check-fail") == "true"
+                break
+        else:
+            raise AssertionError("no request reached b")
+    wait_flags(p, b.port, "/failed_active_hc/excluded_via_immediate_hc_fail")
+    s = p.stats()
+    assert s[HC + "passive_failure"] == 1
+    assert s[HC + "failure"] == 1
+    assert s["cluster.up.membership_excluded"] == 1
+    assert s["cluster.up.membership_healthy"] == 1
+    j = json.loads(admin_get(p, "/clusters?format=json"))
+    statuses = {h["address"]["socket_address"]["port_value"]: h["health_status"]
+                for h in j["cluster_statuses"][0]["host_statuses"]}  # fmt: skip
+    assert statuses[b.port] == {"failed_active_health_check": True, "eds_health_status": "HEALTHY",
+                                "excluded_via_immediate_hc_fail": True}  # fmt: skip
+    assert served_by(p, 6) == ["a"] * 6
+    # Back after healthy_threshold passing checks (the checks never said anything).
+    b.serve_extra = ""
+    n = len(b.checks)
+    wait_for(lambda: len(b.checks) > n, what="a check of b")
+    assert flags(p)[b.port] == "/failed_active_hc/excluded_via_immediate_hc_fail"
+    wait_flags(p, b.port, "healthy")
+    assert p.stats()["cluster.up.membership_excluded"] == 0
 
 
 # --- panic ------------------------------------------------------------------------------------------

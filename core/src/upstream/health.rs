@@ -55,6 +55,9 @@ pub mod flag {
     pub const DEGRADED: u8 = 4;
     /// `/active_hc_timeout`: a failed host whose latest check timed out.
     pub const TIMEOUT: u8 = 8;
+    /// `/excluded_via_immediate_hc_fail`: a proxied response said
+    /// `x-envoy-immediate-health-check-fail` (failed too, until its checks pass again).
+    pub const EXCLUDED: u8 = 16;
 }
 
 /// A host's flags before its first check: failed (so not picked while others are healthy)
@@ -75,6 +78,8 @@ pub struct HealthState {
     flags: Mutex<HashMap<SocketAddr, u8>>,
     /// The cluster has made a connection for a request: checks leave the no-traffic interval.
     pub traffic: AtomicBool,
+    /// The checker thread, for a worker's passive failure (set once the thread has the state).
+    checker: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<HcCmd>>,
 }
 
 impl HealthState {
@@ -86,6 +91,7 @@ impl HealthState {
             stats: Arc::default(),
             flags: Mutex::default(),
             traffic: AtomicBool::new(false),
+            checker: std::sync::OnceLock::new(),
         }
     }
 
@@ -99,6 +105,7 @@ impl HealthState {
             stats: old.stats.clone(),
             flags: Mutex::new(old.lock().clone()),
             traffic: AtomicBool::new(old.traffic.load(Ordering::Relaxed)),
+            checker: std::sync::OnceLock::new(),
         }
     }
 
@@ -116,6 +123,18 @@ impl HealthState {
     /// Whether a host may be picked (outside panic).
     pub fn healthy(&self, addr: SocketAddr) -> bool {
         self.flags(addr) & flag::FAILED == 0
+    }
+
+    /// A proxied response from `addr` said `x-envoy-immediate-health-check-fail`: the checker
+    /// fails and excludes the host (its thread writes the flags and stats).
+    #[cold]
+    pub fn passive_fail(&self, addr: SocketAddr) {
+        if let Some(tx) = self.checker.get() {
+            let _ = tx.send(HcCmd::PassiveFail {
+                state: self as *const HealthState as usize,
+                addr,
+            });
+        }
     }
 
     /// Notes that the cluster carries requests (a connection was made for one).
@@ -187,6 +206,9 @@ pub enum HcCmd {
     /// The workers to tell of changes (given once they are started; each is told of every
     /// cluster then, for what changed while they were being built).
     Workers(Vec<tokio::sync::mpsc::UnboundedSender<Cmd>>),
+    /// A worker saw `x-envoy-immediate-health-check-fail` from `addr` of the cluster whose
+    /// state is at `state` (looked up among the checked clusters; gone: ignored).
+    PassiveFail { state: usize, addr: SocketAddr },
     /// Stop every session and end the thread.
     Stop,
 }
@@ -201,6 +223,9 @@ impl Checker {
     /// Starts the thread; `stores` shows each cluster's `health_check.*`.
     pub fn spawn(stores: Arc<Stores>) -> std::io::Result<Checker> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // The thread's own sender, which it hands to each state it checks (for passive
+        // failures); the thread ends on `Stop`, not when the senders are gone.
+        let me = tx.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -208,7 +233,7 @@ impl Checker {
             .name("pyproxy-hc".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(rx, stores));
+                local.block_on(&rt, run(rx, me, stores));
             })?;
         Ok(Checker {
             tx,
@@ -275,7 +300,11 @@ struct Checked {
 /// The workers' senders, given once they have started.
 type Workers = Rc<RefCell<Vec<tokio::sync::mpsc::UnboundedSender<Cmd>>>>;
 
-async fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<HcCmd>, stores: Arc<Stores>) {
+async fn run(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<HcCmd>,
+    me: tokio::sync::mpsc::UnboundedSender<HcCmd>,
+    stores: Arc<Stores>,
+) {
     let workers: Workers = Rc::default();
     // Keyed by the compiled cluster (its address), as the DNS thread names it.
     let mut clusters: HashMap<usize, Checked> = HashMap::new();
@@ -314,6 +343,28 @@ async fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<HcCmd>, stores: Arc<St
                 }
                 clusters = next;
             }
+            HcCmd::PassiveFail { state, addr } => {
+                let Some(k) = clusters
+                    .values()
+                    .find(|k| Arc::as_ptr(&k.state) as usize == state)
+                else {
+                    continue;
+                };
+                // Envoy's passive failure: failed and excluded at once, whatever the
+                // threshold, until healthy_threshold checks pass.
+                let st = &k.state;
+                let before = st.flags(addr);
+                st.stats.failure.inc();
+                st.stats.passive_failure.inc();
+                st.set(
+                    addr,
+                    (before & !flag::PENDING) | flag::FAILED | flag::EXCLUDED,
+                );
+                let m: HashSet<SocketAddr> = st.lock().keys().copied().collect();
+                st.publish(&m);
+                tell(&workers.borrow(), st);
+                continue;
+            }
             HcCmd::Hosts { id, hosts } => match clusters.get_mut(&id) {
                 Some(k) => k.hosts = (*hosts).clone(),
                 None => continue,
@@ -322,6 +373,7 @@ async fn run(mut rx: tokio::sync::mpsc::UnboundedReceiver<HcCmd>, stores: Arc<St
         registered.retain(|w| w.strong_count() > 0);
         let mut want = HashSet::new();
         for k in clusters.values() {
+            let _ = k.state.checker.set(me.clone());
             let sid = Arc::as_ptr(&k.state) as usize;
             if !registered
                 .iter()
@@ -383,6 +435,8 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
     let mut conn: Option<TcpStream> = None;
     let mut first = true;
     let (mut healthy_run, mut unhealthy_run) = (0u32, 0u32);
+    // The flags this session last wrote.
+    let mut last: Option<u8> = None;
     let timeout = Duration::from_millis(cfg.timeout_ms.max(1));
     loop {
         state.stats.attempt.inc();
@@ -395,6 +449,11 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
             }
         };
         let before = state.flags(addr);
+        // A passive failure since the last check starts the streaks over.
+        if last.is_some_and(|l| l != before) {
+            healthy_run = 0;
+            unhealthy_run = 0;
+        }
         let mut f = before & !flag::PENDING;
         // Whether the host is now on its way to a change (a threshold not yet reached).
         let mut pending = false;
@@ -406,7 +465,7 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
                     // A host's first answer makes it healthy at once (Envoy's start-up rule).
                     // A threshold of 0 is never reached, as in Envoy.
                     if first || healthy_run == cfg.healthy_threshold {
-                        f &= !(flag::FAILED | flag::TIMEOUT);
+                        f &= !(flag::FAILED | flag::TIMEOUT | flag::EXCLUDED);
                         healthy_run = 0;
                     } else {
                         pending = true;
@@ -444,6 +503,7 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
             }
         }
         first = false;
+        last = Some(f);
         let changed = state.set(addr, f);
         let now_failed = f & flag::FAILED != 0;
         if changed || (before ^ f) & flag::DEGRADED != 0 {

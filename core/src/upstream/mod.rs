@@ -284,8 +284,8 @@ impl ClusterRt {
     }
 
     fn replace_hosts(&self, hosts: Vec<Rc<HostRt>>, changed: bool) {
-        let (health, healthy, degraded) = match &self.cfg.health {
-            None => (Health::All, hosts.len(), 0),
+        let (health, healthy, degraded, excluded) = match &self.cfg.health {
+            None => (Health::All, hosts.len(), 0, 0),
             Some(state) => {
                 let flags: Vec<u8> = hosts.iter().map(|h| state.flags(h.addr)).collect();
                 let ok: Vec<Rc<HostRt>> = hosts
@@ -301,7 +301,13 @@ impl ClusterRt {
                     .iter()
                     .filter(|f| *f & health::flag::FAILED == 0 && *f & health::flag::DEGRADED != 0)
                     .count();
-                let (total, n) = (hosts.len(), ok.len());
+                // Hosts excluded by a passive failure count in neither the healthy nor the
+                // whole (Envoy leaves them out of both).
+                let excluded = flags
+                    .iter()
+                    .filter(|f| *f & health::flag::EXCLUDED != 0)
+                    .count();
+                let (total, n) = (hosts.len() - excluded, ok.len());
                 // Envoy's availability with its overprovisioning factor (1.4): below 100% it
                 // compares the plain share of healthy and degraded hosts with the panic
                 // threshold (a whole percent).
@@ -309,7 +315,7 @@ impl ClusterRt {
                     (140 * (n - degraded) / total.max(1) + 140 * degraded / total.max(1)).min(100);
                 let share = 100.0 * n as f64 / total.max(1) as f64;
                 let threshold = self.cfg.cfg.healthy_panic_threshold.round();
-                let health = if n == total {
+                let health = if n == hosts.len() {
                     Health::All
                 } else if available < 100 && share < threshold {
                     Health::Panic
@@ -319,7 +325,7 @@ impl ClusterRt {
                     let lb = Balancer::new(self.cfg.policy, &ok);
                     Health::Healthy(ok, lb)
                 };
-                (health, n - degraded, degraded)
+                (health, n - degraded, degraded, excluded)
             }
         };
         let set = Rc::new(HostSet {
@@ -330,14 +336,14 @@ impl ClusterRt {
         if self.publishes_membership {
             let s = &self.stats.s;
             let n = set.hosts.len() as u64;
-            // Without a health check every host is healthy; none is ever excluded here.
+            // Without a health check every host is healthy and none excluded.
             if changed {
                 s.membership_change.inc();
             }
             s.membership_total.set(n);
             s.membership_healthy.set(healthy as u64);
             s.membership_degraded.set(degraded as u64);
-            s.membership_excluded.set(0);
+            s.membership_excluded.set(excluded as u64);
             // Envoy 1.40 reports a STRICT_DNS cluster's largest weight and 0 for a STATIC one
             // (checked with the envoy binary).
             let max_weight = match self.cfg.discovery {

@@ -497,6 +497,7 @@ pub(super) async fn forward(
             saved: saved.as_deref(),
             local: response_local,
             set_cookie: set_cookie.as_deref(),
+            health: cluster.cfg.health.as_deref(),
             tries,
             replay,
             per_try_ms: fwd.retry.as_ref().map_or(0, |p| p.per_try_timeout_ms),
@@ -1739,6 +1740,9 @@ struct Exchange<'a> {
     local: Option<SocketAddr>,
     /// A `set-cookie` for the response: the cookie a `hash_policy` made up.
     set_cookie: Option<&'a [u8]>,
+    /// The cluster's active health check: a response that says
+    /// `x-envoy-immediate-health-check-fail` fails its host at once (Envoy's passive check).
+    health: Option<&'a crate::upstream::health::HealthState>,
     /// The retry policy's state, if the route has one.
     tries: Option<&'a Tries<'a>>,
     /// This try sends the body a try before read (in `head_out`): nothing is read from the
@@ -1923,6 +1927,17 @@ impl Exchange<'_> {
                 touch();
             };
             let status = head.status;
+            if let Some(h) = self.health {
+                if head
+                    .headers
+                    .may_have_any(crate::http1::head::known::X_ENVOY)
+                    && head
+                        .headers
+                        .contains(b"x-envoy-immediate-health-check-fail")
+                {
+                    h.passive_fail(self.upstream);
+                }
+            }
             // The head's last read stamped `activity`: no clock read of its own.
             let service_ms = activity
                 .get()
