@@ -177,6 +177,10 @@ SCENARIOS: dict[str, Scenario] = {
     "wsrefused": ({"canned": True}, lambda p, _: send(p, upgrade("/wsecho"))),
     # Retries (session 20): 503s until the retries run out, refused connections, per-try
     # timeouts.
+    # A health check: its first check at start (then none within the run: no_traffic_interval),
+    # passing, or failing (so the lone host is in panic).
+    "hcok": ({"hc": "/x/healthz"}, lambda p, _: send(p, get("/x"))),
+    "hcfail": ({"hc": "/status/503/healthz"}, lambda p, _: send(p, get("/x"))),
     "retry503": ({}, lambda p, _: send(p, get("/retry/status/503/x"))),
     "retryrefused": ({"dead": True}, lambda p, _: send(p, get("/retry/x"))),
     "retrypertry": ({}, lambda p, _: send(p, get("/pertry/hang"))),
@@ -189,6 +193,9 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
         c["load_assignment"]["endpoints"] = []
     if "max_requests_per_connection" in settings:
         c["max_requests_per_connection"] = settings["max_requests_per_connection"]
+    if "hc" in settings:
+        c["health_checks"] = [{"timeout": "1s", "interval": "10s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+                               "http_health_check": {"path": settings["hc"]}}]
     # No catch-all: /nope finds no route.
     routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               route("/hang", "up", timeout="0.3s")]
