@@ -59,7 +59,7 @@ KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_
 LACKS = re.compile(
     r"(lb_(?!healthy_panic)|_http[23]_|http[23]\.|up\.http1\.|metadata_not_supported|"
     r"response_flood|ssl|tracing|"
-    r"assignment_|update_|version|warming|membership_(degraded|excluded)|original_dst|bind_errors|"
+    r"assignment_|update_|version|warming|original_dst|bind_errors|"
     r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)|overload|"
     r"flow_control|shadow|maintenance|premature_resets|ip_detection|"
     r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
