@@ -379,6 +379,10 @@ def test_degraded_host(make_proxy: Any, ups: Any) -> None:
     statuses = {h["address"]["socket_address"]["port_value"]: h["health_status"]
                 for h in j["cluster_statuses"][0]["host_statuses"]}  # fmt: skip
     assert statuses[b.port] == {"eds_health_status": "HEALTHY", "failed_active_degraded_check": True}
+    # Envoy's load: the healthy host takes what it can (1.4 × 1/2 = 70%), the degraded one the
+    # rest (30%); 300 picks put the degraded share well within 15% to 45%.
+    served = served_by(p, 300)
+    assert 45 <= served.count("b") <= 135, served.count("b")
     b.extra = ""
     wait_flags(p, b.port, "healthy")
 

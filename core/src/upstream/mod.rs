@@ -209,6 +209,13 @@ pub enum Health {
     All,
     /// Only the healthy ones (and their balancer), fewer than all.
     Healthy(Vec<Rc<HostRt>>, Balancer),
+    /// Healthy hosts and degraded ones, each with its balancer: a pick goes to the healthy
+    /// ones `healthy_load` percent of the time (Envoy's load between healthy and degraded).
+    Split {
+        healthy: (Vec<Rc<HostRt>>, Balancer),
+        degraded: (Vec<Rc<HostRt>>, Balancer),
+        healthy_load: u32,
+    },
     /// Fewer hosts are healthy than the panic threshold: every host, each pick counted as
     /// `lb_healthy_panic`.
     Panic,
@@ -295,8 +302,9 @@ impl ClusterRt {
                     .map(|(h, _)| h.clone())
                     .collect();
                 // A failed host is not counted degraded (Envoy's degraded set holds hosts
-                // that would otherwise be picked); degraded ones here take requests as
-                // healthy ones do.
+                // that would otherwise be picked).
+                let is_degraded =
+                    |f: u8| f & health::flag::FAILED == 0 && f & health::flag::DEGRADED != 0;
                 let degraded = flags
                     .iter()
                     .filter(|f| *f & health::flag::FAILED == 0 && *f & health::flag::DEGRADED != 0)
@@ -315,12 +323,42 @@ impl ClusterRt {
                     (140 * (n - degraded) / total.max(1) + 140 * degraded / total.max(1)).min(100);
                 let share = 100.0 * n as f64 / total.max(1) as f64;
                 let threshold = self.cfg.cfg.healthy_panic_threshold.round();
-                let health = if n == hosts.len() {
-                    Health::All
-                } else if available < 100 && share < threshold {
+                // Envoy sends a share to degraded hosts only as far as the healthy ones
+                // (×1.4) fall short: 1 healthy and 1 degraded host take 70% and 30%.
+                let (h_av, d_av) = (
+                    (140 * (n - degraded) / total.max(1)).min(100),
+                    (140 * degraded / total.max(1)).min(100),
+                );
+                let healthy_load = (h_av * 100 / (h_av + d_av).clamp(1, 100)).min(100) as u32;
+                let health = if available < 100 && share < threshold {
                     Health::Panic
                 } else if n == 0 {
                     Health::None
+                } else if degraded > 0 && degraded < n && healthy_load < 100 {
+                    let (bad, good): (Vec<_>, Vec<_>) = hosts
+                        .iter()
+                        .zip(&flags)
+                        .filter(|(_, f)| *f & health::flag::FAILED == 0)
+                        .partition(|(_, f)| is_degraded(**f));
+                    let good: Vec<Rc<HostRt>> = good.into_iter().map(|(h, _)| h.clone()).collect();
+                    let bad: Vec<Rc<HostRt>> = bad.into_iter().map(|(h, _)| h.clone()).collect();
+                    Health::Split {
+                        healthy: (good.clone(), Balancer::new(self.cfg.policy, &good)),
+                        degraded: (bad.clone(), Balancer::new(self.cfg.policy, &bad)),
+                        healthy_load,
+                    }
+                } else if degraded > 0 && degraded < n {
+                    // The healthy ones take it all.
+                    let good: Vec<Rc<HostRt>> = hosts
+                        .iter()
+                        .zip(&flags)
+                        .filter(|(_, f)| *f & health::flag::FAILED == 0 && !is_degraded(**f))
+                        .map(|(h, _)| h.clone())
+                        .collect();
+                    let lb = Balancer::new(self.cfg.policy, &good);
+                    Health::Healthy(good, lb)
+                } else if n == hosts.len() {
+                    Health::All
                 } else {
                     let lb = Balancer::new(self.cfg.policy, &ok);
                     Health::Healthy(ok, lb)
@@ -369,16 +407,34 @@ impl ClusterRt {
     #[inline]
     pub fn pick(&self) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();
-        let (hosts, lb) = self.among(&set)?;
+        let (hosts, lb) = self.among(&set, None)?;
         lb.pick(hosts).map(|i| hosts[i].clone())
     }
 
-    /// The hosts (and their balancer) a pick is among, given their health.
+    /// The hosts (and their balancer) a pick is among, given their health (`hash`: the
+    /// request's, which chooses between healthy and degraded hosts as Envoy's does).
     #[inline]
-    fn among<'s>(&self, set: &'s HostSet) -> Option<(&'s [Rc<HostRt>], &'s Balancer)> {
+    fn among<'s>(
+        &self,
+        set: &'s HostSet,
+        hash: Option<u64>,
+    ) -> Option<(&'s [Rc<HostRt>], &'s Balancer)> {
         match &set.health {
             Health::All => Some((&set.hosts, &set.lb)),
             Health::Healthy(ok, lb) => Some((ok, lb)),
+            Health::Split {
+                healthy,
+                degraded,
+                healthy_load,
+            } => {
+                let at = hash.unwrap_or_else(|| fastrand::u64(..)) % 100;
+                let (hosts, lb) = if at < u64::from(*healthy_load) {
+                    healthy
+                } else {
+                    degraded
+                };
+                Some((hosts, lb))
+            }
             Health::Panic => {
                 self.stats.s.lb_healthy_panic.inc();
                 Some((&set.hosts, &set.lb))
@@ -390,14 +446,14 @@ impl ClusterRt {
     /// A hashing balancer's `attempt`-th pick for hash `h` (a retry picking again).
     pub fn pick_hashed_try(&self, h: u64, attempt: u32) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();
-        let (hosts, lb) = self.among(&set)?;
+        let (hosts, lb) = self.among(&set, Some(h))?;
         lb.pick_hashed_try(h, attempt).map(|i| hosts[i].clone())
     }
 
     /// Picks a host for a request by its hash (a hashing policy; `None`: a random point).
     pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Rc<HostRt>> {
         let set = self.hosts.borrow();
-        let (hosts, lb) = self.among(&set)?;
+        let (hosts, lb) = self.among(&set, hash)?;
         lb.pick_hashed(hosts, hash).map(|i| hosts[i].clone())
     }
 }
