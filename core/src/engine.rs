@@ -411,6 +411,11 @@ impl Engine {
                 run.drains_end.push(now.checked_add(run.drain.drain_time()));
             }
         }
+        // Envoy warms a cluster before it takes requests: the hosts of a cluster whose health
+        // check is new have their first check before the workers see it (a kept or changed
+        // check's hosts have their results already).
+        run.health.send(HcCmd::Snapshot(compiled.clone()));
+        run.health.wait_first_checks(&compiled);
         for (w, a) in run.workers.iter().zip(add) {
             w.send(Cmd::Apply {
                 compiled: compiled.clone(),
@@ -418,7 +423,6 @@ impl Engine {
                 remove: remove.clone(),
             });
         }
-        run.health.send(HcCmd::Snapshot(compiled.clone()));
         let mut current = run.compiled.lock().unwrap_or_else(|e| e.into_inner());
         self.managers
             .lock()

@@ -611,3 +611,18 @@ def test_apply_keeps_an_unchanged_clusters_health(make_proxy: Any, ups: Any) -> 
     p.apply(cfg)
     wait_flags(p, b.port, "healthy")
     assert p.stats()[HC + "attempt"] >= attempts + 2
+
+
+@pytest.mark.skipif(TARGET_IS_ENVOY, reason="apply is pyproxy's API")
+def test_apply_warms_a_new_check_before_requests_see_it(make_proxy: Any, ups: Any) -> None:
+    a, b = ups("a"), ups("b")
+    b.status = 503
+    cfg = bootstrap([route("/", "up")], [cluster("up", a.port, b.port)])
+    p = make_proxy(cfg)
+    assert sorted(set(served_by(p, 6))) == ["a", "b"]
+    # The check is new: apply returns once both hosts have had their first check, so no
+    # request goes to the failing one.
+    cfg["static_resources"]["clusters"][0]["health_checks"] = [health_check(interval="5s", no_traffic_interval="5s")]
+    p.apply(cfg)
+    assert flags(p) == {a.port: "healthy", b.port: "/failed_active_hc"}
+    assert served_by(p, 6) == ["a"] * 6
