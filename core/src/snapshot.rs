@@ -70,31 +70,24 @@ pub struct Compiled {
 impl Compiled {
     /// Keeps the circuit breakers (what they count included) and the health state of each
     /// cluster `prev` has with the same config, as Envoy keeps a cluster an update leaves as
-    /// it was. Called on a freshly compiled snapshot, before it is shared.
+    /// it was (a changed health check starts from the old one's stats and findings). Called on
+    /// a freshly compiled snapshot, before it is shared.
     pub fn keep_unchanged(&mut self, prev: &Compiled) {
-        // A changed health check of a cluster of the same name takes over the old one's stats
-        // and what it found.
         for c in &mut self.clusters {
-            let Some(old) = prev.clusters.iter().find(|o| o.cfg.name == c.cfg.name) else {
+            let (Some(old), Some(c)) = (
+                prev.clusters.iter().find(|o| o.cfg.name == c.cfg.name),
+                Arc::get_mut(c),
+            ) else {
                 continue;
             };
-            if let (Some(c), Some(old_h)) = (Arc::get_mut(c), &old.health) {
-                if let Some(h) = &c.health {
-                    c.health = Some(Arc::new(crate::upstream::health::HealthState::succeed(
-                        h.cfg.clone(),
-                        old_h,
-                    )));
-                }
-            }
-        }
-        for c in &mut self.clusters {
-            let Some(old) = prev.clusters.iter().find(|o| o.cfg == c.cfg) else {
-                continue;
-            };
-            if let Some(c) = Arc::get_mut(c) {
+            if old.cfg == c.cfg {
                 c.breakers = old.breakers.clone();
                 // Its hosts keep their health (and its checks go on).
                 c.health = old.health.clone();
+            } else if let (Some(h), Some(old_h)) = (&c.health, &old.health) {
+                // A changed check takes over the old one's stats and what it found.
+                let state = crate::upstream::health::HealthState::succeed(h.cfg.clone(), old_h);
+                c.health = Some(Arc::new(state));
             }
         }
     }

@@ -21,6 +21,8 @@ HCM = f"{LISTENER}.filter_chains[0].filters[0].typed_config"
 VHOST = f"{HCM}.route_config.virtual_hosts[0]"
 ROUTE = f"{VHOST}.routes[0]"
 CLUSTER = "static_resources.clusters[0]"
+# A health check with its required fields; a case adds its checker or the field it tests.
+HC = {"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1}
 SOCKET = f"{CLUSTER}.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address"
 HPO_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HPO_TYPE = "type.googleapis.com/" + HPO_KEY
@@ -599,58 +601,47 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("health_check_no_checker", lambda c: cluster(c).update(health_checks=[{
         "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1}]),
      f"{CLUSTER}.health_checks[0]", "needs a checker"),
-    ("health_check_two", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_two", lambda c: cluster(c).update(health_checks=[{**HC,
         "tcp_health_check": {}}] * 2),
      f"{CLUSTER}.health_checks", "only one health check per cluster"),
     ("health_check_named", lambda c: cluster(c).update(health_checks=[{
         "name": "hc", "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
         "tcp_health_check": {}}]),
      f"{CLUSTER}.health_checks[0].name", "named health checks are not supported yet"),
-    ("health_check_no_path", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_no_path", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.path", "is required"),
-    ("health_check_status_range", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_status_range", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {"path": "/h", "expected_statuses": [{"start": 300, "end": 200}]}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.expected_statuses[0]", "start (300) must be below end (200)"),
-    ("health_check_host_header", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_host_header", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {"path": "/h", "request_headers_to_add": [{"header": {"key": "Host", "value": "x"}}]}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_add[0].header.key",
      "-prefixed or host headers may not be modified"),
-    ("health_check_content_length", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_content_length", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {"path": "/h", "request_headers_to_add": [
             {"header": {"key": "content-length", "value": "3"}}]}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_add[0].header.key", "may not be added"),
-    ("health_check_header_name", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_header_name", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {"path": "/h", "request_headers_to_add": [{"header": {"key": "x(a", "value": "3"}}]}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_add[0].header.key",
      "is not a valid header name"),
-    ("health_check_path_nul", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_path_nul", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {"path": "/h\u0000x"}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.path", "is not a valid request path"),
-    ("health_check_remove_host", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_remove_host", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {"path": "/h", "request_headers_to_remove": ["host"]}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.request_headers_to_remove[0]",
      ":-prefixed or host headers may not be removed"),
-    ("health_check_connect", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_connect", lambda c: cluster(c).update(health_checks=[{**HC,
         "http_health_check": {"path": "/h", "method": "CONNECT"}}]),
      f"{CLUSTER}.health_checks[0].http_health_check.method", "CONNECT is not allowed"),
-    ("health_check_bad_hex", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_bad_hex", lambda c: cluster(c).update(health_checks=[{**HC,
         "tcp_health_check": {"send": {"text": "zz"}, "receive": [{"text": "00"}]}}]),
      f"{CLUSTER}.health_checks[0].tcp_health_check.send.text", "is not hex"),
     ("panic_threshold", lambda c: cluster(c).update(common_lb_config={"healthy_panic_threshold": {"value": 120}}),
      f"{CLUSTER}.common_lb_config.healthy_panic_threshold.value", "<= 100"),
-    ("health_check_grpc", lambda c: cluster(c).update(health_checks=[{
-        "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+    ("health_check_grpc", lambda c: cluster(c).update(health_checks=[{**HC,
         "grpc_health_check": {}}]),
      f"{CLUSTER}.health_checks[0].grpc_health_check", "gRPC health checks are not supported yet"),
     # circuit breakers

@@ -25,8 +25,8 @@ use crate::config::HeaderAdd;
 use crate::config::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use crate::http1::body::{Decoded, Decoder};
 use crate::http1::codec::response_framing;
-use crate::http1::head::parse_response_counted;
-use crate::snapshot::{Compiled, CompiledCluster, HostAddr};
+use crate::http1::head::parse_response;
+use crate::snapshot::{Compiled, HostAddr};
 use crate::stats::{Scope, Visitor};
 use crate::worker::{Cmd, Stores};
 
@@ -47,10 +47,8 @@ impl Scope for HealthStats {
 
 /// A host's health flags (Envoy's `Host::HealthFlag`s that active checking sets).
 pub mod flag {
-    /// `/failed_active_hc`: out of the balancer.
+    /// `/failed_active_hc`: out of the balancer (also a host not yet checked).
     pub const FAILED: u8 = 1;
-    /// `/pending_active_hc`: no check has answered yet.
-    pub const PENDING: u8 = 2;
     /// `/degraded_active_hc`: the upstream said `x-envoy-degraded`.
     pub const DEGRADED: u8 = 4;
     /// `/active_hc_timeout`: a failed host whose latest check timed out.
@@ -60,9 +58,8 @@ pub mod flag {
     pub const EXCLUDED: u8 = 16;
 }
 
-/// A host's flags before its first check: failed (so not picked while others are healthy)
-/// and pending.
-const UNCHECKED: u8 = flag::FAILED | flag::PENDING;
+/// A host's flags before its first check: failed (so not picked while others are healthy).
+const UNCHECKED: u8 = flag::FAILED;
 
 /// One cluster's health check and what it found, shared by the checker thread (the only
 /// writer), the workers and the admin.
@@ -120,11 +117,6 @@ impl HealthState {
         hosts.iter().all(|h| m.contains_key(&h.addr))
     }
 
-    /// Whether a host may be picked (outside panic).
-    pub fn healthy(&self, addr: SocketAddr) -> bool {
-        self.flags(addr) & flag::FAILED == 0
-    }
-
     /// A proxied response from `addr` said `x-envoy-immediate-health-check-fail`: the checker
     /// fails and excludes the host (its thread writes the flags and stats).
     #[cold]
@@ -149,27 +141,28 @@ impl HealthState {
         self.flags.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets a host's flags; returns whether its being picked changed.
-    fn set(&self, addr: SocketAddr, f: u8) -> bool {
-        let mut m = self.lock();
-        let old = m.insert(addr, f).unwrap_or(UNCHECKED);
-        (old & flag::FAILED) != (f & flag::FAILED)
+    /// Sets a host's flags, changed from `before`: when its being picked or degraded changed,
+    /// the gauges follow and every worker rebuilds its balancer.
+    fn record(&self, addr: SocketAddr, before: u8, f: u8, workers: &Workers) {
+        self.lock().insert(addr, f);
+        if (before ^ f) & (flag::FAILED | flag::DEGRADED) != 0 {
+            self.publish();
+            tell(&workers.borrow(), self);
+        }
     }
 
     /// Keeps only `hosts`' flags and sets the gauges from them.
     fn retain(&self, hosts: &HashSet<SocketAddr>) {
-        let mut m = self.lock();
-        m.retain(|a, _| hosts.contains(a));
-        drop(m);
-        self.publish(hosts);
+        self.lock().retain(|a, _| hosts.contains(a));
+        self.publish();
     }
 
-    /// `health_check.healthy` and `.degraded` for `hosts`.
-    fn publish(&self, hosts: &HashSet<SocketAddr>) {
+    /// `health_check.healthy` and `.degraded` for the checked hosts (one not yet checked is
+    /// neither).
+    fn publish(&self) {
         let m = self.lock();
-        let f = |a: &SocketAddr| m.get(a).copied().unwrap_or(UNCHECKED);
-        let healthy = hosts.iter().filter(|a| f(a) & flag::FAILED == 0).count();
-        let degraded = hosts.iter().filter(|a| f(a) & flag::DEGRADED != 0).count();
+        let healthy = m.values().filter(|f| *f & flag::FAILED == 0).count();
+        let degraded = m.values().filter(|f| *f & flag::DEGRADED != 0).count();
         self.stats.healthy.set(healthy as u64);
         // Shown once a host was degraded (Envoy creates it used then).
         if degraded > 0 || self.stats.degraded.used() {
@@ -292,7 +285,6 @@ impl Drop for Checker {
 
 /// A cluster the thread checks.
 struct Checked {
-    cluster: Arc<CompiledCluster>,
     state: Arc<HealthState>,
     hosts: Vec<HostAddr>,
 }
@@ -332,14 +324,7 @@ async fn run(
                     // Its hosts as compiled (a STRICT_DNS cluster was resolved again then); the
                     // DNS thread sends later changes.
                     let hosts = cl.hosts.clone();
-                    next.insert(
-                        id,
-                        Checked {
-                            cluster: cl.clone(),
-                            state,
-                            hosts,
-                        },
-                    );
+                    next.insert(id, Checked { state, hosts });
                 }
                 clusters = next;
             }
@@ -356,13 +341,12 @@ async fn run(
                 let before = st.flags(addr);
                 st.stats.failure.inc();
                 st.stats.passive_failure.inc();
-                st.set(
+                st.record(
                     addr,
-                    (before & !flag::PENDING) | flag::FAILED | flag::EXCLUDED,
+                    before,
+                    before | flag::FAILED | flag::EXCLUDED,
+                    &workers,
                 );
-                let m: HashSet<SocketAddr> = st.lock().keys().copied().collect();
-                st.publish(&m);
-                tell(&workers.borrow(), st);
                 continue;
             }
             HcCmd::Hosts { id, hosts } => match clusters.get_mut(&id) {
@@ -382,7 +366,7 @@ async fn run(
                 let scope: Arc<dyn Scope> = k.state.stats.clone();
                 stores
                     .stats
-                    .register(format!("cluster.{}.health_check.", k.cluster.name), &scope);
+                    .register(format!("cluster.{}.health_check.", k.state.cluster), &scope);
                 registered.push(Arc::downgrade(&k.state.stats));
             }
             let addrs: HashSet<SocketAddr> = k.hosts.iter().map(|h| h.addr).collect();
@@ -408,10 +392,11 @@ async fn run(
 }
 
 /// Tells every worker to rebuild the cluster's balancer from its health state.
-fn tell(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], state: &Arc<HealthState>) {
+fn tell(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], state: &HealthState) {
+    // Each worker finds the cluster by its state's address.
     for w in workers {
         let _ = w.send(Cmd::Health {
-            state: state.clone(),
+            state: state as *const HealthState as usize,
         });
     }
 }
@@ -433,28 +418,32 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
         tokio::time::sleep(Duration::from_millis(initial)).await;
     }
     let mut conn: Option<TcpStream> = None;
-    let mut first = true;
+    // An HTTP check sends the same request every time.
+    let request = cfg.http.as_ref().map(|h| http_request(h, &state.cluster));
     let (mut healthy_run, mut unhealthy_run) = (0u32, 0u32);
-    // The flags this session last wrote.
+    // The flags this session last wrote (none yet: its first check).
     let mut last: Option<u8> = None;
     let timeout = Duration::from_millis(cfg.timeout_ms.max(1));
     loop {
         state.stats.attempt.inc();
-        let verdict = match tokio::time::timeout(timeout, check(&state, addr, &mut conn)).await {
-            Ok(v) => v,
-            Err(_) => {
-                // The connection of a check that timed out is closed (Envoy's too).
-                conn = None;
-                Verdict::Timeout
-            }
-        };
+        let verdict =
+            match tokio::time::timeout(timeout, check(&state, request.as_deref(), addr, &mut conn))
+                .await
+            {
+                Ok(v) => v,
+                Err(_) => {
+                    // The connection of a check that timed out is closed (Envoy's too).
+                    conn = None;
+                    Verdict::Timeout
+                }
+            };
         let before = state.flags(addr);
         // A passive failure since the last check starts the streaks over.
         if last.is_some_and(|l| l != before) {
             healthy_run = 0;
             unhealthy_run = 0;
         }
-        let mut f = before & !flag::PENDING;
+        let mut f = before;
         // Whether the host is now on its way to a change (a threshold not yet reached).
         let mut pending = false;
         match verdict {
@@ -464,7 +453,7 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
                     healthy_run += 1;
                     // A host's first answer makes it healthy at once (Envoy's start-up rule).
                     // A threshold of 0 is never reached, as in Envoy.
-                    if first || healthy_run == cfg.healthy_threshold {
+                    if last.is_none() || healthy_run == cfg.healthy_threshold {
                         f &= !(flag::FAILED | flag::TIMEOUT | flag::EXCLUDED);
                         healthy_run = 0;
                     } else {
@@ -502,19 +491,9 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
                 state.stats.failure.inc();
             }
         }
-        first = false;
         last = Some(f);
-        let changed = state.set(addr, f);
+        state.record(addr, before, f, &workers);
         let now_failed = f & flag::FAILED != 0;
-        if changed || (before ^ f) & flag::DEGRADED != 0 {
-            // The gauges count the cluster's current hosts (this one among them).
-            let m: HashSet<SocketAddr> = state.lock().keys().copied().collect();
-            state.publish(&m);
-        }
-        // Degraded hosts count apart in the membership gauges.
-        if changed || (before ^ f) & flag::DEGRADED != 0 {
-            tell(&workers.borrow(), &state);
-        }
         if !cfg.reuse_connection {
             conn = None;
         }
@@ -560,7 +539,12 @@ fn interval(
 }
 
 /// One check of `addr`, on `conn` if it is open (else a new connection, kept there).
-async fn check(state: &HealthState, addr: SocketAddr, conn: &mut Option<TcpStream>) -> Verdict {
+async fn check(
+    state: &HealthState,
+    request: Option<&[u8]>,
+    addr: SocketAddr,
+    conn: &mut Option<TcpStream>,
+) -> Verdict {
     // A kept connection the upstream closed meanwhile is no failure: the check goes on a new
     // one, as Envoy's does.
     if let Some(s) = conn.as_ref() {
@@ -583,8 +567,8 @@ async fn check(state: &HealthState, addr: SocketAddr, conn: &mut Option<TcpStrea
         return Verdict::Network;
     };
     let cfg = &state.cfg;
-    let v = if let Some(h) = &cfg.http {
-        http_check(h, &state.cluster, s).await
+    let v = if let (Some(h), Some(req)) = (&cfg.http, request) {
+        http_check(h, req, s).await
     } else if let Some(t) = &cfg.tcp {
         tcp_check(t, s).await
     } else {
@@ -647,15 +631,13 @@ fn in_ranges(ranges: &[(u16, u16)], status: u16) -> bool {
 /// An HTTP check: the verdict, and whether the connection can carry the next one.
 async fn http_check(
     h: &HttpHealthCheck,
-    cluster: &str,
+    request: &[u8],
     s: &mut TcpStream,
 ) -> Result<(Verdict, bool), ()> {
-    s.write_all(&http_request(h, cluster))
-        .await
-        .map_err(|_| ())?;
+    s.write_all(request).await.map_err(|_| ())?;
     let mut buf = BytesMut::with_capacity(4096);
     let head = loop {
-        if let Some(head) = parse_response_counted(&mut buf, 64 * 1024, 100).map_err(|_| ())? {
+        if let Some(head) = parse_response(&mut buf, 64 * 1024).map_err(|_| ())? {
             if (100..200).contains(&head.status) {
                 continue;
             }

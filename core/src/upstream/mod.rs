@@ -293,78 +293,7 @@ impl ClusterRt {
     fn replace_hosts(&self, hosts: Vec<Rc<HostRt>>, changed: bool) {
         let (health, healthy, degraded, excluded) = match &self.cfg.health {
             None => (Health::All, hosts.len(), 0, 0),
-            Some(state) => {
-                let flags: Vec<u8> = hosts.iter().map(|h| state.flags(h.addr)).collect();
-                let ok: Vec<Rc<HostRt>> = hosts
-                    .iter()
-                    .zip(&flags)
-                    .filter(|(_, f)| *f & health::flag::FAILED == 0)
-                    .map(|(h, _)| h.clone())
-                    .collect();
-                // A failed host is not counted degraded (Envoy's degraded set holds hosts
-                // that would otherwise be picked).
-                let is_degraded =
-                    |f: u8| f & health::flag::FAILED == 0 && f & health::flag::DEGRADED != 0;
-                let degraded = flags
-                    .iter()
-                    .filter(|f| *f & health::flag::FAILED == 0 && *f & health::flag::DEGRADED != 0)
-                    .count();
-                // Hosts excluded by a passive failure count in neither the healthy nor the
-                // whole (Envoy leaves them out of both).
-                let excluded = flags
-                    .iter()
-                    .filter(|f| *f & health::flag::EXCLUDED != 0)
-                    .count();
-                let (total, n) = (hosts.len() - excluded, ok.len());
-                // Envoy's availability with its overprovisioning factor (1.4): below 100% it
-                // compares the plain share of healthy and degraded hosts with the panic
-                // threshold (a whole percent).
-                let available =
-                    (140 * (n - degraded) / total.max(1) + 140 * degraded / total.max(1)).min(100);
-                let share = 100.0 * n as f64 / total.max(1) as f64;
-                let threshold = self.cfg.cfg.healthy_panic_threshold.round();
-                // Envoy sends a share to degraded hosts only as far as the healthy ones
-                // (×1.4) fall short: 1 healthy and 1 degraded host take 70% and 30%.
-                let (h_av, d_av) = (
-                    (140 * (n - degraded) / total.max(1)).min(100),
-                    (140 * degraded / total.max(1)).min(100),
-                );
-                let healthy_load = (h_av * 100 / (h_av + d_av).clamp(1, 100)).min(100) as u32;
-                let health = if available < 100 && share < threshold {
-                    Health::Panic
-                } else if n == 0 {
-                    Health::None
-                } else if degraded > 0 && degraded < n && healthy_load < 100 {
-                    let (bad, good): (Vec<_>, Vec<_>) = hosts
-                        .iter()
-                        .zip(&flags)
-                        .filter(|(_, f)| *f & health::flag::FAILED == 0)
-                        .partition(|(_, f)| is_degraded(**f));
-                    let good: Vec<Rc<HostRt>> = good.into_iter().map(|(h, _)| h.clone()).collect();
-                    let bad: Vec<Rc<HostRt>> = bad.into_iter().map(|(h, _)| h.clone()).collect();
-                    Health::Split {
-                        healthy: (good.clone(), Balancer::new(self.cfg.policy, &good)),
-                        degraded: (bad.clone(), Balancer::new(self.cfg.policy, &bad)),
-                        healthy_load,
-                    }
-                } else if degraded > 0 && degraded < n {
-                    // The healthy ones take it all.
-                    let good: Vec<Rc<HostRt>> = hosts
-                        .iter()
-                        .zip(&flags)
-                        .filter(|(_, f)| *f & health::flag::FAILED == 0 && !is_degraded(**f))
-                        .map(|(h, _)| h.clone())
-                        .collect();
-                    let lb = Balancer::new(self.cfg.policy, &good);
-                    Health::Healthy(good, lb)
-                } else if n == hosts.len() {
-                    Health::All
-                } else {
-                    let lb = Balancer::new(self.cfg.policy, &ok);
-                    Health::Healthy(ok, lb)
-                };
-                (health, n - degraded, degraded, excluded)
-            }
+            Some(state) => self.health_of(state, &hosts),
         };
         let set = Rc::new(HostSet {
             lb: Balancer::new(self.cfg.policy, &hosts),
@@ -401,6 +330,64 @@ impl ClusterRt {
             }
         }
         *self.hosts.borrow_mut() = set;
+    }
+
+    /// Which of `hosts` a pick is among, as Envoy's balancer has it from the health check's
+    /// flags, and the healthy, degraded and excluded counts (the membership gauges).
+    fn health_of(
+        &self,
+        state: &health::HealthState,
+        hosts: &[Rc<HostRt>],
+    ) -> (Health, usize, usize, usize) {
+        use health::flag::{DEGRADED, EXCLUDED, FAILED};
+        let flags: Vec<u8> = hosts.iter().map(|h| state.flags(h.addr)).collect();
+        // The hosts not failed, healthy and degraded apart (a failed host is not counted
+        // degraded: Envoy's degraded set holds hosts that would otherwise be picked).
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for (h, f) in hosts.iter().zip(&flags) {
+            match (f & FAILED != 0, f & DEGRADED != 0) {
+                (true, _) => {}
+                (false, false) => good.push(h.clone()),
+                (false, true) => bad.push(h.clone()),
+            }
+        }
+        // Hosts excluded by a passive failure count in neither the healthy nor the whole
+        // (Envoy leaves them out of both).
+        let excluded = flags.iter().filter(|f| *f & EXCLUDED != 0).count();
+        let (n, degraded) = (good.len() + bad.len(), bad.len());
+        let total = (hosts.len() - excluded).max(1);
+        // Envoy's availability with its overprovisioning factor (1.4), healthy and degraded
+        // apart; below 100% it compares the plain share of both with the panic threshold (a
+        // whole percent). The degraded hosts get what the healthy ones cannot take: 1 healthy
+        // and 1 degraded host, 70% and 30%.
+        let (h_av, d_av) = (
+            (140 * good.len() / total).min(100),
+            (140 * degraded / total).min(100),
+        );
+        let available = (h_av + d_av).min(100);
+        let share = 100.0 * n as f64 / total as f64;
+        let healthy_load = (h_av * 100 / available.max(1)).min(100) as u32;
+        let policy = self.cfg.policy;
+        let health = if available < 100 && share < self.cfg.cfg.healthy_panic_threshold.round() {
+            Health::Panic
+        } else if n == 0 {
+            Health::None
+        } else if !good.is_empty() && !bad.is_empty() && healthy_load < 100 {
+            let (good_lb, bad_lb) = (Balancer::new(policy, &good), Balancer::new(policy, &bad));
+            Health::Split {
+                healthy: (good, good_lb),
+                degraded: (bad, bad_lb),
+                healthy_load,
+            }
+        } else if n == hosts.len() && (good.is_empty() || bad.is_empty()) {
+            Health::All
+        } else {
+            // Only healthy hosts, or only degraded ones if none is healthy.
+            let ok = if good.is_empty() { bad } else { good };
+            let lb = Balancer::new(policy, &ok);
+            Health::Healthy(ok, lb)
+        };
+        (health, n - degraded, degraded, excluded)
     }
 
     /// Picks a host for a request.

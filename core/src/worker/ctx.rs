@@ -551,10 +551,14 @@ impl Ctx {
     }
 
     /// Rebuilds the balancer of the cluster whose health check this is, in the current view.
-    pub fn set_health(&self, state: &Arc<crate::upstream::health::HealthState>) {
+    pub fn set_health(&self, state: usize) {
         let snap = self.current();
         for c in &snap.clusters {
-            if c.cfg.health.as_ref().is_some_and(|h| Arc::ptr_eq(h, state)) {
+            if c.cfg
+                .health
+                .as_ref()
+                .is_some_and(|h| Arc::as_ptr(h) as usize == state)
+            {
                 c.refresh_health();
             }
         }

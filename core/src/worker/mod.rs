@@ -50,10 +50,10 @@ pub enum Cmd {
         id: usize,
         hosts: Arc<Vec<HostAddr>>,
     },
-    /// A health check changed which hosts of its cluster are healthy.
-    Health {
-        state: Arc<crate::upstream::health::HealthState>,
-    },
+    /// A health check changed which hosts of its cluster are healthy: the check's state, by
+    /// its address (a state since dropped and its address reused only rebuilds a balancer
+    /// from current findings, which changes nothing).
+    Health { state: usize },
     /// Stop accepting and close idle connections, `after` this long (a graceful drain keeps
     /// accepting for the drain time first).
     Drain { after: Duration },
@@ -279,7 +279,7 @@ async fn run(
                 remove,
             } => ctx.apply(compiled, add, remove),
             Cmd::Hosts { cluster, id, hosts } => ctx.set_hosts(&cluster, id, &hosts),
-            Cmd::Health { state } => ctx.set_health(&state),
+            Cmd::Health { state } => ctx.set_health(state),
             Cmd::Drain { after } if after.is_zero() => ctx.drain(),
             Cmd::Drain { after } => {
                 let ctx = ctx.clone();
