@@ -732,6 +732,86 @@ pub struct Cluster {
     /// share of healthy hosts the balancer picks among all of them.
     #[serde(default = "default_panic_threshold")]
     pub healthy_panic_threshold: f64,
+    /// Envoy `outlier_detection`: passive health checking, if any.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Envoy `cluster.v3.OutlierDetection`, durations in ms; each field defaults as in Envoy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses (and, unless split, local failures) that eject a host.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502, 503 and 504 responses that eject a host.
+    pub consecutive_gateway_failure: u32,
+    /// Consecutive local-origin failures (with `split_external_local_origin_errors`).
+    pub consecutive_local_origin_failure: u32,
+    /// How often ejected hosts are brought back and success rates are computed.
+    pub interval_ms: u64,
+    /// A host's ejection time, times the number of its ejections in a row.
+    pub base_ejection_time_ms: u64,
+    /// The longest ejection time.
+    pub max_ejection_time_ms: u64,
+    /// A random part up to this added to each ejection time.
+    pub max_ejection_time_jitter_ms: u64,
+    /// The most hosts ejected at once, in percent of the cluster's.
+    pub max_ejection_percent: u32,
+    /// Percent of detected ejections enforced, by kind.
+    pub enforcing_consecutive_5xx: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub enforcing_success_rate: u32,
+    pub enforcing_local_origin_success_rate: u32,
+    pub enforcing_failure_percentage: u32,
+    pub enforcing_failure_percentage_local_origin: u32,
+    /// Success rate: hosts with enough requests needed, requests a host needs in an
+    /// interval, and the standard deviation factor in thousandths.
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    pub success_rate_stdev_factor: u32,
+    /// Failure percentage: the percent that ejects, hosts needed, requests a host needs.
+    pub failure_percentage_threshold: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+    /// Local-origin failures (connect failures, resets, timeouts) counted apart from the
+    /// upstream's responses.
+    pub split_external_local_origin_errors: bool,
+    /// An ejected host that passes an active health check is brought back.
+    pub successful_active_health_check_uneject_host: bool,
+    /// One host may be ejected whatever `max_ejection_percent` says.
+    pub always_eject_one_host: bool,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            consecutive_local_origin_failure: 5,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_time_ms: 300_000,
+            max_ejection_time_jitter_ms: 0,
+            max_ejection_percent: 10,
+            enforcing_consecutive_5xx: 100,
+            enforcing_consecutive_gateway_failure: 0,
+            enforcing_consecutive_local_origin_failure: 100,
+            enforcing_success_rate: 100,
+            enforcing_local_origin_success_rate: 100,
+            enforcing_failure_percentage: 0,
+            enforcing_failure_percentage_local_origin: 0,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            failure_percentage_threshold: 85,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
+            split_external_local_origin_errors: false,
+            successful_active_health_check_uneject_host: true,
+            always_eject_one_host: false,
+        }
+    }
 }
 
 fn default_panic_threshold() -> f64 {

@@ -78,8 +78,12 @@ pub struct HostInfo {
     pub hostname: String,
     /// Stat name (`cx_active`, `rq_total`, ...) to value, summed over workers.
     pub stats: Vec<(String, u64)>,
-    /// Its active health check's flags (`upstream::health::flag`; 0: healthy or unchecked).
+    /// Its flags (`upstream::health::flag`: the active health check's and the outlier
+    /// ejection; 0: healthy or unchecked).
     pub health: u8,
+    /// Its success rate (external, local origin) in outlier detection's last interval with
+    /// enough requests; -1 where none.
+    pub success_rate: [f64; 2],
 }
 
 /// One cluster for `/clusters`.
@@ -89,6 +93,8 @@ pub struct ClusterInfo {
     pub name: String,
     /// Its hosts, in config order.
     pub hosts: Vec<HostInfo>,
+    /// Its outlier detector's success-rate figures, if it has one.
+    pub outlier: Option<crate::upstream::outlier::ClusterRates>,
 }
 
 /// The data plane.
@@ -781,9 +787,22 @@ impl Engine {
                     Discovery::Static => String::new(),
                 };
                 // A checked host's flags, as its cluster's health check has them now.
-                let health = |addr: &str| match (&c.health, addr.parse::<SocketAddr>()) {
-                    (Some(h), Ok(a)) => h.flags(a),
-                    _ => 0,
+                let health = |addr: &str| {
+                    let Ok(a) = addr.parse::<SocketAddr>() else {
+                        return 0;
+                    };
+                    let active = c.health.as_ref().map_or(0, |h| h.flags(a));
+                    let ejected = c.outlier.as_ref().is_some_and(|o| o.ejected(a));
+                    active
+                        | if ejected {
+                            crate::upstream::health::flag::OUTLIER
+                        } else {
+                            0
+                        }
+                };
+                let rates = |addr: &str| match (&c.outlier, addr.parse::<SocketAddr>()) {
+                    (Some(o), Ok(a)) => o.success_rates(a),
+                    _ => [-1.0; 2],
                 };
                 let mut hosts: Vec<(u32, HostInfo)> = by_host
                     .iter()
@@ -795,6 +814,7 @@ impl Engine {
                             hostname: hostname(*e),
                             stats: stats.clone(),
                             health: health(a),
+                            success_rate: rates(a),
                         };
                         (*e, info)
                     })
@@ -815,6 +835,7 @@ impl Engine {
                     {
                         let info = HostInfo {
                             health: health(&addr),
+                            success_rate: rates(&addr),
                             addr,
                             weight: ha.weight,
                             hostname: hostname(ha.endpoint),
@@ -831,6 +852,7 @@ impl Engine {
                 ClusterInfo {
                     name: c.cfg.name.clone(),
                     hosts,
+                    outlier: c.outlier.as_ref().map(|o| o.rates()),
                 }
             })
             .collect()
@@ -916,7 +938,7 @@ fn spawn_dns(
                                     hosts: shared.clone(),
                                 });
                             }
-                            if cl.health.is_some() {
+                            if cl.health.is_some() || cl.outlier.is_some() {
                                 let _ = health.send(HcCmd::Hosts { id, hosts: shared });
                             }
                         }

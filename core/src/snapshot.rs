@@ -56,6 +56,8 @@ pub struct CompiledCluster {
     pub breakers: Arc<crate::upstream::breaker::Breakers>,
     /// Its active health check and what it found, if it has one.
     pub health: Option<Arc<crate::upstream::health::HealthState>>,
+    /// Its outlier detection and what it found, if it has one.
+    pub outlier: Option<Arc<crate::upstream::outlier::OutlierState>>,
 }
 
 /// A whole compiled snapshot.
@@ -84,10 +86,19 @@ impl Compiled {
                 c.breakers = old.breakers.clone();
                 // Its hosts keep their health (and its checks go on).
                 c.health = old.health.clone();
-            } else if let (Some(h), Some(old_h)) = (&c.health, &old.health) {
-                // A changed check takes over the old one's stats and what it found.
-                let state = crate::upstream::health::HealthState::succeed(h.cfg.clone(), old_h);
-                c.health = Some(Arc::new(state));
+                c.outlier = old.outlier.clone();
+            } else {
+                if let (Some(h), Some(old_h)) = (&c.health, &old.health) {
+                    // A changed check takes over the old one's stats and what it found.
+                    let state = crate::upstream::health::HealthState::succeed(h.cfg.clone(), old_h);
+                    c.health = Some(Arc::new(state));
+                }
+                if let (Some(o), Some(old_o)) = (&c.outlier, &old.outlier) {
+                    // A changed cluster's detector starts afresh, as Envoy's; its stats go on.
+                    let state =
+                        crate::upstream::outlier::OutlierState::succeed(o.cfg.clone(), old_o);
+                    c.outlier = Some(Arc::new(state));
+                }
             }
         }
     }
@@ -209,6 +220,9 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
     if let Some(h) = &c.health_check {
         check_health(h, &format!("{path}.health_check"))?;
     }
+    if let Some(o) = &c.outlier_detection {
+        check_outlier(o, &format!("{path}.outlier_detection"))?;
+    }
     if !(1..=1000).contains(&c.choice_count) {
         return Err(Error::config(format!(
             "{path}.choice_count: {} is out of range; expected 1 to 1000 (each pick draws that many hosts)",
@@ -261,7 +275,67 @@ fn compile_cluster(c: &Cluster, path: &str, resolver: &Resolver) -> Result<Compi
                 Arc::from(c.name.as_str()),
             ))
         }),
+        outlier: c.outlier_detection.as_ref().map(|o| {
+            Arc::new(crate::upstream::outlier::OutlierState::new(
+                o.clone(),
+                Arc::from(c.name.as_str()),
+            ))
+        }),
     })
+}
+
+/// Outlier detection the health thread can run: positive times, percentages up to 100.
+fn check_outlier(o: &crate::config::OutlierDetection, path: &str) -> Result<(), Error> {
+    let bad = |what: &str, why: &str| Err(Error::config(format!("{path}.{what}: {why}")));
+    for (what, ms) in [
+        ("interval_ms", o.interval_ms),
+        ("base_ejection_time_ms", o.base_ejection_time_ms),
+        ("max_ejection_time_ms", o.max_ejection_time_ms),
+    ] {
+        if ms == 0 {
+            return bad(what, "must be greater than 0");
+        }
+    }
+    if o.max_ejection_time_ms < o.base_ejection_time_ms {
+        return bad(
+            "max_ejection_time_ms",
+            "must not be less than base_ejection_time_ms",
+        );
+    }
+    for (what, v) in [
+        ("max_ejection_percent", o.max_ejection_percent),
+        ("enforcing_consecutive_5xx", o.enforcing_consecutive_5xx),
+        (
+            "enforcing_consecutive_gateway_failure",
+            o.enforcing_consecutive_gateway_failure,
+        ),
+        (
+            "enforcing_consecutive_local_origin_failure",
+            o.enforcing_consecutive_local_origin_failure,
+        ),
+        ("enforcing_success_rate", o.enforcing_success_rate),
+        (
+            "enforcing_local_origin_success_rate",
+            o.enforcing_local_origin_success_rate,
+        ),
+        (
+            "enforcing_failure_percentage",
+            o.enforcing_failure_percentage,
+        ),
+        (
+            "enforcing_failure_percentage_local_origin",
+            o.enforcing_failure_percentage_local_origin,
+        ),
+        (
+            "failure_percentage_threshold",
+            o.failure_percentage_threshold,
+        ),
+    ] {
+        if v > 100 {
+            return bad(what, &format!("{v} is over 100 (a percentage)"));
+        }
+    }
+    Ok(())
 }
 
 /// A health check the checker can run: positive times, a check of one kind, and an HTTP

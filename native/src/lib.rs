@@ -177,15 +177,29 @@ impl Engine {
                 hd.set_item("port", port)?;
                 hd.set_item("weight", h.weight)?;
                 hd.set_item("hostname", h.hostname)?;
-                // An active health check's flags (pyproxy_core::upstream::health::flag).
-                hd.set_item("healthy", h.health & 1 == 0)?;
+                // The active health check's and outlier detection's flags
+                // (pyproxy_core::upstream::health::flag: FAILED 1, OUTLIER 2).
+                hd.set_item("healthy", h.health & 3 == 0)?;
                 hd.set_item("health_flags", h.health)?;
+                hd.set_item("success_rate", h.success_rate[0])?;
+                hd.set_item("local_origin_success_rate", h.success_rate[1])?;
                 for (k, v) in h.stats {
                     hd.set_item(k, v)?;
                 }
                 hosts.append(hd)?;
             }
             d.set_item("hosts", hosts)?;
+            if let Some(o) = c.outlier {
+                let od = PyDict::new(py);
+                od.set_item("success_rate_average", o.average)?;
+                od.set_item("success_rate_ejection_threshold", o.threshold)?;
+                od.set_item("local_origin_success_rate_average", o.local_average)?;
+                od.set_item(
+                    "local_origin_success_rate_ejection_threshold",
+                    o.local_threshold,
+                )?;
+                d.set_item("outlier", od)?;
+            }
             out.append(d)?;
         }
         Ok(out)

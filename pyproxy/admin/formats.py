@@ -609,15 +609,28 @@ _HOST_TEXT_STATS = (
 )  # fmt: skip
 
 
-# An active health check's host flags, as the engine has them (pyproxy_core::upstream::health::flag).
-HC_FAILED, HC_DEGRADED, HC_TIMEOUT, HC_EXCLUDED = 1, 4, 8, 16
+# A host's flags, as the engine has them (pyproxy_core::upstream::health::flag): the active
+# health check's and the outlier ejection.
+HC_FAILED, OUTLIER_EJECTED, HC_DEGRADED, HC_TIMEOUT, HC_EXCLUDED = 1, 2, 4, 8, 16
 
 
 def health_flags(flags: int) -> str:
     """Envoy's `health_flags` text: each flag set, in Envoy's order, or `healthy`."""
-    names = [(HC_FAILED, "/failed_active_hc"), (HC_DEGRADED, "/degraded_active_hc"),
-             (HC_EXCLUDED, "/excluded_via_immediate_hc_fail"), (HC_TIMEOUT, "/active_hc_timeout")]  # fmt: skip
+    names = [(HC_FAILED, "/failed_active_hc"), (OUTLIER_EJECTED, "/failed_outlier_check"),
+             (HC_DEGRADED, "/degraded_active_hc"), (HC_EXCLUDED, "/excluded_via_immediate_hc_fail"),
+             (HC_TIMEOUT, "/active_hc_timeout")]  # fmt: skip
     return "".join(name for bit, name in names if flags & bit) or "healthy"
+
+
+def _json_number(v: float) -> float | int:
+    """A double as protobuf's JSON writes it: a whole number without `.0`."""
+    return int(v) if v.is_integer() else v
+
+
+def _rate_text(v: float) -> str:
+    """A host's success rate as Envoy prints it (`{}`: the shortest form that reads back)."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def clusters_text(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, Mapping[str, Any]]) -> str:
@@ -627,6 +640,14 @@ def clusters_text(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
         name = str(cluster["name"])
         config = configs.get(name, {})
         lines.append(f"{name}::observability_name::{_observability_name(name, config)}")
+        if (od := cluster.get("outlier")) is not None:
+            # Envoy's `{:g}` (six significant digits).
+            lines += [
+                f"{name}::outlier::{k}::{float(od[k]):g}"
+                for k in ("success_rate_average", "success_rate_ejection_threshold",
+                          "local_origin_success_rate_average",
+                          "local_origin_success_rate_ejection_threshold")
+            ]  # fmt: skip
         for priority, thresholds in circuit_breakers(config).items():
             prefix = "default_priority" if priority == "DEFAULT" else "high_priority"
             lines += [f"{name}::{prefix}::{k}::{v}" for k, v in thresholds.items()]
@@ -646,8 +667,8 @@ def clusters_text(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
                 f"{h}sub_zone::{locality.get('sub_zone', '')}",
                 f"{h}canary::false",
                 f"{h}priority::{extra.get('priority', 0)}",
-                f"{h}success_rate::-1",
-                f"{h}local_origin_success_rate::-1",
+                f"{h}success_rate::{_rate_text(host.get('success_rate', -1))}",
+                f"{h}local_origin_success_rate::{_rate_text(host.get('local_origin_success_rate', -1))}",
             ]
     return "".join(line + "\n" for line in lines)
 
@@ -676,6 +697,8 @@ def clusters_json(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
             health: dict[str, Any] = {}
             if flags & HC_FAILED:
                 health["failed_active_health_check"] = True
+            if flags & OUTLIER_EJECTED:
+                health["failed_outlier_check"] = True
             health["eds_health_status"] = "HEALTHY"
             if flags & HC_DEGRADED:
                 health["failed_active_degraded_check"] = True
@@ -692,17 +715,28 @@ def clusters_json(clusters: Sequence[Mapping[str, Any]], configs: Mapping[str, M
                 },
                 "stats": stats,
                 "health_status": health,
-                "weight": int(host.get("weight", 1)),
             }
+            # Envoy shows a rate only once outlier detection has one (HostStatus field order).
+            if (rate := float(host.get("success_rate", -1))) >= 0:
+                status["success_rate"] = {"value": _json_number(rate)}
+            status["weight"] = int(host.get("weight", 1))
             if hostname := _hostname(host, extra):
                 status["hostname"] = hostname
             if extra.get("priority"):
                 status["priority"] = extra["priority"]
+            if (rate := float(host.get("local_origin_success_rate", -1))) >= 0:
+                status["local_origin_success_rate"] = {"value": _json_number(rate)}
             status["locality"] = extra.get("locality", {})
             hosts.append(status)
-        entry = {"name": name}
+        entry: dict[str, Any] = {"name": name}
+        od = cluster.get("outlier") or {}
+        # Shown only above 0, as Envoy (ClusterStatus field order).
+        if (t := float(od.get("success_rate_ejection_threshold", -1))) > 0:
+            entry["success_rate_ejection_threshold"] = {"value": _json_number(t)}
         if hosts:
             entry["host_statuses"] = hosts
+        if (t := float(od.get("local_origin_success_rate_ejection_threshold", -1))) > 0:
+            entry["local_origin_success_rate_ejection_threshold"] = {"value": _json_number(t)}
         thresholds = []
         for priority, values in circuit_breakers(config).items():
             thresholds.append({**({"priority": priority} if priority != "DEFAULT" else {}), **values})

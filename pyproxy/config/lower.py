@@ -523,7 +523,47 @@ def _cluster(c: m.Cluster) -> Json:
         "circuit_breakers_high": _thresholds(c.circuit_breakers, "HIGH"),
         "health_check": _health_check(c.health_checks[0]) if c.health_checks else None,
         "healthy_panic_threshold": _panic_threshold(c.common_lb_config),
+        "outlier_detection": _outlier(c.outlier_detection) if c.outlier_detection else None,
     }
+
+
+# Envoy's defaults for `OutlierDetection` (outlier_detection.proto).
+_OUTLIER_DEFAULTS = {
+    "consecutive_5xx": 5,
+    "consecutive_gateway_failure": 5,
+    "consecutive_local_origin_failure": 5,
+    "max_ejection_percent": 10,
+    "enforcing_consecutive_5xx": 100,
+    "enforcing_consecutive_gateway_failure": 0,
+    "enforcing_consecutive_local_origin_failure": 100,
+    "enforcing_success_rate": 100,
+    "enforcing_local_origin_success_rate": 100,
+    "enforcing_failure_percentage": 0,
+    "enforcing_failure_percentage_local_origin": 0,
+    "success_rate_minimum_hosts": 5,
+    "success_rate_request_volume": 100,
+    "success_rate_stdev_factor": 1900,
+    "failure_percentage_threshold": 85,
+    "failure_percentage_minimum_hosts": 5,
+    "failure_percentage_request_volume": 50,
+}
+
+
+def _outlier(o: m.OutlierDetection) -> Json:
+    out: dict[str, Any] = {k: _or(getattr(o, k), v) for k, v in _OUTLIER_DEFAULTS.items()}
+    out.update(
+        interval_ms=_ms(o.interval, 10_000),
+        base_ejection_time_ms=_ms(o.base_ejection_time, 30_000),
+        # Envoy's default cap is 300 s, or the base ejection time where that is longer.
+        max_ejection_time_ms=_ms(o.max_ejection_time, max(300_000, _ms(o.base_ejection_time, 30_000))),
+        max_ejection_time_jitter_ms=_ms(o.max_ejection_time_jitter, 0),
+        split_external_local_origin_errors=o.split_external_local_origin_errors,
+        successful_active_health_check_uneject_host=_or(
+            o.successful_active_health_check_uneject_host, True
+        ),
+        always_eject_one_host=_or(o.always_eject_one_host, False),
+    )
+    return out
 
 
 def _panic_threshold(common: m.CommonLbConfig | None) -> float:

@@ -52,6 +52,7 @@ __all__ = [
     "LocalityLbEndpoints",
     "NetworkFilter",
     "Node",
+    "OutlierDetection",
     "QueryParameterMatcher",
     "RedirectAction",
     "RegexMatcher",
@@ -814,6 +815,39 @@ class CommonLbConfig(_Message, kw_only=True):
     healthy_panic_threshold: Percent | None = None
 
 
+class OutlierDetection(_Message, kw_only=True):
+    """`envoy.config.cluster.v3.OutlierDetection`: passive health checking. Unset fields take
+    Envoy's defaults (lower.py); custom `monitors` and `detect_degraded_hosts` are refused by
+    validate."""
+
+    consecutive_5xx: UInt32 | None = None
+    interval: Duration | None = None
+    base_ejection_time: Duration | None = None
+    max_ejection_percent: UInt32 | None = None
+    enforcing_consecutive_5xx: UInt32 | None = None
+    enforcing_success_rate: UInt32 | None = None
+    success_rate_minimum_hosts: UInt32 | None = None
+    success_rate_request_volume: UInt32 | None = None
+    success_rate_stdev_factor: UInt32 | None = None
+    consecutive_gateway_failure: UInt32 | None = None
+    enforcing_consecutive_gateway_failure: UInt32 | None = None
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failure: UInt32 | None = None
+    enforcing_consecutive_local_origin_failure: UInt32 | None = None
+    enforcing_local_origin_success_rate: UInt32 | None = None
+    failure_percentage_threshold: UInt32 | None = None
+    enforcing_failure_percentage: UInt32 | None = None
+    enforcing_failure_percentage_local_origin: UInt32 | None = None
+    failure_percentage_minimum_hosts: UInt32 | None = None
+    failure_percentage_request_volume: UInt32 | None = None
+    max_ejection_time: Duration | None = None
+    max_ejection_time_jitter: Duration | None = None
+    successful_active_health_check_uneject_host: bool | None = None
+    monitors: list[dict[str, Any]] = []  # refused by validate
+    always_eject_one_host: bool | None = None
+    detect_degraded_hosts: bool | None = None  # refused by validate (true)
+
+
 class Cluster(_Message, kw_only=True):
     """`envoy.config.cluster.v3.Cluster`."""
 
@@ -833,6 +867,7 @@ class Cluster(_Message, kw_only=True):
     circuit_breakers: CircuitBreakers | None = None
     health_checks: list[HealthCheck] = []
     common_lb_config: CommonLbConfig | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 # --- bootstrap --------------------------------------------------------------------------------

@@ -748,7 +748,43 @@ def _check_clusters(clusters: Sequence[m.Cluster]) -> set[str]:
             )
         for j, hc in enumerate(cluster.health_checks):
             _check_health_check(hc, f"{path}.health_checks[{j}]")
+        if cluster.outlier_detection is not None:
+            _check_outlier(cluster.outlier_detection, f"{path}.outlier_detection")
     return set(names)
+
+
+# `OutlierDetection` fields that are percentages (Envoy: `lte: 100`).
+_OUTLIER_PERCENTS = (
+    "max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_success_rate",
+    "enforcing_consecutive_gateway_failure", "enforcing_consecutive_local_origin_failure",
+    "enforcing_local_origin_success_rate", "failure_percentage_threshold",
+    "enforcing_failure_percentage", "enforcing_failure_percentage_local_origin",
+)  # fmt: skip
+
+
+def _check_outlier(o: m.OutlierDetection, path: str) -> None:
+    if o.monitors:
+        raise ConfigError(f"{path}.monitors", "custom outlier detection monitors are not supported")
+    for field in ("interval", "base_ejection_time", "max_ejection_time"):
+        d = getattr(o, field)
+        if d is not None and d.is_zero():
+            raise ConfigError(f"{path}.{field}", "must be greater than 0s")
+    for field in _OUTLIER_PERCENTS:
+        v = getattr(o, field)
+        if v is not None and v > 100:
+            raise ConfigError(f"{path}.{field}", f"{v} is over 100 (a percentage)")
+    base = o.base_ejection_time.ms if o.base_ejection_time is not None else 30_000
+    if o.max_ejection_time is not None and o.max_ejection_time.ms < base:
+        raise ConfigError(
+            f"{path}.max_ejection_time",
+            f"{o.max_ejection_time.ms}ms is less than base_ejection_time ({base}ms); Envoy "
+            "refuses a cap below the base",
+        )
+    if o.detect_degraded_hosts:
+        raise ConfigError(
+            f"{path}.detect_degraded_hosts",
+            "marking hosts degraded by outlier detection is not supported yet",
+        )
 
 
 # What each refused `HealthCheck` field would need.

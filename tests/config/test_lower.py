@@ -120,6 +120,7 @@ def test_default_snapshot() -> None:
         "circuit_breakers_high": ENVOY_THRESHOLDS,
         "health_check": None,
         "healthy_panic_threshold": 50.0,
+        "outlier_detection": None,
     }]
 
 
@@ -147,6 +148,33 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
         "tcp_health_check": {"send": {"text": "70696E67"}, "receive": [{"binary": "cG9u"}, {"text": "67"}]}}]),
      lambda s: s["clusters"][0]["health_check"]["tcp"],
      {"send": list(b"ping"), "receive": [list(b"pon"), list(b"g")]}),
+    # Outlier detection: Envoy's defaults for what is left out; the cap follows a longer base.
+    ("outlier_defaults", lambda c: cluster(c).update(outlier_detection={}),
+     lambda s: s["clusters"][0]["outlier_detection"],
+     {"consecutive_5xx": 5, "consecutive_gateway_failure": 5, "consecutive_local_origin_failure": 5,
+      "max_ejection_percent": 10, "enforcing_consecutive_5xx": 100,
+      "enforcing_consecutive_gateway_failure": 0, "enforcing_consecutive_local_origin_failure": 100,
+      "enforcing_success_rate": 100, "enforcing_local_origin_success_rate": 100,
+      "enforcing_failure_percentage": 0, "enforcing_failure_percentage_local_origin": 0,
+      "success_rate_minimum_hosts": 5, "success_rate_request_volume": 100,
+      "success_rate_stdev_factor": 1900, "failure_percentage_threshold": 85,
+      "failure_percentage_minimum_hosts": 5, "failure_percentage_request_volume": 50,
+      "interval_ms": 10_000, "base_ejection_time_ms": 30_000, "max_ejection_time_ms": 300_000,
+      "max_ejection_time_jitter_ms": 0, "split_external_local_origin_errors": False,
+      "successful_active_health_check_uneject_host": True, "always_eject_one_host": False}),
+    ("outlier_given", lambda c: cluster(c).update(outlier_detection={
+        "consecutive_5xx": 0, "interval": "0.5s", "base_ejection_time": "400s", "max_ejection_percent": 100,
+        "split_external_local_origin_errors": True, "successful_active_health_check_uneject_host": False,
+        "max_ejection_time_jitter": "2s", "always_eject_one_host": True}),
+     lambda s: {k: v for k, v in s["clusters"][0]["outlier_detection"].items() if k in (
+         "consecutive_5xx", "interval_ms", "base_ejection_time_ms", "max_ejection_time_ms",
+         "max_ejection_percent", "split_external_local_origin_errors",
+         "successful_active_health_check_uneject_host", "max_ejection_time_jitter_ms",
+         "always_eject_one_host")},
+     {"consecutive_5xx": 0, "interval_ms": 500, "base_ejection_time_ms": 400_000,
+      "max_ejection_time_ms": 400_000, "max_ejection_percent": 100,
+      "split_external_local_origin_errors": True, "successful_active_health_check_uneject_host": False,
+      "max_ejection_time_jitter_ms": 2000, "always_eject_one_host": True}),
     # A retry policy: the route's, else its virtual host's (never merged), Envoy's defaults.
     ("retry_policy", lambda c: route(c)["route"].update(retry_policy={
         "retry_on": " 5xx ,,reset", "per_try_timeout": "0.25s", "retriable_status_codes": [418],

@@ -28,6 +28,7 @@ use crate::http1::codec::response_framing;
 use crate::http1::head::parse_response;
 use crate::snapshot::{Compiled, HostAddr};
 use crate::stats::{Scope, Visitor};
+use crate::upstream::outlier::{Kind, OutlierState};
 use crate::worker::{Cmd, Stores};
 
 crate::stat_scope! {
@@ -49,6 +50,9 @@ impl Scope for HealthStats {
 pub mod flag {
     /// `/failed_active_hc`: out of the balancer (also a host not yet checked).
     pub const FAILED: u8 = 1;
+    /// `/failed_outlier_check`: ejected by outlier detection (not kept in the health check's
+    /// map: the cluster's outlier state has it).
+    pub const OUTLIER: u8 = 2;
     /// `/degraded_active_hc`: the upstream said `x-envoy-degraded`.
     pub const DEGRADED: u8 = 4;
     /// `/active_hc_timeout`: a failed host whose latest check timed out.
@@ -147,7 +151,7 @@ impl HealthState {
         self.lock().insert(addr, f);
         if (before ^ f) & (flag::FAILED | flag::DEGRADED) != 0 {
             self.publish();
-            tell(&workers.borrow(), self);
+            tell(&workers.borrow(), self as *const HealthState as usize);
         }
     }
 
@@ -202,6 +206,13 @@ pub enum HcCmd {
     /// A worker saw `x-envoy-immediate-health-check-fail` from `addr` of the cluster whose
     /// state is at `state` (looked up among the checked clusters; gone: ignored).
     PassiveFail { state: usize, addr: SocketAddr },
+    /// A consecutive-failure counter of `addr` reached its threshold, in the cluster whose
+    /// outlier state is at `state` (gone: ignored).
+    Outlier {
+        state: usize,
+        addr: SocketAddr,
+        kind: Kind,
+    },
     /// Stop every session and end the thread.
     Stop,
 }
@@ -283,9 +294,10 @@ impl Drop for Checker {
     }
 }
 
-/// A cluster the thread checks.
+/// A cluster the thread checks, actively or passively.
 struct Checked {
-    state: Arc<HealthState>,
+    state: Option<Arc<HealthState>>,
+    outlier: Option<Arc<OutlierState>>,
     hosts: Vec<HostAddr>,
 }
 
@@ -302,42 +314,56 @@ async fn run(
     let mut clusters: HashMap<usize, Checked> = HashMap::new();
     // (state, host) -> its session.
     let mut sessions: HashMap<(usize, SocketAddr), tokio::task::JoinHandle<()>> = HashMap::new();
+    // Outlier state -> its interval timer.
+    let mut tickers: HashMap<usize, tokio::task::JoinHandle<()>> = HashMap::new();
     // Stats shown (a state kept or succeeded keeps its cluster's, registered once).
-    let mut registered: Vec<std::sync::Weak<HealthStats>> = Vec::new();
+    let mut registered: Vec<std::sync::Weak<dyn Scope>> = Vec::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             HcCmd::Stop => break,
             HcCmd::Workers(w) => {
                 *workers.borrow_mut() = w;
                 for k in clusters.values() {
-                    tell(&workers.borrow(), &k.state);
+                    if let Some(s) = &k.state {
+                        tell(&workers.borrow(), Arc::as_ptr(s) as usize);
+                    }
+                    if let Some(o) = &k.outlier {
+                        tell(&workers.borrow(), Arc::as_ptr(o) as usize);
+                    }
                 }
                 continue;
             }
             HcCmd::Snapshot(c) => {
                 let mut next = HashMap::new();
                 for cl in &c.clusters {
-                    let Some(state) = cl.health.clone() else {
+                    if cl.health.is_none() && cl.outlier.is_none() {
                         continue;
-                    };
+                    }
                     let id = Arc::as_ptr(cl) as usize;
                     // Its hosts as compiled (a STRICT_DNS cluster was resolved again then); the
                     // DNS thread sends later changes.
                     let hosts = cl.hosts.clone();
-                    next.insert(id, Checked { state, hosts });
+                    next.insert(
+                        id,
+                        Checked {
+                            state: cl.health.clone(),
+                            outlier: cl.outlier.clone(),
+                            hosts,
+                        },
+                    );
                 }
                 clusters = next;
             }
             HcCmd::PassiveFail { state, addr } => {
-                let Some(k) = clusters
+                let Some(st) = clusters
                     .values()
-                    .find(|k| Arc::as_ptr(&k.state) as usize == state)
+                    .filter_map(|k| k.state.as_ref())
+                    .find(|s| Arc::as_ptr(s) as usize == state)
                 else {
                     continue;
                 };
                 // Envoy's passive failure: failed and excluded at once, whatever the
                 // threshold, until healthy_threshold checks pass.
-                let st = &k.state;
                 let before = st.flags(addr);
                 st.stats.failure.inc();
                 st.stats.passive_failure.inc();
@@ -349,32 +375,68 @@ async fn run(
                 );
                 continue;
             }
+            HcCmd::Outlier { state, addr, kind } => {
+                let Some(o) = clusters
+                    .values()
+                    .filter_map(|k| k.outlier.as_ref())
+                    .find(|o| Arc::as_ptr(o) as usize == state)
+                else {
+                    continue;
+                };
+                if o.on_consecutive(addr, kind, std::time::Instant::now()) {
+                    tell(&workers.borrow(), state);
+                }
+                continue;
+            }
             HcCmd::Hosts { id, hosts } => match clusters.get_mut(&id) {
                 Some(k) => k.hosts = (*hosts).clone(),
                 None => continue,
             },
         }
         registered.retain(|w| w.strong_count() > 0);
-        let mut want = HashSet::new();
-        for k in clusters.values() {
-            let _ = k.state.checker.set(me.clone());
-            let sid = Arc::as_ptr(&k.state) as usize;
+        let mut register = |name: &str, what: &str, stats: Arc<dyn Scope>| {
             if !registered
                 .iter()
-                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&k.state.stats)))
+                .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(&stats)))
             {
-                let scope: Arc<dyn Scope> = k.state.stats.clone();
                 stores
                     .stats
-                    .register(format!("cluster.{}.health_check.", k.state.cluster), &scope);
-                registered.push(Arc::downgrade(&k.state.stats));
+                    .register(format!("cluster.{name}.{what}."), &stats);
+                registered.push(Arc::downgrade(&stats));
             }
+        };
+        let mut want = HashSet::new();
+        let mut want_tickers = HashSet::new();
+        for k in clusters.values() {
             let addrs: HashSet<SocketAddr> = k.hosts.iter().map(|h| h.addr).collect();
-            k.state.retain(&addrs);
+            if let Some(o) = &k.outlier {
+                let _ = o.thread.set(me.clone());
+                register(&o.cluster, "outlier_detection", o.stats.clone());
+                let oid = Arc::as_ptr(o) as usize;
+                if o.retain(&addrs) {
+                    tell(&workers.borrow(), oid);
+                }
+                want_tickers.insert(oid);
+                tickers.entry(oid).or_insert_with(|| {
+                    tokio::task::spawn_local(ticker(o.clone(), workers.clone()))
+                });
+            }
+            let Some(state) = &k.state else {
+                continue;
+            };
+            let _ = state.checker.set(me.clone());
+            let sid = Arc::as_ptr(state) as usize;
+            register(&state.cluster, "health_check", state.stats.clone());
+            state.retain(&addrs);
             for a in addrs {
                 want.insert((sid, a));
                 sessions.entry((sid, a)).or_insert_with(|| {
-                    tokio::task::spawn_local(session(k.state.clone(), a, workers.clone()))
+                    tokio::task::spawn_local(session(
+                        state.clone(),
+                        k.outlier.clone(),
+                        a,
+                        workers.clone(),
+                    ))
                 });
             }
         }
@@ -385,19 +447,35 @@ async fn run(
             }
             keep
         });
+        tickers.retain(|key, task| {
+            let keep = want_tickers.contains(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
     }
-    for (_, t) in sessions.drain() {
+    for t in sessions.into_values().chain(tickers.into_values()) {
         t.abort();
     }
 }
 
-/// Tells every worker to rebuild the cluster's balancer from its health state.
-fn tell(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], state: &HealthState) {
-    // Each worker finds the cluster by its state's address.
+/// Tells every worker to rebuild the balancer of the cluster whose health or outlier state is
+/// at `state` (each worker finds the cluster by that address).
+fn tell(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], state: usize) {
     for w in workers {
-        let _ = w.send(Cmd::Health {
-            state: state as *const HealthState as usize,
-        });
+        let _ = w.send(Cmd::Health { state });
+    }
+}
+
+/// A cluster's outlier detection interval: Envoy's timer, every `interval`.
+async fn ticker(state: Arc<OutlierState>, workers: Workers) {
+    let every = Duration::from_millis(state.cfg.interval_ms.max(1));
+    loop {
+        tokio::time::sleep(every).await;
+        if state.tick(std::time::Instant::now()) {
+            tell(&workers.borrow(), Arc::as_ptr(&state) as usize);
+        }
     }
 }
 
@@ -411,7 +489,12 @@ fn below(n: u64) -> u64 {
 }
 
 /// One host's checks, for as long as it is in the cluster.
-async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
+async fn session(
+    state: Arc<HealthState>,
+    outlier: Option<Arc<OutlierState>>,
+    addr: SocketAddr,
+    workers: Workers,
+) {
     let cfg = &state.cfg;
     let initial = below(cfg.initial_jitter_ms);
     if initial > 0 {
@@ -494,6 +577,16 @@ async fn session(state: Arc<HealthState>, addr: SocketAddr, workers: Workers) {
         last = Some(f);
         state.record(addr, before, f, &workers);
         let now_failed = f & flag::FAILED != 0;
+        // A host the check finds healthy is no outlier any more (Envoy's
+        // `successful_active_health_check_uneject_host`).
+        if let Some(o) = &outlier {
+            if !now_failed
+                && o.cfg.successful_active_health_check_uneject_host
+                && o.uneject(addr, std::time::Instant::now())
+            {
+                tell(&workers.borrow(), Arc::as_ptr(o) as usize);
+            }
+        }
         if !cfg.reuse_connection {
             conn = None;
         }

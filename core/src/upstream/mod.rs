@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod health;
+pub mod outlier;
 pub mod pool;
 
 use std::cell::RefCell;
@@ -154,6 +155,8 @@ pub struct HostRt {
     pools: [Pool; 2],
     /// Per-host stats; this worker's `rq_active` is also the least-request input.
     pub stats: Arc<HostStats>,
+    /// What outlier detection counts of it (shared by every worker), if its cluster has it.
+    pub outlier: Option<Arc<outlier::HostMonitor>>,
 }
 
 impl HostRt {
@@ -169,13 +172,18 @@ impl HostRt {
     }
 
     /// A host with an empty pool.
-    pub fn new(a: HostAddr, stats: Arc<HostStats>) -> HostRt {
+    pub fn new(
+        a: HostAddr,
+        stats: Arc<HostStats>,
+        outlier: Option<Arc<outlier::HostMonitor>>,
+    ) -> HostRt {
         HostRt {
             addr: a.addr,
             weight: a.weight,
             endpoint: a.endpoint,
             pools: Default::default(),
             stats,
+            outlier,
         }
     }
 }
@@ -291,9 +299,9 @@ impl ClusterRt {
     }
 
     fn replace_hosts(&self, hosts: Vec<Rc<HostRt>>, changed: bool) {
-        let (health, healthy, degraded, excluded) = match &self.cfg.health {
-            None => (Health::All, hosts.len(), 0, 0),
-            Some(state) => self.health_of(state, &hosts),
+        let (health, healthy, degraded, excluded) = match (&self.cfg.health, &self.cfg.outlier) {
+            (None, None) => (Health::All, hosts.len(), 0, 0),
+            (h, o) => self.health_of(h.as_deref(), o.as_deref(), &hosts),
         };
         let set = Rc::new(HostSet {
             lb: Balancer::new(self.cfg.policy, &hosts),
@@ -333,14 +341,24 @@ impl ClusterRt {
     }
 
     /// Which of `hosts` a pick is among, as Envoy's balancer has it from the health check's
-    /// flags, and the healthy, degraded and excluded counts (the membership gauges).
+    /// flags and the outlier ejections, and the healthy, degraded and excluded counts (the
+    /// membership gauges).
     fn health_of(
         &self,
-        state: &health::HealthState,
+        state: Option<&health::HealthState>,
+        outlier: Option<&outlier::OutlierState>,
         hosts: &[Rc<HostRt>],
     ) -> (Health, usize, usize, usize) {
-        use health::flag::{DEGRADED, EXCLUDED, FAILED};
-        let flags: Vec<u8> = hosts.iter().map(|h| state.flags(h.addr)).collect();
+        use health::flag::{DEGRADED, EXCLUDED, FAILED, OUTLIER};
+        let flags: Vec<u8> = hosts
+            .iter()
+            .map(|h| {
+                let active = state.map_or(0, |s| s.flags(h.addr));
+                let ejected = outlier.is_some_and(|o| o.ejected(h.addr));
+                // An ejected host is out as a failed one is.
+                active | if ejected { FAILED | OUTLIER } else { 0 }
+            })
+            .collect();
         // The hosts not failed, healthy and degraded apart (a failed host is not counted
         // degraded: Envoy's degraded set holds hosts that would otherwise be picked).
         let (mut good, mut bad) = (Vec::new(), Vec::new());

@@ -17,6 +17,7 @@ use crate::stats::{
     ClusterScope, Http1Stats, HttpStats, ListenerHttpStats, ListenerStats, ListenerWorkerStats,
     Scope,
 };
+use crate::upstream::outlier::OutlierState;
 use crate::upstream::{ClusterRt, HostRt, HostStats};
 
 /// A listener as a worker serves it.
@@ -372,22 +373,40 @@ impl Ctx {
         &self,
         cluster: &str,
         a: HostAddr,
+        outlier: Option<&OutlierState>,
         keep: &mut HashMap<(String, HostAddr), Rc<HostRt>>,
     ) -> Rc<HostRt> {
         let key = (cluster.to_string(), a);
-        let h = self.hosts.borrow().get(&key).cloned().unwrap_or_else(|| {
-            let stats = Arc::new(HostStats::default());
-            let d: Arc<dyn Scope> = stats.clone();
-            let HostAddr {
-                addr,
-                weight,
-                endpoint,
-            } = a;
-            self.stores
-                .hosts
-                .register(format!("{cluster}\0{addr}\0{weight}\0{endpoint}\0"), &d);
-            Rc::new(HostRt::new(a, stats))
-        });
+        let monitor = outlier.map(|o| o.monitor(a.addr));
+        let old = self.hosts.borrow().get(&key).cloned();
+        let h = match old {
+            // A host kept from before counts into its cluster's outlier detector.
+            Some(h)
+                if match (&h.outlier, &monitor) {
+                    (None, None) => true,
+                    (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                    _ => false,
+                } =>
+            {
+                h
+            }
+            // Its cluster's detector is another now (Envoy builds a changed cluster's hosts
+            // anew): a new host, with a new pool, whose stats go on.
+            Some(h) => Rc::new(HostRt::new(a, h.stats.clone(), monitor)),
+            None => {
+                let stats = Arc::new(HostStats::default());
+                let d: Arc<dyn Scope> = stats.clone();
+                let HostAddr {
+                    addr,
+                    weight,
+                    endpoint,
+                } = a;
+                self.stores
+                    .hosts
+                    .register(format!("{cluster}\0{addr}\0{weight}\0{endpoint}\0"), &d);
+                Rc::new(HostRt::new(a, stats, monitor))
+            }
+        };
         keep.insert(key, h.clone());
         h
     }
@@ -439,7 +458,7 @@ impl Ctx {
             let hosts = c
                 .hosts
                 .iter()
-                .map(|a| self.host(name, *a, &mut keep_hosts))
+                .map(|a| self.host(name, *a, c.outlier.as_deref(), &mut keep_hosts))
                 .collect();
             // Envoy keeps a cluster an update leaves as it was, hosts and all: its membership
             // changes only if its hosts did. A new or changed cluster starts from none, so
@@ -541,7 +560,7 @@ impl Ctx {
         let mut keep = HashMap::new();
         let new: Vec<_> = hosts
             .iter()
-            .map(|a| self.host(cluster, *a, &mut keep))
+            .map(|a| self.host(cluster, *a, c.cfg.outlier.as_deref(), &mut keep))
             .collect();
         let mut all = self.hosts.borrow_mut();
         all.retain(|(c, _), _| c != cluster);
@@ -550,14 +569,20 @@ impl Ctx {
         c.set_hosts(new);
     }
 
-    /// Rebuilds the balancer of the cluster whose health check this is, in the current view.
+    /// Rebuilds the balancer of the cluster whose health check or outlier detector this is,
+    /// in the current view.
     pub fn set_health(&self, state: usize) {
         let snap = self.current();
         for c in &snap.clusters {
+            let is = |p: usize| p == state;
             if c.cfg
                 .health
                 .as_ref()
-                .is_some_and(|h| Arc::as_ptr(h) as usize == state)
+                .is_some_and(|h| is(Arc::as_ptr(h) as usize))
+                || c.cfg
+                    .outlier
+                    .as_ref()
+                    .is_some_and(|o| is(Arc::as_ptr(o) as usize))
             {
                 c.refresh_health();
             }

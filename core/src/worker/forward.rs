@@ -35,6 +35,7 @@ use crate::router::{Cx, Forward, Mutations, ReqView};
 use crate::snapshot::Discovery;
 use crate::stats::{ClusterScope, Flow, GaugeHold};
 use crate::upstream::breaker::Priority;
+use crate::upstream::outlier::Local;
 use crate::upstream::pool::{ConnectFail, Pool, UpConn, Wake};
 use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
@@ -385,6 +386,7 @@ pub(super) async fn forward(
                         // request ejected); it never went upstream (no upstream_rq_total).
                         cs.s.upstream_rq_pending_failure_eject.inc();
                         host.stats.rq_error.inc();
+                        report_local(cluster, &host, Local::ConnectFailed);
                         drop(rq_guard);
                         if let Some(t) = tries {
                             // Nothing of the request went upstream: a try may follow.
@@ -469,6 +471,12 @@ pub(super) async fn forward(
         }
         let active = limits.rq.hold();
         let mut up = up;
+        // The try has its connection (Envoy's pool-ready, which its outlier detector hears).
+        if let Some(m) = &host.outlier {
+            if let Some(o) = &cluster.cfg.outlier {
+                m.put_connected(o);
+            }
+        }
         // Envoy counts a request upstream once it has a connection to go on.
         cs.s.upstream_rq_total.inc();
         host.stats.rq_total.inc();
@@ -564,6 +572,7 @@ pub(super) async fn forward(
             } => {
                 d.done_at = Some(end);
                 cs.count_response(status);
+                report(cluster, &host, status);
                 cs.s.upstream_rq_time.record_ms_until(rq_start, end);
                 if status >= 500 {
                     host.stats.rq_error.inc();
@@ -603,6 +612,15 @@ pub(super) async fn forward(
                     cause,
                     if upstream_fault { status } else { 0 },
                 );
+                match cause {
+                    Cause::UpstreamReset | Cause::UpstreamProtocol => {
+                        report_local(cluster, &host, Local::ConnectFailed)
+                    }
+                    Cause::RouteTimeout | Cause::PerTryTimeout => {
+                        report_local(cluster, &host, Local::Timeout)
+                    }
+                    _ => {}
+                }
                 let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
                 return reply(ctx, l, d, status, body, keep, tried.as_ref()).await;
             }
@@ -617,11 +635,20 @@ pub(super) async fn forward(
                     l.http.downstream_rq_rx_reset.inc();
                 }
                 count_failure(cluster, &host, cause, status);
+                // The head's code was the upstream's answer; a reset after it is a failure
+                // of its own (Envoy reports both).
+                if status != 0 {
+                    report(cluster, &host, status);
+                }
+                if matches!(cause, Cause::UpstreamReset | Cause::UpstreamProtocol) {
+                    report_local(cluster, &host, Local::ConnectFailed);
+                }
                 return (status, Next::Close);
             }
             // Boxed: its state would otherwise widen every exchange's future.
             Outcome::Switched => {
-                return Box::pin(switched(ctx, l, d, up, cs, &host, idle_ms, up_chunk)).await
+                report(cluster, &host, 101);
+                return Box::pin(switched(ctx, l, d, up, cs, &host, idle_ms, up_chunk)).await;
             }
             Outcome::Retry {
                 status,
@@ -655,6 +682,17 @@ pub(super) async fn forward(
                 }
                 if status != 0 {
                     cs.retry.count(status);
+                    report(cluster, &host, status);
+                } else {
+                    report_local(
+                        cluster,
+                        &host,
+                        if per_try {
+                            Local::Timeout
+                        } else {
+                            Local::ConnectFailed
+                        },
+                    );
                 }
                 drop(rq_guard);
                 let t = tries.expect("only a request with a retry policy is tried again");
@@ -1350,6 +1388,24 @@ async fn pending_timeout(
 /// worker's pool (what it still holds is dropped with the connection).
 fn close_upstream(ctx: &Ctx, up: UpConn) {
     ctx.put_read_buf(up.rbuf);
+}
+
+/// Tells the cluster's outlier detector, if it has one, of the host's response `code`.
+#[inline]
+fn report(cluster: &ClusterRt, host: &HostRt, code: u16) {
+    if let Some(m) = &host.outlier {
+        if let Some(o) = &cluster.cfg.outlier {
+            m.put_code(code, o, host.addr);
+        }
+    }
+}
+
+/// Tells the cluster's outlier detector, if it has one, of a try that got no response.
+#[cold]
+fn report_local(cluster: &ClusterRt, host: &HostRt, what: Local) {
+    if let (Some(m), Some(o)) = (&host.outlier, &cluster.cfg.outlier) {
+        m.put_local(what, o, host.addr);
+    }
 }
 
 /// Counts an exchange that did not complete: the cause, and `upstream_code` as the upstream's
