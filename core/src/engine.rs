@@ -949,6 +949,9 @@ fn spawn_dns(
                         wait = wait.min(due - now);
                     }
                 }
+                // The snapshot is not held while waiting: an apply's old one (its clusters'
+                // stats and states) goes as soon as the workers are done with it.
+                drop(c);
                 let (lock, cv) = &*st;
                 let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
                 if *stopped {

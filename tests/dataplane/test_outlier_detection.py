@@ -126,6 +126,25 @@ def test_consecutive_5xx_ejects_the_host_until_its_time_is_over(make_proxy: Any,
     assert {b for _, b in send(p, 4)} == {"bad", "good"}
 
 
+def test_an_ejected_hosts_connections_are_closed(make_proxy: Any, ups: Any) -> None:
+    u, v = ups("u"), ups("v")
+    u.serve_status = 500
+    p = od_proxy(make_proxy, [u.port, v.port], outlier(base_ejection_time="30s"))
+    send(p, 4)
+    # Each host has a pooled connection.
+    assert (u.connections, v.connections) == (1, 1)
+    assert (u.closed, v.closed) == (0, 0)
+    send(p, 2)
+    wait_flags(p, u.port, "/failed_outlier_check")
+    # Envoy drains an ejected host's pools: its idle connection is closed, the other host's
+    # kept.
+    wait_for(lambda: u.closed == 1, what="the ejected host's connection closed")
+    wait_stat(p, "cluster.up.upstream_cx_destroy_local", 1)
+    assert v.closed == 0
+    assert {b for _, b in send(p, 4)} == {"v"}
+    assert v.connections == 1
+
+
 def test_a_success_between_failures_starts_the_count_over(make_proxy: Any, ups: Any) -> None:
     u = ups()
     p = od_proxy(make_proxy, [u.port], outlier())
@@ -303,14 +322,19 @@ def test_each_ejection_in_a_row_lasts_longer(make_proxy: Any, ups: Any) -> None:
     p = od_proxy(make_proxy, [u.port, v.port], outlier(
         consecutive_5xx=1, interval="0.5s", base_ejection_time="1s"))  # fmt: skip
     times = []
+    back = 0.0
     for n in (1, 2):
+        # Ejected again at once (within the interval it came back in, so the multiplier stays).
         fail_until_ejected(p, u.port, "ejections_enforced_consecutive_5xx", n)
         t0 = time.monotonic()
+        times.append(t0 - back)
         wait_flags(p, u.port, "healthy", timeout=5)
-        times.append(time.monotonic() - t0)
+        back = time.monotonic()
+        times.append(back - t0)
     # 1 s the first time, 2 s the second, each ended at a 0.5 s interval.
-    assert 0.85 < times[0] < 1.75, times
-    assert 1.85 < times[1] < 2.75, times
+    assert 0.85 < times[1] < 1.75, times
+    assert times[2] < 0.5, f"ejected again {times[2]:.2f} s after it came back: {times}"
+    assert 1.85 < times[3] < 2.75, times
 
 
 # --- success rate and failure percentage ----------------------------------------------------------
@@ -463,3 +487,42 @@ def test_clusters_json_shows_the_ejection(make_proxy: Any, ups: Any) -> None:
     assert by_port[v.port]["health_status"] == {"eds_health_status": "HEALTHY"}
     text = admin_get(p, "/clusters")
     assert f"up::127.0.0.1:{u.port}::success_rate::-1\n" in text
+
+
+# --- pyproxy only -----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(TARGET_IS_ENVOY, reason="apply is pyproxy's API")
+def test_apply_keeps_an_unchanged_clusters_ejections_and_a_changed_one_starts_afresh(
+    make_proxy: Any, ups: Any
+) -> None:
+    u, v = ups("u"), ups("v")
+    u.serve_status = 500
+    cfg = bootstrap([route("/", "up")], [
+        cluster("up", u.port, v.port, outlier_detection=outlier(base_ejection_time="60s"))])  # fmt: skip
+    p = make_proxy(cfg)
+    fail_until_ejected(p, u.port, "ejections_enforced_consecutive_5xx")
+    # Another cluster added: `up` keeps its detector and its ejection.
+    cfg["static_resources"]["clusters"].append(cluster("other", v.port))
+    p.apply(cfg)
+    assert host_field(p, "health_flags")[u.port] == "/failed_outlier_check"
+    assert {b for _, b in send(p, 4)} == {"v"}
+    assert p.stats()[OD + "ejections_active"] == 1
+    # `up` changed: a new detector, no host ejected (as Envoy builds a changed cluster anew);
+    # the counters go on, and the new detector counts the host's failures from zero.
+    cfg["static_resources"]["clusters"][0]["outlier_detection"] = outlier(
+        base_ejection_time="60s", consecutive_5xx=2)
+    p.apply(cfg)
+    assert host_field(p, "health_flags")[u.port] == "healthy"
+    s = p.stats()
+    assert s[OD + "ejections_active"] == 0
+    assert s[OD + "ejections_enforced_consecutive_5xx"] == 1
+    fail_until_ejected(p, u.port, "ejections_enforced_consecutive_5xx", 2)
+    assert p.stats()[OD + "ejections_active"] == 1
+    # Outlier detection removed: the host is back, and its failures eject nothing.
+    del cfg["static_resources"]["clusters"][0]["outlier_detection"]
+    p.apply(cfg)
+    assert host_field(p, "health_flags")[u.port] == "healthy"
+    assert sorted(s for s, _ in send(p, 6)) == [200, 200, 200, 500, 500, 500]
+    # Its stats go with the old detector.
+    wait_for(lambda: not [k for k in p.stats() if k.startswith(OD)], what="the stats gone")

@@ -181,6 +181,15 @@ SCENARIOS: dict[str, Scenario] = {
     # passing, or failing (so the lone host is in panic).
     "hcok": ({"hc": "/x/healthz"}, lambda p, _: send(p, get("/x"))),
     "hcfail": ({"hc": "/status/503/healthz"}, lambda p, _: send(p, get("/x"))),
+    "od5xx": ({"od": {"consecutive_5xx": 2, "max_ejection_percent": 100}}, lambda p, proxy: (
+        send(p, get("/status/503/x")), send(p, get("/status/503/x")),
+        # Ejected (the pool drained) before the third request, which panics.
+        wait_for(lambda: proxy.stats().get("cluster.up.outlier_detection.ejections_active") == 1, 5, "ejection"),
+        send(p, get("/status/503/x")))),
+    "odoverflow": ({"od": {"consecutive_5xx": 1}}, lambda p, _: [send(p, get("/status/500/x")) for _ in range(2)]),
+    "odrefused": ({"od": {"consecutive_5xx": 1, "enforcing_consecutive_gateway_failure": 100,
+                          "consecutive_gateway_failure": 1, "max_ejection_percent": 100}, "dead": True},
+                  lambda p, _: send(p, get("/x"))),
     "retry503": ({}, lambda p, _: send(p, get("/retry/status/503/x"))),
     "retryrefused": ({"dead": True}, lambda p, _: send(p, get("/retry/x"))),
     "retrypertry": ({}, lambda p, _: send(p, get("/pertry/hang"))),
@@ -196,6 +205,8 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
     if "hc" in settings:
         c["health_checks"] = [{"timeout": "1s", "interval": "10s", "unhealthy_threshold": 2, "healthy_threshold": 2,
                                "http_health_check": {"path": settings["hc"]}}]
+    if "od" in settings:
+        c["outlier_detection"] = settings["od"]
     # No catch-all: /nope finds no route.
     routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               route("/hang", "up", timeout="0.3s")]

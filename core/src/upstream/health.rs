@@ -384,7 +384,7 @@ async fn run(
                     continue;
                 };
                 if o.on_consecutive(addr, kind, std::time::Instant::now()) {
-                    tell(&workers.borrow(), state);
+                    ejected(&workers.borrow(), o);
                 }
                 continue;
             }
@@ -468,13 +468,25 @@ fn tell(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], state: usize) {
     }
 }
 
+/// Tells every worker of a change in an outlier detector: the pools of the hosts it ejected
+/// are drained (Envoy closes an ejected host's connections), and the balancer rebuilt.
+fn ejected(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], o: &OutlierState) {
+    let state = o as *const OutlierState as usize;
+    for addr in o.take_ejected() {
+        for w in workers {
+            let _ = w.send(Cmd::DrainHost { state, addr });
+        }
+    }
+    tell(workers, state);
+}
+
 /// A cluster's outlier detection interval: Envoy's timer, every `interval`.
 async fn ticker(state: Arc<OutlierState>, workers: Workers) {
     let every = Duration::from_millis(state.cfg.interval_ms.max(1));
     loop {
         tokio::time::sleep(every).await;
         if state.tick(std::time::Instant::now()) {
-            tell(&workers.borrow(), Arc::as_ptr(&state) as usize);
+            ejected(&workers.borrow(), &state);
         }
     }
 }

@@ -229,6 +229,8 @@ pub struct ClusterRates {
 #[derive(Debug)]
 struct Detector {
     hosts: HashMap<SocketAddr, Record>,
+    /// Hosts ejected since the health thread last asked ([`OutlierState::take_ejected`]).
+    ejected: Vec<SocketAddr>,
     /// (average, threshold) per origin, -1 when the last interval computed none.
     rates: [(f64, f64); 2],
 }
@@ -258,6 +260,7 @@ impl OutlierState {
             stats: Arc::default(),
             inner: Mutex::new(Detector {
                 hosts: HashMap::new(),
+                ejected: Vec::new(),
                 rates: [(-1.0, -1.0); 2],
             }),
             thread: OnceLock::new(),
@@ -438,6 +441,7 @@ impl OutlierState {
             return false;
         };
         r.ejected_at = Some(now);
+        d.ejected.push(addr);
         // The multiplier grows while the time it gives stays below the cap plus one base.
         if u64::from(r.backoff).saturating_mul(base) < max_time.saturating_add(base) {
             r.backoff += 1;
@@ -466,6 +470,11 @@ impl OutlierState {
             }
         }
         true
+    }
+
+    /// The hosts ejected since the last call, whose pools the workers drain.
+    pub(super) fn take_ejected(&self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.lock().ejected)
     }
 
     /// Brings back an ejected host now (an active health check passed it). Whether it was

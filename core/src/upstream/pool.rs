@@ -48,6 +48,8 @@ pub struct UpConn {
     pub requests: u32,
     /// When it was last returned to the pool.
     pub idle_since: Instant,
+    /// Its pool's drain count when it was made: one made before a drain is not taken back.
+    pub epoch: u32,
     /// Keeps `upstream_cx_active` right however the connection ends.
     pub guard: super::CxGuard,
 }
@@ -140,6 +142,8 @@ pub struct Pool {
     /// Requests waiting: for one of those, or (at the cluster's `max_connections`) for a
     /// connection to be given back.
     waiters: Rc<Waiters>,
+    /// Drains so far ([`Pool::drain`]).
+    epoch: Cell<u32>,
 }
 
 impl Pool {
@@ -173,7 +177,7 @@ impl Pool {
     // The connection comes back by value, moved as it went in (no allocation to box it).
     #[allow(clippy::result_large_err)]
     pub fn checkin(&self, mut c: UpConn, now: Instant) -> Result<BytesMut, UpConn> {
-        if !c.rbuf.is_empty() {
+        if !c.rbuf.is_empty() || c.epoch != self.epoch.get() {
             return Err(c);
         }
         let buf = std::mem::take(&mut c.rbuf);
@@ -279,6 +283,18 @@ impl Pool {
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
     }
+
+    /// The drain count a connection made now carries.
+    pub fn epoch(&self) -> u32 {
+        self.epoch.get()
+    }
+
+    /// Closes every idle connection, and every busy one once its request is done (Envoy's
+    /// drain of an ejected host's pools).
+    pub fn drain(&self) {
+        self.epoch.set(self.epoch.get().wrapping_add(1));
+        self.clear();
+    }
 }
 
 /// Whether an idle connection has nothing to read: a closed one reads EOF (or an error), a
@@ -298,6 +314,7 @@ mod tests {
             rbuf,
             requests: 1,
             idle_since: Instant::now(),
+            epoch: 0,
             guard: super::super::CxGuard::new(Arc::default(), Arc::default(), None, false),
         }
     }

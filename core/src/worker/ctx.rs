@@ -589,6 +589,25 @@ impl Ctx {
         }
     }
 
+    /// Drains the pools of the host at `addr` of the cluster whose outlier state is at
+    /// `state` (an ejection), in the current view.
+    pub fn drain_host(&self, state: usize, addr: std::net::SocketAddr) {
+        let snap = self.current();
+        for c in &snap.clusters {
+            if c.cfg
+                .outlier
+                .as_ref()
+                .is_some_and(|o| Arc::as_ptr(o) as usize == state)
+            {
+                for h in c.hosts.borrow().hosts.iter().filter(|h| h.addr == addr) {
+                    for p in h.pools() {
+                        p.drain();
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops accepting and asks idle connections to close.
     pub fn drain(&self) {
         self.draining.set(true);

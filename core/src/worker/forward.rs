@@ -1577,6 +1577,8 @@ async fn connect(
         high,
     );
     let t0 = Instant::now();
+    // A drain of the pool while it connects (an ejection) leaves it for one request.
+    let epoch = host.pool(high).epoch();
     match timeout(cluster.cfg.connect_timeout, TcpStream::connect(host.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -1586,6 +1588,7 @@ async fn connect(
                 rbuf: BytesMut::new(),
                 requests: 0,
                 idle_since: Instant::now(),
+                epoch,
                 guard,
             })
         }

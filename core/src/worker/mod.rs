@@ -54,6 +54,13 @@ pub enum Cmd {
     /// its address (a state since dropped and its address reused only rebuilds a balancer
     /// from current findings, which changes nothing).
     Health { state: usize },
+    /// Outlier detection ejected the host at `addr` of the cluster whose outlier state is at
+    /// `state`: its pools close their connections (idle ones now, busy ones once done), as
+    /// Envoy drains an ejected host's pools.
+    DrainHost {
+        state: usize,
+        addr: std::net::SocketAddr,
+    },
     /// Stop accepting and close idle connections, `after` this long (a graceful drain keeps
     /// accepting for the drain time first).
     Drain { after: Duration },
@@ -280,6 +287,7 @@ async fn run(
             } => ctx.apply(compiled, add, remove),
             Cmd::Hosts { cluster, id, hosts } => ctx.set_hosts(&cluster, id, &hosts),
             Cmd::Health { state } => ctx.set_health(state),
+            Cmd::DrainHost { state, addr } => ctx.drain_host(state, addr),
             Cmd::Drain { after } if after.is_zero() => ctx.drain(),
             Cmd::Drain { after } => {
                 let ctx = ctx.clone();
