@@ -310,7 +310,7 @@ impl Engine {
         // check has had its first check (passed or failed; each ends within its timeout).
         let health = crate::upstream::health::Checker::spawn(self.stores.clone())
             .map_err(|e| Error::engine(format!("cannot start the health checker: {e}")))?;
-        health.send(HcCmd::Snapshot(compiled.clone()));
+        health.snapshot(&compiled);
         health.wait_first_checks(&compiled);
         let drain = {
             let mut cur = self.drain.lock().unwrap_or_else(|e| e.into_inner());
@@ -420,7 +420,7 @@ impl Engine {
         // Envoy warms a cluster before it takes requests: the hosts of a cluster whose health
         // check is new have their first check before the workers see it (a kept or changed
         // check's hosts have their results already).
-        run.health.send(HcCmd::Snapshot(compiled.clone()));
+        run.health.snapshot(&compiled);
         run.health.wait_first_checks(&compiled);
         for (w, a) in run.workers.iter().zip(add) {
             w.send(Cmd::Apply {

@@ -7,6 +7,8 @@ it; docs/envoy-behaviour.md section 26)."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -170,8 +172,8 @@ def test_gateway_failures_are_detected_but_not_enforced_by_default(make_proxy: A
     u, v = ups("u"), ups("v")
     u.serve_status = 503
     p = od_proxy(make_proxy, [u.port, v.port], outlier(consecutive_5xx=100, consecutive_gateway_failure=2))
-    send(p, 4)
-    wait_stat(p, OD + "ejections_detected_consecutive_gateway_failure", 1)
+    wait_for(lambda: send(p, 1) and p.stats()[OD + "ejections_detected_consecutive_gateway_failure"] == 1,
+             what="a detection")
     s = p.stats()
     assert s[OD + "ejections_enforced_consecutive_gateway_failure"] == 0
     assert s[OD + "ejections_active"] == 0
@@ -212,10 +214,10 @@ def test_split_local_origin_failures_eject_apart_from_5xx(make_proxy: Any, ups: 
     p = od_proxy(make_proxy, [down.port, err.port, good.port], outlier(
         split_external_local_origin_errors=True, consecutive_local_origin_failure=2,
         consecutive_5xx=2))  # fmt: skip
-    send(p, 6)
-    wait_stat(p, OD + "ejections_enforced_consecutive_local_origin_failure", 1)
-    wait_stat(p, OD + "ejections_enforced_consecutive_5xx", 1)
+    wait_for(lambda: send(p, 1) and p.stats()[OD + "ejections_active"] == 2, what="both ejected")
     s = p.stats()
+    assert s[OD + "ejections_enforced_consecutive_local_origin_failure"] == 1
+    assert s[OD + "ejections_enforced_consecutive_5xx"] == 1
     assert s[OD + "ejections_detected_consecutive_local_origin_failure"] == 1
     assert s[OD + "ejections_detected_consecutive_5xx"] == 1
     assert s[OD + "ejections_active"] == 2
@@ -278,6 +280,39 @@ def test_immediate_health_check_fail_without_active_checks_changes_nothing(
     assert p.stats()[OD + "ejections_detected_consecutive_5xx"] == 0
 
 
+def test_the_code_counts_when_the_head_comes(make_proxy: Any, make_canned: Any) -> None:
+    # A 200 whose body is still coming ends a run of 500s: Envoy's router reports the code
+    # with the head. The gateway failures of another cluster, told after it, are the barrier
+    # (a worker's reports reach the detectors in order).
+    release = threading.Event()
+
+    def slow(sock: socket.socket, _: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        release.wait(10)
+        sock.sendall(b"ok")
+
+    u = make_canned({"/slow": slow, "*": b"HTTP/1.1 500 X\r\ncontent-length: 0\r\n\r\n"})
+    w = make_canned({"*": b"HTTP/1.1 502 X\r\ncontent-length: 0\r\n\r\n"})
+    p = make_proxy(bootstrap([route("/w", "w"), route("/", "up")], [
+        cluster("up", u.port, outlier_detection=outlier(consecutive_5xx=3)),
+        cluster("w", w.port, outlier_detection=outlier(consecutive_5xx=100, consecutive_gateway_failure=1)),
+    ]))  # fmt: skip
+    assert [s for s, _ in send(p, 2)] == [500, 500]
+    with socket.create_connection(("127.0.0.1", p.listener_port()), timeout=5) as c:
+        c.sendall(get("/slow"))
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += c.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200")
+        assert [s for s, _ in send(p, 1)] == [500]
+        with RawConn(p.listener_port()) as r:
+            assert r.request(get("/w")).status == 502
+        wait_stat(p, "cluster.w.outlier_detection.ejections_detected_consecutive_gateway_failure", 1)
+        # 500, 500, 200, 500: no run of three.
+        assert p.stats()[OD + "ejections_detected_consecutive_5xx"] == 0
+        release.set()
+
+
 # --- the ejection limit, time and backoff ---------------------------------------------------------
 
 
@@ -297,8 +332,7 @@ def test_default_max_ejection_percent_ejects_no_host_of_two(make_proxy: Any, ups
     a, b = ups("a"), ups("b")
     a.serve_status = 500
     p = od_proxy(make_proxy, [a.port, b.port], {"consecutive_5xx": 2, "interval": "0.1s"})
-    send(p, 4)
-    wait_stat(p, OD + "ejections_overflow", 1)
+    wait_for(lambda: send(p, 1) and p.stats()[OD + "ejections_overflow"] == 1, what="an overflow")
     assert p.stats()[OD + "ejections_active"] == 0
     assert host_field(p, "health_flags")[a.port] == "healthy"
 
@@ -429,6 +463,25 @@ def test_a_passing_active_check_brings_an_ejected_host_back(make_proxy: Any, ups
     # The next check passes: the host is back long before its 60 s.
     wait_flags(p, u.port, "healthy", timeout=3)
     wait_stat(p, OD + "ejections_active", 0)
+
+
+def test_a_failed_active_check_leaves_an_ejected_host_out(make_proxy: Any, ups: Any) -> None:
+    u, v = ups("u"), ups("v")
+    u.serve_status = 500
+    # The checks of u time out, far below the unhealthy threshold: the host stays healthy to
+    # the active check, and ejected.
+    hc = {
+        "timeout": "0.1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
+        "unhealthy_threshold": 1000, "healthy_threshold": 1, "http_health_check": {"path": "/healthz"},
+    }  # fmt: skip
+    p = od_proxy(make_proxy, [u.port, v.port], outlier(base_ejection_time="60s"), health_checks=[hc])
+    u.hang = True
+    fail_until_ejected(p, u.port, "ejections_enforced_consecutive_5xx")
+    n = len(u.checks)
+    wait_for(lambda: len(u.checks) >= n + 3, what="three more checks")
+    assert host_field(p, "health_flags")[u.port] == "/failed_outlier_check"
+    u.hang = False
+    wait_flags(p, u.port, "healthy")
 
 
 def test_without_uneject_by_active_check_the_host_stays_out(make_proxy: Any, ups: Any) -> None:

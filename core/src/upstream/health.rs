@@ -193,8 +193,9 @@ enum Verdict {
 
 /// The checker thread's orders.
 pub enum HcCmd {
-    /// A new snapshot: check its clusters' hosts.
-    Snapshot(Arc<Compiled>),
+    /// A new snapshot: check its clusters' hosts; the sender hears once the thread has taken
+    /// it (its states know the thread and their stats are shown).
+    Snapshot(Arc<Compiled>, std::sync::mpsc::SyncSender<()>),
     /// New hosts of a STRICT_DNS cluster (`id`: its compiled cluster).
     Hosts {
         id: usize,
@@ -269,6 +270,16 @@ impl Checker {
         }
     }
 
+    /// Hands the thread a snapshot and waits until it has taken it: only then may a worker
+    /// see it, so that a detector's first threshold crossing reaches the thread and its stats
+    /// are shown from the first request on.
+    pub fn snapshot(&self, compiled: &Arc<Compiled>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(HcCmd::Snapshot(compiled.clone(), tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
     /// Sends an order (dropped once the thread has ended).
     pub fn send(&self, cmd: HcCmd) {
         let _ = self.tx.send(cmd);
@@ -319,21 +330,22 @@ async fn run(
     // Stats shown (a state kept or succeeded keeps its cluster's, registered once).
     let mut registered: Vec<std::sync::Weak<dyn Scope>> = Vec::new();
     while let Some(cmd) = rx.recv().await {
+        let mut ack = None;
         match cmd {
             HcCmd::Stop => break,
             HcCmd::Workers(w) => {
                 *workers.borrow_mut() = w;
+                // What the checks found while the workers were being built (nothing is ejected
+                // before a worker has carried a request).
                 for k in clusters.values() {
                     if let Some(s) = &k.state {
                         tell(&workers.borrow(), Arc::as_ptr(s) as usize);
                     }
-                    if let Some(o) = &k.outlier {
-                        tell(&workers.borrow(), Arc::as_ptr(o) as usize);
-                    }
                 }
                 continue;
             }
-            HcCmd::Snapshot(c) => {
+            HcCmd::Snapshot(c, taken) => {
+                ack = Some(taken);
                 let mut next = HashMap::new();
                 for cl in &c.clusters {
                     if cl.health.is_none() && cl.outlier.is_none() {
@@ -454,6 +466,9 @@ async fn run(
             }
             keep
         });
+        if let Some(a) = ack {
+            let _ = a.send(());
+        }
     }
     for t in sessions.into_values().chain(tickers.into_values()) {
         t.abort();
@@ -589,10 +604,13 @@ async fn session(
         last = Some(f);
         state.record(addr, before, f, &workers);
         let now_failed = f & flag::FAILED != 0;
-        // A host the check finds healthy is no outlier any more (Envoy's
-        // `successful_active_health_check_uneject_host`).
+        let passed = matches!(verdict, Verdict::Healthy { .. });
+        // A host this check passes (and finds healthy) is no outlier any more (Envoy's
+        // `successful_active_health_check_uneject_host`); a failed check below the threshold
+        // leaves it ejected.
         if let Some(o) = &outlier {
-            if !now_failed
+            if passed
+                && !now_failed
                 && o.cfg.successful_active_health_check_uneject_host
                 && o.uneject(addr, std::time::Instant::now())
             {
@@ -602,7 +620,6 @@ async fn session(
         if !cfg.reuse_connection {
             conn = None;
         }
-        let passed = matches!(verdict, Verdict::Healthy { .. });
         let wait = interval(cfg, &state, passed, now_failed, pending);
         tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
     }

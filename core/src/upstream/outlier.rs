@@ -128,7 +128,8 @@ impl HostMonitor {
     #[inline]
     pub fn put_code(&self, code: u16, od: &OutlierState, addr: SocketAddr) {
         let cfg = &od.cfg;
-        if code < 500 {
+        // Envoy's 5xx is 500 to 599; any other code is a success.
+        if !(500..600).contains(&code) {
             self.external.add(true);
             zero(&self.consecutive_5xx);
             zero(&self.consecutive_gateway);
@@ -200,6 +201,10 @@ impl HostMonitor {
 #[derive(Debug)]
 struct Record {
     monitor: Arc<HostMonitor>,
+    /// The host is in the cluster (as the health thread last heard, or as a worker that
+    /// asked for its monitor has it). A record of a host that left is kept while a worker's
+    /// host still holds its monitor, so a host that comes back counts where it did.
+    member: bool,
     /// When it was ejected, while it is.
     ejected_at: Option<Instant>,
     /// When it last came back.
@@ -212,6 +217,20 @@ struct Record {
     /// Its success rate in the last interval with enough requests (external, local origin),
     /// -1 without one, for `/clusters`.
     success_rate: [f64; 2],
+}
+
+impl Record {
+    fn new() -> Record {
+        Record {
+            monitor: Arc::default(),
+            member: true,
+            ejected_at: None,
+            unejected_at: None,
+            backoff: 0,
+            jitter: Duration::ZERO,
+            success_rate: [-1.0; 2],
+        }
+    }
 }
 
 /// What the detector shows on `/clusters`.
@@ -283,19 +302,10 @@ impl OutlierState {
     /// The monitor of the host at `addr` (made on first asking: by a worker building its
     /// hosts, or by the health thread).
     pub fn monitor(&self, addr: SocketAddr) -> Arc<HostMonitor> {
-        self.lock()
-            .hosts
-            .entry(addr)
-            .or_insert_with(|| Record {
-                monitor: Arc::default(),
-                ejected_at: None,
-                unejected_at: None,
-                backoff: 0,
-                jitter: Duration::ZERO,
-                success_rate: [-1.0; 2],
-            })
-            .monitor
-            .clone()
+        let mut d = self.lock();
+        let r = d.hosts.entry(addr).or_insert_with(Record::new);
+        r.member = true;
+        r.monitor.clone()
     }
 
     /// Whether the host at `addr` is ejected.
@@ -337,25 +347,25 @@ impl OutlierState {
         }
     }
 
-    /// Keeps only `hosts` (and makes their monitors); the ejected ones that left are no
-    /// longer counted. Whether an ejected host left.
+    /// The cluster's hosts are `hosts` now (their monitors made): a host that left is no
+    /// longer counted, nor ejected (Envoy forgets it), and its record goes once no worker's
+    /// host holds its monitor. Whether an ejected host left.
     pub(super) fn retain(&self, hosts: &HashSet<SocketAddr>) -> bool {
         let mut d = self.lock();
-        let ejected_before = d.hosts.values().filter(|r| r.ejected_at.is_some()).count();
-        d.hosts.retain(|a, _| hosts.contains(a));
+        let mut left = false;
+        d.hosts.retain(|a, r| {
+            r.member = hosts.contains(a);
+            if !r.member && r.ejected_at.take().is_some() {
+                left = true;
+            }
+            r.member || Arc::strong_count(&r.monitor) > 1
+        });
         for a in hosts {
-            d.hosts.entry(*a).or_insert_with(|| Record {
-                monitor: Arc::default(),
-                ejected_at: None,
-                unejected_at: None,
-                backoff: 0,
-                jitter: Duration::ZERO,
-                success_rate: [-1.0; 2],
-            });
+            d.hosts.entry(*a).or_insert_with(Record::new);
         }
         let ejected = d.hosts.values().filter(|r| r.ejected_at.is_some()).count();
         self.stats.ejections_active.set(ejected as u64);
-        ejected != ejected_before
+        left
     }
 
     /// A consecutive-failure threshold was reached on `addr` (Envoy's
@@ -366,6 +376,11 @@ impl OutlierState {
         let Some(r) = d.hosts.get(&addr) else {
             return false;
         };
+        // A host that is no longer the cluster's: its run starts over, should it come back.
+        if !r.member {
+            r.monitor.reset(kind);
+            return false;
+        }
         // One already ejected (its counter crossed again meanwhile) is left as it is.
         if r.ejected_at.is_some() {
             return false;
@@ -417,7 +432,7 @@ impl OutlierState {
     /// with `always_eject_one_host`, the ejection is enforced `enforcing` percent of the
     /// time; over the limit it is an overflow. Whether the host was ejected.
     fn eject(&self, d: &mut Detector, addr: SocketAddr, kind: Kind, now: Instant) -> bool {
-        let total = d.hosts.len().max(1);
+        let total = d.hosts.values().filter(|r| r.member).count().max(1);
         let active = d.hosts.values().filter(|r| r.ejected_at.is_some()).count();
         let max = f64::from(self.cfg.max_ejection_percent.min(100));
         let percent = 100.0 * (active + 1) as f64 / total as f64;
@@ -506,6 +521,12 @@ impl OutlierState {
         let mut changed = false;
         let mut volumes: Vec<(SocketAddr, [(u64, u64); 2])> = Vec::with_capacity(d.hosts.len());
         for (addr, r) in d.hosts.iter_mut() {
+            if !r.member {
+                // Its counts are of no interval of the cluster's.
+                r.monitor.external.take();
+                r.monitor.local.take();
+                continue;
+            }
             if let Some(at) = r.ejected_at {
                 let time =
                     Duration::from_millis(u64::from(r.backoff).saturating_mul(base).min(max_time))
@@ -559,7 +580,7 @@ impl OutlierState {
     ) -> bool {
         let c = &self.cfg;
         d.rates[origin] = (-1.0, -1.0);
-        let n = d.hosts.len() as u64;
+        let n = d.hosts.values().filter(|r| r.member).count() as u64;
         let (sr_hosts, sr_volume) = (
             u64::from(c.success_rate_minimum_hosts),
             u64::from(c.success_rate_request_volume),
@@ -796,6 +817,111 @@ mod tests {
         assert_eq!(s.stats.ejections_total.get(), 0);
         assert_eq!(s.stats.ejections_overflow.get(), 1);
         assert_eq!(s.stats.ejections_consecutive_5xx.get(), 1);
+    }
+
+    #[test]
+    fn a_host_that_leaves_is_no_longer_ejected_and_comes_back_with_its_monitor() {
+        let cfg = OutlierDetection {
+            max_ejection_percent: 100,
+            ..OutlierDetection::default()
+        };
+        let s = state(cfg, 2);
+        let now = Instant::now();
+        // A worker's host holds the monitor of host 1.
+        let held = s.monitor(addr(1));
+        assert!(s.on_consecutive(addr(1), Kind::Consecutive5xx, now));
+        assert_eq!(s.stats.ejections_active.get(), 1);
+        // DNS drops host 1: not ejected any more, not counted.
+        let only2: HashSet<_> = [addr(2)].into();
+        assert!(s.retain(&only2));
+        assert!(!s.ejected(addr(1)));
+        assert_eq!(s.stats.ejections_active.get(), 0);
+        // A crossing of a host that left is dropped and its run starts over.
+        assert!(!s.on_consecutive(addr(1), Kind::Consecutive5xx, now));
+        assert_eq!(s.stats.ejections_detected_consecutive_5xx.get(), 1);
+        // It comes back: the worker's monitor is still the one the detector reads.
+        let both: HashSet<_> = [addr(1), addr(2)].into();
+        assert!(!s.retain(&both));
+        assert!(Arc::ptr_eq(&held, &s.monitor(addr(1))));
+        // Once no worker holds it, a host that leaves is forgotten.
+        drop(held);
+        s.retain(&only2);
+        assert_eq!(s.lock().hosts.len(), 1);
+    }
+
+    #[test]
+    fn with_the_split_local_origin_results_are_judged_apart() {
+        let cfg = OutlierDetection {
+            max_ejection_percent: 100,
+            success_rate_request_volume: 10,
+            split_external_local_origin_errors: true,
+            ..OutlierDetection::default()
+        };
+        let s = state(cfg, 5);
+        for port in 1..=5 {
+            let m = s.monitor(addr(port));
+            for i in 0..20 {
+                // Every host answers 200; host 5's connects fail half the time.
+                m.put_connected(&s);
+                m.put_code(200, &s, addr(port));
+                if port == 5 && i % 2 == 0 {
+                    m.put_local(Local::Timeout, &s, addr(port));
+                }
+            }
+        }
+        assert!(s.tick(Instant::now()));
+        assert!(s.ejected(addr(5)));
+        assert_eq!(
+            s.stats.ejections_enforced_local_origin_success_rate.get(),
+            1
+        );
+        assert_eq!(s.stats.ejections_detected_success_rate.get(), 0);
+        let r = s.rates();
+        assert_eq!((r.average, r.threshold), (100.0, 100.0));
+        assert!(r.local_average < 100.0 && r.local_threshold > 0.0);
+        // Host 5 had 20 successes (its connects) and 10 failures.
+        let rate = s.success_rates(addr(5))[1];
+        assert!((rate - 200.0 / 3.0).abs() < 1e-9, "{rate}");
+    }
+
+    #[test]
+    fn codes_from_600_are_no_failures() {
+        let cfg = OutlierDetection {
+            consecutive_5xx: 2,
+            ..OutlierDetection::default()
+        };
+        let s = state(cfg, 1);
+        let m = s.monitor(addr(1));
+        m.put_code(500, &s, addr(1));
+        m.put_code(600, &s, addr(1));
+        assert_eq!(m.consecutive_5xx.load(Relaxed), 0);
+        assert_eq!(m.external.take(), (2, 1));
+    }
+
+    #[test]
+    fn success_rate_and_failure_percentage_eject_a_host_once() {
+        // Envoy ejects it twice in that tick (its gauge then counts 2); here it is ejected by
+        // the success rate, and the failure percentage is counted as detected only.
+        let cfg = OutlierDetection {
+            max_ejection_percent: 100,
+            success_rate_request_volume: 10,
+            failure_percentage_request_volume: 10,
+            enforcing_failure_percentage: 100,
+            ..OutlierDetection::default()
+        };
+        let s = state(cfg, 5);
+        for port in 1..=5 {
+            let m = s.monitor(addr(port));
+            for _ in 0..20 {
+                m.external.add(port != 5);
+            }
+        }
+        assert!(s.tick(Instant::now()));
+        assert!(s.ejected(addr(5)));
+        assert_eq!(s.stats.ejections_enforced_success_rate.get(), 1);
+        assert_eq!(s.stats.ejections_detected_failure_percentage.get(), 1);
+        assert_eq!(s.stats.ejections_enforced_failure_percentage.get(), 0);
+        assert_eq!(s.stats.ejections_active.get(), 1);
     }
 
     #[test]

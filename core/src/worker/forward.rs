@@ -506,6 +506,7 @@ pub(super) async fn forward(
             local: response_local,
             set_cookie: set_cookie.as_deref(),
             health: cluster.cfg.health.as_deref(),
+            outlier: host.outlier.as_deref().zip(cluster.cfg.outlier.as_deref()),
             tries,
             replay,
             per_try_ms: fwd.retry.as_ref().map_or(0, |p| p.per_try_timeout_ms),
@@ -572,7 +573,6 @@ pub(super) async fn forward(
             } => {
                 d.done_at = Some(end);
                 cs.count_response(status);
-                report(cluster, &host, status);
                 cs.s.upstream_rq_time.record_ms_until(rq_start, end);
                 if status >= 500 {
                     host.stats.rq_error.inc();
@@ -635,11 +635,8 @@ pub(super) async fn forward(
                     l.http.downstream_rq_rx_reset.inc();
                 }
                 count_failure(cluster, &host, cause, status);
-                // The head's code was the upstream's answer; a reset after it is a failure
-                // of its own (Envoy reports both).
-                if status != 0 {
-                    report(cluster, &host, status);
-                }
+                // The head's code went to the detector as it came; a reset after it is a
+                // failure of its own (Envoy reports both).
                 if matches!(cause, Cause::UpstreamReset | Cause::UpstreamProtocol) {
                     report_local(cluster, &host, Local::ConnectFailed);
                 }
@@ -647,7 +644,6 @@ pub(super) async fn forward(
             }
             // Boxed: its state would otherwise widen every exchange's future.
             Outcome::Switched => {
-                report(cluster, &host, 101);
                 return Box::pin(switched(ctx, l, d, up, cs, &host, idle_ms, up_chunk)).await;
             }
             Outcome::Retry {
@@ -681,8 +677,8 @@ pub(super) async fn forward(
                     host.stats.rq_timeout.inc();
                 }
                 if status != 0 {
+                    // (Its code went to the detector as the head came.)
                     cs.retry.count(status);
-                    report(cluster, &host, status);
                 } else {
                     report_local(
                         cluster,
@@ -1390,16 +1386,6 @@ fn close_upstream(ctx: &Ctx, up: UpConn) {
     ctx.put_read_buf(up.rbuf);
 }
 
-/// Tells the cluster's outlier detector, if it has one, of the host's response `code`.
-#[inline]
-fn report(cluster: &ClusterRt, host: &HostRt, code: u16) {
-    if let Some(m) = &host.outlier {
-        if let Some(o) = &cluster.cfg.outlier {
-            m.put_code(code, o, host.addr);
-        }
-    }
-}
-
 /// Tells the cluster's outlier detector, if it has one, of a try that got no response.
 #[cold]
 fn report_local(cluster: &ClusterRt, host: &HostRt, what: Local) {
@@ -1802,6 +1788,12 @@ struct Exchange<'a> {
     /// The cluster's active health check: a response that says
     /// `x-envoy-immediate-health-check-fail` fails its host at once (Envoy's passive check).
     health: Option<&'a crate::upstream::health::HealthState>,
+    /// The host's outlier detection counts and its cluster's detector, if it has one: told of
+    /// the response's code when the head comes (as Envoy's router tells it).
+    outlier: Option<(
+        &'a crate::upstream::outlier::HostMonitor,
+        &'a crate::upstream::outlier::OutlierState,
+    )>,
     /// The retry policy's state, if the route has one.
     tries: Option<&'a Tries<'a>>,
     /// This try sends the body a try before read (in `head_out`): nothing is read from the
@@ -1986,6 +1978,9 @@ impl Exchange<'_> {
                 touch();
             };
             let status = head.status;
+            if let Some((m, o)) = self.outlier {
+                m.put_code(status, o, self.upstream);
+            }
             if let Some(h) = self.health {
                 if head
                     .headers
