@@ -134,6 +134,10 @@ pub struct HttpConnectionManager {
     /// Envoy `request_headers_timeout` in ms (default 0: disabled).
     #[serde(default)]
     pub request_headers_timeout_ms: u64,
+    /// Envoy `common_http_protocol_options.max_stream_duration` in ms (default 0: none): a
+    /// forwarded request's whole life, from its first byte.
+    #[serde(default)]
+    pub max_stream_duration_ms: u64,
     /// Envoy `request_timeout` in ms (default 0: disabled).
     #[serde(default)]
     pub request_timeout_ms: u64,
@@ -496,6 +500,10 @@ pub struct ForwardAction {
     /// (none: the connection manager's `stream_idle_timeout`; 0 disables).
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// Envoy route `max_stream_duration.max_stream_duration` in ms, over the connection
+    /// manager's (none: the connection manager's; 0 disables).
+    #[serde(default)]
+    pub max_stream_duration_ms: Option<u64>,
     /// Envoy route `priority: HIGH`: its requests count against the cluster's `HIGH` circuit
     /// breakers and use connection pools of their own.
     #[serde(default)]
@@ -535,6 +543,10 @@ pub struct RetryPolicyConfig {
     /// 0: none (the route timeout alone).
     #[serde(default)]
     pub per_try_timeout_ms: u64,
+    /// `per_try_idle_timeout` in ms (0: none): a try whose upstream sends nothing for this
+    /// long, once the request is in, ends.
+    #[serde(default)]
+    pub per_try_idle_timeout_ms: u64,
     #[serde(default)]
     pub retriable_status_codes: Vec<u16>,
     #[serde(default = "default_retry_base_ms")]

@@ -292,7 +292,7 @@ class RetryPolicy(_Message, kw_only=True):
     retry_on: str = ""
     num_retries: UInt32 | None = None
     per_try_timeout: Duration | None = None
-    per_try_idle_timeout: Duration | None = None  # refused by validate
+    per_try_idle_timeout: Duration | None = None
     retry_priority: dict[str, Any] | None = None  # refused by validate
     retry_host_predicate: list[RetryHostPredicate] = []
     retry_options_predicates: list[dict[str, Any]] = []  # refused by validate
@@ -302,6 +302,15 @@ class RetryPolicy(_Message, kw_only=True):
     rate_limited_retry_back_off: dict[str, Any] | None = None  # refused by validate
     retriable_headers: list[HeaderMatcher] = []
     retriable_request_headers: list[HeaderMatcher] = []
+
+
+class MaxStreamDuration(_Message, kw_only=True):
+    """`RouteAction.MaxStreamDuration` (the `grpc-timeout` header fields are refused by
+    validate)."""
+
+    max_stream_duration: Duration | None = None
+    grpc_timeout_header_max: Duration | None = None
+    grpc_timeout_header_offset: Duration | None = None
 
 
 class RouteAction(_Message, kw_only=True):
@@ -317,6 +326,7 @@ class RouteAction(_Message, kw_only=True):
     auto_host_rewrite: bool | None = None
     timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    max_stream_duration: MaxStreamDuration | None = None
     upgrade_configs: list[RouteUpgradeConfig] = []
     hash_policy: list[HashPolicy] = []
     priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"
@@ -415,6 +425,7 @@ class HcmProtocolOptions(_Message, kw_only=True):
 
     idle_timeout: Duration | None = None
     max_connection_duration: Duration | None = None
+    max_stream_duration: Duration | None = None
     max_requests_per_connection: UInt32 | None = None
     max_headers_count: UInt32 | None = None
     headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"

@@ -530,6 +530,13 @@ def _check_forward(action: m.RouteAction, path: str, clusters: set[str]) -> None
     _check_no_line_breaks(action.host_rewrite_literal, f"{path}.host_rewrite_literal")
     _check_upgrade_configs(action.upgrade_configs, f"{path}.upgrade_configs", route=True)
     _check_hash_policy(action.hash_policy, f"{path}.hash_policy")
+    if (msd := action.max_stream_duration) is not None:
+        for name in ("grpc_timeout_header_max", "grpc_timeout_header_offset"):
+            if getattr(msd, name) is not None:
+                raise ConfigError(
+                    f"{path}.max_stream_duration.{name}",
+                    "a duration from the grpc-timeout header is not supported yet",
+                )
     if action.retry_policy is not None:
         check_retry_policy(action.retry_policy, f"{path}.retry_policy")
     if action.cluster_header is not None:
@@ -583,7 +590,7 @@ def retry_on_tokens(retry_on: str) -> list[str]:
 def check_retry_policy(rp: m.RetryPolicy, path: str) -> None:
     """Refuses what pyproxy does not do yet, and (unlike Envoy, which ignores them) a `retry_on`
     condition it does not know: a misspelt one would silently retry nothing."""
-    for name in ("per_try_idle_timeout", "retry_priority", "rate_limited_retry_back_off"):
+    for name in ("retry_priority", "rate_limited_retry_back_off"):
         if getattr(rp, name) is not None:
             raise ConfigError(f"{path}.{name}", "is not supported yet")
     if rp.retry_options_predicates:

@@ -79,6 +79,7 @@ def test_default_snapshot() -> None:
         "stream_idle_timeout_ms": 300_000,
         "request_headers_timeout_ms": 0,
         "request_timeout_ms": 0,
+        "max_stream_duration_ms": 0,
         "idle_timeout_ms": 3_600_000,
         "max_connection_duration_ms": 0,
         "drain_timeout_ms": 5000,
@@ -177,13 +178,14 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
       "max_ejection_time_jitter_ms": 2000, "always_eject_one_host": True}),
     # A retry policy: the route's, else its virtual host's (never merged), Envoy's defaults.
     ("retry_policy", lambda c: route(c)["route"].update(retry_policy={
-        "retry_on": " 5xx ,,reset", "per_try_timeout": "0.25s", "retriable_status_codes": [418],
+        "retry_on": " 5xx ,,reset", "per_try_timeout": "0.25s", "per_try_idle_timeout": "1.0005s",
+        "retriable_status_codes": [418],
         "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
         "host_selection_retry_max_attempts": -1}),
      lambda s: snap_route(s)["action"]["route"]["retry_policy"],
      {"retry_on": ["5xx", "reset"], "num_retries": 1, "per_try_timeout_ms": 250,
-      "retriable_status_codes": [418], "base_interval_ms": 25, "max_interval_ms": 250,
+      "per_try_idle_timeout_ms": 1000, "retriable_status_codes": [418], "base_interval_ms": 25, "max_interval_ms": 250,
       "retriable_headers": [], "retriable_request_headers": [],
       "previous_hosts": True, "host_selection_retry_max_attempts": 0}),
     ("retry_back_off", lambda c: vhost(c).update(retry_policy={
@@ -192,7 +194,8 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
      lambda s: {k: v for k, v in snap_route(s)["action"]["route"].items()
                 if "retry" in k or "attempt" in k},
      {"retry_policy": {"retry_on": ["gateway-error"], "num_retries": 4, "per_try_timeout_ms": 0,
-                       "retriable_status_codes": [], "base_interval_ms": 100, "max_interval_ms": 1000,
+                       "per_try_idle_timeout_ms": 0, "retriable_status_codes": [], "base_interval_ms": 100,
+                       "max_interval_ms": 1000,
                        "retriable_headers": [], "retriable_request_headers": [],
                        "previous_hosts": False, "host_selection_retry_max_attempts": 0},
       "include_request_attempt_count": True, "include_attempt_count_in_response": True}),
@@ -231,6 +234,18 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
                                             "request_headers_timeout_ms", "idle_timeout_ms")},
      {"stream_idle_timeout_ms": 0, "request_timeout_ms": 1500,
       "request_headers_timeout_ms": 1, "idle_timeout_ms": 2000}),
+    # max_stream_duration: the HCM's, the route's over it; below 1 ms is none (Envoy truncates);
+    # a route with the message has no route timeout.
+    ("stream_duration", lambda c: (
+        hcm(c).update(common_http_protocol_options={"max_stream_duration": "1.5s"}),
+        route(c)["route"].update(timeout="3s", max_stream_duration={"max_stream_duration": "0.0005s"})),
+     lambda s: (snap_hcm(s)["max_stream_duration_ms"], snap_route(s)["action"]["route"]["max_stream_duration_ms"],
+                snap_route(s)["action"]["route"]["timeout_ms"]),
+     (1500, 0, 0)),
+    ("stream_duration_empty_route", lambda c: route(c)["route"].update(max_stream_duration={}),
+     lambda s: ("max_stream_duration_ms" in snap_route(s)["action"]["route"],
+                snap_route(s)["action"]["route"]["timeout_ms"]),
+     (False, 0)),
     ("hcm_flags", lambda c: hcm(c).update(
         server_name="edge", server_header_transformation="PASS_THROUGH", use_remote_address=True,
         xff_num_trusted_hops=2, skip_xff_append=True, generate_request_id=False,

@@ -644,6 +644,12 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("health_check_grpc", lambda c: cluster(c).update(health_checks=[{**HC,
         "grpc_health_check": {}}]),
      f"{CLUSTER}.health_checks[0].grpc_health_check", "gRPC health checks are not supported yet"),
+    ("route_grpc_timeout_max", lambda c: route(c)["route"].update(
+        max_stream_duration={"grpc_timeout_header_max": "1s"}),
+     f"{ROUTE}.route.max_stream_duration.grpc_timeout_header_max", "grpc-timeout header is not supported yet"),
+    ("hcm_negative_stream_duration", lambda c: hcm(c).update(
+        common_http_protocol_options={"max_stream_duration": "-1s"}),
+     f"{HCM}.common_http_protocol_options.max_stream_duration", "must not be negative"),
     # outlier detection
     ("outlier_percent", lambda c: cluster(c).update(outlier_detection={"max_ejection_percent": 101}),
      f"{CLUSTER}.outlier_detection.max_ejection_percent", "101 is over 100 (a percentage)"),

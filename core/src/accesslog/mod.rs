@@ -44,9 +44,13 @@ pub enum Detail {
     ResponseTimeout,
     /// A retry policy's `per_try_timeout` passed.
     PerTryTimeout,
+    /// A retry policy's `per_try_idle_timeout` passed.
+    PerTryIdleTimeout,
     StreamIdleTimeout,
     RequestOverallTimeout,
     RequestHeaderTimeout,
+    /// The connection manager's (or the route's) `max_stream_duration` passed.
+    MaxDurationTimeout,
     DownstreamDisconnect,
     CodecError,
     HeadersTooLarge,
@@ -84,9 +88,11 @@ impl Detail {
             Detail::ResetAfterProtocol => "upstream_reset_after_response_started{protocol_error}",
             Detail::ResponseTimeout => "response_timeout",
             Detail::PerTryTimeout => "upstream_per_try_timeout",
+            Detail::PerTryIdleTimeout => "upstream_per_try_idle_timeout",
             Detail::StreamIdleTimeout => "stream_idle_timeout",
             Detail::RequestOverallTimeout => "request_overall_timeout",
             Detail::RequestHeaderTimeout => "request_header_timeout",
+            Detail::MaxDurationTimeout => "max_duration_timeout",
             Detail::DownstreamDisconnect => "downstream_remote_disconnect",
             Detail::CodecError => "http1.codec_error",
             Detail::HeadersTooLarge => "http1.headers_too_large",
@@ -117,7 +123,9 @@ impl Detail {
             Detail::ResetBeforeProtocol | Detail::ResetAfterProtocol => {
                 ("UPE", "UpstreamProtocolError")
             }
-            Detail::ResponseTimeout | Detail::PerTryTimeout => ("UT", "UpstreamRequestTimeout"),
+            Detail::ResponseTimeout | Detail::PerTryTimeout | Detail::PerTryIdleTimeout => {
+                ("UT", "UpstreamRequestTimeout")
+            }
             Detail::StreamIdleTimeout => ("SI", "StreamIdleTimeout"),
             Detail::DownstreamDisconnect => ("DC", "DownstreamConnectionTermination"),
             Detail::CodecError

@@ -451,6 +451,9 @@ pub struct Forward {
     pub timeout_header: Vec<u8>,
     /// The route's `idle_timeout` in ms, replacing the stream idle timeout (0 disables).
     pub idle_timeout_ms: Option<u64>,
+    /// The route's `max_stream_duration` in ms, replacing the connection manager's (0
+    /// disables).
+    pub max_stream_duration_ms: Option<u64>,
     /// Route `priority: HIGH`: the cluster's `HIGH` circuit breakers and pools.
     pub high_priority: bool,
     /// The route's `upgrade_configs`: (type, lower-case; enabled).
@@ -893,6 +896,7 @@ fn compile_route(
                     Vec::new()
                 },
                 idle_timeout_ms: f.idle_timeout_ms,
+                max_stream_duration_ms: f.max_stream_duration_ms,
                 high_priority: f.high_priority,
                 retry,
                 retry_buffer_limit: f.per_request_buffer_limit_bytes,

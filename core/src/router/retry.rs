@@ -41,6 +41,8 @@ pub struct RetryPolicy {
     pub num_retries: u32,
     /// 0: none.
     pub per_try_timeout_ms: u64,
+    /// 0: none.
+    pub per_try_idle_timeout_ms: u64,
     status_codes: Box<[u16]>,
     base_ms: u64,
     max_ms: u64,
@@ -111,6 +113,7 @@ impl RetryPolicy {
             request_headers: matchers(&c.retriable_request_headers, "retriable_request_headers")?,
             num_retries: c.num_retries,
             per_try_timeout_ms: c.per_try_timeout_ms,
+            per_try_idle_timeout_ms: c.per_try_idle_timeout_ms,
             status_codes: c.retriable_status_codes.clone().into(),
             base_ms: c.base_interval_ms,
             max_ms,
@@ -229,6 +232,7 @@ mod tests {
             retry_on: on.iter().map(|s| s.to_string()).collect(),
             num_retries: 1,
             per_try_timeout_ms: 0,
+            per_try_idle_timeout_ms: 0,
             retriable_status_codes: codes.to_vec(),
             base_interval_ms: 25,
             max_interval_ms: None,

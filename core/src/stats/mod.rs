@@ -26,6 +26,7 @@ crate::stat_scope! {
             downstream_rq_1xx, downstream_rq_2xx, downstream_rq_3xx, downstream_rq_4xx,
             downstream_rq_5xx, downstream_rq_completed, downstream_rq_timeout,
             downstream_rq_idle_timeout, downstream_rq_header_timeout,
+            downstream_rq_max_duration_reached,
             downstream_rq_response_before_rq_complete, downstream_rq_rx_reset,
             downstream_rq_tx_reset,
             downstream_rq_non_relative_path, downstream_rq_failed_path_normalization,
@@ -313,7 +314,8 @@ crate::stat_scope! {
             upstream_rq_active_overflow, upstream_rq_retry_overflow,
             upstream_rq_retry, upstream_rq_retry_success, upstream_rq_retry_limit_exceeded,
             upstream_rq_retry_backoff_exponential, upstream_rq_retry_backoff_ratelimited,
-            upstream_rq_per_try_timeout, retry_or_shadow_abandoned,
+            upstream_rq_per_try_timeout, upstream_rq_per_try_idle_timeout,
+            retry_or_shadow_abandoned,
         }
         gauges {
             upstream_cx_active, upstream_rq_active, upstream_rq_pending_active,

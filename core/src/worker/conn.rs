@@ -70,6 +70,8 @@ pub(super) struct Down {
     pub(super) peer: SocketAddr,
     /// HCM `request_timeout` for the current request: when it must have been fully received.
     pub(super) request_deadline: Option<tokio::time::Instant>,
+    /// When the request's first bytes came: a `max_stream_duration` counts from then.
+    pub(super) stream_from: tokio::time::Instant,
     /// Whether the current request is a HEAD (local replies then carry no body).
     head_request: bool,
     /// Whether the current request has body bytes not yet read: a reply then closes the
@@ -245,6 +247,7 @@ pub fn serve(
             rbuf: BytesMut::new(),
             peer,
             request_deadline: None,
+            stream_from: tokio::time::Instant::now(),
             head_request: false,
             body_unread: false,
             peer_closed: false,
@@ -623,8 +626,9 @@ async fn request(
     // Both request timers start with the request's first bytes, as Envoy's do.
     let header_deadline = (hcm.request_headers_timeout_ms > 0)
         .then(|| clock::tnow() + Duration::from_millis(hcm.request_headers_timeout_ms));
+    d.stream_from = clock::tnow();
     d.request_deadline = (hcm.request_timeout_ms > 0)
-        .then(|| clock::tnow() + Duration::from_millis(hcm.request_timeout_ms));
+        .then(|| d.stream_from + Duration::from_millis(hcm.request_timeout_ms));
     d.head_request = false;
     // Bytes already searched for the end of the head: a partial head is parsed again only when
     // new bytes could complete it (a line break arrived), so a client trickling a large head

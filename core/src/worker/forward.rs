@@ -64,12 +64,17 @@ enum Cause {
     RouteTimeout,
     /// The retry policy's `per_try_timeout` expired before the response head came.
     PerTryTimeout,
+    /// The retry policy's `per_try_idle_timeout`: the upstream sent nothing for that long.
+    PerTryIdle,
     /// Nothing moved for `stream_idle_timeout` while waiting on the upstream.
     UpstreamIdle,
     /// The client stalled or sent a malformed body.
     Downstream,
     /// The client closed or reset its connection mid-exchange.
     ClientGone,
+    /// The stream's `max_stream_duration` passed (the connection manager's timer: no
+    /// upstream stats).
+    MaxDuration,
 }
 
 /// How an exchange with an upstream ended.
@@ -101,6 +106,8 @@ enum Outcome {
     Retry {
         status: u16,
         per_try: bool,
+        /// The per-try timeout that passed was the idle one.
+        idle: bool,
         /// The try ended on an invalid response head (`upstream_cx_protocol_error`).
         protocol: bool,
         reuse: bool,
@@ -116,6 +123,8 @@ enum TunnelEnd {
     Upstream,
     /// Nothing moved either way for the stream idle timeout.
     Idle,
+    /// The stream's `max_stream_duration` passed.
+    Duration,
     /// The listener was removed and its drain time is over.
     Removed,
 }
@@ -138,6 +147,12 @@ pub(super) async fn forward(
     chain: &[&Mutations; 4],
 ) -> (u16, Next) {
     let cs = &cluster.stats;
+    // The stream's whole life: the route's `max_stream_duration`, else the connection
+    // manager's, from the request's first bytes.
+    let duration_ms = fwd
+        .max_stream_duration_ms
+        .unwrap_or(l.c.cfg.hcm.max_stream_duration_ms);
+    let duration_by = (duration_ms > 0).then(|| d.stream_from + Duration::from_millis(duration_ms));
     // What follows an upgrade's head is never read here (it is the tunnel's, or left unread).
     let body_pending = !matches!(framing, Framing::Empty | Framing::Length(0)) || upgrade;
     // A hashing balancer picks by the route's hash of the request; a cookie it made up goes
@@ -358,12 +373,19 @@ pub(super) async fn forward(
                             d.log_detail(Detail::DownstreamDisconnect);
                             return (0, Next::Close);
                         }
-                        () = d.timer.until(route_by) => {
+                        () = d.timer.until(earliest([route_by, duration_by])) => {
                             if let Some(attempt) = attempt {
                                 finish_connect(ctx.clone(), host.clone(), high, attempt);
                             }
                             drop((pending_active, pending_hold, rq_guard));
                             let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
+                            if duration_by.is_some_and(|dl| tokio::time::Instant::now() >= dl) {
+                                let whole = !body_pending
+                                    || replay
+                                    || (!upgrade
+                                        && take_buffered_body(&mut d.rbuf, framing).is_some());
+                                return duration_over(ctx, l, d, keep, whole, tried).await;
+                            }
                             return pending_timeout(ctx, l, d, cs, keep, tried).await;
                         }
                     };
@@ -391,8 +413,19 @@ pub(super) async fn forward(
                         if let Some(t) = tries {
                             // Nothing of the request went upstream: a try may follow.
                             if t.decide(t.policy.retries_reset(Reset::ConnectFailure, false)) {
-                                match next_try(ctx, l, d, fwd, cluster, hash, t, body_pending, keep)
-                                    .await
+                                match next_try(
+                                    ctx,
+                                    l,
+                                    d,
+                                    fwd,
+                                    cluster,
+                                    hash,
+                                    t,
+                                    body_pending,
+                                    keep,
+                                    duration_by,
+                                )
+                                .await
                                 {
                                     Ok(h) => {
                                         host = h;
@@ -507,9 +540,11 @@ pub(super) async fn forward(
             set_cookie: set_cookie.as_deref(),
             health: cluster.cfg.health.as_deref(),
             outlier: host.outlier.as_deref().zip(cluster.cfg.outlier.as_deref()),
+            duration_by,
             tries,
             replay,
             per_try_ms: fwd.retry.as_ref().map_or(0, |p| p.per_try_timeout_ms),
+            per_try_idle_ms: fwd.retry.as_ref().map_or(0, |p| p.per_try_idle_timeout_ms),
             attempt_down: if fwd.attempt_count_down {
                 tries.map_or(1, |t| t.attempt.get())
             } else {
@@ -541,8 +576,10 @@ pub(super) async fn forward(
                     Cause::UpstreamProtocol => Detail::ResetBeforeProtocol,
                     Cause::RouteTimeout => Detail::ResponseTimeout,
                     Cause::PerTryTimeout => Detail::PerTryTimeout,
+                    Cause::PerTryIdle => Detail::PerTryIdleTimeout,
                     Cause::UpstreamIdle => Detail::StreamIdleTimeout,
                     Cause::ClientGone => Detail::DownstreamDisconnect,
+                    Cause::MaxDuration => Detail::MaxDurationTimeout,
                     Cause::Downstream if *status == 400 => Detail::CodecError,
                     Cause::Downstream if body.starts_with(b"request timeout") => {
                         Detail::RequestOverallTimeout
@@ -554,8 +591,10 @@ pub(super) async fn forward(
                     Cause::UpstreamReset | Cause::UpstreamProtocol => Detail::ResetAfterProtocol,
                     Cause::RouteTimeout => Detail::ResponseTimeout,
                     Cause::PerTryTimeout => Detail::PerTryTimeout,
+                    Cause::PerTryIdle => Detail::PerTryIdleTimeout,
                     Cause::UpstreamIdle => Detail::StreamIdleTimeout,
                     Cause::Downstream => Detail::CodecError,
+                    Cause::MaxDuration => Detail::MaxDurationTimeout,
                 },
                 // How the tunnel ends says; a try given up is followed by another.
                 Outcome::Switched | Outcome::Retry { .. } => Detail::ViaUpstream,
@@ -605,6 +644,7 @@ pub(super) async fn forward(
                         | Cause::UpstreamProtocol
                         | Cause::RouteTimeout
                         | Cause::PerTryTimeout
+                        | Cause::PerTryIdle
                 );
                 count_failure(
                     cluster,
@@ -616,7 +656,7 @@ pub(super) async fn forward(
                     Cause::UpstreamReset | Cause::UpstreamProtocol => {
                         report_local(cluster, &host, Local::ConnectFailed)
                     }
-                    Cause::RouteTimeout | Cause::PerTryTimeout => {
+                    Cause::RouteTimeout | Cause::PerTryTimeout | Cause::PerTryIdle => {
                         report_local(cluster, &host, Local::Timeout)
                     }
                     _ => {}
@@ -634,21 +674,41 @@ pub(super) async fn forward(
                     d.peer_closed = true;
                     l.http.downstream_rq_rx_reset.inc();
                 }
+                if matches!(cause, Cause::MaxDuration) {
+                    // Envoy resets the stream both ways.
+                    l.http.downstream_rq_tx_reset.inc();
+                    l.http.downstream_rq_rx_reset.inc();
+                }
                 count_failure(cluster, &host, cause, status);
                 // The head's code went to the detector as it came; a reset after it is a
                 // failure of its own (Envoy reports both).
                 if matches!(cause, Cause::UpstreamReset | Cause::UpstreamProtocol) {
                     report_local(cluster, &host, Local::ConnectFailed);
                 }
+                if matches!(cause, Cause::PerTryIdle) {
+                    report_local(cluster, &host, Local::Timeout);
+                }
                 return (status, Next::Close);
             }
             // Boxed: its state would otherwise widen every exchange's future.
             Outcome::Switched => {
-                return Box::pin(switched(ctx, l, d, up, cs, &host, idle_ms, up_chunk)).await;
+                return Box::pin(switched(
+                    ctx,
+                    l,
+                    d,
+                    up,
+                    cs,
+                    &host,
+                    idle_ms,
+                    up_chunk,
+                    duration_by,
+                ))
+                .await;
             }
             Outcome::Retry {
                 status,
                 per_try,
+                idle,
                 protocol,
                 reuse,
             } => {
@@ -673,7 +733,11 @@ pub(super) async fn forward(
                 }
                 host.stats.rq_error.inc();
                 if per_try {
-                    cs.s.upstream_rq_per_try_timeout.inc();
+                    if idle {
+                        cs.s.upstream_rq_per_try_idle_timeout.inc();
+                    } else {
+                        cs.s.upstream_rq_per_try_timeout.inc();
+                    }
                     host.stats.rq_timeout.inc();
                 }
                 if status != 0 {
@@ -692,7 +756,7 @@ pub(super) async fn forward(
                 }
                 drop(rq_guard);
                 let t = tries.expect("only a request with a retry policy is tried again");
-                match next_try(ctx, l, d, fwd, cluster, hash, t, false, keep).await {
+                match next_try(ctx, l, d, fwd, cluster, hash, t, false, keep, duration_by).await {
                     Ok(h) => {
                         host = h;
                         out = try_head(
@@ -901,6 +965,7 @@ async fn next_try(
     t: &Tries<'_>,
     unread: bool,
     keep: bool,
+    duration_by: Option<tokio::time::Instant>,
 ) -> Result<Rc<HostRt>, (u16, Next)> {
     let cs = &cluster.stats;
     let wait = Duration::from_millis(t.backoff.borrow_mut().next_ms());
@@ -925,8 +990,12 @@ async fn next_try(
                 d.log_detail(Detail::DownstreamDisconnect);
                 return Err((0, Next::Close));
             }
-            () = d.timer.until(route_by) => true,
+            () = d.timer.until(earliest([route_by, duration_by])) => true,
         };
+        if timed_out && duration_by.is_some_and(|dl| tokio::time::Instant::now() >= dl) {
+            let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
+            return Err(duration_over(ctx, l, d, keep && !unread, !unread, tried).await);
+        }
         if timed_out {
             // The route timeout covers every try and the waits between them; with no try
             // upstream, Envoy counts none on the cluster.
@@ -1053,13 +1122,25 @@ async fn switched(
     host: &HostRt,
     idle_ms: u64,
     up_chunk: usize,
+    duration_by: Option<tokio::time::Instant>,
 ) -> (u16, Next) {
     cs.count_response(101);
     host.stats.rq_success.inc();
     l.count_completed(101);
     let upgraded = GaugeHold::new(&l.http.downstream_cx_upgrades_active);
     let moved = (Cell::new(0), Cell::new(0));
-    let end = tunnel(ctx, l, cs, d, &mut up, idle_ms, up_chunk, &moved).await;
+    let end = tunnel(
+        ctx,
+        l,
+        cs,
+        d,
+        &mut up,
+        idle_ms,
+        up_chunk,
+        duration_by,
+        &moved,
+    )
+    .await;
     drop(upgraded);
     if let Some(r) = d.log() {
         r.status = 101;
@@ -1069,6 +1150,7 @@ async fn switched(
             TunnelEnd::Client => Some(Detail::DownstreamDisconnect),
             TunnelEnd::Upstream => Some(Detail::ResetAfterTermination),
             TunnelEnd::Idle => Some(Detail::StreamIdleTimeout),
+            TunnelEnd::Duration => Some(Detail::MaxDurationTimeout),
             TunnelEnd::Removed => r.detail,
         };
     }
@@ -1088,6 +1170,9 @@ async fn switched(
     // the usual delayed close), with no request left on it (a removed listener's too).
     if end == TunnelEnd::Idle {
         l.http.downstream_rq_idle_timeout.inc();
+    }
+    if end == TunnelEnd::Duration {
+        l.http.downstream_rq_max_duration_reached.inc();
     }
     l.http.downstream_rq_tx_reset.inc();
     let _ = socket2::SockRef::from(&d.stream).shutdown(std::net::Shutdown::Write);
@@ -1109,6 +1194,7 @@ async fn tunnel(
     up: &mut UpConn,
     idle_ms: u64,
     up_chunk: usize,
+    duration_by: Option<tokio::time::Instant>,
     moved: &(Cell<u64>, Cell<u64>),
 ) -> TunnelEnd {
     let down_chunk = BODY_CHUNK.min(l.c.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
@@ -1153,8 +1239,13 @@ async fn tunnel(
     let idle = (idle_ms > 0).then(|| Duration::from_millis(idle_ms));
     // The deadline moves with every read and write: each poll asks for the current one (a
     // going-off for an earlier one is absorbed by `poll_until`).
-    let idle_wait =
-        std::future::poll_fn(|cx| timer.poll_until(cx, idle.map(|i| activity.get() + i)));
+    // The stream's max_stream_duration holds in a tunnel too.
+    let idle_wait = std::future::poll_fn(|cx| {
+        timer.poll_until(
+            cx,
+            earliest([idle.map(|i| activity.get() + i), duration_by]),
+        )
+    });
     // A listener a snapshot removed closes its tunnels once its drain time is over, as its
     // idle connections (Envoy destroys the listener's connections then).
     let removed = std::future::poll_fn(|cx| {
@@ -1169,7 +1260,13 @@ async fn tunnel(
         biased;
         end = upward => end,
         end = downward => end,
-        () = idle_wait => TunnelEnd::Idle,
+        () = idle_wait => {
+            if duration_by.is_some_and(|dl| tokio::time::Instant::now() >= dl) {
+                TunnelEnd::Duration
+            } else {
+                TunnelEnd::Idle
+            }
+        }
         () = removed => TunnelEnd::Removed,
     }
 }
@@ -1386,6 +1483,31 @@ fn close_upstream(ctx: &Ctx, up: UpConn) {
     ctx.put_read_buf(up.rbuf);
 }
 
+/// The local reply's body when `max_stream_duration` passes.
+const DURATION_BODY: &[u8] = b"downstream duration timeout";
+
+/// Answers a request whose `max_stream_duration` passed before its response began (while it
+/// waited for a connection or for its next try): 504, or 408 with the connection closed when
+/// the request was not yet whole, as Envoy's connection manager answers.
+#[cold]
+#[inline(never)]
+async fn duration_over(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    keep: bool,
+    whole: bool,
+    tried: Option<HeaderMap>,
+) -> (u16, Next) {
+    l.http.downstream_rq_max_duration_reached.inc();
+    d.log_detail(Detail::MaxDurationTimeout);
+    if whole {
+        d.body_unread = false;
+    }
+    let (status, keep) = if whole { (504, keep) } else { (408, false) };
+    reply(ctx, l, d, status, DURATION_BODY, keep, tried.as_ref()).await
+}
+
 /// Tells the cluster's outlier detector, if it has one, of a try that got no response.
 #[cold]
 fn report_local(cluster: &ClusterRt, host: &HostRt, what: Local) {
@@ -1413,10 +1535,15 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
             cs.s.upstream_rq_per_try_timeout.inc();
             host.stats.rq_timeout.inc();
         }
+        Cause::PerTryIdle => {
+            cs.s.upstream_rq_per_try_idle_timeout.inc();
+            host.stats.rq_timeout.inc();
+        }
         Cause::UpstreamIdle | Cause::Downstream => cs.s.upstream_rq_tx_reset.inc(),
         // Envoy counts the client's reset downstream (`downstream_rq_rx_reset`) and closes the
         // upstream connection; no upstream reset is counted (checked with the envoy binary).
-        Cause::ClientGone => {}
+        // The connection manager's duration timer counts only its own stat.
+        Cause::ClientGone | Cause::MaxDuration => {}
     }
     if upstream_code != 0 {
         cs.count_response(upstream_code);
@@ -1677,6 +1804,8 @@ enum Stop {
     RouteTimeout,
     PerTryTimeout,
     RequestTimeout,
+    MaxDuration,
+    PerTryIdle,
 }
 
 enum ReqErr {
@@ -1794,6 +1923,8 @@ struct Exchange<'a> {
         &'a crate::upstream::outlier::HostMonitor,
         &'a crate::upstream::outlier::OutlierState,
     )>,
+    /// The end of the stream's `max_stream_duration`, if it has one.
+    duration_by: Option<tokio::time::Instant>,
     /// The retry policy's state, if the route has one.
     tries: Option<&'a Tries<'a>>,
     /// This try sends the body a try before read (in `head_out`): nothing is read from the
@@ -1802,6 +1933,9 @@ struct Exchange<'a> {
     /// The retry policy's `per_try_timeout` in ms (0: none): it ends a try whose response head
     /// has not come by then.
     per_try_ms: u64,
+    /// The retry policy's `per_try_idle_timeout` in ms (0: none): it ends a try whose
+    /// upstream sends nothing for that long once the request is in.
+    per_try_idle_ms: u64,
     /// `x-envoy-attempt-count` for the response (0: none).
     attempt_down: u32,
     /// Where `x-envoy-upstream-service-time` counts from: the first try's start.
@@ -1838,6 +1972,16 @@ impl Exchange<'_> {
         // Progress is stamped with a clock read; the exchange starts from the request's start.
         let activity = Cell::new(tokio::time::Instant::from_std(self.rq_start));
         let touch = || activity.set(clock::tnow());
+        // The upstream's last bytes, for the per-try idle timeout: set once the request is in,
+        // then moved by every read from the upstream.
+        let up_heard = Cell::new(None::<tokio::time::Instant>);
+        let per_try_idle =
+            (self.per_try_idle_ms > 0).then(|| Duration::from_millis(self.per_try_idle_ms));
+        let heard = || {
+            if per_try_idle.is_some() && up_heard.get().is_some() {
+                up_heard.set(Some(clock::tnow()));
+            }
+        };
         let timer = &mut d.timer;
         let (mut dr, mut dw) = d.stream.split();
         let (mut ur, mut uw) = up.stream.split();
@@ -1976,6 +2120,7 @@ impl Exchange<'_> {
                 up_rx.read(n, urbuf.len());
                 upstream_sent_bytes.set(true);
                 touch();
+                heard();
             };
             let status = head.status;
             if let Some((m, o)) = self.outlier {
@@ -2174,6 +2319,7 @@ impl Exchange<'_> {
                         Ok(n) => {
                             up_rx.read(n, urbuf.len());
                             touch();
+                            heard();
                         }
                         Err(_) if dec.is_close_delimited() => {
                             up_eof.set(true);
@@ -2216,6 +2362,8 @@ impl Exchange<'_> {
                 per_try.filter(|_| resp_status.get() == 0),
                 // request_timeout ends once the response has started, as Envoy's.
                 request_deadline.filter(|_| !req_done && resp_status.get() == 0),
+                self.duration_by,
+                per_try_idle.and_then(|i| up_heard.get().map(|at| at + i)),
             ])
         };
         let mut deadline = next_deadline(false, None, None);
@@ -2285,6 +2433,13 @@ impl Exchange<'_> {
                             per_try_deadline = Some(dl);
                             timer.arm_by(dl);
                         }
+                        // The per-try idle timeout runs from the request's being in.
+                        if let Some(i) = per_try_idle {
+                            if up_heard.get().is_none() {
+                                up_heard.set(Some(sent));
+                            }
+                            timer.arm_by(up_heard.get().unwrap_or(sent) + i);
+                        }
                         deadline = next_deadline(true, route_deadline, per_try_deadline);
                     }
                     if deadline.is_none() {
@@ -2298,11 +2453,20 @@ impl Exchange<'_> {
                         l.http.downstream_rq_idle_timeout.inc();
                         break Err(Stop::StreamIdle);
                     }
+                    if self.duration_by.is_some_and(|dl| now >= dl) {
+                        l.http.downstream_rq_max_duration_reached.inc();
+                        break Err(Stop::MaxDuration);
+                    }
                     if route_deadline.is_some_and(|dl| now >= dl) {
                         break Err(Stop::RouteTimeout);
                     }
                     if resp_status.get() == 0 && per_try_deadline.is_some_and(|dl| now >= dl) {
                         break Err(Stop::PerTryTimeout);
+                    }
+                    if per_try_idle
+                        .is_some_and(|i| up_heard.get().is_some_and(|at| now >= at + i))
+                    {
+                        break Err(Stop::PerTryIdle);
                     }
                     if !req_done
                         && resp_status.get() == 0
@@ -2384,6 +2548,7 @@ impl Exchange<'_> {
         let retry = |per_try, protocol| Outcome::Retry {
             status: 0,
             per_try,
+            idle: false,
             protocol,
             reuse: false,
         };
@@ -2391,6 +2556,7 @@ impl Exchange<'_> {
             Ok(Err(RespErr::Retry { status, reuse })) => Outcome::Retry {
                 status,
                 per_try: false,
+                idle: false,
                 protocol: false,
                 reuse: reuse && complete,
             },
@@ -2408,6 +2574,22 @@ impl Exchange<'_> {
                 local(502, RETRIED_PROTOCOL, keep_ok, Cause::UpstreamProtocol)
             }
             Err(Stop::PerTryTimeout) if again(Reset::PerTryTimeout) => retry(true, false),
+            // Envoy takes the per-try idle timeout as it takes the per-try timeout: tried
+            // again before the response began, else 504; after, the stream is reset.
+            Err(Stop::PerTryIdle) if !started && again(Reset::PerTryTimeout) => Outcome::Retry {
+                status: 0,
+                per_try: true,
+                idle: true,
+                protocol: false,
+                reuse: false,
+            },
+            Err(Stop::PerTryIdle) if !started => {
+                local(504, b"upstream request timeout", keep_ok, Cause::PerTryIdle)
+            }
+            Err(Stop::PerTryIdle) => Outcome::Abort {
+                status: sent,
+                cause: Cause::PerTryIdle,
+            },
             Err(Stop::PerTryTimeout) => local(
                 504,
                 b"upstream request timeout",
@@ -2450,6 +2632,17 @@ impl Exchange<'_> {
             Err(Stop::RequestTimeout) if !started => {
                 local(408, b"request timeout", false, Cause::Downstream)
             }
+            // A request not yet whole gets Envoy's 408 and the connection closes; else 504.
+            Err(Stop::MaxDuration) if !started && read_whole => {
+                local(504, DURATION_BODY, keep_ok, Cause::MaxDuration)
+            }
+            Err(Stop::MaxDuration) if !started => {
+                local(408, DURATION_BODY, false, Cause::MaxDuration)
+            }
+            Err(Stop::MaxDuration) => Outcome::Abort {
+                status: sent,
+                cause: Cause::MaxDuration,
+            },
             Err(Stop::BadRequestBody) => {
                 l.http.downstream_cx_protocol_error.inc();
                 if started {
