@@ -238,18 +238,18 @@ def test_per_try_idle_is_reset_by_body_bytes_and_ends_a_stalled_body(
 ) -> None:
     def trickle(sock: socket.socket, _: bytes) -> None:
         sock.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for _ in range(4):
-            time.sleep(0.1)
+        for _ in range(8):
+            time.sleep(0.05)
             sock.sendall(b"1\r\nx\r\n")
         sock.sendall(b"0\r\n\r\n")
 
     stalled = Stalled(head=b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
     up = make_canned({"/trickle": trickle, "*": stalled})
     p = idle_proxy(make_proxy, up)
-    # Bytes every 0.1 s keep a 0.2 s idle timeout from firing.
+    # Bytes every 0.05 s, 0.4 s in all, keep a 0.2 s idle timeout from firing.
     with RawConn(p.listener_port()) as c:
         r = c.request(get("/trickle"))
-        assert (r.status, r.body) == (200, b"xxxx")
+        assert (r.status, r.body) == (200, b"x" * 8)
     # A body that stalls after the head: the response is cut, the connection closed.
     with socket.create_connection(("127.0.0.1", p.listener_port()), timeout=5) as c:
         c.sendall(get("/"))
@@ -272,3 +272,59 @@ def test_per_try_idle_waits_for_the_whole_request(make_proxy: Any, make_canned: 
         time.sleep(0.2)
         c.send(b"c")
         assert c.read_response().status == 200
+
+
+def test_per_try_idle_counts_the_whole_head_not_its_pieces_nor_a_1xx(
+    make_proxy: Any, make_canned: Any
+) -> None:
+    def pieces(sock: socket.socket, _: bytes) -> None:
+        # A head in pieces 0.12 s apart, then a 100 Continue: none of it is the response head.
+        for part in (b"HTTP/1.1 200 OK\r\n", b"x-a: 1\r\n", b"x-b: 2\r\n"):
+            time.sleep(0.12)
+            sock.sendall(part)
+        time.sleep(0.5)
+
+    def interim(sock: socket.socket, _: bytes) -> None:
+        time.sleep(0.15)
+        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        time.sleep(0.5)
+
+    up = make_canned({"/pieces": pieces, "/interim": interim, "*": OK})
+    p = idle_proxy(make_proxy, up)
+    for path in ("/pieces", "/interim"):
+        with RawConn(p.listener_port()) as c:
+            r = c.request(get(path))
+            assert (r.status, r.body) == (504, b"upstream request timeout"), path
+    wait_stat(p, "cluster.up.upstream_rq_per_try_idle_timeout", 2)
+
+
+def test_the_duration_in_a_backoff_answers_a_whole_request_504(make_proxy: Any) -> None:
+    # Nothing listens: each try fails to connect, and the next waits a long backoff.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    hcm = {"common_http_protocol_options": {"max_stream_duration": "0.3s"}}
+    rp = {"retry_on": "connect-failure", "num_retries": 3, "retry_back_off": {"base_interval": "10s"}}
+    p = make_proxy(bootstrap([route("/", "up", retry_policy=rp)], [cluster("up", dead)], hcm=hcm))
+    with RawConn(p.listener_port()) as c:
+        r = c.request(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc")
+        assert (r.status, r.body) == (504, b"downstream duration timeout")
+        assert r.header("connection") is None
+        # The connection goes on.
+        r = c.request(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc")
+        assert r.status == 504
+    wait_stat(p, HTTP + "downstream_rq_max_duration_reached", 2)
+    assert p.stats().get(HTTP + "downstream_rq_response_before_rq_complete", 0) == 0
+
+
+def test_a_per_try_idle_timeout_after_the_head_resets_both_ways(make_proxy: Any, make_canned: Any) -> None:
+    up = make_canned({"*": Stalled(head=b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")})
+    p = idle_proxy(make_proxy, up)
+    with socket.create_connection(("127.0.0.1", p.listener_port()), timeout=5) as c:
+        c.sendall(get("/"))
+        while c.recv(4096):
+            pass
+    wait_stat(p, "cluster.up.upstream_rq_per_try_idle_timeout", 1)
+    s = p.stats()
+    assert s[HTTP + "downstream_rq_tx_reset"] == 1
+    assert s[HTTP + "downstream_rq_rx_reset"] == 1

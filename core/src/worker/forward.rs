@@ -380,11 +380,13 @@ pub(super) async fn forward(
                             drop((pending_active, pending_hold, rq_guard));
                             let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
                             if duration_by.is_some_and(|dl| tokio::time::Instant::now() >= dl) {
-                                let whole = !body_pending
-                                    || replay
-                                    || (!upgrade
-                                        && take_buffered_body(&mut d.rbuf, framing).is_some());
-                                return duration_over(ctx, l, d, keep, whole, tried).await;
+                                // The request waited for a connection (Envoy cancels it).
+                                cs.s.upstream_rq_cancelled.inc();
+                                let taken = (body_pending && !upgrade && !replay)
+                                    .then(|| take_buffered_body(&mut d.rbuf, framing))
+                                    .flatten();
+                                let whole = !body_pending || replay || taken.is_some();
+                                return duration_over(ctx, l, d, keep, whole, taken, tried).await;
                             }
                             return pending_timeout(ctx, l, d, cs, keep, tried).await;
                         }
@@ -424,6 +426,7 @@ pub(super) async fn forward(
                                     body_pending,
                                     keep,
                                     duration_by,
+                                    framing,
                                 )
                                 .await
                                 {
@@ -674,7 +677,7 @@ pub(super) async fn forward(
                     d.peer_closed = true;
                     l.http.downstream_rq_rx_reset.inc();
                 }
-                if matches!(cause, Cause::MaxDuration) {
+                if matches!(cause, Cause::MaxDuration | Cause::PerTryIdle) {
                     // Envoy resets the stream both ways.
                     l.http.downstream_rq_tx_reset.inc();
                     l.http.downstream_rq_rx_reset.inc();
@@ -756,7 +759,21 @@ pub(super) async fn forward(
                 }
                 drop(rq_guard);
                 let t = tries.expect("only a request with a retry policy is tried again");
-                match next_try(ctx, l, d, fwd, cluster, hash, t, false, keep, duration_by).await {
+                match next_try(
+                    ctx,
+                    l,
+                    d,
+                    fwd,
+                    cluster,
+                    hash,
+                    t,
+                    false,
+                    keep,
+                    duration_by,
+                    framing,
+                )
+                .await
+                {
                     Ok(h) => {
                         host = h;
                         out = try_head(
@@ -966,6 +983,7 @@ async fn next_try(
     unread: bool,
     keep: bool,
     duration_by: Option<tokio::time::Instant>,
+    framing: Framing,
 ) -> Result<Rc<HostRt>, (u16, Next)> {
     let cs = &cluster.stats;
     let wait = Duration::from_millis(t.backoff.borrow_mut().next_ms());
@@ -994,7 +1012,12 @@ async fn next_try(
         };
         if timed_out && duration_by.is_some_and(|dl| tokio::time::Instant::now() >= dl) {
             let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
-            return Err(duration_over(ctx, l, d, keep && !unread, !unread, tried).await);
+            // A body still unread may have come whole meanwhile (Envoy answers 504 then).
+            let taken = unread
+                .then(|| take_buffered_body(&mut d.rbuf, framing))
+                .flatten();
+            let whole = !unread || taken.is_some();
+            return Err(duration_over(ctx, l, d, keep && whole, whole, taken, tried).await);
         }
         if timed_out {
             // The route timeout covers every try and the waits between them; with no try
@@ -1483,6 +1506,48 @@ fn close_upstream(ctx: &Ctx, up: UpConn) {
     ctx.put_read_buf(up.rbuf);
 }
 
+/// How an exchange ends when `max_stream_duration` or the per-try idle timeout passed (kept
+/// out of the exchange's own code, which every request runs): before the response, a 504 (for
+/// the duration, a 408 with the connection closed while the request is not whole) or, for a
+/// per-try idle timeout the policy takes (`retry`), another try; after, a reset.
+#[cold]
+#[inline(never)]
+fn timer_stop(stop: Stop, sent: u16, read_whole: bool, keep_ok: bool, retry: bool) -> Outcome {
+    let idle = matches!(stop, Stop::PerTryIdle);
+    let cause = if idle {
+        Cause::PerTryIdle
+    } else {
+        Cause::MaxDuration
+    };
+    if sent != 0 {
+        return Outcome::Abort {
+            status: sent,
+            cause,
+        };
+    }
+    if retry {
+        // Envoy takes it as it takes the per-try timeout.
+        return Outcome::Retry {
+            status: 0,
+            per_try: true,
+            idle: true,
+            protocol: false,
+            reuse: false,
+        };
+    }
+    let (status, body, keep): (u16, &'static [u8], bool) = match (idle, read_whole) {
+        (true, _) => (504, b"upstream request timeout", keep_ok),
+        (false, true) => (504, DURATION_BODY, keep_ok),
+        (false, false) => (408, DURATION_BODY, false),
+    };
+    Outcome::Local {
+        status,
+        body,
+        keep,
+        cause,
+    }
+}
+
 /// The local reply's body when `max_stream_duration` passes.
 const DURATION_BODY: &[u8] = b"downstream duration timeout";
 
@@ -1497,12 +1562,18 @@ async fn duration_over(
     d: &mut Down,
     keep: bool,
     whole: bool,
+    taken: Option<u64>,
     tried: Option<HeaderMap>,
 ) -> (u16, Next) {
     l.http.downstream_rq_max_duration_reached.inc();
     d.log_detail(Detail::MaxDurationTimeout);
     if whole {
         d.body_unread = false;
+    }
+    // A body read ahead whole is logged as received.
+    if let (Some(r), Some(n)) = (d.log(), taken) {
+        r.bytes_received = n;
+        r.request_done = Some(clock::now());
     }
     let (status, keep) = if whole { (504, keep) } else { (408, false) };
     reply(ctx, l, d, status, DURATION_BODY, keep, tried.as_ref()).await
@@ -1943,6 +2014,7 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
+    #[inline(always)]
     async fn run(&self, d: &mut Down, up: &mut UpConn, head_out: Vec<u8>) -> Outcome {
         let (ctx, l) = (self.ctx, self.l);
         let idle_ms = self.idle_ms;
@@ -2120,9 +2192,11 @@ impl Exchange<'_> {
                 up_rx.read(n, urbuf.len());
                 upstream_sent_bytes.set(true);
                 touch();
-                heard();
             };
             let status = head.status;
+            // The final head moves the per-try idle timeout on (a partial head, or a 1xx,
+            // does not: Envoy's).
+            heard();
             if let Some((m, o)) = self.outlier {
                 m.put_code(status, o, self.upstream);
             }
@@ -2356,15 +2430,25 @@ impl Exchange<'_> {
         let next_deadline = |req_done: bool,
                              route: Option<tokio::time::Instant>,
                              per_try: Option<tokio::time::Instant>| {
-            earliest([
+            let common = earliest([
                 idle.map(|i| activity.get() + i),
                 route,
                 per_try.filter(|_| resp_status.get() == 0),
                 // request_timeout ends once the response has started, as Envoy's.
                 request_deadline.filter(|_| !req_done && resp_status.get() == 0),
-                self.duration_by,
-                per_try_idle.and_then(|i| up_heard.get().map(|at| at + i)),
-            ])
+            ]);
+            // The rarer two only when set (a branch each, not two more in the fold).
+            let mut dl = common;
+            if let Some(by) = self.duration_by {
+                dl = Some(dl.map_or(by, |d| d.min(by)));
+            }
+            if let Some(i) = per_try_idle {
+                if let Some(at) = up_heard.get() {
+                    let by = at + i;
+                    dl = Some(dl.map_or(by, |d| d.min(by)));
+                }
+            }
+            dl
         };
         let mut deadline = next_deadline(false, None, None);
         if let Some(dl) = deadline {
@@ -2574,22 +2658,7 @@ impl Exchange<'_> {
                 local(502, RETRIED_PROTOCOL, keep_ok, Cause::UpstreamProtocol)
             }
             Err(Stop::PerTryTimeout) if again(Reset::PerTryTimeout) => retry(true, false),
-            // Envoy takes the per-try idle timeout as it takes the per-try timeout: tried
-            // again before the response began, else 504; after, the stream is reset.
-            Err(Stop::PerTryIdle) if !started && again(Reset::PerTryTimeout) => Outcome::Retry {
-                status: 0,
-                per_try: true,
-                idle: true,
-                protocol: false,
-                reuse: false,
-            },
-            Err(Stop::PerTryIdle) if !started => {
-                local(504, b"upstream request timeout", keep_ok, Cause::PerTryIdle)
-            }
-            Err(Stop::PerTryIdle) => Outcome::Abort {
-                status: sent,
-                cause: Cause::PerTryIdle,
-            },
+
             Err(Stop::PerTryTimeout) => local(
                 504,
                 b"upstream request timeout",
@@ -2632,17 +2701,11 @@ impl Exchange<'_> {
             Err(Stop::RequestTimeout) if !started => {
                 local(408, b"request timeout", false, Cause::Downstream)
             }
-            // A request not yet whole gets Envoy's 408 and the connection closes; else 504.
-            Err(Stop::MaxDuration) if !started && read_whole => {
-                local(504, DURATION_BODY, keep_ok, Cause::MaxDuration)
+            Err(stop @ (Stop::MaxDuration | Stop::PerTryIdle)) => {
+                let retry =
+                    matches!(stop, Stop::PerTryIdle) && !started && again(Reset::PerTryTimeout);
+                timer_stop(stop, sent, read_whole, keep_ok, retry)
             }
-            Err(Stop::MaxDuration) if !started => {
-                local(408, DURATION_BODY, false, Cause::MaxDuration)
-            }
-            Err(Stop::MaxDuration) => Outcome::Abort {
-                status: sent,
-                cause: Cause::MaxDuration,
-            },
             Err(Stop::BadRequestBody) => {
                 l.http.downstream_cx_protocol_error.inc();
                 if started {

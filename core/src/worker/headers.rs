@@ -288,6 +288,7 @@ fn replace_prefix(rewrite: &[u8], n: usize, target: &[u8]) -> Vec<u8> {
 /// (a configured one too; the edits only remove and append, so replacing it once, last, gives
 /// the same head as replacing it before them as well).
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub fn apply_response_extras(
     ctx: &Ctx,
     l: &ListenerRt,
