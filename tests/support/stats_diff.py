@@ -60,10 +60,10 @@ LACKS = re.compile(
     r"(lb_(?!healthy_panic)|_http[23]_|http[23]\.|up\.http1\.|metadata_not_supported|"
     r"response_flood|ssl|tracing|"
     r"assignment_|update_|version|warming|original_dst|bind_errors|"
-    r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)|overload|"
+    r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)(?<!downstream_rq_max_duration_reached)|overload|"
     r"flow_control|shadow|maintenance|premature_resets|ip_detection|"
     r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
-    r"extension_config|preconnect|queue_overloaded|per_try_idle|idle_timeout|"
+    r"extension_config|preconnect|queue_overloaded|idle_timeout|"
     r"soft_drain|passthrough|rs_too_large|"
     r"total_match_count|membership_change|max_host_weight|close_notify_missing|rx_reset_no_error|"
     r"connect_attempts_exceeded|max_host|http3_broken)"
@@ -191,6 +191,9 @@ SCENARIOS: dict[str, Scenario] = {
                           "consecutive_gateway_failure": 1, "max_ejection_percent": 100}, "dead": True},
                   lambda p, _: send(p, get("/x"))),
     "retry503": ({}, lambda p, _: send(p, get("/retry/status/503/x"))),
+    "msd": ({"hcm": {"common_http_protocol_options": {"max_stream_duration": "0.2s"}}},
+            lambda p, _: send(p, get("/hang"))),
+    "pertryidle": ({}, lambda p, _: send(p, get("/idle/hang"))),
     "retryrefused": ({"dead": True}, lambda p, _: send(p, get("/retry/x"))),
     "retrypertry": ({}, lambda p, _: send(p, get("/pertry/hang"))),
 }
@@ -213,7 +216,9 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
     routes += [route(prefix, "up") for prefix in ("/x", "/status", "/reset", "/cc", "/cd", "/bad", "/ws")]
     routes += [route("/retry/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx", "num_retries": 2}),
                route("/pertry/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx",
-                                                                       "per_try_timeout": "0.2s"})]
+                                                                       "per_try_timeout": "0.2s"}),
+               route("/idle/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx", "num_retries": 1,
+                                                                     "per_try_idle_timeout": "0.1s"})]
     return bootstrap(routes, [c], hcm=settings.get("hcm"))
 
 
