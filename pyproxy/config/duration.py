@@ -71,6 +71,12 @@ class Duration:
         """Whole milliseconds, rounded up: a positive duration never becomes 0 ("disabled")."""
         return self.seconds * 1000 + math.ceil(self.nanos / 1_000_000)
 
+    @property
+    def ms_floor(self) -> int:
+        """Whole milliseconds, rounded down, as Envoy reads a stream duration (under 1 ms: 0,
+        "disabled")."""
+        return self.seconds * 1000 + self.nanos // 1_000_000
+
     def is_zero(self) -> bool:
         return self.seconds == 0 and self.nanos == 0
 

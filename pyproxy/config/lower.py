@@ -65,6 +65,11 @@ def _ms(d: Duration | None, default: int) -> int:
     return default if d is None else d.ms
 
 
+def _ms_floor(d: Duration | None) -> int:
+    """A stream duration's milliseconds (0, none, where it is not given)."""
+    return 0 if d is None else d.ms_floor
+
+
 def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -106,7 +111,7 @@ def _hcm(hcm: m.HttpConnectionManager, path: str = "") -> Json:
         "stream_idle_timeout_ms": _ms(hcm.stream_idle_timeout, DEFAULT_STREAM_IDLE_TIMEOUT_MS),
         "request_headers_timeout_ms": _ms(hcm.request_headers_timeout, 0),
         "request_timeout_ms": _ms(hcm.request_timeout, 0),
-        "max_stream_duration_ms": _floor_ms(common.max_stream_duration),
+        "max_stream_duration_ms": _ms_floor(common.max_stream_duration),
         "idle_timeout_ms": _ms(common.idle_timeout, DEFAULT_IDLE_TIMEOUT_MS),
         "max_connection_duration_ms": _ms(common.max_connection_duration, 0),
         "drain_timeout_ms": _ms(hcm.drain_timeout, DEFAULT_DRAIN_TIMEOUT_MS),
@@ -377,7 +382,7 @@ def _forward(action: m.RouteAction, vhost: m.VirtualHost) -> Json:
         # connection manager's (0 disables it), else the connection manager's holds.
         out["timeout_ms"] = 0
         if msd.max_stream_duration is not None:
-            out["max_stream_duration_ms"] = _floor_ms(msd.max_stream_duration)
+            out["max_stream_duration_ms"] = msd.max_stream_duration.ms_floor
     if action.priority == "HIGH":
         out["high_priority"] = True
     policies = [_hash_policy(hp) for hp in action.hash_policy]
@@ -416,7 +421,7 @@ def _retry_policy(rp: m.RetryPolicy) -> Json:
         "num_retries": _or(rp.num_retries, 1),
         "per_try_timeout_ms": rp.per_try_timeout.ms if rp.per_try_timeout is not None else 0,
         # Below 1 ms Envoy reads none.
-        "per_try_idle_timeout_ms": _floor_ms(rp.per_try_idle_timeout),
+        "per_try_idle_timeout_ms": _ms_floor(rp.per_try_idle_timeout),
         "retriable_status_codes": list(rp.retriable_status_codes),
         "base_interval_ms": base,
         "max_interval_ms": top if top is not None else 10 * base,
@@ -574,11 +579,6 @@ def _outlier(o: m.OutlierDetection) -> Json:
         always_eject_one_host=_or(o.always_eject_one_host, False),
     )
     return out
-
-
-def _floor_ms(d: Duration | None) -> int:
-    """Whole milliseconds, rounded down, as Envoy reads a stream duration (below 1 ms: none)."""
-    return 0 if d is None else d.seconds * 1000 + d.nanos // 1_000_000
 
 
 def _panic_threshold(common: m.CommonLbConfig | None) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.checked import CheckedUpstream
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.upstream import Upstream
 from tests.support.wait import wait_for, wait_stat  # noqa: F401 (re-exported to the tests)
@@ -473,3 +474,30 @@ def make_canned() -> Iterator[Callable[..., CannedUpstream]]:
     yield make
     for u in started:
         u.stop()
+
+
+# --- upstreams whose answers a test changes as it goes (health checks, outlier detection) ------
+
+
+@pytest.fixture
+def ups() -> Iterator[Callable[..., CheckedUpstream]]:
+    """Makes `CheckedUpstream`s (`ups("name")`, `ups("name", tcp=True)`), closed at the end."""
+    made: list[CheckedUpstream] = []
+
+    def make(name: str = "u", tcp: bool = False) -> CheckedUpstream:
+        u = CheckedUpstream(name, tcp)
+        made.append(u)
+        return u
+
+    yield make
+    for u in made:
+        u.close()
+
+
+def admin_get(proxy: Any, path: str) -> str:
+    """GET `path` on the admin port of either target."""
+    import urllib.request
+
+    addr = proxy.admin if TARGET_IS_ENVOY else "{}:{}".format(*proxy.admin_address)
+    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+        return r.read().decode()

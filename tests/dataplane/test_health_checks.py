@@ -7,31 +7,15 @@ docs/envoy-behaviour.md section 25)."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 import pytest
 
-from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get
-from tests.support.checked import CheckedUpstream
+from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, admin_get, get
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.wait import wait_for, wait_stat
 
 HC = "cluster.up.health_check."
-
-
-@pytest.fixture
-def ups() -> Any:
-    made: list[CheckedUpstream] = []
-
-    def make(name: str = "u", tcp: bool = False) -> CheckedUpstream:
-        u = CheckedUpstream(name, tcp)
-        made.append(u)
-        return u
-
-    yield make
-    for u in made:
-        u.close()
 
 
 def health_check(**fields: Any) -> dict[str, Any]:
@@ -48,12 +32,6 @@ def health_check(**fields: Any) -> dict[str, Any]:
 
 def checked_proxy(make_proxy: Any, ports: list[int], hc: dict[str, Any], **extra: Any) -> Any:
     return make_proxy(bootstrap([route("/", "up")], [cluster("up", *ports, health_checks=[hc], **extra)]))
-
-
-def admin_get(proxy: Any, path: str) -> str:
-    addr = proxy.admin if TARGET_IS_ENVOY else "{}:{}".format(*proxy.admin_address)
-    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
-        return r.read().decode()
 
 
 def flags(proxy: Any) -> dict[int, str]:

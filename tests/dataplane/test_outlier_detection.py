@@ -10,31 +10,15 @@ import json
 import socket
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 
-from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, get
-from tests.support.checked import CheckedUpstream
+from tests.dataplane.conftest import TARGET_IS_ENVOY, RawConn, admin_get, get
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.wait import wait_for, wait_stat
 
 OD = "cluster.up.outlier_detection."
-
-
-@pytest.fixture
-def ups() -> Any:
-    made: list[CheckedUpstream] = []
-
-    def make(name: str = "u") -> CheckedUpstream:
-        u = CheckedUpstream(name)
-        made.append(u)
-        return u
-
-    yield make
-    for u in made:
-        u.close()
 
 
 def outlier(**fields: Any) -> dict[str, Any]:
@@ -47,16 +31,19 @@ def outlier(**fields: Any) -> dict[str, Any]:
     return od
 
 
+def active_check(timeout: str, every: str, unhealthy_threshold: int = 1) -> dict[str, Any]:
+    """An HTTP check of `/healthz` every `every`, with or without traffic."""
+    return {
+        "timeout": timeout, "interval": every, "no_traffic_interval": every,
+        "unhealthy_threshold": unhealthy_threshold, "healthy_threshold": 1,
+        "http_health_check": {"path": "/healthz"},
+    }  # fmt: skip
+
+
 def od_proxy(make_proxy: Any, ports: list[int], od: dict[str, Any], **extra: Any) -> Any:
     return make_proxy(
         bootstrap([route("/", "up")], [cluster("up", *ports, outlier_detection=od, **extra)])
     )
-
-
-def admin_get(proxy: Any, path: str) -> str:
-    addr = proxy.admin if TARGET_IS_ENVOY else "{}:{}".format(*proxy.admin_address)
-    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
-        return r.read().decode()
 
 
 def host_field(proxy: Any, field: str) -> dict[int, str]:
@@ -454,10 +441,7 @@ def test_ejected_hosts_count_toward_the_panic_threshold(make_proxy: Any, ups: An
 def test_a_passing_active_check_brings_an_ejected_host_back(make_proxy: Any, ups: Any) -> None:
     u, v = ups("u"), ups("v")
     u.serve_status = 500
-    hc = {
-        "timeout": "1s", "interval": "0.3s", "no_traffic_interval": "0.3s",
-        "unhealthy_threshold": 1, "healthy_threshold": 1, "http_health_check": {"path": "/healthz"},
-    }  # fmt: skip
+    hc = active_check("1s", "0.3s")
     p = od_proxy(make_proxy, [u.port, v.port], outlier(base_ejection_time="60s"), health_checks=[hc])
     fail_until_ejected(p, u.port, "ejections_enforced_consecutive_5xx")
     # The next check passes: the host is back long before its 60 s.
@@ -470,10 +454,7 @@ def test_a_failed_active_check_leaves_an_ejected_host_out(make_proxy: Any, ups: 
     u.serve_status = 500
     # The checks of u time out, far below the unhealthy threshold: the host stays healthy to
     # the active check, and ejected.
-    hc = {
-        "timeout": "0.1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
-        "unhealthy_threshold": 1000, "healthy_threshold": 1, "http_health_check": {"path": "/healthz"},
-    }  # fmt: skip
+    hc = active_check("0.1s", "0.1s", unhealthy_threshold=1000)
     p = od_proxy(make_proxy, [u.port, v.port], outlier(base_ejection_time="60s"), health_checks=[hc])
     u.hang = True
     fail_until_ejected(p, u.port, "ejections_enforced_consecutive_5xx")
@@ -487,10 +468,7 @@ def test_a_failed_active_check_leaves_an_ejected_host_out(make_proxy: Any, ups: 
 def test_without_uneject_by_active_check_the_host_stays_out(make_proxy: Any, ups: Any) -> None:
     u, v = ups("u"), ups("v")
     u.serve_status = 500
-    hc = {
-        "timeout": "1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
-        "unhealthy_threshold": 1, "healthy_threshold": 1, "http_health_check": {"path": "/healthz"},
-    }  # fmt: skip
+    hc = active_check("1s", "0.1s")
     p = od_proxy(make_proxy, [u.port, v.port], outlier(
         base_ejection_time="60s", successful_active_health_check_uneject_host=False), health_checks=[hc])  # fmt: skip
     fail_until_ejected(p, u.port, "ejections_enforced_consecutive_5xx")

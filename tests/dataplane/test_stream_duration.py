@@ -21,6 +21,19 @@ HTTP = "http.ingress_http."
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
+def until_closed(sock: socket.socket, seconds: float) -> bool:
+    """Waits up to `seconds` for the proxy to close `sock` (what it sends is dropped)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            try:
+                if not sock.recv(4096):
+                    return True
+            except OSError:
+                return True
+    return False
+
+
 class Stalled:
     """An upstream response that waits: `OK` after `head_after` seconds, or with `head`, that
     head (and what follows it in `head`) at once and then nothing; either way `closed` is set
@@ -33,20 +46,9 @@ class Stalled:
     def __call__(self, sock: socket.socket, _: bytes) -> None:
         if self.head:
             sock.sendall(self.head)
-            wait = 60.0
-        else:
-            wait = self.head_after
-        deadline = time.monotonic() + wait
-        while (left := deadline - time.monotonic()) > 0:
-            if select.select([sock], [], [], left)[0]:
-                try:
-                    if not sock.recv(4096):
-                        self.closed.set()
-                        return
-                except OSError:
-                    self.closed.set()
-                    return
-        if not self.head:
+        if until_closed(sock, 60.0 if self.head else self.head_after):
+            self.closed.set()
+        elif not self.head:
             sock.sendall(OK)
 
 
@@ -282,12 +284,12 @@ def test_per_try_idle_counts_the_whole_head_not_its_pieces_nor_a_1xx(
         for part in (b"HTTP/1.1 200 OK\r\n", b"x-a: 1\r\n", b"x-b: 2\r\n"):
             time.sleep(0.12)
             sock.sendall(part)
-        time.sleep(0.5)
+        until_closed(sock, 5)
 
     def interim(sock: socket.socket, _: bytes) -> None:
         time.sleep(0.15)
         sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        time.sleep(0.5)
+        until_closed(sock, 5)
 
     up = make_canned({"/pieces": pieces, "/interim": interim, "*": OK})
     p = idle_proxy(make_proxy, up)

@@ -396,7 +396,7 @@ async fn run(
                     continue;
                 };
                 if o.on_consecutive(addr, kind, std::time::Instant::now()) {
-                    ejected(&workers.borrow(), o);
+                    tell_ejections(&workers.borrow(), o);
                 }
                 continue;
             }
@@ -485,7 +485,7 @@ fn tell(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], state: usize) {
 
 /// Tells every worker of a change in an outlier detector: the pools of the hosts it ejected
 /// are drained (Envoy closes an ejected host's connections), and the balancer rebuilt.
-fn ejected(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], o: &OutlierState) {
+fn tell_ejections(workers: &[tokio::sync::mpsc::UnboundedSender<Cmd>], o: &OutlierState) {
     let state = o as *const OutlierState as usize;
     for addr in o.take_ejected() {
         for w in workers {
@@ -501,7 +501,7 @@ async fn ticker(state: Arc<OutlierState>, workers: Workers) {
     loop {
         tokio::time::sleep(every).await;
         if state.tick(std::time::Instant::now()) {
-            ejected(&workers.borrow(), &state);
+            tell_ejections(&workers.borrow(), &state);
         }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::OutlierDetection;
-use crate::stats::{Scope, Visitor};
+use crate::stats::{Counter, Scope, Visitor};
 
 use super::health::HcCmd;
 
@@ -127,7 +127,6 @@ impl HostMonitor {
     /// A response from the host with `code` (Envoy's `putHttpResponseCode`).
     #[inline]
     pub fn put_code(&self, code: u16, od: &OutlierState, addr: SocketAddr) {
-        let cfg = &od.cfg;
         // Envoy's 5xx is 500 to 599; any other code is a success.
         if !(500..600).contains(&code) {
             self.external.add(true);
@@ -135,12 +134,13 @@ impl HostMonitor {
             zero(&self.consecutive_gateway);
             return;
         }
-        self.failure(code, od, addr, cfg);
+        self.failure(code, od, addr);
     }
 
     #[cold]
     #[inline(never)]
-    fn failure(&self, code: u16, od: &OutlierState, addr: SocketAddr, cfg: &OutlierDetection) {
+    fn failure(&self, code: u16, od: &OutlierState, addr: SocketAddr) {
+        let cfg = &od.cfg;
         self.external.add(false);
         if matches!(code, 502..=504) {
             if bump(&self.consecutive_gateway, cfg.consecutive_gateway_failure) {
@@ -164,7 +164,7 @@ impl HostMonitor {
                 Local::ConnectFailed => 503,
                 Local::Timeout => 504,
             };
-            self.failure(code, od, addr, cfg);
+            self.failure(code, od, addr);
             return;
         }
         self.local.add(false);
@@ -184,6 +184,17 @@ impl HostMonitor {
         if od.cfg.split_external_local_origin_errors {
             self.local.add(true);
             zero(&self.consecutive_local);
+        }
+    }
+
+    /// Every run starts over (a host back from an ejection).
+    fn reset_all(&self) {
+        for c in [
+            &self.consecutive_5xx,
+            &self.consecutive_gateway,
+            &self.consecutive_local,
+        ] {
+            c.store(0, Relaxed);
         }
     }
 
@@ -220,6 +231,13 @@ struct Record {
 }
 
 impl Record {
+    /// Ends its ejection at `now`: its runs start over; its multiplier stays (Envoy's).
+    fn bring_back(&mut self, now: Instant) {
+        self.ejected_at = None;
+        self.unejected_at = Some(now);
+        self.monitor.reset_all();
+    }
+
     fn new() -> Record {
         Record {
             monitor: Arc::default(),
@@ -395,37 +413,51 @@ impl OutlierState {
         ejected
     }
 
-    fn detected(&self, kind: Kind) {
-        let s = &self.stats;
+    /// A kind's counters and enforcing percentage: `ejections_detected_<kind>`,
+    /// `ejections_enforced_<kind>` and `enforcing_<kind>`.
+    fn of(&self, kind: Kind) -> (&Counter, &Counter, u32) {
+        let (s, c) = (&*self.stats, &self.cfg);
         match kind {
-            Kind::Consecutive5xx => s.ejections_detected_consecutive_5xx.inc(),
-            Kind::ConsecutiveGatewayFailure => {
-                s.ejections_detected_consecutive_gateway_failure.inc()
-            }
-            Kind::ConsecutiveLocalOriginFailure => {
-                s.ejections_detected_consecutive_local_origin_failure.inc()
-            }
-            Kind::SuccessRate => s.ejections_detected_success_rate.inc(),
-            Kind::LocalOriginSuccessRate => s.ejections_detected_local_origin_success_rate.inc(),
-            Kind::FailurePercentage => s.ejections_detected_failure_percentage.inc(),
-            Kind::LocalOriginFailurePercentage => {
-                s.ejections_detected_local_origin_failure_percentage.inc()
-            }
+            Kind::Consecutive5xx => (
+                &s.ejections_detected_consecutive_5xx,
+                &s.ejections_enforced_consecutive_5xx,
+                c.enforcing_consecutive_5xx,
+            ),
+            Kind::ConsecutiveGatewayFailure => (
+                &s.ejections_detected_consecutive_gateway_failure,
+                &s.ejections_enforced_consecutive_gateway_failure,
+                c.enforcing_consecutive_gateway_failure,
+            ),
+            Kind::ConsecutiveLocalOriginFailure => (
+                &s.ejections_detected_consecutive_local_origin_failure,
+                &s.ejections_enforced_consecutive_local_origin_failure,
+                c.enforcing_consecutive_local_origin_failure,
+            ),
+            Kind::SuccessRate => (
+                &s.ejections_detected_success_rate,
+                &s.ejections_enforced_success_rate,
+                c.enforcing_success_rate,
+            ),
+            Kind::LocalOriginSuccessRate => (
+                &s.ejections_detected_local_origin_success_rate,
+                &s.ejections_enforced_local_origin_success_rate,
+                c.enforcing_local_origin_success_rate,
+            ),
+            Kind::FailurePercentage => (
+                &s.ejections_detected_failure_percentage,
+                &s.ejections_enforced_failure_percentage,
+                c.enforcing_failure_percentage,
+            ),
+            Kind::LocalOriginFailurePercentage => (
+                &s.ejections_detected_local_origin_failure_percentage,
+                &s.ejections_enforced_local_origin_failure_percentage,
+                c.enforcing_failure_percentage_local_origin,
+            ),
         }
     }
 
-    /// The percentage of detected ejections of `kind` that are enforced.
-    fn enforcing(&self, kind: Kind) -> u32 {
-        let c = &self.cfg;
-        match kind {
-            Kind::Consecutive5xx => c.enforcing_consecutive_5xx,
-            Kind::ConsecutiveGatewayFailure => c.enforcing_consecutive_gateway_failure,
-            Kind::ConsecutiveLocalOriginFailure => c.enforcing_consecutive_local_origin_failure,
-            Kind::SuccessRate => c.enforcing_success_rate,
-            Kind::LocalOriginSuccessRate => c.enforcing_local_origin_success_rate,
-            Kind::FailurePercentage => c.enforcing_failure_percentage,
-            Kind::LocalOriginFailurePercentage => c.enforcing_failure_percentage_local_origin,
-        }
+    fn detected(&self, kind: Kind) {
+        self.of(kind).0.inc();
     }
 
     /// Envoy's `ejectHost`: within `max_ejection_percent` (counting this host), or the first
@@ -445,7 +477,7 @@ impl OutlierState {
         if matches!(kind, Kind::Consecutive5xx | Kind::SuccessRate) {
             self.stats.ejections_total.inc();
         }
-        let enforce = self.enforcing(kind);
+        let (_, enforced, enforce) = self.of(kind);
         if enforce == 0 || fastrand::u32(0..100) >= enforce {
             return false;
         }
@@ -466,24 +498,9 @@ impl OutlierState {
         } else {
             fastrand::u64(0..=jitter_max)
         });
-        let s = &self.stats;
-        s.ejections_active.inc();
-        s.ejections_enforced_total.inc();
-        match kind {
-            Kind::Consecutive5xx => s.ejections_enforced_consecutive_5xx.inc(),
-            Kind::ConsecutiveGatewayFailure => {
-                s.ejections_enforced_consecutive_gateway_failure.inc()
-            }
-            Kind::ConsecutiveLocalOriginFailure => {
-                s.ejections_enforced_consecutive_local_origin_failure.inc()
-            }
-            Kind::SuccessRate => s.ejections_enforced_success_rate.inc(),
-            Kind::LocalOriginSuccessRate => s.ejections_enforced_local_origin_success_rate.inc(),
-            Kind::FailurePercentage => s.ejections_enforced_failure_percentage.inc(),
-            Kind::LocalOriginFailurePercentage => {
-                s.ejections_enforced_local_origin_failure_percentage.inc()
-            }
-        }
+        self.stats.ejections_active.inc();
+        self.stats.ejections_enforced_total.inc();
+        enforced.inc();
         true
     }
 
@@ -499,14 +516,10 @@ impl OutlierState {
         let Some(r) = d.hosts.get_mut(&addr) else {
             return false;
         };
-        if r.ejected_at.take().is_none() {
+        if r.ejected_at.is_none() {
             return false;
         }
-        // Its multiplier stays (Envoy's).
-        r.unejected_at = Some(now);
-        r.monitor.consecutive_5xx.store(0, Relaxed);
-        r.monitor.consecutive_gateway.store(0, Relaxed);
-        r.monitor.consecutive_local.store(0, Relaxed);
+        r.bring_back(now);
         self.stats.ejections_active.dec();
         true
     }
@@ -532,11 +545,7 @@ impl OutlierState {
                     Duration::from_millis(u64::from(r.backoff).saturating_mul(base).min(max_time))
                         + r.jitter;
                 if now.saturating_duration_since(at) >= time {
-                    r.ejected_at = None;
-                    r.unejected_at = Some(now);
-                    r.monitor.consecutive_5xx.store(0, Relaxed);
-                    r.monitor.consecutive_gateway.store(0, Relaxed);
-                    r.monitor.consecutive_local.store(0, Relaxed);
+                    r.bring_back(now);
                     self.stats.ejections_active.dec();
                     changed = true;
                 }

@@ -382,11 +382,10 @@ pub(super) async fn forward(
                             if duration_by.is_some_and(|dl| tokio::time::Instant::now() >= dl) {
                                 // The request waited for a connection (Envoy cancels it).
                                 cs.s.upstream_rq_cancelled.inc();
-                                let taken = (body_pending && !upgrade && !replay)
-                                    .then(|| take_buffered_body(&mut d.rbuf, framing))
-                                    .flatten();
-                                let whole = !body_pending || replay || taken.is_some();
-                                return duration_over(ctx, l, d, keep, whole, taken, tried).await;
+                                let whole = !body_pending
+                                    || replay
+                                    || (!upgrade && take_whole_body(d, framing));
+                                return duration_over(ctx, l, d, keep, whole, tried).await;
                             }
                             return pending_timeout(ctx, l, d, cs, keep, tried).await;
                         }
@@ -471,17 +470,11 @@ pub(super) async fn forward(
                         // complete, as Envoy has it by then: the reply answers a whole
                         // request and the client connection stays, with the body dropped
                         // from the buffer.
-                        let taken = (body_pending && !upgrade && !replay)
-                            .then(|| take_buffered_body(&mut d.rbuf, framing))
-                            .flatten();
-                        let whole = taken.is_some() || replay;
+                        let taken =
+                            body_pending && !upgrade && !replay && take_whole_body(d, framing);
+                        let whole = taken || replay;
                         if whole {
                             d.body_unread = false;
-                        }
-                        // The request was whole (Envoy logs its body as received).
-                        if let (Some(r), Some(n)) = (d.log(), taken) {
-                            r.bytes_received = n;
-                            r.request_done = Some(clock::now());
                         }
                         let keep = keep && (whole || !body_pending);
                         let tried = attempt_header(fwd.attempt_count_down, attempt_no(tries));
@@ -1013,11 +1006,8 @@ async fn next_try(
         if timed_out && duration_by.is_some_and(|dl| tokio::time::Instant::now() >= dl) {
             let tried = attempt_header(fwd.attempt_count_down, t.attempt.get());
             // A body still unread may have come whole meanwhile (Envoy answers 504 then).
-            let taken = unread
-                .then(|| take_buffered_body(&mut d.rbuf, framing))
-                .flatten();
-            let whole = !unread || taken.is_some();
-            return Err(duration_over(ctx, l, d, keep && whole, whole, taken, tried).await);
+            let whole = !unread || take_whole_body(d, framing);
+            return Err(duration_over(ctx, l, d, keep && whole, whole, tried).await);
         }
         if timed_out {
             // The route timeout covers every try and the waits between them; with no try
@@ -1562,18 +1552,12 @@ async fn duration_over(
     d: &mut Down,
     keep: bool,
     whole: bool,
-    taken: Option<u64>,
     tried: Option<HeaderMap>,
 ) -> (u16, Next) {
     l.http.downstream_rq_max_duration_reached.inc();
     d.log_detail(Detail::MaxDurationTimeout);
     if whole {
         d.body_unread = false;
-    }
-    // A body read ahead whole is logged as received.
-    if let (Some(r), Some(n)) = (d.log(), taken) {
-        r.bytes_received = n;
-        r.request_done = Some(clock::now());
     }
     let (status, keep) = if whole { (504, keep) } else { (408, false) };
     reply(ctx, l, d, status, DURATION_BODY, keep, tried.as_ref()).await
@@ -1791,6 +1775,22 @@ async fn connect(
             Err(ConnectFail::Timeout)
         }
     }
+}
+
+/// A request body read ahead whole while the request waited (for a connection, or for its
+/// next try) is complete, as Envoy has it by then: it is dropped from the client's buffer and
+/// logged as received, so a local reply answers a whole request and the connection can stay.
+/// Whether it was whole.
+fn take_whole_body(d: &mut Down, framing: Framing) -> bool {
+    let Some(n) = take_buffered_body(&mut d.rbuf, framing) else {
+        return false;
+    };
+    d.body_unread = false;
+    if let Some(r) = d.log() {
+        r.bytes_received = n;
+        r.request_done = Some(clock::now());
+    }
+    true
 }
 
 /// Drops a request body from the front of `buf` when the whole of it is there, giving its
