@@ -38,6 +38,11 @@ CANNED = {
     "/cut": b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello",
     "/cutchunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n",
     "/ws404": b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope",
+    "/c100": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "/c103": b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "/c102": b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    "/c100503": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+    "/c100reset": b"HTTP/1.1 100 Continue\r\nconnection: close\r\n\r\n",
     "*": OK,
 }
 
@@ -45,6 +50,20 @@ CANNED = {
 # An upstream that takes an upgrade: its 101, then an echo, or those bytes and its close.
 SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
 CANNED["/wsecho"] = Tunnel(answer=SWITCH)
+
+
+def hang_after_100(s: socket.socket, _rest: bytes) -> None:
+    """A 100 Continue, then nothing until the proxy closes."""
+    s.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    s.settimeout(5)
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+CANNED["/hang100"] = hang_after_100
 CANNED["/wsclose"] = Tunnel(answer=SWITCH, close_after=b"bye")
 WS = {"hcm": {"upgrade_configs": [{"upgrade_type": "websocket"}], "stream_idle_timeout": "0.5s"}, "canned": True}
 
@@ -110,6 +129,20 @@ def send(port: int, raw: bytes, then_close: bool = True, until: Callable[[], boo
                     pass
             except OSError:
                 pass
+
+
+def staged(port: int, first: bytes, until: Callable[[], bool], then: bytes) -> None:
+    """Sends `first`, waits for `until`, sends `then`, then reads to the end."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(3)
+        s.sendall(first)
+        wait_for(until, 5, "the scenario's state")
+        s.sendall(then)
+        try:
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
 
 
 def get(path: str, extra: str = "") -> bytes:
@@ -196,6 +229,30 @@ SCENARIOS: dict[str, Scenario] = {
     "pertryidle": ({}, lambda p, _: send(p, get("/idle/hang"))),
     "retryrefused": ({"dead": True}, lambda p, _: send(p, get("/retry/x"))),
     "retrypertry": ({}, lambda p, _: send(p, get("/pertry/hang"))),
+    "streamidle": ({"hcm": {"stream_idle_timeout": "0.1s"}}, lambda p, _: send(p, get("/hang"))),
+    "expect100": ({}, lambda p, _: send(p, b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                                             b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")),
+    "expect100proxied": ({"canned": True, "hcm": {"proxy_100_continue": True}}, lambda p, _: send(
+        p, b"POST /c100 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nExpect: 100-continue\r\n"
+           b"Content-Length: 2\r\n\r\nhi")),
+    "up100": ({"canned": True}, lambda p, _: send(p, get("/c100"))),
+    "up100proxied": ({"canned": True, "hcm": {"proxy_100_continue": True}}, lambda p, _: send(p, get("/c100"))),
+    "up103": ({"canned": True}, lambda p, _: send(p, get("/c103"))),
+    "up103proxied": ({"canned": True, "hcm": {"proxy_100_continue": True}}, lambda p, _: send(p, get("/c103"))),
+    "up102": ({"canned": True}, lambda p, _: send(p, get("/c102"))),
+    # An informational response, then the upstream fails: not tried again, no upstream code.
+    "retry100": ({"canned": True}, lambda p, _: send(p, get("/retry/c100503"))),
+    "hang100": ({"canned": True}, lambda p, _: send(p, get("/hang100"))),
+    "reset100": ({"canned": True}, lambda p, _: send(p, get("/c100reset"))),
+    "pertry100": ({"canned": True}, lambda p, _: send(p, get("/pertry/hang100"))),
+    # The request's body goes wrong, or stalls, after its head went upstream.
+    "badbody": ({}, lambda p, proxy: staged(
+        p, b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n",
+        lambda: proxy.stats().get("cluster.up.upstream_rq_active") == 1, b"zz\r\n")),
+    "idlebody": ({"hcm": {"stream_idle_timeout": "0.2s"}}, lambda p, _: send(
+        p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhi")),
+    "rqtimeoutbody": ({"hcm": {"request_timeout": "0.2s"}}, lambda p, _: send(
+        p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhi")),
 }
 
 
@@ -213,7 +270,7 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
     # No catch-all: /nope finds no route.
     routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               route("/hang", "up", timeout="0.3s")]
-    routes += [route(prefix, "up") for prefix in ("/x", "/status", "/reset", "/cc", "/cd", "/bad", "/ws")]
+    routes += [route(prefix, "up") for prefix in ("/x", "/status", "/reset", "/cc", "/cd", "/bad", "/ws", "/c1")]
     routes += [route("/retry/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx", "num_retries": 2}),
                route("/pertry/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx",
                                                                        "per_try_timeout": "0.2s"}),

@@ -23,7 +23,7 @@ use tokio::time::Instant as TInstant;
 
 use super::clock;
 use super::ctx::{Ctx, ListenerRt, WorkerSnap, NO_DRAIN_KEY};
-use super::forward::{forward, CONTINUE};
+use super::forward::forward;
 use super::headers::{
     mutate_request, redirect_location, redirect_rewritten_target, request_location,
 };
@@ -51,6 +51,9 @@ pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// at 2 workers on the shared 2-core box pyproxy served 10.7k-19.7k req/s of 64 KiB against
 /// nginx's ~24k (perf suite, scenario 2); see the commit for the figures with 64 KiB pieces.
 pub(super) const BODY_CHUNK: usize = 64 * 1024;
+
+/// Envoy's own answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What to do with the downstream connection after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1302,8 +1305,11 @@ async fn handle(
     // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set, as soon as
     // its codec has taken the head, whatever the answer will be. Two `expect` headers read as
     // one joined value, which is not `100-continue`.
+    // It counts as a response sent (`downstream_rq_1xx`, `downstream_rq_completed`), as Envoy
+    // charges it.
     if !l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers) {
         head.headers.remove(b"expect");
+        l.count_completed(100);
         let tx = l.http.down_tx(&d.held);
         if write_all(&mut d.stream, CONTINUE, &tx).await.is_err() {
             // The client is gone.

@@ -17,8 +17,8 @@ use tokio::time::timeout;
 
 use super::clock;
 use super::conn::{
-    expects_continue, read_more, reply, response_closes, write_all, write_down, write_more, Down,
-    Next, BODY_CHUNK, READ_CHUNK,
+    read_more, reply, response_closes, write_all, write_down, write_more, Down, Next, BODY_CHUNK,
+    READ_CHUNK,
 };
 use super::ctx::{Ctx, ListenerRt};
 use super::headers::{append_via, apply_response_extras, rewrite_target, router_request_headers};
@@ -41,7 +41,6 @@ use crate::upstream::{ClusterRt, CxGuard, HostRt, RqGuard};
 
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 96 * 1024;
-pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const RESET_TERMINATION: &[u8] =
     b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 const RESET_PROTOCOL: &[u8] =
@@ -93,6 +92,10 @@ enum Outcome {
         body: &'static [u8],
         keep: bool,
         cause: Cause,
+        /// The upstream's informational response (100, 102, 103, 104) came first: Envoy's
+        /// router then takes the response as begun and charges the upstream no code for the
+        /// failure.
+        informed: bool,
     },
     /// Failed after the response head went downstream (`status` is that head's), or the client
     /// went away (`status` 0): close the connection.
@@ -182,8 +185,6 @@ pub(super) async fn forward(
         let tried = attempt_header(fwd.attempt_count_down, 1);
         return no_healthy_upstream(ctx, l, d, cluster, keep && !body_pending, tried).await;
     };
-    // Without proxy_100_continue the connection already answered `Expect` and removed it.
-    let relay_continue = l.c.cfg.hcm.proxy_100_continue && expects_continue(&head.headers);
     let is_head = head.method() == b"HEAD";
     let minor = head.minor;
     // A response edit that reads the request (`%REQ(...)%`) sees it as it went upstream:
@@ -527,7 +528,7 @@ pub(super) async fn forward(
             rq_start,
             up_chunk,
             max_headers: cluster.cfg.cfg.max_headers_count as usize,
-            relay_continue: relay_continue && !replay,
+            relay_1xx: l.c.cfg.hcm.proxy_100_continue,
             chunk_up: chunk_up && !replay,
             minor,
             upstream: host.addr,
@@ -631,17 +632,19 @@ pub(super) async fn forward(
                 body,
                 keep,
                 cause,
+                informed,
             } => {
                 up.guard.active_rq = true;
                 close_upstream(ctx, up);
-                let upstream_fault = matches!(
-                    cause,
-                    Cause::UpstreamReset
-                        | Cause::UpstreamProtocol
-                        | Cause::RouteTimeout
-                        | Cause::PerTryTimeout
-                        | Cause::PerTryIdle
-                );
+                let upstream_fault = !informed
+                    && matches!(
+                        cause,
+                        Cause::UpstreamReset
+                            | Cause::UpstreamProtocol
+                            | Cause::RouteTimeout
+                            | Cause::PerTryTimeout
+                            | Cause::PerTryIdle
+                    );
                 count_failure(
                     cluster,
                     &host,
@@ -1535,6 +1538,7 @@ fn timer_stop(stop: Stop, sent: u16, read_whole: bool, keep_ok: bool, retry: boo
         body,
         keep,
         cause,
+        informed: false,
     }
 }
 
@@ -1594,11 +1598,11 @@ fn count_failure(cluster: &ClusterRt, host: &HostRt, cause: Cause, upstream_code
             cs.s.upstream_rq_per_try_idle_timeout.inc();
             host.stats.rq_timeout.inc();
         }
-        Cause::UpstreamIdle | Cause::Downstream => cs.s.upstream_rq_tx_reset.inc(),
-        // Envoy counts the client's reset downstream (`downstream_rq_rx_reset`) and closes the
-        // upstream connection; no upstream reset is counted (checked with the envoy binary).
-        // The connection manager's duration timer counts only its own stat.
-        Cause::ClientGone | Cause::MaxDuration => {}
+        // The connection manager ends these streams (the client went away, or stalled, or
+        // sent a bad body; the stream idle timeout; its duration timer): Envoy's router
+        // closes the upstream connection and counts no upstream reset, not even
+        // `upstream_rq_tx_reset` (checked with the envoy binary, tests/support/stats_diff.py).
+        Cause::ClientGone | Cause::MaxDuration | Cause::UpstreamIdle | Cause::Downstream => {}
     }
     if upstream_code != 0 {
         cs.count_response(upstream_code);
@@ -1971,8 +1975,9 @@ struct Exchange<'a> {
     up_chunk: usize,
     /// The cluster's `max_headers_count` for the response.
     max_headers: usize,
-    /// Relay the upstream's `100 Continue` (proxy_100_continue with a client Expect).
-    relay_continue: bool,
+    /// Relay the upstream's informational response (`proxy_100_continue`; without it the
+    /// connection answered a client's `Expect` itself and removed it).
+    relay_1xx: bool,
     /// The request body goes upstream chunked (it came chunked, or its length was removed).
     chunk_up: bool,
     /// The request's HTTP minor version, for `%PROTOCOL%`.
@@ -2023,6 +2028,8 @@ impl Exchange<'_> {
         let up_chunk = self.up_chunk;
         let request_deadline = d.request_deadline;
         let resp_status = Cell::new(0u16);
+        // The upstream's first informational response's code (0: none yet).
+        let informed = Cell::new(0u16);
         // For the access log: body bytes each way, when the request was read whole, when the
         // response began, and its head as sent.
         let log_on = d.log.is_some();
@@ -2147,7 +2154,6 @@ impl Exchange<'_> {
         let req_fut = RefCell::new(req_pinned);
 
         let mut resp_fut = std::pin::pin!(async {
-            let mut continued = false;
             let head = loop {
                 match parse_response_counted(urbuf, MAX_RESPONSE_HEAD, self.max_headers) {
                     // The upstream takes the upgrade: its 101 goes down as a response head
@@ -2169,13 +2175,24 @@ impl Exchange<'_> {
                         return Err(RespErr::Protocol)
                     }
                     Ok(Some(h)) if (100..200).contains(&h.status) => {
-                        // Informational responses are dropped, except the one 100 Continue
-                        // a client that sent Expect waits for under proxy_100_continue.
-                        if h.status == 100 && self.relay_continue && !continued {
-                            continued = true;
-                            write_all(&mut dw, CONTINUE, down_tx)
-                                .await
-                                .map_err(|_| RespErr::Downstream)?;
+                        // Envoy's router takes the first 100, 102, 103 or 104 as a response
+                        // of its own: counted as the upstream's code, relayed under
+                        // proxy_100_continue (whether or not the client sent `Expect`), and
+                        // from then on the request is not tried again and its per-try
+                        // timeout is off. Later ones, and other codes, are dropped.
+                        // A close now, between responses, is a termination (503), not a
+                        // partial head (502).
+                        upstream_sent_bytes.set(!urbuf.is_empty());
+                        if matches!(h.status, 100 | 102..=104) && informed.get() == 0 {
+                            informed.set(h.status);
+                            self.cs.count_response(h.status);
+                            if self.relay_1xx {
+                                l.count_completed(h.status);
+                                let interim = informational_head(h);
+                                write_all(&mut dw, &interim, down_tx)
+                                    .await
+                                    .map_err(|_| RespErr::Downstream)?;
+                            }
                         }
                         continue;
                     }
@@ -2222,7 +2239,7 @@ impl Exchange<'_> {
             // The route's retry policy may try again instead (only once the whole request
             // was read: its body is kept for the next try).
             // A request still arriving cannot be tried again: no decision is made.
-            if let Some(t) = self.tries.filter(|_| req_read.get()) {
+            if let Some(t) = self.tries.filter(|_| req_read.get() && informed.get() == 0) {
                 let would = t.policy.retries_response(status, &head.headers);
                 if t.decide(would) {
                     let bodiless = matches!(up_framing, Framing::Empty | Framing::Length(0));
@@ -2433,7 +2450,7 @@ impl Exchange<'_> {
             let common = earliest([
                 idle.map(|i| activity.get() + i),
                 route,
-                per_try.filter(|_| resp_status.get() == 0),
+                per_try.filter(|_| resp_status.get() == 0 && informed.get() == 0),
                 // request_timeout ends once the response has started, as Envoy's.
                 request_deadline.filter(|_| !req_done && resp_status.get() == 0),
             ]);
@@ -2544,7 +2561,10 @@ impl Exchange<'_> {
                     if route_deadline.is_some_and(|dl| now >= dl) {
                         break Err(Stop::RouteTimeout);
                     }
-                    if resp_status.get() == 0 && per_try_deadline.is_some_and(|dl| now >= dl) {
+                    if resp_status.get() == 0
+                        && informed.get() == 0
+                        && per_try_deadline.is_some_and(|dl| now >= dl)
+                    {
                         break Err(Stop::PerTryTimeout);
                     }
                     if per_try_idle
@@ -2619,15 +2639,18 @@ impl Exchange<'_> {
             body,
             keep,
             cause,
+            informed: false,
         };
         // The retry policy's say on a try that ended before its response head: tried again
         // (once the whole request was read and kept), or answered with the last try's reason.
         let retried = self.tries.is_some_and(|t| t.attempt.get() > 1);
         let again = |reset| {
-            self.tries.filter(|_| read_whole).is_some_and(|t| {
-                let would = t.policy.retries_reset(reset, true);
-                t.decide(would)
-            })
+            self.tries
+                .filter(|_| read_whole && informed.get() == 0)
+                .is_some_and(|t| {
+                    let would = t.policy.retries_reset(reset, true);
+                    t.decide(would)
+                })
         };
         let retry = |per_try, protocol| Outcome::Retry {
             status: 0,
@@ -2636,7 +2659,7 @@ impl Exchange<'_> {
             protocol,
             reuse: false,
         };
-        match result {
+        let mut outcome = match result {
             Ok(Err(RespErr::Retry { status, reuse })) => Outcome::Retry {
                 status,
                 per_try: false,
@@ -2738,6 +2761,29 @@ impl Exchange<'_> {
                 status: sent,
                 cause: Cause::Downstream,
             },
+        };
+        if let Outcome::Local { informed: i, .. } = &mut outcome {
+            *i = informed.get() != 0;
         }
+        outcome
     }
+}
+
+/// An upstream's informational response as relayed to the client: Envoy's status line (its
+/// reason phrase, `Unknown` for 102 to 104) and the upstream's headers less `connection`,
+/// `upgrade` and `proxy-connection` (Envoy's connection manager keeps `keep-alive`, `te` and
+/// the headers `connection` names on these); nothing of the final response's (no `server`,
+/// `date` or header edits). Checked against the envoy binary.
+#[cold]
+#[inline(never)]
+fn informational_head(h: crate::http1::head::ResponseHead) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    write_status_line(&mut out, h.status);
+    let mut headers = h.headers;
+    for name in [&b"connection"[..], b"upgrade", b"proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.write_to(&mut out);
+    out.extend_from_slice(b"\r\n");
+    out
 }
