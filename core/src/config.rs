@@ -21,6 +21,123 @@ pub struct Snapshot {
     /// Upstream clusters, referenced by name from routes.
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// Envoy's bootstrap `overload_manager`, if configured.
+    #[serde(default)]
+    pub overload: Option<Overload>,
+}
+
+/// Envoy `overload_manager`: resource monitors read every `refresh_interval_ms`, and actions
+/// their pressures trigger.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overload {
+    /// How often the monitors are read (Envoy default 1 s).
+    pub refresh_interval_ms: u64,
+    /// Unique names.
+    pub monitors: Vec<ResourceMonitor>,
+    /// Unique names; each trigger names a monitor above.
+    pub actions: Vec<OverloadAction>,
+}
+
+/// One resource monitor: its name (the stats' `overload.<name>.*`) and what it reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceMonitor {
+    pub name: String,
+    pub kind: MonitorKind,
+}
+
+/// What a resource monitor reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MonitorKind {
+    /// `fixed_heap`: the allocated heap over `max_heap_size_bytes` (> 0).
+    FixedHeap { max_heap_size_bytes: u64 },
+    /// `injected_resource`: the pressure written in a file, a number from 0 to 1.
+    InjectedResource { filename: String },
+    /// `global_downstream_max_connections`: at most this many client connections across
+    /// every worker (> 0); checked as each connection is accepted (Envoy's proactive
+    /// resource), its pressure reads 0.
+    GlobalDownstreamMaxConnections {
+        max_active_downstream_connections: u64,
+    },
+}
+
+/// One overload action and its triggers (at least one, on distinct monitors).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadAction {
+    /// Envoy's action name, for the stats (`envoy.overload_actions.stop_accepting_requests`).
+    pub name: String,
+    pub kind: ActionKind,
+    pub triggers: Vec<Trigger>,
+}
+
+/// The overload actions pyproxy takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// New requests get 503 `envoy overloaded` (with the action's scale as a probability).
+    StopAcceptingRequests,
+    /// Responses carry `connection: close` (with the scale as a probability).
+    DisableHttpKeepalive,
+    /// The listeners stop accepting: new connections wait in the kernel's queue.
+    StopAcceptingConnections,
+    /// New connections are closed as they are accepted (with the scale as a probability).
+    RejectIncomingConnections,
+    /// Free memory goes back to the system every 10 s while it is active.
+    ShrinkHeap,
+}
+
+/// A trigger: a monitor's pressure turned into the action's scale, 0 to 1.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    /// The monitor's name.
+    pub monitor: String,
+    /// `threshold`: saturated (1) at or above `value`, else 0. `scaled`: 0 at or below
+    /// `scaling_threshold`, 1 at or above `saturation_threshold`, linear between.
+    pub kind: TriggerKind,
+}
+
+/// The two kinds of trigger.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TriggerKind {
+    Threshold {
+        value: f64,
+    },
+    Scaled {
+        scaling_threshold: f64,
+        saturation_threshold: f64,
+    },
+}
+
+impl TriggerKind {
+    /// The action's scale at `pressure`.
+    pub fn scale(&self, pressure: f64) -> f64 {
+        match *self {
+            TriggerKind::Threshold { value } => {
+                if pressure >= value {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            TriggerKind::Scaled {
+                scaling_threshold: lo,
+                saturation_threshold: hi,
+            } => {
+                if pressure <= lo {
+                    0.0
+                } else if pressure >= hi {
+                    1.0
+                } else {
+                    (pressure - lo) / (hi - lo)
+                }
+            }
+        }
+    }
 }
 
 /// One listener with its single HTTP connection manager.

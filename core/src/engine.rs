@@ -37,6 +37,8 @@ struct Running {
     dns: Dns,
     /// The active health checks' thread.
     health: crate::upstream::health::Checker,
+    /// The overload manager's thread.
+    overload: crate::overload::Manager,
     /// When the drain of each listener removed by an apply ends (None: a drain time too long
     /// to reach); `listener_manager.total_listeners_draining` counts those still to come.
     drains_end: Vec<Option<Instant>>,
@@ -312,6 +314,10 @@ impl Engine {
             .map_err(|e| Error::engine(format!("cannot start the health checker: {e}")))?;
         health.snapshot(&compiled);
         health.wait_first_checks(&compiled);
+        let global = Arc::new(crate::overload::GlobalConnections::default());
+        let overload = crate::overload::Manager::spawn(global.clone())
+            .map_err(|e| Error::engine(format!("cannot start the overload manager: {e}")))?;
+        overload.configure(snapshot.overload.as_ref());
         let drain = {
             let mut cur = self.drain.lock().unwrap_or_else(|e| e.into_inner());
             *cur = Arc::new(cur.next_run());
@@ -333,8 +339,15 @@ impl Engine {
         }
         let mut workers = Vec::with_capacity(self.concurrency);
         for (id, ls) in per_worker.into_iter().enumerate() {
-            let w = Worker::spawn(id, self.stores.clone(), compiled.clone(), ls, drain.clone())
-                .map_err(|e| Error::engine(format!("cannot start worker {id}: {e}")))?;
+            let w = Worker::spawn(
+                id,
+                self.stores.clone(),
+                compiled.clone(),
+                ls,
+                drain.clone(),
+                global.clone(),
+            )
+            .map_err(|e| Error::engine(format!("cannot start worker {id}: {e}")))?;
             workers.push(w);
         }
         self.managers
@@ -342,6 +355,8 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .count(None, &compiled, self.concurrency, &|_| true);
         health.send(HcCmd::Workers(workers.iter().map(|w| w.sender()).collect()));
+        global.set_workers(workers.iter().map(|w| w.shared.clone()).collect());
+        overload.set_workers(workers.iter().map(|w| w.sender()).collect());
         let compiled = Arc::new(Mutex::new(compiled));
         let dns = spawn_dns(
             self.resolver.clone(),
@@ -355,6 +370,7 @@ impl Engine {
             bound,
             dns,
             health,
+            overload,
             drains_end: Vec::new(),
             listeners_stop: None,
             drain,
@@ -422,6 +438,7 @@ impl Engine {
         // check's hosts have their results already).
         run.health.snapshot(&compiled);
         run.health.wait_first_checks(&compiled);
+        run.overload.configure(snapshot.overload.as_ref());
         for (w, a) in run.workers.iter().zip(add) {
             w.send(Cmd::Apply {
                 compiled: compiled.clone(),
@@ -689,6 +706,16 @@ impl Engine {
         ] {
             extra.push((name.to_string(), StatKind::Counter, v.load(Relaxed)));
         }
+        // The overload manager's monitors and actions, and Envoy's counter of its
+        // `reset_high_memory_stream` action, which every Envoy shows (pyproxy refuses it).
+        if let Some(r) = self.lock().as_ref() {
+            extra.extend(r.overload.stats());
+        }
+        extra.push((
+            "envoy.overload_actions.reset_high_memory_stream.count".to_string(),
+            StatKind::Counter,
+            0,
+        ));
         extra
     }
 
@@ -880,7 +907,7 @@ impl Drop for Engine {
 }
 
 /// Bytes allocated and heap size, from glibc's allocator (Envoy reports tcmalloc's figures).
-fn memory() -> (u64, u64) {
+pub(crate) fn memory() -> (u64, u64) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallinfo2 has no preconditions and returns a plain struct.

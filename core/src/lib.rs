@@ -13,6 +13,7 @@ mod error;
 pub mod fuzz;
 pub mod http1;
 pub mod lb;
+pub mod overload;
 pub mod router;
 pub mod snapshot;
 pub mod stats;

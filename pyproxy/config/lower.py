@@ -15,7 +15,7 @@ import msgspec
 
 from . import model as m
 from .duration import Duration
-from .validate import data_source_text, effective_listener_name, payload_bytes, retry_on_tokens
+from .validate import OVERLOAD_ACTIONS, data_source_text, effective_listener_name, payload_bytes, retry_on_tokens
 
 __all__ = ["lower", "snapshot_bytes"]
 
@@ -58,7 +58,36 @@ def lower(bootstrap: m.Bootstrap) -> Json:
     return {
         "listeners": [_listener(x, i) for i, x in enumerate(bootstrap.static_resources.listeners)],
         "clusters": [_cluster(c) for c in bootstrap.static_resources.clusters],
+        "overload": _overload(bootstrap.overload_manager) if bootstrap.overload_manager else None,
     }
+
+
+def _overload(o: m.OverloadManager) -> Json:
+    monitors = []
+    for mon in o.resource_monitors:
+        tc = mon.typed_config
+        kind: Json
+        if isinstance(tc, m.FixedHeapConfig):
+            kind = {"fixed_heap": {"max_heap_size_bytes": tc.max_heap_size_bytes}}
+        elif isinstance(tc, m.InjectedResourceConfig):
+            kind = {"injected_resource": {"filename": tc.filename}}
+        else:
+            kind = {"global_downstream_max_connections": {
+                "max_active_downstream_connections": tc.max_active_downstream_connections}}
+        monitors.append({"name": mon.name, "kind": kind})
+    actions = []
+    for a in o.actions:
+        triggers = []
+        for t in a.triggers:
+            if t.threshold is not None:
+                tk: Json = {"threshold": {"value": t.threshold.value}}
+            else:
+                assert t.scaled is not None
+                tk = {"scaled": {"scaling_threshold": t.scaled.scaling_threshold,
+                                 "saturation_threshold": t.scaled.saturation_threshold}}
+            triggers.append({"monitor": t.name, "kind": tk})
+        actions.append({"name": a.name, "kind": OVERLOAD_ACTIONS[a.name], "triggers": triggers})
+    return {"refresh_interval_ms": _ms(o.refresh_interval, 1000), "monitors": monitors, "actions": actions}
 
 
 def _ms(d: Duration | None, default: int) -> int:

@@ -53,6 +53,7 @@ __all__ = [
     "NetworkFilter",
     "Node",
     "OutlierDetection",
+    "OverloadManager",
     "QueryParameterMatcher",
     "RedirectAction",
     "RegexMatcher",
@@ -908,9 +909,90 @@ class StaticResources(_Message, kw_only=True):
     clusters: list[Cluster] = []
 
 
+FIXED_HEAP_TYPE_URL = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+)
+INJECTED_RESOURCE_TYPE_URL = (
+    "type.googleapis.com/"
+    "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig"
+)
+DOWNSTREAM_CONNECTIONS_TYPE_URL = (
+    "type.googleapis.com/"
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+
+class FixedHeapConfig(_Message, kw_only=True, tag_field="@type", tag=FIXED_HEAP_TYPE_URL):
+    """`envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig`."""
+
+    max_heap_size_bytes: UInt64 = 0
+
+
+class InjectedResourceConfig(_Message, kw_only=True, tag_field="@type", tag=INJECTED_RESOURCE_TYPE_URL):
+    """`envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig`."""
+
+    filename: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class DownstreamConnectionsConfig(
+    _Message, kw_only=True, tag_field="@type", tag=DOWNSTREAM_CONNECTIONS_TYPE_URL
+):
+    """`envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig`."""
+
+    max_active_downstream_connections: Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
+
+
+class ResourceMonitor(_Message, kw_only=True):
+    """`envoy.config.overload.v3.ResourceMonitor`: chosen by `typed_config.@type`; `name`
+    names it for triggers and stats."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    typed_config: FixedHeapConfig | InjectedResourceConfig | DownstreamConnectionsConfig
+
+
+class ThresholdTrigger(_Message, kw_only=True):
+    """`envoy.config.overload.v3.ThresholdTrigger`."""
+
+    value: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class ScaledTrigger(_Message, kw_only=True):
+    """`envoy.config.overload.v3.ScaledTrigger`."""
+
+    scaling_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    saturation_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class Trigger(_Message, kw_only=True):
+    """`envoy.config.overload.v3.Trigger`: a monitor's name and one of `threshold`, `scaled`."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    threshold: ThresholdTrigger | None = None
+    scaled: ScaledTrigger | None = None
+
+
+class OverloadAction(_Message, kw_only=True):
+    """`envoy.config.overload.v3.OverloadAction`."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    triggers: Annotated[list[Trigger], msgspec.Meta(min_length=1)]
+    typed_config: dict[str, Any] | None = None
+
+
+class OverloadManager(_Message, kw_only=True):
+    """`envoy.config.overload.v3.OverloadManager`."""
+
+    refresh_interval: Duration | None = None
+    resource_monitors: Annotated[list[ResourceMonitor], msgspec.Meta(min_length=1)]
+    actions: list[OverloadAction] = []
+    loadshed_points: list[Any] = []
+    buffer_factory_config: dict[str, Any] | None = None
+
+
 class Bootstrap(_Message, kw_only=True):
     """`envoy.config.bootstrap.v3.Bootstrap`."""
 
     node: Node | None = None
     admin: Admin | None = None
     static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
+    overload_manager: OverloadManager | None = None

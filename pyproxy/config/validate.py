@@ -32,6 +32,8 @@ def validate(bootstrap: m.Bootstrap) -> None:
         _check_ip(bootstrap.admin.address, "admin.address")
     clusters = _check_clusters(bootstrap.static_resources.clusters)
     _check_listeners(bootstrap.static_resources.listeners, clusters)
+    if bootstrap.overload_manager is not None:
+        _check_overload(bootstrap.overload_manager, "overload_manager")
 
 
 def effective_listener_name(listener: m.Listener) -> str:
@@ -1002,3 +1004,82 @@ def check_regex(regex: str, path: str) -> None:
         re.compile(probe)
     except re.error as e:
         raise ConfigError(path, f"{regex!r} is not a valid regex: {e}") from None
+
+
+# --- overload manager -------------------------------------------------------------------------
+
+# Envoy's overload actions pyproxy takes, by name.
+OVERLOAD_ACTIONS = {
+    "envoy.overload_actions.stop_accepting_requests": "stop_accepting_requests",
+    "envoy.overload_actions.disable_http_keepalive": "disable_http_keepalive",
+    "envoy.overload_actions.stop_accepting_connections": "stop_accepting_connections",
+    "envoy.overload_actions.reject_incoming_connections": "reject_incoming_connections",
+    "envoy.overload_actions.shrink_heap": "shrink_heap",
+}
+_OVERLOAD_REFUSED = {
+    "envoy.overload_actions.reduce_timeouts": "scaling timers under overload is not supported yet",
+    "envoy.overload_actions.reset_high_memory_stream": "resetting streams by buffer memory is not "
+    "supported yet (it needs buffer_factory_config)",
+}
+
+
+def _check_overload(o: m.OverloadManager, path: str) -> None:
+    if o.loadshed_points:
+        raise ConfigError(f"{path}.loadshed_points", "load shed points are not supported yet")
+    if o.buffer_factory_config:
+        raise ConfigError(f"{path}.buffer_factory_config", "buffer memory accounting is not supported yet")
+    monitors: dict[str, int] = {}
+    global_at: int | None = None
+    for i, mon in enumerate(o.resource_monitors):
+        mpath = f"{path}.resource_monitors[{i}]"
+        if mon.name in monitors:
+            raise ConfigError(
+                f"{mpath}.name",
+                f"duplicate resource monitor {mon.name!r} (also {path}.resource_monitors[{monitors[mon.name]}])",
+            )
+        monitors[mon.name] = i
+        tc = mon.typed_config
+        if isinstance(tc, m.FixedHeapConfig) and tc.max_heap_size_bytes == 0:
+            raise ConfigError(f"{mpath}.typed_config.max_heap_size_bytes", "must be greater than 0")
+        if isinstance(tc, m.DownstreamConnectionsConfig):
+            if global_at is not None:
+                raise ConfigError(
+                    f"{mpath}.typed_config",
+                    f"a second global connection limit (also {path}.resource_monitors[{global_at}])",
+                )
+            global_at = i
+    actions: dict[str, int] = {}
+    for i, a in enumerate(o.actions):
+        apath = f"{path}.actions[{i}]"
+        if a.name in _OVERLOAD_REFUSED:
+            raise ConfigError(f"{apath}.name", f"{a.name}: {_OVERLOAD_REFUSED[a.name]}")
+        if a.name not in OVERLOAD_ACTIONS:
+            raise ConfigError(
+                f"{apath}.name",
+                f"unknown overload action {a.name!r}; supported: {', '.join(OVERLOAD_ACTIONS)}",
+            )
+        if a.name in actions:
+            raise ConfigError(
+                f"{apath}.name", f"duplicate overload action {a.name!r} (also {path}.actions[{actions[a.name]}])"
+            )
+        actions[a.name] = i
+        if a.typed_config:
+            raise ConfigError(f"{apath}.typed_config", f"{a.name} takes no typed_config")
+        seen: set[str] = set()
+        for j, t in enumerate(a.triggers):
+            tpath = f"{apath}.triggers[{j}]"
+            if t.name not in monitors:
+                raise ConfigError(
+                    f"{tpath}.name", f"unknown resource monitor {t.name!r}; configured: {', '.join(monitors)}"
+                )
+            if t.name in seen:
+                raise ConfigError(f"{tpath}.name", f"a second trigger on resource monitor {t.name!r}")
+            seen.add(t.name)
+            if (t.threshold is None) == (t.scaled is None):
+                raise ConfigError(tpath, "exactly one of threshold and scaled is required")
+            if t.scaled is not None and t.scaled.scaling_threshold >= t.scaled.saturation_threshold:
+                raise ConfigError(
+                    f"{tpath}.scaled",
+                    f"scaling_threshold ({t.scaled.scaling_threshold}) must be less than "
+                    f"saturation_threshold ({t.scaled.saturation_threshold})",
+                )

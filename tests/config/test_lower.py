@@ -473,6 +473,47 @@ CASES: list[tuple[str, Callable[[dict], Any], Callable[[dict], Any], Any]] = [
 ]
 
 
+OVERLOAD = {
+    "refresh_interval": "0.25s",
+    "resource_monitors": [
+        {"name": "envoy.resource_monitors.fixed_heap", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+            "max_heap_size_bytes": 2147483648}},
+        {"name": "file", "typed_config": {
+            "@type": "type.googleapis.com/"
+                     "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
+            "filename": "/tmp/pressure"}},
+        {"name": "cx", "typed_config": {
+            "@type": "type.googleapis.com/"
+                     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+            "max_active_downstream_connections": 50000}},
+    ],
+    "actions": [
+        {"name": "envoy.overload_actions.shrink_heap",
+         "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.95}}]},
+        {"name": "envoy.overload_actions.stop_accepting_requests",
+         "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.98}},
+                      {"name": "file", "scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}]},
+    ],
+}
+CASES.append(("overload_manager", lambda c: c.update(overload_manager=OVERLOAD), lambda s: s["overload"], {
+    "refresh_interval_ms": 250,
+    "monitors": [
+        {"name": "envoy.resource_monitors.fixed_heap", "kind": {"fixed_heap": {"max_heap_size_bytes": 2147483648}}},
+        {"name": "file", "kind": {"injected_resource": {"filename": "/tmp/pressure"}}},
+        {"name": "cx", "kind": {"global_downstream_max_connections": {"max_active_downstream_connections": 50000}}},
+    ],
+    "actions": [
+        {"name": "envoy.overload_actions.shrink_heap", "kind": "shrink_heap", "triggers": [
+            {"monitor": "envoy.resource_monitors.fixed_heap", "kind": {"threshold": {"value": 0.95}}}]},
+        {"name": "envoy.overload_actions.stop_accepting_requests", "kind": "stop_accepting_requests", "triggers": [
+            {"monitor": "envoy.resource_monitors.fixed_heap", "kind": {"threshold": {"value": 0.98}}},
+            {"monitor": "file", "kind": {"scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}}]},
+    ],
+}))
+CASES.append(("no_overload_manager", lambda c: None, lambda s: s["overload"], None))
+
+
 @pytest.mark.parametrize(("name", "mutate", "pick", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_lowering(name: str, mutate: Callable[[dict], Any], pick: Callable[[dict], Any],
                   expected: Any) -> None:
@@ -543,6 +584,13 @@ ENUMS = {  # externally tagged enums: variant (snake_case) -> payload struct or 
     "LogFilter": {"status_code": "Comparison", "duration": "Comparison", "not_health_check": None,
                   "header": "HeaderMatcher", "response_flag": "Vec<String>",
                   "and": "Vec<LogFilter>", "or": "Vec<LogFilter>"},
+    "MonitorKind": {"fixed_heap": {"max_heap_size_bytes": ("u64", True)},
+                    "injected_resource": {"filename": ("String", True)},
+                    "global_downstream_max_connections": {"max_active_downstream_connections": ("u64", True)}},
+    "TriggerKind": {"threshold": {"value": ("f64", True)},
+                    "scaled": {"scaling_threshold": ("f64", True), "saturation_threshold": ("f64", True)}},
+    "ActionKind": {"stop_accepting_requests": None, "disable_http_keepalive": None,
+                   "stop_accepting_connections": None, "reject_incoming_connections": None, "shrink_heap": None},
 }
 
 

@@ -76,6 +76,30 @@ def hpo(**fields: Any) -> dict:
     return {HPO_KEY: {"@type": HPO_TYPE, **fields}}
 
 
+DOWNSTREAM_CX = ("type.googleapis.com/"
+                 "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig")
+
+
+def fixed_heap(n: int, name: str = "heap") -> dict:
+    return {"name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+        "max_heap_size_bytes": n}}
+
+
+def action(name: str = "envoy.overload_actions.stop_accepting_requests", monitor: str = "heap",
+           threshold: dict | None = {"value": 0.9}, scaled: dict | None = None) -> dict:  # noqa: B006
+    trigger: dict = {"name": monitor}
+    if threshold is not None:
+        trigger["threshold"] = threshold
+    if scaled is not None:
+        trigger["scaled"] = scaled
+    return {"name": name, "triggers": [trigger]}
+
+
+def overload(*actions: dict) -> dict:
+    return {"resource_monitors": [fixed_heap(1 << 30)], "actions": list(actions)}
+
+
 def test_default_config_decodes() -> None:
     b = decode(copy.deepcopy(BASE))
     assert isinstance(b, Bootstrap)
@@ -690,6 +714,42 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      f"{LISTENER}.address.pipe", "unknown field 'pipe'; supported here: socket_address"),
     ("udp", lambda c: listener(c)["address"]["socket_address"].update(protocol="UDP"),
      f"{LISTENER}.address.socket_address.protocol", "'UDP' is not one of TCP"),
+    # overload manager
+    ("overload_no_monitors", lambda c: c.update(overload_manager={"resource_monitors": []}),
+     "overload_manager.resource_monitors", "length >= 1"),
+    ("overload_heap_zero", lambda c: c.update(overload_manager={"resource_monitors": [fixed_heap(0)]}),
+     "overload_manager.resource_monitors[0].typed_config.max_heap_size_bytes", "must be greater than 0"),
+    ("overload_connections_zero", lambda c: c.update(overload_manager={"resource_monitors": [{
+        "name": "g", "typed_config": {"@type": DOWNSTREAM_CX, "max_active_downstream_connections": 0}}]}),
+     "overload_manager.resource_monitors[0].typed_config.max_active_downstream_connections", "expected an integer >= 1"),
+    ("overload_cgroup", lambda c: c.update(overload_manager={"resource_monitors": [{"name": "m", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig"}}]}),
+     "overload_manager.resource_monitors[0].typed_config.@type", "CgroupMemoryConfig"),
+    ("overload_duplicate_monitor", lambda c: c.update(overload_manager={"resource_monitors": [
+        fixed_heap(1), fixed_heap(2)]}),
+     "overload_manager.resource_monitors[1].name", "duplicate resource monitor 'heap' (also "
+     "overload_manager.resource_monitors[0])"),
+    ("overload_unknown_action", lambda c: c.update(overload_manager=overload(action("envoy.overload_actions.foo"))),
+     "overload_manager.actions[0].name", "unknown overload action 'envoy.overload_actions.foo'"),
+    ("overload_reduce_timeouts", lambda c: c.update(overload_manager=overload(
+        action("envoy.overload_actions.reduce_timeouts"))),
+     "overload_manager.actions[0].name", "scaling timers under overload is not supported yet"),
+    ("overload_duplicate_action", lambda c: c.update(overload_manager=overload(action(), action())),
+     "overload_manager.actions[1].name", "duplicate overload action"),
+    ("overload_unknown_monitor", lambda c: c.update(overload_manager=overload(action(monitor="nope"))),
+     "overload_manager.actions[0].triggers[0].name", "unknown resource monitor 'nope'; configured: heap"),
+    ("overload_threshold_range", lambda c: c.update(overload_manager=overload(action(threshold={"value": 1.5}))),
+     "overload_manager.actions[0].triggers[0].threshold.value", "<= 1"),
+    ("overload_scaled_inverted", lambda c: c.update(overload_manager=overload(action(
+        threshold=None, scaled={"scaling_threshold": 0.9, "saturation_threshold": 0.5}))),
+     "overload_manager.actions[0].triggers[0].scaled", "scaling_threshold (0.9) must be less than"),
+    ("overload_no_trigger_kind", lambda c: c.update(overload_manager=overload(action(threshold=None))),
+     "overload_manager.actions[0].triggers[0]", "exactly one of threshold and scaled"),
+    ("overload_no_triggers", lambda c: c.update(overload_manager=overload({
+        "name": "envoy.overload_actions.shrink_heap", "triggers": []})),
+     "overload_manager.actions[0].triggers", "length >= 1"),
+    ("overload_loadshed", lambda c: c.update(overload_manager={**overload(), "loadshed_points": [{"name": "x"}]}),
+     "overload_manager.loadshed_points", "load shed points are not supported yet"),
     ("second_cluster_still_checked", lambda c: (second_cluster(c),
         c["static_resources"]["clusters"][1].update(lb_policy="X")),
      "static_resources.clusters[1].lb_policy", "'X' is not one of"),

@@ -73,15 +73,15 @@ def upgrade(path: str, then: bytes = b"") -> bytes:
             + then)
 QUIET = ("http.ingress_http.downstream_cx_active", "cluster.up.upstream_rq_active",
          "http.ingress_http.downstream_rq_active")
-KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_0\.|http1\.)")
+KEEP = re.compile(r"^(cluster\.up\.|http\.ingress_http\.|listener\.127\.0\.0\.1_0\.|http1\.|overload\.envoy\.)")
 # Stats of features pyproxy does not have (yet): not reported as missing.
 LACKS = re.compile(
     r"(lb_(?!healthy_panic)|_http[23]_|http[23]\.|up\.http1\.|metadata_not_supported|"
     r"response_flood|ssl|tracing|"
     r"assignment_|update_|version|warming|original_dst|bind_errors|"
-    r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)(?<!downstream_rq_max_duration_reached)|overload|"
+    r"_0rtt|internal_redirect|max_duration_reached(?<!downstream_cx_max_duration_reached)(?<!downstream_rq_max_duration_reached)|"
     r"flow_control|shadow|maintenance|premature_resets|ip_detection|"
-    r"too_large|listener_filter|pre_cx|transport_socket|global_cx|no_filter_chain|"
+    r"too_large|listener_filter|pre_cx|transport_socket|no_filter_chain|"
     r"extension_config|preconnect|queue_overloaded|idle_timeout|"
     r"soft_drain|passthrough|rs_too_large|"
     r"total_match_count|membership_change|max_host_weight|close_notify_missing|rx_reset_no_error|"
@@ -141,6 +141,20 @@ def staged(port: int, first: bytes, until: Callable[[], bool], then: bytes) -> N
         try:
             while s.recv(65536):
                 pass
+        except OSError:
+            pass
+
+
+OVERLOADED = "overload.envoy.overload_actions.stop_accepting_requests.active"
+
+
+def second_connection(port: int) -> None:
+    """A request on a second connection while a first one is open."""
+    with socket.create_connection(("127.0.0.1", port)) as first:
+        first.sendall(get("/x", "connection: keep-alive\r\n").replace(b"connection: close\r\n", b""))
+        first.recv(65536)
+        try:
+            send(port, get("/x"))
         except OSError:
             pass
 
@@ -245,6 +259,10 @@ SCENARIOS: dict[str, Scenario] = {
     "hang100": ({"canned": True}, lambda p, _: send(p, get("/hang100"))),
     "reset100": ({"canned": True}, lambda p, _: send(p, get("/c100reset"))),
     "pertry100": ({"canned": True}, lambda p, _: send(p, get("/pertry/hang100"))),
+    # The overload manager refuses the request; the global connection limit a connection.
+    "overloaded": ({"overload": "0.99"}, lambda p, proxy: (
+        wait_for(lambda: proxy.stats().get(OVERLOADED) == 1, 5, "the action"), send(p, get("/x")))),
+    "maxcx": ({"max_cx": 1}, lambda p, _: second_connection(p)),
     # The request's body goes wrong, or stalls, after its head went upstream.
     "badbody": ({}, lambda p, proxy: staged(
         p, b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n",
@@ -267,6 +285,24 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
                                "http_health_check": {"path": settings["hc"]}}]
     if "od" in settings:
         c["outlier_detection"] = settings["od"]
+    overload: dict[str, Any] | None = None
+    if "overload" in settings:
+        pressure = Path(tempfile.mkdtemp(prefix="stats-diff-")) / "pressure"
+        pressure.write_text(settings["overload"])
+        overload = {"refresh_interval": "0.05s", "resource_monitors": [{
+            "name": "envoy.resource_monitors.injected_resource", "typed_config": {
+                "@type": "type.googleapis.com/"
+                         "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
+                "filename": str(pressure)}}],
+            "actions": [{"name": "envoy.overload_actions.stop_accepting_requests",
+                         "triggers": [{"name": "envoy.resource_monitors.injected_resource",
+                                       "threshold": {"value": 0.95}}]}]}
+    if "max_cx" in settings:
+        overload = {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": {
+                "@type": "type.googleapis.com/"
+                         "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": settings["max_cx"]}}]}
     # No catch-all: /nope finds no route.
     routes = [{"match": {"prefix": "/d"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               route("/hang", "up", timeout="0.3s")]
@@ -276,7 +312,10 @@ def config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
                                                                        "per_try_timeout": "0.2s"}),
                route("/idle/", "up", prefix_rewrite="/", retry_policy={"retry_on": "5xx", "num_retries": 1,
                                                                      "per_try_idle_timeout": "0.1s"})]
-    return bootstrap(routes, [c], hcm=settings.get("hcm"))
+    b = bootstrap(routes, [c], hcm=settings.get("hcm"))
+    if overload:
+        b["overload_manager"] = overload
+    return b
 
 
 def measure(kind: str, name: str, work: Path) -> dict[str, int] | str:

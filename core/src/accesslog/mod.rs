@@ -51,6 +51,8 @@ pub enum Detail {
     RequestHeaderTimeout,
     /// The connection manager's (or the route's) `max_stream_duration` passed.
     MaxDurationTimeout,
+    /// The overload manager's `stop_accepting_requests` refused the request.
+    Overload,
     DownstreamDisconnect,
     CodecError,
     HeadersTooLarge,
@@ -93,6 +95,7 @@ impl Detail {
             Detail::RequestOverallTimeout => "request_overall_timeout",
             Detail::RequestHeaderTimeout => "request_header_timeout",
             Detail::MaxDurationTimeout => "max_duration_timeout",
+            Detail::Overload => "overload",
             Detail::DownstreamDisconnect => "downstream_remote_disconnect",
             Detail::CodecError => "http1.codec_error",
             Detail::HeadersTooLarge => "http1.headers_too_large",

@@ -32,6 +32,8 @@ crate::stat_scope! {
             downstream_rq_non_relative_path, downstream_rq_failed_path_normalization,
             downstream_rq_redirected_with_normalized_path, downstream_rq_ws_on_non_ws_route,
             no_route, no_cluster, rq_direct_response, rq_redirect, rq_total,
+            downstream_cx_overload_disable_keepalive, downstream_rq_overload_close,
+            rq_overload_local_reply,
         }
         gauges {
             downstream_cx_active, downstream_cx_http1_active, downstream_rq_active,
@@ -232,7 +234,10 @@ impl Scope for FsStats {
 crate::stat_scope! {
     /// `listener.<address>.*`: one per listener per worker.
     pub struct ListenerStats {
-        counters { downstream_cx_total, downstream_cx_destroy }
+        counters {
+            downstream_cx_total, downstream_cx_destroy, downstream_cx_overload_reject,
+            downstream_global_cx_overflow,
+        }
         gauges { downstream_cx_active }
         histograms { downstream_cx_length_ms }
     }

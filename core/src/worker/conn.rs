@@ -40,6 +40,7 @@ use crate::http1::head::{
 };
 use crate::http1::path::{self, PathOptions};
 use crate::http1::request::{check_hosts, check_line, check_target, Refusal};
+use crate::overload::OverloadNow;
 use crate::router::{Action, Cx, ReqView, RouteRequest};
 use crate::stats::{Buffered, DestroySplit, Flow, GaugeHold, HttpStats};
 
@@ -1138,7 +1139,35 @@ pub(super) fn response_closes(
     reached: &Cell<bool>,
 ) -> bool {
     let drain = drain_close(ctx, l);
-    past_max_duration(l, opened, reached) || drain
+    past_max_duration(l, opened, reached) || drain || overload_closes(ctx, l)
+}
+
+/// The overload manager's `disable_http_keepalive` (its scale a probability): the response
+/// ends its connection (`downstream_cx_overload_disable_keepalive`).
+#[inline]
+fn overload_closes(ctx: &Ctx, l: &ListenerRt) -> bool {
+    let p = ctx.overload().keepalive_off;
+    if p > 0.0 && OverloadNow::draw(p) {
+        l.http.downstream_cx_overload_disable_keepalive.inc();
+        return true;
+    }
+    false
+}
+
+/// Refuses a request under the overload manager's `stop_accepting_requests`: 503 `envoy
+/// overloaded`, details `overload`, no response flag (checked with the envoy binary).
+#[cold]
+#[inline(never)]
+async fn overloaded(
+    ctx: &Ctx,
+    l: &ListenerRt,
+    d: &mut Down,
+    head: &RequestHead,
+    keep: bool,
+) -> (u16, Next) {
+    l.http.downstream_rq_overload_close.inc();
+    d.log_answer(head, false, Detail::Overload);
+    reply(ctx, l, d, 503, b"envoy overloaded", keep, None).await
 }
 
 /// When the connection's `max_connection_duration` ends (none set: `None`).
@@ -1302,6 +1331,11 @@ async fn handle(
     let Ok(several_hosts) = check_hosts(&head) else {
         return codec_refusal(ctx, l, d, 400, b"Bad Request", Detail::CodecError).await;
     };
+    // The overload manager's `stop_accepting_requests` (its scale a probability), before
+    // anything of the connection manager's own (Envoy's order): 503 `envoy overloaded`.
+    if OverloadNow::draw(ctx.overload().stop_requests) {
+        return overloaded(ctx, l, d, &head, keep && !body_pending).await;
+    }
     // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set, as soon as
     // its codec has taken the head, whatever the answer will be. Two `expect` headers read as
     // one joined value, which is not `100-continue`.

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::{DrainState, Shared, Stores};
+use crate::overload::OverloadNow;
 use crate::snapshot::{Compiled, CompiledListener, HostAddr};
 use crate::stats::{
     ClusterScope, Http1Stats, HttpStats, ListenerHttpStats, ListenerStats, ListenerWorkerStats,
@@ -174,6 +175,12 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     /// The engine's drain state ([`Ctx::drain_close`]).
     drain: Arc<DrainState>,
+    /// The overload manager's actions as last heard.
+    overload: Cell<OverloadNow>,
+    /// Woken when they change (the accept loops pause and resume on it).
+    overload_changed: tokio::sync::Notify,
+    /// `global_downstream_max_connections`, shared by the workers.
+    global: Arc<crate::overload::GlobalConnections>,
     /// `http1.*`.
     pub http1: Arc<Http1Stats>,
     http_scopes: RefCell<HashMap<String, Arc<HttpStats>>>,
@@ -229,6 +236,7 @@ impl Ctx {
         stores: Arc<Stores>,
         shared: Arc<Shared>,
         drain: Arc<DrainState>,
+        global: Arc<crate::overload::GlobalConnections>,
         compiled: Arc<Compiled>,
     ) -> Rc<Ctx> {
         let empty = Rc::new(WorkerSnap {
@@ -251,6 +259,9 @@ impl Ctx {
             stores,
             shared,
             drain,
+            overload: Cell::default(),
+            overload_changed: tokio::sync::Notify::new(),
+            global,
             http_scopes: RefCell::default(),
             listener_scopes: RefCell::default(),
             listener_worker_scopes: RefCell::default(),
@@ -702,11 +713,74 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// The overload manager's actions changed.
+    pub fn set_overload(&self, now: OverloadNow) {
+        self.overload.set(now);
+        self.overload_changed.notify_waiters();
+    }
+
+    /// The overload manager's actions as last heard.
+    #[inline]
+    pub fn overload(&self) -> OverloadNow {
+        self.overload.get()
+    }
+
+    /// Whether a connection just accepted on `name` is to be served: the overload manager's
+    /// `reject_incoming_connections` and the global connection limit may refuse it (counted
+    /// on the listener; it is then closed at once, as Envoy closes it).
+    fn admit(&self, name: &str) -> bool {
+        let reject = OverloadNow::draw(self.overload.get().reject);
+        let refused = if reject {
+            Some(true)
+        } else if !self.global.admit() {
+            Some(false)
+        } else {
+            None
+        };
+        let Some(reject) = refused else {
+            return true;
+        };
+        if let Some(l) = self.current().listeners.get(name) {
+            if reject {
+                l.stats.downstream_cx_overload_reject.inc();
+            } else {
+                l.stats.downstream_global_cx_overflow.inc();
+            }
+        }
+        // Closed at once: a client that then writes gets a reset, as from Envoy.
+        false
+    }
+}
+
 async fn accept_loop(ctx: Rc<Ctx>, name: Arc<str>, l: TcpListener) {
     loop {
-        match l.accept().await {
+        // The overload manager's `stop_accepting_connections`: new connections wait in the
+        // kernel's queue until it ends. A change of the actions ends the wait for a
+        // connection, so that the loop looks again (a waiter registered per accepted
+        // connection, not per request).
+        let changed = ctx.overload_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if ctx.overload.get().stop_accepting {
+            changed.await;
+            continue;
+        }
+        let accepted = tokio::select! {
+            biased;
+            r = l.accept() => r,
+            () = &mut changed => continue,
+        };
+        match accepted {
             Ok((s, peer)) => {
-                tokio::task::spawn_local(super::conn::serve(ctx.clone(), name.clone(), s, peer));
+                if ctx.admit(&name) {
+                    tokio::task::spawn_local(super::conn::serve(
+                        ctx.clone(),
+                        name.clone(),
+                        s,
+                        peer,
+                    ));
+                }
             }
             // Out of file descriptors or similar: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

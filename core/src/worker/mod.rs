@@ -66,6 +66,8 @@ pub enum Cmd {
     Drain { after: Duration },
     /// Drain, wait for connections until `deadline`, then stop.
     Shutdown { deadline: Instant },
+    /// The overload manager's actions changed.
+    Overload(crate::overload::OverloadNow),
 }
 
 /// Counters the engine reads from a worker directly (single writer: the worker).
@@ -207,6 +209,7 @@ impl Worker {
         compiled: Arc<Compiled>,
         listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
         drain: Arc<DrainState>,
+        global: Arc<crate::overload::GlobalConnections>,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
@@ -231,7 +234,7 @@ impl Worker {
                 let local = tokio::task::LocalSet::new();
                 // The clock is read once per turn of the loop (clock.rs).
                 let tasks = local.run_until(run(
-                    id, stores, sh, drain, compiled, listeners, rx, ready_tx,
+                    id, stores, sh, drain, global, compiled, listeners, rx, ready_tx,
                 ));
                 rt.block_on(clock::Turns(Box::pin(tasks)));
             })?;
@@ -268,12 +271,13 @@ async fn run(
     stores: Arc<Stores>,
     shared: Arc<Shared>,
     drain: Arc<DrainState>,
+    global: Arc<crate::overload::GlobalConnections>,
     compiled: Arc<Compiled>,
     listeners: Vec<(Arc<str>, std::net::TcpListener, String)>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     ready: std::sync::mpsc::SyncSender<()>,
 ) {
-    let ctx = Ctx::new(id, stores, shared, drain, compiled);
+    let ctx = Ctx::new(id, stores, shared, drain, global, compiled);
     ctx.apply(ctx.current().compiled.clone(), listeners, Vec::new());
     let _ = ready.send(());
     tokio::task::spawn_local(ctx::housekeeping(ctx.clone()));
@@ -288,6 +292,7 @@ async fn run(
             Cmd::Hosts { cluster, id, hosts } => ctx.set_hosts(&cluster, id, &hosts),
             Cmd::Health { state } => ctx.set_health(state),
             Cmd::DrainHost { state, addr } => ctx.drain_host(state, addr),
+            Cmd::Overload(now) => ctx.set_overload(now),
             Cmd::Drain { after } if after.is_zero() => ctx.drain(),
             Cmd::Drain { after } => {
                 let ctx = ctx.clone();
