@@ -721,7 +721,8 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      "overload_manager.resource_monitors[0].typed_config.max_heap_size_bytes", "must be greater than 0"),
     ("overload_connections_zero", lambda c: c.update(overload_manager={"resource_monitors": [{
         "name": "g", "typed_config": {"@type": DOWNSTREAM_CX, "max_active_downstream_connections": 0}}]}),
-     "overload_manager.resource_monitors[0].typed_config.max_active_downstream_connections", "expected an integer >= 1"),
+     "overload_manager.resource_monitors[0].typed_config.max_active_downstream_connections",
+     "expected an integer >= 1"),
     ("overload_cgroup", lambda c: c.update(overload_manager={"resource_monitors": [{"name": "m", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig"}}]}),
      "overload_manager.resource_monitors[0].typed_config.@type", "CgroupMemoryConfig"),

@@ -210,7 +210,7 @@ def test_an_unreadable_file_keeps_the_last_pressure(make_proxy: Any, tmp_path: P
     for bad in ("garbage", "1.5", "-1"):
         before = p.stats()[FILE + "failed_updates"]
         f.set(bad)
-        wait_for(lambda: p.stats()[FILE + "failed_updates"] > before, what=f"a failed read of {bad!r}")
+        wait_for(lambda n=before: p.stats()[FILE + "failed_updates"] > n, what=f"a failed read of {bad!r}")
         s = p.stats()
         assert s[FILE + "pressure"] == 97
         assert s[ACTIONS + "stop_accepting_requests.active"] == 1
