@@ -71,6 +71,52 @@ pub struct OverloadAction {
     pub name: String,
     pub kind: ActionKind,
     pub triggers: Vec<Trigger>,
+    /// `reduce_timeouts`: the timers it scales, each at most once.
+    #[serde(default)]
+    pub timer_scale_factors: Vec<TimerScale>,
+}
+
+/// One timer `reduce_timeouts` scales: at the action's scale *s* it runs
+/// `min + (max - min) * (1 - s)`, where max is the configured timeout.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerScale {
+    pub timer: ScaledTimer,
+    pub min: TimerMin,
+}
+
+/// The timers pyproxy scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ScaledTimer {
+    /// The connection manager's `common_http_protocol_options.idle_timeout`.
+    HttpDownstreamConnectionIdle,
+    /// The stream idle timeout (the route's `idle_timeout`, else `stream_idle_timeout`).
+    HttpDownstreamStreamIdle,
+}
+
+/// A scaled timer's least duration.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TimerMin {
+    /// `min_timeout`, in ms (no more than the timer's own).
+    MinTimeoutMs(u64),
+    /// `min_scale`, a fraction (0 to 1) of the timer's own.
+    MinScale(f64),
+}
+
+impl TimerMin {
+    /// A timer of `max_ms` at scale `s` (0 to 1).
+    pub fn scaled(self, max_ms: u64, s: f32) -> u64 {
+        if s <= 0.0 || max_ms == 0 {
+            return max_ms;
+        }
+        let lo = match self {
+            TimerMin::MinTimeoutMs(m) => m.min(max_ms),
+            TimerMin::MinScale(f) => (max_ms as f64 * f.clamp(0.0, 1.0)) as u64,
+        };
+        lo + ((max_ms - lo) as f64 * (1.0 - f64::from(s.min(1.0)))) as u64
+    }
 }
 
 /// The overload actions pyproxy takes.
@@ -87,6 +133,8 @@ pub enum ActionKind {
     RejectIncomingConnections,
     /// Free memory goes back to the system every 10 s while it is active.
     ShrinkHeap,
+    /// Idle timers run shorter ([`TimerScale`]).
+    ReduceTimeouts,
 }
 
 /// A trigger: a monitor's pressure turned into the action's scale, 0 to 1.

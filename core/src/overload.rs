@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::{ActionKind, MonitorKind, Overload};
+use crate::config::{ActionKind, MonitorKind, Overload, ScaledTimer, TimerMin};
 use crate::stats::StatKind;
 use crate::worker::{Cmd, Shared};
 
@@ -29,9 +29,27 @@ pub struct OverloadNow {
     pub reject: f32,
     /// `stop_accepting_connections` is saturated: the listeners do not accept.
     pub stop_accepting: bool,
+    /// `reduce_timeouts`: its scale, and the least durations of the timers it scales.
+    pub timer_scale: f32,
+    pub conn_idle: Option<TimerMin>,
+    pub stream_idle: Option<TimerMin>,
 }
 
 impl OverloadNow {
+    /// The connection idle timeout (ms) as `reduce_timeouts` has it now.
+    #[inline]
+    pub fn conn_idle_ms(&self, ms: u64) -> u64 {
+        self.conn_idle
+            .map_or(ms, |m| m.scaled(ms, self.timer_scale))
+    }
+
+    /// The stream idle timeout (ms) as `reduce_timeouts` has it now.
+    #[inline]
+    pub fn stream_idle_ms(&self, ms: u64) -> u64 {
+        self.stream_idle
+            .map_or(ms, |m| m.scaled(ms, self.timer_scale))
+    }
+
     /// Whether an action of scale `p` applies to this request or connection.
     #[inline]
     pub fn draw(p: f32) -> bool {
@@ -327,6 +345,17 @@ fn run(inner: &Inner) {
                 ActionKind::RejectIncomingConnections => now.reject = scale as f32,
                 ActionKind::StopAcceptingConnections => now.stop_accepting = scale >= 1.0,
                 ActionKind::ShrinkHeap => shrink = scale >= 1.0,
+                ActionKind::ReduceTimeouts => {
+                    now.timer_scale = scale as f32;
+                    for f in &a.timer_scale_factors {
+                        match f.timer {
+                            ScaledTimer::HttpDownstreamConnectionIdle => {
+                                now.conn_idle = Some(f.min)
+                            }
+                            ScaledTimer::HttpDownstreamStreamIdle => now.stream_idle = Some(f.min),
+                        }
+                    }
+                }
             }
         }
         if now != sent || std::mem::take(&mut st.resend) {
@@ -397,6 +426,19 @@ mod tests {
         assert!((s.scale(0.75) - 0.5).abs() < 1e-9);
         assert_eq!(s.scale(0.9), 1.0);
         assert_eq!(s.scale(1.0), 1.0);
+    }
+
+    #[test]
+    fn scaled_timers_run_from_their_least_to_their_own() {
+        use crate::config::TimerMin;
+        let m = TimerMin::MinTimeoutMs(500);
+        assert_eq!(m.scaled(4000, 0.0), 4000);
+        assert_eq!(m.scaled(4000, 0.5), 2250);
+        assert_eq!(m.scaled(4000, 1.0), 500);
+        // A least duration above the timer's own is the timer's own.
+        assert_eq!(TimerMin::MinTimeoutMs(9000).scaled(4000, 1.0), 4000);
+        assert_eq!(TimerMin::MinScale(0.1).scaled(3000, 1.0), 300);
+        assert_eq!(TimerMin::MinScale(0.1).scaled(0, 1.0), 0);
     }
 
     #[test]

@@ -86,7 +86,14 @@ def _overload(o: m.OverloadManager) -> Json:
                 tk = {"scaled": {"scaling_threshold": t.scaled.scaling_threshold,
                                  "saturation_threshold": t.scaled.saturation_threshold}}
             triggers.append({"monitor": t.name, "kind": tk})
-        actions.append({"name": a.name, "kind": OVERLOAD_ACTIONS[a.name], "triggers": triggers})
+        factors = []
+        if a.typed_config is not None:
+            for f in a.typed_config.timer_scale_factors:
+                least: Json = ({"min_timeout_ms": f.min_timeout.ms} if f.min_timeout is not None
+                               else {"min_scale": (f.min_scale.value if f.min_scale else 0.0) / 100})
+                factors.append({"timer": f.timer, "min": least})
+        actions.append({"name": a.name, "kind": OVERLOAD_ACTIONS[a.name], "triggers": triggers,
+                        "timer_scale_factors": factors})
     return {"refresh_interval_ms": _ms(o.refresh_interval, 1000), "monitors": monitors, "actions": actions}
 
 

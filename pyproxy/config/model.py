@@ -971,12 +971,32 @@ class Trigger(_Message, kw_only=True):
     scaled: ScaledTrigger | None = None
 
 
+SCALE_TIMERS_TYPE_URL = "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig"
+
+
+class ScaleTimer(_Message, kw_only=True):
+    """`ScaleTimersOverloadActionConfig.ScaleTimer`: one of `min_timeout`, `min_scale`."""
+
+    timer: Literal["HTTP_DOWNSTREAM_CONNECTION_IDLE", "HTTP_DOWNSTREAM_STREAM_IDLE",
+                   "TRANSPORT_SOCKET_CONNECT", "HTTP_DOWNSTREAM_CONNECTION_MAX"]
+    min_timeout: Duration | None = None
+    min_scale: Percent | None = None
+
+
+class ScaleTimersOverloadActionConfig(
+    _Message, kw_only=True, tag_field="@type", tag=SCALE_TIMERS_TYPE_URL
+):
+    """`envoy.config.overload.v3.ScaleTimersOverloadActionConfig` (`reduce_timeouts`)."""
+
+    timer_scale_factors: Annotated[list[ScaleTimer], msgspec.Meta(min_length=1)]
+
+
 class OverloadAction(_Message, kw_only=True):
     """`envoy.config.overload.v3.OverloadAction`."""
 
     name: Annotated[str, msgspec.Meta(min_length=1)]
     triggers: Annotated[list[Trigger], msgspec.Meta(min_length=1)]
-    typed_config: dict[str, Any] | None = None
+    typed_config: ScaleTimersOverloadActionConfig | None = None
 
 
 class OverloadManager(_Message, kw_only=True):

@@ -1015,9 +1015,9 @@ OVERLOAD_ACTIONS = {
     "envoy.overload_actions.stop_accepting_connections": "stop_accepting_connections",
     "envoy.overload_actions.reject_incoming_connections": "reject_incoming_connections",
     "envoy.overload_actions.shrink_heap": "shrink_heap",
+    "envoy.overload_actions.reduce_timeouts": "reduce_timeouts",
 }
 _OVERLOAD_REFUSED = {
-    "envoy.overload_actions.reduce_timeouts": "scaling timers under overload is not supported yet",
     "envoy.overload_actions.reset_high_memory_stream": "resetting streams by buffer memory is not "
     "supported yet (it needs buffer_factory_config)",
 }
@@ -1063,7 +1063,9 @@ def _check_overload(o: m.OverloadManager, path: str) -> None:
                 f"{apath}.name", f"duplicate overload action {a.name!r} (also {path}.actions[{actions[a.name]}])"
             )
         actions[a.name] = i
-        if a.typed_config:
+        if a.name == "envoy.overload_actions.reduce_timeouts":
+            _check_scale_timers(a.typed_config, f"{apath}.typed_config")
+        elif a.typed_config is not None:
             raise ConfigError(f"{apath}.typed_config", f"{a.name} takes no typed_config")
         seen: set[str] = set()
         for j, t in enumerate(a.triggers):
@@ -1083,3 +1085,27 @@ def _check_overload(o: m.OverloadManager, path: str) -> None:
                     f"scaling_threshold ({t.scaled.scaling_threshold}) must be less than "
                     f"saturation_threshold ({t.scaled.saturation_threshold})",
                 )
+
+
+_SCALED_TIMERS_REFUSED = {
+    "TRANSPORT_SOCKET_CONNECT": "TLS is not supported yet, so there is no transport socket timer to scale",
+    "HTTP_DOWNSTREAM_CONNECTION_MAX": "scaling max_connection_duration is not supported yet",
+}
+
+
+def _check_scale_timers(tc: m.ScaleTimersOverloadActionConfig | None, path: str) -> None:
+    if tc is None:
+        raise ConfigError(path, "envoy.overload_actions.reduce_timeouts requires typed_config "
+                          "(a ScaleTimersOverloadActionConfig)")
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tc.timer_scale_factors):
+        tpath = f"{path}.timer_scale_factors[{i}]"
+        if t.timer in _SCALED_TIMERS_REFUSED:
+            raise ConfigError(f"{tpath}.timer", f"{t.timer}: {_SCALED_TIMERS_REFUSED[t.timer]}")
+        if t.timer in seen:
+            raise ConfigError(
+                f"{tpath}.timer", f"duplicate timer {t.timer} (also {path}.timer_scale_factors[{seen[t.timer]}])"
+            )
+        seen[t.timer] = i
+        if (t.min_timeout is None) == (t.min_scale is None):
+            raise ConfigError(tpath, "exactly one of min_timeout and min_scale is required")

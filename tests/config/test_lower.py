@@ -494,6 +494,12 @@ OVERLOAD = {
         {"name": "envoy.overload_actions.stop_accepting_requests",
          "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.98}},
                       {"name": "file", "scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}]},
+        {"name": "envoy.overload_actions.reduce_timeouts",
+         "triggers": [{"name": "file", "scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}],
+         "typed_config": {"@type": "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
+                          "timer_scale_factors": [
+                              {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_timeout": "0.5s"},
+                              {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_scale": {"value": 10}}]}},
     ],
 }
 CASES.append(("overload_manager", lambda c: c.update(overload_manager=OVERLOAD), lambda s: s["overload"], {
@@ -505,10 +511,17 @@ CASES.append(("overload_manager", lambda c: c.update(overload_manager=OVERLOAD),
     ],
     "actions": [
         {"name": "envoy.overload_actions.shrink_heap", "kind": "shrink_heap", "triggers": [
-            {"monitor": "envoy.resource_monitors.fixed_heap", "kind": {"threshold": {"value": 0.95}}}]},
+            {"monitor": "envoy.resource_monitors.fixed_heap", "kind": {"threshold": {"value": 0.95}}}],
+         "timer_scale_factors": []},
         {"name": "envoy.overload_actions.stop_accepting_requests", "kind": "stop_accepting_requests", "triggers": [
             {"monitor": "envoy.resource_monitors.fixed_heap", "kind": {"threshold": {"value": 0.98}}},
-            {"monitor": "file", "kind": {"scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}}]},
+            {"monitor": "file", "kind": {"scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}}],
+         "timer_scale_factors": []},
+        {"name": "envoy.overload_actions.reduce_timeouts", "kind": "reduce_timeouts", "triggers": [
+            {"monitor": "file", "kind": {"scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}}],
+         "timer_scale_factors": [
+             {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min": {"min_timeout_ms": 500}},
+             {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min": {"min_scale": 0.1}}]},
     ],
 }))
 CASES.append(("no_overload_manager", lambda c: None, lambda s: s["overload"], None))
@@ -590,7 +603,9 @@ ENUMS = {  # externally tagged enums: variant (snake_case) -> payload struct or 
     "TriggerKind": {"threshold": {"value": ("f64", True)},
                     "scaled": {"scaling_threshold": ("f64", True), "saturation_threshold": ("f64", True)}},
     "ActionKind": {"stop_accepting_requests": None, "disable_http_keepalive": None,
-                   "stop_accepting_connections": None, "reject_incoming_connections": None, "shrink_heap": None},
+                   "stop_accepting_connections": None, "reject_incoming_connections": None, "shrink_heap": None,
+                   "reduce_timeouts": None},
+    "TimerMin": {"min_timeout_ms": "u64", "min_scale": "f64"},
 }
 
 
@@ -599,6 +614,7 @@ UNIT_ENUMS = {  # enums of unit variants, each a string (SCREAMING_SNAKE_CASE in
     "UnderscoresAction": {"ALLOW", "REJECT_REQUEST", "DROP_HEADER"},
     "EscapedSlashes": {"KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD"},
     "ComparisonOp": {"GE", "EQ", "LE", "NE"},
+    "ScaledTimer": {"HTTP_DOWNSTREAM_CONNECTION_IDLE", "HTTP_DOWNSTREAM_STREAM_IDLE"},
 }
 
 

@@ -96,6 +96,11 @@ def action(name: str = "envoy.overload_actions.stop_accepting_requests", monitor
     return {"name": name, "triggers": [trigger]}
 
 
+def scale_timers(*factors: dict) -> dict:
+    return {"@type": "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
+            "timer_scale_factors": list(factors)}
+
+
 def overload(*actions: dict) -> dict:
     return {"resource_monitors": [fixed_heap(1 << 30)], "actions": list(actions)}
 
@@ -732,9 +737,30 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
      "overload_manager.resource_monitors[0])"),
     ("overload_unknown_action", lambda c: c.update(overload_manager=overload(action("envoy.overload_actions.foo"))),
      "overload_manager.actions[0].name", "unknown overload action 'envoy.overload_actions.foo'"),
-    ("overload_reduce_timeouts", lambda c: c.update(overload_manager=overload(
+    ("overload_reduce_timeouts_untyped", lambda c: c.update(overload_manager=overload(
         action("envoy.overload_actions.reduce_timeouts"))),
-     "overload_manager.actions[0].name", "scaling timers under overload is not supported yet"),
+     "overload_manager.actions[0].typed_config", "reduce_timeouts requires typed_config"),
+    ("overload_reduce_timeouts_duplicate", lambda c: c.update(overload_manager=overload({
+        **action("envoy.overload_actions.reduce_timeouts"), "typed_config": scale_timers(
+            {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_timeout": "1s"},
+            {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_timeout": "2s"})})),
+     "overload_manager.actions[0].typed_config.timer_scale_factors[1].timer",
+     "duplicate timer HTTP_DOWNSTREAM_STREAM_IDLE"),
+    ("overload_reduce_timeouts_no_min", lambda c: c.update(overload_manager=overload({
+        **action("envoy.overload_actions.reduce_timeouts"), "typed_config": scale_timers(
+            {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE"})})),
+     "overload_manager.actions[0].typed_config.timer_scale_factors[0]", "exactly one of min_timeout and min_scale"),
+    ("overload_reduce_timeouts_tls", lambda c: c.update(overload_manager=overload({
+        **action("envoy.overload_actions.reduce_timeouts"), "typed_config": scale_timers(
+            {"timer": "TRANSPORT_SOCKET_CONNECT", "min_timeout": "1s"})})),
+     "overload_manager.actions[0].typed_config.timer_scale_factors[0].timer", "TLS is not supported yet"),
+    ("overload_reduce_timeouts_scale", lambda c: c.update(overload_manager=overload({
+        **action("envoy.overload_actions.reduce_timeouts"), "typed_config": scale_timers(
+            {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_scale": {"value": 150}})})),
+     "overload_manager.actions[0].typed_config.timer_scale_factors[0].min_scale.value", "<= 100"),
+    ("overload_typed_elsewhere", lambda c: c.update(overload_manager=overload({
+        **action(), "typed_config": scale_timers({"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_timeout": "1s"})})),
+     "overload_manager.actions[0].typed_config", "takes no typed_config"),
     ("overload_duplicate_action", lambda c: c.update(overload_manager=overload(action(), action())),
      "overload_manager.actions[1].name", "duplicate overload action"),
     ("overload_unknown_monitor", lambda c: c.update(overload_manager=overload(action(monitor="nope"))),

@@ -231,3 +231,88 @@ def test_apply_adds_and_removes_the_overload_manager(make_proxy: Any, tmp_path: 
     p.apply(plain)
     wait_for(lambda: ACTIONS + "stop_accepting_requests.active" not in p.stats(), what="the action's stats to go")
     wait_for(lambda: served(p.listener_port()), what="requests served again")
+
+
+SCALE_TIMERS = "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig"
+
+
+def reduce_timeouts(f: Pressure, hcm: dict[str, Any], routes: list[dict[str, Any]] | None = None,
+                    clusters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    b = bootstrap(routes or [DIRECT], clusters or [], hcm={"drain_timeout": "0.1s", **hcm})
+    b["overload_manager"] = {
+        "refresh_interval": "0.05s",
+        "resource_monitors": [f.monitor()],
+        "actions": [{"name": "envoy.overload_actions.reduce_timeouts", "triggers": [trigger(scaled=(0.5, 0.9))],
+                     "typed_config": {"@type": SCALE_TIMERS, "timer_scale_factors": [
+                         {"timer": "HTTP_DOWNSTREAM_CONNECTION_IDLE", "min_timeout": "0.3s"},
+                         {"timer": "HTTP_DOWNSTREAM_STREAM_IDLE", "min_scale": {"value": 10}}]}}],
+    }
+    return b
+
+
+def idle_close_after(port: int) -> float:
+    """Seconds from a kept-alive response to the proxy's close of the idle connection."""
+    import time
+
+    with RawConn(port, timeout=10) as c:
+        assert c.request(get("/x")).status == 200
+        t0 = time.monotonic()
+        assert c.closed_within(10)
+        return time.monotonic() - t0
+
+
+def test_reduce_timeouts_shortens_the_connection_idle_timeout(make_proxy: Any, tmp_path: Path) -> None:
+    f = Pressure(tmp_path, 0.0)
+    p = make_proxy(reduce_timeouts(f, {"common_http_protocol_options": {"idle_timeout": "4s"}}))
+    f.set("0.95")
+    wait_stat(p, ACTIONS + "reduce_timeouts.active", 1)
+    # Saturated: the least duration, 0.3 s (Envoy then waits its drain_timeout, 0.1 s here).
+    took = wait_for(lambda: (t := idle_close_after(p.listener_port())) < 2 and t, what="a short idle timeout")
+    assert took >= 0.25, took
+    wait_for(lambda: p.stats()[HTTP + "downstream_cx_idle_timeout"] >= 1, what="the idle timeout's count")
+
+
+def test_reduce_timeouts_reaches_connections_already_idle(make_proxy: Any, tmp_path: Path) -> None:
+    import time
+
+    f = Pressure(tmp_path, 0.0)
+    p = make_proxy(reduce_timeouts(f, {"common_http_protocol_options": {"idle_timeout": "4s"}}))
+    wait_stat(p, FILE + "pressure", 0)
+    with RawConn(p.listener_port(), timeout=10) as c:
+        assert c.request(get("/x")).status == 200
+        # Idle under the full 4 s for a while, then the pressure saturates the action: the
+        # connection, idle for longer than the least duration, closes at once.
+        assert c.open_after(0.5)
+        f.set("0.95")
+        t0 = time.monotonic()
+        assert c.closed_within(3)
+        assert time.monotonic() - t0 < 3
+
+
+def test_reduce_timeouts_shortens_the_stream_idle_timeout(make_proxy: Any, make_canned: Any,
+                                                          tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests.support.configs import cluster, route
+
+    done = threading.Event()
+
+    def hang(sock: socket.socket, _: bytes) -> None:
+        done.wait(10)
+
+    up = make_canned({"*": hang})
+    f = Pressure(tmp_path, 0.95)
+    p = make_proxy(reduce_timeouts(f, {"stream_idle_timeout": "3s"}, [route("/", "up")], [cluster("up", up.port)]))
+    wait_stat(p, ACTIONS + "reduce_timeouts.active", 1)
+    try:
+        with RawConn(p.listener_port(), timeout=10) as c:
+            t0 = time.monotonic()
+            r = c.request(get("/x"))
+            took = time.monotonic() - t0
+        # 10% of the 3 s stream idle timeout.
+        assert r.status == 504
+        assert r.body == b"stream timeout"
+        assert 0.25 <= took < 2, took
+    finally:
+        done.set()

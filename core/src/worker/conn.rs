@@ -415,10 +415,13 @@ fn idle<'a>(ctx: &'a Ctx, l: &'a ListenerRt, d: &'a mut Down) -> Idle<'a> {
         d.done_at.get_or_insert_with(clock::now);
         d.past_max_duration(l);
     }
-    let deadline = idle_until(l, d);
+    // The idle timeout runs from the last response's end (or from now).
+    let since = d.done_at.map_or_else(clock::tnow, TInstant::from_std);
+    let deadline = idle_until(ctx, l, d, since);
     Idle {
         d,
         l,
+        since,
         deadline,
         ctx,
     }
@@ -429,6 +432,7 @@ pin_project_lite::pin_project! {
     struct Idle<'a> {
         d: &'a mut Down,
         l: &'a ListenerRt,
+        since: TInstant,
         deadline: Option<TInstant>,
         ctx: &'a Ctx,
     }
@@ -447,6 +451,11 @@ impl Future for Idle<'_> {
         if this.ctx.draining() || this.l.removal.closed() {
             return Poll::Ready(false);
         }
+        // The overload manager's `reduce_timeouts` may have changed the idle timeout (it
+        // wakes idle connections when it does).
+        if this.ctx.overload().conn_idle.is_some() {
+            *this.deadline = idle_until(this.ctx, this.l, this.d, *this.since);
+        }
         while this.d.timer.poll_until(cx, *this.deadline).is_ready() {
             if let Some(max_at) = max_duration_end(this.l, this.d.opened) {
                 // The real time, as the timer decided on (the turn's stamp may lag it).
@@ -455,7 +464,7 @@ impl Future for Idle<'_> {
                     // The connection's time is up: it stays for the connection manager's
                     // drain_timeout, a request then answered with `connection: close`.
                     reach_max_duration(this.l, &this.d.max_reached);
-                    *this.deadline = idle_until(this.l, this.d);
+                    *this.deadline = idle_until(this.ctx, this.l, this.d, *this.since);
                     continue;
                 }
                 let drained = max_at + Duration::from_millis(this.l.c.cfg.hcm.drain_timeout_ms);
@@ -473,12 +482,10 @@ impl Future for Idle<'_> {
 /// When the idle wait ends: the idle timeout after the last response, or the end of the
 /// `max_connection_duration` (once it is over, of the `drain_timeout` after it), whichever
 /// comes first.
-fn idle_until(l: &ListenerRt, d: &Down) -> Option<TInstant> {
+fn idle_until(ctx: &Ctx, l: &ListenerRt, d: &Down, since: TInstant) -> Option<TInstant> {
     let hcm = &l.c.cfg.hcm;
-    let idle = (hcm.idle_timeout_ms > 0).then(|| {
-        let since = d.done_at.map_or_else(clock::tnow, TInstant::from_std);
-        since + Duration::from_millis(hcm.idle_timeout_ms)
-    });
+    let idle = (hcm.idle_timeout_ms > 0)
+        .then(|| since + Duration::from_millis(ctx.overload().conn_idle_ms(hcm.idle_timeout_ms)));
     let Some(mut max) = max_duration_end(l, d.opened) else {
         return idle;
     };
@@ -652,7 +659,7 @@ async fn request(
             Ok(None) => scanned = d.rbuf.len(),
             Err(e) => return head_refused(ctx, l, d, e).await,
         }
-        let idle = hcm.stream_idle_timeout_ms;
+        let idle = ctx.overload().stream_idle_ms(hcm.stream_idle_timeout_ms);
         let read = read_head_more(
             &mut d.stream,
             &mut d.rbuf,

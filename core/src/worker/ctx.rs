@@ -716,8 +716,12 @@ impl Ctx {
 impl Ctx {
     /// The overload manager's actions changed.
     pub fn set_overload(&self, now: OverloadNow) {
-        self.overload.set(now);
+        let before = self.overload.replace(now);
         self.overload_changed.notify_waiters();
+        // Idle connections work their deadline out again under the new scale.
+        if (before.timer_scale, before.conn_idle) != (now.timer_scale, now.conn_idle) {
+            self.drain_waiters.borrow().wake_all();
+        }
     }
 
     /// The overload manager's actions as last heard.

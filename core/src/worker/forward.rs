@@ -256,9 +256,11 @@ pub(super) async fn forward(
     } else {
         saved.map(Box::new)
     };
-    let idle_ms = fwd
-        .idle_timeout_ms
-        .unwrap_or(l.c.cfg.hcm.stream_idle_timeout_ms);
+    // As the overload manager's `reduce_timeouts` has it when the request is forwarded.
+    let idle_ms = ctx.overload().stream_idle_ms(
+        fwd.idle_timeout_ms
+            .unwrap_or(l.c.cfg.hcm.stream_idle_timeout_ms),
+    );
     let up_chunk =
         BODY_CHUNK.min(cluster.cfg.cfg.per_connection_buffer_limit_bytes.max(1) as usize);
     // One pass per try: a route without a retry policy makes one.
