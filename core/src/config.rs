@@ -115,7 +115,9 @@ impl TimerMin {
             TimerMin::MinTimeoutMs(m) => m.min(max_ms),
             TimerMin::MinScale(f) => (max_ms as f64 * f.clamp(0.0, 1.0)) as u64,
         };
-        lo + ((max_ms - lo) as f64 * (1.0 - f64::from(s.min(1.0)))) as u64
+        // Never 0, which would mean no timeout at all: a saturated timer with no least
+        // duration fires at once.
+        (lo + ((max_ms - lo) as f64 * (1.0 - f64::from(s.min(1.0)))) as u64).max(1)
     }
 }
 

@@ -97,8 +97,8 @@ impl GlobalConnections {
 /// A monitor's stats (`overload.<name>.*`).
 #[derive(Debug, Default, Clone)]
 struct MonitorStats {
-    /// The last pressure read (0 to 1).
-    pressure: f64,
+    /// The last pressure read (0 to 1); none yet: its triggers stay off.
+    pressure: Option<f64>,
     failed_updates: u64,
     skipped_updates: u64,
 }
@@ -219,7 +219,11 @@ impl Manager {
                 s.failed_updates
             };
             out.push((format!("{p}failed_updates"), StatKind::Counter, failed));
-            out.push((format!("{p}pressure"), StatKind::Gauge, percent(s.pressure)));
+            out.push((
+                format!("{p}pressure"),
+                StatKind::Gauge,
+                percent(s.pressure.unwrap_or(0.0)),
+            ));
             if !global {
                 out.push((
                     format!("{p}skipped_updates"),
@@ -272,23 +276,38 @@ fn percent(x: f64) -> u64 {
     (x.clamp(0.0, 1.0) * 100.0) as u64
 }
 
-/// A monitor's pressure now, or why it cannot be read. The global connection limit is
-/// checked at each accept and reads 0 here, as Envoy's.
-fn read(kind: &MonitorKind) -> Result<f64, ()> {
+/// A monitor's pressure now (none: a monitor that is not read, the global connection limit,
+/// checked at each accept instead), or `Err` when it cannot be read.
+fn read(kind: &MonitorKind) -> Result<Option<f64>, ()> {
     match kind {
         MonitorKind::FixedHeap {
             max_heap_size_bytes,
-        } => Ok(crate::engine::memory().0 as f64 / *max_heap_size_bytes as f64),
-        MonitorKind::InjectedResource { filename } => {
-            let text = std::fs::read_to_string(filename).map_err(|_| ())?;
-            let v: f64 = text.trim().parse().map_err(|_| ())?;
-            if (0.0..=1.0).contains(&v) {
-                Ok(v)
-            } else {
-                Err(())
-            }
-        }
-        MonitorKind::GlobalDownstreamMaxConnections { .. } => Ok(0.0),
+        } => Ok(Some(
+            crate::engine::memory().0 as f64 / *max_heap_size_bytes as f64,
+        )),
+        MonitorKind::InjectedResource { filename } => read_pressure_file(filename).map(Some),
+        MonitorKind::GlobalDownstreamMaxConnections { .. } => Ok(None),
+    }
+}
+
+/// The number in a pressure file: a regular file (a FIFO or a device would block or never
+/// end), of which the first 64 bytes are read.
+fn read_pressure_file(path: &str) -> Result<f64, ()> {
+    use std::io::Read;
+    if !std::fs::metadata(path).map_err(|_| ())?.is_file() {
+        return Err(());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(|_| ())?
+        .take(64)
+        .read_to_string(&mut text)
+        .map_err(|_| ())?;
+    let v: f64 = text.trim().parse().map_err(|_| ())?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(())
     }
 }
 
@@ -311,18 +330,24 @@ fn run(inner: &Inner) {
             st = inner.changed.wait(st).unwrap_or_else(|e| e.into_inner());
             continue;
         };
-        // Read the monitors unlocked (a file read may block).
+        // Read the monitors unlocked (a file read may be slow); a configuration given
+        // meanwhile is taken at once instead.
+        let generation = st.generation;
         drop(st);
-        let readings: Vec<(String, Result<f64, ()>)> = cfg
+        let readings: Vec<(String, Result<Option<f64>, ()>)> = cfg
             .monitors
             .iter()
             .map(|m| (m.name.clone(), read(&m.kind)))
             .collect();
         st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.generation != generation {
+            continue;
+        }
         for (name, r) in readings {
             let s = st.monitors.entry(name).or_default();
             match r {
-                Ok(p) => s.pressure = p,
+                Ok(Some(p)) => s.pressure = Some(p),
+                Ok(None) => {}
                 // A monitor that cannot be read keeps its last pressure (Envoy's).
                 Err(()) => s.failed_updates += 1,
             }
@@ -333,9 +358,12 @@ fn run(inner: &Inner) {
             let scale = a
                 .triggers
                 .iter()
+                // A monitor with no reading yet leaves its trigger off.
                 .map(|t| {
-                    let p = st.monitors.get(&t.monitor).map_or(0.0, |m| m.pressure);
-                    t.kind.scale(p)
+                    st.monitors
+                        .get(&t.monitor)
+                        .and_then(|m| m.pressure)
+                        .map_or(0.0, |p| t.kind.scale(p))
                 })
                 .fold(0.0, f64::max);
             st.actions.entry(a.name.clone()).or_default().scale = scale;
@@ -383,7 +411,6 @@ fn run(inner: &Inner) {
             next_shrink = None;
         }
         // Until the next refresh, or a new configuration.
-        let generation = st.generation;
         let every = Duration::from_millis(cfg.refresh_interval_ms.max(1));
         let until = Instant::now() + every;
         loop {
@@ -439,6 +466,9 @@ mod tests {
         assert_eq!(TimerMin::MinTimeoutMs(9000).scaled(4000, 1.0), 4000);
         assert_eq!(TimerMin::MinScale(0.1).scaled(3000, 1.0), 300);
         assert_eq!(TimerMin::MinScale(0.1).scaled(0, 1.0), 0);
+        // Saturated with no least duration: at once, never "no timeout" (0).
+        assert_eq!(TimerMin::MinTimeoutMs(0).scaled(3000, 1.0), 1);
+        assert_eq!(TimerMin::MinScale(0.0).scaled(3000, 0.99999), 1);
     }
 
     #[test]

@@ -316,3 +316,28 @@ def test_reduce_timeouts_shortens_the_stream_idle_timeout(make_proxy: Any, make_
         assert 0.25 <= took < 2, took
     finally:
         done.set()
+
+
+def test_a_trigger_on_the_global_connection_limit_never_fires(make_proxy: Any) -> None:
+    limit = {"name": "envoy.resource_monitors.global_downstream_max_connections",
+             "typed_config": {"@type": CONNECTIONS, "max_active_downstream_connections": 100}}
+    b = config([limit], {})
+    b["overload_manager"]["actions"] = [{"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [
+        {"name": "envoy.resource_monitors.global_downstream_max_connections", "threshold": {"value": 0}}]}]
+    p = make_proxy(b)
+    # Its pressure is never read (it reads 0), so even a threshold of 0 stays off.
+    for _ in range(3):
+        assert served(p.listener_port())
+    assert p.stats()[ACTIONS + "stop_accepting_requests.active"] == 0
+
+
+@pytest.mark.skipif(TARGET_IS_ENVOY, reason="Envoy reads the file only when a rename replaces it")
+def test_a_pressure_file_that_is_no_regular_file_is_a_failed_read(make_proxy: Any, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    monitor = {"name": "envoy.resource_monitors.injected_resource",
+               "typed_config": {"@type": INJECTED, "filename": str(fifo)}}
+    p = make_proxy(config([monitor], {"stop_accepting_requests": trigger(0.5)}))
+    # Not opened (a FIFO with no writer would block the monitor's thread for good).
+    wait_for(lambda: p.stats()[FILE + "failed_updates"] >= 2, what="failed reads")
+    assert served(p.listener_port())

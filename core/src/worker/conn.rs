@@ -453,7 +453,7 @@ impl Future for Idle<'_> {
         }
         // The overload manager's `reduce_timeouts` may have changed the idle timeout (it
         // wakes idle connections when it does).
-        if this.ctx.overload().conn_idle.is_some() {
+        if this.ctx.overload_timers() {
             *this.deadline = idle_until(this.ctx, this.l, this.d, *this.since);
         }
         while this.d.timer.poll_until(cx, *this.deadline).is_ready() {
@@ -485,7 +485,7 @@ impl Future for Idle<'_> {
 fn idle_until(ctx: &Ctx, l: &ListenerRt, d: &Down, since: TInstant) -> Option<TInstant> {
     let hcm = &l.c.cfg.hcm;
     let idle = (hcm.idle_timeout_ms > 0)
-        .then(|| since + Duration::from_millis(ctx.overload().conn_idle_ms(hcm.idle_timeout_ms)));
+        .then(|| since + Duration::from_millis(ctx.conn_idle_ms(hcm.idle_timeout_ms)));
     let Some(mut max) = max_duration_end(l, d.opened) else {
         return idle;
     };
@@ -659,7 +659,7 @@ async fn request(
             Ok(None) => scanned = d.rbuf.len(),
             Err(e) => return head_refused(ctx, l, d, e).await,
         }
-        let idle = ctx.overload().stream_idle_ms(hcm.stream_idle_timeout_ms);
+        let idle = ctx.stream_idle_ms(hcm.stream_idle_timeout_ms);
         let read = read_head_more(
             &mut d.stream,
             &mut d.rbuf,
@@ -1138,7 +1138,7 @@ pub(super) async fn reply(
 /// ([`drain_close`]) or the connection's `max_connection_duration` being over
 /// ([`past_max_duration`]); both asked, so each is counted whatever else closes it. Takes the
 /// connection's fields (an exchange holds the others).
-#[inline]
+#[inline(always)]
 pub(super) fn response_closes(
     ctx: &Ctx,
     l: &ListenerRt,
@@ -1151,14 +1151,21 @@ pub(super) fn response_closes(
 
 /// The overload manager's `disable_http_keepalive` (its scale a probability): the response
 /// ends its connection (`downstream_cx_overload_disable_keepalive`).
-#[inline]
+#[inline(always)]
 fn overload_closes(ctx: &Ctx, l: &ListenerRt) -> bool {
-    let p = ctx.overload().keepalive_off;
-    if p > 0.0 && OverloadNow::draw(p) {
+    let p = ctx.overload_keepalive_off();
+    p > 0.0 && keepalive_drawn(l, p)
+}
+
+/// [`overload_closes`] once the action is on: drawn with its scale, counted.
+#[cold]
+#[inline(never)]
+fn keepalive_drawn(l: &ListenerRt, p: f32) -> bool {
+    let off = OverloadNow::draw(p);
+    if off {
         l.http.downstream_cx_overload_disable_keepalive.inc();
-        return true;
     }
-    false
+    off
 }
 
 /// Refuses a request under the overload manager's `stop_accepting_requests`: 503 `envoy
@@ -1340,7 +1347,7 @@ async fn handle(
     };
     // The overload manager's `stop_accepting_requests` (its scale a probability), before
     // anything of the connection manager's own (Envoy's order): 503 `envoy overloaded`.
-    if OverloadNow::draw(ctx.overload().stop_requests) {
+    if ctx.overload_stop_requests() > 0.0 && OverloadNow::draw(ctx.overload_stop_requests()) {
         return overloaded(ctx, l, d, &head, keep && !body_pending).await;
     }
     // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set, as soon as
