@@ -1017,6 +1017,7 @@ OVERLOAD_ACTIONS = {
     "envoy.overload_actions.shrink_heap": "shrink_heap",
     "envoy.overload_actions.reduce_timeouts": "reduce_timeouts",
 }
+GLOBAL_CONNECTIONS_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
 _OVERLOAD_REFUSED = {
     "envoy.overload_actions.reset_high_memory_stream": "resetting streams by buffer memory is not "
     "supported yet (it needs buffer_factory_config)",
@@ -1042,6 +1043,12 @@ def _check_overload(o: m.OverloadManager, path: str) -> None:
         if isinstance(tc, m.FixedHeapConfig) and tc.max_heap_size_bytes == 0:
             raise ConfigError(f"{mpath}.typed_config.max_heap_size_bytes", "must be greater than 0")
         if isinstance(tc, m.DownstreamConnectionsConfig):
+            if mon.name != GLOBAL_CONNECTIONS_MONITOR:
+                raise ConfigError(
+                    f"{mpath}.name",
+                    f"the global connection limit must be named {GLOBAL_CONNECTIONS_MONITOR!r}, as Envoy "
+                    f"requires (not {mon.name!r})",
+                )
             if global_at is not None:
                 raise ConfigError(
                     f"{mpath}.typed_config",

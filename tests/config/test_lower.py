@@ -483,7 +483,7 @@ OVERLOAD = {
             "@type": "type.googleapis.com/"
                      "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
             "filename": "/tmp/pressure"}},
-        {"name": "cx", "typed_config": {
+        {"name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": {
             "@type": "type.googleapis.com/"
                      "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
             "max_active_downstream_connections": 50000}},
@@ -507,7 +507,8 @@ CASES.append(("overload_manager", lambda c: c.update(overload_manager=OVERLOAD),
     "monitors": [
         {"name": "envoy.resource_monitors.fixed_heap", "kind": {"fixed_heap": {"max_heap_size_bytes": 2147483648}}},
         {"name": "file", "kind": {"injected_resource": {"filename": "/tmp/pressure"}}},
-        {"name": "cx", "kind": {"global_downstream_max_connections": {"max_active_downstream_connections": 50000}}},
+        {"name": "envoy.resource_monitors.global_downstream_max_connections",
+         "kind": {"global_downstream_max_connections": {"max_active_downstream_connections": 50000}}},
     ],
     "actions": [
         {"name": "envoy.overload_actions.shrink_heap", "kind": "shrink_heap", "triggers": [

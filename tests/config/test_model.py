@@ -725,9 +725,14 @@ REJECTED: list[tuple[str, Callable[[dict], Any], str, str]] = [
     ("overload_heap_zero", lambda c: c.update(overload_manager={"resource_monitors": [fixed_heap(0)]}),
      "overload_manager.resource_monitors[0].typed_config.max_heap_size_bytes", "must be greater than 0"),
     ("overload_connections_zero", lambda c: c.update(overload_manager={"resource_monitors": [{
-        "name": "g", "typed_config": {"@type": DOWNSTREAM_CX, "max_active_downstream_connections": 0}}]}),
+        "name": "envoy.resource_monitors.global_downstream_max_connections",
+        "typed_config": {"@type": DOWNSTREAM_CX, "max_active_downstream_connections": 0}}]}),
      "overload_manager.resource_monitors[0].typed_config.max_active_downstream_connections",
      "expected an integer >= 1"),
+    ("overload_connections_name", lambda c: c.update(overload_manager={"resource_monitors": [{
+        "name": "dcx", "typed_config": {"@type": DOWNSTREAM_CX, "max_active_downstream_connections": 5}}]}),
+     "overload_manager.resource_monitors[0].name",
+     "must be named 'envoy.resource_monitors.global_downstream_max_connections'"),
     ("overload_cgroup", lambda c: c.update(overload_manager={"resource_monitors": [{"name": "m", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig"}}]}),
      "overload_manager.resource_monitors[0].typed_config.@type", "CgroupMemoryConfig"),

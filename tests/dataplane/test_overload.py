@@ -147,7 +147,10 @@ def test_disable_http_keepalive(make_proxy: Any, tmp_path: Path) -> None:
             return True
 
     wait_for(closes, what="a response with connection: close")
-    assert p.stats()[HTTP + "downstream_cx_overload_disable_keepalive"] >= 1
+    s = p.stats()
+    assert s[HTTP + "downstream_cx_overload_disable_keepalive"] >= 1
+    # The connection is drained for it, and counted so.
+    assert s[HTTP + "downstream_cx_drain_close"] == s[HTTP + "downstream_cx_overload_disable_keepalive"]
 
 
 def test_stop_accepting_connections_leaves_them_waiting(make_proxy: Any, tmp_path: Path) -> None:

@@ -1163,7 +1163,9 @@ fn overload_closes(ctx: &Ctx, l: &ListenerRt) -> bool {
 fn keepalive_drawn(l: &ListenerRt, p: f32) -> bool {
     let off = OverloadNow::draw(p);
     if off {
+        // Envoy puts the connection in its drain state, so it counts a drain close too.
         l.http.downstream_cx_overload_disable_keepalive.inc();
+        l.http.downstream_cx_drain_close.inc();
     }
     off
 }
