@@ -36,6 +36,12 @@ pub struct OverloadNow {
 }
 
 impl OverloadNow {
+    /// Whether `reduce_timeouts` scales an idle timer.
+    #[inline]
+    pub fn scales_timers(&self) -> bool {
+        self.conn_idle.is_some() || self.stream_idle.is_some()
+    }
+
     /// The connection idle timeout (ms) as `reduce_timeouts` has it now.
     #[inline]
     pub fn conn_idle_ms(&self, ms: u64) -> u64 {

@@ -425,6 +425,33 @@ SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection
           b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
 
 
+def until_closed(sock: socket.socket, seconds: float) -> bool:
+    """Waits up to `seconds` for the peer to close `sock` (what it sends is dropped)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            try:
+                if not sock.recv(4096):
+                    return True
+            except OSError:
+                return True
+    return False
+
+
+class AfterContinue:
+    """A canned reply: a 100 Continue, then nothing (`closed` is set once the proxy closes),
+    or, with `close`, the upstream's close."""
+
+    def __init__(self, close: bool = False) -> None:
+        self.close = close
+        self.closed = threading.Event()
+
+    def __call__(self, sock: socket.socket, _: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not self.close and until_closed(sock, 30):
+            self.closed.set()
+
+
 class Tunnel:
     """An upstream's side of one upgrade: answers `answer`, then (`echo`) sends back what comes,
     recording it, until the proxy closes; or (`close_after`) sends those bytes and closes."""

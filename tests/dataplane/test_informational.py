@@ -8,13 +8,12 @@ timeout after it. Every expectation here was checked against the envoy binary
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from typing import Any
 
 import pytest
 
-from tests.dataplane.conftest import RawConn, get
+from tests.dataplane.conftest import AfterContinue, RawConn, get
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.wait import wait_stat
 
@@ -144,27 +143,6 @@ def test_no_retry_after_an_informational_response(make_proxy: Any, make_canned: 
         assert s.get(C + name, 0) == 0, name
     assert s[C + "upstream_rq_503"] == 1
     assert s[C + "upstream_rq_100"] == 1
-
-
-class AfterContinue:
-    """A 100 Continue, then nothing (`closed` is set once the proxy closes), or, with `close`,
-    the upstream's close."""
-
-    def __init__(self, close: bool = False) -> None:
-        self.close = close
-        self.closed = threading.Event()
-
-    def __call__(self, sock: socket.socket, _: bytes) -> None:
-        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if self.close:
-            return
-        sock.settimeout(30)
-        try:
-            while sock.recv(4096):
-                pass
-        except OSError:
-            return
-        self.closed.set()
 
 
 def test_the_per_try_timeout_is_off_after_one(make_proxy: Any, make_canned: Any) -> None:

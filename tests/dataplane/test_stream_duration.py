@@ -7,31 +7,17 @@ file against it; docs/envoy-behaviour.md section 27)."""
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 import time
 from typing import Any
 
-from tests.dataplane.conftest import RawConn, Tunnel, get
+from tests.dataplane.conftest import RawConn, Tunnel, get, until_closed
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.wait import wait_stat
 
 HTTP = "http.ingress_http."
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-
-def until_closed(sock: socket.socket, seconds: float) -> bool:
-    """Waits up to `seconds` for the proxy to close `sock` (what it sends is dropped)."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if select.select([sock], [], [], left)[0]:
-            try:
-                if not sock.recv(4096):
-                    return True
-            except OSError:
-                return True
-    return False
 
 
 class Stalled:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.dataplane.conftest import CannedUpstream, Tunnel
+from tests.dataplane.conftest import AfterContinue, CannedUpstream, Tunnel
 from tests.support.configs import bootstrap, cluster, route
 from tests.support.route_diff import start
 from tests.support.upstream import Upstream
@@ -52,18 +52,7 @@ SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection:
 CANNED["/wsecho"] = Tunnel(answer=SWITCH)
 
 
-def hang_after_100(s: socket.socket, _rest: bytes) -> None:
-    """A 100 Continue, then nothing until the proxy closes."""
-    s.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-    s.settimeout(5)
-    try:
-        while s.recv(65536):
-            pass
-    except OSError:
-        pass
-
-
-CANNED["/hang100"] = hang_after_100
+CANNED["/hang100"] = AfterContinue()
 CANNED["/wsclose"] = Tunnel(answer=SWITCH, close_after=b"bye")
 WS = {"hcm": {"upgrade_configs": [{"upgrade_type": "websocket"}], "stream_idle_timeout": "0.5s"}, "canned": True}
 
@@ -124,33 +113,23 @@ def dead_port() -> int:
     return port
 
 
-def send(port: int, raw: bytes, then_close: bool = True, until: Callable[[], bool] | None = None) -> None:
-    """Sends `raw`; then, unless `until` is given (wait for it, then close), reads to the end."""
+def send(port: int, raw: bytes, then_close: bool = True, until: Callable[[], bool] | None = None,
+         then: bytes = b"") -> None:
+    """Sends `raw`; then, if `until` is given, waits for it (and sends `then`); then, unless
+    `then_close` is false, reads to the end."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.settimeout(3)
         s.sendall(raw)
         if until:
             wait_for(until, 5, "the scenario's state")
+            if then:
+                s.sendall(then)
         if then_close:
             try:
                 while s.recv(65536):
                     pass
             except OSError:
                 pass
-
-
-def staged(port: int, first: bytes, until: Callable[[], bool], then: bytes) -> None:
-    """Sends `first`, waits for `until`, sends `then`, then reads to the end."""
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.settimeout(3)
-        s.sendall(first)
-        wait_for(until, 5, "the scenario's state")
-        s.sendall(then)
-        try:
-            while s.recv(65536):
-                pass
-        except OSError:
-            pass
 
 
 OVERLOADED = "overload.envoy.overload_actions.stop_accepting_requests.active"
@@ -276,9 +255,9 @@ SCENARIOS: dict[str, Scenario] = {
         wait_for(lambda: proxy.stats().get(KEEPALIVE_OFF) == 1, 5, "the action"),
         send(p, get("/x", "connection: keep-alive\r\n").replace(b"connection: close\r\n", b"")))),
     # The request's body goes wrong, or stalls, after its head went upstream.
-    "badbody": ({}, lambda p, proxy: staged(
+    "badbody": ({}, lambda p, proxy: send(
         p, b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n",
-        lambda: proxy.stats().get("cluster.up.upstream_rq_active") == 1, b"zz\r\n")),
+        until=lambda: proxy.stats().get("cluster.up.upstream_rq_active") == 1, then=b"zz\r\n")),
     "idlebody": ({"hcm": {"stream_idle_timeout": "0.2s"}}, lambda p, _: send(
         p, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhi")),
     "rqtimeoutbody": ({"hcm": {"request_timeout": "0.2s"}}, lambda p, _: send(

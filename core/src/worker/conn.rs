@@ -453,7 +453,7 @@ impl Future for Idle<'_> {
         }
         // The overload manager's `reduce_timeouts` may have changed the idle timeout (it
         // wakes idle connections when it does).
-        if this.ctx.overload_timers() {
+        if this.ctx.overload().scales_timers() {
             *this.deadline = idle_until(this.ctx, this.l, this.d, *this.since);
         }
         while this.d.timer.poll_until(cx, *this.deadline).is_ready() {
@@ -485,7 +485,7 @@ impl Future for Idle<'_> {
 fn idle_until(ctx: &Ctx, l: &ListenerRt, d: &Down, since: TInstant) -> Option<TInstant> {
     let hcm = &l.c.cfg.hcm;
     let idle = (hcm.idle_timeout_ms > 0)
-        .then(|| since + Duration::from_millis(ctx.conn_idle_ms(hcm.idle_timeout_ms)));
+        .then(|| since + Duration::from_millis(ctx.overload().conn_idle_ms(hcm.idle_timeout_ms)));
     let Some(mut max) = max_duration_end(l, d.opened) else {
         return idle;
     };
@@ -659,7 +659,7 @@ async fn request(
             Ok(None) => scanned = d.rbuf.len(),
             Err(e) => return head_refused(ctx, l, d, e).await,
         }
-        let idle = ctx.stream_idle_ms(hcm.stream_idle_timeout_ms);
+        let idle = ctx.overload().stream_idle_ms(hcm.stream_idle_timeout_ms);
         let read = read_head_more(
             &mut d.stream,
             &mut d.rbuf,
@@ -1153,15 +1153,7 @@ pub(super) fn response_closes(
 /// ends its connection (`downstream_cx_overload_disable_keepalive`).
 #[inline(always)]
 fn overload_closes(ctx: &Ctx, l: &ListenerRt) -> bool {
-    let p = ctx.overload_keepalive_off();
-    p > 0.0 && keepalive_drawn(l, p)
-}
-
-/// [`overload_closes`] once the action is on: drawn with its scale, counted.
-#[cold]
-#[inline(never)]
-fn keepalive_drawn(l: &ListenerRt, p: f32) -> bool {
-    let off = OverloadNow::draw(p);
+    let off = OverloadNow::draw(ctx.overload().keepalive_off);
     if off {
         // Envoy puts the connection in its drain state, so it counts a drain close too.
         l.http.downstream_cx_overload_disable_keepalive.inc();
@@ -1349,7 +1341,7 @@ async fn handle(
     };
     // The overload manager's `stop_accepting_requests` (its scale a probability), before
     // anything of the connection manager's own (Envoy's order): 503 `envoy overloaded`.
-    if ctx.overload_stop_requests() > 0.0 && OverloadNow::draw(ctx.overload_stop_requests()) {
+    if OverloadNow::draw(ctx.overload().stop_requests) {
         return overloaded(ctx, l, d, &head, keep && !body_pending).await;
     }
     // Envoy answers `Expect: 100-continue` itself unless proxy_100_continue is set, as soon as

@@ -175,12 +175,8 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     /// The engine's drain state ([`Ctx::drain_close`]).
     drain: Arc<DrainState>,
-    /// The overload manager's actions as last heard; the two a request meets, and whether
-    /// any timer is scaled, also apart, so that a request reads a word, not the whole.
+    /// The overload manager's actions as last heard.
     overload: Cell<OverloadNow>,
-    ovl_stop_requests: Cell<f32>,
-    ovl_keepalive_off: Cell<f32>,
-    ovl_timers: Cell<bool>,
     /// Woken when they change (the accept loops pause and resume on it).
     overload_changed: tokio::sync::Notify,
     /// `global_downstream_max_connections`, shared by the workers.
@@ -264,9 +260,6 @@ impl Ctx {
             shared,
             drain,
             overload: Cell::default(),
-            ovl_stop_requests: Cell::new(0.0),
-            ovl_keepalive_off: Cell::new(0.0),
-            ovl_timers: Cell::new(false),
             overload_changed: tokio::sync::Notify::new(),
             global,
             http_scopes: RefCell::default(),
@@ -724,10 +717,6 @@ impl Ctx {
     /// The overload manager's actions changed.
     pub fn set_overload(&self, now: OverloadNow) {
         let before = self.overload.replace(now);
-        self.ovl_stop_requests.set(now.stop_requests);
-        self.ovl_keepalive_off.set(now.keepalive_off);
-        self.ovl_timers
-            .set(now.conn_idle.is_some() || now.stream_idle.is_some());
         self.overload_changed.notify_waiters();
         // Idle connections work their deadline out again under the new scale.
         if (before.timer_scale, before.conn_idle) != (now.timer_scale, now.conn_idle) {
@@ -736,44 +725,9 @@ impl Ctx {
     }
 
     /// The overload manager's actions as last heard.
+    #[inline]
     pub fn overload(&self) -> OverloadNow {
         self.overload.get()
-    }
-
-    /// `stop_accepting_requests`' scale.
-    #[inline]
-    pub fn overload_stop_requests(&self) -> f32 {
-        self.ovl_stop_requests.get()
-    }
-
-    /// `disable_http_keepalive`'s scale.
-    #[inline]
-    pub fn overload_keepalive_off(&self) -> f32 {
-        self.ovl_keepalive_off.get()
-    }
-
-    /// The stream idle timeout (ms) as `reduce_timeouts` has it now.
-    #[inline]
-    pub fn stream_idle_ms(&self, ms: u64) -> u64 {
-        if !self.ovl_timers.get() {
-            return ms;
-        }
-        self.overload.get().stream_idle_ms(ms)
-    }
-
-    /// The connection idle timeout (ms) as `reduce_timeouts` has it now.
-    #[inline]
-    pub fn conn_idle_ms(&self, ms: u64) -> u64 {
-        if !self.ovl_timers.get() {
-            return ms;
-        }
-        self.overload.get().conn_idle_ms(ms)
-    }
-
-    /// Whether `reduce_timeouts` scales any timer.
-    #[inline]
-    pub fn overload_timers(&self) -> bool {
-        self.ovl_timers.get()
     }
 
     /// Whether a connection just accepted on `name` is to be served: the overload manager's

@@ -257,7 +257,7 @@ pub(super) async fn forward(
         saved.map(Box::new)
     };
     // As the overload manager's `reduce_timeouts` has it when the request is forwarded.
-    let idle_ms = ctx.stream_idle_ms(
+    let idle_ms = ctx.overload().stream_idle_ms(
         fwd.idle_timeout_ms
             .unwrap_or(l.c.cfg.hcm.stream_idle_timeout_ms),
     );
